@@ -1,0 +1,37 @@
+/**
+ * Contract between the job runner and the bridge host (host.ts), which runs one
+ * guest process per job and streams its Arrow output back, batch by batch.
+ */
+import type { Batch, JobContext } from "../job.js";
+
+export interface GuestTimeouts {
+  /** The guest must connect to the socket within this many ms. */
+  connectMs: number;
+  /** Fail when no frame arrives for this many ms (while the consumer is not busy). */
+  idleMs: number;
+  /** Fail when the whole job takes longer. */
+  jobMs: number;
+}
+
+export interface GuestRunOptions {
+  /** `<venv>/bin/python` of the job's environment. */
+  interpreterPath: string;
+  job: JobContext;
+  timeouts: GuestTimeouts;
+  /** Extra variable names copied from the worker's environment into the guest's. */
+  allowEnv?: readonly string[];
+  /** Largest accepted data frame; default 256 MiB. */
+  maxFrameBytes?: number;
+  /** Called once per published chunk, in order, awaited before the next frame is read. */
+  onBatch(batch: Batch): Promise<void>;
+}
+
+export interface GuestResult {
+  rows: number;
+  batches: number;
+  ipcBytes: number;
+  durationMs: number;
+  rowsByTopic: Map<string, number>;
+  /** The guest's own stdout metrics line, integer values only. */
+  guestMetrics: Record<string, number>;
+}

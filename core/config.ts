@@ -1,0 +1,94 @@
+/**
+ * The shape of casparian.config.ts, and `defineConfig`, the identity function that
+ * gives it types (Vite's defineConfig). Loading and validation: config-loader.ts.
+ *
+ * Precedence everywhere: command-line flags > config file > defaults.
+ */
+import type { LevelWithSilent } from "pino";
+import type { SinkPlugin } from "../sinks/api.js";
+import type { WorkerHooks, WorkerPlugin } from "../hooks/index.js";
+
+/** A sink plugin named by module: a path (relative to the config file) or a package name. */
+export type SinkReference = string | { use: string; options?: Record<string, unknown> };
+
+/** A tap given directly in config: `hooks: { onBatch: async (batch, job) => {...} }`. */
+export type ConfigTaps = {
+  [K in keyof WorkerHooks]?: WorkerHooks[K] extends { promise: (...args: infer A) => Promise<infer R> }
+    ? (...args: A) => Promise<R> | R
+    : never;
+};
+
+export interface BridgeConfig {
+  /** Seconds the guest has to connect to the socket. Default 30. */
+  connectTimeout?: number;
+  /** Seconds without a frame before the job fails. Default 300. */
+  idleTimeout?: number;
+  /** Seconds for the whole job. Default 3600. */
+  jobTimeout?: number;
+  /** Extra environment variable names passed to the guest (PATH, LANG, TZ, TMPDIR, HOME always are). */
+  env?: string[];
+  /** Largest accepted data frame in bytes. Default 256 MiB. */
+  maxFrameBytes?: number;
+}
+
+export interface EnvironmentsConfig {
+  /** Evict least recently used environments above this many bytes in total. */
+  maxEnvBytes?: number;
+  /** Evict least recently used environments above this count. */
+  maxEnvs?: number;
+  /** Path to the uv binary (else $UV, PATH, usual install places). */
+  uv?: string;
+}
+
+export interface ParquetConfig {
+  /** "snappy" (default), "zstd", "gzip", "lz4", "brotli" or "uncompressed". */
+  compression?: string;
+  /** Rows per row group; default 122880 (a multiple of the Arrow batch sizes pyarrow emits). */
+  rowGroupSize?: number;
+}
+
+export interface RunConfig {
+  /** Worker processes for `casparian run`; default: number of cores. */
+  workers?: number;
+  /** topic → sink URI, used when neither --sink nor the plugin MANIFEST says. */
+  sinks?: Record<string, string>;
+}
+
+export interface CasparianConfig {
+  /** Sentinel endpoint, e.g. "tcp://127.0.0.1:5555". */
+  connect?: string;
+  /** Output root for file sinks; sink paths may not leave it. Default "./output". */
+  output?: string;
+  workerId?: string;
+  /** Where venvs and the worker id live. Default $CASPARIAN_HOME or ~/.casparian_flow. */
+  home?: string;
+  /** Seconds between heartbeats. Default 5. */
+  heartbeatInterval?: number;
+  /** Seconds a running job gets to finish on SIGTERM before it is aborted. Default 30. */
+  grace?: number;
+  logLevel?: LevelWithSilent;
+  /** Serve Prometheus metrics on this port. */
+  metricsPort?: number;
+  /** Sink plugins, in addition to the bundled Parquet sink. */
+  sinks?: Array<SinkPlugin | SinkReference>;
+  /** Worker plugins (webpack-style objects with apply(hooks)). */
+  plugins?: WorkerPlugin[];
+  /** Taps given inline, by hook name. */
+  hooks?: ConfigTaps;
+  environments?: EnvironmentsConfig;
+  bridge?: BridgeConfig;
+  parquet?: ParquetConfig;
+  run?: RunConfig;
+}
+
+export interface ConfigEnv {
+  /** "worker" or "run": which command is loading the config. */
+  command: string;
+}
+
+export type UserConfigExport = CasparianConfig | ((env: ConfigEnv) => CasparianConfig | Promise<CasparianConfig>);
+
+/** Identity function that types a config file. */
+export function defineConfig<C extends UserConfigExport>(config: C): C {
+  return config;
+}

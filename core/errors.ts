@@ -1,0 +1,102 @@
+/**
+ * The error catalogue: every error the worker raises on purpose has a stable code,
+ * a message naming the culprit, and (where there is one) a hint to the fix.
+ * Modelled on Fastify's lib/errors.js: codes are API, messages are for people.
+ */
+
+export interface ErrorContext {
+  jobId?: bigint;
+  plugin?: string;
+  sinkUri?: string;
+  file?: string;
+  [key: string]: unknown;
+}
+
+export class CasparianError extends Error {
+  readonly code: string;
+  readonly hint: string | undefined;
+  readonly context: ErrorContext;
+
+  constructor(code: string, message: string, options: { hint?: string; context?: ErrorContext; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "CasparianError";
+    this.code = code;
+    this.hint = options.hint;
+    this.context = options.context ?? {};
+  }
+
+  /** One line for receipts and logs: "CODE: message (hint: ...)". */
+  describe(): string {
+    return this.hint ? `${this.code}: ${this.message} (hint: ${this.hint})` : `${this.code}: ${this.message}`;
+  }
+}
+
+type MessageArgs = readonly unknown[];
+
+/** A factory for one catalogue entry; `%s` placeholders are filled in order. */
+export interface ErrorFactory<A extends MessageArgs> {
+  readonly code: string;
+  (args: A, options?: { context?: ErrorContext; cause?: unknown; hint?: string }): CasparianError;
+  /** True when `err` was made by this factory. */
+  is(err: unknown): err is CasparianError;
+}
+
+export function createError<A extends MessageArgs = []>(code: string, template: string, hint?: string): ErrorFactory<A> {
+  const factory = ((args: A, options = {}) => {
+    let i = 0;
+    const message = template.replace(/%s/g, () => String(args[i++]));
+    return new CasparianError(code, message, { hint: options.hint ?? hint, context: options.context, cause: options.cause });
+  }) as ErrorFactory<A>;
+  Object.defineProperty(factory, "code", { value: code });
+  factory.is = (err: unknown): err is CasparianError => err instanceof CasparianError && err.code === code;
+  return factory;
+}
+
+/** Message text for any thrown value, without losing a CasparianError's code and hint. */
+export function errorMessage(err: unknown): string {
+  if (err instanceof CasparianError) return err.describe();
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
+
+// ---------------------------------------------------------------------------
+// Catalogue. Group by area; never reuse or renumber a code once released.
+// ---------------------------------------------------------------------------
+
+export const Errors = {
+  // Protocol (control plane)
+  PROTOCOL_SHORT_HEADER: createError<[number]>("CSP_PROTOCOL_SHORT_HEADER", "header is %s bytes, expected 16"),
+  PROTOCOL_BAD_VERSION: createError<[number]>("CSP_PROTOCOL_BAD_VERSION", "protocol version %s, expected 4", "upgrade the Sentinel or the worker so both speak protocol v4"),
+  PROTOCOL_UNKNOWN_OPCODE: createError<[number]>("CSP_PROTOCOL_UNKNOWN_OPCODE", "unknown opcode %s"),
+  PROTOCOL_FRAME_COUNT: createError<[number]>("CSP_PROTOCOL_FRAME_COUNT", "message has %s frames, expected [header, payload] (or a header alone when payload_len is 0)"),
+  PROTOCOL_LENGTH_MISMATCH: createError<[number, number]>("CSP_PROTOCOL_LENGTH_MISMATCH", "payload_len says %s bytes but the payload frame has %s"),
+  PROTOCOL_BAD_JSON: createError<[string, string]>("CSP_PROTOCOL_BAD_JSON", "%s payload is not valid JSON: %s"),
+  PROTOCOL_BAD_PAYLOAD: createError<[string, string]>("CSP_PROTOCOL_BAD_PAYLOAD", "invalid %s payload: %s"),
+
+  // Configuration
+  CONFIG_INVALID: createError<[string, string]>("CSP_CONFIG_INVALID", "invalid config in %s: %s"),
+  CONFIG_LOAD_FAILED: createError<[string, string]>("CSP_CONFIG_LOAD_FAILED", "could not load config file %s: %s"),
+  CLI_USAGE: createError<[string]>("CSP_CLI_USAGE", "%s", "run with --help to see the usage"),
+
+  // Environments
+  ENV_HASH_MISMATCH: createError<[string, string]>("CSP_ENV_HASH_MISMATCH", "env_hash %s is not the sha256 of the lockfile content (%s)", "send env_hash = sha256(lockfile_content) in hex"),
+  ENV_NOT_PROVISIONED: createError<[string]>("CSP_ENV_NOT_PROVISIONED", "Environment %s not provisioned. Send PREPARE_ENV first."),
+  ENV_UV_MISSING: createError<[]>("CSP_ENV_UV_MISSING", "uv was not found on PATH, in $UV or in the usual install places", "install it with `python3 -m pip install uv` (or set UV=/path/to/uv)"),
+  ENV_BUILD_FAILED: createError<[string, string]>("CSP_ENV_BUILD_FAILED", "building environment %s failed: %s"),
+
+  // Bridge / guest
+  GUEST_FAILED: createError<[string]>("CSP_GUEST_FAILED", "Guest process error: %s"),
+  GUEST_TIMEOUT: createError<[string, number]>("CSP_GUEST_TIMEOUT", "%s timeout after %s ms", "raise the timeout in the config (bridge.timeouts) if the plugin is legitimately slow"),
+  GUEST_PROTOCOL: createError<[string]>("CSP_GUEST_PROTOCOL", "bridge protocol error: %s"),
+  JOB_ABORTED: createError<[string]>("CSP_JOB_ABORTED", "aborted by %s"),
+
+  // Sinks
+  SINK_UNKNOWN_SCHEME: createError<[string, string]>("CSP_SINK_UNKNOWN_SCHEME", "no sink handles the scheme of %s; known schemes: %s", "register a sink for this scheme in casparian.config.ts (sinks: [...])"),
+  SINK_BAD_URI: createError<[string, string]>("CSP_SINK_BAD_URI", "invalid sink URI %s: %s"),
+  SINK_PATH_ESCAPE: createError<[string, string]>("CSP_SINK_PATH_ESCAPE", "sink URI %s resolves outside the output root %s", "use a path relative to --output, without '..'"),
+  SINK_TARGET_EXISTS: createError<[string]>("CSP_SINK_TARGET_EXISTS", "target %s exists and the sink mode is 'error'", "use mode 'append' or 'replace', or remove the target"),
+  SINK_SCHEMA_MISMATCH: createError<[string, string]>("CSP_SINK_SCHEMA_MISMATCH", "batch for topic '%s' does not match its schema: %s"),
+  SINK_INVALID: createError<[string, string]>("CSP_SINK_INVALID", "invalid sink plugin %s: %s"),
+  SINK_WRITE_FAILED: createError<[string, string]>("CSP_SINK_WRITE_FAILED", "sink %s failed: %s"),
+  HOOK_REJECTED: createError<[string, string]>("CSP_HOOK_REJECTED", "job rejected by %s: %s"),
+} as const;

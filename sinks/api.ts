@@ -1,0 +1,89 @@
+/**
+ * The sink API: small enough to remember (Kafka Connect's SinkTask), with commit
+ * separated from write.
+ *
+ *   open → write(batch)* → prepare → commit      (the job succeeded everywhere)
+ *                                  ↘ abort       (anything failed, before or after prepare)
+ *
+ * A sink plugin is a plain object (Vite style) made by a factory; it names the URI
+ * schemes it handles and creates one Sink per (job, SinkConfig). It never sees
+ * sockets or the guest: the core maps this lifecycle onto the worker hooks.
+ */
+import type { Schema } from "apache-arrow";
+import type { Batch, JobContext } from "../core/job.js";
+import type { Logger } from "../core/logger.js";
+import type { Artifact, SinkConfig, SinkMode } from "../core/messages.js";
+
+/** One output of one job, as the Sentinel configured it. */
+export interface SinkTarget {
+  readonly topic: string;
+  /** The URI exactly as configured (e.g. "parquet://sales.parquet?compression=zstd"). */
+  readonly uri: string;
+  /** The same URI parsed; `scheme` has no trailing colon. */
+  readonly parsed: ParsedSinkUri;
+  readonly mode: SinkMode;
+  /** Column contract from schema_def, or null when none was given. */
+  readonly contract: SchemaContract | null;
+  readonly config: SinkConfig;
+}
+
+export interface ParsedSinkUri {
+  readonly scheme: string;
+  /** Everything between "scheme://" and "?", percent-decoded. */
+  readonly location: string;
+  readonly params: URLSearchParams;
+}
+
+export interface SchemaContract {
+  readonly columns: ReadonlyArray<{ name: string; type: string; nullable?: boolean }>;
+}
+
+/** What a sink instance gets besides its target. */
+export interface SinkContext {
+  readonly job: JobContext;
+  /** Child logger with job_id, topic and sink URI bound. */
+  readonly logger: Logger;
+  /** Options given to this sink plugin in casparian.config.ts. */
+  readonly options: Readonly<Record<string, unknown>>;
+}
+
+/** One sink instance: one target of one job. */
+export interface Sink {
+  /** Called once before the first batch (also when the topic never produces one). */
+  open?(): Promise<void> | void;
+  /** One batch, in order. Awaited: backpressure reaches the guest. */
+  write(batch: Batch): Promise<void> | void;
+  /** Phase one: flush everything to staging so that commit cannot fail for lack of data or space. */
+  prepare(): Promise<void> | void;
+  /** Phase two: make the output visible under its final name; return what was published. */
+  commit(): Promise<Artifact[]> | Artifact[];
+  /** Discard staging. Called on any failure, before or after prepare; must be idempotent. */
+  abort(reason: Error): Promise<void> | void;
+}
+
+/** Passed to a sink plugin's `recover` at worker start. */
+export interface RecoverContext {
+  readonly outputRoot: string;
+  readonly logger: Logger;
+  readonly options: Readonly<Record<string, unknown>>;
+}
+
+/** A sink plugin: what `defineSink` returns and what config lists under `sinks`. */
+export interface SinkPlugin {
+  /** Unique, for logs and errors: "parquet", "jsonl", "my-company-s3". */
+  readonly name: string;
+  /** URI schemes this plugin handles, without "://". */
+  readonly schemes: readonly string[];
+  /** Create the sink for one target of one job. Throw to fail the job before the guest starts. */
+  create(target: SinkTarget, context: SinkContext): Sink | Promise<Sink>;
+  /** Remove staging left by a worker that crashed mid-job. Runs once at worker start. */
+  recover?(context: RecoverContext): Promise<void> | void;
+}
+
+/** Identity function that gives a sink plugin its types (like Vite's defineConfig). */
+export function defineSink<P extends SinkPlugin>(plugin: P): P {
+  return plugin;
+}
+
+/** Re-exported so sinks need only this module. */
+export type { Artifact, Batch, JobContext, Schema, SinkMode };
