@@ -3,7 +3,7 @@
  * shippers), pino-pretty when a person is watching. Everything else gets a child
  * (`logger.child({ job_id })`), the way Fastify gives each request its own.
  */
-import { pino, type Logger, type LevelWithSilent } from "pino";
+import { pino, destination, type Logger, type LevelWithSilent } from "pino";
 
 export type { Logger };
 
@@ -28,7 +28,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       transport: { target: "pino-pretty", options: { destination: fd, colorize: true, translateTime: "HH:MM:ss.l", ignore: "pid,hostname" } },
     });
   }
-  return pino({ level, serializers, base: { pid: process.pid } }, pino.destination({ fd, sync: false }));
+  return pino({ level, serializers, base: { pid: process.pid } }, destination({ fd, sync: false }));
 }
 
 /** A logger that drops everything; for library use and tests that do not care. */
