@@ -11,3 +11,15 @@ export type { Batch, JobContext, JobInfo, JobOutcome } from "./core/job.js";
 export type { Artifact, DispatchCommand, JobReceipt, SinkConfig, SinkMode } from "./core/messages.js";
 export { CasparianError, Errors } from "./core/errors.js";
 export type { Logger } from "./core/logger.js";
+// Sinks: the bundled Parquet sink, and the URI and staging helpers user sinks build on.
+export { parquetSink } from "./sinks/parquet.js";
+export { parseSinkUri, resolveInsideRoot } from "./sinks/uri.js";
+export { assertTargetFree, finalPathFor, fsyncDirectory, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./sinks/files.js";
+// Protocol v4 codec and the worker itself, for embedding (a Sentinel in tests, a custom launcher).
+export { Opcode } from "./core/messages.js";
+export type { Header, Message, PayloadByOpcode } from "./core/messages.js";
+export { decodeHeader, decodeMessage, encodeHeader, encodeMessage, parseJson, stringifyJson } from "./core/protocol.js";
+export { Worker } from "./core/worker.js";
+export type { WorkerOptions, WorkerPipeline } from "./core/worker.js";
+export { loadConfig } from "./core/config-loader.js";
+export type { LoadedConfig } from "./core/config-loader.js";

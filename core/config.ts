@@ -45,6 +45,8 @@ export interface ParquetConfig {
   compression?: string;
   /** Rows per row group; default 122880 (a multiple of the Arrow batch sizes pyarrow emits). */
   rowGroupSize?: number;
+  /** Worker threads that encode row groups; default: available cores (max 8). 0 encodes on the main thread. */
+  encoderThreads?: number;
 }
 
 export interface RunConfig {

@@ -72,6 +72,8 @@ export const Errors = {
   PROTOCOL_LENGTH_MISMATCH: createError<[number, number]>("CSP_PROTOCOL_LENGTH_MISMATCH", "payload_len says %s bytes but the payload frame has %s"),
   PROTOCOL_BAD_JSON: createError<[string, string]>("CSP_PROTOCOL_BAD_JSON", "%s payload is not valid JSON: %s"),
   PROTOCOL_BAD_PAYLOAD: createError<[string, string]>("CSP_PROTOCOL_BAD_PAYLOAD", "invalid %s payload: %s"),
+  PROTOCOL_UNEXPECTED_OPCODE: createError<[string]>("CSP_PROTOCOL_UNEXPECTED_OPCODE", "a worker never receives %s", "only DISPATCH, ABORT, RELOAD, PREPARE_ENV and ERR go from the Sentinel to a worker"),
+  WORKER_BAD_ENDPOINT: createError<[string, string]>("CSP_WORKER_BAD_ENDPOINT", "cannot connect to %s: %s", "give --connect an endpoint such as tcp://127.0.0.1:5555"),
 
   // Configuration
   CONFIG_INVALID: createError<[string, string]>("CSP_CONFIG_INVALID", "invalid config in %s: %s"),
@@ -99,4 +101,13 @@ export const Errors = {
   SINK_INVALID: createError<[string, string]>("CSP_SINK_INVALID", "invalid sink plugin %s: %s"),
   SINK_WRITE_FAILED: createError<[string, string]>("CSP_SINK_WRITE_FAILED", "sink %s failed: %s"),
   HOOK_REJECTED: createError<[string, string]>("CSP_HOOK_REJECTED", "job rejected by %s: %s"),
+  SINK_BAD_SCHEMA_DEF: createError<[string, string]>("CSP_SINK_BAD_SCHEMA_DEF", "schema_def for topic '%s' is not a valid contract: %s", 'send JSON like {"columns":[{"name":"id","type":"int64","nullable":false}]}'),
+
+  // casparian run
+  RUN_PLUGIN_INVALID: createError<[string, string]>("CSP_RUN_PLUGIN_INVALID", "plugin %s cannot run:\n%s", "fix the plugin; no input was processed"),
+  RUN_PYTHON_MISSING: createError<[string]>("CSP_RUN_PYTHON_MISSING", "%s was not found; casparian run needs Python 3 to check the plugin", "install Python 3.11+ (or set PYTHON=/path/to/python3)"),
+  RUN_LOCK_FAILED: createError<[string, string]>("CSP_RUN_LOCK_FAILED", "uv could not lock the dependencies declared in %s:\n%s", "check the package names and versions in the '# /// script' block"),
+  RUN_ENV_FAILED: createError<[string, string]>("CSP_RUN_ENV_FAILED", "the environment for plugin %s could not be prepared: %s"),
+  RUN_WORKERS_FAILED: createError<[string]>("CSP_RUN_WORKERS_FAILED", "worker processes keep failing: %s", "run with --log-level debug to see the workers' logs"),
+  RUN_PLUGIN_FAILS_EVERYWHERE: createError<[number]>("CSP_RUN_PLUGIN_FAILS_EVERYWHERE", "the plugin failed the same way on its first %s inputs, so the rest were not run", "fix the plugin (the error is below) and run again"),
 } as const;

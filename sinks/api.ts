@@ -78,6 +78,8 @@ export interface SinkPlugin {
   create(target: SinkTarget, context: SinkContext): Sink | Promise<Sink>;
   /** Remove staging left by a worker that crashed mid-job. Runs once at worker start. */
   recover?(context: RecoverContext): Promise<void> | void;
+  /** Release what the plugin holds across jobs (thread pools, connections). Runs once at worker shutdown. */
+  close?(): Promise<void> | void;
 }
 
 /** Identity function that gives a sink plugin its types (like Vite's defineConfig). */

@@ -1,0 +1,440 @@
+/**
+ * The bridge host: runs one plugin job as a guest process and streams its output back.
+ *
+ * Per job: a private directory (mkdtemp, 0700) holding a Unix socket; the guest is
+ * `<venv>/bin/python <guest_shim.py>` in its own process group, with the §3 variables
+ * and an allowlisted environment only (PATH, LANG, TZ, TMPDIR, HOME + bridge.env), so no
+ * secret of the worker reaches a plugin. Its cwd is the private directory.
+ *
+ * Data plane (frames.ts): each data frame is one Arrow IPC stream. Topic routing: the
+ * stream's schema metadata key `casparian.topic` names the topic; a frame without it (a
+ * plain §3 guest) is topic "output". The key is stripped before sinks see the batch
+ * (topic.ts). Each batch is awaited in `onBatch` before another byte is read, so a fast
+ * guest blocks on its socket instead of growing the worker's memory.
+ *
+ * Failure: every way a guest can go wrong ends in a thrown CasparianError (GUEST_FAILED,
+ * GUEST_TIMEOUT naming connect/idle/job, GUEST_PROTOCOL, JOB_ABORTED) whose message
+ * carries the guest's own last error lines; the process group is killed (TERM, then KILL
+ * after 2 s) and the directory removed on every path.
+ */
+import { chmod, mkdtemp, rm } from "node:fs/promises";
+import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { performance } from "node:perf_hooks";
+import type { Readable } from "node:stream";
+import { execa, type ResultPromise } from "execa";
+import { CasparianError, Errors } from "../errors.js";
+import type { Batch } from "../job.js";
+import type { Logger } from "../logger.js";
+import { packageRoot } from "../paths.js";
+import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
+import { decodeFrame } from "./topic.js";
+import type { GuestResult, GuestRunOptions } from "./types.js";
+
+export { TOPIC_METADATA_KEY, DEFAULT_TOPIC } from "./topic.js";
+
+/** Variables every guest gets from the worker's environment (when set). */
+export const BASE_ALLOWED_ENV = ["PATH", "LANG", "TZ", "TMPDIR", "HOME"] as const;
+const KILL_GRACE_MS = 2000;
+const STDERR_TAIL_LINES = 30;
+const MAX_LINE_CHARS = 64 * 1024;
+
+/** Absolute path of the Python guest shim shipped in the package. */
+export function shimPath(): string {
+  return join(packageRoot(), "core", "bridge", "guest_shim.py");
+}
+
+export async function runGuest(options: GuestRunOptions): Promise<GuestResult> {
+  const { job } = options;
+  if (job.signal.aborted) throw abortError(job.signal);
+  const dir = await mkdtemp(join(tmpdir(), "casparian-bridge-"));
+  const run = new GuestRun(options, dir);
+  try {
+    await chmod(dir, 0o700);
+    return await run.execute();
+  } finally {
+    await run.cleanup();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+function abortError(signal: AbortSignal): CasparianError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof CasparianError) return reason;
+  return Errors.JOB_ABORTED([typeof reason === "string" ? reason : "the worker"]);
+}
+
+/** First lines of a long text, for receipts; the full text goes to the log. */
+function firstLines(text: string, lines = 12, maxChars = 2000): string {
+  const kept = text.trim().split("\n").slice(0, lines).join("\n");
+  return kept.length > maxChars ? `${kept.slice(0, maxChars)}…` : kept;
+}
+
+/** Split a byte stream into lines, capping line length so a newline-free flood stays bounded. */
+function eachLine(stream: Readable | null | undefined, onLine: (line: string) => void): Promise<void> {
+  if (!stream) return Promise.resolve();
+  return new Promise((resolve) => {
+    let partial = "";
+    stream.setEncoding("utf8");
+    stream.on("data", (text: string) => {
+      partial += text;
+      let newline: number;
+      while ((newline = partial.indexOf("\n")) >= 0) {
+        onLine(partial.slice(0, newline).replace(/\r$/, ""));
+        partial = partial.slice(newline + 1);
+      }
+      if (partial.length > MAX_LINE_CHARS) {
+        onLine(partial.slice(0, MAX_LINE_CHARS) + "…");
+        partial = "";
+      }
+    });
+    const finish = () => {
+      if (partial) onLine(partial);
+      partial = "";
+      resolve();
+    };
+    stream.once("end", finish);
+    stream.once("close", finish);
+    stream.once("error", finish);
+  });
+}
+
+/** A resettable timer that fails the run when it fires. */
+class Watchdog {
+  #timer: NodeJS.Timeout | undefined;
+  constructor(
+    private readonly ms: number,
+    private readonly onFire: () => void,
+  ) {}
+  arm(): void {
+    if (this.#timer) this.#timer.refresh();
+    else this.#timer = setTimeout(this.onFire, this.ms);
+  }
+  disarm(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+}
+
+interface ExitInfo {
+  code: number | null;
+  signal: string | null;
+}
+
+class GuestRun {
+  readonly #options: GuestRunOptions;
+  readonly #dir: string;
+  readonly #log: Logger;
+  readonly #context: { jobId: bigint; plugin: string };
+  readonly #stderrTail: string[] = [];
+  readonly #stdoutLines: string[] = [];
+  readonly #guestMetrics: Record<string, number> = {};
+  #server: Server | undefined;
+  #socket: Socket | undefined;
+  #child: ResultPromise | undefined;
+  #exit: Promise<ExitInfo> | undefined;
+  #exited: ExitInfo | undefined;
+  #outputDone: Promise<unknown> = Promise.resolve();
+  #timers: Watchdog[] = [];
+  #onAbort: (() => void) | undefined;
+  /** Rejects with the first fatal condition (abort, job timeout, connect/idle timeout). */
+  #failed: Promise<never>;
+  #fail!: (err: CasparianError) => void;
+  #failure: CasparianError | undefined;
+
+  constructor(options: GuestRunOptions, dir: string) {
+    this.#options = options;
+    this.#dir = dir;
+    this.#log = options.job.logger.child({ component: "guest" });
+    this.#context = { jobId: options.job.jobId, plugin: options.job.command.plugin_name };
+    this.#failed = new Promise<never>((_, reject) => {
+      this.#fail = (err) => {
+        if (this.#failure) return;
+        this.#failure = err;
+        reject(err);
+      };
+    });
+    this.#failed.catch(() => undefined);
+  }
+
+  #race<T>(work: Promise<T>): Promise<T> {
+    return Promise.race([work, this.#failed]);
+  }
+
+  #timeout(which: string, ms: number): Watchdog {
+    const dog = new Watchdog(ms, () => this.#fail(Errors.GUEST_TIMEOUT([which, ms], { context: this.#context })));
+    this.#timers.push(dog);
+    return dog;
+  }
+
+  async execute(): Promise<GuestResult> {
+    const { job, timeouts, onBatch } = this.#options;
+    const started = performance.now();
+
+    this.#onAbort = () => this.#fail(abortError(job.signal));
+    job.signal.addEventListener("abort", this.#onAbort, { once: true });
+    this.#timeout("job", timeouts.jobMs).arm();
+
+    const socketPath = join(this.#dir, "bridge.sock");
+    const connection = await this.#listen(socketPath);
+    this.#spawn(socketPath);
+
+    const connectDog = this.#timeout("connect", timeouts.connectMs);
+    connectDog.arm();
+    const exitedEarly = this.#exit!.then((exit) => {
+      throw this.#guestFailed(`guest exited (${describeExit(exit)}) before connecting to the bridge socket`);
+    });
+    exitedEarly.catch(() => undefined);
+    const socket = await this.#race(Promise.race([connection, exitedEarly]));
+    connectDog.disarm();
+    this.#socket = socket;
+
+    const decoder = new FrameDecoder(this.#options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
+    const idle = this.#timeout("idle", timeouts.idleMs);
+    const indexByTopic = new Map<string, number>();
+    const rowsByTopic = new Map<string, number>();
+    let rows = 0;
+    let batches = 0;
+    let ipcBytes = 0;
+    let guestError: string | undefined;
+
+    const handle = async (frame: Frame): Promise<void> => {
+      switch (frame.kind) {
+        case "data": {
+          const decoded = decodeFrame(frame.bytes);
+          const index = indexByTopic.get(decoded.topic) ?? 0;
+          indexByTopic.set(decoded.topic, index + 1);
+          const batch: Batch = { ...decoded, index };
+          rows += batch.numRows;
+          batches += 1;
+          ipcBytes += frame.bytes.byteLength;
+          rowsByTopic.set(batch.topic, (rowsByTopic.get(batch.topic) ?? 0) + batch.numRows);
+          await this.#race(onBatch(batch));
+          return;
+        }
+        case "error":
+          guestError = frame.message;
+          this.#log.error({ guest_error: frame.message }, "plugin failed");
+          return;
+        case "log":
+          this.#log.info({ level_code: frame.level }, frame.message);
+          return;
+        case "metrics":
+          this.#mergeMetrics(frame.json);
+          return;
+        case "output-start":
+        case "output-end":
+        case "end":
+          return;
+      }
+    };
+
+    const chunks = socket[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    try {
+      for (;;) {
+        idle.arm();
+        const next = await this.#race(chunks.next());
+        idle.disarm();
+        if (next.done) break;
+        let frames: Frame[];
+        try {
+          frames = decoder.push(next.value);
+        } catch (err) {
+          throw this.#withStderr(err);
+        }
+        for (const frame of frames) await handle(frame);
+        if (decoder.ended) break;
+      }
+    } catch (err) {
+      if (this.#failure || err instanceof CasparianError || !(err instanceof Error) || (err as NodeJS.ErrnoException).syscall === undefined) throw err;
+      // A socket error (ECONNRESET: the guest died mid-write) is a broken stream, not a worker bug.
+      throw this.#guestFailed(`bridge socket error: ${err.message}`);
+    } finally {
+      idle.disarm();
+    }
+
+    const exit = await this.#race(this.#exit!);
+    // A grandchild that inherited stderr could keep it open forever: wait briefly, then move on.
+    await this.#race(Promise.race([this.#outputDone, delay(1000)]));
+    if (guestError !== undefined) throw this.#guestFailed(errorText(guestError), guestError);
+    if (!decoder.ended) {
+      const where = decoder.midFrame ? "in the middle of a frame" : "without end-of-stream";
+      throw this.#guestFailed(`guest closed the stream ${where} (${describeExit(exit)})`);
+    }
+    if (exit.code !== 0) throw this.#guestFailed(`guest exited (${describeExit(exit)}) after end-of-stream`);
+    this.#parseStdoutMetrics();
+
+    return { rows, batches, ipcBytes, durationMs: Math.round(performance.now() - started), rowsByTopic, guestMetrics: { ...this.#guestMetrics } };
+  }
+
+  async #listen(socketPath: string): Promise<Promise<Socket>> {
+    const server = createServer();
+    this.#server = server;
+    let accepted = false;
+    const connection = new Promise<Socket>((resolve) => {
+      server.on("connection", (socket) => {
+        if (accepted) {
+          socket.destroy(); // one guest, one connection: anything else is not ours
+          return;
+        }
+        accepted = true;
+        resolve(socket);
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(socketPath, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    server.on("error", (err) => this.#log.warn({ err }, "bridge server error"));
+    await chmod(socketPath, 0o600);
+    return connection;
+  }
+
+  #spawn(socketPath: string): void {
+    const { job, interpreterPath } = this.#options;
+    const env: Record<string, string> = {};
+    for (const name of [...BASE_ALLOWED_ENV, ...(this.#options.allowEnv ?? [])]) {
+      const value = process.env[name];
+      if (value !== undefined) env[name] = value;
+    }
+    Object.assign(env, {
+      BRIDGE_SOCKET: socketPath,
+      BRIDGE_PLUGIN_CODE: Buffer.from(job.command.source_code ?? "", "utf8").toString("base64"),
+      BRIDGE_FILE_PATH: job.command.file_path,
+      BRIDGE_JOB_ID: job.jobId.toString(),
+      BRIDGE_FILE_VERSION_ID: BigInt(job.command.file_version_id).toString(),
+      BRIDGE_PLUGIN_NAME: job.command.plugin_name,
+      PYTHONUNBUFFERED: "1",
+      PYTHONDONTWRITEBYTECODE: "1",
+      PYTHONUTF8: "1",
+    });
+
+    const child = execa(interpreterPath, [shimPath()], {
+      env,
+      extendEnv: false,
+      cwd: this.#dir,
+      detached: true, // own process group: ABORT kills the plugin's children too
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+      buffer: false,
+      reject: false,
+      stripFinalNewline: false,
+    });
+    this.#child = child;
+    this.#exit = child.then(
+      (result) => (this.#exited = { code: result.exitCode ?? null, signal: result.signal ?? null }),
+      (err: unknown) => (this.#exited = { code: null, signal: String((err as Error).message ?? err) }),
+    );
+    this.#outputDone = Promise.all([
+      eachLine(child.stderr, (line) => {
+        this.#stderrTail.push(line);
+        if (this.#stderrTail.length > STDERR_TAIL_LINES) this.#stderrTail.shift();
+        this.#log.info(line);
+      }),
+      eachLine(child.stdout, (line) => {
+        this.#stdoutLines.push(line);
+        if (this.#stdoutLines.length > 5) this.#stdoutLines.shift();
+      }),
+    ]);
+    this.#log.debug({ pid: child.pid, interpreter: interpreterPath }, "guest started");
+  }
+
+  /** GUEST_FAILED whose message ends with the guest's last stderr lines (when it said anything). */
+  #guestFailed(summary: string, fullError?: string): CasparianError {
+    const tail = fullError === undefined ? this.#stderrTail.filter((l) => l.trim()).slice(-8).join("\n") : "";
+    const message = tail ? `${summary}\nlast guest stderr:\n${tail}` : summary;
+    return Errors.GUEST_FAILED([message], { context: { ...this.#context } });
+  }
+
+  #withStderr(err: unknown): unknown {
+    if (!(err instanceof CasparianError)) return err;
+    const tail = this.#stderrTail.filter((l) => l.trim()).slice(-5).join("\n");
+    if (tail) err.message += `\nlast guest stderr:\n${tail}`;
+    Object.assign(err.context, this.#context);
+    return err;
+  }
+
+  #mergeMetrics(json: string): void {
+    try {
+      const parsed = JSON.parse(json) as unknown;
+      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return;
+      for (const [key, value] of Object.entries(parsed)) if (Number.isSafeInteger(value)) this.#guestMetrics[key] = value as number;
+    } catch {
+      this.#log.debug({ json: json.slice(0, 200) }, "guest metrics are not JSON");
+    }
+  }
+
+  /** The guest prints one JSON metrics line on stdout at exit; integers only survive. */
+  #parseStdoutMetrics(): void {
+    for (let i = this.#stdoutLines.length - 1; i >= 0; i--) {
+      const line = this.#stdoutLines[i]!.trim();
+      if (line.startsWith("{")) {
+        this.#mergeMetrics(line);
+        return;
+      }
+    }
+  }
+
+  async cleanup(): Promise<void> {
+    for (const dog of this.#timers) dog.disarm();
+    if (this.#onAbort) this.#options.job.signal.removeEventListener("abort", this.#onAbort);
+    this.#socket?.destroy();
+    await this.#killGroup();
+    await new Promise<void>((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()));
+  }
+
+  /** TERM the guest's process group, KILL it 2 s later if the guest is still there. */
+  async #killGroup(): Promise<void> {
+    const pid = this.#child?.pid;
+    if (pid === undefined || !this.#exit) return;
+    const signalGroup = (signal: NodeJS.Signals) => {
+      try {
+        process.kill(-pid, signal);
+      } catch {
+        // ESRCH: the group is already gone.
+      }
+    };
+    if (!this.#exited) {
+      signalGroup("SIGTERM");
+      const timer = new Promise<void>((resolve) => setTimeout(resolve, KILL_GRACE_MS).unref());
+      await Promise.race([this.#exit, timer]);
+      if (!this.#exited) this.#log.warn({ pid }, "guest ignored SIGTERM; sending SIGKILL");
+    }
+    // The leader may be gone while its children linger in the group: they go too.
+    signalGroup("SIGKILL");
+    await Promise.race([this.#exit, new Promise<void>((resolve) => setTimeout(resolve, KILL_GRACE_MS).unref())]);
+    this.#child?.stdout?.destroy();
+    this.#child?.stderr?.destroy();
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+function describeExit(exit: ExitInfo): string {
+  if (exit.signal) return `signal ${exit.signal}`;
+  return `exit code ${exit.code}`;
+}
+
+/**
+ * The receipt text for the guest's error frame: "Type: message" then the first
+ * traceback lines. Accepts the later upstream guest's JSON payload ({"error": ...}) too.
+ */
+function errorText(message: string): string {
+  const trimmed = message.trim();
+  if (trimmed.startsWith("{")) {
+    try {
+      const parsed = JSON.parse(trimmed) as { error?: unknown };
+      if (typeof parsed.error === "string") return firstLines(parsed.error);
+    } catch {
+      // not JSON after all: plain text
+    }
+  }
+  return firstLines(trimmed);
+}

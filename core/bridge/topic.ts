@@ -1,0 +1,68 @@
+/**
+ * Topic routing on the data plane.
+ *
+ * Each data frame is a complete Arrow IPC stream; our guest shim names its topic in the
+ * stream's schema metadata under the key `casparian.topic`. A frame without that key (a
+ * guest that knows only PROTOCOL.md §3) belongs to the topic "output".
+ *
+ * Sinks never see the key: the host rewrites the stream's leading schema message
+ * without it (the record batch messages are kept byte for byte) and decodes the table
+ * from the rewritten bytes. Exception: streams with dictionary-encoded columns keep the
+ * key in `Batch.ipc` (re-encoding their schema could renumber dictionary ids); their
+ * `Batch.table` schema still has it removed.
+ */
+import { RecordBatchStreamWriter, Schema, Table, tableFromIPC } from "apache-arrow";
+import { Errors } from "../errors.js";
+import type { Batch } from "../job.js";
+
+export const TOPIC_METADATA_KEY = "casparian.topic";
+export const DEFAULT_TOPIC = "output";
+
+/** Byte length of the first (schema) message of an IPC stream, or null when malformed. */
+function schemaMessageLength(ipc: Uint8Array): number | null {
+  if (ipc.byteLength < 8) return null;
+  const view = new DataView(ipc.buffer, ipc.byteOffset, ipc.byteLength);
+  const first = view.getUint32(0, true);
+  // Current format: continuation marker 0xFFFFFFFF then the length; pre-1.0 format: the length alone.
+  const [prefix, metadataLength] = first === 0xffffffff ? [8, view.getInt32(4, true)] : [4, view.getInt32(0, true)];
+  const total = prefix + metadataLength;
+  return metadataLength > 0 && total <= ipc.byteLength ? total : null;
+}
+
+/** The schema message for `schema`, encoded by apache-arrow (schema + EOS, minus the EOS). */
+function encodeSchemaMessage(schema: Schema): Uint8Array {
+  const stream = RecordBatchStreamWriter.writeAll(new Table(schema)).toUint8Array(true);
+  const length = schemaMessageLength(stream);
+  if (length === null) throw new Error("apache-arrow produced an unexpected schema stream");
+  return stream.subarray(0, length);
+}
+
+/**
+ * Decode one data frame into a Batch (without its per-topic index, which the host assigns).
+ * Throws Errors.GUEST_PROTOCOL when the bytes are not an Arrow IPC stream.
+ */
+export function decodeFrame(bytes: Uint8Array): Omit<Batch, "index"> {
+  let table: Table;
+  try {
+    table = tableFromIPC(bytes);
+  } catch (err) {
+    throw Errors.GUEST_PROTOCOL([`data frame of ${bytes.byteLength} bytes is not an Arrow IPC stream: ${(err as Error).message}`], { cause: err });
+  }
+  const metadata = table.schema.metadata;
+  const named = metadata.get(TOPIC_METADATA_KEY);
+  if (named === undefined) return { topic: DEFAULT_TOPIC, ipc: bytes, table, numRows: table.numRows };
+  const topic = named || DEFAULT_TOPIC;
+
+  const kept = new Map([...metadata].filter(([key]) => key !== TOPIC_METADATA_KEY));
+  const oldLength = schemaMessageLength(bytes);
+  if (table.schema.dictionaries.size > 0 || oldLength === null) {
+    metadata.delete(TOPIC_METADATA_KEY);
+    return { topic, ipc: bytes, table, numRows: table.numRows };
+  }
+  const schemaMessage = encodeSchemaMessage(new Schema(table.schema.fields, kept, table.schema.dictionaries, table.schema.metadataVersion));
+  const ipc = new Uint8Array(schemaMessage.byteLength + bytes.byteLength - oldLength);
+  ipc.set(schemaMessage, 0);
+  ipc.set(bytes.subarray(oldLength), schemaMessage.byteLength);
+  const stripped = tableFromIPC(ipc);
+  return { topic, ipc, table: stripped, numRows: stripped.numRows };
+}

@@ -1,0 +1,89 @@
+/**
+ * Finding and running uv. uv is the only tool that touches Python packages: the
+ * worker never pip-installs anything itself.
+ */
+import { access, constants } from "node:fs/promises";
+import { homedir } from "node:os";
+import { delimiter, join } from "node:path";
+import { execa } from "execa";
+import { Errors } from "../errors.js";
+
+async function isExecutable(path: string): Promise<boolean> {
+  try {
+    await access(path, constants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Places uv's installers and `pip install --user uv` put the binary. */
+function usualPlaces(): string[] {
+  const home = homedir();
+  const places = [join(home, ".local", "bin", "uv"), join(home, ".cargo", "bin", "uv"), "/usr/local/bin/uv", "/opt/homebrew/bin/uv"];
+  if (process.env.XDG_BIN_HOME) places.unshift(join(process.env.XDG_BIN_HOME, "uv"));
+  if (process.env.PYTHONUSERBASE) places.push(join(process.env.PYTHONUSERBASE, "bin", "uv"));
+  // macOS user base for `pip install --user` (Library/Python/<ver>/bin) is covered by the python lookup below.
+  return places;
+}
+
+/** `python3 -m site --user-base`/bin: where `python3 -m pip install --user uv` puts it. */
+async function pythonUserBin(): Promise<string | null> {
+  try {
+    const { stdout } = await execa("python3", ["-m", "site", "--user-base"], { timeout: 5000 });
+    return stdout.trim() ? join(stdout.trim(), "bin", "uv") : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The uv binary: `explicit` (config), then $UV, PATH, and the usual install places.
+ * Throws Errors.ENV_UV_MISSING (with the install hint) when none is executable.
+ */
+export async function findUv(explicit?: string): Promise<string> {
+  const candidates: string[] = [];
+  if (explicit) candidates.push(explicit);
+  if (process.env.UV) candidates.push(process.env.UV);
+  for (const dir of (process.env.PATH ?? "").split(delimiter)) if (dir) candidates.push(join(dir, "uv"));
+  candidates.push(...usualPlaces());
+  for (const candidate of candidates) if (await isExecutable(candidate)) return candidate;
+  const userBin = await pythonUserBin();
+  if (userBin && (await isExecutable(userBin))) return userBin;
+  throw Errors.ENV_UV_MISSING([], { context: { searched: explicit ? [explicit, ...candidates.slice(1)] : candidates } });
+}
+
+export interface UvRunOptions {
+  cwd: string;
+  /** Extra variables on top of the worker's environment (uv's own UV_* settings pass through). */
+  env?: Record<string, string | undefined>;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** The last lines of uv's stderr: enough to see the resolver's or installer's complaint. */
+function tail(text: string, lines = 15, maxChars = 4000): string {
+  const kept = text.trim().split("\n").slice(-lines).join("\n");
+  return kept.length > maxChars ? kept.slice(-maxChars) : kept;
+}
+
+/** Runs `uv <args>`; on failure throws an Error whose message is the command and uv's stderr tail. */
+export async function runUv(uvPath: string, args: readonly string[], options: UvRunOptions): Promise<string> {
+  // VIRTUAL_ENV from the worker's own shell must not redirect uv away from our venv.
+  const env: Record<string, string | undefined> = { VIRTUAL_ENV: undefined, ...options.env };
+  const result = await execa(uvPath, args, {
+    cwd: options.cwd,
+    env,
+    extendEnv: true,
+    reject: false,
+    stdin: "ignore",
+    timeout: options.timeoutMs ?? 15 * 60_000,
+    cancelSignal: options.signal,
+    all: true,
+  });
+  if (result.failed) {
+    const why = result.timedOut ? `timed out after ${options.timeoutMs ?? 15 * 60_000} ms` : result.exitCode !== undefined ? `exit code ${result.exitCode}` : result.shortMessage;
+    throw new Error(`\`uv ${args.join(" ")}\` failed (${why}): ${tail(String(result.stderr ?? "")) || tail(String(result.all ?? ""))}`);
+  }
+  return String(result.stdout ?? "");
+}

@@ -1,0 +1,136 @@
+/**
+ * Which Python environment a plugin runs in, expressed as the lockfile that
+ * PREPARE_ENV carries (env_hash = sha256(lockfile_content)). In order:
+ *
+ *  1. a `uv.lock` beside the plugin (the project's own lock, with its pyproject.toml);
+ *  2. PEP 723 inline script metadata: a project lock generated once per distinct
+ *     metadata block with `uv lock`, cached under $CASPARIAN_HOME/plugin-locks/<hash>;
+ *  3. nothing: a bare lock, for which the worker builds an empty venv.
+ *
+ * A project lock (not `uv lock --script`) because the worker's environment manager
+ * rebuilds a pyproject.toml from the lock's root package and runs `uv sync --frozen`.
+ */
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { constants } from "node:fs";
+import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { homedir } from "node:os";
+import { delimiter, dirname, join } from "node:path";
+import { promisify } from "node:util";
+import { Errors } from "../errors.js";
+import type { Logger } from "../logger.js";
+import type { PluginInfo } from "./plugin.js";
+
+const execFileAsync = promisify(execFile);
+
+export type EnvSource = "uv.lock" | "script-metadata" | "bare";
+
+export interface PluginEnvironment {
+  source: EnvSource;
+  lockfileContent: string;
+  /** sha256(lockfileContent) in hex. */
+  envHash: string;
+  /** Passed as PREPARE_ENV python_version; null lets uv choose. */
+  pythonVersion: string | null;
+  /** Where the lock came from, for the log line. */
+  lockPath: string | null;
+}
+
+/** The lock of a plugin without dependencies: the environment manager makes a bare venv of it. */
+export const BARE_LOCKFILE = 'version = 1\nrequires-python = ">=3.11"\n';
+
+export function sha256Hex(text: string): string {
+  return createHash("sha256").update(text, "utf8").digest("hex");
+}
+
+export async function resolvePluginEnvironment(
+  plugin: PluginInfo,
+  options: { home: string; logger: Logger; uv?: string },
+): Promise<PluginEnvironment> {
+  const besideLock = join(dirname(plugin.path), "uv.lock");
+  const projectLock = await readFile(besideLock, "utf8").catch(() => null);
+  if (projectLock !== null) return environment("uv.lock", projectLock, besideLock);
+
+  const meta = plugin.scriptMetadata;
+  if (meta !== null && meta.dependencies.length > 0) {
+    const lockPath = await lockScriptMetadata(plugin, options);
+    return environment("script-metadata", await readFile(lockPath, "utf8"), lockPath);
+  }
+  return environment("bare", BARE_LOCKFILE, null);
+}
+
+function environment(source: EnvSource, lockfileContent: string, lockPath: string | null): PluginEnvironment {
+  return { source, lockfileContent, envHash: sha256Hex(lockfileContent), pythonVersion: null, lockPath };
+}
+
+/** The synthesized project for a script's inline metadata; uv locks it like any project. */
+function scriptProject(dependencies: readonly string[], requiresPython: string | null): string {
+  const deps = dependencies.map((d) => `    ${JSON.stringify(d)},`).join("\n");
+  return [
+    "[project]",
+    'name = "casparian-plugin-env"',
+    'version = "0.0.0"',
+    `requires-python = ${JSON.stringify(requiresPython ?? ">=3.11")}`,
+    `dependencies = [\n${deps}\n]`,
+    "",
+    "[tool.uv]",
+    "package = false",
+    "",
+  ].join("\n");
+}
+
+/**
+ * Locks once per distinct metadata block; later runs reuse the lock, so the
+ * environment (keyed on the lock's hash) is reused too. Written to a temporary
+ * directory and renamed, so a crash never leaves a half-written lock in the cache.
+ */
+async function lockScriptMetadata(plugin: PluginInfo, options: { home: string; logger: Logger; uv?: string }): Promise<string> {
+  const meta = plugin.scriptMetadata!;
+  const pyproject = scriptProject(meta.dependencies, meta.requiresPython);
+  const cacheRoot = join(options.home, "plugin-locks");
+  const cacheDir = join(cacheRoot, sha256Hex(pyproject).slice(0, 32));
+  const lockPath = join(cacheDir, "uv.lock");
+  if (await exists(lockPath)) return lockPath;
+
+  const uv = await findUv(options.uv);
+  if (uv === null) throw Errors.ENV_UV_MISSING([], { context: { plugin: plugin.path } });
+  await mkdir(cacheRoot, { recursive: true });
+  const work = await mkdtemp(join(cacheRoot, ".lock-"));
+  try {
+    await writeFile(join(work, "pyproject.toml"), pyproject);
+    options.logger.info({ plugin: plugin.name, dependencies: meta.dependencies }, "locking the plugin's inline script dependencies with uv");
+    try {
+      await execFileAsync(uv, ["lock", "--quiet", "--directory", work], { env: process.env, maxBuffer: 16 * 1024 * 1024 });
+    } catch (err) {
+      const e = err as Error & { stderr?: string };
+      throw Errors.RUN_LOCK_FAILED([plugin.path, (e.stderr || e.message).trim()], { context: { plugin: plugin.path } });
+    }
+    await rename(work, cacheDir).catch(async (err: NodeJS.ErrnoException) => {
+      // Another run locked the same metadata meanwhile: its lock is as good as ours.
+      if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
+    });
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+  return lockPath;
+}
+
+/** uv from the config, $UV, PATH, or where its installers put it. */
+export async function findUv(configured?: string): Promise<string | null> {
+  const candidates = [configured, process.env.UV];
+  for (const dir of (process.env.PATH ?? "").split(delimiter)) if (dir !== "") candidates.push(join(dir, "uv"));
+  const home = homedir();
+  candidates.push(join(home, ".local", "bin", "uv"), join(home, ".cargo", "bin", "uv"), "/usr/local/bin/uv");
+  for (const candidate of candidates) {
+    if (candidate !== undefined && candidate !== "" && (await isExecutable(candidate))) return candidate;
+  }
+  return null;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(() => true, () => false);
+}
+
+async function isExecutable(path: string): Promise<boolean> {
+  return access(path, constants.X_OK).then(() => true, () => false);
+}

@@ -1,0 +1,122 @@
+/**
+ * One local worker process: `node bin/casparian-worker.js`, started by `casparian
+ * run`, with its own private output root. Keeps the last lines of its output, so
+ * that a worker that dies can be explained, and tells when it exits.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import type { WriteStream } from "node:fs";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { packageRoot } from "../paths.js";
+
+export interface WorkerProcessOptions {
+  workerId: string;
+  endpoint: string;
+  /** The worker's private output root; the run promotes finished files from here. */
+  outputRoot: string;
+  configFile?: string;
+  logLevel: string;
+  heartbeatSeconds: number;
+  /** Every line the worker prints goes here too (the run's log file). */
+  log?: WriteStream;
+  /** Also echo the worker's lines to our stderr (--log-level debug). */
+  echo?: boolean;
+}
+
+export interface WorkerExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+const TAIL_LINES = 30;
+
+export class WorkerProcess {
+  readonly id: string;
+  readonly outputRoot: string;
+  readonly exited: Promise<WorkerExit>;
+  readonly #child: ChildProcess;
+  readonly #tail: string[] = [];
+  #exit: WorkerExit | null = null;
+
+  constructor(options: WorkerProcessOptions) {
+    this.id = options.workerId;
+    this.outputRoot = options.outputRoot;
+    const args = [
+      join(packageRoot(), "bin", "casparian-worker.js"),
+      "--connect", options.endpoint,
+      "--output", options.outputRoot,
+      "--worker-id", options.workerId,
+      "--heartbeat-interval", String(options.heartbeatSeconds),
+      // Ctrl-C in a terminal reaches the workers too: they abort at once, as the run does.
+      "--grace", "0",
+      "--log-level", options.logLevel,
+    ];
+    if (options.configFile !== undefined) args.push("--config", options.configFile);
+    this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: process.env });
+    for (const stream of [this.#child.stdout!, this.#child.stderr!]) {
+      createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
+        this.#tail.push(line);
+        if (this.#tail.length > TAIL_LINES) this.#tail.shift();
+        options.log?.write(`${line}\n`);
+        if (options.echo === true) process.stderr.write(`[${this.id}] ${line}\n`);
+      });
+    }
+    this.exited = new Promise((resolve) => {
+      // "close" waits for the output pipes too, so the tail is complete when it fires.
+      this.#child.once("close", (code, signal) => resolve((this.#exit = { code, signal })));
+      this.#child.once("error", (err) => {
+        this.#tail.push(`failed to start: ${err.message}`);
+        resolve((this.#exit = { code: null, signal: null }));
+      });
+    });
+  }
+
+  get pid(): number | undefined {
+    return this.#child.pid;
+  }
+
+  get alive(): boolean {
+    return this.#exit === null;
+  }
+
+  /** The worker's last output lines, most useful first: errors and warnings. */
+  tail(): string[] {
+    return [...this.#tail];
+  }
+
+  /** The most telling line of the tail: the last error message a JSON log line carries, else the last line. */
+  lastError(): string | null {
+    for (let i = this.#tail.length - 1; i >= 0; i--) {
+      const line = this.#tail[i]!;
+      try {
+        const record = JSON.parse(line) as { level?: number; msg?: string; err?: { message?: string } };
+        if ((record.level ?? 0) >= 50) return record.err?.message ?? record.msg ?? line;
+      } catch {
+        if (/error/i.test(line)) return line;
+      }
+    }
+    return this.#tail.at(-1) ?? null;
+  }
+
+  kill(signal: NodeJS.Signals): void {
+    if (this.#exit === null) this.#child.kill(signal);
+  }
+
+  /** TERM, then KILL after `graceMs`; resolves once the process is gone. */
+  async stop(graceMs: number): Promise<WorkerExit> {
+    if (this.#exit !== null) return this.#exit;
+    this.kill("SIGTERM");
+    const timer = setTimeout(() => this.kill("SIGKILL"), graceMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+export function describeExit(exit: WorkerExit): string {
+  if (exit.signal !== null) return `killed by ${exit.signal}`;
+  if (exit.code !== null) return `exited with code ${exit.code}`;
+  return "could not be started";
+}

@@ -1,0 +1,459 @@
+/**
+ * The worker's side of protocol v4: a DEALER socket to the Sentinel.
+ *
+ * It speaks the protocol and nothing else: jobs run in the JobExecutor, environments
+ * come from the EnvironmentProvider. What it guarantees:
+ *  - every DISPATCH gets exactly one answer (CONCLUDE, or ERR when the payload is unreadable);
+ *  - jobs run one at a time, in arrival order;
+ *  - no inbound message can stop it: malformed ones are logged, counted and dropped;
+ *  - after the Sentinel restarts on the same address it IDENTIFYs again (socket events);
+ *  - all sends go through one queue, because a zeromq v6 socket rejects concurrent sends.
+ */
+import { performance } from "node:perf_hooks";
+import { Dealer } from "zeromq";
+import type { EnvironmentProvider } from "./env/types.js";
+import { CasparianError, Errors, errorMessage } from "./errors.js";
+import type { JobExecutor } from "./job.js";
+import type { Logger } from "./logger.js";
+import { Opcode, type DispatchCommand, type Header, type JobReceipt, type Message, type PayloadByOpcode, type PrepareEnvCommand } from "./messages.js";
+import type { WorkerMetrics } from "./metrics.js";
+import { decodeHeader, decodeMessage, encodeMessage, opcodeName } from "./protocol.js";
+import type { WorkerHooks, WorkerInfo } from "../hooks/index.js";
+
+export interface WorkerPipeline {
+  hooks: WorkerHooks;
+  executor: JobExecutor;
+}
+
+export interface WorkerOptions {
+  /** Sentinel endpoint, e.g. "tcp://127.0.0.1:5555". */
+  connect: string;
+  workerId: string;
+  heartbeatIntervalMs: number;
+  /** How long a running job may take to finish after stop() before it is aborted. */
+  graceMs: number;
+  logger: Logger;
+  envs: EnvironmentProvider;
+  /** The current pipeline; read at each job start, so RELOAD can swap it between jobs. */
+  pipeline: () => WorkerPipeline;
+  /** Re-read the config (on RELOAD). Errors are logged; the old config stays. */
+  reload?: () => Promise<void>;
+  outputRoot: string;
+  metrics?: WorkerMetrics;
+  /** Called last in stop(), after the socket is closed (e.g. to close the metrics server). */
+  onStopped?: () => Promise<void> | void;
+}
+
+/** After an abort, how long the job gets to unwind before we stop waiting for it. */
+const ABORT_SETTLE_MS = 10_000;
+/** How long stop() waits for queued answers to leave, and how long the socket lingers after close. */
+const FLUSH_MS = 2_000;
+
+interface QueuedJob {
+  jobId: bigint;
+  command: DispatchCommand;
+}
+
+interface RunningJob extends QueuedJob {
+  controller: AbortController;
+}
+
+type Frames = Buffer[];
+
+export class Worker {
+  readonly #o: WorkerOptions;
+  readonly #log: Logger;
+  #socket: Dealer | null = null;
+  #sendTail: Promise<void> = Promise.resolve();
+  #heartbeatQueued = false;
+  #heartbeatTimer: NodeJS.Timeout | null = null;
+  readonly #queue: QueuedJob[] = [];
+  #current: RunningJob | null = null;
+  #running: Promise<void> | null = null;
+  #reloadTail: Promise<void> = Promise.resolve();
+  #loops: Promise<unknown>[] = [];
+  #started = false;
+  #stopping = false;
+  #stopped: Promise<void> | null = null;
+
+  constructor(options: WorkerOptions) {
+    this.#o = options;
+    this.#log = options.logger;
+  }
+
+  get workerId(): string {
+    return this.#o.workerId;
+  }
+
+  /** The job being run, if any. */
+  get currentJobId(): bigint | null {
+    return this.#current?.jobId ?? null;
+  }
+
+  /** Resolves when the job running now (if any) has concluded; jobs started later are not waited for. */
+  jobSettled(): Promise<void> {
+    return this.#running ?? Promise.resolve();
+  }
+
+  #info(): WorkerInfo {
+    return { workerId: this.#o.workerId, outputRoot: this.#o.outputRoot, logger: this.#log };
+  }
+
+  /** Fire hooks.start, connect, and start heartbeats; resolves once connecting (the Sentinel may not be up yet). */
+  async start(): Promise<void> {
+    if (this.#started) throw new Error("Worker.start() called twice");
+    this.#started = true;
+    await this.#o.pipeline().hooks.start.promise(this.#info());
+
+    const socket = new Dealer({ linger: FLUSH_MS, reconnectInterval: 100, reconnectMaxInterval: 2_000 });
+    this.#socket = socket;
+    // The observer must exist before connect() or the first "connect" event is missed.
+    const events = socket.events;
+    try {
+      socket.connect(this.#o.connect);
+    } catch (err) {
+      socket.close();
+      throw Errors.WORKER_BAD_ENDPOINT([this.#o.connect, err instanceof Error ? err.message : String(err)], { cause: err });
+    }
+    this.#loops.push(this.#watchConnection(events), this.#receiveLoop(socket));
+    this.#log.info({ connect: this.#o.connect, worker_id: this.#o.workerId }, "worker connecting");
+
+    this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.#o.heartbeatIntervalMs);
+  }
+
+  // -------------------------------------------------------------------------
+  // Connection and inbound messages
+  // -------------------------------------------------------------------------
+
+  async #watchConnection(events: Dealer["events"]): Promise<void> {
+    try {
+      for await (const event of events) {
+        if (event.type === "connect") {
+          this.#log.info({ address: event.address }, "connected to sentinel; identifying");
+          this.#identify();
+        } else if (event.type === "disconnect") {
+          this.#log.warn({ address: event.address }, "sentinel disconnected; reconnecting");
+        }
+      }
+    } catch (err) {
+      if (!this.#stopping) this.#log.error({ err }, "socket event monitor failed");
+    }
+  }
+
+  async #receiveLoop(socket: Dealer): Promise<void> {
+    try {
+      for await (const frames of socket) this.#onFrames(frames);
+    } catch (err) {
+      if (!socket.closed) this.#log.error({ err }, "receive loop failed");
+    }
+  }
+
+  #onFrames(frames: Frames): void {
+    let header: Header;
+    try {
+      if (frames.length === 0) throw Errors.PROTOCOL_FRAME_COUNT([0]);
+      header = decodeHeader(frames[0]!);
+    } catch (err) {
+      this.#malformed(err, frames);
+      return;
+    }
+    let message: Message;
+    try {
+      message = decodeMessage(frames);
+    } catch (err) {
+      this.#malformed(err, frames, header);
+      if (header.opcode === Opcode.DISPATCH) this.#rejectDispatch(header.jobId, err);
+      return;
+    }
+    this.#o.metrics?.messagesIn.inc({ opcode: opcodeName(message.opcode) });
+    this.#log.debug({ opcode: opcodeName(message.opcode), job_id: message.jobId }, "message in");
+    this.#handle(message);
+  }
+
+  #handle(message: Message): void {
+    switch (message.opcode) {
+      case Opcode.DISPATCH:
+        this.#accept({ jobId: message.jobId, command: message.payload });
+        return;
+      case Opcode.ABORT:
+        this.#abort(message.jobId);
+        return;
+      case Opcode.RELOAD:
+        this.#reload();
+        return;
+      case Opcode.PREPARE_ENV:
+        void this.#prepare(message.payload);
+        return;
+      case Opcode.ERR:
+        this.#log.warn({ job_id: message.jobId, message: message.payload.message, traceback: message.payload.traceback }, "sentinel reported an error");
+        return;
+      default:
+        this.#malformed(Errors.PROTOCOL_UNEXPECTED_OPCODE([opcodeName(message.opcode)]), null, { opcode: message.opcode, jobId: message.jobId });
+    }
+  }
+
+  #malformed(err: unknown, frames: Frames | null, header?: Pick<Header, "opcode" | "jobId">): void {
+    const code = err instanceof CasparianError ? err.code : "UNKNOWN";
+    this.#o.metrics?.malformedMessages.inc({ code });
+    this.#log.warn(
+      {
+        code,
+        frames: frames?.length,
+        opcode: header ? opcodeName(header.opcode) : undefined,
+        job_id: header?.jobId,
+        error: err instanceof Error ? err.message : String(err),
+      },
+      "malformed message dropped",
+    );
+  }
+
+  /** A DISPATCH we cannot read still gets its one answer: ERR with its job id. */
+  #rejectDispatch(jobId: bigint, err: unknown): void {
+    const detail =
+      err instanceof CasparianError
+        ? `${Errors.PROTOCOL_BAD_PAYLOAD.is(err) && Array.isArray(err.context.issues) ? err.context.issues.join("; ") : err.message} (${err.code})`
+        : String(err);
+    void this.#send(Opcode.ERR, () => ({ jobId, payload: { message: `Invalid DISPATCH payload: ${detail}`, traceback: null } }));
+  }
+
+  // -------------------------------------------------------------------------
+  // Outbound messages: one serialized send path
+  // -------------------------------------------------------------------------
+
+  /** Queue a message; the payload is built when its turn comes, so heartbeats report the state at send time. */
+  #send<O extends Opcode>(opcode: O, build: () => { jobId: bigint; payload: PayloadByOpcode[O] }): Promise<void> {
+    const next = this.#sendTail.then(async () => {
+      const socket = this.#socket;
+      if (!socket || socket.closed) return;
+      let frames: Frames;
+      let jobId = 0n;
+      try {
+        const message = build();
+        jobId = message.jobId;
+        frames = encodeMessage(opcode, jobId, message.payload);
+      } catch (err) {
+        this.#log.error({ err, opcode: opcodeName(opcode), job_id: jobId }, "could not encode an outbound message (bug)");
+        return;
+      }
+      try {
+        await socket.send(frames);
+        this.#o.metrics?.messagesOut.inc({ opcode: opcodeName(opcode) });
+      } catch (err) {
+        if (!socket.closed) this.#log.warn({ err, opcode: opcodeName(opcode), job_id: jobId }, "send failed");
+      }
+    });
+    this.#sendTail = next;
+    return next;
+  }
+
+  #identify(): void {
+    void this.#send(Opcode.IDENTIFY, () => ({ jobId: 0n, payload: { capabilities: ["*"], worker_id: this.#o.workerId } }));
+  }
+
+  #heartbeat(): void {
+    // While the Sentinel is away sends wait in the queue; one pending heartbeat says all there is to say.
+    if (this.#heartbeatQueued) return;
+    this.#heartbeatQueued = true;
+    void this.#send(Opcode.HEARTBEAT, () => {
+      this.#heartbeatQueued = false;
+      const current = this.#current?.jobId ?? null;
+      // Like the Python implementation: the header carries the job too (0 when idle).
+      return { jobId: current ?? 0n, payload: { status: current === null ? "IDLE" : "BUSY", current_job_id: current } };
+    }).finally(() => {
+      this.#heartbeatQueued = false;
+    });
+  }
+
+  /** CONCLUDE, falling back to a FAILED receipt when the executor's receipt cannot be encoded. */
+  #conclude(jobId: bigint, receipt: JobReceipt): Promise<void> {
+    let safe = receipt;
+    try {
+      encodeMessage(Opcode.CONCLUDE, jobId, receipt);
+    } catch (err) {
+      this.#log.error({ err, job_id: jobId }, "receipt could not be encoded; concluding FAILED instead");
+      safe = failedReceipt(`receipt could not be encoded: ${errorMessage(err)}`);
+    }
+    return this.#send(Opcode.CONCLUDE, () => ({ jobId, payload: safe }));
+  }
+
+  // -------------------------------------------------------------------------
+  // Jobs
+  // -------------------------------------------------------------------------
+
+  #accept(job: QueuedJob): void {
+    if (this.#stopping) {
+      this.#log.warn({ job_id: job.jobId }, "DISPATCH while shutting down; concluding FAILED");
+      void this.#conclude(job.jobId, failedReceipt("worker shutting down"));
+      return;
+    }
+    this.#queue.push(job);
+    if (this.#current) this.#log.info({ job_id: job.jobId, queued: this.#queue.length }, "DISPATCH while busy; queued");
+    this.#pump();
+  }
+
+  #pump(): void {
+    if (this.#current || this.#stopping) return;
+    const next = this.#queue.shift();
+    if (!next) return;
+    const job: RunningJob = { ...next, controller: new AbortController() };
+    this.#current = job;
+    this.#running = this.#run(job).finally(() => {
+      this.#current = null;
+      this.#running = null;
+      this.#pump();
+    });
+  }
+
+  async #run(job: RunningJob): Promise<void> {
+    const { jobId, command, controller } = job;
+    const logger = this.#log.child({ job_id: jobId, plugin: command.plugin_name });
+    const started = performance.now();
+    let receipt: JobReceipt;
+    try {
+      receipt = await this.#execute(job, logger);
+    } catch (err) {
+      logger.error({ err }, "job failed outside the executor");
+      receipt = failedReceipt(describe(err));
+    }
+    if (controller.signal.aborted && receipt.status === "SUCCESS") {
+      logger.warn("job succeeded after it was aborted; reporting its result");
+    }
+    const seconds = (performance.now() - started) / 1000;
+    this.#o.metrics?.jobsTotal.inc({ status: receipt.status });
+    this.#o.metrics?.jobDuration.observe(seconds);
+    logger.info({ status: receipt.status, seconds: Math.round(seconds * 1000) / 1000, error: receipt.error_message ?? undefined }, "job concluded");
+    await this.#conclude(jobId, receipt);
+  }
+
+  async #execute(job: RunningJob, logger: Logger): Promise<JobReceipt> {
+    const { jobId, command, controller } = job;
+    const { executor } = this.#o.pipeline();
+    const lease = await this.#o.envs.acquire(command.env_hash);
+    if (lease === null) {
+      return failedReceipt(Errors.ENV_NOT_PROVISIONED([command.env_hash.slice(0, 12)], { context: { jobId, plugin: command.plugin_name } }).describe());
+    }
+    try {
+      if (controller.signal.aborted) return failedReceipt(describe(controller.signal.reason));
+      return await executor.run({ jobId, command, interpreterPath: lease.interpreterPath, signal: controller.signal, logger });
+    } finally {
+      lease.release();
+    }
+  }
+
+  #abort(jobId: bigint): void {
+    if (this.#current?.jobId === jobId) {
+      this.#log.info({ job_id: jobId }, "ABORT: aborting the running job");
+      this.#current.controller.abort(Errors.JOB_ABORTED(["sentinel"], { context: { jobId } }));
+      return;
+    }
+    const index = this.#queue.findIndex((job) => job.jobId === jobId);
+    if (index >= 0) {
+      this.#queue.splice(index, 1);
+      this.#log.info({ job_id: jobId }, "ABORT: dropped the queued job");
+      void this.#conclude(jobId, failedReceipt(Errors.JOB_ABORTED(["sentinel"]).describe()));
+      return;
+    }
+    this.#log.info({ job_id: jobId }, "ABORT for a job this worker is not running; ignored");
+  }
+
+  // -------------------------------------------------------------------------
+  // Environments and reload
+  // -------------------------------------------------------------------------
+
+  /** Runs beside the message loop: building a venv can take minutes and must not block ABORT or heartbeats. */
+  async #prepare(command: PrepareEnvCommand): Promise<void> {
+    const logger = this.#log.child({ env_hash: command.env_hash });
+    logger.info("PREPARE_ENV");
+    try {
+      const ready = await this.#o.envs.prepare(command);
+      logger.info({ cached: ready.cached, interpreter: ready.interpreter_path }, "environment ready");
+      await this.#send(Opcode.ENV_READY, () => ({ jobId: 0n, payload: ready }));
+      await this.#o.pipeline().hooks.envReady.promise(ready).catch((err: unknown) => logger.warn({ err }, "envReady tap failed"));
+    } catch (err) {
+      logger.error({ err }, "PREPARE_ENV failed");
+      await this.#send(Opcode.ERR, () => ({
+        jobId: 0n,
+        payload: { message: `PREPARE_ENV failed: ${describe(err)}`, traceback: err instanceof Error && err.stack ? err.stack : null },
+      }));
+    }
+  }
+
+  #reload(): void {
+    const reload = this.#o.reload;
+    if (!reload) {
+      this.#log.info("RELOAD: nothing to reload (no config loader)");
+      return;
+    }
+    // One reload at a time, in order.
+    this.#reloadTail = this.#reloadTail.then(async () => {
+      this.#log.info("RELOAD: re-reading the config");
+      try {
+        await reload();
+        this.#log.info("RELOAD: config reloaded; the next job uses it");
+      } catch (err) {
+        this.#log.error({ err, code: err instanceof CasparianError ? err.code : undefined }, "RELOAD failed; keeping the previous config");
+      }
+    });
+  }
+
+  // -------------------------------------------------------------------------
+  // Shutdown
+  // -------------------------------------------------------------------------
+
+  /** Stop taking work, let the running job finish within graceMs (else abort it), answer, close. Idempotent. */
+  stop(reason = "stop requested"): Promise<void> {
+    this.#stopped ??= this.#shutdown(reason);
+    return this.#stopped;
+  }
+
+  async #shutdown(reason: string): Promise<void> {
+    this.#stopping = true;
+    this.#log.info({ reason, running: this.#current?.jobId, queued: this.#queue.length }, "worker stopping");
+    for (const job of this.#queue.splice(0)) void this.#conclude(job.jobId, failedReceipt("worker shutting down"));
+
+    const running = this.#running;
+    if (running && !(await settlesWithin(running, this.#o.graceMs))) {
+      this.#log.warn({ job_id: this.#current?.jobId, grace_ms: this.#o.graceMs }, "grace period over; aborting the running job");
+      this.#current?.controller.abort(Errors.JOB_ABORTED(["shutdown"]));
+      if (!(await settlesWithin(running, ABORT_SETTLE_MS))) this.#log.error("the aborted job did not finish; closing anyway");
+    }
+    if (this.#heartbeatTimer) clearInterval(this.#heartbeatTimer);
+    await settlesWithin(this.#sendTail, FLUSH_MS);
+    await settlesWithin(this.#reloadTail, FLUSH_MS);
+
+    try {
+      await this.#o.pipeline().hooks.shutdown.promise(this.#info());
+    } catch (err) {
+      this.#log.warn({ err }, "shutdown tap failed");
+    }
+    this.#socket?.close();
+    await Promise.allSettled(this.#loops);
+    try {
+      await this.#o.onStopped?.();
+    } catch (err) {
+      this.#log.warn({ err }, "onStopped failed");
+    }
+    this.#log.info("worker stopped");
+  }
+}
+
+function failedReceipt(message: string): JobReceipt {
+  return { status: "FAILED", metrics: {}, artifacts: [], error_message: message };
+}
+
+function describe(err: unknown): string {
+  return err instanceof CasparianError ? err.describe() : errorMessage(err);
+}
+
+/** True when `promise` settles within `ms`; never rejects. */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([promise.then(() => true, () => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

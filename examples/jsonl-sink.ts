@@ -1,0 +1,108 @@
+/**
+ * Example sink: JSON Lines files, `jsonl://relative/path.jsonl`, written only against
+ * casparian-flow's public API.
+ *
+ * Register it in casparian.config.ts (see jsonl-sink.config.ts):
+ *
+ *   export default defineConfig({ sinks: ["./examples/jsonl-sink.ts"] });
+ *
+ * Like the bundled Parquet sink: the path is relative to the output root, rows go to
+ * a hidden staging file beside the target, which is fsynced and renamed on commit;
+ * modes append (`<stem>_<job id>.jsonl`), replace and error are honoured; a topic that
+ * never produced a batch publishes nothing. Integers keep every digit (int64 values
+ * are written as JSON numbers, not rounded through a double); timestamps and dates are
+ * ISO 8601 strings (millisecond precision); binary is base64.
+ */
+import { mkdir, open, type FileHandle } from "node:fs/promises";
+import { dirname } from "node:path";
+import { stringify } from "lossless-json";
+import type { DataType, Table } from "apache-arrow";
+import {
+  assertTargetFree,
+  defineSink,
+  finalPathFor,
+  publishStaged,
+  removeIfPresent,
+  removeStaleStaging,
+  resolveInsideRoot,
+  stagingPathFor,
+  type Batch,
+  type SinkPlugin,
+} from "casparian-flow";
+
+export interface JsonlSinkOptions {
+  /** Add `_job_id` and `_file_version_id` to every line (as the Parquet sink does). Default false. */
+  lineage?: boolean;
+}
+
+export default function jsonlSink(options: JsonlSinkOptions = {}): SinkPlugin {
+  return defineSink({
+    name: "jsonl",
+    schemes: ["jsonl"],
+    create(target, { job, logger }) {
+      const path = resolveInsideRoot(job.outputRoot, target.parsed.location, target.uri);
+      const finalPath = finalPathFor(path, target.mode, job.jobId);
+      const stagingPath = stagingPathFor(finalPath, job.jobId);
+      const lineage: Record<string, bigint> = options.lineage ? { _job_id: job.jobId, _file_version_id: job.command.file_version_id } : {};
+      let handle: FileHandle | null = null;
+
+      return {
+        async open() {
+          await mkdir(dirname(finalPath), { recursive: true });
+          await assertTargetFree(finalPath, target.mode, target.uri, job.jobId);
+        },
+        async write(batch: Batch) {
+          handle ??= await open(stagingPath, "wx");
+          await handle.write(toLines(batch.table, lineage));
+        },
+        async prepare() {
+          if (handle === null) return;
+          await handle.sync();
+          await handle.close();
+        },
+        async commit() {
+          if (handle === null) {
+            logger.warn("no batch for this topic: nothing published");
+            return [];
+          }
+          await publishStaged(stagingPath, finalPath, target.mode, target.uri, job.jobId);
+          return [{ topic: target.topic, uri: `jsonl://${finalPath}` }];
+        },
+        async abort() {
+          await handle?.close().catch(() => {});
+          await removeIfPresent(stagingPath);
+        },
+      };
+    },
+    async recover({ outputRoot, logger }) {
+      await removeStaleStaging(outputRoot, logger);
+    },
+  });
+}
+
+/** One JSON object per row, every line ending in "\n". */
+function toLines(table: Table, extra: Record<string, bigint>): string {
+  const converters = table.schema.fields.map((field) => converterFor(field.type));
+  const columns = table.schema.fields.map((_, i) => table.getChildAt(i)!);
+  const names = table.schema.fields.map((f) => f.name);
+  let out = "";
+  for (let row = 0; row < table.numRows; row++) {
+    const record: Record<string, unknown> = {};
+    for (let c = 0; c < columns.length; c++) {
+      const value: unknown = columns[c]!.get(row);
+      record[names[c]!] = value === null || value === undefined ? null : converters[c]!(value);
+    }
+    out += `${stringify({ ...record, ...extra })}\n`;
+  }
+  return out;
+}
+
+function converterFor(type: DataType): (value: unknown) => unknown {
+  const name = String(type);
+  if (name.startsWith("Timestamp")) return (v) => new Date(Number(v)).toISOString();
+  if (name.startsWith("Date")) return (v) => new Date(Number(v)).toISOString().slice(0, 10);
+  if (name.includes("Binary")) return (v) => Buffer.from(v as Uint8Array).toString("base64");
+  // Nested values (StructRow, Vector) know how to become plain JSON.
+  if (name.startsWith("Struct") || name.startsWith("List") || name.startsWith("Map")) return (v) => (v as { toJSON(): unknown }).toJSON();
+  return (v) => v;
+}

@@ -1,0 +1,270 @@
+/**
+ * Maps the Sink lifecycle onto the worker hooks; the only code that calls sink methods.
+ *
+ *   start          → plugin.recover()      (staging left by a crashed run)
+ *   jobStart       → create + open one sink per SinkConfig (unknown scheme fails the job)
+ *   onBatch        → schema checks, then write to every sink of the batch's topic
+ *   prepareCommit  → every sink prepares (phase one); the first failure fails the job
+ *   onConclude     → SUCCESS: every sink commits (phase two), artifacts and metrics;
+ *                    FAILED: every sink aborts
+ *   shutdown       → plugin.close()
+ *
+ * Routing defaults (README "Sinks"):
+ *  - a batch for a topic with no sink is dropped, with a warning once per topic and job
+ *    and the `unrouted_batches` / `unrouted_rows` metrics;
+ *  - a sink whose topic never produced a batch is warned about and counted in
+ *    `sinks_without_batches`; it still goes through prepare/commit, and the bundled
+ *    sinks publish nothing for it;
+ *  - so a job whose plugin publishes to no configured topic at all succeeds with no
+ *    artifacts, and its metrics say why.
+ *
+ * Per-job state lives in a WeakMap keyed by the JobContext: nothing global, nothing leaks.
+ */
+import type { Schema } from "apache-arrow";
+import { CasparianError, Errors, errorMessage } from "../core/errors.js";
+import type { Batch, JobContext, JobOutcome } from "../core/job.js";
+import type { Logger } from "../core/logger.js";
+import type { SinkConfig } from "../core/messages.js";
+import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../hooks/index.js";
+import type { Sink, SinkPlugin, SinkTarget } from "./api.js";
+import { contractDifferences, parseSchemaDef, schemaDrift } from "./contract.js";
+import { parseSinkUri } from "./uri.js";
+
+export interface LoadedSink {
+  plugin: SinkPlugin;
+  options: Record<string, unknown>;
+}
+
+const PLUGIN_NAME = "SinkManager";
+
+interface ActiveSink {
+  readonly target: SinkTarget;
+  readonly loaded: LoadedSink;
+  readonly logger: Logger;
+  sink: Sink | null;
+  batches: number;
+  rows: number;
+  done: boolean;
+}
+
+interface JobSinks {
+  readonly sinks: ActiveSink[];
+  readonly byTopic: Map<string, ActiveSink[]>;
+  /** Schema of the first batch of each routed topic. */
+  readonly firstSchemas: Map<string, Schema>;
+  readonly unroutedTopics: Set<string>;
+  unroutedBatches: number;
+  unroutedRows: number;
+}
+
+export class SinkManager implements WorkerPlugin {
+  readonly name = PLUGIN_NAME;
+  readonly #plugins: LoadedSink[];
+  readonly #byScheme = new Map<string, LoadedSink>();
+  readonly #logger: Logger;
+  readonly #outputRoot: string;
+  readonly #jobs = new WeakMap<JobContext, JobSinks>();
+
+  constructor(opts: { plugins: LoadedSink[]; logger: Logger; outputRoot: string }) {
+    this.#plugins = opts.plugins;
+    this.#logger = opts.logger.child({ component: PLUGIN_NAME });
+    this.#outputRoot = opts.outputRoot;
+    for (const loaded of opts.plugins) {
+      for (const scheme of loaded.plugin.schemes) {
+        const key = scheme.toLowerCase();
+        const other = this.#byScheme.get(key);
+        if (other !== undefined) {
+          throw Errors.SINK_INVALID([loaded.plugin.name, `scheme "${key}" is already handled by sink plugin "${other.plugin.name}"`], { context: { plugin: loaded.plugin.name } });
+        }
+        this.#byScheme.set(key, loaded);
+      }
+    }
+  }
+
+  apply(hooks: TapOnlyHooks): void {
+    const tap = { name: PLUGIN_NAME, stage: Stage.SINK };
+    hooks.start.tapPromise(tap, () => this.#recover());
+    hooks.jobStart.tapPromise(tap, (job) => this.#open(job));
+    hooks.onBatch.tapPromise(tap, (batch, job) => this.#write(batch, job));
+    hooks.prepareCommit.tapPromise(tap, (job) => this.#prepare(job));
+    hooks.onConclude.tapPromise(tap, (outcome, job) => this.#conclude(outcome, job));
+    hooks.shutdown.tapPromise(tap, () => this.#close());
+  }
+
+  async #recover(): Promise<void> {
+    for (const { plugin, options } of this.#plugins) {
+      if (plugin.recover === undefined) continue;
+      const logger = this.#logger.child({ sink_plugin: plugin.name });
+      try {
+        await plugin.recover({ outputRoot: this.#outputRoot, logger, options });
+      } catch (err) {
+        // Leftover staging is untidy, not dangerous: never refuse to start over it.
+        logger.error({ err }, "sink recovery failed: %s", errorMessage(err));
+      }
+    }
+  }
+
+  async #open(job: JobContext): Promise<void> {
+    // Validate every target before creating any sink: a bad URI fails the job with nothing to undo.
+    const targets = job.command.sinks.map((config) => this.#target(config, job));
+    const state: JobSinks = { sinks: [], byTopic: new Map(), firstSchemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0 };
+    this.#jobs.set(job, state);
+    for (const { target, loaded } of targets) {
+      const logger = job.logger.child({ topic: target.topic, sink: target.uri });
+      const active: ActiveSink = { target, loaded, logger, sink: null, batches: 0, rows: 0, done: false };
+      state.sinks.push(active);
+      const list = state.byTopic.get(target.topic) ?? [];
+      list.push(active);
+      state.byTopic.set(target.topic, list);
+      await this.#call(active, job, "create", async () => {
+        active.sink = await loaded.plugin.create(target, { job, logger, options: loaded.options });
+        if (active.sink === null || typeof active.sink !== "object" || typeof active.sink.write !== "function") {
+          throw Errors.SINK_INVALID([loaded.plugin.name, "create() must return an object with write, prepare, commit and abort"]);
+        }
+      });
+      await this.#call(active, job, "open", () => active.sink!.open?.());
+    }
+  }
+
+  #target(config: SinkConfig, job: JobContext): { target: SinkTarget; loaded: LoadedSink } {
+    const context = { jobId: job.jobId, sinkUri: config.uri };
+    let parsed;
+    try {
+      parsed = parseSinkUri(config.uri);
+    } catch (err) {
+      if (err instanceof CasparianError) Object.assign(err.context, context);
+      throw err;
+    }
+    const loaded = this.#byScheme.get(parsed.scheme);
+    if (loaded === undefined) {
+      throw Errors.SINK_UNKNOWN_SCHEME([config.uri, [...this.#byScheme.keys()].map((s) => `${s}://`).join(", ")], { context: { ...context, topic: config.topic } });
+    }
+    const contract = parseSchemaDef(config.topic, config.schema_def, context);
+    return { target: Object.freeze({ topic: config.topic, uri: config.uri, parsed, mode: config.mode ?? "append", contract, config }), loaded };
+  }
+
+  async #write(batch: Batch, job: JobContext): Promise<void> {
+    const state = this.#jobs.get(job);
+    if (state === undefined) return;
+    const sinks = state.byTopic.get(batch.topic);
+    if (sinks === undefined) {
+      state.unroutedBatches++;
+      state.unroutedRows += batch.numRows;
+      if (!state.unroutedTopics.has(batch.topic)) {
+        state.unroutedTopics.add(batch.topic);
+        job.logger.warn({ topic: batch.topic, configured: [...state.byTopic.keys()] }, "topic %s has no sink: its batches are dropped", batch.topic);
+      }
+      return;
+    }
+    this.#checkSchema(batch, job, state, sinks);
+    for (const active of sinks) {
+      await this.#call(active, job, "write", () => active.sink!.write(batch));
+      active.batches++;
+      active.rows += batch.numRows;
+    }
+  }
+
+  #checkSchema(batch: Batch, job: JobContext, state: JobSinks, sinks: ActiveSink[]): void {
+    const first = state.firstSchemas.get(batch.topic);
+    if (first === undefined) {
+      state.firstSchemas.set(batch.topic, batch.table.schema);
+    } else {
+      const drift = schemaDrift(first, batch.table);
+      if (drift.length > 0) {
+        throw Errors.SINK_SCHEMA_MISMATCH([batch.topic, `batch ${batch.index} differs from the topic's first batch: ${drift.join("; ")}`], {
+          context: { jobId: job.jobId, topic: batch.topic },
+          hint: "publish the same columns and types in every batch of a topic (cast before publishing)",
+        });
+      }
+    }
+    for (const active of sinks) {
+      const contract = active.target.contract;
+      if (contract === null) continue;
+      const differences = contractDifferences(contract, batch.table);
+      if (differences.length > 0) {
+        throw Errors.SINK_SCHEMA_MISMATCH([batch.topic, `schema_def of ${active.target.uri}: ${differences.join("; ")}`], {
+          context: { jobId: job.jobId, topic: batch.topic, sinkUri: active.target.uri },
+          hint: "make the plugin's output match the topic's schema_def, or update the schema_def",
+        });
+      }
+    }
+  }
+
+  async #prepare(job: JobContext): Promise<void> {
+    const state = this.#jobs.get(job);
+    if (state === undefined) return;
+    for (const active of state.sinks) {
+      if (active.batches === 0) active.logger.warn("topic %s produced no batch for sink %s", active.target.topic, active.target.uri);
+      await this.#call(active, job, "prepare", () => active.sink!.prepare());
+    }
+  }
+
+  async #conclude(outcome: JobOutcome, job: JobContext): Promise<void> {
+    const state = this.#jobs.get(job);
+    if (state === undefined) return;
+    this.#jobs.delete(job);
+    outcome.metrics.unrouted_batches = state.unroutedBatches;
+    outcome.metrics.unrouted_rows = state.unroutedRows;
+    outcome.metrics.sinks_without_batches = state.sinks.filter((s) => s.batches === 0).length;
+    for (const active of state.sinks) {
+      const key = `sink_rows.${active.target.topic}`;
+      outcome.metrics[key] = Number(outcome.metrics[key] ?? 0) + active.rows;
+    }
+
+    if (outcome.status === "SUCCESS") {
+      for (const active of state.sinks) {
+        try {
+          await this.#call(active, job, "commit", async () => {
+            const artifacts = await active.sink!.commit();
+            active.done = true;
+            outcome.artifacts.push(...artifacts);
+          });
+        } catch (err) {
+          outcome.status = "FAILED";
+          outcome.error = err instanceof Error ? err : new Error(String(err));
+          const published = state.sinks.filter((s) => s.done).map((s) => s.target.uri);
+          if (published.length > 0) job.logger.error({ published }, "commit failed after other sinks had published; those outputs stay");
+          break;
+        }
+      }
+    }
+    if (outcome.status === "FAILED") {
+      const reason = outcome.error ?? new Error("job failed");
+      for (const active of state.sinks) {
+        if (active.done || active.sink === null) continue;
+        try {
+          await active.sink.abort(reason);
+        } catch (err) {
+          active.logger.error({ err }, "sink abort failed: %s", errorMessage(err));
+        }
+        active.done = true;
+      }
+    }
+  }
+
+  async #close(): Promise<void> {
+    await Promise.all(
+      this.#plugins.map(async ({ plugin }) => {
+        try {
+          await plugin.close?.();
+        } catch (err) {
+          this.#logger.warn({ err, sink_plugin: plugin.name }, "sink plugin close failed");
+        }
+      }),
+    );
+  }
+
+  /** Runs one sink call; errors leave with the job id, sink URI and plugin attached. */
+  async #call(active: ActiveSink, job: JobContext, step: string, fn: () => unknown): Promise<void> {
+    try {
+      await fn();
+    } catch (err) {
+      const context = { jobId: job.jobId, sinkUri: active.target.uri, plugin: active.loaded.plugin.name, topic: active.target.topic };
+      if (err instanceof CasparianError) {
+        for (const [key, value] of Object.entries(context)) if (err.context[key] === undefined) err.context[key] = value;
+        throw err;
+      }
+      throw Errors.SINK_WRITE_FAILED([`"${active.loaded.plugin.name}" (${active.target.uri}) in ${step}`, errorMessage(err)], { context, cause: err });
+    }
+  }
+}

@@ -1,0 +1,99 @@
+/**
+ * A small pool of Parquet encoder threads shared by every Parquet sink of one plugin
+ * instance. Tasks queue in order; each thread takes one at a time. Threads start on
+ * first use and only keep the process alive while they have work.
+ *
+ * With 0 threads, tasks encode on the calling thread (no worker at all).
+ */
+import { Worker } from "node:worker_threads";
+import type { EncodeTask } from "./parquet-encode.js";
+import type { EncodeRequest, EncodeResponse } from "./parquet-worker.js";
+
+interface Pending {
+  id: number;
+  task: EncodeTask;
+  resolve(bytes: Uint8Array): void;
+  reject(err: Error): void;
+}
+
+interface Slot {
+  worker: Worker;
+  current: Pending | null;
+}
+
+const WORKER_URL = new URL("./parquet-worker.js", import.meta.url);
+
+export class EncoderPool {
+  readonly threads: number;
+  readonly #slots: Slot[] = [];
+  readonly #queue: Pending[] = [];
+  #nextId = 1;
+  #closed = false;
+  #inline: Promise<typeof import("./parquet-encode.js")> | null = null;
+
+  constructor(threads: number) {
+    this.threads = threads;
+  }
+
+  encode(task: EncodeTask): Promise<Uint8Array> {
+    if (this.#closed) return Promise.reject(new Error("Parquet encoder pool is closed"));
+    if (this.threads === 0) {
+      this.#inline ??= import("./parquet-encode.js");
+      return this.#inline.then((m) => m.encodeRowGroup(task));
+    }
+    return new Promise<Uint8Array>((resolve, reject) => {
+      this.#queue.push({ id: this.#nextId++, task, resolve, reject });
+      this.#pump();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    const error = new Error("Parquet encoder pool closed");
+    for (const pending of this.#queue.splice(0)) pending.reject(error);
+    const slots = this.#slots.splice(0);
+    for (const slot of slots) slot.current?.reject(error);
+    await Promise.all(slots.map((slot) => slot.worker.terminate()));
+  }
+
+  #pump(): void {
+    while (this.#queue.length > 0) {
+      let slot = this.#slots.find((s) => s.current === null);
+      if (slot === undefined && this.#slots.length < this.threads) slot = this.#spawn();
+      if (slot === undefined) return;
+      const pending = this.#queue.shift()!;
+      slot.current = pending;
+      slot.worker.ref();
+      const request: EncodeRequest = { id: pending.id, task: pending.task };
+      slot.worker.postMessage(request);
+    }
+  }
+
+  #spawn(): Slot {
+    const worker = new Worker(WORKER_URL);
+    const slot: Slot = { worker, current: null };
+    worker.on("message", (response: EncodeResponse) => {
+      const pending = slot.current;
+      if (pending === null || pending.id !== response.id) return;
+      slot.current = null;
+      worker.unref();
+      if ("error" in response) pending.reject(new Error(`Parquet encoding failed: ${response.error}`));
+      else pending.resolve(response.bytes);
+      this.#pump();
+    });
+    const fail = (err: Error) => {
+      const index = this.#slots.indexOf(slot);
+      if (index >= 0) this.#slots.splice(index, 1);
+      slot.current?.reject(err);
+      slot.current = null;
+      if (!this.#closed) this.#pump();
+    };
+    worker.on("error", (err) => fail(err instanceof Error ? err : new Error(String(err))));
+    worker.on("exit", (code) => {
+      if (!this.#closed) fail(new Error(`Parquet encoder thread exited with code ${code}`));
+    });
+    worker.unref();
+    this.#slots.push(slot);
+    return slot;
+  }
+}

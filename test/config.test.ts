@@ -1,0 +1,190 @@
+import assert from "node:assert/strict";
+import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { loadConfig, validateConfig } from "../core/config-loader.js";
+import { CasparianError, Errors } from "../core/errors.js";
+import { packageRoot } from "../core/paths.js";
+
+const fixture = (name: string) => join(packageRoot(), "test", "fixtures", name);
+
+async function rejectsWith(promise: Promise<unknown>, code: string): Promise<CasparianError> {
+  try {
+    await promise;
+  } catch (err) {
+    assert.ok(err instanceof CasparianError, `expected ${code}, got ${String(err)}`);
+    assert.equal(err.code, code);
+    return err;
+  }
+  assert.fail(`expected a ${code} rejection`);
+}
+
+describe("config discovery (cosmiconfig)", () => {
+  test("a TypeScript config that imports another TypeScript file (a user sink) loads", async () => {
+    const loaded = await loadConfig({ cwd: fixture("config-ts-imports"), command: "worker" });
+    assert.equal(loaded.filepath, join(fixture("config-ts-imports"), "casparian.config.ts"));
+    assert.equal(loaded.dir, fixture("config-ts-imports"));
+    assert.equal(loaded.config.workerId, "from-ts-memory");
+    assert.equal(loaded.config.heartbeatInterval, 2);
+    const sink = loaded.config.sinks?.[0];
+    assert.ok(sink && typeof sink === "object" && "create" in sink, "the imported sink plugin object is in the config");
+    assert.equal(sink.name, "memory-fixture");
+    assert.deepEqual(sink.schemes, ["memory"]);
+  });
+
+  test(".casparianrc.json, .casparianrc.yaml and package.json#casparian are found", async () => {
+    const json = await loadConfig({ cwd: fixture("config-rc-json"), command: "worker" });
+    assert.equal(json.config.connect, "tcp://127.0.0.1:6000");
+    assert.equal(json.config.environments?.maxEnvs, 3);
+    const yaml = await loadConfig({ cwd: fixture("config-rc-yaml"), command: "worker" });
+    assert.deepEqual(yaml.config.parquet, { compression: "zstd", rowGroupSize: 1000 });
+    assert.equal(yaml.config.heartbeatInterval, 0.5);
+    const pkg = await loadConfig({ cwd: fixture("config-package"), command: "worker" });
+    assert.equal(pkg.filepath, join(fixture("config-package"), "package.json"));
+    assert.equal(pkg.config.workerId, "from-package-json");
+  });
+
+  test("a config may export a function of the command", async () => {
+    const worker = await loadConfig({ cwd: fixture("config-function"), command: "worker" });
+    assert.deepEqual(worker.config, { workerId: "fn-worker", grace: 7 });
+    const run = await loadConfig({ cwd: fixture("config-function"), command: "run" });
+    assert.deepEqual(run.config, { workerId: "fn-run", grace: 0 });
+  });
+
+  test("--config loads exactly that file, even beside another config", async () => {
+    const loaded = await loadConfig({ explicitPath: "worker.casparian.json", cwd: fixture("config-explicit"), command: "worker" });
+    assert.equal(loaded.filepath, join(fixture("config-explicit"), "worker.casparian.json"));
+    assert.equal(loaded.config.workerId, "explicit-json");
+    const searched = await loadConfig({ cwd: fixture("config-explicit"), command: "worker" });
+    assert.equal(searched.config.workerId, "searched");
+  });
+
+  test("search walks up to the project root (the first directory with package.json)", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "casparian-config-"));
+    try {
+      await cp(fixture("config-package"), dir, { recursive: true });
+      const nested = join(dir, "a", "b");
+      await cp(fixture("config-rc-yaml"), join(dir, "unrelated"), { recursive: true });
+      await mkdir(nested, { recursive: true });
+      const loaded = await loadConfig({ cwd: nested, command: "worker" });
+      assert.equal(loaded.filepath, join(dir, "package.json"));
+      assert.equal(loaded.dir, dir);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("no config file anywhere: empty config, relative paths against cwd", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "casparian-config-"));
+    try {
+      await writeFile(join(dir, "package.json"), '{"name":"no-config"}');
+      const loaded = await loadConfig({ cwd: dir, command: "worker" });
+      assert.deepEqual(loaded, { config: {}, filepath: null, dir });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("a reload sees edits to a TS config (no module cache)", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "casparian-config-"));
+    try {
+      const file = join(dir, "casparian.config.ts");
+      await writeFile(join(dir, "package.json"), '{"name":"reload","type":"module"}');
+      await writeFile(file, "export default { grace: 1 as number };\n");
+      assert.equal((await loadConfig({ cwd: dir, command: "worker" })).config.grace, 1);
+      await writeFile(file, "export default { grace: 2 as number };\n");
+      assert.equal((await loadConfig({ cwd: dir, command: "worker" })).config.grace, 2);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("config errors", () => {
+  test("invalid values and unknown keys: file, key path and expected value are named", async () => {
+    const err = await rejectsWith(loadConfig({ cwd: fixture("config-invalid"), command: "worker" }), Errors.CONFIG_INVALID.code);
+    const file = join(fixture("config-invalid"), "casparian.config.mjs");
+    assert.ok(err.message.includes(file), err.message);
+    assert.match(err.message, /bridge\.idleTimeout: expected a positive number of seconds, got number -1/);
+    assert.match(err.message, /logLevel: expected one of "fatal", .*"silent", got "loud"/);
+    assert.match(err.message, /heartbeatIntervall: unknown key/);
+    assert.match(err.hint ?? "", /did you mean "heartbeatInterval"/);
+    assert.deepEqual(err.context.keys, ["heartbeatIntervall", "bridge.idleTimeout", "logLevel"]);
+  });
+
+  test("a syntax error is CONFIG_LOAD_FAILED naming the file", async () => {
+    const err = await rejectsWith(loadConfig({ cwd: fixture("config-broken"), command: "worker" }), Errors.CONFIG_LOAD_FAILED.code);
+    assert.ok(err.message.includes(join(fixture("config-broken"), "casparian.config.ts")), err.message);
+  });
+
+  test("a missing --config file is CONFIG_LOAD_FAILED: file not found", async () => {
+    const err = await rejectsWith(loadConfig({ explicitPath: "nope.json", cwd: fixture("config-explicit"), command: "worker" }), Errors.CONFIG_LOAD_FAILED.code);
+    assert.match(err.message, /nope\.json: file not found/);
+  });
+
+  test("a config function that throws is CONFIG_LOAD_FAILED", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "casparian-config-"));
+    try {
+      await writeFile(join(dir, "package.json"), '{"name":"x"}');
+      await writeFile(join(dir, "casparian.config.mjs"), 'export default () => { throw new Error("no env"); };\n');
+      const err = await rejectsWith(loadConfig({ cwd: dir, command: "worker" }), Errors.CONFIG_LOAD_FAILED.code);
+      assert.match(err.message, /the exported config function threw: no env/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("every key is checked", () => {
+    const cases: Array<[unknown, RegExp]> = [
+      [[], /\(root\): expected an object, got an array/],
+      [{ connect: "localhost:5555" }, /connect: expected a ZeroMQ endpoint/],
+      [{ output: "" }, /output: expected a non-empty string/],
+      [{ heartbeatInterval: 0 }, /heartbeatInterval: expected a positive number of seconds, got number 0/],
+      [{ grace: -1 }, /grace: expected a number of seconds >= 0/],
+      [{ metricsPort: 70000 }, /metricsPort: expected a port number 0\.\.65535/],
+      [{ sinks: [42] }, /sinks\[0\]: expected a sink plugin object/],
+      [{ sinks: [{ name: "s", schemes: "x", create: () => null }] }, /sinks\[0\]\.schemes: expected an array of strings/],
+      [{ sinks: [{ use: "./s.ts", options: 1 }] }, /sinks\[0\]\.options: expected an object/],
+      [{ plugins: [{ name: "p" }] }, /plugins\[0\]\.apply: expected a function/],
+      [{ hooks: { onBatchh: async () => {} } }, /hooks\.onBatchh: unknown key/],
+      [{ hooks: { onBatch: "x" } }, /hooks\.onBatch: expected a function/],
+      [{ environments: { maxEnvBytes: 1.5 } }, /environments\.maxEnvBytes: expected a positive integer/],
+      [{ bridge: { env: ["A", 1] } }, /bridge\.env: expected an array of strings/],
+      [{ bridge: { maxFrameBytes: 0 } }, /bridge\.maxFrameBytes: expected a positive integer/],
+      [{ parquet: { compression: "lzma" } }, /parquet\.compression: expected one of "snappy"/],
+      [{ run: { workers: 0 } }, /run\.workers: expected a positive integer/],
+      [{ run: { sinks: { output: 3 } } }, /run\.sinks\.output: expected a non-empty string/],
+      [{ bridge: { idle: 3 } }, /bridge\.idle: unknown key/],
+    ];
+    for (const [config, pattern] of cases) {
+      assert.throws(() => validateConfig(config, "/cfg/casparian.config.ts"), (err: unknown) => {
+        assert.ok(Errors.CONFIG_INVALID.is(err));
+        assert.match(err.message, /^invalid config in \/cfg\/casparian\.config\.ts: /);
+        assert.match(err.message, pattern);
+        return true;
+      });
+    }
+  });
+
+  test("a full valid config passes unchanged", () => {
+    const config = {
+      connect: "tcp://10.0.0.1:5555",
+      output: "./out",
+      workerId: "w1",
+      home: "/var/lib/casparian",
+      heartbeatInterval: 1,
+      grace: 0,
+      logLevel: "debug",
+      metricsPort: 9464,
+      sinks: ["./my-sink.ts", { use: "casparian-sink-s3", options: { bucket: "b" } }],
+      plugins: [{ name: "audit", apply: () => {} }],
+      hooks: { afterConclude: async () => {} },
+      environments: { maxEnvBytes: 10_000_000_000, maxEnvs: 20, uv: "/usr/bin/uv" },
+      bridge: { connectTimeout: 10, idleTimeout: 60, jobTimeout: 600, env: ["AWS_REGION"], maxFrameBytes: 1 << 20 },
+      parquet: { compression: "zstd", rowGroupSize: 65536 },
+      run: { workers: 4, sinks: { output: "parquet://out.parquet" } },
+    };
+    assert.equal(validateConfig(config, "x"), config);
+  });
+});

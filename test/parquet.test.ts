@@ -1,0 +1,288 @@
+/**
+ * The bundled Parquet sink, driven through the hooks exactly as the JobRunner drives
+ * it, with real Arrow batches, real files, and read back by real pyarrow and DuckDB.
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { basename, dirname, join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { pino } from "pino";
+import { Errors } from "../core/errors.js";
+import type { ParquetConfig } from "../core/config.js";
+import { createHooks, type WorkerHooks } from "../hooks/index.js";
+import { isStagingName, removeStaleStaging, stagingPathFor } from "../sinks/files.js";
+import { loadSinkPlugins } from "../sinks/load.js";
+import { SinkManager } from "../sinks/manager.js";
+import { batchOf, canonicalColumns, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
+import { buildPythonEnv, columnValues, readParquet, type PythonEnv } from "./helpers/readback.js";
+
+const logger = pino({ level: "silent" });
+let py: PythonEnv;
+const roots: string[] = [];
+
+before(async () => {
+  py = await buildPythonEnv();
+});
+after(async () => {
+  await py?.cleanup();
+  await Promise.all(roots.map((r) => rm(r, { recursive: true, force: true })));
+});
+
+async function workspace(parquet: ParquetConfig = { encoderThreads: 1 }): Promise<{ root: string; hooks: WorkerHooks; close(): Promise<void> }> {
+  const root = await mkdtemp(join(tmpdir(), "casparian-parquet-"));
+  roots.push(root);
+  const hooks = createHooks();
+  const manager = new SinkManager({ plugins: await loadSinkPlugins([], root, parquet), logger, outputRoot: root });
+  manager.apply(hooks);
+  const info = { workerId: "worker-test", outputRoot: root, logger };
+  await hooks.start.promise(info);
+  return { root, hooks, close: () => hooks.shutdown.promise(info) };
+}
+
+/** Every file under root, relative, sorted: proves what a reader could see. */
+async function listFiles(root: string): Promise<string[]> {
+  const entries = await readdir(root, { recursive: true, withFileTypes: true });
+  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath ?? (e as unknown as { path: string }).path, e.name).slice(root.length + 1)).sort();
+}
+
+function artifactPath(uri: string): string {
+  assert.match(uri, /^parquet:\/\/\//);
+  return uri.slice("parquet://".length);
+}
+
+describe("Parquet sink", () => {
+  test("pyarrow and DuckDB read back exactly what was written: values, types, nulls, timestamps, unicode", async () => {
+    const ws = await workspace();
+    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("sales", "parquet://out/sales.parquet?row_group_size=700")] });
+    const tables = [sampleTable(1000, 0), sampleTable(1, 1000), sampleTable(1499, 1001)];
+    const outcome = await driveJob(ws.hooks, job, tables.map((t, i) => batchOf("sales", t, i)));
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const file = join(ws.root, "out", `sales_${job.jobId}.parquet`);
+    assert.deepEqual(outcome.artifacts, [{ topic: "sales", uri: `parquet://${file}` }]);
+    assert.deepEqual(await listFiles(ws.root), [`out/sales_${job.jobId}.parquet`]);
+
+    const expected = canonicalColumns(sampleTable(2500, 0));
+    const rows = 2500;
+    const lineage = { _job_id: Array(rows).fill(job.jobId.toString()), _file_version_id: Array(rows).fill(job.command.file_version_id.toString()) };
+
+    const viaPyarrow = await readParquet(py, "pyarrow", file);
+    assert.equal(viaPyarrow.num_rows, rows);
+    assert.deepEqual(viaPyarrow.row_group_rows, [700, 700, 700, 400]);
+    assert.equal(viaPyarrow.compression, "SNAPPY");
+    assert.deepEqual(
+      viaPyarrow.columns.map((c) => [c.name, c.type]),
+      [["id", "int64"], ["amount", "double"], ["label", "string"], ["flag", "bool"], ["ts", "timestamp[us, tz=UTC]"], ["_job_id", "uint64"], ["_file_version_id", "int64"]],
+    );
+    assert.deepEqual(columnValues(viaPyarrow), { ...expected, ...lineage });
+    assert.deepEqual(viaPyarrow.metadata, {
+      "casparian.job_id": job.jobId.toString(),
+      "casparian.plugin_name": "sales_parser",
+      "casparian.env_hash": job.command.env_hash,
+      "casparian.worker_id": "worker-test",
+      "casparian.file_version_id": job.command.file_version_id.toString(),
+      "casparian.topic": "sales",
+    });
+
+    const viaDuckdb = await readParquet(py, "duckdb", file);
+    assert.deepEqual(
+      viaDuckdb.columns.map((c) => [c.name, c.type]),
+      [["id", "BIGINT"], ["amount", "DOUBLE"], ["label", "VARCHAR"], ["flag", "BOOLEAN"], ["ts", "TIMESTAMP WITH TIME ZONE"], ["_job_id", "UBIGINT"], ["_file_version_id", "BIGINT"]],
+    );
+    assert.deepEqual(columnValues(viaDuckdb), { ...expected, ...lineage });
+  });
+
+  test("encoding on the main thread and on two encoder threads writes the same data", async () => {
+    const results = [];
+    for (const encoderThreads of [0, 2]) {
+      const ws = await workspace({ encoderThreads, rowGroupSize: 300 });
+      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://t.parquet", "replace")] });
+      const outcome = await driveJob(ws.hooks, job, [0, 1, 2, 3].map((i) => batchOf("t", sampleTable(450, i * 450), i)));
+      await ws.close();
+      assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+      results.push(await readParquet(py, "pyarrow", join(ws.root, "t.parquet")));
+    }
+    assert.deepEqual(results[0]!.row_group_rows, [300, 300, 300, 300, 300, 300]);
+    assert.deepEqual(results[0], results[1]);
+    assert.deepEqual(columnValues(results[0]!).label, canonicalColumns(sampleTable(1800)).label);
+  });
+
+  test("compression and row group size come from the URI query, over the config", async () => {
+    const ws = await workspace({ encoderThreads: 1, compression: "gzip", rowGroupSize: 50 });
+    const job = makeJob({
+      outputRoot: ws.root,
+      sinks: [sinkConfig("a", "parquet://a.parquet?compression=zstd&row_group_size=100", "replace"), sinkConfig("b", "parquet://b.parquet", "replace")],
+    });
+    const outcome = await driveJob(ws.hooks, job, [batchOf("a", sampleTable(250)), batchOf("b", sampleTable(120))]);
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const a = await readParquet(py, "pyarrow", join(ws.root, "a.parquet"));
+    const b = await readParquet(py, "pyarrow", join(ws.root, "b.parquet"));
+    assert.equal(a.compression, "ZSTD");
+    assert.deepEqual(a.row_group_rows, [100, 100, 50]);
+    assert.equal(b.compression, "GZIP");
+    assert.deepEqual(b.row_group_rows, [50, 50, 20]);
+  });
+
+  test("bad URI options fail the job before anything is written", async () => {
+    const ws = await workspace();
+    for (const [uri, pattern] of [
+      ["parquet://x.parquet?compression=lzma", /unknown compression "lzma"/],
+      ["parquet://x.parquet?row_group_size=0", /row_group_size must be a positive integer/],
+      ["parquet://x.parquet?rowgroups=5", /unknown parameter "rowgroups"/],
+    ] as const) {
+      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", uri)] });
+      const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(3))]);
+      assert.equal(outcome.status, "FAILED");
+      assert.ok(Errors.SINK_BAD_URI.is(outcome.error), String(outcome.error));
+      assert.match(outcome.error!.message, pattern);
+    }
+    await ws.close();
+    assert.deepEqual(await listFiles(ws.root), []);
+  });
+
+  describe("modes", () => {
+    test("append writes one file per job, <stem>_<job id>.parquet", async () => {
+      const ws = await workspace();
+      for (const jobId of [1n, 2n]) {
+        const job = makeJob({ outputRoot: ws.root, jobId, sinks: [sinkConfig("t", "parquet://daily/sales.parquet", "append")] });
+        const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(10 * Number(jobId)))]);
+        assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+      }
+      await ws.close();
+      assert.deepEqual(await listFiles(ws.root), ["daily/sales_1.parquet", "daily/sales_2.parquet"]);
+      assert.equal((await readParquet(py, "pyarrow", join(ws.root, "daily/sales_2.parquet"))).num_rows, 20);
+    });
+
+    test("replace swaps the target for the new file", async () => {
+      const ws = await workspace();
+      for (const rows of [30, 7]) {
+        const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://current.parquet", "replace")] });
+        const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(rows))]);
+        assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+        assert.equal((await readParquet(py, "pyarrow", join(ws.root, "current.parquet"))).num_rows, rows);
+      }
+      await ws.close();
+      assert.deepEqual(await listFiles(ws.root), ["current.parquet"]);
+    });
+
+    test("replace leaves the old target intact when the job fails", async () => {
+      const ws = await workspace();
+      await writeFile(join(ws.root, "keep.parquet"), "previous output");
+      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://keep.parquet", "replace")] });
+      const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(5))], { guestFails: new Error("guest crashed") });
+      await ws.close();
+      assert.equal(outcome.status, "FAILED");
+      assert.equal(await readFile(join(ws.root, "keep.parquet"), "utf8"), "previous output");
+      assert.deepEqual(await listFiles(ws.root), ["keep.parquet"]);
+    });
+
+    test("error fails the job at open when the target exists", async () => {
+      const ws = await workspace();
+      await writeFile(join(ws.root, "once.parquet"), "already here");
+      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://once.parquet", "error")] });
+      const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(5))]);
+      await ws.close();
+      assert.equal(outcome.status, "FAILED");
+      assert.ok(Errors.SINK_TARGET_EXISTS.is(outcome.error), String(outcome.error));
+      assert.equal((outcome.error as { context: { jobId?: bigint } }).context.jobId, job.jobId);
+      assert.equal(await readFile(join(ws.root, "once.parquet"), "utf8"), "already here");
+    });
+
+    test("error fails the commit when the target appeared during the job, and writes when it is free", async () => {
+      const ws = await workspace();
+      const racing = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://race.parquet", "error")] });
+      await ws.hooks.jobStart.promise(racing);
+      await ws.hooks.onBatch.promise(batchOf("t", sampleTable(5)), racing);
+      await ws.hooks.prepareCommit.promise(racing);
+      await writeFile(join(ws.root, "race.parquet"), "someone else");
+      const outcome = { status: "SUCCESS" as const, error: null, artifacts: [], metrics: {} };
+      await ws.hooks.onConclude.promise(outcome, racing);
+      assert.equal(outcome.status, "FAILED");
+      assert.ok(Errors.SINK_TARGET_EXISTS.is(outcome.error), String(outcome.error));
+      assert.equal(await readFile(join(ws.root, "race.parquet"), "utf8"), "someone else");
+      assert.deepEqual(outcome.artifacts, []);
+
+      const free = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://free.parquet", "error")] });
+      const ok = await driveJob(ws.hooks, free, [batchOf("t", sampleTable(5))]);
+      await ws.close();
+      assert.equal(ok.status, "SUCCESS", String(ok.error));
+      assert.deepEqual(await listFiles(ws.root), ["free.parquet", "race.parquet"]);
+    });
+  });
+
+  test("paths outside the output root are refused", async () => {
+    const ws = await workspace();
+    const outside = await mkdtemp(join(tmpdir(), "casparian-outside-"));
+    roots.push(outside);
+    await symlink(outside, join(ws.root, "link"));
+    for (const uri of ["parquet://../escape.parquet", "parquet://a/../../escape.parquet", `parquet://${outside}/abs.parquet`, "parquet://link/through-symlink.parquet", "parquet://%2E%2E/encoded.parquet"]) {
+      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", uri)] });
+      const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(2))]);
+      assert.equal(outcome.status, "FAILED", uri);
+      assert.ok(Errors.SINK_PATH_ESCAPE.is(outcome.error), `${uri}: ${String(outcome.error)}`);
+      assert.equal((outcome.error as { context: { sinkUri?: string } }).context.sinkUri, uri);
+    }
+    await ws.close();
+    assert.deepEqual(await readdir(outside), []);
+    assert.deepEqual(await readdir(dirname(ws.root)).then((names) => names.filter((n) => n.includes("escape") || n.includes("encoded"))), []);
+  });
+
+  test("a topic with zero rows gives an empty typed file; a topic with no batch publishes nothing", async () => {
+    const ws = await workspace();
+    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("empty", "parquet://empty.parquet", "replace"), sinkConfig("silent", "parquet://silent.parquet", "replace")] });
+    const outcome = await driveJob(ws.hooks, job, [batchOf("empty", sampleTable(0))]);
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.deepEqual(outcome.artifacts.map((a) => a.topic), ["empty"]);
+    assert.equal(outcome.metrics.sinks_without_batches, 1);
+    assert.deepEqual(await listFiles(ws.root), ["empty.parquet"]);
+    const empty = await readParquet(py, "pyarrow", join(ws.root, "empty.parquet"));
+    assert.equal(empty.num_rows, 0);
+    assert.deepEqual(empty.columns.map((c) => c.type), ["int64", "double", "string", "bool", "timestamp[us, tz=UTC]", "uint64", "int64"]);
+  });
+
+  test("no reader sees a partial file: before commit only a hidden staging file exists; abort removes it", async () => {
+    const ws = await workspace();
+    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://deep/dir/out.parquet", "replace")] });
+    await ws.hooks.jobStart.promise(job);
+    await ws.hooks.onBatch.promise(batchOf("t", sampleTable(100)), job);
+    await ws.hooks.prepareCommit.promise(job);
+    const staged = await listFiles(ws.root);
+    assert.equal(staged.length, 1);
+    assert.ok(isStagingName(basename(staged[0]!)) && basename(staged[0]!).startsWith(".out.parquet.stg-"), staged[0]);
+    const outcome = { status: "FAILED" as const, error: new Error("ABORT from the Sentinel"), artifacts: [], metrics: {} };
+    await ws.hooks.onConclude.promise(outcome, job);
+    await ws.close();
+    assert.deepEqual(await listFiles(ws.root), []);
+  });
+
+  test("recover removes staging left by a dead process and keeps a live one's and other hosts'", async () => {
+    const root = await mkdtemp(join(tmpdir(), "casparian-recover-"));
+    roots.push(root);
+    await mkdir(join(root, "nested"), { recursive: true });
+    const dead = spawnSync(process.execPath, ["-e", ""]).pid!;
+    const ours = stagingPathFor(join(root, "nested", "sales_7.parquet"), 7n);
+    const withPid = (path: string, pid: number) => path.replace(/-\d+$/, `-${pid}`);
+    const crashed = withPid(ours, dead);
+    const live = withPid(stagingPathFor(join(root, "live.parquet"), 8n), process.ppid);
+    const otherHost = withPid(stagingPathFor(join(root, "remote.parquet"), 9n), dead).replace(/-[0-9a-f]{8}-(\d+)$/, "-00000000-$1");
+    const finalFile = join(root, "nested", "kept.parquet");
+    for (const path of [crashed, live, otherHost, finalFile]) await writeFile(path, "x");
+
+    const hooks = createHooks();
+    new SinkManager({ plugins: await loadSinkPlugins([], root, { encoderThreads: 0 }), logger, outputRoot: root }).apply(hooks);
+    await hooks.start.promise({ workerId: "w", outputRoot: root, logger });
+
+    const left = await listFiles(root);
+    assert.ok(!left.includes(crashed.slice(root.length + 1)), "staging of the dead process is removed");
+    assert.ok(left.includes(live.slice(root.length + 1)), "staging of a live process is kept");
+    assert.ok(left.includes(otherHost.slice(root.length + 1)), "staging from another host is kept");
+    assert.ok(left.includes("nested/kept.parquet"));
+    assert.deepEqual(await removeStaleStaging(join(root, "missing"), logger), []);
+    await stat(finalFile);
+  });
+});
+

@@ -1,0 +1,146 @@
+/**
+ * The example sinks (examples/jsonl-sink.ts, examples/sqlite-sink.ts), registered by
+ * their config files, loaded by the real config loader through jiti, run end to end.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import Database from "better-sqlite3";
+import { parse } from "lossless-json";
+import { pino } from "pino";
+import { loadConfig } from "../core/config-loader.js";
+import { CasparianError } from "../core/errors.js";
+import { packageRoot } from "../core/paths.js";
+import type { SinkConfig } from "../core/messages.js";
+import { createHooks, type WorkerHooks } from "../hooks/index.js";
+import { loadSinkPlugins } from "../sinks/load.js";
+import { SinkManager } from "../sinks/manager.js";
+import { batchOf, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
+
+const logger = pino({ level: "silent" });
+const roots: string[] = [];
+after(() => Promise.all(roots.map((r) => rm(r, { recursive: true, force: true }))));
+
+async function withExample(configFile: string): Promise<{ root: string; hooks: WorkerHooks; run(sinks: SinkConfig[], rows?: number, jobId?: bigint): ReturnType<typeof driveJob> }> {
+  const { config, dir } = await loadConfig({ explicitPath: join("examples", configFile), cwd: packageRoot(), command: "worker" });
+  const plugins = await loadSinkPlugins(config.sinks, dir, { encoderThreads: 0 });
+  const root = await mkdtemp(join(tmpdir(), "casparian-example-"));
+  roots.push(root);
+  const hooks = createHooks();
+  new SinkManager({ plugins, logger, outputRoot: root }).apply(hooks);
+  await hooks.start.promise({ workerId: "w", outputRoot: root, logger });
+  const run = (sinks: SinkConfig[], rows = 25, jobId = 77n) => {
+    const job = makeJob({ outputRoot: root, sinks, jobId });
+    const half = Math.floor(rows / 2);
+    return driveJob(hooks, job, [batchOf(sinks[0]!.topic, sampleTable(half, 0), 0), batchOf(sinks[0]!.topic, sampleTable(rows - half, half), 1)]);
+  };
+  return { root, hooks, run };
+}
+
+const code = (err: Error | null) => (err instanceof CasparianError ? err.code : String(err));
+
+describe("example JSON Lines sink", () => {
+  test("writes one JSON object per row with exact int64s, unicode, nulls and lineage", async () => {
+    const { root, run } = await withExample("jsonl-sink.config.ts");
+    const outcome = await run([sinkConfig("events", "jsonl://events/day.jsonl", "append")]);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const file = join(root, "events", "day_77.jsonl");
+    assert.deepEqual(outcome.artifacts, [{ topic: "events", uri: `jsonl://${file}` }]);
+    const lines = (await readFile(file, "utf8")).trimEnd().split("\n");
+    assert.equal(lines.length, 25);
+    const rows = lines.map((line) => parse(line, undefined, (n: string) => (Number.isInteger(Number(n)) ? BigInt(n) : Number(n))) as Record<string, unknown>);
+    assert.equal(rows[0]!.id, 9_007_199_254_740_993n);
+    assert.equal(rows[1]!.label, "東京 #1");
+    assert.equal(rows[3]!.amount, null);
+    assert.equal(rows[0]!.ts, "2024-01-01T00:00:00.000Z");
+    assert.equal(rows[24]!._job_id, 77n);
+    assert.deepEqual(await readdir(join(root, "events")), ["day_77.jsonl"]);
+  });
+
+  test("replace, error and a failed job follow the modes; staging never shows", async () => {
+    const { root, hooks, run } = await withExample("jsonl-sink.config.ts");
+    assert.equal((await run([sinkConfig("t", "jsonl://t.jsonl", "replace")], 10)).status, "SUCCESS");
+    assert.equal((await run([sinkConfig("t", "jsonl://t.jsonl", "replace")], 4)).status, "SUCCESS");
+    assert.equal((await readFile(join(root, "t.jsonl"), "utf8")).trimEnd().split("\n").length, 4);
+
+    const refused = await run([sinkConfig("t", "jsonl://t.jsonl", "error")], 3);
+    assert.equal(code(refused.error), "CSP_SINK_TARGET_EXISTS");
+
+    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "jsonl://t.jsonl", "replace")] });
+    const failed = await driveJob(hooks, job, [batchOf("t", sampleTable(50))], { guestFails: new Error("guest died") });
+    assert.equal(failed.status, "FAILED");
+    assert.equal((await readFile(join(root, "t.jsonl"), "utf8")).trimEnd().split("\n").length, 4);
+    assert.deepEqual(await readdir(root), ["t.jsonl"]);
+
+    const escape = await run([sinkConfig("t", "jsonl://../out.jsonl")]);
+    assert.equal(code(escape.error), "CSP_SINK_PATH_ESCAPE");
+  });
+});
+
+describe("example SQLite sink", () => {
+  const readTable = (file: string, table: string) => {
+    const db = new Database(file, { readonly: true });
+    db.defaultSafeIntegers(true);
+    try {
+      return db.prepare(`SELECT * FROM "${table}" ORDER BY rowid`).all() as Array<Record<string, unknown>>;
+    } finally {
+      db.close();
+    }
+  };
+
+  test("relative and absolute database paths; rows, int64s, unicode and nulls arrive", async () => {
+    const { root, run } = await withExample("sqlite-sink.config.ts");
+    const outcome = await run([sinkConfig("sales", "sqlite://dbs/warehouse.db/sales", "append")]);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const file = join(root, "dbs", "warehouse.db");
+    assert.deepEqual(outcome.artifacts, [{ topic: "sales", uri: `sqlite://${file}/sales` }]);
+    const rows = readTable(file, "sales");
+    assert.equal(rows.length, 25);
+    assert.equal(rows[0]!.id, 9_007_199_254_740_993n);
+    assert.equal(rows[2]!.label, "naïve café #2");
+    assert.equal(rows[3]!.amount, null);
+    assert.equal(rows[0]!.flag, 1n);
+    assert.equal(rows[0]!.ts, "2024-01-01T00:00:00.000Z");
+
+    const elsewhere = await mkdtemp(join(tmpdir(), "casparian-sqlite-abs-"));
+    roots.push(elsewhere);
+    const absolute = await run([sinkConfig("sales", `sqlite://${elsewhere}/abs.db/sales`, "append")], 3);
+    assert.equal(absolute.status, "SUCCESS", String(absolute.error));
+    assert.equal(readTable(join(elsewhere, "abs.db"), "sales").length, 3);
+  });
+
+  test("append adds, replace swaps, error refuses an existing table, a failed job leaves the table as it was", async () => {
+    const { root, hooks, run } = await withExample("sqlite-sink.config.ts");
+    const file = join(root, "w.db");
+    const count = () => readTable(file, "t").length;
+    assert.equal((await run([sinkConfig("t", "sqlite://w.db/t", "append")], 5, 1n)).status, "SUCCESS");
+    assert.equal((await run([sinkConfig("t", "sqlite://w.db/t", "append")], 6, 2n)).status, "SUCCESS");
+    assert.equal(count(), 11);
+    assert.equal((await run([sinkConfig("t", "sqlite://w.db/t", "replace")], 2, 3n)).status, "SUCCESS");
+    assert.equal(count(), 2);
+
+    const refused = await run([sinkConfig("t", "sqlite://w.db/t", "error")], 3, 4n);
+    assert.equal(code(refused.error), "CSP_SINK_TARGET_EXISTS");
+    assert.equal((await run([sinkConfig("u", "sqlite://w.db/u", "error")], 3, 5n)).status, "SUCCESS");
+
+    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "sqlite://w.db/t", "replace")] });
+    const failed = await driveJob(hooks, job, [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
+    assert.equal(failed.status, "FAILED");
+    assert.equal(count(), 2);
+    const db = new Database(file, { readonly: true });
+    const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all();
+    db.close();
+    assert.deepEqual(tables, [{ name: "t" }, { name: "u" }]);
+  });
+
+  test("a bad location fails with SINK_BAD_URI", async () => {
+    const { run } = await withExample("sqlite-sink.config.ts");
+    for (const uri of ["sqlite://just-a-table", "sqlite://db.sqlite/bad-name;drop", "sqlite://../up.db/t"]) {
+      const outcome = await run([sinkConfig("t", uri)]);
+      assert.match(code(outcome.error), /CSP_SINK_BAD_URI|CSP_SINK_PATH_ESCAPE/, uri);
+    }
+  });
+});
+

@@ -1,0 +1,127 @@
+/**
+ * Sink plugins found through config: a user project in a temporary directory with a
+ * TypeScript sink (by path, with options) and a sink package (by name), loaded with
+ * the real config loader, then run end to end; and the validation at registration.
+ */
+import assert from "node:assert/strict";
+import { cp, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { after, describe, test } from "node:test";
+import { pino } from "pino";
+import { loadConfig } from "../core/config-loader.js";
+import { Errors } from "../core/errors.js";
+import { packageRoot } from "../core/paths.js";
+import { createHooks } from "../hooks/index.js";
+import { defineSink } from "../sinks/api.js";
+import { loadSinkPlugins } from "../sinks/load.js";
+import { SinkManager } from "../sinks/manager.js";
+import { batchOf, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
+
+const logger = pino({ level: "silent" });
+const roots: string[] = [];
+after(() => Promise.all(roots.map((r) => rm(r, { recursive: true, force: true }))));
+
+/** A temporary user project: the fixture files, casparian-flow installed (linked), and a sink package. */
+async function userProject(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "casparian-project-"));
+  roots.push(dir);
+  await cp(join(packageRoot(), "test", "fixtures", "sinks-custom"), dir, { recursive: true });
+  await mkdir(join(dir, "node_modules", "casparian-sink-upper"), { recursive: true });
+  await symlink(packageRoot(), join(dir, "node_modules", "casparian-flow"), "dir");
+  await writeFile(join(dir, "node_modules", "casparian-sink-upper", "package.json"), JSON.stringify({ name: "casparian-sink-upper", type: "module", exports: "./index.js" }));
+  await writeFile(
+    join(dir, "node_modules", "casparian-sink-upper", "index.js"),
+    `// A published sink package: a plain SinkPlugin object as default export.
+import { appendFile, mkdir } from "node:fs/promises";
+import { dirname, join } from "node:path";
+export default {
+  name: "upper",
+  schemes: ["upper"],
+  create(target, { job }) {
+    const path = join(job.outputRoot, target.parsed.location);
+    const words = [];
+    return {
+      write(batch) { for (const row of batch.table) words.push(String(row.label).toUpperCase()); },
+      prepare() {},
+      async commit() { await mkdir(dirname(path), { recursive: true }); await appendFile(path, words.join("\\n")); return [{ topic: target.topic, uri: "upper://" + path }]; },
+      abort() {},
+    };
+  },
+};
+`,
+  );
+  return dir;
+}
+
+describe("sink plugins from config", () => {
+  test("a TypeScript sink by path (with options) and a sink package by name, loaded from a config file, run end to end", async () => {
+    const dir = await userProject();
+    const { config, dir: configDir, filepath } = await loadConfig({ cwd: dir, command: "worker" });
+    assert.equal(filepath, join(dir, "casparian.config.ts"));
+    const plugins = await loadSinkPlugins(config.sinks, configDir, config.parquet);
+    assert.deepEqual(plugins.map((p) => p.plugin.name), ["parquet", "csv", "upper"]);
+    assert.deepEqual(plugins[1]!.options, { delimiter: ";" });
+
+    const outputRoot = resolve(configDir, config.output!);
+    await mkdir(outputRoot, { recursive: true });
+    const hooks = createHooks();
+    new SinkManager({ plugins, logger, outputRoot }).apply(hooks);
+    const job = makeJob({ outputRoot, sinks: [sinkConfig("rows", "csv://tables/rows.csv"), sinkConfig("words", "upper://words.txt"), sinkConfig("rows", "parquet://rows.parquet", "replace")] });
+    const small = new (await import("apache-arrow")).Table({ label: sampleTable(3).getChild("label")! });
+    const outcome = await driveJob(hooks, job, [batchOf("rows", sampleTable(2)), batchOf("words", small)]);
+    await hooks.shutdown.promise({ workerId: "w", outputRoot, logger });
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.deepEqual(outcome.artifacts.map((a) => a.uri), [`csv://${join(outputRoot, "tables/rows.csv")}`, `upper://${join(outputRoot, "words.txt")}`, `parquet://${join(outputRoot, "rows.parquet")}`]);
+    const csv = await readFile(join(outputRoot, "tables", "rows.csv"), "utf8");
+    assert.equal(csv.split("\n")[0], "ID;AMOUNT;LABEL;FLAG;TS");
+    assert.equal(csv.split("\n").length, 4);
+    assert.equal(await readFile(join(outputRoot, "words.txt"), "utf8"), "ZÜRICH #0\n東京 #1\nNAÏVE CAFÉ #2");
+  });
+
+  describe("validation at registration names what is wrong", () => {
+    async function loadOne(source: string, entry: string | { use: string; options?: Record<string, unknown> } = "./sink.mjs") {
+      const dir = await mkdtemp(join(tmpdir(), "casparian-badsink-"));
+      roots.push(dir);
+      await writeFile(join(dir, "sink.mjs"), source);
+      return loadSinkPlugins([entry], dir);
+    }
+    const cases: Array<[string, string, RegExp]> = [
+      ["a number", "export default 42;", /expected a sink plugin object, got number 42/],
+      ["no name", "export default { schemes: ['x'], create() {} };", /"name" must be a non-empty string/],
+      ["no schemes", "export default { name: 'x', schemes: [], create() {} };", /"x".*"schemes" must be a non-empty array/],
+      ["a scheme with ://", "export default { name: 'x', schemes: ['jsonl://'], create() {} };", /scheme "jsonl:\/\/" is not a lower-case URI scheme/],
+      ["no create", "export default { name: 'x', schemes: ['x'] };", /"create" must be a function, got undefined/],
+      ["recover not a function", "export default { name: 'x', schemes: ['x'], create() {}, recover: 1 };", /"recover" must be a function/],
+      ["a throwing factory", "export default () => { throw new Error('missing API key'); };", /its factory threw: missing API key/],
+      ["a scheme taken by the bundled sink", "export default { name: 'my-parquet', schemes: ['parquet'], create() {} };", /"my-parquet".*scheme "parquet" is already handled by sink plugin "parquet"/],
+    ];
+    for (const [what, source, expected] of cases) {
+      test(what, async () => {
+        await assert.rejects(loadOne(source), (err: unknown) => {
+          assert.ok(Errors.SINK_INVALID.is(err), String(err));
+          assert.match((err as Error).message, expected);
+          assert.match((err as Error).message, /sinks\[0\]|my-parquet/);
+          return true;
+        });
+      });
+    }
+
+    test("a module that cannot be found", async () => {
+      await assert.rejects(loadOne("", "./nowhere.ts"), (err: unknown) => Errors.SINK_INVALID.is(err) && /cannot load module .*nowhere\.ts/.test((err as Error).message));
+      await assert.rejects(loadOne("", "casparian-sink-that-does-not-exist"), (err: unknown) => Errors.SINK_INVALID.is(err) && /"casparian-sink-that-does-not-exist"/.test((err as Error).message));
+    });
+
+    test("two user plugins with one scheme", async () => {
+      const a = defineSink({ name: "one", schemes: ["dup"], create: () => ({ write() {}, prepare() {}, commit: () => [], abort() {} }) });
+      const b = { ...a, name: "two" };
+      await assert.rejects(loadSinkPlugins([a, b], tmpdir()), (err: unknown) => Errors.SINK_INVALID.is(err) && /"two".*"dup".*"one"/.test((err as Error).message));
+    });
+
+    test("options reach a factory", async () => {
+      const plugins = await loadOne("export default (options) => ({ name: 'opt-' + options.flavour, schemes: ['opt'], create() {} });", { use: "./sink.mjs", options: { flavour: "mint" } });
+      assert.equal(plugins[1]!.plugin.name, "opt-mint");
+      assert.deepEqual(plugins[1]!.options, { flavour: "mint" });
+    });
+  });
+});

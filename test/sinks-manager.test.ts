@@ -1,0 +1,224 @@
+/**
+ * SinkManager: routing, the two-phase commit, schema rules and the reporting
+ * defaults, with the real Parquet sink next to a recording sink.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import { Field, Int32, Int64, Table, Utf8, vectorFromArray, Schema, makeData, RecordBatch, Struct } from "apache-arrow";
+import { pino } from "pino";
+import { CasparianError, Errors } from "../core/errors.js";
+import { createHooks, type WorkerHooks } from "../hooks/index.js";
+import { loadSinkPlugins } from "../sinks/load.js";
+import { SinkManager, type LoadedSink } from "../sinks/manager.js";
+import { SAMPLE_CONTRACT, batchOf, capturingLogger, driveJob, makeJob, recordingSinkPlugin, sampleTable, sinkConfig, type SinkEvent } from "./helpers/arrow.js";
+
+const logger = pino({ level: "silent" });
+const roots: string[] = [];
+after(() => Promise.all(roots.map((r) => rm(r, { recursive: true, force: true }))));
+
+async function setup(extra: LoadedSink[] = []): Promise<{ root: string; hooks: WorkerHooks }> {
+  const root = await mkdtemp(join(tmpdir(), "casparian-manager-"));
+  roots.push(root);
+  const hooks = createHooks();
+  const plugins = [...(await loadSinkPlugins([], root, { encoderThreads: 0 })), ...extra];
+  new SinkManager({ plugins, logger, outputRoot: root }).apply(hooks);
+  return { root, hooks };
+}
+
+const files = async (root: string) => (await readdir(root, { recursive: true })).sort();
+
+describe("SinkManager", () => {
+  test("two topics go to two different sinks, each getting only its own batches", async () => {
+    const events: SinkEvent[] = [];
+    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events }), options: {} }]);
+    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("sales", "parquet://sales.parquet", "replace"), sinkConfig("errors", "mem://errors")] });
+    const outcome = await driveJob(hooks, job, [batchOf("sales", sampleTable(5), 0), batchOf("errors", sampleTable(2), 0), batchOf("sales", sampleTable(6), 1)]);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.deepEqual(outcome.artifacts, [
+      { topic: "sales", uri: `parquet://${join(root, "sales.parquet")}` },
+      { topic: "errors", uri: "mem://errors?rows=2" },
+    ]);
+    assert.deepEqual(events.filter((e) => e.startsWith("write")), ["write errors#0"]);
+    assert.equal(outcome.metrics["sink_rows.sales"], 11);
+    assert.equal(outcome.metrics["sink_rows.errors"], 2);
+    assert.deepEqual(await files(root), ["sales.parquet"]);
+  });
+
+  test("an unknown scheme fails the job naming the known schemes, before any sink opens", async () => {
+    const events: SinkEvent[] = [];
+    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events }), options: {} }]);
+    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "s3://bucket/key.parquet")] });
+    const outcome = await driveJob(hooks, job, [batchOf("a", sampleTable(1))]);
+    assert.equal(outcome.status, "FAILED");
+    assert.ok(Errors.SINK_UNKNOWN_SCHEME.is(outcome.error), String(outcome.error));
+    assert.match(outcome.error!.message, /s3:\/\/bucket\/key\.parquet.*known schemes: parquet:\/\/, mem:\/\//);
+    assert.equal((outcome.error as CasparianError).context.jobId, job.jobId);
+    assert.deepEqual(events, []);
+  });
+
+  test("a topic with no sink is dropped, warned about once, and counted", async () => {
+    const { root, hooks } = await setup();
+    const { logger: jobLogger, records } = capturingLogger();
+    const job = makeJob({ outputRoot: root, logger: jobLogger, sinks: [sinkConfig("sales", "parquet://sales.parquet")] });
+    const outcome = await driveJob(hooks, job, [batchOf("debug", sampleTable(3), 0), batchOf("sales", sampleTable(2)), batchOf("debug", sampleTable(4), 1)]);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.equal(outcome.metrics.unrouted_batches, 2);
+    assert.equal(outcome.metrics.unrouted_rows, 7);
+    assert.equal(outcome.metrics.sinks_without_batches, 0);
+    const warnings = records.filter((r) => r.level === 40 && String(r.msg).includes("has no sink"));
+    assert.equal(warnings.length, 1);
+    assert.equal(warnings[0]!.topic, "debug");
+  });
+
+  test("a job whose plugin publishes to no configured topic succeeds with no artifacts and says so", async () => {
+    const { root, hooks } = await setup();
+    const { logger: jobLogger, records } = capturingLogger();
+    const job = makeJob({ outputRoot: root, logger: jobLogger, sinks: [sinkConfig("sales", "parquet://sales.parquet")] });
+    const outcome = await driveJob(hooks, job, [batchOf("other", sampleTable(3))]);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.deepEqual(outcome.artifacts, []);
+    assert.equal(outcome.metrics.unrouted_batches, 1);
+    assert.equal(outcome.metrics.sinks_without_batches, 1);
+    assert.ok(records.some((r) => r.level === 40 && String(r.msg).includes("produced no batch")));
+    assert.deepEqual(await files(root), []);
+  });
+
+  test("a prepare failure in one sink: none commits, all abort, no file appears", async () => {
+    const events: SinkEvent[] = [];
+    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "b", step: "prepare" } }), options: {} }]);
+    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("a", "parquet://a.parquet"), sinkConfig("b", "mem://b"), sinkConfig("c", "mem://c")] });
+    const outcome = await driveJob(hooks, job, [batchOf("a", sampleTable(3)), batchOf("b", sampleTable(3)), batchOf("c", sampleTable(3))]);
+    assert.equal(outcome.status, "FAILED");
+    assert.ok(Errors.SINK_WRITE_FAILED.is(outcome.error), String(outcome.error));
+    const context = (outcome.error as CasparianError).context;
+    assert.deepEqual([context.jobId, context.sinkUri, context.plugin], [job.jobId, "mem://b", "recording"]);
+    assert.match(outcome.error!.message, /"recording" \(mem:\/\/b\) in prepare failed: prepare failed on purpose/);
+    assert.ok(!events.some((e) => e.startsWith("commit")), events.join("\n"));
+    assert.deepEqual(events.filter((e) => e.startsWith("abort")).map((e) => e.split(":")[0]), ["abort b", "abort c"]);
+    assert.deepEqual(outcome.artifacts, []);
+    assert.deepEqual(await files(root), [], "the Parquet sink aborted too: no final file, no staging");
+  });
+
+  test("a commit failure turns the job FAILED and aborts the sinks that had not committed", async () => {
+    const events: SinkEvent[] = [];
+    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "a", step: "commit" } }), options: {} }]);
+    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "parquet://b.parquet")] });
+    const outcome = await driveJob(hooks, job, [batchOf("a", sampleTable(1)), batchOf("b", sampleTable(1))]);
+    assert.equal(outcome.status, "FAILED");
+    assert.match(String(outcome.error), /commit failed on purpose/);
+    assert.deepEqual(events.slice(-2).map((e) => e.split(":")[0]), ["commit a", "abort a"]);
+    assert.deepEqual(await files(root), []);
+  });
+
+  test("a failing open fails the job before the guest runs, and the sinks opened so far abort", async () => {
+    const events: SinkEvent[] = [];
+    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "b", step: "open" } }), options: {} }]);
+    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "mem://b"), sinkConfig("c", "mem://c")] });
+    const outcome = await driveJob(hooks, job, [batchOf("a", sampleTable(1))]);
+    assert.equal(outcome.status, "FAILED");
+    assert.ok(!events.some((e) => e.startsWith("write") || e.includes(" c")), events.join("\n"));
+    assert.deepEqual(events.filter((e) => e.startsWith("abort")).map((e) => e.split(":")[0]), ["abort a", "abort b"]);
+  });
+
+  describe("schema rules", () => {
+    test("a batch that breaks schema_def fails the job listing every difference", async () => {
+      const { root, hooks } = await setup();
+      const contract = JSON.stringify({
+        columns: [
+          { name: "id", type: "int32" },
+          { name: "amount", type: "double", nullable: false },
+          { name: "label", type: "utf8" },
+          { name: "flag", type: "bool" },
+          { name: "region", type: "string" },
+        ],
+      });
+      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("sales", "parquet://sales.parquet", "append", contract)] });
+      const outcome = await driveJob(hooks, job, [batchOf("sales", sampleTable(10))]);
+      assert.equal(outcome.status, "FAILED");
+      assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(outcome.error), String(outcome.error));
+      const message = outcome.error!.message;
+      for (const difference of [
+        'column "id": expected type int32, got int64',
+        'column "amount": declared not nullable but has 1 null(s)',
+        'missing column "region" (string)',
+        'unexpected column "ts" (timestamp[us,tz=UTC])',
+      ]) {
+        assert.ok(message.includes(difference), `${difference}\nnot in: ${message}`);
+      }
+      assert.ok(!message.includes('"label"') && !message.includes('"flag"'), message);
+      assert.equal((outcome.error as CasparianError).context.sinkUri, "parquet://sales.parquet");
+      assert.deepEqual(await files(root), []);
+    });
+
+    test("batches that honour schema_def pass (aliases, nullability checked on the data)", async () => {
+      const { root, hooks } = await setup();
+      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("sales", "parquet://sales.parquet", "append", SAMPLE_CONTRACT)] });
+      const outcome = await driveJob(hooks, job, [batchOf("sales", sampleTable(10))]);
+      assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    });
+
+    test("an invalid schema_def fails the job with its own code", async () => {
+      const { root, hooks } = await setup();
+      for (const bad of ["{not json", '{"cols": []}', '{"columns": [{"name": "x"}]}', '{"columns": [{"name": "x", "type": "int64"}, {"name": "x", "type": "int64"}]}']) {
+        const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet", "append", bad)] });
+        const outcome = await driveJob(hooks, job, []);
+        assert.ok(Errors.SINK_BAD_SCHEMA_DEF.is(outcome.error), `${bad}: ${String(outcome.error)}`);
+        assert.ok((outcome.error as CasparianError).hint);
+      }
+    });
+
+    test("a batch whose schema differs from the topic's first batch fails clearly", async () => {
+      const { root, hooks } = await setup();
+      const first = new Table({ id: vectorFromArray([1n, 2n], new Int64()), name: vectorFromArray(["a", "b"], new Utf8()) });
+      const retyped = new Table({ id: vectorFromArray([3, 4], new Int32()), name: vectorFromArray(["c", "d"], new Utf8()) });
+      const reordered = new Table({ name: vectorFromArray(["c"], new Utf8()), id: vectorFromArray([3n], new Int64()) });
+      for (const [second, expected] of [
+        [retyped, /batch 1 differs from the topic's first batch: column "id" is int32, the first batch had int64/],
+        [reordered, /columns are \[name, id\], the first batch had \[id, name\]/],
+      ] as const) {
+        const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet")] });
+        const outcome = await driveJob(hooks, job, [batchOf("t", first, 0), batchOf("t", second, 1)]);
+        assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(outcome.error), String(outcome.error));
+        assert.match(outcome.error!.message, expected);
+      }
+      assert.deepEqual(await files(root), []);
+    });
+
+    test("nullability is unified to the first batch: a later nullable field without nulls is accepted", async () => {
+      const { root, hooks } = await setup();
+      const strict = new Schema([new Field("id", new Int64(), false)]);
+      const loose = new Schema([new Field("id", new Int64(), true)]);
+      const make = (schema: Schema, values: Array<bigint | null>) => {
+        const vector = vectorFromArray(values, new Int64());
+        return new Table(schema, [new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: values.length, nullCount: 0, children: [vector.data[0]!] }))]);
+      };
+      const ok = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://ok.parquet")] });
+      const accepted = await driveJob(hooks, ok, [batchOf("t", make(strict, [1n]), 0), batchOf("t", make(loose, [2n]), 1)]);
+      assert.equal(accepted.status, "SUCCESS", String(accepted.error));
+
+      const bad = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://bad.parquet")] });
+      const refused = await driveJob(hooks, bad, [batchOf("t", make(strict, [1n]), 0), batchOf("t", make(loose, [null]), 1)]);
+      assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(refused.error), String(refused.error));
+      assert.match(refused.error!.message, /column "id" has 1 null\(s\), but the first batch declared it not nullable/);
+    });
+
+    test("lineage column names are reserved", async () => {
+      const { root, hooks } = await setup();
+      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet")] });
+      const outcome = await driveJob(hooks, job, [batchOf("t", new Table({ _job_id: vectorFromArray([1n], new Int64()) }))]);
+      assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(outcome.error), String(outcome.error));
+      assert.match(outcome.error!.message, /"_job_id" is reserved for lineage/);
+    });
+  });
+
+  test("two plugins claiming one scheme are refused, naming both", async () => {
+    const events: SinkEvent[] = [];
+    assert.throws(
+      () => new SinkManager({ plugins: [{ plugin: recordingSinkPlugin({ events, name: "first" }), options: {} }, { plugin: recordingSinkPlugin({ events, name: "second" }), options: {} }], logger, outputRoot: "/tmp" }),
+      (err: unknown) => Errors.SINK_INVALID.is(err) && /second/.test((err as Error).message) && /first/.test((err as Error).message),
+    );
+  });
+});
