@@ -12,8 +12,10 @@
  *  - AsyncSeries hooks stop at the first failing tap; the core turns that error into a FAILED job.
  *  - beforeDispatch is a waterfall: each tap gets the (possibly rewritten) command and returns it;
  *    a tap rejects a job by throwing (Errors.HOOK_REJECTED gives a proper code).
- *  - onConclude always runs, for successes and failures; a throwing tap turns a SUCCESS into FAILED
- *    but does not stop the remaining taps from seeing the outcome (the core re-fires them with FAILED).
+ *  - onConclude always runs, for successes and failures. A tap that cannot do its part records it
+ *    on the outcome (status = "FAILED", error) so that the taps after it still run and see it; the
+ *    SinkManager does this when a commit fails. A tap that throws also fails the job, but, this being
+ *    an AsyncSeries hook, the taps after it do not run.
  *  - afterConclude and shutdown are AsyncParallel: every tap runs, errors are logged, never fatal.
  */
 import { AsyncParallelHook, AsyncSeriesHook, AsyncSeriesWaterfallHook } from "tapable";
@@ -49,7 +51,7 @@ export function createHooks() {
     onBatch: new AsyncSeriesHook<[Batch, JobContext]>(["batch", "job"]),
     /** The guest ended cleanly: phase one of the commit (sinks flush to staging). A throw fails the job. */
     prepareCommit: new AsyncSeriesHook<[JobContext]>(["job"]),
-    /** Phase two: on SUCCESS sinks promote and push artifacts; on FAILED they discard. */
+    /** Phase two: on SUCCESS sinks promote and push artifacts (a failed commit sets FAILED); on FAILED they discard. */
     onConclude: new AsyncSeriesHook<[JobOutcome, JobContext]>(["outcome", "job"]),
     /** The receipt as sent to the Sentinel. Observers only (metrics, audit). Parallel. */
     afterConclude: new AsyncParallelHook<[JobReceipt, JobContext]>(["receipt", "job"]),

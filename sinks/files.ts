@@ -18,6 +18,7 @@ import type { SinkMode } from "../core/messages.js";
 
 const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
 const STAGING_PATTERN = /^\.(.+)\.stg-(\d+)-([0-9a-f]{8})-(\d+)$/;
+const PROCESS_STARTED_MS = Date.now() - process.uptime() * 1000;
 
 /** Where a job's output for `target` goes under `mode`: append writes `<stem>_<job id><ext>`. */
 export function finalPathFor(target: string, mode: SinkMode, jobId: bigint): string {
@@ -79,9 +80,9 @@ export async function removeIfPresent(path: string): Promise<void> {
 
 /**
  * Deletes staging files under `root` whose writer is gone: written on this host by a
- * process that no longer runs (or by an earlier process with our pid, e.g. a restarted
- * container: this process has not staged anything yet when recovery runs at start).
- * Staging from other hosts is left alone; it may belong to a live worker.
+ * process that no longer runs, or by an earlier process that had our pid (a restarted
+ * container) before this one started. Staging of live processes, including this one's
+ * running job, and staging from other hosts (it may belong to a live worker) stay.
  */
 export async function removeStaleStaging(root: string, logger: Logger): Promise<string[]> {
   let entries: string[];
@@ -101,7 +102,11 @@ export async function removeStaleStaging(root: string, logger: Logger): Promise<
     if (pid !== process.pid && processAlive(pid)) continue;
     const path = join(root, entry);
     try {
-      if (!(await stat(path)).isFile()) continue;
+      const info = await stat(path);
+      if (!info.isFile()) continue;
+      // Our own pid: stale only if written before this process started (a restarted
+      // container reuses pids); recovery may run again on RELOAD while a job is staging.
+      if (pid === process.pid && info.mtimeMs >= PROCESS_STARTED_MS) continue;
       await unlink(path);
       removed.push(path);
       logger.warn({ file: path }, "removed staging file left by a crashed run");

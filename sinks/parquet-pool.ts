@@ -19,6 +19,8 @@ interface Pending {
 interface Slot {
   worker: Worker;
   current: Pending | null;
+  /** Terminated or crashed: takes no more work, and its exit is expected. */
+  retired: boolean;
 }
 
 const WORKER_URL = new URL("./parquet-worker.js", import.meta.url);
@@ -52,7 +54,10 @@ export class EncoderPool {
     const error = new Error("Parquet encoder pool closed");
     for (const pending of this.#queue.splice(0)) pending.reject(error);
     const slots = this.#slots.splice(0);
-    for (const slot of slots) slot.current?.reject(error);
+    for (const slot of slots) {
+      slot.retired = true;
+      slot.current?.reject(error);
+    }
     await Promise.all(slots.map((slot) => slot.worker.terminate()));
   }
 
@@ -69,29 +74,39 @@ export class EncoderPool {
     }
   }
 
+  #retire(slot: Slot): void {
+    slot.retired = true;
+    const index = this.#slots.indexOf(slot);
+    if (index >= 0) this.#slots.splice(index, 1);
+    void slot.worker.terminate();
+  }
+
   #spawn(): Slot {
     const worker = new Worker(WORKER_URL);
-    const slot: Slot = { worker, current: null };
+    const slot: Slot = { worker, current: null, retired: false };
     worker.on("message", (response: EncodeResponse) => {
       const pending = slot.current;
       if (pending === null || pending.id !== response.id) return;
       slot.current = null;
       worker.unref();
-      if ("error" in response) pending.reject(new Error(`Parquet encoding failed: ${response.error}`));
-      else pending.resolve(response.bytes);
+      if ("error" in response) {
+        // A Rust panic may leave that wasm instance unusable: retire the thread, start afresh.
+        this.#retire(slot);
+        pending.reject(new Error(`Parquet encoding failed: ${response.error}`));
+      } else {
+        pending.resolve(response.bytes);
+      }
       this.#pump();
     });
     const fail = (err: Error) => {
-      const index = this.#slots.indexOf(slot);
-      if (index >= 0) this.#slots.splice(index, 1);
+      if (slot.retired) return;
+      this.#retire(slot);
       slot.current?.reject(err);
       slot.current = null;
       if (!this.#closed) this.#pump();
     };
     worker.on("error", (err) => fail(err instanceof Error ? err : new Error(String(err))));
-    worker.on("exit", (code) => {
-      if (!this.#closed) fail(new Error(`Parquet encoder thread exited with code ${code}`));
-    });
+    worker.on("exit", (code) => fail(new Error(`Parquet encoder thread exited with code ${code}`)));
     worker.unref();
     this.#slots.push(slot);
     return slot;

@@ -93,7 +93,7 @@ class ParquetTopicSink implements Sink {
   /** Row groups being encoded, in file order. */
   #inFlight: Array<Promise<Uint8Array>> = [];
   #pieces = 0;
-  /** The first batch, kept (zero rows) to write the schema of an empty output. */
+  /** A zero-row first batch, kept to write the schema of an empty output. */
   #schemaPart: EncodePart | null = null;
   #prepared = false;
 
@@ -187,7 +187,8 @@ class ParquetTopicSink implements Sink {
         throw Errors.SINK_SCHEMA_MISMATCH([this.#target.topic, `column "${reserved}" is reserved for lineage`], { context: { jobId: job.jobId, sinkUri: this.#target.uri } });
       }
     }
-    this.#schemaPart = { ipc: shared, offset: 0, length: 0 };
+    // Only needed when the whole topic has no rows, which implies this first batch has none.
+    if (batch.numRows === 0) this.#schemaPart = { ipc: shared, offset: 0, length: 0 };
     this.#settings = {
       compression: this.#compression,
       rowGroupSize: this.#rowGroupSize,

@@ -4,19 +4,22 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { pino } from "pino";
+import { tableFromIPC } from "apache-arrow";
 import { Errors } from "../core/errors.js";
+import { packageRoot } from "../core/paths.js";
 import type { ParquetConfig } from "../core/config.js";
 import { createHooks, type WorkerHooks } from "../hooks/index.js";
 import { isStagingName, removeStaleStaging, stagingPathFor } from "../sinks/files.js";
 import { loadSinkPlugins } from "../sinks/load.js";
+import { EncoderPool } from "../sinks/parquet-pool.js";
 import { SinkManager } from "../sinks/manager.js";
 import { batchOf, canonicalColumns, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
-import { buildPythonEnv, columnValues, readParquet, type PythonEnv } from "./helpers/readback.js";
+import { buildPythonEnv, columnValues, readParquet, runPython, type PythonEnv } from "./helpers/readback.js";
 
 const logger = pino({ level: "silent" });
 let py: PythonEnv;
@@ -92,6 +95,31 @@ describe("Parquet sink", () => {
       [["id", "BIGINT"], ["amount", "DOUBLE"], ["label", "VARCHAR"], ["flag", "BOOLEAN"], ["ts", "TIMESTAMP WITH TIME ZONE"], ["_job_id", "UBIGINT"], ["_file_version_id", "BIGINT"]],
     );
     assert.deepEqual(columnValues(viaDuckdb), { ...expected, ...lineage });
+  });
+
+  test("what a pandas plugin publishes survives: categoricals with changing dictionaries, ns/tz timestamps, dates, decimals, lists, structs, binary, uint64", async () => {
+    const ws = await workspace({ encoderThreads: 1, rowGroupSize: 1500 });
+    const script = join(packageRoot(), "test", "fixtures", "sinks-readback", "pandas_types.py");
+    const inputs = await mkdtemp(join(tmpdir(), "casparian-pandas-"));
+    roots.push(inputs);
+    await runPython(py, `import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")`, [script, "make", inputs]);
+    const batches = await Promise.all([0, 1].map(async (k) => {
+      const ipc = new Uint8Array(await readFile(join(inputs, `b${k}.arrows`)));
+      const table = tableFromIPC(ipc);
+      return { topic: "t", index: k, ipc, table, numRows: table.numRows };
+    }));
+    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://pandas.parquet", "replace")] });
+    const outcome = await driveJob(ws.hooks, job, batches);
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const report = JSON.parse(await runPython(py, `import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")`, [script, "compare", inputs, join(ws.root, "pandas.parquet")])) as Record<string, unknown>;
+    assert.equal(report._rows, 2000);
+    delete report._rows;
+    assert.equal(Object.keys(report).length, 12);
+    for (const [column, [sourceType, writtenType, equal]] of Object.entries(report as Record<string, [string, string, boolean]>)) {
+      assert.equal(equal, true, `${column}: values differ after the round trip`);
+      assert.equal(writtenType, sourceType, `${column}: read back as ${writtenType}, pyarrow's own writer gives ${sourceType}`);
+    }
   });
 
   test("encoding on the main thread and on two encoder threads writes the same data", async () => {
@@ -259,6 +287,35 @@ describe("Parquet sink", () => {
     assert.deepEqual(await listFiles(ws.root), []);
   });
 
+  test("an encoder thread that fails rejects only its task; the pool replaces the thread", async () => {
+    const pool = new EncoderPool(1);
+    const settings = { compression: "snappy" as const, rowGroupSize: 100, metadata: [], jobId: 1n, fileVersionId: 2n, nullable: [true, true, true, true, true], plainColumns: [] };
+    const good = batchOf("t", sampleTable(10)).ipc;
+    try {
+      const broken = pool.encode({ parts: [{ ipc: new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]), offset: 0, length: 1 }], settings });
+      const after = pool.encode({ parts: [{ ipc: good, offset: 0, length: 10 }], settings });
+      await assert.rejects(broken, /Parquet encoding failed/);
+      const bytes = await after;
+      assert.deepEqual([...bytes.subarray(0, 4)], [0x50, 0x41, 0x52, 0x31]);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("recovery running again mid-job (a RELOAD) leaves the job's staging alone", async () => {
+    const ws = await workspace();
+    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://reload.parquet", "replace")] });
+    await ws.hooks.jobStart.promise(job);
+    await ws.hooks.onBatch.promise(batchOf("t", sampleTable(20)), job);
+    await ws.hooks.start.promise({ workerId: "worker-test", outputRoot: ws.root, logger });
+    await ws.hooks.prepareCommit.promise(job);
+    const outcome = { status: "SUCCESS" as const, error: null, artifacts: [], metrics: {} };
+    await ws.hooks.onConclude.promise(outcome, job);
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.equal((await readParquet(py, "pyarrow", join(ws.root, "reload.parquet"))).num_rows, 20);
+  });
+
   test("recover removes staging left by a dead process and keeps a live one's and other hosts'", async () => {
     const root = await mkdtemp(join(tmpdir(), "casparian-recover-"));
     roots.push(root);
@@ -270,7 +327,12 @@ describe("Parquet sink", () => {
     const live = withPid(stagingPathFor(join(root, "live.parquet"), 8n), process.ppid);
     const otherHost = withPid(stagingPathFor(join(root, "remote.parquet"), 9n), dead).replace(/-[0-9a-f]{8}-(\d+)$/, "-00000000-$1");
     const finalFile = join(root, "nested", "kept.parquet");
-    for (const path of [crashed, live, otherHost, finalFile]) await writeFile(path, "x");
+    // Our own pid: an earlier process with the same pid (a restarted container) vs. our running job.
+    const samePidEarlierProcess = stagingPathFor(join(root, "restarted.parquet"), 10n);
+    const ownRunningJob = stagingPathFor(join(root, "running.parquet"), 11n);
+    for (const path of [crashed, live, otherHost, finalFile, samePidEarlierProcess, ownRunningJob]) await writeFile(path, "x");
+    const longAgo = new Date("2020-01-01T00:00:00Z");
+    await utimes(samePidEarlierProcess, longAgo, longAgo);
 
     const hooks = createHooks();
     new SinkManager({ plugins: await loadSinkPlugins([], root, { encoderThreads: 0 }), logger, outputRoot: root }).apply(hooks);
@@ -281,6 +343,8 @@ describe("Parquet sink", () => {
     assert.ok(left.includes(live.slice(root.length + 1)), "staging of a live process is kept");
     assert.ok(left.includes(otherHost.slice(root.length + 1)), "staging from another host is kept");
     assert.ok(left.includes("nested/kept.parquet"));
+    assert.ok(!left.includes(samePidEarlierProcess.slice(root.length + 1)), "staging of an earlier process with our pid is removed");
+    assert.ok(left.includes(ownRunningJob.slice(root.length + 1)), "staging of this process's running job is kept");
     assert.deepEqual(await removeStaleStaging(join(root, "missing"), logger), []);
     await stat(finalFile);
   });

@@ -5,7 +5,7 @@
  * what runs (inputs, plugin inspection, sink plan) on real files.
  */
 import assert from "node:assert/strict";
-import { copyFile, mkdir, mkdtemp, readdir, rm, utimes, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readdir, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -235,6 +235,29 @@ describe("casparian run (end to end)", () => {
     assert.match(everywhere.stderr, /CSP_RUN_PLUGIN_FAILS_EVERYWHERE/);
     assert.equal(everywhere.stderr.match(/No module named 'casparian_no_such_module'/g)?.length, 1, everywhere.stderr);
     assert.match(everywhere.stdout, /0 of 12 inputs succeeded, 3 failed, 9 not run/);
+  });
+
+  test("without uv: a dependency-free plugin gets a `python3 -m venv` environment; one with dependencies stops with the install hint", async () => {
+    const dir = await scenario("no-uv");
+    // A PATH with python3 and nothing else, and a HOME where no uv was ever installed.
+    const bin = join(dir, "bin");
+    await mkdir(bin, { recursive: true });
+    const { execFileSync } = await import("node:child_process");
+    const python = execFileSync("python3", ["-c", "import sys; print(sys.executable)"], { encoding: "utf8" }).trim();
+    await symlink(python, join(bin, "python3"));
+    const env = { PATH: `${bin}:/usr/bin:/bin`, HOME: join(dir, "user-home"), UV: "" };
+    const noUvHome = join(dir, "casparian-home");
+
+    const bare = await runCli([helloPlugin, join(helloData, "sales-2024-01.csv"), "--workers", "1"], { cwd: dir, home: noUvHome, env });
+    assert.equal(bare.code, 0, bare.stderr);
+    assert.match(bare.stderr, /uv not found; making the plugin's bare environment with `python3 -m venv`/);
+    const [table] = await readParquet([join(dir, "output", "output", "sales-2024-01.parquet")]);
+    assert.equal(table!.rows.length, 5);
+
+    const pandas = await runCli([join(root, "examples", "pandas-pep723", "plugin.py"), join(helloData, "sales-2024-01.csv")], { cwd: dir, home: noUvHome, env });
+    assert.equal(pandas.code, 1);
+    assert.match(pandas.stderr, /CSP_ENV_UV_MISSING: uv was not found/);
+    assert.match(pandas.stderr, /python3 -m pip install uv/);
   });
 
   test("a worker killed with SIGKILL mid-run: its job runs elsewhere, every input exactly once, no duplicate rows", async () => {

@@ -177,7 +177,7 @@ class GuestRun {
     this.#timeout("job", timeouts.jobMs).arm();
 
     const socketPath = join(this.#dir, "bridge.sock");
-    const connection = await this.#listen(socketPath);
+    const { connection } = await this.#listen(socketPath);
     this.#spawn(socketPath);
 
     const connectDog = this.#timeout("connect", timeouts.connectMs);
@@ -268,7 +268,8 @@ class GuestRun {
     return { rows, batches, ipcBytes, durationMs: Math.round(performance.now() - started), rowsByTopic, guestMetrics: { ...this.#guestMetrics } };
   }
 
-  async #listen(socketPath: string): Promise<Promise<Socket>> {
+  /** Listen on the socket; resolves once listening, with the (later) guest connection inside. */
+  async #listen(socketPath: string): Promise<{ connection: Promise<Socket> }> {
     const server = createServer();
     this.#server = server;
     let accepted = false;
@@ -291,7 +292,7 @@ class GuestRun {
     });
     server.on("error", (err) => this.#log.warn({ err }, "bridge server error"));
     await chmod(socketPath, 0o600);
-    return connection;
+    return { connection };
   }
 
   #spawn(socketPath: string): void {

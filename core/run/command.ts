@@ -20,7 +20,7 @@ import { createLogger, type Logger } from "../logger.js";
 import { casparianHome } from "../worker-id.js";
 import { expandInputs } from "./inputs.js";
 import { parseSinkFlag, planSinks, removeStaleStaging, stagingRootFor } from "./outputs.js";
-import { resolvePluginEnvironment } from "./plugin-env.js";
+import { provideBareEnvWithoutUv, resolvePluginEnvironment } from "./plugin-env.js";
 import { inspectPlugin } from "./plugin.js";
 import { Progress } from "./progress.js";
 import { Scheduler, type RunResult } from "./scheduler.js";
@@ -160,6 +160,7 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
   const inputs = await expandInputs(flags.inputs, cwd);
   const sinks = planSinks({ cliSinks: flags.sinks.map(parseSinkFlag), manifest: plugin.manifest, configSinks: config.run?.sinks });
   const env = await resolvePluginEnvironment(plugin, { home, logger, uv: config.environments?.uv });
+  await provideBareEnvWithoutUv(env, { home, logger, uv: config.environments?.uv });
   logger.info({ plugin: plugin.name, env: env.source, env_hash: env.envHash, lock: env.lockPath, sinks: sinks.source, inputs: inputs.length, workers }, "run planned");
 
   await mkdir(outputRoot, { recursive: true });

@@ -15,7 +15,7 @@
  * system) into --output only once its job concluded SUCCESS. A worker that dies,
  * a retried job or Ctrl-C therefore never leaves a partial or duplicate file.
  */
-import { mkdir, readdir, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
 import { Errors } from "../errors.js";
 import type { Artifact, SinkConfig, SinkMode } from "../messages.js";
@@ -127,10 +127,12 @@ export interface PublishedArtifact extends Artifact {
  */
 export async function promoteArtifacts(artifacts: readonly Artifact[], workerRoot: string, outputRoot: string, sinks: readonly SinkConfig[]): Promise<PublishedArtifact[]> {
   const published: PublishedArtifact[] = [];
+  // Sinks may report real paths (a symlinked /tmp on macOS): compare against both spellings.
+  const roots = [workerRoot, await realpath(workerRoot).catch(() => workerRoot)];
   for (const artifact of artifacts) {
     const local = localPath(artifact.uri);
-    const rel = local === null ? null : relative(workerRoot, local);
-    if (local === null || rel === null || rel === "" || rel.startsWith("..") || isAbsolute(rel)) {
+    const rel = local === null ? null : insideRoot(local, roots);
+    if (local === null || rel === null) {
       const bytes = local === null ? null : await stat(local).then((s) => s.size, () => null);
       published.push({ ...artifact, path: local, bytes });
       continue;
@@ -146,6 +148,14 @@ export async function promoteArtifacts(artifacts: readonly Artifact[], workerRoo
     published.push({ topic: artifact.topic, uri: `${scheme}://${target.split(sep).join("/")}`, path: target, bytes: (await stat(target)).size });
   }
   return published;
+}
+
+function insideRoot(path: string, roots: readonly string[]): string | null {
+  for (const root of roots) {
+    const rel = relative(root, path);
+    if (rel !== "" && !rel.startsWith("..") && !isAbsolute(rel)) return rel;
+  }
+  return null;
 }
 
 /** `parquet:///abs/path` or `file:///abs/path` → the path; anything else → null. */

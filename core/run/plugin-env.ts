@@ -11,13 +11,13 @@
  * rebuilds a pyproject.toml from the lock's root package and runs `uv sync --frozen`.
  */
 import { execFile } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { homedir } from "node:os";
-import { delimiter, dirname, join } from "node:path";
+import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { Errors } from "../errors.js";
+import { findUv } from "../env/uv.js";
 import type { Logger } from "../logger.js";
 import type { PluginInfo } from "./plugin.js";
 
@@ -92,8 +92,7 @@ async function lockScriptMetadata(plugin: PluginInfo, options: { home: string; l
   const lockPath = join(cacheDir, "uv.lock");
   if (await exists(lockPath)) return lockPath;
 
-  const uv = await findUv(options.uv);
-  if (uv === null) throw Errors.ENV_UV_MISSING([], { context: { plugin: plugin.path } });
+  const uv = await findUv(options.uv); // throws ENV_UV_MISSING with the install hint
   await mkdir(cacheRoot, { recursive: true });
   const work = await mkdtemp(join(cacheRoot, ".lock-"));
   try {
@@ -115,22 +114,46 @@ async function lockScriptMetadata(plugin: PluginInfo, options: { home: string; l
   return lockPath;
 }
 
-/** uv from the config, $UV, PATH, or where its installers put it. */
-export async function findUv(configured?: string): Promise<string | null> {
-  const candidates = [configured, process.env.UV];
-  for (const dir of (process.env.PATH ?? "").split(delimiter)) if (dir !== "") candidates.push(join(dir, "uv"));
-  const home = homedir();
-  candidates.push(join(home, ".local", "bin", "uv"), join(home, ".cargo", "bin", "uv"), "/usr/local/bin/uv");
-  for (const candidate of candidates) {
-    if (candidate !== undefined && candidate !== "" && (await isExecutable(candidate))) return candidate;
-  }
-  return null;
-}
-
 async function exists(path: string): Promise<boolean> {
   return access(path).then(() => true, () => false);
 }
 
 async function isExecutable(path: string): Promise<boolean> {
   return access(path, constants.X_OK).then(() => true, () => false);
+}
+
+/**
+ * A plugin without dependencies must run on a machine with Python 3 and no uv:
+ * then the bare environment is made here with `python3 -m venv`, exactly where
+ * the workers' environment manager looks for it (<home>/venvs/<env_hash>), so
+ * their PREPARE_ENV is a cache hit that needs no uv. Built beside and renamed
+ * into place, like the manager does, so a half-built venv never looks ready.
+ * Returns true when it built one; throws ENV_UV_MISSING when uv is missing and
+ * the plugin has dependencies.
+ */
+export async function provideBareEnvWithoutUv(env: PluginEnvironment, options: { home: string; logger: Logger; uv?: string; python?: string }): Promise<boolean> {
+  const venvs = join(options.home, "venvs");
+  const final = join(venvs, env.envHash);
+  if (await isExecutable(join(final, "bin", "python"))) return false;
+  const uvMissing = await findUv(options.uv).then(() => null, (err: unknown) => err);
+  if (uvMissing === null) return false;
+  // Dependencies need uv: say so now, with the install hint, rather than from every worker.
+  if (env.source !== "bare") throw uvMissing;
+  const python = options.python ?? process.env.PYTHON ?? "python3";
+  options.logger.warn({ python, venv: final }, "uv not found; the plugin declares no dependencies, so its bare environment is made with `python3 -m venv`");
+  process.stderr.write(`casparian run: uv not found; making the plugin's bare environment with \`${python} -m venv\` (install uv for environments with dependencies)\n`);
+  await mkdir(venvs, { recursive: true });
+  const build = join(venvs, `.build-${env.envHash.slice(0, 16)}-${process.pid}-${randomBytes(4).toString("hex")}`);
+  try {
+    await execFileAsync(python, ["-m", "venv", "--without-pip", join(build, "venv")]);
+    await rename(join(build, "venv"), final).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
+    });
+  } catch (err) {
+    const e = err as Error & { stderr?: string };
+    throw Errors.ENV_BUILD_FAILED([env.envHash.slice(0, 12), `${python} -m venv failed: ${(e.stderr || e.message).trim()}`]);
+  } finally {
+    await rm(build, { recursive: true, force: true });
+  }
+  return true;
 }

@@ -127,6 +127,7 @@ export class Scheduler {
   #done!: () => void;
   readonly #finished = new Promise<void>((resolve) => (this.#done = resolve));
   #timer: NodeJS.Timeout | null = null;
+  #abortTimer: NodeJS.Timeout | null = null;
 
   constructor(options: SchedulerOptions) {
     this.#options = { heartbeatSeconds: 1, livenessTimeoutMs: 20_000, startTimeoutMs: 60_000, abortWaitMs: 3_000, ...options };
@@ -165,11 +166,8 @@ export class Scheduler {
     this.#stopRun(null);
     const busy = [...this.#slots.values()].filter((s) => s.state === "busy" && s.job !== null);
     for (const slot of busy) void this.#send(slot, Opcode.ABORT, slot.job!.jobId!, null);
-    const deadline = setTimeout(() => this.#done(), this.#options.abortWaitMs);
-    void this.#allIdle().then(() => {
-      clearTimeout(deadline);
-      this.#done();
-    });
+    this.#abortTimer = setTimeout(() => this.#done(), this.#options.abortWaitMs);
+    void this.#allIdle().then(() => this.#done());
   }
 
   /** Second Ctrl-C: no more waiting. Kills every worker and removes staging, synchronously. */
@@ -222,7 +220,12 @@ export class Scheduler {
     const detail = slot.process.lastError();
     this.#logger.warn({ worker_id: slot.process.id, last_output: detail }, "%s", reason);
     this.#options.events?.workerLost?.(slot.process.id, reason);
-    if (envLeader) this.#envState = "none";
+    if (envLeader) {
+      // Someone else builds it: a worker already waiting, else the replacement below.
+      this.#envState = "none";
+      const waiting = [...this.#slots.values()].find((s) => s.state === "waiting-env");
+      if (waiting !== undefined) this.#provision(waiting);
+    }
 
     if (job !== null && job.state === "running") {
       if (job.attempts < MAX_ATTEMPTS) {
@@ -441,8 +444,9 @@ export class Scheduler {
     const reason = fatal === null ? "interrupted" : "not run: the run stopped early";
     for (const job of this.#queue.splice(0)) this.#finishJob(job, "not-run", reason);
     if (fatal !== null) {
-      // Running jobs of a doomed run are not worth waiting for.
+      // Running jobs of a doomed run are not worth waiting for: ABORT, and stop waiting soon.
       for (const slot of this.#slots.values()) if (slot.state === "busy" && slot.job !== null) void this.#send(slot, Opcode.ABORT, slot.job.jobId!, null);
+      this.#abortTimer = setTimeout(() => this.#done(), this.#options.abortWaitMs);
     }
     this.#maybeFinish();
   }
@@ -464,6 +468,7 @@ export class Scheduler {
   async #shutdown(): Promise<void> {
     this.#stopping = true;
     if (this.#timer !== null) clearInterval(this.#timer);
+    if (this.#abortTimer !== null) clearTimeout(this.#abortTimer);
     await Promise.allSettled([...this.#pendingPromotions]);
     const live = [...this.#slots.values()].filter((s) => s.state !== "dead");
     for (const slot of live) slot.state = "stopping";

@@ -4,11 +4,21 @@
  * Always call `dispose()` (t.after) so no process or temp dir outlives the test.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { rmSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { packageRoot } from "../../core/paths.js";
+
+/** Workers still running; killed when the test process exits, even after a test timed out before its t.after ran. */
+const live = new Map<ChildProcess, string>();
+process.once("exit", () => {
+  for (const [child, dir] of live) {
+    child.kill("SIGKILL");
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
 
 export type LogLine = Record<string, unknown> & { msg?: string; level?: number };
 
@@ -61,7 +71,13 @@ export class SpawnedWorker {
       this.text.push(line);
       for (const wake of this.#waiters) wake();
     });
-    this.exited = new Promise((resolve) => this.child.once("exit", (code, signal) => resolve({ code, signal })));
+    live.set(this.child, dir);
+    this.exited = new Promise((resolve) =>
+      this.child.once("exit", (code, signal) => {
+        live.delete(this.child);
+        resolve({ code, signal });
+      }),
+    );
   }
 
   get stderr(): string {

@@ -1,0 +1,11 @@
+import { EnvManager } from "/work/main/dist/core/env/manager.js";
+import { createLogger } from "/work/main/dist/core/logger.js";
+import { readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+const lock = readFileSync("test/fixtures/pyenv/uv.lock","utf8");
+const m = new EnvManager({ home: "/tmp/dbghome", logger: createLogger({level:"debug", pretty:false, fd:2}) });
+const t0=Date.now();
+const r = await m.prepare({ env_hash: createHash("sha256").update(lock).digest("hex"), lockfile_content: lock, python_version: null });
+console.log(r, Date.now()-t0);
+const r2 = await m.prepare({ env_hash: createHash("sha256").update(lock).digest("hex"), lockfile_content: lock, python_version: null });
+console.log(r2, Date.now()-t0);
