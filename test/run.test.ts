@@ -57,6 +57,11 @@ async function markers(dir: string): Promise<string[]> {
   return readdir(join(dir, "markers")).catch(() => []);
 }
 
+/** Pids of the guest processes the slow plugin ran in (from its marker names). */
+async function guestPids(dir: string): Promise<number[]> {
+  return (await markers(dir)).map((name) => Number(name.split(".").at(-2)));
+}
+
 describe("inputs, plugin inspection and sink plan", () => {
   test("files, directories and globs expand to sorted files with stable version ids and unique output names", async () => {
     const dir = await scenario("inputs");
@@ -152,7 +157,7 @@ describe("casparian run (end to end)", () => {
     const result = await runCli([helloPlugin, "data", "--workers", "2", "--output", "out"], { cwd: dir, home });
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stdout, /40 of 40 inputs succeeded, 0 failed/);
-    assert.match(result.stdout, /output\s+40\s+640\s+.*\.\/out\/output\//);
+    assert.match(result.stdout, /output\s+40\s+160\s+.*\.\/out\/output\//);
 
     const files = await listFiles(join(dir, "out"));
     assert.equal(files.length, 40, `exactly one file per input, nothing else (no staging): ${files.join(", ")}`);
@@ -211,6 +216,32 @@ describe("casparian run (end to end)", () => {
     assert.deepEqual(files, ["output/good-1.parquet", "output/good-2.parquet", "output/good-3.parquet"]);
     const tables = await readParquet(files.map((f) => join(dir, "output", f)));
     assert.deepEqual(tables.map((t) => t.rows.length), [5, 4, 4]);
+  });
+
+  test("--sink sends a topic where the user says: Parquet with the sink's own naming, or a database via a config-registered sink", async () => {
+    const dir = await scenario("sinks");
+    const parquet = await runCli([helloPlugin, helloData, "--sink", "output=parquet://all/sales.parquet", "--workers", "2"], { cwd: dir, home });
+    assert.equal(parquet.code, 0, parquet.stderr);
+    const files = await listFiles(join(dir, "output"));
+    assert.equal(files.length, 4, files.join(", "));
+    assert.ok(files.every((f) => /^all\/sales_\d+\.parquet$/.test(f)), `append mode: one file per job: ${files.join(", ")}`);
+    const tables = await readParquet(files.map((f) => join(dir, "output", f)));
+    assert.equal(tables.reduce((n, t) => n + t.rows.length, 0), 16);
+
+    const sqlite = await runCli(
+      [helloPlugin, helloData, "--sink", "output=sqlite://sales.db/sales", "--config", join(root, "examples", "sqlite-sink.config.ts"), "--output", "db"],
+      { cwd: dir, home },
+    );
+    assert.equal(sqlite.code, 0, sqlite.stderr);
+    assert.match(sqlite.stdout, /output\s+4\s+16\s+-\s+sqlite:\/\/\/.*\/db\/sales\.db\/sales/);
+    const { default: Database } = await import("better-sqlite3");
+    const db = new Database(join(dir, "db", "sales.db"), { readonly: true });
+    try {
+      assert.deepEqual(db.prepare("SELECT count(*) AS n, count(DISTINCT source_file) AS files FROM sales").get(), { n: 16, files: 4 });
+    } finally {
+      db.close();
+    }
+    assert.deepEqual((await readdir(join(dir, "db"))).filter((n) => n.startsWith(".casparian-staging-")), []);
   });
 
   test("a broken plugin fails once, up front, with Python's error, before any input is processed", async () => {
@@ -308,6 +339,32 @@ describe("casparian run (end to end)", () => {
       assert.match(result.stdout, /interrupted: 0 of 8 inputs succeeded/);
       assert.deepEqual(await listFiles(join(dir, "output")), [], "no file, no staging left");
       for (const pid of pids) assert.ok(!isAlive(pid), `worker ${pid} stopped`);
+      for (const pid of await guestPids(dir)) assert.ok(!isAlive(pid), `guest ${pid} stopped`);
+    } finally {
+      cli.kill();
+    }
+  });
+
+  test("the run itself killed with SIGKILL: its workers and guests stop on their own, the next run clears the staging", async () => {
+    const dir = await scenario("cli-sigkill");
+    const data = await slowInputs(dir, 6, 5, 30);
+    const cli = new RunningCli([slowPlugin, data, "--workers", "2"], { cwd: dir, home });
+    try {
+      await cli.waitFor(async () => (await markers(dir)).length >= 2, "two jobs to be running");
+      const pids = await cli.workerPids();
+      assert.equal(pids.length, 2);
+      cli.kill("SIGKILL");
+      await cli.exited;
+      const gone = Date.now() + 15_000;
+      while (pids.some(isAlive) && Date.now() < gone) await new Promise((r) => setTimeout(r, 100));
+      for (const pid of pids) assert.ok(!isAlive(pid), `orphaned worker ${pid} stopped`);
+      for (const pid of await guestPids(dir)) assert.ok(!isAlive(pid), `guest ${pid} stopped`);
+      assert.ok((await readdir(join(dir, "output"))).some((n) => n.startsWith(".casparian-staging-")), "a killed run cannot clean up");
+
+      await writeFile(join(data, "in-00.csv"), "# sleep 0\nid,value\n1,a\n");
+      const next = await runCli([slowPlugin, join(data, "in-00.csv")], { cwd: dir, home });
+      assert.equal(next.code, 0, next.stderr);
+      assert.deepEqual(await listFiles(join(dir, "output")), ["output/in-00.parquet"]);
     } finally {
       cli.kill();
     }

@@ -28,6 +28,8 @@ export const METRICS_FRAME = 0xfffffffb;
 export const MAX_DATA_LENGTH = 0xfffffffa;
 
 export const DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024;
+/** Free bytes before every data frame's bytes in its ArrayBuffer (a multiple of 8). */
+export const DATA_HEADROOM = 512;
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 
 export type Frame =
@@ -149,8 +151,17 @@ export class FrameDecoder {
   }
 
   #beginBody(kind: "data" | "error" | "metrics" | "log", length: number, level?: number): void {
-    // A fresh ArrayBuffer per frame: 8-byte aligned, so Arrow can view it without copying.
-    this.#step = { at: "body", kind, level, buffer: new Uint8Array(length), filled: 0 };
+    let buffer: Uint8Array;
+    if (kind === "data") {
+      // An ArrayBuffer of its own per frame (consumers may keep views into it), 8-byte aligned so
+      // Arrow views it without copying, not zero-filled, with DATA_HEADROOM free bytes in front
+      // where topic.ts can rewrite the schema message in place.
+      const whole = Buffer.allocUnsafeSlow(DATA_HEADROOM + length);
+      buffer = whole.subarray(DATA_HEADROOM);
+    } else {
+      buffer = new Uint8Array(length);
+    }
+    this.#step = { at: "body", kind, level, buffer, filled: 0 };
   }
 
   /** Copy buffered bytes into the pending body; true when the body completed. */
@@ -226,11 +237,4 @@ export class FrameDecoder {
     this.#buffered -= n;
     return out;
   }
-}
-
-/** Encode frames (used by tests and by legacy-guest fixtures written in JS). */
-export function encodeDataFrame(ipc: Uint8Array): Buffer[] {
-  const header = Buffer.alloc(4);
-  header.writeUInt32BE(ipc.length, 0);
-  return [header, Buffer.from(ipc.buffer, ipc.byteOffset, ipc.byteLength)];
 }

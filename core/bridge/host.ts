@@ -29,7 +29,7 @@ import type { Batch } from "../job.js";
 import type { Logger } from "../logger.js";
 import { packageRoot } from "../paths.js";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
-import { decodeFrame } from "./topic.js";
+import { FrameTopics } from "./topic.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
 
 export { TOPIC_METADATA_KEY, DEFAULT_TOPIC } from "./topic.js";
@@ -138,28 +138,48 @@ class GuestRun {
   #outputDone: Promise<unknown> = Promise.resolve();
   #timers: Watchdog[] = [];
   #onAbort: (() => void) | undefined;
-  /** Rejects with the first fatal condition (abort, job timeout, connect/idle timeout). */
-  #failed: Promise<never>;
-  #fail!: (err: CasparianError) => void;
+  /** The first fatal condition (abort, job timeout, connect/idle timeout), once there is one. */
   #failure: CasparianError | undefined;
+  /** Rejecters of the waits currently in progress; see #race. */
+  readonly #waiting = new Set<(err: CasparianError) => void>();
 
   constructor(options: GuestRunOptions, dir: string) {
     this.#options = options;
     this.#dir = dir;
     this.#log = options.job.logger.child({ component: "guest" });
     this.#context = { jobId: options.job.jobId, plugin: options.job.command.plugin_name };
-    this.#failed = new Promise<never>((_, reject) => {
-      this.#fail = (err) => {
-        if (this.#failure) return;
-        this.#failure = err;
-        reject(err);
-      };
-    });
-    this.#failed.catch(() => undefined);
   }
 
+  #fail(err: CasparianError): void {
+    if (this.#failure) return;
+    this.#failure = err;
+    for (const reject of this.#waiting) reject(err);
+    this.#waiting.clear();
+  }
+
+  /**
+   * `work`, or the run's failure if that comes first. Not Promise.race against one
+   * long-lived promise: every race would leave a reaction on it that keeps its result
+   * (here: every socket chunk) alive until the job ends.
+   */
   #race<T>(work: Promise<T>): Promise<T> {
-    return Promise.race([work, this.#failed]);
+    if (this.#failure) {
+      work.catch(() => undefined);
+      return Promise.reject(this.#failure);
+    }
+    return new Promise<T>((resolve, reject) => {
+      this.#waiting.add(reject);
+      work.then(
+        (value) => {
+          this.#waiting.delete(reject);
+          resolve(value);
+        },
+        (err: unknown) => {
+          this.#waiting.delete(reject);
+          reject(err);
+        },
+      );
+    });
   }
 
   #timeout(which: string, ms: number): Watchdog {
@@ -192,6 +212,7 @@ class GuestRun {
 
     const decoder = new FrameDecoder(this.#options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
     const idle = this.#timeout("idle", timeouts.idleMs);
+    const topics = new FrameTopics();
     const indexByTopic = new Map<string, number>();
     const rowsByTopic = new Map<string, number>();
     let rows = 0;
@@ -202,7 +223,7 @@ class GuestRun {
     const handle = async (frame: Frame): Promise<void> => {
       switch (frame.kind) {
         case "data": {
-          const decoded = decodeFrame(frame.bytes);
+          const decoded = topics.decode(frame.bytes);
           const index = indexByTopic.get(decoded.topic) ?? 0;
           indexByTopic.set(decoded.topic, index + 1);
           const batch: Batch = { ...decoded, index };

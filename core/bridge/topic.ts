@@ -5,11 +5,12 @@
  * stream's schema metadata under the key `casparian.topic`. A frame without that key (a
  * guest that knows only PROTOCOL.md §3) belongs to the topic "output".
  *
- * Sinks never see the key: the host rewrites the stream's leading schema message
- * without it (the record batch messages are kept byte for byte) and decodes the table
- * from the rewritten bytes. Exception: streams with dictionary-encoded columns keep the
- * key in `Batch.ipc` (re-encoding their schema could renumber dictionary ids); their
- * `Batch.table` schema still has it removed.
+ * Sinks never see the key: the host replaces the stream's leading schema message with
+ * one encoded without it (the record batch messages stay byte for byte where they are)
+ * and decodes the table from the rewritten bytes. The replacement is written into the
+ * free bytes the frame decoder leaves in front of each frame, so it costs no copy of the
+ * data. Exception: streams with dictionary-encoded columns keep the key in `Batch.ipc`
+ * (re-encoding their schema could renumber dictionary ids); `Batch.table` never has it.
  */
 import { RecordBatchStreamWriter, Schema, Table, tableFromIPC } from "apache-arrow";
 import { Errors } from "../errors.js";
@@ -34,35 +35,66 @@ function encodeSchemaMessage(schema: Schema): Uint8Array {
   const stream = RecordBatchStreamWriter.writeAll(new Table(schema)).toUint8Array(true);
   const length = schemaMessageLength(stream);
   if (length === null) throw new Error("apache-arrow produced an unexpected schema stream");
-  return stream.subarray(0, length);
+  return stream.slice(0, length);
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.byteLength === b.byteLength && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 }
 
 /**
- * Decode one data frame into a Batch (without its per-topic index, which the host assigns).
- * Throws Errors.GUEST_PROTOCOL when the bytes are not an Arrow IPC stream.
+ * Decodes data frames into Batches (without the per-topic index, which the host assigns).
+ * One per guest run: it remembers the last schema per topic, since a plugin usually
+ * publishes one schema many times.
  */
-export function decodeFrame(bytes: Uint8Array): Omit<Batch, "index"> {
-  let table: Table;
-  try {
-    table = tableFromIPC(bytes);
-  } catch (err) {
-    throw Errors.GUEST_PROTOCOL([`data frame of ${bytes.byteLength} bytes is not an Arrow IPC stream: ${(err as Error).message}`], { cause: err });
-  }
-  const metadata = table.schema.metadata;
-  const named = metadata.get(TOPIC_METADATA_KEY);
-  if (named === undefined) return { topic: DEFAULT_TOPIC, ipc: bytes, table, numRows: table.numRows };
-  const topic = named || DEFAULT_TOPIC;
+export class FrameTopics {
+  readonly #stripped = new Map<string, { original: Uint8Array; replacement: Uint8Array }>();
 
-  const kept = new Map([...metadata].filter(([key]) => key !== TOPIC_METADATA_KEY));
-  const oldLength = schemaMessageLength(bytes);
-  if (table.schema.dictionaries.size > 0 || oldLength === null) {
-    metadata.delete(TOPIC_METADATA_KEY);
-    return { topic, ipc: bytes, table, numRows: table.numRows };
+  /** Throws Errors.GUEST_PROTOCOL when the bytes are not an Arrow IPC stream. */
+  decode(bytes: Uint8Array): Omit<Batch, "index"> {
+    let table: Table;
+    try {
+      table = tableFromIPC(bytes);
+    } catch (err) {
+      throw Errors.GUEST_PROTOCOL([`data frame of ${bytes.byteLength} bytes is not an Arrow IPC stream: ${(err as Error).message}`], { cause: err });
+    }
+    const metadata = table.schema.metadata;
+    const named = metadata.get(TOPIC_METADATA_KEY);
+    if (named === undefined) return { topic: DEFAULT_TOPIC, ipc: bytes, table, numRows: table.numRows };
+    const topic = named || DEFAULT_TOPIC;
+
+    const oldLength = schemaMessageLength(bytes);
+    if (table.schema.dictionaries.size > 0 || oldLength === null) {
+      metadata.delete(TOPIC_METADATA_KEY);
+      return { topic, ipc: bytes, table, numRows: table.numRows };
+    }
+    const original = bytes.subarray(0, oldLength);
+    let cached = this.#stripped.get(topic);
+    if (!cached || !sameBytes(cached.original, original)) {
+      const kept = new Map([...metadata].filter(([key]) => key !== TOPIC_METADATA_KEY));
+      const replacement = encodeSchemaMessage(new Schema(table.schema.fields, kept, table.schema.dictionaries, table.schema.metadataVersion));
+      cached = { original: original.slice(), replacement };
+      this.#stripped.set(topic, cached);
+    }
+    const ipc = spliceSchema(bytes, oldLength, cached.replacement);
+    const stripped = tableFromIPC(ipc);
+    return { topic, ipc, table: stripped, numRows: stripped.numRows };
   }
-  const schemaMessage = encodeSchemaMessage(new Schema(table.schema.fields, kept, table.schema.dictionaries, table.schema.metadataVersion));
-  const ipc = new Uint8Array(schemaMessage.byteLength + bytes.byteLength - oldLength);
-  ipc.set(schemaMessage, 0);
-  ipc.set(bytes.subarray(oldLength), schemaMessage.byteLength);
-  const stripped = tableFromIPC(ipc);
-  return { topic, ipc, table: stripped, numRows: stripped.numRows };
+}
+
+/**
+ * `bytes` with its first `oldLength` bytes replaced by `schema`. In place when the free
+ * bytes in front of `bytes` (frames.ts DATA_HEADROOM) make room; a copy otherwise.
+ */
+function spliceSchema(bytes: Uint8Array, oldLength: number, schema: Uint8Array): Uint8Array {
+  const start = bytes.byteOffset + oldLength - schema.byteLength;
+  if (start >= 0 && start % 8 === 0) {
+    const ipc = new Uint8Array(bytes.buffer, start, bytes.byteLength - oldLength + schema.byteLength);
+    ipc.set(schema, 0);
+    return ipc;
+  }
+  const ipc = new Uint8Array(schema.byteLength + bytes.byteLength - oldLength);
+  ipc.set(schema, 0);
+  ipc.set(bytes.subarray(oldLength), schema.byteLength);
+  return ipc;
 }

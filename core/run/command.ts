@@ -177,6 +177,7 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
     workers,
     outputRoot,
     stagingRoot,
+    sharedOutput: !sinks.promotable,
     configFile: loaded.filepath ?? undefined,
     logLevel: flags.logLevel === "debug" || flags.logLevel === "trace" ? flags.logLevel : "info",
     logger,
@@ -187,6 +188,9 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
         if (job.state === "not-run") return;
         const rows = Number(job.receipt?.metrics.rows ?? 0);
         progress.jobFinished(job.state === "failed", job.state === "succeeded" ? rows : 0);
+      },
+      workerLost: (_id, reason, job) => {
+        if (job === null) progress.note(`${reason}; starting a replacement`);
       },
       jobRetried: (job, reason) => progress.note(`${reason}; ${job.input.path} goes to another worker (attempt ${job.attempts + 1})`),
       envReady: (cached) => {
@@ -212,6 +216,9 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
   };
   process.on("SIGINT", onSigint);
   process.on("SIGTERM", onSigint);
+  if (env.source !== "bare" && (await stat(join(home, "venvs", env.envHash)).catch(() => null)) === null) {
+    progress.note(`building the environment for ${plugin.name} from ${env.lockPath ?? "its lock"} (first run only)`);
+  }
   progress.start();
   let result;
   try {

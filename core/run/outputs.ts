@@ -14,6 +14,9 @@
  * <output>/.casparian-staging-<pid>/, and a file is moved (renamed, same file
  * system) into --output only once its job concluded SUCCESS. A worker that dies,
  * a retried job or Ctrl-C therefore never leaves a partial or duplicate file.
+ * That needs one file per job, so it applies when every sink is Parquet; with
+ * other sinks (a database) the workers write into --output itself and the sinks'
+ * own staging and two-phase commit keep partial data invisible.
  */
 import { mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
@@ -29,6 +32,8 @@ export type SinkSource = "--sink" | "MANIFEST" | "config" | "default";
 
 export interface SinkPlan {
   source: SinkSource;
+  /** True when every sink writes one Parquet file per job, so workers can use private roots. */
+  promotable: boolean;
   /** The sinks of the job for one input. */
   forInput(input: InputFile): SinkConfig[];
 }
@@ -56,6 +61,7 @@ export function planSinks(options: { cliSinks: SinkConfig[]; manifest: PluginMan
   const topics = [DEFAULT_TOPIC, ...(manifest?.topics ?? []).filter((t) => t !== DEFAULT_TOPIC)];
   return {
     source: "default",
+    promotable: true,
     forInput: (input) =>
       topics.map((topic) => ({
         topic,
@@ -68,7 +74,7 @@ export function planSinks(options: { cliSinks: SinkConfig[]; manifest: PluginMan
 }
 
 function fixed(source: SinkSource, sinks: SinkConfig[]): SinkPlan {
-  return { source, forInput: () => sinks };
+  return { source, promotable: sinks.every((s) => s.uri.startsWith("parquet://")), forInput: () => sinks };
 }
 
 const MODES: readonly SinkMode[] = ["append", "replace", "error"];
@@ -158,9 +164,20 @@ function insideRoot(path: string, roots: readonly string[]): string | null {
   return null;
 }
 
-/** `parquet:///abs/path` or `file:///abs/path` → the path; anything else → null. */
+/** Artifacts of sinks that wrote straight into --output: reported as they are. */
+export async function publishedInPlace(artifacts: readonly Artifact[]): Promise<PublishedArtifact[]> {
+  return Promise.all(
+    artifacts.map(async (artifact) => {
+      const local = localPath(artifact.uri);
+      const bytes = local === null ? null : await stat(local).then((s) => (s.isFile() ? s.size : null), () => null);
+      return { ...artifact, path: bytes === null ? null : local, bytes };
+    }),
+  );
+}
+
+/** `parquet:///abs/path`, `file:///abs/path` (any scheme with an absolute path) → the path; else null. */
 function localPath(uri: string): string | null {
-  const match = /^(?:parquet|file):\/\/(\/.*)$/.exec(uri);
+  const match = /^[a-z][a-z0-9+.-]*:\/\/(\/.*)$/i.exec(uri);
   if (match === null) return null;
   const raw = match[1]!;
   try {

@@ -101,7 +101,7 @@ export class Progress {
     const { total, done } = this.#counts;
     const filled = total === 0 ? BAR_WIDTH : Math.round((done / total) * BAR_WIDTH);
     const bar = `[${"█".repeat(filled)}${"░".repeat(BAR_WIDTH - filled)}]`;
-    const columns = this.#stream.columns ?? 100;
+    const columns = this.#stream.columns || 100; // 0 when the terminal size is unknown
     const text = `${bar} ${this.line()}`.slice(0, Math.max(10, columns - 1));
     this.#stream.write(`\r\x1b[2K${text}`);
     this.#drawn = true;

@@ -23,7 +23,7 @@ import { CasparianError, Errors, errorMessage } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { Opcode, type JobReceipt, type Message, type PayloadByOpcode, type SinkConfig } from "../messages.js";
 import type { InputFile } from "./inputs.js";
-import { promoteArtifacts, type PublishedArtifact } from "./outputs.js";
+import { promoteArtifacts, publishedInPlace, type PublishedArtifact } from "./outputs.js";
 import { sha256Hex, type PluginEnvironment } from "./plugin-env.js";
 import type { PluginInfo } from "./plugin.js";
 import { EmbeddedSentinel, type Peer } from "./sentinel.js";
@@ -61,6 +61,12 @@ export interface SchedulerOptions {
   outputRoot: string;
   /** Private roots of the workers live below this directory. */
   stagingRoot: string;
+  /**
+   * Workers write straight into outputRoot instead of private roots: for sinks whose
+   * output is not one file per job (a database), which cannot be promoted file by
+   * file; their own staging and commit must then keep partial data invisible.
+   */
+  sharedOutput?: boolean;
   configFile?: string;
   logLevel: string;
   logger: Logger;
@@ -82,7 +88,8 @@ export interface SchedulerEvents {
   jobFinished?(job: JobRecord): void;
   /** The worker running `job` died; the job goes back to the queue. */
   jobRetried?(job: JobRecord, reason: string): void;
-  workerLost?(workerId: string, reason: string): void;
+  /** A worker process ended unexpectedly; `job` is what it was running (then jobRetried or jobFinished follows). */
+  workerLost?(workerId: string, reason: string, job: JobRecord | null): void;
   envReady?(cached: boolean, interpreterPath: string): void;
 }
 
@@ -189,7 +196,7 @@ export class Scheduler {
     const process = new WorkerProcess({
       workerId,
       endpoint: this.#sentinel!.endpoint,
-      outputRoot: join(this.#options.stagingRoot, workerId),
+      outputRoot: this.#options.sharedOutput === true ? this.#options.outputRoot : join(this.#options.stagingRoot, workerId),
       configFile: this.#options.configFile,
       logLevel: this.#options.logLevel,
       heartbeatSeconds: this.#options.heartbeatSeconds,
@@ -210,7 +217,7 @@ export class Scheduler {
     slot.state = "dead";
     slot.job = null;
     if (slot.peer !== null) this.#byPeer.delete(slot.peer.key);
-    void rm(slot.process.outputRoot, { recursive: true, force: true });
+    if (this.#options.sharedOutput !== true) void rm(slot.process.outputRoot, { recursive: true, force: true });
     if (wasStopping) {
       if (job !== null && job.state === "running") this.#finishJob(job, "not-run", "interrupted");
       return;
@@ -218,8 +225,8 @@ export class Scheduler {
 
     const reason = `worker ${slot.process.id} ${describeExit(exit)}`;
     const detail = slot.process.lastError();
-    this.#logger.warn({ worker_id: slot.process.id, last_output: detail }, "%s", reason);
-    this.#options.events?.workerLost?.(slot.process.id, reason);
+    this.#logger.debug({ worker_id: slot.process.id, last_error: detail, tail: slot.process.tail() }, "%s", reason);
+    this.#options.events?.workerLost?.(slot.process.id, reason, job);
     if (envLeader) {
       // Someone else builds it: a worker already waiting, else the replacement below.
       this.#envState = "none";
@@ -241,7 +248,8 @@ export class Scheduler {
       this.#respawnBudget--;
       this.#spawn();
     } else if (![...this.#slots.values()].some((s) => s.state !== "dead")) {
-      this.#stopRun(Errors.RUN_WORKERS_FAILED([`${reason}${detail === null ? "" : `; last output: ${detail}`}`]));
+      const last = detail ?? slot.process.tail().at(-1);
+      this.#stopRun(Errors.RUN_WORKERS_FAILED([`${reason}${last === undefined ? "" : `; its last output: ${last}`}`]));
     }
     this.#pump();
   }
@@ -350,7 +358,8 @@ export class Scheduler {
       // Ctrl-C means stop: files of jobs that raced the ABORT are not promoted.
       this.#finishJob(job, "not-run", "interrupted");
     } else {
-      const promotion = promoteArtifacts(receipt.artifacts, slot.process.outputRoot, this.#options.outputRoot, job.sinks).then(
+      const promote = this.#options.sharedOutput === true ? publishedInPlace(receipt.artifacts) : promoteArtifacts(receipt.artifacts, slot.process.outputRoot, this.#options.outputRoot, job.sinks);
+      const promotion = promote.then(
         (artifacts) => {
           job.artifacts = artifacts;
           this.#finishJob(job, "succeeded", null);

@@ -10,7 +10,8 @@ export interface TopicSummary {
   topic: string;
   files: number;
   rows: number;
-  bytes: number;
+  /** Null when no artifact of the topic is a local file (a database table). */
+  bytes: number | null;
   /** A directory when every file of the topic is in one, else the sink URIs. */
   location: string;
 }
@@ -26,16 +27,16 @@ export interface RunSummary {
 }
 
 export function summarize(jobs: readonly JobRecord[], cwd: string): RunSummary {
-  const topics = new Map<string, { files: number; rows: number; bytes: number; dirs: Set<string>; uris: Set<string> }>();
+  const topics = new Map<string, { files: number; rows: number; bytes: number | null; dirs: Set<string>; uris: Set<string> }>();
   const unrouted = new Map<string, number>();
   for (const job of jobs) {
     if (job.state !== "succeeded") continue;
     const metrics = job.receipt?.metrics ?? {};
     const sinkTopics = new Set(job.sinks.map((s) => s.topic));
     for (const artifact of job.artifacts) {
-      const entry = topics.get(artifact.topic) ?? { files: 0, rows: 0, bytes: 0, dirs: new Set<string>(), uris: new Set<string>() };
+      const entry = topics.get(artifact.topic) ?? { files: 0, rows: 0, bytes: null, dirs: new Set<string>(), uris: new Set<string>() };
       entry.files++;
-      entry.bytes += artifact.bytes ?? 0;
+      if (artifact.bytes !== null) entry.bytes = (entry.bytes ?? 0) + artifact.bytes;
       if (artifact.path !== null) entry.dirs.add(topDirectory(artifact.path, job));
       else entry.uris.add(artifact.uri);
       topics.set(artifact.topic, entry);
@@ -81,9 +82,13 @@ function display(path: string, cwd: string): string {
   return rel.startsWith("..") || isAbsolute(rel) ? path : `.${sep}${rel}`;
 }
 
-/** First non-empty line of an error message. */
+/**
+ * First non-empty line of an error message. A plugin's own exception is shown as
+ * Python printed it (the "guest failed" wrapper adds nothing for a person).
+ */
 export function firstLine(message: string | null): string {
-  return (message ?? "unknown error").split("\n").map((l) => l.trim()).find((l) => l !== "") ?? "unknown error";
+  const line = (message ?? "unknown error").split("\n").map((l) => l.trim()).find((l) => l !== "") ?? "unknown error";
+  return line.replace(/^CSP_GUEST_FAILED: Guest process error: /, "");
 }
 
 export function renderSummary(summary: RunSummary, options: { seconds: number; interrupted: boolean; cwd: string; sharedError?: boolean }): string {
@@ -95,7 +100,7 @@ export function renderSummary(summary: RunSummary, options: { seconds: number; i
 
   if (summary.topics.length > 0) {
     lines.push("");
-    const rows = [["topic", "files", "rows", "bytes", "output"], ...summary.topics.map((t) => [t.topic, String(t.files), formatCount(t.rows), formatBytes(t.bytes), t.location])];
+    const rows = [["topic", "files", "rows", "bytes", "output"], ...summary.topics.map((t) => [t.topic, String(t.files), formatCount(t.rows), t.bytes === null ? "-" : formatBytes(t.bytes), t.location])];
     const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
     for (const row of rows) lines.push(`  ${row.map((cell, col) => (col === row.length - 1 ? cell : cell.padEnd(widths[col]!))).join("  ")}`.trimEnd());
   }

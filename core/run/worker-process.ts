@@ -42,6 +42,8 @@ export class WorkerProcess {
     this.id = options.workerId;
     this.outputRoot = options.outputRoot;
     const args = [
+      // Stop with the run even when it is killed too hard to stop us itself.
+      "--import", new URL("./parent-watch.js", import.meta.url).href,
       join(packageRoot(), "bin", "casparian-worker.js"),
       "--connect", options.endpoint,
       "--output", options.outputRoot,
@@ -52,7 +54,7 @@ export class WorkerProcess {
       "--log-level", options.logLevel,
     ];
     if (options.configFile !== undefined) args.push("--config", options.configFile);
-    this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: process.env });
+    this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CASPARIAN_RUN_PARENT_PID: String(process.pid) } });
     for (const stream of [this.#child.stdout!, this.#child.stderr!]) {
       createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
         this.#tail.push(line);
@@ -84,7 +86,7 @@ export class WorkerProcess {
     return [...this.#tail];
   }
 
-  /** The most telling line of the tail: the last error message a JSON log line carries, else the last line. */
+  /** The last error a JSON log line of the worker carries (or a plain line mentioning one); null when none. */
   lastError(): string | null {
     for (let i = this.#tail.length - 1; i >= 0; i--) {
       const line = this.#tail[i]!;
@@ -95,7 +97,7 @@ export class WorkerProcess {
         if (/error/i.test(line)) return line;
       }
     }
-    return this.#tail.at(-1) ?? null;
+    return null;
   }
 
   kill(signal: NodeJS.Signals): void {
