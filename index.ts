@@ -23,3 +23,9 @@ export { Worker } from "./core/worker.js";
 export type { WorkerOptions, WorkerPipeline } from "./core/worker.js";
 export { loadConfig } from "./core/config-loader.js";
 export type { LoadedConfig } from "./core/config-loader.js";
+// Environments and the bridge: provision uv venvs from lockfiles, run a plugin as a guest process.
+export { EnvManager, findUv } from "./core/env/manager.js";
+export type { EnvManagerOptions } from "./core/env/manager.js";
+export type { EnvironmentProvider, EnvLease } from "./core/env/types.js";
+export { runGuest, shimPath, TOPIC_METADATA_KEY, DEFAULT_TOPIC } from "./core/bridge/host.js";
+export type { GuestRunOptions, GuestResult, GuestTimeouts } from "./core/bridge/types.js";

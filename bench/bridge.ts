@@ -202,6 +202,9 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
     const lock = await readFile(join(packageRoot(), "test", "fixtures", "pyenv", "uv.lock"), "utf8");
     const { createHash } = await import("node:crypto");
     const ready = await manager.prepare({ env_hash: createHash("sha256").update(lock).digest("hex"), lockfile_content: lock, python_version: null });
+    const hitStarted = performance.now();
+    const hit = await manager.prepare({ env_hash: ready.env_hash, lockfile_content: lock, python_version: null });
+    console.log(`env: built in this run: ${!ready.cached}; PREPARE_ENV cache hit answered in ${(performance.now() - hitStarted).toFixed(1)} ms (cached=${hit.cached})`);
     const pluginFile = join(dir, "generator.py");
     const harnessFile = join(dir, "alone.py");
     await writeFile(pluginFile, GENERATOR_PLUGIN);

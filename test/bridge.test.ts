@@ -3,14 +3,14 @@
  * Plugins live in test/fixtures/plugins; stand-in interpreters in test/fixtures/envs.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Table } from "apache-arrow";
 import { Errors, CasparianError } from "../core/errors.js";
-import { runGuest, shimPath } from "../core/bridge/host.js";
+import { runGuest, shimPath, sweepStaleSocketDirs } from "../core/bridge/host.js";
 import type { GuestRunOptions, GuestResult } from "../core/bridge/types.js";
 import type { Batch } from "../core/job.js";
 import { bareEnvironment, fixturePath, pluginSource, testEnvironment, testJob, type TestEnvironment } from "./helpers/pyenv.js";
@@ -433,6 +433,21 @@ describe("volume and isolation", () => {
     await rejectsWith(run("exit3.py"), Errors.GUEST_FAILED.code);
     const left = (await readdir(tmpdir())).filter((n) => n.startsWith("casparian-bridge-") && !workDir.endsWith(n) && !before.has(n));
     assert.deepEqual(left, []);
+  });
+
+  test("socket directories left by a dead worker process are swept", async () => {
+    const dead = join(tmpdir(), "casparian-bridge-999999999-Ab12Cd");
+    const mine = join(tmpdir(), `casparian-bridge-${process.pid}-Zz99Yy`);
+    await mkdir(dead, { recursive: true });
+    await mkdir(mine, { recursive: true });
+    try {
+      await sweepStaleSocketDirs();
+      await assert.rejects(stat(dead), { code: "ENOENT" });
+      await stat(mine);
+    } finally {
+      await rm(dead, { recursive: true, force: true });
+      await rm(mine, { recursive: true, force: true });
+    }
   });
 
   test("shimPath points at the shipped shim", async () => {

@@ -151,6 +151,18 @@ describe("refusals and failures", () => {
     assert.deepEqual((await readdir(join(home, "venvs"))).filter((n) => !n.startsWith(".metadata")), [], "nothing half-built is left");
   });
 
+  test("uv's own UV_* settings from the worker's environment reach uv", async () => {
+    const home = await freshHome();
+    const manager = new EnvManager({ home, logger: silentLogger() });
+    process.env.UV_PYTHON = "2.7";
+    try {
+      const err = await rejectsWith(manager.prepare(await prepareCommand(bareLock("uv-python-env"))), Errors.ENV_BUILD_FAILED.code);
+      assert.match(err.message, /2\.7/);
+    } finally {
+      delete process.env.UV_PYTHON;
+    }
+  });
+
   test("a lockfile that is not TOML fails with ENV_BUILD_FAILED", async () => {
     const err = await rejectsWith(shared.manager.prepare(await prepareCommand("this is [not toml")), Errors.ENV_BUILD_FAILED.code);
     assert.match(err.message, /not valid TOML/);

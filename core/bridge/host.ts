@@ -17,7 +17,7 @@
  * carries the guest's own last error lines; the process group is killed (TERM, then KILL
  * after 2 s) and the directory removed on every path.
  */
-import { chmod, mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdtemp, readdir, rm } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -48,14 +48,38 @@ export function shimPath(): string {
 export async function runGuest(options: GuestRunOptions): Promise<GuestResult> {
   const { job } = options;
   if (job.signal.aborted) throw abortError(job.signal);
-  const dir = await mkdtemp(join(tmpdir(), "casparian-bridge-"));
+  sweptStale ??= sweepStaleSocketDirs();
+  await sweptStale;
+  const dir = await mkdtemp(join(tmpdir(), `${SOCKET_DIR_PREFIX}${process.pid}-`));
   const run = new GuestRun(options, dir);
   try {
     await chmod(dir, 0o700);
     return await run.execute();
   } finally {
-    await run.cleanup();
-    await rm(dir, { recursive: true, force: true });
+    try {
+      await run.cleanup();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+}
+
+const SOCKET_DIR_PREFIX = "casparian-bridge-";
+let sweptStale: Promise<void> | undefined;
+
+/** Socket directories of worker processes that died mid-job (SIGKILL skips every finally). */
+export async function sweepStaleSocketDirs(): Promise<void> {
+  const names = await readdir(tmpdir()).catch(() => [] as string[]);
+  for (const name of names) {
+    const match = /^casparian-bridge-(\d+)-[A-Za-z0-9]{6}$/.exec(name);
+    if (!match || Number(match[1]) === process.pid) continue;
+    try {
+      process.kill(Number(match[1]), 0);
+      continue; // its owner is alive
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "EPERM") continue;
+    }
+    await rm(join(tmpdir(), name), { recursive: true, force: true }).catch(() => undefined);
   }
 }
 
@@ -202,7 +226,10 @@ class GuestRun {
 
     const connectDog = this.#timeout("connect", timeouts.connectMs);
     connectDog.arm();
-    const exitedEarly = this.#exit!.then((exit) => {
+    // A quick guest can connect, send everything and exit before we see the connection:
+    // its connection still waits in the listen backlog, so allow a moment for it.
+    const exitedEarly = this.#exit!.then(async (exit) => {
+      await delay(250);
       throw this.#guestFailed(`guest exited (${describeExit(exit)}) before connecting to the bridge socket`);
     });
     exitedEarly.catch(() => undefined);
