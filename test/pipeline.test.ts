@@ -38,16 +38,28 @@ class Handler:
 `;
 
 /** Publishes one chunk, then hangs: the worker is killed while the sink holds staging. */
-const SLOW_PLUGIN = `
-import time
+function slowPlugin(pidFile: string): string {
+  return `
+import os, time
 import pyarrow as pa
 
 class Handler:
     def execute(self, path):
+        open(${JSON.stringify(pidFile)}, "w").write(str(os.getpid()))
         yield pa.table({"n": list(range(1000))})
         time.sleep(120)
         yield pa.table({"n": [1]})
 `;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 function dispatch(sourceCode: string, filePath: string, envHash: string, sinks: SinkConfig[]): DispatchCommand {
   return { plugin_name: "pipeline_test", file_path: filePath, sinks, file_version_id: 9007199254740993n, env_hash: envHash, source_code: sourceCode, artifact_hash: null };
@@ -159,7 +171,8 @@ describe("worker pipeline (sentinel → worker → uv env → guest → sinks)",
     const input = join(worker.dir, "anything.csv");
     await writeFile(input, "n\n1\n");
     const sinks: SinkConfig[] = [{ topic: "output", uri: "parquet://slow/table.parquet", mode: "replace", schema_def: null }];
-    await sentinel.send(hello.identity, Opcode.DISPATCH, 99n, dispatch(SLOW_PLUGIN, input, envHash, sinks));
+    const pidFile = join(worker.dir, "guest.pid");
+    await sentinel.send(hello.identity, Opcode.DISPATCH, 99n, dispatch(slowPlugin(pidFile), input, envHash, sinks));
 
     const slowDir = join(output, "slow");
     const staging = await until(async () => (await findFiles(slowDir, /\.stg-/))[0], 60_000, "a staging file");
@@ -168,6 +181,9 @@ describe("worker pipeline (sentinel → worker → uv env → guest → sinks)",
 
     assert.equal(existsSync(join(slowDir, "table.parquet")), false, "no final file after a crash");
     assert.equal(existsSync(staging), true, "the crashed job's staging is still there");
+    // The guest notices its worker is gone (the bridge socket closes) instead of sleeping on as an orphan.
+    const guestPid = Number(await readFile(pidFile, "utf8"));
+    await until(async () => (isAlive(guestPid) ? undefined : true), 5_000, `orphaned guest ${guestPid} to exit`);
 
     const successor = await spawnWorker({ args: ["--connect", sentinel.endpoint, "--config", CONFIG, "--worker-id", "crash-2", "--output", output], home: worker.home });
     spawned.push(successor);
