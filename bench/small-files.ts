@@ -8,7 +8,7 @@
  *
  * The latency split comes from the receipts (the run's --report file):
  *   dispatch     Sentinel → worker → hooks up to the guest start: (round trip − duration_ms) + dispatch_ms
- *   guest start  interpreter start, shim import, socket connect: guest_ms − guest.guest_ms
+ *   guest start  interpreter start, shim import, socket connect: guest_start_ms (measured by the worker)
  *   plugin       the guest's own run time, plugin and Arrow encoding: guest.guest_ms
  *   sink commit  prepare + commit of the sinks and the receipt: commit_ms
  * plus the promotion of the files into --output by `casparian run` (after CONCLUDE, not per job above).
@@ -85,10 +85,10 @@ async function main(): Promise<void> {
     const missing = new Set<string>();
     for (const input of ok) {
       const m = input.metrics;
-      for (const key of ["duration_ms", "dispatch_ms", "guest_ms", "commit_ms", "guest.guest_ms"]) if (m[key] === undefined) missing.add(key);
+      for (const key of ["duration_ms", "dispatch_ms", "guest_start_ms", "commit_ms", "guest.guest_ms"]) if (m[key] === undefined) missing.add(key);
       const duration = m.duration_ms ?? Number.NaN;
       stages.dispatch!.push((input.round_trip_ms ?? Number.NaN) - duration + (m.dispatch_ms ?? 0));
-      stages["guest start"]!.push((m.guest_ms ?? Number.NaN) - (m["guest.guest_ms"] ?? Number.NaN));
+      stages["guest start"]!.push(m.guest_start_ms ?? Number.NaN);
       stages.plugin!.push(m["guest.guest_ms"] ?? Number.NaN);
       stages["sink commit"]!.push(m.commit_ms ?? Number.NaN);
       stages["job total"]!.push(duration);

@@ -121,7 +121,8 @@ function guestMetrics(guest: GuestResult): Record<string, number> {
     rows: guest.rows,
     batches: guest.batches,
     ipc_bytes: guest.ipcBytes,
-    plugin_ms: Math.round(guest.durationMs),
+    guest_start_ms: guest.startupMs,
+    plugin_ms: Math.max(0, Math.round(guest.durationMs - guest.startupMs)),
   };
   for (const [topic, rows] of guest.rowsByTopic) metrics[`rows.${topic}`] = rows;
   for (const [name, value] of Object.entries(guest.guestMetrics)) metrics[`guest.${name}`] = value;

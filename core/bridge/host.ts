@@ -234,6 +234,7 @@ class GuestRun {
     });
     exitedEarly.catch(() => undefined);
     const socket = await this.#race(Promise.race([connection, exitedEarly]));
+    const startupMs = Math.round(performance.now() - started);
     connectDog.disarm();
     this.#socket = socket;
 
@@ -313,7 +314,7 @@ class GuestRun {
     if (exit.code !== 0) throw this.#guestFailed(`guest exited (${describeExit(exit)}) after end-of-stream`);
     this.#parseStdoutMetrics();
 
-    return { rows, batches, ipcBytes, durationMs: Math.round(performance.now() - started), rowsByTopic, guestMetrics: { ...this.#guestMetrics } };
+    return { rows, batches, ipcBytes, startupMs, durationMs: Math.round(performance.now() - started), rowsByTopic, guestMetrics: { ...this.#guestMetrics } };
   }
 
   /** Listen on the socket; resolves once listening, with the (later) guest connection inside. */

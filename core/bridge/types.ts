@@ -30,6 +30,9 @@ export interface GuestResult {
   rows: number;
   batches: number;
   ipcBytes: number;
+  /** From spawning the guest to its connecting: interpreter start plus imports of the shim. */
+  startupMs: number;
+  /** From spawning the guest to its exit. */
   durationMs: number;
   rowsByTopic: Map<string, number>;
   /** The guest's own stdout metrics line, integer values only. */
