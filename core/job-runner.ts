@@ -46,7 +46,7 @@ export class JobRunner implements JobExecutor {
   }
 
   async run(request: RunRequest): Promise<JobReceipt> {
-    const { jobId, signal, logger } = request;
+    const { jobId, logger } = request;
     const clock = new Stopwatch();
     const outcome: JobOutcome = { status: "SUCCESS", error: null, artifacts: [], metrics: {} };
     let job = this.#context(request, request.command);

@@ -50,11 +50,6 @@ async function listFiles(root: string): Promise<string[]> {
   return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath ?? (e as unknown as { path: string }).path, e.name).slice(root.length + 1)).sort();
 }
 
-function artifactPath(uri: string): string {
-  assert.match(uri, /^parquet:\/\/\//);
-  return uri.slice("parquet://".length);
-}
-
 describe("Parquet sink", () => {
   test("pyarrow and DuckDB read back exactly what was written: values, types, nulls, timestamps, unicode", async () => {
     const ws = await workspace();

@@ -3,7 +3,7 @@ import { describe, test } from "node:test";
 import { CasparianError, Errors } from "../core/errors.js";
 import { Opcode, type Message } from "../core/messages.js";
 import { decodeHeader, decodeMessage, encodeHeader, encodeMessage, parseJson, stringifyJson } from "../core/protocol.js";
-import { loadVectors, vectorFrames, vectorNamed } from "./helpers/sentinel.js";
+import { loadVectors, rawHeader, rawJsonFrames, vectorFrames, vectorNamed } from "./helpers/sentinel.js";
 
 const U64_MAX = 18446744073709551615n;
 const HASH = (c: string) => c.repeat(64);
@@ -73,20 +73,6 @@ const EXPECTED: Record<string, Message> = {
   reload: { opcode: Opcode.RELOAD, jobId: 0n, payload: null },
 };
 
-function header(opcode: number, jobId: bigint, len: number, version = 4): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeUInt8(version, 0);
-  b.writeUInt8(opcode, 1);
-  b.writeBigUInt64BE(jobId, 4);
-  b.writeUInt32BE(len, 12);
-  return b;
-}
-
-function frames(opcode: number, jobId: bigint, json: string): Buffer[] {
-  const body = Buffer.from(json, "utf8");
-  return [header(opcode, jobId, body.length), body];
-}
-
 function throwsCode(fn: () => unknown, code: string, messagePart?: RegExp): CasparianError {
   let caught: unknown;
   try {
@@ -154,13 +140,13 @@ describe("header", () => {
   });
 
   test("wrong version is rejected with the version seen", () => {
-    const err = throwsCode(() => decodeHeader(header(Opcode.IDENTIFY, 0n, 0, 3)), Errors.PROTOCOL_BAD_VERSION.code, /version 3/);
+    const err = throwsCode(() => decodeHeader(rawHeader(Opcode.IDENTIFY, 0n, 0, 3)), Errors.PROTOCOL_BAD_VERSION.code, /version 3/);
     assert.ok(err.hint);
   });
 
   test("unknown opcode is rejected", () => {
-    throwsCode(() => decodeHeader(header(11, 0n, 0)), Errors.PROTOCOL_UNKNOWN_OPCODE.code, /11/);
-    throwsCode(() => decodeHeader(header(255, 0n, 0)), Errors.PROTOCOL_UNKNOWN_OPCODE.code, /255/);
+    throwsCode(() => decodeHeader(rawHeader(11, 0n, 0)), Errors.PROTOCOL_UNKNOWN_OPCODE.code, /11/);
+    throwsCode(() => decodeHeader(rawHeader(255, 0n, 0)), Errors.PROTOCOL_UNKNOWN_OPCODE.code, /255/);
   });
 
   test("job ids outside u64 cannot be encoded", () => {
@@ -171,27 +157,27 @@ describe("header", () => {
 
 describe("decodeMessage framing", () => {
   test("a header-only RELOAD is valid; a header-only DISPATCH with payload_len > 0 is not", () => {
-    assert.deepEqual(decodeMessage([header(Opcode.RELOAD, 0n, 0)]), { opcode: Opcode.RELOAD, jobId: 0n, payload: null });
-    throwsCode(() => decodeMessage([header(Opcode.DISPATCH, 5n, 10)]), Errors.PROTOCOL_FRAME_COUNT.code, /1 frames/);
+    assert.deepEqual(decodeMessage([rawHeader(Opcode.RELOAD, 0n, 0)]), { opcode: Opcode.RELOAD, jobId: 0n, payload: null });
+    throwsCode(() => decodeMessage([rawHeader(Opcode.DISPATCH, 5n, 10)]), Errors.PROTOCOL_FRAME_COUNT.code, /1 frames/);
   });
 
   test("zero or three frames are rejected", () => {
     throwsCode(() => decodeMessage([]), Errors.PROTOCOL_FRAME_COUNT.code, /0 frames/);
-    throwsCode(() => decodeMessage([header(Opcode.ABORT, 1n, 0), Buffer.alloc(0), Buffer.alloc(0)]), Errors.PROTOCOL_FRAME_COUNT.code, /3 frames/);
+    throwsCode(() => decodeMessage([rawHeader(Opcode.ABORT, 1n, 0), Buffer.alloc(0), Buffer.alloc(0)]), Errors.PROTOCOL_FRAME_COUNT.code, /3 frames/);
   });
 
   test("payload_len must match the payload frame", () => {
-    const [, body] = frames(Opcode.ERR, 1n, '{"message":"x"}');
-    const err = throwsCode(() => decodeMessage([header(Opcode.ERR, 1n, body!.length + 1), body!]), Errors.PROTOCOL_LENGTH_MISMATCH.code);
+    const [, body] = rawJsonFrames(Opcode.ERR, 1n, '{"message":"x"}');
+    const err = throwsCode(() => decodeMessage([rawHeader(Opcode.ERR, 1n, body!.length + 1), body!]), Errors.PROTOCOL_LENGTH_MISMATCH.code);
     assert.match(err.message, new RegExp(`says ${body!.length + 1} bytes but the payload frame has ${body!.length}`));
   });
 
   test("bad JSON, bad UTF-8, empty payloads and non-objects are rejected", () => {
-    throwsCode(() => decodeMessage(frames(Opcode.DISPATCH, 1n, "{not json")), Errors.PROTOCOL_BAD_JSON.code, /DISPATCH payload is not valid JSON/);
+    throwsCode(() => decodeMessage(rawJsonFrames(Opcode.DISPATCH, 1n, "{not json")), Errors.PROTOCOL_BAD_JSON.code, /DISPATCH payload is not valid JSON/);
     const badUtf8 = Buffer.from([0x7b, 0xff, 0x7d]);
-    throwsCode(() => decodeMessage([header(Opcode.ERR, 0n, 3), badUtf8]), Errors.PROTOCOL_BAD_JSON.code);
-    throwsCode(() => decodeMessage([header(Opcode.DISPATCH, 1n, 0), Buffer.alloc(0)]), Errors.PROTOCOL_BAD_PAYLOAD.code, /empty payload/);
-    throwsCode(() => decodeMessage(frames(Opcode.ERR, 1n, "[1,2]")), Errors.PROTOCOL_BAD_PAYLOAD.code, /expected a JSON object, got an array/);
+    throwsCode(() => decodeMessage([rawHeader(Opcode.ERR, 0n, 3), badUtf8]), Errors.PROTOCOL_BAD_JSON.code);
+    throwsCode(() => decodeMessage([rawHeader(Opcode.DISPATCH, 1n, 0), Buffer.alloc(0)]), Errors.PROTOCOL_BAD_PAYLOAD.code, /empty payload/);
+    throwsCode(() => decodeMessage(rawJsonFrames(Opcode.ERR, 1n, "[1,2]")), Errors.PROTOCOL_BAD_PAYLOAD.code, /expected a JSON object, got an array/);
   });
 });
 
@@ -205,7 +191,7 @@ describe("payload validation", () => {
       sinks: [{ topic: "output", uri: "parquet://x.parquet", mode: "upsert" }],
     };
     delete (bad as Record<string, unknown>).env_hash;
-    const err = throwsCode(() => decodeMessage(frames(Opcode.DISPATCH, 9n, JSON.stringify(bad))), Errors.PROTOCOL_BAD_PAYLOAD.code);
+    const err = throwsCode(() => decodeMessage(rawJsonFrames(Opcode.DISPATCH, 9n, JSON.stringify(bad))), Errors.PROTOCOL_BAD_PAYLOAD.code);
     assert.match(err.message, /invalid DISPATCH payload/);
     assert.match(err.message, /file_version_id: expected an integer, got "7"/);
     assert.match(err.message, /sinks\[0\]\.mode: expected one of "append", "replace", "error", got "upsert"/);
@@ -215,7 +201,7 @@ describe("payload validation", () => {
 
   test("fractional integers are rejected", () => {
     throwsCode(
-      () => decodeMessage(frames(Opcode.DISPATCH, 9n, JSON.stringify({ ...dispatch, file_version_id: 1.5 }))),
+      () => decodeMessage(rawJsonFrames(Opcode.DISPATCH, 9n, JSON.stringify({ ...dispatch, file_version_id: 1.5 }))),
       Errors.PROTOCOL_BAD_PAYLOAD.code,
       /file_version_id: expected an integer, got number 1.5/,
     );
@@ -231,7 +217,7 @@ describe("payload validation", () => {
       source_code: "",
       added_in_v5: { anything: 1 },
     };
-    const decoded = decodeMessage(frames(Opcode.DISPATCH, 3n, JSON.stringify(sparse)));
+    const decoded = decodeMessage(rawJsonFrames(Opcode.DISPATCH, 3n, JSON.stringify(sparse)));
     assert.deepEqual(decoded.payload, {
       plugin_name: "p",
       file_path: "/f",
@@ -241,7 +227,7 @@ describe("payload validation", () => {
       source_code: "",
       artifact_hash: null,
     });
-    const receipt = decodeMessage(frames(Opcode.CONCLUDE, 3n, '{"status":"FAILED"}'));
+    const receipt = decodeMessage(rawJsonFrames(Opcode.CONCLUDE, 3n, '{"status":"FAILED"}'));
     assert.deepEqual(receipt.payload, { status: "FAILED", metrics: {}, artifacts: [], error_message: null });
   });
 
@@ -256,7 +242,7 @@ describe("payload validation", () => {
   });
 
   test("heartbeat current_job_id decodes to bigint", () => {
-    const decoded = decodeMessage(frames(Opcode.HEARTBEAT, U64_MAX, `{"status":"BUSY","current_job_id":${U64_MAX}}`));
+    const decoded = decodeMessage(rawJsonFrames(Opcode.HEARTBEAT, U64_MAX, `{"status":"BUSY","current_job_id":${U64_MAX}}`));
     assert.deepEqual(decoded.payload, { status: "BUSY", current_job_id: U64_MAX });
   });
 });

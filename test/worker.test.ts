@@ -11,7 +11,7 @@ import { describe, test, type TestContext } from "node:test";
 import { Errors } from "../core/errors.js";
 import { Opcode, type DispatchCommand } from "../core/messages.js";
 import { packageRoot } from "../core/paths.js";
-import { TestSentinel, vectorNamed, type Received } from "./helpers/sentinel.js";
+import { rawHeader, rawJsonFrames, TestSentinel, vectorNamed, type Received } from "./helpers/sentinel.js";
 import { spawnWorker, type SpawnedWorker, type SpawnOptions } from "./helpers/spawn-worker.js";
 
 const U64_MAX = 2n ** 64n - 1n;
@@ -26,20 +26,6 @@ async function setup(t: TestContext, args: string[] = [], options: Partial<Spawn
   });
   const identify = await sentinel.expect(Opcode.IDENTIFY, { timeoutMs: 15_000 });
   return { sentinel, worker, identify, peer: identify.identity };
-}
-
-function header(opcode: number, jobId: bigint, len: number, version = 4): Buffer {
-  const b = Buffer.alloc(16);
-  b.writeUInt8(version, 0);
-  b.writeUInt8(opcode, 1);
-  b.writeBigUInt64BE(jobId, 4);
-  b.writeUInt32BE(len, 12);
-  return b;
-}
-
-function jsonFrames(opcode: number, jobId: bigint, json: string): Buffer[] {
-  const body = Buffer.from(json);
-  return [header(opcode, jobId, body.length), body];
 }
 
 async function metricsText(worker: SpawnedWorker): Promise<string> {
@@ -104,17 +90,17 @@ describe("worker over a real ROUTER socket", () => {
       [Errors.PROTOCOL_SHORT_HEADER.code, [Buffer.alloc(5)]],
       [Errors.PROTOCOL_SHORT_HEADER.code, [Buffer.alloc(0)]],
       [Errors.PROTOCOL_SHORT_HEADER.code, [Buffer.alloc(17, 4), Buffer.alloc(0)]],
-      [Errors.PROTOCOL_BAD_VERSION.code, [header(Opcode.RELOAD, 0n, 0, 3)]],
+      [Errors.PROTOCOL_BAD_VERSION.code, [rawHeader(Opcode.RELOAD, 0n, 0, 3)]],
       [Errors.PROTOCOL_BAD_VERSION.code, [Buffer.from("garbage frame!!!"), Buffer.from("x")]],
-      [Errors.PROTOCOL_UNKNOWN_OPCODE.code, [header(99, 0n, 0), Buffer.alloc(0)]],
-      [Errors.PROTOCOL_LENGTH_MISMATCH.code, [header(Opcode.ERR, 0n, 10), Buffer.from("{}")]],
-      [Errors.PROTOCOL_FRAME_COUNT.code, [header(Opcode.ERR, 0n, 5)]],
-      [Errors.PROTOCOL_FRAME_COUNT.code, [header(Opcode.ABORT, 1n, 0), Buffer.alloc(0), Buffer.alloc(0)]],
-      [Errors.PROTOCOL_BAD_JSON.code, jsonFrames(Opcode.ERR, 0n, "{nope")],
-      [Errors.PROTOCOL_BAD_PAYLOAD.code, jsonFrames(Opcode.PREPARE_ENV, 0n, '{"env_hash":1}')],
+      [Errors.PROTOCOL_UNKNOWN_OPCODE.code, [rawHeader(99, 0n, 0), Buffer.alloc(0)]],
+      [Errors.PROTOCOL_LENGTH_MISMATCH.code, [rawHeader(Opcode.ERR, 0n, 10), Buffer.from("{}")]],
+      [Errors.PROTOCOL_FRAME_COUNT.code, [rawHeader(Opcode.ERR, 0n, 5)]],
+      [Errors.PROTOCOL_FRAME_COUNT.code, [rawHeader(Opcode.ABORT, 1n, 0), Buffer.alloc(0), Buffer.alloc(0)]],
+      [Errors.PROTOCOL_BAD_JSON.code, rawJsonFrames(Opcode.ERR, 0n, "{nope")],
+      [Errors.PROTOCOL_BAD_PAYLOAD.code, rawJsonFrames(Opcode.PREPARE_ENV, 0n, '{"env_hash":1}')],
       [Errors.PROTOCOL_UNEXPECTED_OPCODE.code, [Buffer.from(vectorNamed("heartbeat_busy").header_hex, "hex"), Buffer.from(vectorNamed("heartbeat_busy").payload_utf8!)]],
       [Errors.PROTOCOL_UNEXPECTED_OPCODE.code, [Buffer.from(vectorNamed("conclude_success").header_hex, "hex"), Buffer.from(vectorNamed("conclude_success").payload_utf8!)]],
-      [Errors.PROTOCOL_UNEXPECTED_OPCODE.code, [header(Opcode.UNKNOWN, 0n, 0), Buffer.alloc(0)]],
+      [Errors.PROTOCOL_UNEXPECTED_OPCODE.code, [rawHeader(Opcode.UNKNOWN, 0n, 0), Buffer.alloc(0)]],
     ];
     const expectedByCode = new Map<string, number>();
     for (let i = 0; i < 1000; i++) {
@@ -149,10 +135,10 @@ describe("worker over a real ROUTER socket", () => {
   test("an unreadable DISPATCH gets exactly one answer: ERR with its job id, saying what is wrong", async (t) => {
     const { sentinel, peer } = await setup(t);
     const good = JSON.parse(vectorNamed("dispatch").payload_utf8!) as Record<string, unknown>;
-    await sentinel.sendRaw(peer, jsonFrames(Opcode.DISPATCH, 7n, "{not json"));
-    await sentinel.sendRaw(peer, jsonFrames(Opcode.DISPATCH, 8n, JSON.stringify({ ...good, file_version_id: "seven" })));
-    await sentinel.sendRaw(peer, [header(Opcode.DISPATCH, 9n, 500), Buffer.from("{}")]);
-    await sentinel.sendRaw(peer, [header(Opcode.DISPATCH, U64_MAX, 0), Buffer.alloc(0)]);
+    await sentinel.sendRaw(peer, rawJsonFrames(Opcode.DISPATCH, 7n, "{not json"));
+    await sentinel.sendRaw(peer, rawJsonFrames(Opcode.DISPATCH, 8n, JSON.stringify({ ...good, file_version_id: "seven" })));
+    await sentinel.sendRaw(peer, [rawHeader(Opcode.DISPATCH, 9n, 500), Buffer.from("{}")]);
+    await sentinel.sendRaw(peer, [rawHeader(Opcode.DISPATCH, U64_MAX, 0), Buffer.alloc(0)]);
 
     const bad7 = await sentinel.expect(Opcode.ERR, { jobId: 7n });
     assert.match(bad7.message.payload.message, /^Invalid DISPATCH payload: .*CSP_PROTOCOL_BAD_JSON/);

@@ -13,7 +13,7 @@
  * eviction budgets are tight.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { access, constants, mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { CasparianError, Errors } from "../errors.js";
@@ -22,7 +22,7 @@ import type { EnvReadyPayload, PrepareEnvCommand } from "../messages.js";
 import { planFromLock, synthesizePyproject, synthesizeScript } from "./lockfile.js";
 import { directorySize, readMetadata, writeMetadata, type EnvMetadata, type MetadataFile } from "./metadata.js";
 import type { EnvironmentProvider, EnvLease } from "./types.js";
-import { findUv, runUv } from "./uv.js";
+import { findUv, isExecutable, runUv } from "./uv.js";
 
 export { findUv } from "./uv.js";
 
@@ -41,15 +41,6 @@ const TEMP_RE = /^\.(build|evict)-[0-9a-f]+-(\d+)-[0-9a-f]+$/;
 
 function sha256Hex(text: string): string {
   return createHash("sha256").update(text, "utf8").digest("hex");
-}
-
-async function isExecutable(path: string): Promise<boolean> {
-  try {
-    await access(path, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function pidAlive(pid: number): boolean {

@@ -8,7 +8,8 @@ import { delimiter, join } from "node:path";
 import { execa } from "execa";
 import { Errors } from "../errors.js";
 
-async function isExecutable(path: string): Promise<boolean> {
+/** True when `path` exists and this process may execute it. */
+export async function isExecutable(path: string): Promise<boolean> {
   try {
     await access(path, constants.X_OK);
     return true;

@@ -1,13 +1,12 @@
 /**
  * Reads Parquet files back with real pyarrow and DuckDB, from a venv built from the
- * committed lockfile (test/fixtures/pyenv) with `uv sync --frozen`, once per test file.
+ * committed lockfile (test/fixtures/pyenv) with `uv sync --frozen`, cached per machine.
  */
 import { execFile } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { packageRoot } from "../../core/paths.js";
+import { testPython } from "./python.js";
 
 const run = promisify(execFile);
 
@@ -17,21 +16,9 @@ export interface PythonEnv {
   cleanup(): Promise<void>;
 }
 
-/** Builds the shared test venv into a temporary directory. */
+/** The shared test venv (see python.ts); nothing to clean up, it is cached per machine. */
 export async function buildPythonEnv(): Promise<PythonEnv> {
-  const dir = await mkdtemp(join(tmpdir(), "casparian-pyenv-"));
-  const venv = join(dir, "venv");
-  try {
-    await run(process.env.UV ?? "uv", ["sync", "--frozen", "--no-install-project", "--quiet"], {
-      cwd: join(packageRoot(), "test", "fixtures", "pyenv"),
-      env: { ...process.env, UV_PROJECT_ENVIRONMENT: venv },
-      maxBuffer: 16 * 1024 * 1024,
-    });
-  } catch (err) {
-    await rm(dir, { recursive: true, force: true });
-    throw err;
-  }
-  return { python: join(venv, "bin", "python"), cleanup: () => rm(dir, { recursive: true, force: true }) };
+  return { python: await testPython(), cleanup: async () => undefined };
 }
 
 export interface ReadBackColumn {

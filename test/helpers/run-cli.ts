@@ -4,13 +4,11 @@
  * (test/fixtures/pyenv, built once per machine with `uv sync --frozen`).
  */
 import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { createHash } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
-import { mkdir, readdir, rename, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { packageRoot } from "../../core/paths.js";
+import { testPython } from "./python.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -107,34 +105,7 @@ export function isAlive(pid: number): boolean {
 // Reading results back
 // ---------------------------------------------------------------------------
 
-let pyenvPython: Promise<string> | null = null;
-
-/**
- * The interpreter of the shared test environment (pandas, pyarrow, duckdb), built
- * from test/fixtures/pyenv/uv.lock into a machine-wide cache keyed by the lock's hash.
- */
-export function testPython(): Promise<string> {
-  pyenvPython ??= (async () => {
-    const project = join(packageRoot(), "test", "fixtures", "pyenv");
-    const hash = createHash("sha256").update(readFileSync(join(project, "uv.lock"))).digest("hex").slice(0, 16);
-    const venv = join(tmpdir(), `casparian-test-pyenv-${hash}`);
-    const python = join(venv, "bin", "python");
-    if (existsSync(python)) return python;
-    const building = `${venv}.build-${process.pid}`;
-    await rm(building, { recursive: true, force: true });
-    await execFileAsync(process.env.UV ?? "uv", ["sync", "--frozen", "--no-dev", "--no-install-project", "--quiet", "--project", project], {
-      env: { ...process.env, UV_PROJECT_ENVIRONMENT: building },
-      maxBuffer: 16 * 1024 * 1024,
-    });
-    // Venvs record their own path: the one renamed into place must be found again by uv,
-    // so build at the final path when nobody else has it yet.
-    await rename(building, venv).catch(async () => rm(building, { recursive: true, force: true }));
-    if (!existsSync(python)) throw new Error(`test environment at ${venv} has no python`);
-    await execFileAsync(python, ["-c", "import pyarrow"]);
-    return python;
-  })();
-  return pyenvPython;
-}
+export { testPython };
 
 export interface ParquetFile {
   path: string;

@@ -36,6 +36,25 @@ export function vectorNamed(name: string): Vector {
   return vector;
 }
 
+/**
+ * A header built by hand (`!BBHQI`), independent of core/protocol.ts, so tests can
+ * send what a peer might: wrong versions, unknown opcodes, lying payload lengths.
+ */
+export function rawHeader(opcode: number, jobId: bigint, payloadLength: number, version = 4): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeUInt8(version, 0);
+  b.writeUInt8(opcode, 1);
+  b.writeBigUInt64BE(jobId, 4);
+  b.writeUInt32BE(payloadLength, 12);
+  return b;
+}
+
+/** [header, payload] for a JSON text, with a correct payload_len. */
+export function rawJsonFrames(opcode: number, jobId: bigint, json: string): Buffer[] {
+  const body = Buffer.from(json, "utf8");
+  return [rawHeader(opcode, jobId, body.length), body];
+}
+
 export interface Received {
   identity: Buffer;
   frames: Buffer[];
