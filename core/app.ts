@@ -11,7 +11,7 @@ import { loadConfig, type LoadedConfig } from "./config-loader.js";
 import { EnvManager } from "./env/manager.js";
 import { JobRunner } from "./job-runner.js";
 import type { Logger } from "./logger.js";
-import { WorkerMetrics, serveMetrics } from "./metrics.js";
+import { MetricsPlugin, WorkerMetrics, serveMetrics } from "./metrics.js";
 import { Worker, type WorkerPipeline } from "./worker.js";
 import { createHooks, type WorkerHooks } from "../hooks/index.js";
 import { loadSinkPlugins } from "../sinks/load.js";
@@ -38,6 +38,8 @@ export interface PipelineContext {
   logger: Logger;
   outputRoot: string;
   workerId: string;
+  /** Counters that outlive pipelines: a RELOAD re-taps the same ones. */
+  metrics?: WorkerMetrics;
 }
 
 /** Fresh hooks with sinks, plugins and inline config taps applied, and the job runner on top of them. */
@@ -47,6 +49,7 @@ export async function buildPipeline(loaded: LoadedConfig, context: PipelineConte
   const hooks = createHooks();
   const plugins = await loadSinkPlugins(config.sinks, dir, config.parquet);
   new SinkManager({ plugins, logger, outputRoot }).apply(hooks);
+  if (context.metrics) new MetricsPlugin(context.metrics).apply(hooks);
   for (const plugin of config.plugins ?? []) plugin.apply(hooks);
   tapConfigHooks(hooks, config);
   const executor = new JobRunner({ hooks, logger, outputRoot, workerId, bridge: config.bridge });
@@ -75,8 +78,8 @@ function tapConfigHooks(hooks: WorkerHooks, config: CasparianConfig): void {
 /** Build everything, start the worker (it connects and identifies), serve metrics if asked. */
 export async function startWorkerProcess(settings: WorkerSettings): Promise<Worker> {
   const { logger, outputRoot, workerId } = settings;
-  const context: PipelineContext = { logger, outputRoot, workerId };
   const metrics = new WorkerMetrics({ processMetrics: settings.metricsPort !== undefined });
+  const context: PipelineContext = { logger, outputRoot, workerId, metrics };
   const environments = settings.loaded.config.environments ?? {};
   const envs = new EnvManager({
     home: settings.home,

@@ -5,6 +5,7 @@
  */
 import { createServer, type Server } from "node:http";
 import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../hooks/index.js";
 
 export class WorkerMetrics {
   readonly registry: Registry;
@@ -16,6 +17,14 @@ export class WorkerMetrics {
   readonly messagesOut: Counter<"opcode">;
   /** Dropped inbound messages, by error code. */
   readonly malformedMessages: Counter<"code">;
+  /** Rows published by plugins, by topic (from receipts). */
+  readonly rowsTotal: Counter<"topic">;
+  /** Arrow IPC bytes received from guests. */
+  readonly ipcBytesTotal: Counter;
+  /** Where a job's time goes: dispatch, guest_start, plugin, commit. */
+  readonly jobStageSeconds: Histogram<"stage">;
+  /** PREPARE_ENV answered, by whether the environment already existed. */
+  readonly envsPrepared: Counter<"cached">;
 
   constructor(options: { registry?: Registry; processMetrics?: boolean } = {}) {
     this.registry = options.registry ?? new Registry();
@@ -35,6 +44,47 @@ export class WorkerMetrics {
       help: "Inbound messages dropped as malformed, by error code",
       labelNames: ["code"],
       registers,
+    });
+    this.rowsTotal = new Counter({ name: "casparian_rows_total", help: "Rows published by plugins, by topic", labelNames: ["topic"], registers });
+    this.ipcBytesTotal = new Counter({ name: "casparian_ipc_bytes_total", help: "Arrow IPC bytes received from guests", registers });
+    this.jobStageSeconds = new Histogram({
+      name: "casparian_job_stage_seconds",
+      help: "Time per job stage: dispatch (hooks and sink open), guest_start, plugin, commit",
+      labelNames: ["stage"],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600],
+      registers,
+    });
+    this.envsPrepared = new Counter({ name: "casparian_envs_prepared_total", help: "PREPARE_ENV answered, by cache hit", labelNames: ["cached"], registers });
+  }
+}
+
+const STAGE_METRICS = { dispatch: "dispatch_ms", guest_start: "guest_start_ms", plugin: "plugin_ms", commit: "commit_ms" } as const;
+const TOPIC_ROWS = "rows.";
+
+/** Feeds job and environment metrics from the hooks, as an observer (webpack-style plugin). */
+export class MetricsPlugin implements WorkerPlugin {
+  readonly name = "Metrics";
+  readonly #metrics: WorkerMetrics;
+
+  constructor(metrics: WorkerMetrics) {
+    this.#metrics = metrics;
+  }
+
+  apply(hooks: TapOnlyHooks): void {
+    const tap = { name: this.name, stage: Stage.OBSERVE };
+    hooks.afterConclude.tapPromise(tap, async (receipt) => {
+      const m = receipt.metrics;
+      for (const [key, value] of Object.entries(m)) {
+        if (key.startsWith(TOPIC_ROWS)) this.#metrics.rowsTotal.inc({ topic: key.slice(TOPIC_ROWS.length) }, Number(value));
+      }
+      if (m.ipc_bytes !== undefined) this.#metrics.ipcBytesTotal.inc(Number(m.ipc_bytes));
+      for (const [stage, key] of Object.entries(STAGE_METRICS)) {
+        const ms = m[key];
+        if (ms !== undefined) this.#metrics.jobStageSeconds.observe({ stage }, Number(ms) / 1000);
+      }
+    });
+    hooks.envReady.tapPromise(tap, async (env) => {
+      this.#metrics.envsPrepared.inc({ cached: String(env.cached) });
     });
   }
 }

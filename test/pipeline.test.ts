@@ -90,7 +90,7 @@ describe("worker pipeline (sentinel → worker → uv env → guest → sinks)",
 
   before(async () => {
     sentinel = await TestSentinel.bind();
-    worker = await spawnWorker({ args: ["--connect", sentinel.endpoint, "--config", CONFIG, "--worker-id", "pipeline-1"] });
+    worker = await spawnWorker({ args: ["--connect", sentinel.endpoint, "--config", CONFIG, "--worker-id", "pipeline-1", "--metrics-port", "0"] });
     spawned.push(worker);
     identity = (await sentinel.expect(Opcode.IDENTIFY, { timeoutMs: 20_000 })).identity;
 
@@ -146,6 +146,14 @@ describe("worker pipeline (sentinel → worker → uv env → guest → sinks)",
 
     const rejects = (await readFile(jsonlPath, "utf8")).trim().split("\n").map((l) => JSON.parse(l) as { line: string });
     assert.deepEqual(rejects.map((r) => r.line), ["pear,x"]);
+
+    // The same job as Prometheus sees it.
+    const served = await worker.waitForLog((l) => l.msg === "serving Prometheus metrics on /metrics");
+    const metrics = await (await fetch(`http://127.0.0.1:${String(served.port)}/metrics`)).text();
+    assert.match(metrics, /^casparian_rows_total\{topic="output"\} 2$/m);
+    assert.match(metrics, /^casparian_rows_total\{topic="rejects"\} 1$/m);
+    assert.match(metrics, /^casparian_envs_prepared_total\{cached="false"\} 1$/m);
+    assert.match(metrics, /^casparian_job_stage_seconds_count\{stage="guest_start"\} 1$/m);
   });
 
   test("a topic with an unknown sink scheme fails the job and names the known schemes", async () => {
