@@ -264,7 +264,22 @@ export class SinkManager implements WorkerPlugin {
         for (const [key, value] of Object.entries(context)) if (err.context[key] === undefined) err.context[key] = value;
         throw err;
       }
-      throw Errors.SINK_WRITE_FAILED([`"${active.loaded.plugin.name}" (${active.target.uri}) in ${step}`, errorMessage(err)], { context, cause: err });
+      throw Errors.SINK_WRITE_FAILED([`"${active.loaded.plugin.name}" (${active.target.uri}) in ${step}`, errorMessage(err)], { context, cause: err, hint: hintFor(err) });
     }
+  }
+}
+
+/** The fixes people need for the system errors a sink meets most. */
+function hintFor(err: unknown): string | undefined {
+  switch ((err as NodeJS.ErrnoException | null)?.code) {
+    case "ENOSPC":
+    case "EDQUOT":
+      return "the disk under the output root is full: free space or point --output at a larger volume; nothing partial was published";
+    case "EACCES":
+    case "EPERM":
+    case "EROFS":
+      return "the worker cannot write under the output root: check its permissions and that it is not mounted read-only";
+    default:
+      return undefined;
   }
 }
