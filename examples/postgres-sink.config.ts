@@ -1,0 +1,11 @@
+/**
+ * Registers the example PostgreSQL sink. Use it with `--config examples/postgres-sink.config.ts`,
+ * then send sinks like { topic: "sales", uri: "postgres://etl@db.internal:5432/warehouse/public.sales", mode: "append" }.
+ * Connection settings missing from a sink URI come from these options, then from the
+ * PG* environment variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE).
+ */
+import { defineConfig } from "casparian-flow";
+
+export default defineConfig({
+  sinks: [{ use: "./postgres-sink.ts", options: { lineage: true } }],
+});

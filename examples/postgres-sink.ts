@@ -1,0 +1,580 @@
+/**
+ * Example sink: PostgreSQL tables, written only against casparian-flow's public API.
+ *
+ *   postgres://[user@][host][:port]/[database/][schema.]table[?host=/socket/dir&port=N&user=name]
+ *   postgresql://…                                             (the same)
+ *
+ *   postgres://etl@db.internal:5432/warehouse/sales.orders     TCP, database "warehouse", schema "sales"
+ *   postgres:///warehouse/orders?host=/var/run/postgresql      Unix socket directory, schema from search_path
+ *   postgres:///orders                                         everything else from options / PG* variables
+ *
+ * The table is the last path segment, optionally schema-qualified; the segment before
+ * it, when there is one, is the database. Names are plain identifiers
+ * ([A-Za-z_][A-Za-z0-9_]*, at most 63 bytes) and are quoted, so they are case-sensitive:
+ * prefer lower case. Connection settings are taken, field by field, from the sink URI,
+ * then the sink options in casparian.config.ts, then `options.connectionString`
+ * (URL form), then libpq's variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE,
+ * ~/.pgpass), as node-postgres reads them. Keep passwords out of the sink URI: URIs
+ * appear in logs and receipts (error messages and artifacts never show the password).
+ *
+ * Register it in casparian.config.ts (see postgres-sink.config.ts):
+ *
+ *   sinks: [{ use: "./examples/postgres-sink.ts", options: { connectionString: "postgres://etl@db/warehouse", lineage: true } }]
+ *
+ * Lifecycle. open connects (one connection per target of a job), checks the target for
+ * mode "error", and drops staging tables of crashed workers in that database. The first
+ * batch creates an UNLOGGED staging table `_casparian_stg_<job id>_<host tag>_<pid>_<n>`
+ * in the target schema; batches arrive as multi-row parameterized INSERTs (at most
+ * `insertRows` rows per statement, so memory stays bounded by the batch). prepare
+ * checks that the staging table holds every row written. commit promotes in ONE
+ * transaction, serialized per target by an advisory lock:
+ *   append  → INSERT INTO target SELECT FROM staging (the staging table becomes the
+ *             target when there is none yet);
+ *   replace → the staging table is made LOGGED, the old table dropped and the staging
+ *             table renamed into its place (readers see the old rows or the new ones);
+ *   error   → fails with CSP_SINK_TARGET_EXISTS if the target exists (checked at open
+ *             and again inside the commit transaction).
+ * abort drops the staging table. A topic that never produced a batch publishes nothing.
+ * recover (worker start) drops, in the database of the options / PG* variables, the
+ * staging tables written on this host by processes that no longer run.
+ *
+ * Types: int8/int16/uint8 → smallint, int32/uint16 → integer, int64/uint32 → bigint,
+ * uint64 → numeric(20), float16/32 → real, float64 → double precision, bool → boolean,
+ * utf8 (and dictionaries of it) → text, binary → bytea, timestamp with a time zone →
+ * timestamptz, without → timestamp (microseconds kept; nanoseconds truncated), date →
+ * date, null → text, list/struct/map → jsonb. 64-bit integers travel as decimal text,
+ * so every digit arrives. Decimal, time, duration and interval columns are refused
+ * with a hint to cast them.
+ *
+ * Lineage (`lineage: true`): `_job_id numeric(20)` (job ids are uint64; bigint stops at
+ * 2^63 - 1, and numeric keeps them exact and comparable as numbers) and
+ * `_file_version_id bigint` (int64 on the wire).
+ */
+import { createHash } from "node:crypto";
+import { hostname } from "node:os";
+import pg from "pg";
+import { stringify } from "lossless-json";
+import { Type, type DataType, type Table, type Vector } from "apache-arrow";
+import { Errors, defineSink, type Batch, type Logger, type SinkPlugin, type SinkTarget } from "casparian-flow";
+
+export interface PostgresSinkOptions {
+  /** Defaults for every target, URL form: `postgres://user:password@host:port/database?host=/socket/dir`. */
+  connectionString?: string;
+  host?: string;
+  port?: number | string;
+  user?: string;
+  password?: string;
+  database?: string;
+  /** Add `_job_id numeric(20)` and `_file_version_id bigint` to every row. Default false. */
+  lineage?: boolean;
+  /** Rows per INSERT statement (also capped by PostgreSQL's 65 535 parameters). Default 1000. */
+  insertRows?: number;
+  /** Connection timeout in milliseconds. Default 10 000. */
+  connectTimeoutMs?: number;
+}
+
+interface ConnectionFields {
+  host?: string;
+  port?: number;
+  user?: string;
+  password?: string;
+  database?: string;
+}
+
+interface Column {
+  name: string;
+  sqlType: string;
+  /** Cell values of one column of one batch, in row order; null for SQL NULL. */
+  values(vector: Vector): unknown[];
+}
+
+interface TableName {
+  schema: string | null;
+  table: string;
+}
+
+const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const MAX_IDENTIFIER_BYTES = 63;
+const URI_PARAMS = ["host", "port", "user"] as const;
+const MAX_PARAMETERS = 65_535;
+const STAGING_PREFIX = "_casparian_stg_";
+const STAGING_PATTERN = /^_casparian_stg_(\d+)_([0-9a-f]{8})_(\d+)_(\d+)$/;
+// The host tag tells this host's leftovers from another host's live staging in a shared database.
+const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
+
+/**
+ * Staging tables this process holds right now, shared by every copy of this module
+ * (config loaders may load it more than once, e.g. on RELOAD): recovery must never
+ * drop them, and a staging name must never repeat within a process.
+ */
+const registry = ((globalThis as Record<symbol, unknown>)[Symbol.for("casparian-flow/examples/postgres-sink")] ??= {
+  live: new Set<string>(),
+  next: 0,
+}) as { live: Set<string>; next: number };
+
+export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlugin {
+  const defaults = connectionDefaults(options);
+  const insertRows = positiveInteger(options.insertRows, 1000, "insertRows");
+  const connectTimeoutMs = positiveInteger(options.connectTimeoutMs, 10_000, "connectTimeoutMs");
+
+  return defineSink({
+    name: "postgres",
+    schemes: ["postgres", "postgresql"],
+    create(target, { job, logger }) {
+      const { fields, name } = parseTarget(target, job.jobId);
+      const safeUri = redact(target.uri);
+      const context = { jobId: job.jobId, sinkUri: safeUri };
+      const fail = (what: string, cause: unknown, hint?: string) => Errors.SINK_WRITE_FAILED([safeUri, `${what}: ${describeError(cause)}`], { context, cause, hint });
+      const lineage = options.lineage ? { jobId: job.jobId.toString(), fileVersionId: job.command.file_version_id.toString() } : null;
+
+      let client: pg.Client | null = null;
+      let broken: Error | null = null;
+      let schema = "";
+      let staging: string | null = null;
+      let columns: Column[] | null = null;
+      let rowsWritten = 0;
+
+      const targetSql = () => `${quote(schema)}.${quote(name.table)}`;
+      const stagingSql = () => `${quote(schema)}.${quote(staging!)}`;
+      const connected = (): pg.Client => {
+        if (broken !== null) throw fail("the connection was lost", broken);
+        return client!;
+      };
+      const disconnect = async () => {
+        const c = client;
+        client = null;
+        await c?.end().catch(() => {});
+      };
+      const targetExists = async (c: pg.Client) => (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [targetSql()])).rows[0]!.oid !== null;
+      const refuseExisting = () => Errors.SINK_TARGET_EXISTS([`${schema}.${name.table}`], { context });
+
+      return {
+        async open() {
+          const c = new pg.Client({ ...defaults, ...fields, connectionTimeoutMillis: connectTimeoutMs, application_name: "casparian-flow" });
+          // Without a listener a server-side disconnect between queries would crash the worker.
+          c.on("error", (err) => {
+            broken = err;
+            logger.warn({ err }, "PostgreSQL connection lost");
+          });
+          try {
+            await c.connect();
+          } catch (err) {
+            throw fail("cannot connect", err, "check host, port, user and database in the sink URI, the sink options, or the PG* environment variables");
+          }
+          client = c;
+          try {
+            schema = name.schema ?? (await c.query<{ s: string | null }>("SELECT current_schema() AS s")).rows[0]!.s ?? "";
+            if (schema === "") throw new Error("no schema in the URI and none on the search_path");
+            const found = await c.query("SELECT 1 FROM pg_namespace WHERE nspname = $1", [schema]);
+            if (found.rowCount === 0) throw new Error(`schema "${schema}" does not exist`);
+            if (target.mode === "error" && (await targetExists(c))) throw refuseExisting();
+          } catch (err) {
+            if (Errors.SINK_TARGET_EXISTS.is(err)) throw err;
+            throw fail("cannot open", err, "name an existing schema in the URI (schema.table) or set search_path");
+          }
+          await dropStaleStaging(c, logger).catch((err: unknown) => logger.warn({ err }, "could not clean up stale staging tables: %s", describeError(err)));
+        },
+
+        async write(batch: Batch) {
+          const c = connected();
+          if (columns === null) {
+            columns = columnsOf(batch.table, lineage !== null, safeUri, context);
+            staging = `${STAGING_PREFIX}${job.jobId}_${HOST_TAG}_${process.pid}_${registry.next++}`;
+            // Registered before it exists: a concurrent recovery must never see it unclaimed.
+            registry.live.add(staging);
+            try {
+              await c.query(`CREATE UNLOGGED TABLE ${stagingSql()} (${columns.map((col) => `${quote(col.name)} ${col.sqlType}`).join(", ")})`);
+            } catch (err) {
+              throw fail("cannot create the staging table", err, "the user needs CREATE on the target schema");
+            }
+          }
+          const cols = columns;
+          const rowsPerStatement = Math.max(1, Math.min(insertRows, Math.floor(MAX_PARAMETERS / cols.length)));
+          try {
+            const cells = batch.table.schema.fields.map((_, i) => cols[i]!.values(batch.table.getChildAt(i)!));
+            for (let first = 0; first < batch.numRows; first += rowsPerStatement) {
+              const count = Math.min(rowsPerStatement, batch.numRows - first);
+              const values: unknown[] = [];
+              for (let row = first; row < first + count; row++) {
+                for (const column of cells) values.push(column[row]);
+                if (lineage !== null) values.push(lineage.jobId, lineage.fileVersionId);
+              }
+              // Full-size statements are prepared once per connection; the last, shorter one is not.
+              const text = insertStatement(stagingSql(), cols.length, count);
+              await c.query(count === rowsPerStatement ? { name: `casparian_insert_${count}`, text, values } : { text, values });
+            }
+          } catch (err) {
+            throw fail(`cannot write batch ${batch.index}`, err);
+          }
+          rowsWritten += batch.numRows;
+        },
+
+        async prepare() {
+          if (staging === null) return;
+          // Inserts are awaited, so nothing is buffered here; make sure the staging table is whole.
+          const result = await connected().query<{ n: string }>(`SELECT count(*) AS n FROM ${stagingSql()}`);
+          const found = Number(result.rows[0]!.n);
+          if (found !== rowsWritten) throw fail("staging is incomplete", new Error(`${found} rows in ${staging} but ${rowsWritten} written`));
+        },
+
+        async commit() {
+          if (staging === null) {
+            logger.warn("no batch for this topic: nothing published");
+            await disconnect();
+            return [];
+          }
+          const c = connected();
+          const names = columns!.map((col) => quote(col.name)).join(", ");
+          await c.query("BEGIN");
+          try {
+            // Concurrent commits to one table (e.g. two jobs creating it) take turns.
+            await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [targetSql()]);
+            const exists = await targetExists(c);
+            if (target.mode === "error" && exists) throw refuseExisting();
+            if (target.mode === "append" && exists) {
+              await c.query(`INSERT INTO ${targetSql()} (${names}) SELECT ${names} FROM ${stagingSql()}`);
+              await c.query(`DROP TABLE ${stagingSql()}`);
+            } else {
+              await c.query(`ALTER TABLE ${stagingSql()} SET LOGGED`);
+              if (exists) await c.query(`DROP TABLE ${targetSql()}`);
+              await c.query(`ALTER TABLE ${stagingSql()} RENAME TO ${quote(name.table)}`);
+            }
+            await c.query("COMMIT");
+          } catch (err) {
+            await c.query("ROLLBACK").catch(() => {});
+            if (Errors.SINK_TARGET_EXISTS.is(err)) throw err;
+            // 42P07 duplicate_table: created by something that does not take our advisory lock.
+            if (target.mode === "error" && (err as { code?: unknown }).code === "42P07") throw refuseExisting();
+            throw fail("cannot commit", err, target.mode === "append" ? "the existing table's columns must accept the batch's columns" : undefined);
+          }
+          registry.live.delete(staging);
+          staging = null;
+          const artifact = artifactUri(target.parsed.scheme, c, schema, name.table);
+          await disconnect();
+          return [{ topic: target.topic, uri: artifact }];
+        },
+
+        async abort() {
+          const claimed = staging;
+          if (claimed !== null) {
+            try {
+              await connected().query(`DROP TABLE IF EXISTS ${stagingSql()}`);
+            } catch (err) {
+              // Left for recovery: it is no longer claimed by this process.
+              logger.warn({ err, table: claimed }, "could not drop the staging table: %s", describeError(err));
+            }
+            registry.live.delete(claimed);
+            staging = null;
+          }
+          await disconnect();
+        },
+      };
+    },
+
+    async recover({ logger }) {
+      const configured = Object.keys(defaults).length > 0 || ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"].some((v) => process.env[v] !== undefined);
+      if (!configured) {
+        // Databases named only in sink URIs are cleaned when a sink opens there.
+        logger.info("no default database (sink options or PG* variables): stale staging is dropped when sinks open");
+        return;
+      }
+      const c = new pg.Client({ ...defaults, connectionTimeoutMillis: connectTimeoutMs, application_name: "casparian-flow" });
+      c.on("error", (err) => logger.warn({ err }, "PostgreSQL connection lost during recovery"));
+      try {
+        await c.connect();
+        await dropStaleStaging(c, logger);
+      } finally {
+        await c.end().catch(() => {});
+      }
+    },
+  });
+}
+
+/**
+ * Drops staging tables (any schema) of this database whose writer is gone: made on
+ * this host by a process that no longer runs, or by this process but not claimed by
+ * any of its running jobs (a restarted container reuses pids). Staging of live
+ * processes and of other hosts stays.
+ */
+async function dropStaleStaging(client: pg.Client, logger: Logger): Promise<string[]> {
+  const { rows } = await client.query<{ schema: string; name: string }>(
+    "SELECT n.nspname AS schema, c.relname AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND c.relname LIKE $1",
+    [`${STAGING_PREFIX.replace(/_/g, "\\_")}%`],
+  );
+  const dropped: string[] = [];
+  for (const { schema, name } of rows) {
+    const match = STAGING_PATTERN.exec(name);
+    if (match === null || match[2] !== HOST_TAG) continue;
+    const pid = Number(match[3]);
+    if (pid === process.pid ? registry.live.has(name) : processAlive(pid)) continue;
+    try {
+      await client.query(`DROP TABLE IF EXISTS ${quote(schema)}.${quote(name)}`);
+      dropped.push(`${schema}.${name}`);
+      logger.warn({ table: `${schema}.${name}` }, "dropped a staging table left by a crashed run");
+    } catch (err) {
+      logger.warn({ err, table: `${schema}.${name}` }, "could not drop a stale staging table: %s", describeError(err));
+    }
+  }
+  return dropped;
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+// ---------------------------------------------------------------------------
+// URIs and connection settings
+// ---------------------------------------------------------------------------
+
+function parseTarget(target: SinkTarget, jobId: bigint): { fields: ConnectionFields; name: TableName } {
+  const shape = "expected postgres://[user@][host][:port]/[database/][schema.]table[?host=/socket/dir&port=N&user=name]";
+  const bad = (why: string) => Errors.SINK_BAD_URI([redact(target.uri), `${why}; ${shape}`], { context: { jobId, sinkUri: redact(target.uri) } });
+  let url: URL;
+  try {
+    url = new URL(target.uri);
+  } catch {
+    throw bad("not a URL");
+  }
+  if (url.hash !== "") throw bad("a fragment (#…) is not allowed");
+  for (const key of url.searchParams.keys()) {
+    if (!(URI_PARAMS as readonly string[]).includes(key)) throw bad(`unknown parameter "${key}" (known: ${URI_PARAMS.join(", ")})`);
+  }
+  const segments = url.pathname.split("/").slice(1).map(decode);
+  if (segments.length < 1 || segments.length > 2 || segments.some((s) => s === "")) throw bad("the path must be /table, /schema.table, /database/table or /database/schema.table");
+  const parts = segments[segments.length - 1]!.split(".");
+  if (parts.length > 2 || !parts.every(isIdentifier)) throw bad(`"${segments[segments.length - 1]}" is not [schema.]table made of plain identifiers`);
+
+  const fields: ConnectionFields = {};
+  const host = url.hostname.replace(/^\[(.*)\]$/, "$1") || url.searchParams.get("host");
+  if (url.hostname !== "" && url.searchParams.has("host")) throw bad("give the host once, in the authority or as ?host=");
+  if (host) fields.host = decode(host);
+  const port = url.port || url.searchParams.get("port");
+  if (port) {
+    if (!/^\d+$/.test(port) || Number(port) < 1 || Number(port) > 65_535) throw bad(`port ${JSON.stringify(port)} is not a TCP port`);
+    fields.port = Number(port);
+  }
+  const user = decode(url.username) || url.searchParams.get("user");
+  if (user) fields.user = user;
+  if (url.password !== "") fields.password = decode(url.password);
+  if (segments.length === 2) fields.database = segments[0]!;
+  return { fields, name: parts.length === 2 ? { schema: parts[0]!, table: parts[1]! } : { schema: null, table: parts[0]! } };
+}
+
+/** Options over connectionString; fields left undefined fall through to node-postgres's PG* variables. */
+function connectionDefaults(options: PostgresSinkOptions): ConnectionFields {
+  const fields: ConnectionFields = {};
+  if (options.connectionString !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(options.connectionString);
+    } catch {
+      throw Errors.CONFIG_INVALID(["postgres sink options.connectionString", "expected a URL like postgres://user@host:5432/database"]);
+    }
+    const host = url.hostname.replace(/^\[(.*)\]$/, "$1") || url.searchParams.get("host");
+    if (host) fields.host = decode(host);
+    const port = url.port || url.searchParams.get("port");
+    if (port) fields.port = Number(port);
+    if (url.username) fields.user = decode(url.username);
+    if (url.password) fields.password = decode(url.password);
+    if (url.pathname.length > 1) fields.database = decode(url.pathname.slice(1));
+  }
+  for (const key of ["host", "user", "password", "database"] as const) {
+    if (options[key] !== undefined) fields[key] = String(options[key]);
+  }
+  if (options.port !== undefined) fields.port = Number(options.port);
+  return fields;
+}
+
+/** The artifact: where the rows are, resolved (user, host, port, database, schema), never the password. */
+function artifactUri(scheme: string, client: pg.Client, schema: string, table: string): string {
+  const user = client.user ? `${encodeURIComponent(client.user)}@` : "";
+  const path = `/${encodeURIComponent(client.database ?? "")}/${schema}.${table}`;
+  if (client.host.startsWith("/")) return `${scheme}://${user}${path}?host=${client.host.split("/").map(encodeURIComponent).join("/")}&port=${client.port}`;
+  const host = client.host.includes(":") ? `[${client.host}]` : client.host;
+  return `${scheme}://${user}${host}:${client.port}${path}`;
+}
+
+/** The URI with any password replaced, for messages and logs of ours. */
+function redact(uri: string): string {
+  return uri.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/[^/@:]*):[^/@]*@/, "$1:***@");
+}
+
+function decode(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+function isIdentifier(name: string): boolean {
+  return IDENTIFIER.test(name) && Buffer.byteLength(name) <= MAX_IDENTIFIER_BYTES;
+}
+
+function quote(identifier: string): string {
+  return `"${identifier.replace(/"/g, '""')}"`;
+}
+
+function positiveInteger(value: unknown, fallback: number, label: string): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
+    throw Errors.CONFIG_INVALID([`postgres sink options.${label}`, `expected a positive integer, got ${JSON.stringify(value)}`]);
+  }
+  return value;
+}
+
+function describeError(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const sqlState = (err as { code?: unknown }).code;
+  return typeof sqlState === "string" && /^[0-9A-Z]{5}$/.test(sqlState) ? `${err.message} (SQLSTATE ${sqlState})` : err.message;
+}
+
+// ---------------------------------------------------------------------------
+// Arrow → PostgreSQL
+// ---------------------------------------------------------------------------
+
+function insertStatement(table: string, columnCount: number, rows: number): string {
+  const tuples: string[] = [];
+  let n = 1;
+  for (let r = 0; r < rows; r++) {
+    const placeholders: string[] = [];
+    for (let c = 0; c < columnCount; c++) placeholders.push(`$${n++}`);
+    tuples.push(`(${placeholders.join(", ")})`);
+  }
+  return `INSERT INTO ${table} VALUES ${tuples.join(", ")}`;
+}
+
+function columnsOf(table: Table, lineage: boolean, uri: string, context: Record<string, unknown>): Column[] {
+  if (table.schema.fields.length === 0) throw Errors.SINK_WRITE_FAILED([uri, "the batch has no columns"], { context, hint: "publish at least one column" });
+  const columns = table.schema.fields.map((field) => {
+    if (Buffer.byteLength(field.name) > MAX_IDENTIFIER_BYTES || field.name.includes("\0") || field.name === "") {
+      throw Errors.SINK_WRITE_FAILED([uri, `column name ${JSON.stringify(field.name)} is not a PostgreSQL identifier (1 to 63 bytes, no NUL)`], { context });
+    }
+    const mapped = mapping(field.type);
+    if (mapped === null) {
+      throw Errors.SINK_WRITE_FAILED([uri, `column "${field.name}" has Arrow type ${String(field.type)}, which this sink does not map`], {
+        context,
+        hint: "cast it before publishing (decimals to string or float64, times and durations to int64)",
+      });
+    }
+    return { name: field.name, ...mapped };
+  });
+  if (lineage) {
+    for (const name of ["_job_id", "_file_version_id"]) {
+      if (columns.some((c) => c.name === name)) throw Errors.SINK_WRITE_FAILED([uri, `column "${name}" collides with the lineage column`], { context, hint: "rename the column or set lineage: false" });
+    }
+    // Values are added per row by write(); these only define the columns.
+    const none = () => [];
+    columns.push({ name: "_job_id", sqlType: "numeric(20) NOT NULL", values: none }, { name: "_file_version_id", sqlType: "bigint NOT NULL", values: none });
+  }
+  return columns;
+}
+
+function mapping(type: DataType): Omit<Column, "name"> | null {
+  switch (type.typeId) {
+    case Type.Timestamp:
+      return timestampMapping(type);
+    case Type.Null:
+      return { sqlType: "text", values: (vector) => new Array<unknown>(vector.length).fill(null) };
+    case Type.Dictionary:
+      // Values arrive decoded: the column takes the dictionary's value type.
+      return valueMapping((type as unknown as { dictionary: DataType }).dictionary);
+    default:
+      return valueMapping(type);
+  }
+}
+
+/** Types whose cells convert one by one from what apache-arrow's `get` returns. */
+function valueMapping(type: DataType): Omit<Column, "name"> | null {
+  const byValue = (sqlType: string, convert: (value: unknown) => unknown) => ({ sqlType, values: cellsOf(convert) });
+  switch (type.typeId) {
+    case Type.Int: {
+      const { bitWidth, isSigned } = type as unknown as { bitWidth: 8 | 16 | 32 | 64; isSigned: boolean };
+      const signed = { 8: "smallint", 16: "smallint", 32: "integer", 64: "bigint" } as const;
+      const unsigned = { 8: "smallint", 16: "integer", 32: "bigint", 64: "numeric(20)" } as const;
+      // Decimal text: a bigint never passes through a double.
+      return byValue((isSigned ? signed : unsigned)[bitWidth], (v) => String(v));
+    }
+    case Type.Float:
+      return byValue((type as unknown as { precision: number }).precision === 2 ? "double precision" : "real", (v) => v);
+    case Type.Bool:
+      return byValue("boolean", (v) => Boolean(v));
+    case Type.Utf8:
+    case Type.LargeUtf8:
+      return byValue("text", (v) => String(v));
+    case Type.Binary:
+    case Type.LargeBinary:
+    case Type.FixedSizeBinary:
+      return byValue("bytea", (v) => Buffer.from(v as Uint8Array));
+    case Type.Date:
+      return byValue("date", (v) => new Date(Number(v)).toISOString().slice(0, 10));
+    case Type.List:
+    case Type.LargeList:
+    case Type.FixedSizeList:
+    case Type.Struct:
+    case Type.Map:
+      // lossless-json keeps int64s inside nested values exact.
+      return byValue("jsonb", (v) => stringify((v as { toJSON(): unknown }).toJSON()));
+    default:
+      return null;
+  }
+}
+
+/** Reads every cell through `get`, converting the non-null ones. */
+function cellsOf(convert: (value: unknown) => unknown): (vector: Vector) => unknown[] {
+  return (vector) => {
+    const out = new Array<unknown>(vector.length);
+    for (let row = 0; row < vector.length; row++) {
+      const value: unknown = vector.get(row);
+      out[row] = value === null || value === undefined ? null : convert(value);
+    }
+    return out;
+  };
+}
+
+/**
+ * Timestamps are read from the raw int64 values, not through `get` (which rounds to
+ * milliseconds), and written as ISO 8601 text with microseconds.
+ */
+function timestampMapping(type: DataType): Omit<Column, "name"> {
+  const { unit, timezone } = type as unknown as { unit: number; timezone: string | null };
+  // TimeUnit: SECOND 0, MILLISECOND 1, MICROSECOND 2, NANOSECOND 3.
+  const toMicros = [(v: bigint) => v * 1_000_000n, (v: bigint) => v * 1000n, (v: bigint) => v, (v: bigint) => floorDiv(v, 1000n)][unit]!;
+  const zoned = timezone !== null && timezone !== undefined && timezone !== "";
+  return {
+    sqlType: zoned ? "timestamptz" : "timestamp",
+    values(vector) {
+      const out: unknown[] = [];
+      for (const data of vector.data) {
+        const raw = data.values as unknown as BigInt64Array;
+        for (let i = 0; i < data.length; i++) {
+          if (!data.getValid(i)) {
+            out.push(null);
+            continue;
+          }
+          const micros = toMicros(raw[data.offset + i]!);
+          out.push(isoMicros(micros, zoned));
+        }
+      }
+      return out;
+    },
+  };
+}
+
+function isoMicros(micros: bigint, zoned: boolean): string {
+  const seconds = floorDiv(micros, 1_000_000n);
+  const fraction = micros - seconds * 1_000_000n;
+  const iso = new Date(Number(seconds) * 1000).toISOString().replace(/\.\d{3}Z$/, "");
+  return `${iso}.${fraction.toString().padStart(6, "0")}${zoned ? "Z" : ""}`;
+}
+
+function floorDiv(a: bigint, b: bigint): bigint {
+  const q = a / b;
+  return a % b !== 0n && a < 0n !== b < 0n ? q - 1n : q;
+}

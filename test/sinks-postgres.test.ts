@@ -1,0 +1,303 @@
+/**
+ * The example PostgreSQL sink (examples/postgres-sink.ts), registered by its config
+ * file, loaded by the real config loader through jiti, run end to end against a real
+ * PostgreSQL server started for this file (test/helpers/postgres.ts).
+ */
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import {
+  Binary,
+  DateDay,
+  Dictionary,
+  Field,
+  Float32,
+  Int16,
+  Int32,
+  Int64,
+  Int8,
+  List,
+  Null,
+  Table,
+  TimestampNanosecond,
+  Uint32,
+  Uint64,
+  Utf8,
+  makeData,
+  makeVector,
+  vectorFromArray,
+} from "apache-arrow";
+import { pino } from "pino";
+import type { SinkReference } from "../core/config.js";
+import { loadConfig } from "../core/config-loader.js";
+import { CasparianError } from "../core/errors.js";
+import type { JobOutcome } from "../core/job.js";
+import type { SinkConfig } from "../core/messages.js";
+import { packageRoot } from "../core/paths.js";
+import { createHooks, type WorkerHooks } from "../hooks/index.js";
+import { loadSinkPlugins } from "../sinks/load.js";
+import { SinkManager } from "../sinks/manager.js";
+import { batchOf, canonicalColumns, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
+import { startPostgres, type PostgresServer } from "./helpers/postgres.js";
+
+const logger = pino({ level: "silent" });
+const DATABASE = "casparian";
+const MAX_JOB_ID = 18_446_744_073_709_551_615n;
+const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
+const EXAMPLE = join(packageRoot(), "examples", "postgres-sink.ts");
+
+let server: PostgresServer;
+const roots: string[] = [];
+before(async () => {
+  server = await startPostgres();
+  await server.query(`CREATE DATABASE ${DATABASE}`);
+});
+after(async () => {
+  await server?.stop();
+  await Promise.all(roots.map((r) => rm(r, { recursive: true, force: true })));
+});
+
+/** Rows of the `casparian` database (the server's admin connection is on `postgres`). */
+async function query<R extends Record<string, unknown>>(sql: string, params: unknown[] = []): Promise<R[]> {
+  const { default: pg } = await import("pg");
+  const client = new pg.Client({ host: server.socketDir, port: server.port, user: "postgres", database: DATABASE });
+  await client.connect();
+  try {
+    return (await client.query<R>(sql, params)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+const stagingTables = async () => (await query<{ name: string }>("SELECT relname AS name FROM pg_class WHERE relname LIKE '\\_casparian\\_stg\\_%' ORDER BY 1")).map((r) => r.name);
+const columnTypes = async (table: string) =>
+  Object.fromEntries(
+    (await query<{ column_name: string; data_type: string }>("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position", [table])).map((r) => [r.column_name, r.data_type]),
+  );
+const count = async (table: string) => Number((await query<{ n: string }>(`SELECT count(*) AS n FROM public."${table}"`))[0]!.n);
+const code = (err: Error | null) => (err instanceof CasparianError ? err.code : String(err));
+
+async function pipeline(sinks: SinkReference[] | null): Promise<{ hooks: WorkerHooks; root: string; run(configs: SinkConfig[], rows?: number, jobId?: bigint): Promise<JobOutcome> }> {
+  let plugins;
+  if (sinks === null) {
+    const { config, dir } = await loadConfig({ explicitPath: join("examples", "postgres-sink.config.ts"), cwd: packageRoot(), command: "worker" });
+    plugins = await loadSinkPlugins(config.sinks, dir, { encoderThreads: 0 });
+  } else {
+    plugins = await loadSinkPlugins(sinks, packageRoot(), { encoderThreads: 0 });
+  }
+  const root = await mkdtemp(join(tmpdir(), "casparian-pg-sink-"));
+  roots.push(root);
+  const hooks = createHooks();
+  new SinkManager({ plugins, logger, outputRoot: root }).apply(hooks);
+  await hooks.start.promise({ workerId: "w", outputRoot: root, logger });
+  const run = (configs: SinkConfig[], rows = 25, jobId = 77n) => {
+    const job = makeJob({ outputRoot: root, sinks: configs, jobId });
+    const half = Math.floor(rows / 2);
+    return driveJob(hooks, job, [batchOf(configs[0]!.topic, sampleTable(half, 0), 0), batchOf(configs[0]!.topic, sampleTable(rows - half, half), 1)]);
+  };
+  return { hooks, root, run };
+}
+
+const tcp = (table: string) => `postgres://postgres@127.0.0.1:${server.port}/${DATABASE}/${table}`;
+const socket = (table: string) => `postgresql:///${DATABASE}/${table}?host=${server.socketDir}&port=${server.port}&user=postgres`;
+
+describe("example PostgreSQL sink", () => {
+  test("rows, int64s beyond 2^53, unicode, nulls, microsecond timestamps and uint64 lineage arrive exactly", async () => {
+    const { run } = await pipeline(null);
+    const outcome = await run([sinkConfig("sales", tcp("public.sales"), "append")], 25, MAX_JOB_ID);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.deepEqual(outcome.artifacts, [{ topic: "sales", uri: `postgres://postgres@127.0.0.1:${server.port}/${DATABASE}/public.sales` }]);
+
+    assert.deepEqual(await columnTypes("sales"), {
+      id: "bigint",
+      amount: "double precision",
+      label: "text",
+      flag: "boolean",
+      ts: "timestamp with time zone",
+      _job_id: "numeric",
+      _file_version_id: "bigint",
+    });
+    const rows = await query<Record<string, unknown>>(
+      "SELECT id::text AS id, amount, label, flag, ((extract(epoch FROM ts) * 1000000)::bigint)::text AS ts, _job_id::text AS job, _file_version_id::text AS fv FROM public.sales ORDER BY id",
+    );
+    const expected = canonicalColumns(sampleTable(25));
+    assert.deepEqual(
+      Object.fromEntries(["id", "amount", "label", "flag", "ts"].map((c) => [c, rows.map((r) => r[c])])),
+      expected,
+    );
+    assert.equal(rows[0]!.id, "9007199254740993");
+    assert.ok(rows.some((r) => r.label === "emoji 🚀 #3") && rows.some((r) => r.label === "line\nbreak #7") && rows.some((r) => r.label === 'quote"d #8'));
+    assert.ok(rows.every((r) => r.job === MAX_JOB_ID.toString() && r.fv === "9007199254740993"));
+    assert.deepEqual(await stagingTables(), []);
+  });
+
+  test("maps the other Arrow types over a Unix socket URI", async () => {
+    const { hooks, root } = await pipeline(null);
+    const nanos = BigInt64Array.from([1_704_067_200_123_456_789n, -1_500n, 0n]);
+    const table = new Table({
+      i8: vectorFromArray([-128, 127, null], new Int8()),
+      i16: vectorFromArray([-32768, 32767, null], new Int16()),
+      i32: vectorFromArray([-2147483648, 2147483647, null], new Int32()),
+      u32: vectorFromArray([4294967295, 0, null], new Uint32()),
+      u64: vectorFromArray([18_446_744_073_709_551_615n, 0n, null], new Uint64()),
+      f32: vectorFromArray([1.5, Number.NaN, null], new Float32()),
+      day: vectorFromArray([new Date(Date.UTC(2024, 1, 29)), new Date(Date.UTC(1969, 11, 31)), null], new DateDay()),
+      ts: makeVector(makeData({ type: new TimestampNanosecond(), length: 3, nullCount: 0, data: nanos })),
+      nothing: vectorFromArray([null, null, null], new Null()),
+      bytes: vectorFromArray([Uint8Array.of(0, 255, 7), new Uint8Array(0), null], new Binary()),
+      city: vectorFromArray(["Zürich", "東京", "Zürich"], new Dictionary(new Utf8(), new Int32())),
+      list: vectorFromArray([[9_007_199_254_740_993n, 1n], [], null], new List(new Field("item", new Int64(), true))),
+    });
+    const uri = socket("types_t");
+    const outcome = await driveJob(hooks, makeJob({ outputRoot: root, sinks: [sinkConfig("t", uri, "error")], jobId: 5n }), [batchOf("t", table)]);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.deepEqual(outcome.artifacts, [{ topic: "t", uri: `postgresql://postgres@/${DATABASE}/public.types_t?host=${server.socketDir}&port=${server.port}` }]);
+    assert.deepEqual(await columnTypes("types_t"), {
+      i8: "smallint",
+      i16: "smallint",
+      i32: "integer",
+      u32: "bigint",
+      u64: "numeric",
+      f32: "real",
+      day: "date",
+      ts: "timestamp without time zone",
+      nothing: "text",
+      bytes: "bytea",
+      city: "text",
+      list: "jsonb",
+      _job_id: "numeric",
+      _file_version_id: "bigint",
+    });
+    const rows = await query<Record<string, unknown>>(
+      "SELECT i8, i16, i32, u32::text AS u32, u64::text AS u64, f32::text AS f32, day::text AS day, ts::text AS ts, nothing, encode(bytes, 'hex') AS bytes, city, list::text AS list FROM public.types_t ORDER BY i8 NULLS LAST",
+    );
+    assert.deepEqual(rows, [
+      { i8: -128, i16: -32768, i32: -2147483648, u32: "4294967295", u64: "18446744073709551615", f32: "1.5", day: "2024-02-29", ts: "2024-01-01 00:00:00.123456", nothing: null, bytes: "00ff07", city: "Zürich", list: "[9007199254740993, 1]" },
+      { i8: 127, i16: 32767, i32: 2147483647, u32: "0", u64: "0", f32: "NaN", day: "1969-12-31", ts: "1969-12-31 23:59:59.999998", nothing: null, bytes: "", city: "東京", list: "[]" },
+      { i8: null, i16: null, i32: null, u32: null, u64: null, f32: null, day: null, ts: "1970-01-01 00:00:00", nothing: null, bytes: null, city: "Zürich", list: null },
+    ]);
+  });
+
+  test("append adds, replace swaps, error refuses an existing table; failures leave the target as it was and no staging", async () => {
+    const { hooks, root, run } = await pipeline(null);
+    const uri = tcp("modes");
+    assert.equal((await run([sinkConfig("t", uri, "append")], 5, 1n)).status, "SUCCESS");
+    assert.equal((await run([sinkConfig("t", uri, "append")], 6, 2n)).status, "SUCCESS");
+    assert.equal(await count("modes"), 11);
+    assert.deepEqual((await query<{ j: string }>("SELECT DISTINCT _job_id::text AS j FROM public.modes ORDER BY 1")).map((r) => r.j), ["1", "2"]);
+
+    const replaced = await run([sinkConfig("t", uri, "replace")], 2, 3n);
+    assert.equal(replaced.status, "SUCCESS", String(replaced.error));
+    assert.equal(await count("modes"), 2);
+    // The replacement is an ordinary (logged) table, not the unlogged staging table.
+    assert.deepEqual(await query("SELECT relpersistence FROM pg_class WHERE relname = 'modes'"), [{ relpersistence: "p" }]);
+
+    const refused = await run([sinkConfig("t", uri, "error")], 3, 4n);
+    assert.equal(code(refused.error), "CSP_SINK_TARGET_EXISTS");
+    assert.equal(await count("modes"), 2);
+    assert.equal((await run([sinkConfig("t", tcp("fresh"), "error")], 3, 5n)).status, "SUCCESS");
+    assert.equal(await count("fresh"), 3);
+
+    const failed = await driveJob(hooks, makeJob({ outputRoot: root, sinks: [sinkConfig("t", uri, "replace")], jobId: 6n }), [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
+    assert.equal(failed.status, "FAILED");
+    assert.equal(await count("modes"), 2);
+
+    // An append whose columns the existing table cannot take fails at commit, atomically.
+    const wrongTypes = new Table({ id: vectorFromArray(["not a number"], new Utf8()) });
+    const mismatch = await driveJob(hooks, makeJob({ outputRoot: root, sinks: [sinkConfig("t", uri, "append")], jobId: 7n }), [batchOf("t", wrongTypes)]);
+    assert.equal(code(mismatch.error), "CSP_SINK_WRITE_FAILED");
+    assert.match(mismatch.error!.message, /cannot commit/);
+    assert.equal(await count("modes"), 2);
+    assert.deepEqual(await stagingTables(), []);
+  });
+
+  test("mode error checks again at commit: a table created meanwhile wins, nothing is written", async () => {
+    const { hooks, root } = await pipeline(null);
+    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", tcp("race"), "error")], jobId: 8n });
+    const outcome: JobOutcome = { status: "SUCCESS", error: null, artifacts: [], metrics: {} };
+    await hooks.jobStart.promise(job);
+    await hooks.onBatch.promise(batchOf("t", sampleTable(4)), job);
+    await hooks.prepareCommit.promise(job);
+    assert.equal((await stagingTables()).length, 1);
+    await query("CREATE TABLE public.race (x int)");
+    await hooks.onConclude.promise(outcome, job);
+    assert.equal(code(outcome.error), "CSP_SINK_TARGET_EXISTS");
+    assert.deepEqual(await columnTypes("race"), { x: "integer" });
+    assert.deepEqual(await stagingTables(), []);
+  });
+
+  test("a topic without batches publishes nothing", async () => {
+    const { hooks, root } = await pipeline(null);
+    const outcome = await driveJob(hooks, makeJob({ outputRoot: root, sinks: [sinkConfig("t", tcp("never"), "append")] }), []);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.deepEqual(outcome.artifacts, []);
+    assert.deepEqual(await query("SELECT to_regclass('public.never') AS t"), [{ t: null }]);
+  });
+
+  test("writes in statements of insertRows rows; no lineage unless asked; bad options are refused at load", async () => {
+    const { run } = await pipeline([{ use: EXAMPLE, options: { insertRows: 7 } }]);
+    const outcome = await run([sinkConfig("t", tcp("chunks"), "append")], 25);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const ids = (await query<{ id: string }>("SELECT id::text AS id FROM public.chunks ORDER BY id")).map((r) => r.id);
+    assert.deepEqual(ids, canonicalColumns(sampleTable(25)).id);
+    assert.deepEqual(Object.keys(await columnTypes("chunks")), ["id", "amount", "label", "flag", "ts"]);
+
+    await assert.rejects(pipeline([{ use: EXAMPLE, options: { insertRows: 0 } }]), (err: unknown) => code(err as Error) === "CSP_SINK_INVALID" && /insertRows/.test((err as Error).message));
+  });
+
+  test("bad URIs fail with SINK_BAD_URI, unreachable servers with SINK_WRITE_FAILED, never showing the password", async () => {
+    const { run } = await pipeline(null);
+    for (const uri of ["postgres://h/a/b/c", "postgres:///bad-name", "postgres:///s.t.u", "postgres:///db/t?sslmode=require", `postgres://127.0.0.1:${server.port}/db/t?host=/tmp`]) {
+      const outcome = await run([sinkConfig("t", uri)]);
+      assert.equal(code(outcome.error), "CSP_SINK_BAD_URI", uri);
+    }
+    const unreachable = await run([sinkConfig("t", "postgres://someone:s3cret@127.0.0.1:1/db/t")]);
+    assert.equal(code(unreachable.error), "CSP_SINK_WRITE_FAILED");
+    assert.match(unreachable.error!.message, /cannot connect/);
+    assert.doesNotMatch(unreachable.error!.message, /s3cret/);
+    assert.equal((unreachable.error as CasparianError).context.sinkUri, "postgres://someone:***@127.0.0.1:1/db/t");
+
+    const noSchema = await run([sinkConfig("t", tcp("nowhere.t"))]);
+    assert.equal(code(noSchema.error), "CSP_SINK_WRITE_FAILED");
+    assert.match(noSchema.error!.message, /schema "nowhere" does not exist/);
+  });
+
+  test("recover drops staging tables of dead processes on this host, from options or PG* variables", async () => {
+    const deadPid = spawnSync("true").pid!;
+    const staged = (jobId: string, tag: string, pid: number) => `_casparian_stg_${jobId}_${tag}_${pid}_0`;
+    const otherTag = HOST_TAG === "00000000" ? "11111111" : "00000000";
+    const keep = [staged("2", HOST_TAG, 1), staged("3", otherTag, deadPid), "_casparian_stg_manual"].sort();
+    const create = async (names: string[]) => {
+      for (const name of names) await query(`CREATE UNLOGGED TABLE public."${name}" (x int)`);
+    };
+    await create([...keep, staged("1", HOST_TAG, deadPid), staged("4", HOST_TAG, process.pid)]);
+
+    // Options: the connection string names the database to clean.
+    await pipeline([{ use: EXAMPLE, options: { connectionString: `postgres://postgres@127.0.0.1:${server.port}/${DATABASE}` } }]);
+    assert.deepEqual(await stagingTables(), keep);
+
+    // No options: node-postgres reads PGHOST (a socket directory), PGPORT, PGUSER and PGDATABASE.
+    await create([staged("5", HOST_TAG, deadPid)]);
+    const saved = { ...process.env };
+    Object.assign(process.env, { PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: DATABASE });
+    try {
+      await pipeline(null);
+    } finally {
+      for (const key of ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE"]) {
+        if (saved[key] === undefined) delete process.env[key];
+        else process.env[key] = saved[key];
+      }
+    }
+    assert.deepEqual(await stagingTables(), keep);
+
+    // A sink opening in a database also drops the stale staging it finds there.
+    await create([staged("6", HOST_TAG, deadPid)]);
+    const { run } = await pipeline(null);
+    assert.equal((await run([sinkConfig("t", tcp("sweep"))], 3, 9n)).status, "SUCCESS");
+    assert.deepEqual(await stagingTables(), keep);
+  });
+});
