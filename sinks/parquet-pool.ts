@@ -1,18 +1,34 @@
 /**
  * A small pool of Parquet encoder threads shared by every Parquet sink of one plugin
- * instance. Tasks queue in order; each thread takes one at a time. Threads start on
- * first use and only keep the process alive while they have work.
+ * instance. Tasks queue in order; each thread takes one at a time. Threads only keep
+ * the process alive while they have work.
  *
  * With 0 threads, tasks encode on the calling thread (no worker at all).
  */
 import { Worker } from "node:worker_threads";
-import type { EncodeTask } from "./parquet-encode.js";
+import type { EncodeTask } from "./parquet-rowgroup.js";
 import type { EncodeRequest, EncodeResponse } from "./parquet-worker.js";
+
+export interface EncodeResult {
+  /** The encoded piece: a complete Parquet file holding the row group. */
+  bytes: Uint8Array;
+  /** The task's IPC buffer, handed back for reuse (the same bytes, possibly a new view). */
+  input: Uint8Array;
+}
+
+export interface EncodeOptions {
+  /**
+   * Move the task's IPC buffer to the encoder thread instead of copying it; it comes
+   * back as `input`. The caller must own the whole ArrayBuffer and not touch it meanwhile.
+   */
+  transfer?: boolean;
+}
 
 interface Pending {
   id: number;
   task: EncodeTask;
-  resolve(bytes: Uint8Array): void;
+  transfer: boolean;
+  resolve(result: EncodeResult): void;
   reject(err: Error): void;
 }
 
@@ -37,14 +53,20 @@ export class EncoderPool {
     this.threads = threads;
   }
 
-  encode(task: EncodeTask): Promise<Uint8Array> {
+  /** Starts every thread now (they instantiate parquet-wasm), so the first job does not wait for it. */
+  prestart(): void {
+    if (this.#closed) return;
+    while (this.#slots.length < this.threads) this.#spawn();
+  }
+
+  encode(task: EncodeTask, options: EncodeOptions = {}): Promise<EncodeResult> {
     if (this.#closed) return Promise.reject(new Error("Parquet encoder pool is closed"));
     if (this.threads === 0) {
       this.#inline ??= import("./parquet-encode.js");
-      return this.#inline.then((m) => m.encodeRowGroup(task));
+      return this.#inline.then((m) => ({ bytes: m.encodeRowGroup(task), input: task.ipc }));
     }
-    return new Promise<Uint8Array>((resolve, reject) => {
-      this.#queue.push({ id: this.#nextId++, task, resolve, reject });
+    return new Promise<EncodeResult>((resolve, reject) => {
+      this.#queue.push({ id: this.#nextId++, task, transfer: options.transfer === true, resolve, reject });
       this.#pump();
     });
   }
@@ -70,7 +92,8 @@ export class EncoderPool {
       slot.current = pending;
       slot.worker.ref();
       const request: EncodeRequest = { id: pending.id, task: pending.task };
-      slot.worker.postMessage(request);
+      const buffer = pending.task.ipc.buffer;
+      slot.worker.postMessage(request, pending.transfer && buffer instanceof ArrayBuffer ? [buffer] : []);
     }
   }
 
@@ -94,7 +117,7 @@ export class EncoderPool {
         this.#retire(slot);
         pending.reject(new Error(`Parquet encoding failed: ${response.error}`));
       } else {
-        pending.resolve(response.bytes);
+        pending.resolve({ bytes: response.bytes, input: response.input });
       }
       this.#pump();
     });

@@ -1,29 +1,38 @@
 /**
- * Entry point of a Parquet encoder thread: one row group in, one Parquet piece out.
- * Each thread has its own parquet-wasm instance, so pieces encode in parallel.
+ * Entry point of a Parquet encoder thread: one row group's IPC stream in, one Parquet
+ * piece out. Each thread has its own parquet-wasm instance, so pieces encode in
+ * parallel. The input buffer goes back with the answer (transferred, not copied), so
+ * the main thread can reuse it and this thread keeps no garbage between tasks.
  */
 import { parentPort } from "node:worker_threads";
-import { encodeRowGroup, type EncodeTask } from "./parquet-encode.js";
+import { encodeRowGroup } from "./parquet-encode.js";
+import type { EncodeTask } from "./parquet-rowgroup.js";
 
 export interface EncodeRequest {
   id: number;
   task: EncodeTask;
 }
 
-export type EncodeResponse = { id: number; bytes: Uint8Array } | { id: number; error: string };
+export type EncodeResponse = { id: number; bytes: Uint8Array; input: Uint8Array } | { id: number; error: string; input: Uint8Array };
 
 if (parentPort === null) throw new Error("parquet-worker.js must run in a worker thread");
 const port = parentPort;
 
 port.on("message", (request: EncodeRequest) => {
+  const input = request.task.ipc;
   let response: EncodeResponse;
   try {
     const bytes = encodeRowGroup(request.task);
-    response = { id: request.id, bytes };
-    port.postMessage(response, [bytes.buffer as ArrayBuffer]);
+    response = { id: request.id, bytes, input };
+    port.postMessage(response, [bytes.buffer as ArrayBuffer, ...returnable(input)]);
     return;
   } catch (err) {
-    response = { id: request.id, error: err instanceof Error ? err.stack ?? err.message : String(err) };
+    response = { id: request.id, error: err instanceof Error ? err.stack ?? err.message : String(err), input };
   }
-  port.postMessage(response);
+  port.postMessage(response, returnable(input));
 });
+
+/** Shared memory cannot be transferred (nor needs to be). */
+function returnable(input: Uint8Array): ArrayBuffer[] {
+  return input.buffer instanceof ArrayBuffer ? [input.buffer] : [];
+}

@@ -6,7 +6,10 @@
  *    the target; error → fails if the target exists (checked at open, and atomically at commit).
  *  - Written under a staging name beside the target, fsynced, renamed on commit.
  *  - Row groups are encoded as batches arrive, in encoder threads, and stitched into one
- *    file (parquet-assembler.ts): memory is bounded by the row groups in flight.
+ *    file (parquet-assembler.ts): memory is bounded by the row groups in flight. The
+ *    pending row group holds views of the guest's frames (the bridge gives each frame an
+ *    ArrayBuffer of its own); on dispatch it is serialised once into a reusable buffer
+ *    that is moved to an encoder thread and back (parquet-rowgroup.ts).
  *  - Lineage columns `_job_id` (uint64) and `_file_version_id` (int64) are appended to every
  *    row; key-value metadata carries the job id, plugin name, env hash and worker id.
  *  - A topic that never produced a batch publishes nothing (there is no schema to write).
@@ -18,10 +21,11 @@ import type { ParquetConfig } from "../core/config.js";
 import { Errors } from "../core/errors.js";
 import { defineSink, type Artifact, type Batch, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
 import { assertTargetFree, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
+import type { RecordBatch } from "apache-arrow";
 import { highCardinalityColumns } from "./dictionary.js";
 import { ParquetAssembler } from "./parquet-assembler.js";
-import { COMPRESSIONS, LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID, type CompressionName, type EncodePart, type EncodeSettings } from "./parquet-encode.js";
-import { EncoderPool } from "./parquet-pool.js";
+import { EncoderPool, type EncodeResult } from "./parquet-pool.js";
+import { COMPRESSION_NAMES, LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID, RowGroupSerializer, isCompressionName, type CompressionName, type WriterSettings } from "./parquet-rowgroup.js";
 import { positiveIntParam, rejectUnknownParams, resolveInsideRoot } from "./uri.js";
 
 export const DEFAULT_ROW_GROUP_SIZE = 122_880;
@@ -45,6 +49,8 @@ export function parquetSink(options: ParquetConfig = {}): SinkPlugin {
     name: "parquet",
     schemes: ["parquet"],
     create(target: SinkTarget, context: SinkContext): Sink {
+      // Threads instantiate parquet-wasm while the guest is still starting up.
+      getPool().prestart();
       return new ParquetTopicSink(target, context, config, getPool);
     },
     async recover({ outputRoot, logger }) {
@@ -60,8 +66,8 @@ export function parquetSink(options: ParquetConfig = {}): SinkPlugin {
 
 function resolveConfig(options: ParquetConfig): ResolvedParquetConfig {
   const compression = (options.compression ?? "snappy").toLowerCase();
-  if (!(compression in COMPRESSIONS)) {
-    throw Errors.CONFIG_INVALID(["parquet.compression", `unknown codec ${JSON.stringify(options.compression)} (known: ${Object.keys(COMPRESSIONS).join(", ")})`]);
+  if (!isCompressionName(compression)) {
+    throw Errors.CONFIG_INVALID(["parquet.compression", `unknown codec ${JSON.stringify(options.compression)} (known: ${COMPRESSION_NAMES.join(", ")})`]);
   }
   const rowGroupSize = options.rowGroupSize ?? DEFAULT_ROW_GROUP_SIZE;
   if (!Number.isSafeInteger(rowGroupSize) || rowGroupSize <= 0) {
@@ -71,7 +77,7 @@ function resolveConfig(options: ParquetConfig): ResolvedParquetConfig {
   if (!Number.isSafeInteger(encoderThreads) || encoderThreads < 0) {
     throw Errors.CONFIG_INVALID(["parquet.encoderThreads", `expected an integer >= 0, got ${String(options.encoderThreads)}`]);
   }
-  return { compression: compression as CompressionName, rowGroupSize, encoderThreads };
+  return { compression, rowGroupSize, encoderThreads };
 }
 
 class ParquetTopicSink implements Sink {
@@ -85,16 +91,15 @@ class ParquetTopicSink implements Sink {
   readonly #rowGroupSize: number;
   readonly #maxInFlight: number;
 
-  #settings: EncodeSettings | null = null;
+  #settings: WriterSettings | null = null;
+  #serializer: RowGroupSerializer | null = null;
   #assembler: ParquetAssembler | null = null;
-  /** Rows waiting to fill the current row group. */
-  #pending: EncodePart[] = [];
+  /** Rows waiting to fill the current row group: views of the guest's frames. */
+  #pending: RecordBatch[] = [];
   #pendingRows = 0;
   /** Row groups being encoded, in file order. */
-  #inFlight: Array<Promise<Uint8Array>> = [];
+  #inFlight: Array<Promise<EncodeResult>> = [];
   #pieces = 0;
-  /** A zero-row first batch, kept to write the schema of an empty output. */
-  #schemaPart: EncodePart | null = null;
   #prepared = false;
 
   constructor(target: SinkTarget, context: SinkContext, config: ResolvedParquetConfig, getPool: () => EncoderPool) {
@@ -105,10 +110,10 @@ class ParquetTopicSink implements Sink {
     const job = context.job;
     rejectUnknownParams(parsed, URI_PARAMS, uri);
     const compression = (parsed.params.get("compression") ?? config.compression).toLowerCase();
-    if (!(compression in COMPRESSIONS)) {
-      throw Errors.SINK_BAD_URI([uri, `unknown compression ${JSON.stringify(compression)} (known: ${Object.keys(COMPRESSIONS).join(", ")})`], { context: { jobId: job.jobId, sinkUri: uri } });
+    if (!isCompressionName(compression)) {
+      throw Errors.SINK_BAD_URI([uri, `unknown compression ${JSON.stringify(compression)} (known: ${COMPRESSION_NAMES.join(", ")})`], { context: { jobId: job.jobId, sinkUri: uri } });
     }
-    this.#compression = compression as CompressionName;
+    this.#compression = compression;
     this.#rowGroupSize = positiveIntParam(parsed, "row_group_size", uri) ?? config.rowGroupSize;
     this.#maxInFlight = Math.max(1, config.encoderThreads) + 1;
     this.#targetPath = resolveInsideRoot(job.outputRoot, parsed.location, uri);
@@ -134,26 +139,30 @@ class ParquetTopicSink implements Sink {
   }
 
   async write(batch: Batch): Promise<void> {
-    // The bridge may reuse its buffer once we return, and encoder threads read this
-    // from another thread: copy once into shared memory, then pass views around.
-    const shared = new Uint8Array(new SharedArrayBuffer(batch.ipc.byteLength));
-    shared.set(batch.ipc);
-    if (this.#settings === null) await this.#begin(batch, shared);
+    if (this.#settings === null) await this.#begin(batch);
+    // Views only: the batch's buffers stay valid after we return (each frame has its own
+    // ArrayBuffer), and they are read once more, when the row group is serialised.
     let offset = 0;
-    while (offset < batch.numRows) {
-      const take = Math.min(batch.numRows - offset, this.#rowGroupSize - this.#pendingRows);
-      this.#pending.push({ ipc: shared, offset, length: take });
-      this.#pendingRows += take;
-      offset += take;
-      if (this.#pendingRows === this.#rowGroupSize) await this.#dispatch();
+    for (const recordBatch of batch.table.batches) {
+      const rows = recordBatch.numRows;
+      let at = 0;
+      while (at < rows) {
+        const take = Math.min(rows - at, this.#rowGroupSize - this.#pendingRows);
+        this.#pending.push(at === 0 && take === rows ? recordBatch : recordBatch.slice(at, at + take));
+        this.#pendingRows += take;
+        at += take;
+        if (this.#pendingRows === this.#rowGroupSize) await this.#dispatch();
+      }
+      offset += rows;
     }
+    if (offset !== batch.numRows) throw new Error(`batch ${batch.index}: numRows ${batch.numRows} but its record batches hold ${offset} rows`);
   }
 
   async prepare(): Promise<void> {
     if (this.#settings === null) return;
     if (this.#pendingRows > 0) await this.#dispatch();
     // No rows at all: encode the schema alone, so the output is an empty but typed file.
-    if (this.#pieces === 0) this.#dispatchParts([this.#schemaPart!]);
+    if (this.#pieces === 0) this.#dispatchBatches([]);
     while (this.#inFlight.length > 0) await this.#drainOne();
     await this.#assembler!.finish();
     this.#prepared = true;
@@ -179,7 +188,7 @@ class ParquetTopicSink implements Sink {
     await removeIfPresent(this.#stagingPath);
   }
 
-  async #begin(batch: Batch, shared: Uint8Array): Promise<void> {
+  async #begin(batch: Batch): Promise<void> {
     const { job } = this.#context;
     const fields = batch.table.schema.fields;
     for (const reserved of [LINEAGE_JOB_ID, LINEAGE_FILE_VERSION_ID]) {
@@ -187,8 +196,6 @@ class ParquetTopicSink implements Sink {
         throw Errors.SINK_SCHEMA_MISMATCH([this.#target.topic, `column "${reserved}" is reserved for lineage`], { context: { jobId: job.jobId, sinkUri: this.#target.uri } });
       }
     }
-    // Only needed when the whole topic has no rows, which implies this first batch has none.
-    if (batch.numRows === 0) this.#schemaPart = { ipc: shared, offset: 0, length: 0 };
     this.#settings = {
       compression: this.#compression,
       rowGroupSize: this.#rowGroupSize,
@@ -200,11 +207,11 @@ class ParquetTopicSink implements Sink {
         ["casparian.file_version_id", job.command.file_version_id.toString()],
         ["casparian.topic", this.#target.topic],
       ],
-      jobId: job.jobId,
-      fileVersionId: job.command.file_version_id,
-      nullable: fields.map((f) => f.nullable),
       plainColumns: highCardinalityColumns(batch.table),
     };
+    const nullable = fields.map((f) => f.nullable);
+    // Buffers: one per row group in flight, plus the one being filled.
+    this.#serializer = new RowGroupSerializer(batch.table.schema, nullable, job.jobId, job.command.file_version_id, this.#rowGroupSize, this.#maxInFlight + 1);
     this.#assembler = await ParquetAssembler.create(this.#stagingPath);
   }
 
@@ -212,20 +219,22 @@ class ParquetTopicSink implements Sink {
     const parts = this.#pending;
     this.#pending = [];
     this.#pendingRows = 0;
-    this.#dispatchParts(parts);
+    this.#dispatchBatches(parts);
     // Backpressure: a slow encoder slows the guest instead of growing memory.
     while (this.#inFlight.length >= this.#maxInFlight) await this.#drainOne();
   }
 
-  #dispatchParts(parts: EncodePart[]): void {
-    const encoding = this.#getPool().encode({ parts, settings: this.#settings! });
+  #dispatchBatches(batches: RecordBatch[]): void {
+    const ipc = this.#serializer!.serialize(batches);
+    const encoding = this.#getPool().encode({ ipc, settings: this.#settings! }, { transfer: true });
     encoding.catch(() => {}); // awaited in order by #drainOne; this only silences the early rejection
     this.#inFlight.push(encoding);
     this.#pieces++;
   }
 
   async #drainOne(): Promise<void> {
-    const bytes = await this.#inFlight.shift()!;
+    const { bytes, input } = await this.#inFlight.shift()!;
+    this.#serializer!.recycle(input.buffer);
     await this.#assembler!.append(bytes);
   }
 }

@@ -284,13 +284,13 @@ describe("Parquet sink", () => {
 
   test("an encoder thread that fails rejects only its task; the pool replaces the thread", async () => {
     const pool = new EncoderPool(1);
-    const settings = { compression: "snappy" as const, rowGroupSize: 100, metadata: [], jobId: 1n, fileVersionId: 2n, nullable: [true, true, true, true, true], plainColumns: [] };
+    const settings = { compression: "snappy" as const, rowGroupSize: 100, metadata: [], plainColumns: [] };
     const good = batchOf("t", sampleTable(10)).ipc;
     try {
-      const broken = pool.encode({ parts: [{ ipc: new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]), offset: 0, length: 1 }], settings });
-      const after = pool.encode({ parts: [{ ipc: good, offset: 0, length: 10 }], settings });
+      const broken = pool.encode({ ipc: new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]), settings });
+      const after = pool.encode({ ipc: good, settings });
       await assert.rejects(broken, /Parquet encoding failed/);
-      const bytes = await after;
+      const { bytes } = await after;
       assert.deepEqual([...bytes.subarray(0, 4)], [0x50, 0x41, 0x52, 0x31]);
     } finally {
       await pool.close();
