@@ -284,6 +284,17 @@ describe("failures", () => {
     assert.deepEqual(pids.filter(pidAlive), [], "guest and its child are gone");
   });
 
+  test("an abort that arrives while the run is still setting up ends the job at once", async () => {
+    const { job, controller } = testJob(await pluginSource("hang.py"));
+    const started = Date.now();
+    // runGuest has passed its first check and is awaiting its socket directory when this lands.
+    const running = runGuest({ interpreterPath: env.interpreterPath, job, timeouts: TIMEOUTS, onBatch: async () => undefined });
+    controller.abort(Errors.JOB_ABORTED(["sentinel"]));
+    const err = await rejectsWith(running, Errors.JOB_ABORTED.code);
+    assert.equal(err.message, "aborted by sentinel");
+    assert.ok(Date.now() - started < 5000, `aborted after ${Date.now() - started} ms, not when the job timed out`);
+  });
+
   test("the job timeout ends a hanging guest and names itself", async () => {
     const err = await rejectsWith(run("hang.py", { timeouts: { ...TIMEOUTS, jobMs: 2500 } }), Errors.GUEST_TIMEOUT.code);
     assert.match(err.message, /^job timeout after 2500 ms/);

@@ -217,11 +217,15 @@ class GuestRun {
     const started = performance.now();
 
     this.#onAbort = () => this.#fail(abortError(job.signal));
-    job.signal.addEventListener("abort", this.#onAbort, { once: true });
+    // runGuest awaited (stale-socket sweep, mkdtemp) since it last looked: an ABORT that came
+    // meanwhile has already fired, and a listener added now would never hear it.
+    if (job.signal.aborted) this.#onAbort();
+    else job.signal.addEventListener("abort", this.#onAbort, { once: true });
     this.#timeout("job", timeouts.jobMs).arm();
 
     const socketPath = join(this.#dir, "bridge.sock");
     const { connection } = await this.#listen(socketPath);
+    if (this.#failure) throw this.#failure; // aborted already: no guest to start
     this.#spawn(socketPath);
 
     const connectDog = this.#timeout("connect", timeouts.connectMs);
