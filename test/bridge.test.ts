@@ -265,7 +265,7 @@ describe("failures", () => {
   test("abort kills the whole process group (guest ignores SIGTERM) within 5 s", async () => {
     const { job, controller } = testJob(await pluginSource("hang.py"));
     let pids: number[] = [];
-    const started = Date.now();
+    let abortedAt = 0;
     const running = runGuest({
       interpreterPath: env.interpreterPath,
       job,
@@ -273,13 +273,14 @@ describe("failures", () => {
       onBatch: async (batch) => {
         const row = batch.table.get(0)!.toJSON();
         pids = [Number(row.pid), Number(row.child_pid)];
+        abortedAt = Date.now();
         controller.abort(Errors.JOB_ABORTED(["sentinel"]));
       },
     });
     const err = await rejectsWith(running, Errors.JOB_ABORTED.code);
     assert.equal(err.message, "aborted by sentinel");
     assert.equal(pids.length, 2);
-    const deadline = started + 5000;
+    const deadline = abortedAt + 5000;
     while (pids.some(pidAlive) && Date.now() < deadline) await sleep(50);
     assert.deepEqual(pids.filter(pidAlive), [], "guest and its child are gone");
   });
