@@ -25,6 +25,7 @@ import { packageRoot } from "../core/paths.js";
 import { createHooks } from "../hooks/index.js";
 import { loadSinkPlugins } from "../sinks/load.js";
 import { SinkManager } from "../sinks/manager.js";
+import { defaultEncoderThreads } from "../sinks/parquet.js";
 
 const run = promisify(execFile);
 const BATCH_ROWS = 65_536;
@@ -149,7 +150,7 @@ async function timeOurs(batches: Batch[], root: string, parquet: ParquetConfig):
     await once(1n); // warm-up: encoder threads start, wasm compiles
     const times: number[] = [];
     for (let rep = 0; rep < REPS; rep++) times.push(await once(BigInt(rep + 2)));
-    const threads = parquet.encoderThreads ?? Math.min(8, availableParallelism());
+    const threads = parquet.encoderThreads ?? defaultEncoderThreads();
     return { seconds: median(times), bytes: (await stat(file)).size, threads };
   } finally {
     await hooks.shutdown.promise(info);

@@ -43,9 +43,9 @@ export interface EnvironmentsConfig {
 export interface ParquetConfig {
   /** "snappy" (default), "zstd", "gzip", "lz4", "brotli" or "uncompressed". */
   compression?: string;
-  /** Rows per row group; default 122880 (a multiple of the Arrow batch sizes pyarrow emits). */
+  /** Rows per row group; default 65536 (a multiple of the Arrow batch sizes pyarrow emits; bounds each encoder thread's memory). */
   rowGroupSize?: number;
-  /** Worker threads that encode row groups; default: available cores (max 8). 0 encodes on the main thread. */
+  /** Worker threads that encode row groups; default: available cores minus one (min 1, max 8). 0 encodes on the main thread. */
   encoderThreads?: number;
 }
 

@@ -110,7 +110,10 @@ export class CompactReader {
       }
       case CType.BINARY: {
         const length = Number(this.#varint());
-        const bytes = this.#buf.subarray(this.#pos, this.#pos + length);
+        // A copy, not a view: decoded structs outlive their source (the Parquet assembler
+        // keeps every row group's footer until the file is finished; views of statistics
+        // would pin each encoded piece's whole buffer, and the buffers are reused).
+        const bytes = this.#buf.slice(this.#pos, this.#pos + length);
         if (bytes.length !== length) throw new Error("thrift: binary runs past the end");
         this.#pos += length;
         return bytes;

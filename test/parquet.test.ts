@@ -132,6 +132,31 @@ describe("Parquet sink", () => {
     assert.deepEqual(columnValues(results[0]!).label, canonicalColumns(sampleTable(1800)).label);
   });
 
+  test("row-group statistics stay right when one thread's buffers carry many row groups in turn", async () => {
+    // Pieces come back in recycled buffers, and the footer keeps every row group's
+    // statistics until the file is finished: they must not be views of a reused buffer.
+    const ws = await workspace({ encoderThreads: 1, rowGroupSize: 100 });
+    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://stats.parquet", "replace")] });
+    const outcome = await driveJob(ws.hooks, job, [0, 1, 2].map((i) => batchOf("t", sampleTable(400, i * 400), i)));
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const code = `import sys, json, pyarrow.parquet as pq
+md = pq.ParquetFile(sys.argv[1]).metadata
+out = []
+for g in range(md.num_row_groups):
+    col = md.row_group(g).column(0)
+    out.append([md.row_group(g).num_rows, str(col.statistics.min), str(col.statistics.max)])
+print(json.dumps(out))`;
+    const groups = JSON.parse(await runPython(py, code, [join(ws.root, "stats.parquet")])) as Array<[number, string, string]>;
+    assert.equal(groups.length, 12);
+    const first = 9_007_199_254_740_993n;
+    groups.forEach(([rows, min, max], g) => {
+      assert.equal(rows, 100);
+      assert.equal(min, String(first + BigInt(g * 100)), `row group ${g} min`);
+      assert.equal(max, String(first + BigInt(g * 100 + 99)), `row group ${g} max`);
+    });
+  });
+
   test("compression and row group size come from the URI query, over the config", async () => {
     const ws = await workspace({ encoderThreads: 1, compression: "gzip", rowGroupSize: 50 });
     const job = makeJob({
