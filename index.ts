@@ -15,6 +15,7 @@ export type { Logger } from "./core/logger.js";
 export { parquetSink } from "./sinks/parquet.js";
 export { parseSinkUri, resolveInsideRoot } from "./sinks/uri.js";
 export { assertTargetFree, finalPathFor, fsyncDirectory, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./sinks/files.js";
+export { isProcessAlive } from "./core/process.js";
 // Protocol v4 codec and the worker itself, for embedding (a Sentinel in tests, a custom launcher).
 export { Opcode } from "./core/messages.js";
 export type { Header, Message, PayloadByOpcode } from "./core/messages.js";

@@ -55,7 +55,7 @@ import { hostname } from "node:os";
 import pg from "pg";
 import { stringify } from "lossless-json";
 import { Type, type DataType, type Table, type Vector } from "apache-arrow";
-import { Errors, defineSink, type Batch, type Logger, type SinkPlugin, type SinkTarget } from "casparian-flow";
+import { Errors, defineSink, isProcessAlive, type Batch, type Logger, type SinkPlugin, type SinkTarget } from "casparian-flow";
 
 export interface PostgresSinkOptions {
   /** Defaults for every target, URL form: `postgres://user:password@host:port/database?host=/socket/dir`. */
@@ -306,7 +306,7 @@ async function dropStaleStaging(client: pg.Client, logger: Logger): Promise<stri
     const match = STAGING_PATTERN.exec(name);
     if (match === null || match[2] !== HOST_TAG) continue;
     const pid = Number(match[3]);
-    if (pid === process.pid ? registry.live.has(name) : processAlive(pid)) continue;
+    if (pid === process.pid ? registry.live.has(name) : isProcessAlive(pid)) continue;
     try {
       await client.query(`DROP TABLE IF EXISTS ${quote(schema)}.${quote(name)}`);
       dropped.push(`${schema}.${name}`);
@@ -316,16 +316,6 @@ async function dropStaleStaging(client: pg.Client, logger: Logger): Promise<stri
     }
   }
   return dropped;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 // ---------------------------------------------------------------------------

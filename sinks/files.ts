@@ -15,6 +15,7 @@ import { basename, dirname, extname, join } from "node:path";
 import { Errors } from "../core/errors.js";
 import type { Logger } from "../core/logger.js";
 import type { SinkMode } from "../core/messages.js";
+import { isProcessAlive } from "../core/process.js";
 
 const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
 const STAGING_PATTERN = /^\.(.+)\.stg-(\d+)-([0-9a-f]{8})-(\d+)$/;
@@ -99,7 +100,7 @@ export async function removeStaleStaging(root: string, logger: Logger): Promise<
     const [, , , hostTag, pidText] = match;
     if (hostTag !== HOST_TAG) continue;
     const pid = Number(pidText);
-    if (pid !== process.pid && processAlive(pid)) continue;
+    if (pid !== process.pid && isProcessAlive(pid)) continue;
     const path = join(root, entry);
     try {
       const info = await stat(path);
@@ -120,16 +121,6 @@ export async function removeStaleStaging(root: string, logger: Logger): Promise<
 /** True when `name` (a file name, not a path) is a staging name made by stagingPathFor. */
 export function isStagingName(name: string): boolean {
   return STAGING_PATTERN.test(name);
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists but belongs to someone else.
-    return errnoCode(err) === "EPERM";
-  }
 }
 
 async function exists(path: string): Promise<boolean> {

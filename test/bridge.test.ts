@@ -9,11 +9,13 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Table } from "apache-arrow";
-import { Errors, CasparianError } from "../core/errors.js";
+import { Errors } from "../core/errors.js";
 import { runGuest, shimPath, sweepStaleSocketDirs } from "../core/bridge/host.js";
 import type { GuestRunOptions, GuestResult } from "../core/bridge/types.js";
 import type { Batch } from "../core/job.js";
 import { bareEnvironment, fixturePath, pluginSource, testEnvironment, testJob, type TestEnvironment } from "./helpers/pyenv.js";
+import { isProcessAlive } from "../core/process.js";
+import { rejectsWith } from "./helpers/assert.js";
 
 const TIMEOUTS = { connectMs: 20_000, idleMs: 60_000, jobMs: 120_000 };
 
@@ -55,26 +57,6 @@ async function run(plugin: string, overrides: Partial<GuestRunOptions> & { fileP
 
 function rowsOf(table: Table): Record<string, unknown>[] {
   return table.toArray().map((row) => ({ ...row.toJSON() }));
-}
-
-async function rejectsWith(promise: Promise<unknown>, code: string): Promise<CasparianError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof CasparianError, `expected a CasparianError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    return err;
-  }
-  assert.fail(`expected ${code}, but the run succeeded`);
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 describe("plugin shapes", () => {
@@ -281,8 +263,8 @@ describe("failures", () => {
     assert.equal(err.message, "aborted by sentinel");
     assert.equal(pids.length, 2);
     const deadline = abortedAt + 5000;
-    while (pids.some(pidAlive) && Date.now() < deadline) await sleep(50);
-    assert.deepEqual(pids.filter(pidAlive), [], "guest and its child are gone");
+    while (pids.some(isProcessAlive) && Date.now() < deadline) await sleep(50);
+    assert.deepEqual(pids.filter(isProcessAlive), [], "guest and its child are gone");
   });
 
   test("an abort that arrives while the run is still setting up ends the job at once", async () => {

@@ -4,21 +4,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { loadConfig, validateConfig } from "../core/config-loader.js";
-import { CasparianError, Errors } from "../core/errors.js";
+import { Errors } from "../core/errors.js";
 import { packageRoot } from "../core/paths.js";
+import { rejectsWith } from "./helpers/assert.js";
 
 const fixture = (name: string) => join(packageRoot(), "test", "fixtures", name);
-
-async function rejectsWith(promise: Promise<unknown>, code: string): Promise<CasparianError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof CasparianError, `expected ${code}, got ${String(err)}`);
-    assert.equal(err.code, code);
-    return err;
-  }
-  assert.fail(`expected a ${code} rejection`);
-}
 
 describe("config discovery (cosmiconfig)", () => {
   test("a TypeScript config that imports another TypeScript file (a user sink) loads", async () => {

@@ -9,11 +9,12 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { execa } from "execa";
 import { pino } from "pino";
-import { CasparianError, Errors } from "../core/errors.js";
+import { Errors } from "../core/errors.js";
 import { EnvManager, findUv } from "../core/env/manager.js";
 import { planFromLock, synthesizePyproject } from "../core/env/lockfile.js";
 import { silentLogger, type Logger } from "../core/logger.js";
 import { fixturePath, prepareCommand, sha256, testEnvironment, type TestEnvironment } from "./helpers/pyenv.js";
+import { rejectsWith } from "./helpers/assert.js";
 
 let shared: TestEnvironment;
 const homes: string[] = [];
@@ -36,17 +37,6 @@ async function freshHome(): Promise<string> {
 /** A distinct bare lockfile per tag: TOML comments change the hash, not the meaning. */
 function bareLock(tag: string): string {
   return `# ${tag}\nversion = 1\nrequires-python = ">=3.11"\n`;
-}
-
-async function rejectsWith(promise: Promise<unknown>, code: string): Promise<CasparianError> {
-  try {
-    await promise;
-  } catch (err) {
-    assert.ok(err instanceof CasparianError, `expected a CasparianError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    return err;
-  }
-  assert.fail(`expected ${code}`);
 }
 
 /** A logger whose messages we can count. */

@@ -16,6 +16,7 @@ import { Opcode, type DispatchCommand, type SinkConfig } from "../core/messages.
 import { packageRoot } from "../core/paths.js";
 import { TestSentinel, type Received } from "./helpers/sentinel.js";
 import { spawnWorker, type SpawnedWorker } from "./helpers/spawn-worker.js";
+import { isProcessAlive } from "../core/process.js";
 
 const ROOT = packageRoot();
 const CONFIG = join(ROOT, "casparian.config.ts");
@@ -50,15 +51,6 @@ class Handler:
         time.sleep(120)
         yield pa.table({"n": [1]})
 `;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function dispatch(sourceCode: string, filePath: string, envHash: string, sinks: SinkConfig[]): DispatchCommand {
@@ -191,7 +183,7 @@ describe("worker pipeline (sentinel → worker → uv env → guest → sinks)",
     assert.equal(existsSync(staging), true, "the crashed job's staging is still there");
     // The guest notices its worker is gone (the bridge socket closes) instead of sleeping on as an orphan.
     const guestPid = Number(await readFile(pidFile, "utf8"));
-    await until(async () => (isAlive(guestPid) ? undefined : true), 5_000, `orphaned guest ${guestPid} to exit`);
+    await until(async () => (isProcessAlive(guestPid) ? undefined : true), 5_000, `orphaned guest ${guestPid} to exit`);
 
     const successor = await spawnWorker({ args: ["--connect", sentinel.endpoint, "--config", CONFIG, "--worker-id", "crash-2", "--output", output], home: worker.home });
     spawned.push(successor);

@@ -23,6 +23,7 @@ import { planFromLock, synthesizePyproject, synthesizeScript } from "./lockfile.
 import { directorySize, readMetadata, writeMetadata, type EnvMetadata, type MetadataFile } from "./metadata.js";
 import type { EnvironmentProvider, EnvLease } from "./types.js";
 import { findUv, isExecutable, runUv } from "./uv.js";
+import { isProcessAlive } from "../process.js";
 
 export { findUv } from "./uv.js";
 
@@ -41,15 +42,6 @@ const TEMP_RE = /^\.(build|evict)-[0-9a-f]+-(\d+)-[0-9a-f]+$/;
 
 function sha256Hex(text: string): string {
   return createHash("sha256").update(text, "utf8").digest("hex");
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 export class EnvManager implements EnvironmentProvider {
@@ -263,7 +255,7 @@ export class EnvManager implements EnvironmentProvider {
         const match = TEMP_RE.exec(name);
         if (!match) continue;
         const pid = Number(match[2]);
-        if (pid !== process.pid && pidAlive(pid)) continue;
+        if (pid !== process.pid && isProcessAlive(pid)) continue;
         if (pid === process.pid && match[1] === "build") continue; // one of ours, in progress
         this.#logger.info({ dir: name }, "removing stale env build directory");
         await rm(join(this.#venvsDir, name), { recursive: true, force: true });

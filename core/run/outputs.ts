@@ -24,6 +24,7 @@ import { Errors } from "../errors.js";
 import type { Artifact, SinkConfig, SinkMode } from "../messages.js";
 import type { InputFile } from "./inputs.js";
 import type { PluginManifest } from "./plugin.js";
+import { isProcessAlive } from "../process.js";
 
 export const DEFAULT_TOPIC = "output";
 const STAGING_PREFIX = ".casparian-staging-";
@@ -106,17 +107,8 @@ export async function removeStaleStaging(outputRoot: string): Promise<void> {
   for (const name of entries) {
     if (!name.startsWith(STAGING_PREFIX)) continue;
     const pid = Number(name.slice(STAGING_PREFIX.length));
-    if (Number.isInteger(pid) && pid !== process.pid && isAlive(pid)) continue;
+    if (Number.isInteger(pid) && pid !== process.pid && isProcessAlive(pid)) continue;
     await rm(join(outputRoot, name), { recursive: true, force: true });
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }
 

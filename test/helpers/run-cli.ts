@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { packageRoot } from "../../core/paths.js";
 import { testPython } from "./python.js";
+import { isProcessAlive as isAlive } from "../../core/process.js";
 
 const execFileAsync = promisify(execFile);
 
@@ -92,20 +93,11 @@ export async function runCli(args: readonly string[], options: { cwd: string; ho
   }
 }
 
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 // ---------------------------------------------------------------------------
 // Reading results back
 // ---------------------------------------------------------------------------
 
-export { testPython };
+export { isAlive, testPython };
 
 export interface ParquetFile {
   path: string;
