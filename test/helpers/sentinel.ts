@@ -10,6 +10,7 @@ import { Router } from "zeromq";
 import { packageRoot } from "../../core/paths.js";
 import { Opcode, type Message, type PayloadByOpcode } from "../../core/messages.js";
 import { decodeMessage, encodeMessage } from "../../core/protocol.js";
+import { Arrivals } from "./arrivals.js";
 
 export interface Vector {
   name: string;
@@ -70,7 +71,7 @@ export class TestSentinel {
   readonly received: Received[] = [];
   #router: Router;
   #taken = new Set<Received>();
-  #waiters = new Set<() => void>();
+  readonly #arrivals = new Arrivals();
   #loop: Promise<void>;
 
   private constructor(router: Router, endpoint: string) {
@@ -101,7 +102,7 @@ export class TestSentinel {
           entry.error = err;
         }
         this.received.push(entry);
-        for (const wake of this.#waiters) wake();
+        this.#arrivals.notify();
       }
     } catch {
       // closed
@@ -110,22 +111,14 @@ export class TestSentinel {
 
   /** The next not-yet-taken message matching `predicate`; rejects after `timeoutMs`. */
   waitFor(predicate: (r: Received) => boolean, timeoutMs = 5000, what = "message"): Promise<Received> {
-    return new Promise((resolve, reject) => {
-      const check = (): boolean => {
-        const found = this.received.find((r) => !this.#taken.has(r) && predicate(r));
-        if (!found) return false;
-        this.#taken.add(found);
-        this.#waiters.delete(check);
-        clearTimeout(timer);
-        resolve(found);
-        return true;
-      };
-      const timer = setTimeout(() => {
-        this.#waiters.delete(check);
-        const seen = this.received.map((r) => (r.message ? opcodeKey(r.message.opcode) : "malformed")).join(",");
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; received so far: [${seen}]`));
-      }, timeoutMs);
-      if (!check()) this.#waiters.add(check);
+    const take = (): Received | undefined => {
+      const found = this.received.find((r) => !this.#taken.has(r) && predicate(r));
+      if (found) this.#taken.add(found);
+      return found;
+    };
+    return this.#arrivals.until(take, timeoutMs, () => {
+      const seen = this.received.map((r) => (r.message ? opcodeKey(r.message.opcode) : "malformed")).join(",");
+      return new Error(`timed out after ${timeoutMs} ms waiting for ${what}; received so far: [${seen}]`);
     });
   }
 

@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { packageRoot } from "../../core/paths.js";
+import { Arrivals } from "./arrivals.js";
 
 /** Workers still running; killed when the test process exits, even after a test timed out before its t.after ran. */
 const live = new Map<ChildProcess, string>();
@@ -46,7 +47,7 @@ export class SpawnedWorker {
   /** Non-JSON stdout lines and all of stderr. */
   readonly text: string[] = [];
   readonly exited: Promise<Exit>;
-  #waiters = new Set<() => void>();
+  readonly #arrivals = new Arrivals();
 
   constructor(dir: string, home: string, options: SpawnOptions) {
     this.dir = dir;
@@ -65,11 +66,11 @@ export class SpawnedWorker {
       } catch {
         this.text.push(line);
       }
-      for (const wake of this.#waiters) wake();
+      this.#arrivals.notify();
     });
     createInterface({ input: this.child.stderr!, crlfDelay: Infinity }).on("line", (line) => {
       this.text.push(line);
-      for (const wake of this.#waiters) wake();
+      this.#arrivals.notify();
     });
     live.set(this.child, dir);
     this.exited = new Promise((resolve) =>
@@ -86,42 +87,26 @@ export class SpawnedWorker {
 
   /** The first log line matching `predicate` (already seen or still to come). */
   waitForLog(predicate: (line: LogLine) => boolean, timeoutMs = 10_000): Promise<LogLine> {
-    return new Promise((resolve, reject) => {
-      const check = (): boolean => {
-        const found = this.logs.find(predicate);
-        if (!found) return false;
-        this.#waiters.delete(check);
-        clearTimeout(timer);
-        resolve(found);
-        return true;
-      };
-      const timer = setTimeout(() => {
-        this.#waiters.delete(check);
-        reject(new Error(`no matching log line within ${timeoutMs} ms; last lines:\n${this.tail()}`));
-      }, timeoutMs);
-      if (!check()) this.#waiters.add(check);
-    });
+    return this.#arrivals.until(
+      () => this.logs.find(predicate),
+      timeoutMs,
+      () => new Error(`no matching log line within ${timeoutMs} ms; last lines:\n${this.tail()}`),
+    );
   }
 
   /** Resolves with the matching lines once there are `count` of them. */
   waitForLogs(predicate: (line: LogLine) => boolean, count: number, timeoutMs = 10_000): Promise<LogLine[]> {
-    return new Promise((resolve, reject) => {
-      const matched: LogLine[] = [];
-      let scanned = 0;
-      const check = (): boolean => {
-        for (; scanned < this.logs.length; scanned++) if (predicate(this.logs[scanned]!)) matched.push(this.logs[scanned]!);
-        if (matched.length < count) return false;
-        this.#waiters.delete(check);
-        clearTimeout(timer);
-        resolve(matched);
-        return true;
-      };
-      const timer = setTimeout(() => {
-        this.#waiters.delete(check);
-        reject(new Error(`expected ${count} matching log lines within ${timeoutMs} ms, saw ${matched.length}; last lines:\n${this.tail()}`));
-      }, timeoutMs);
-      if (!check()) this.#waiters.add(check);
-    });
+    const matched: LogLine[] = [];
+    let scanned = 0;
+    const enough = (): LogLine[] | undefined => {
+      for (; scanned < this.logs.length; scanned++) if (predicate(this.logs[scanned]!)) matched.push(this.logs[scanned]!);
+      return matched.length >= count ? matched : undefined;
+    };
+    return this.#arrivals.until(
+      enough,
+      timeoutMs,
+      () => new Error(`expected ${count} matching log lines within ${timeoutMs} ms, saw ${matched.length}; last lines:\n${this.tail()}`),
+    );
   }
 
   tail(n = 20): string {
