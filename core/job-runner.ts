@@ -11,7 +11,7 @@ import { performance } from "node:perf_hooks";
 import { runGuest } from "./bridge/host.js";
 import type { GuestResult, GuestTimeouts } from "./bridge/types.js";
 import type { BridgeConfig } from "./config.js";
-import { CasparianError, errorMessage } from "./errors.js";
+import { errorMessage } from "./errors.js";
 import type { JobContext, JobExecutor, JobOutcome } from "./job.js";
 import type { Logger } from "./logger.js";
 import type { DispatchCommand, JobReceipt } from "./messages.js";
@@ -80,11 +80,8 @@ export class JobRunner implements JobExecutor {
     outcome.metrics.duration_ms = clock.total();
 
     const receipt = toReceipt(outcome);
-    if (outcome.status === "SUCCESS") {
-      logger.info({ metrics: printable(outcome.metrics), artifacts: outcome.artifacts }, "job succeeded");
-    } else {
-      logger.error({ err: outcome.error, metrics: printable(outcome.metrics) }, "job failed: %s", receipt.error_message);
-    }
+    // The worker logs every conclusion with the receipt; here only what the receipt loses: the stack.
+    if (outcome.status === "FAILED") logger.error({ err: outcome.error }, "job failed: %s", receipt.error_message);
     await this.#hooks.afterConclude.promise(receipt, job).catch((err: unknown) => logger.warn({ err }, "afterConclude tap failed"));
     return receipt;
   }
@@ -145,11 +142,7 @@ function toReceipt(outcome: JobOutcome): JobReceipt {
 
 function receiptError(error: Error | null): string {
   if (error === null) return "job failed without an error (bug: please report)";
-  return error instanceof CasparianError ? error.describe() : errorMessage(error);
-}
-
-function printable(metrics: Record<string, number | bigint>): Record<string, number | string> {
-  return Object.fromEntries(Object.entries(metrics).map(([k, v]) => [k, typeof v === "bigint" ? v.toString() : v]));
+  return errorMessage(error);
 }
 
 /** Milliseconds since the last lap, and since the start. */

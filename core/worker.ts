@@ -321,7 +321,10 @@ export class Worker {
     const seconds = (performance.now() - started) / 1000;
     this.#o.metrics?.jobsTotal.inc({ status: receipt.status });
     this.#o.metrics?.jobDuration.observe(seconds);
-    logger.info({ status: receipt.status, seconds: Math.round(seconds * 1000) / 1000, error: receipt.error_message ?? undefined }, "job concluded");
+    logger.info(
+      { status: receipt.status, seconds: Math.round(seconds * 1000) / 1000, error: receipt.error_message ?? undefined, metrics: receipt.metrics, artifacts: receipt.artifacts },
+      "job concluded",
+    );
     await this.#conclude(jobId, receipt);
   }
 
