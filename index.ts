@@ -1,29 +1,29 @@
 /**
  * Public API of casparian-flow: what config files, user sinks and worker plugins import.
  */
-export { defineConfig } from "./core/config.js";
-export type { CasparianConfig, ConfigEnv, UserConfigExport, SinkReference, BridgeConfig, EnvironmentsConfig, ParquetConfig, RunConfig } from "./core/config.js";
+export { defineConfig } from "./core/config/config.js";
+export type { CasparianConfig, ConfigEnv, UserConfigExport, SinkReference, BridgeConfig, EnvironmentsConfig, ParquetConfig, RunConfig } from "./core/config/config.js";
 export { defineSink } from "./sinks/api.js";
 export type { Sink, SinkPlugin, SinkTarget, SinkContext, RecoverContext, ParsedSinkUri, SchemaContract } from "./sinks/api.js";
 export { createHooks, Stage } from "./hooks/index.js";
 export type { WorkerHooks, TapOnlyHooks, WorkerPlugin, WorkerInfo, DispatchRequest } from "./hooks/index.js";
-export type { Batch, JobContext, JobInfo, JobOutcome } from "./core/job.js";
-export type { Artifact, DispatchCommand, JobReceipt, SinkConfig, SinkMode } from "./core/messages.js";
-export { CasparianError, Errors } from "./core/errors.js";
-export type { Logger } from "./core/logger.js";
+export type { Batch, JobContext, JobInfo, JobOutcome } from "./core/kernel/job.js";
+export type { Artifact, DispatchCommand, JobReceipt, SinkConfig, SinkMode } from "./core/protocol/messages.js";
+export { CasparianError, Errors } from "./core/kernel/errors.js";
+export type { Logger } from "./core/kernel/logger.js";
 // Sinks: the bundled Parquet sink, and the URI and staging helpers user sinks build on.
 export { parquetSink } from "./sinks/parquet.js";
 export { parseSinkUri, resolveInsideRoot } from "./sinks/uri.js";
 export { assertTargetFree, finalPathFor, fsyncDirectory, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./sinks/files.js";
-export { isProcessAlive } from "./core/process.js";
+export { isProcessAlive } from "./core/kernel/process.js";
 // Protocol v4 codec and the worker itself, for embedding (a Sentinel in tests, a custom launcher).
-export { Opcode } from "./core/messages.js";
-export type { Header, Message, PayloadByOpcode } from "./core/messages.js";
-export { decodeHeader, decodeMessage, encodeHeader, encodeMessage, parseJson, stringifyJson } from "./core/protocol.js";
-export { Worker } from "./core/worker.js";
-export type { WorkerOptions, WorkerPipeline } from "./core/worker.js";
-export { loadConfig } from "./core/config-loader.js";
-export type { LoadedConfig } from "./core/config-loader.js";
+export { Opcode } from "./core/protocol/messages.js";
+export type { Header, Message, PayloadByOpcode } from "./core/protocol/messages.js";
+export { decodeHeader, decodeMessage, encodeHeader, encodeMessage, parseJson, stringifyJson } from "./core/protocol/codec.js";
+export { Worker } from "./core/worker/worker.js";
+export type { WorkerOptions, WorkerPipeline } from "./core/worker/worker.js";
+export { loadConfig } from "./core/config/loader.js";
+export type { LoadedConfig } from "./core/config/loader.js";
 // Environments and the bridge: provision uv venvs from lockfiles, run a plugin as a guest process.
 export { EnvManager, findUv } from "./core/env/manager.js";
 export type { EnvManagerOptions } from "./core/env/manager.js";

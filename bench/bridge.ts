@@ -22,10 +22,10 @@ import { promisify } from "node:util";
 import { pino } from "pino";
 import { runGuest } from "../core/bridge/host.js";
 import { EnvManager } from "../core/env/manager.js";
-import type { Batch, JobContext, JobOutcome } from "../core/job.js";
-import type { Logger } from "../core/logger.js";
-import type { DispatchCommand } from "../core/messages.js";
-import { packageRoot } from "../core/paths.js";
+import type { Batch, JobContext, JobOutcome } from "../core/kernel/job.js";
+import type { Logger } from "../core/kernel/logger.js";
+import type { DispatchCommand } from "../core/protocol/messages.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { createHooks } from "../hooks/index.js";
 
 const execFileAsync = promisify(execFile);
@@ -106,8 +106,8 @@ function mb(bytes: number): string {
 /** Loads the bundled Parquet sink through its public loader, or null when it is not there. */
 async function parquetHooks(outputRoot: string, logger: Logger) {
   try {
-    const { loadSinkPlugins } = (await import("../sinks/load.js")) as typeof import("../sinks/load.js");
-    const { SinkManager } = (await import("../sinks/manager.js")) as typeof import("../sinks/manager.js");
+    const { loadSinkPlugins } = (await import("../core/pipeline/sink-loader.js")) as typeof import("../core/pipeline/sink-loader.js");
+    const { SinkManager } = (await import("../core/pipeline/sink-manager.js")) as typeof import("../core/pipeline/sink-manager.js");
     const hooks = createHooks();
     const plugins = await loadSinkPlugins([], outputRoot, {});
     new SinkManager({ plugins, logger, outputRoot }).apply(hooks);

@@ -19,12 +19,12 @@ import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { RecordBatchStreamWriter, Table, Utf8, makeVector, tableFromIPC, tableToIPC, vectorFromArray } from "apache-arrow";
 import { pino } from "pino";
-import type { ParquetConfig } from "../core/config.js";
-import type { Batch, JobContext, JobOutcome } from "../core/job.js";
-import { packageRoot } from "../core/paths.js";
+import type { ParquetConfig } from "../core/config/config.js";
+import type { Batch, JobContext, JobOutcome } from "../core/kernel/job.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { createHooks } from "../hooks/index.js";
-import { loadSinkPlugins } from "../sinks/load.js";
-import { SinkManager } from "../sinks/manager.js";
+import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
+import { SinkManager } from "../core/pipeline/sink-manager.js";
 import { defaultEncoderThreads } from "../sinks/parquet.js";
 
 const run = promisify(execFile);

@@ -19,7 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs, promisify } from "node:util";
-import { packageRoot } from "../core/paths.js";
+import { packageRoot } from "../core/kernel/paths.js";
 
 const execFileAsync = promisify(execFile);
 

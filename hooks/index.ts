@@ -19,9 +19,9 @@
  *  - afterConclude and shutdown are AsyncParallel: every tap runs, errors are logged, never fatal.
  */
 import { AsyncParallelHook, AsyncSeriesHook, AsyncSeriesWaterfallHook } from "tapable";
-import type { Batch, JobContext, JobOutcome } from "../core/job.js";
-import type { DispatchCommand, EnvReadyPayload, JobReceipt } from "../core/messages.js";
-import type { Logger } from "../core/logger.js";
+import type { Batch, JobContext, JobOutcome } from "../core/kernel/job.js";
+import type { DispatchCommand, EnvReadyPayload, JobReceipt } from "../core/protocol/messages.js";
+import type { Logger } from "../core/kernel/logger.js";
 
 /** Known once the worker process is up. */
 export interface WorkerInfo {

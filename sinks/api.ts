@@ -10,9 +10,9 @@
  * sockets or the guest: the core maps this lifecycle onto the worker hooks.
  */
 import type { Schema } from "apache-arrow";
-import type { Batch, JobContext } from "../core/job.js";
-import type { Logger } from "../core/logger.js";
-import type { Artifact, SinkConfig, SinkMode } from "../core/messages.js";
+import type { Batch, JobContext } from "../core/kernel/job.js";
+import type { Logger } from "../core/kernel/logger.js";
+import type { Artifact, SinkConfig, SinkMode } from "../core/protocol/messages.js";
 
 /** One output of one job, as the Sentinel configured it. */
 export interface SinkTarget {

@@ -17,7 +17,7 @@
  * column (a pandas categorical) matches the type of its values.
  */
 import { Type, type DataType, type Field, type Schema, type Table } from "apache-arrow";
-import { Errors } from "../core/errors.js";
+import { Errors } from "../core/kernel/errors.js";
 import type { SchemaContract } from "./api.js";
 
 const TIME_UNITS = ["s", "ms", "us", "ns"] as const;

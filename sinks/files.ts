@@ -12,10 +12,10 @@ import { constants as fsConstants } from "node:fs";
 import { link, open, readdir, rename, rm, stat, unlink } from "node:fs/promises";
 import { hostname } from "node:os";
 import { basename, dirname, extname, join } from "node:path";
-import { Errors } from "../core/errors.js";
-import type { Logger } from "../core/logger.js";
-import type { SinkMode } from "../core/messages.js";
-import { isProcessAlive } from "../core/process.js";
+import { Errors } from "../core/kernel/errors.js";
+import type { Logger } from "../core/kernel/logger.js";
+import type { SinkMode } from "../core/protocol/messages.js";
+import { isProcessAlive } from "../core/kernel/process.js";
 
 const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
 const STAGING_PATTERN = /^\.(.+)\.stg-(\d+)-([0-9a-f]{8})-(\d+)$/;

@@ -17,8 +17,8 @@
 import { availableParallelism } from "node:os";
 import { mkdir, realpath } from "node:fs/promises";
 import { dirname, relative, isAbsolute } from "node:path";
-import type { ParquetConfig } from "../core/config.js";
-import { Errors } from "../core/errors.js";
+import type { ParquetConfig } from "../core/config/config.js";
+import { Errors } from "../core/kernel/errors.js";
 import { defineSink, type Artifact, type Batch, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
 import { assertTargetFree, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
 import type { RecordBatch } from "apache-arrow";

@@ -4,7 +4,7 @@
  * of a sink is a path, not a host.
  */
 import { isAbsolute, relative, resolve, sep } from "node:path";
-import { Errors } from "../core/errors.js";
+import { Errors } from "../core/kernel/errors.js";
 import type { ParsedSinkUri } from "./api.js";
 
 const URI_PATTERN = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^?#]*)(?:\?([^#]*))?$/;

@@ -9,12 +9,12 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Table } from "apache-arrow";
-import { Errors } from "../core/errors.js";
+import { Errors } from "../core/kernel/errors.js";
 import { runGuest, shimPath, sweepStaleSocketDirs } from "../core/bridge/host.js";
 import type { GuestRunOptions, GuestResult } from "../core/bridge/types.js";
-import type { Batch } from "../core/job.js";
+import type { Batch } from "../core/kernel/job.js";
 import { bareEnvironment, fixturePath, pluginSource, testEnvironment, testJob, type TestEnvironment } from "./helpers/pyenv.js";
-import { isProcessAlive } from "../core/process.js";
+import { isProcessAlive } from "../core/kernel/process.js";
 import { rejectsWith } from "./helpers/assert.js";
 
 const TIMEOUTS = { connectMs: 20_000, idleMs: 60_000, jobMs: 120_000 };
@@ -445,7 +445,7 @@ describe("volume and isolation", () => {
   });
 
   test("shimPath points at the shipped shim", async () => {
-    assert.match(shimPath(), /core\/bridge\/guest_shim\.py$/);
+    assert.match(shimPath(), /core\/bridge\/guest$/);
     const { access } = await import("node:fs/promises");
     await access(shimPath());
   });

@@ -7,9 +7,9 @@ import { readFileSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import { ExitCode } from "../core/cli.js";
-import { Opcode } from "../core/messages.js";
-import { packageRoot } from "../core/paths.js";
+import { ExitCode } from "../core/cli/cli.js";
+import { Opcode } from "../core/protocol/messages.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { TestSentinel } from "./helpers/sentinel.js";
 import { spawnWorker } from "./helpers/spawn-worker.js";
 

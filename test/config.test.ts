@@ -3,9 +3,9 @@ import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import { loadConfig, validateConfig } from "../core/config-loader.js";
-import { Errors } from "../core/errors.js";
-import { packageRoot } from "../core/paths.js";
+import { loadConfig, validateConfig } from "../core/config/loader.js";
+import { Errors } from "../core/kernel/errors.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { rejectsWith } from "./helpers/assert.js";
 
 const fixture = (name: string) => join(packageRoot(), "test", "fixtures", name);

@@ -9,8 +9,8 @@ import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { execa } from "execa";
-import { Opcode, type DispatchCommand } from "../core/messages.js";
-import { packageRoot } from "../core/paths.js";
+import { Opcode, type DispatchCommand } from "../core/protocol/messages.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { TestSentinel } from "./helpers/sentinel.js";
 import { spawnWorker, type SpawnedWorker } from "./helpers/spawn-worker.js";
 

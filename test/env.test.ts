@@ -9,10 +9,10 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { execa } from "execa";
 import { pino } from "pino";
-import { Errors } from "../core/errors.js";
+import { Errors } from "../core/kernel/errors.js";
 import { EnvManager, findUv } from "../core/env/manager.js";
 import { planFromLock, synthesizePyproject } from "../core/env/lockfile.js";
-import { silentLogger, type Logger } from "../core/logger.js";
+import { silentLogger, type Logger } from "../core/kernel/logger.js";
 import { fixturePath, prepareCommand, sha256, testEnvironment, type TestEnvironment } from "./helpers/pyenv.js";
 import { rejectsWith } from "./helpers/assert.js";
 

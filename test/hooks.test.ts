@@ -8,10 +8,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { pino } from "pino";
-import { Errors } from "../core/errors.js";
-import type { JobOutcome } from "../core/job.js";
+import { Errors } from "../core/kernel/errors.js";
+import type { JobOutcome } from "../core/kernel/job.js";
 import { createHooks, Stage, type DispatchRequest } from "../hooks/index.js";
-import { SinkManager } from "../sinks/manager.js";
+import { SinkManager } from "../core/pipeline/sink-manager.js";
 import { batchOf, driveJob, makeJob, recordingSinkPlugin, sampleTable, sinkConfig, type SinkEvent } from "./helpers/arrow.js";
 
 const logger = pino({ level: "silent" });

@@ -12,11 +12,11 @@ import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { execa } from "execa";
-import { Opcode, type DispatchCommand, type SinkConfig } from "../core/messages.js";
-import { packageRoot } from "../core/paths.js";
+import { Opcode, type DispatchCommand, type SinkConfig } from "../core/protocol/messages.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { TestSentinel, type Received } from "./helpers/sentinel.js";
 import { spawnWorker, type SpawnedWorker } from "./helpers/spawn-worker.js";
-import { isProcessAlive } from "../core/process.js";
+import { isProcessAlive } from "../core/kernel/process.js";
 
 const ROOT = packageRoot();
 const CONFIG = join(ROOT, "casparian.config.ts");

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { CasparianError, Errors } from "../core/errors.js";
-import { Opcode, type Message } from "../core/messages.js";
-import { decodeHeader, decodeMessage, encodeHeader, encodeMessage, parseJson, stringifyJson } from "../core/protocol.js";
+import { CasparianError, Errors } from "../core/kernel/errors.js";
+import { Opcode, type Message } from "../core/protocol/messages.js";
+import { decodeHeader, decodeMessage, encodeHeader, encodeMessage, parseJson, stringifyJson } from "../core/protocol/codec.js";
 import { loadVectors, rawHeader, rawJsonFrames, vectorFrames, vectorNamed } from "./helpers/sentinel.js";
 
 const U64_MAX = 18446744073709551615n;

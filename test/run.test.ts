@@ -9,7 +9,7 @@ import { copyFile, mkdir, mkdtemp, readdir, rm, symlink, utimes, writeFile } fro
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { packageRoot } from "../core/paths.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { expandInputs } from "../core/run/inputs.js";
 import { parseSinkFlag, planSinks } from "../core/run/outputs.js";
 import { inspectPlugin } from "../core/run/plugin.js";

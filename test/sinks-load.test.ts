@@ -9,13 +9,13 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, describe, test } from "node:test";
 import { pino } from "pino";
-import { loadConfig } from "../core/config-loader.js";
-import { Errors } from "../core/errors.js";
-import { packageRoot } from "../core/paths.js";
+import { loadConfig } from "../core/config/loader.js";
+import { Errors } from "../core/kernel/errors.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { createHooks } from "../hooks/index.js";
 import { defineSink } from "../sinks/api.js";
-import { loadSinkPlugins } from "../sinks/load.js";
-import { SinkManager } from "../sinks/manager.js";
+import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
+import { SinkManager } from "../core/pipeline/sink-manager.js";
 import { batchOf, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
 
 const logger = pino({ level: "silent" });

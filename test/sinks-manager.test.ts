@@ -9,10 +9,10 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { Field, Int32, Int64, Table, Utf8, vectorFromArray, Schema, makeData, RecordBatch, Struct } from "apache-arrow";
 import { pino } from "pino";
-import { CasparianError, Errors } from "../core/errors.js";
+import { CasparianError, Errors } from "../core/kernel/errors.js";
 import { createHooks, type WorkerHooks } from "../hooks/index.js";
-import { loadSinkPlugins } from "../sinks/load.js";
-import { SinkManager, type LoadedSink } from "../sinks/manager.js";
+import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
+import { SinkManager, type LoadedSink } from "../core/pipeline/sink-manager.js";
 import { SAMPLE_CONTRACT, batchOf, capturingLogger, driveJob, makeJob, recordingSinkPlugin, sampleTable, sinkConfig, type SinkEvent } from "./helpers/arrow.js";
 
 const logger = pino({ level: "silent" });

@@ -32,15 +32,15 @@ import {
   vectorFromArray,
 } from "apache-arrow";
 import { pino } from "pino";
-import type { SinkReference } from "../core/config.js";
-import { loadConfig } from "../core/config-loader.js";
-import { CasparianError } from "../core/errors.js";
-import type { JobOutcome } from "../core/job.js";
-import type { SinkConfig } from "../core/messages.js";
-import { packageRoot } from "../core/paths.js";
+import type { SinkReference } from "../core/config/config.js";
+import { loadConfig } from "../core/config/loader.js";
+import { CasparianError } from "../core/kernel/errors.js";
+import type { JobOutcome } from "../core/kernel/job.js";
+import type { SinkConfig } from "../core/protocol/messages.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { createHooks, type WorkerHooks } from "../hooks/index.js";
-import { loadSinkPlugins } from "../sinks/load.js";
-import { SinkManager } from "../sinks/manager.js";
+import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
+import { SinkManager } from "../core/pipeline/sink-manager.js";
 import { batchOf, canonicalColumns, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
 import { startPostgres, type PostgresServer } from "./helpers/postgres.js";
 

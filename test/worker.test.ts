@@ -8,9 +8,9 @@ import { createHash } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
-import { Errors } from "../core/errors.js";
-import { Opcode, type DispatchCommand } from "../core/messages.js";
-import { packageRoot } from "../core/paths.js";
+import { Errors } from "../core/kernel/errors.js";
+import { Opcode, type DispatchCommand } from "../core/protocol/messages.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { rawHeader, rawJsonFrames, TestSentinel, vectorNamed, type Received } from "./helpers/sentinel.js";
 import { spawnWorker, type SpawnedWorker, type SpawnOptions } from "./helpers/spawn-worker.js";
 

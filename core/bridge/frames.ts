@@ -16,7 +16,7 @@
  * Memory: a data frame is copied once, into a buffer of exactly its size, as its bytes
  * arrive; nothing else accumulates, because the host stops reading while a batch is consumed.
  */
-import { Errors } from "../errors.js";
+import { Errors } from "../kernel/errors.js";
 
 export const END_OF_STREAM = 0;
 export const ERROR_FRAME = 0xffffffff;

@@ -2,7 +2,7 @@
  * The bridge host: runs one plugin job as a guest process and streams its output back.
  *
  * Per job: a private directory (mkdtemp, 0700) holding a Unix socket; the guest is
- * `<venv>/bin/python <guest_shim.py>` in its own process group, with the §3 variables
+ * `<venv>/bin/python <guest dir>` in its own process group, with the §3 variables
  * and an allowlisted environment only (PATH, LANG, TZ, TMPDIR, HOME + bridge.env), so no
  * secret of the worker reaches a plugin. Its cwd is the private directory.
  *
@@ -24,10 +24,10 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { Readable } from "node:stream";
 import { execa, type ResultPromise } from "execa";
-import { CasparianError, Errors } from "../errors.js";
-import type { Batch } from "../job.js";
-import type { Logger } from "../logger.js";
-import { packageRoot } from "../paths.js";
+import { CasparianError, Errors } from "../kernel/errors.js";
+import type { Batch } from "../kernel/job.js";
+import type { Logger } from "../kernel/logger.js";
+import { packageRoot } from "../kernel/paths.js";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
 import { FrameTopics } from "./topic.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
@@ -40,9 +40,9 @@ const KILL_GRACE_MS = 2000;
 const STDERR_TAIL_LINES = 30;
 const MAX_LINE_CHARS = 64 * 1024;
 
-/** Absolute path of the Python guest shim shipped in the package. */
+/** Absolute path of the guest shim shipped in the package: a directory that `python <dir>` runs through its __main__.py. */
 export function shimPath(): string {
-  return join(packageRoot(), "core", "bridge", "guest_shim.py");
+  return join(packageRoot(), "core", "bridge", "guest");
 }
 
 export async function runGuest(options: GuestRunOptions): Promise<GuestResult> {

@@ -13,8 +13,8 @@
  * (re-encoding their schema could renumber dictionary ids); `Batch.table` never has it.
  */
 import { RecordBatchStreamWriter, Schema, Table, tableFromIPC } from "apache-arrow";
-import { Errors } from "../errors.js";
-import type { Batch } from "../job.js";
+import { Errors } from "../kernel/errors.js";
+import type { Batch } from "../kernel/job.js";
 
 export const TOPIC_METADATA_KEY = "casparian.topic";
 export const DEFAULT_TOPIC = "output";

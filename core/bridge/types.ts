@@ -2,7 +2,7 @@
  * Contract between the job runner and the bridge host (host.ts), which runs one
  * guest process per job and streams its Arrow output back, batch by batch.
  */
-import type { Batch, JobContext } from "../job.js";
+import type { Batch, JobContext } from "../kernel/job.js";
 
 export interface GuestTimeouts {
   /** The guest must connect to the socket within this many ms. */

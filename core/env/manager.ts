@@ -16,14 +16,14 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
-import { CasparianError, Errors } from "../errors.js";
-import type { Logger } from "../logger.js";
-import type { EnvReadyPayload, PrepareEnvCommand } from "../messages.js";
+import { CasparianError, Errors } from "../kernel/errors.js";
+import type { Logger } from "../kernel/logger.js";
+import type { EnvReadyPayload, PrepareEnvCommand } from "../protocol/messages.js";
 import { planFromLock, synthesizePyproject, synthesizeScript } from "./lockfile.js";
 import { directorySize, readMetadata, writeMetadata, type EnvMetadata, type MetadataFile } from "./metadata.js";
 import type { EnvironmentProvider, EnvLease } from "./types.js";
 import { findUv, isExecutable, runUv } from "./uv.js";
-import { isProcessAlive } from "../process.js";
+import { isProcessAlive } from "../kernel/process.js";
 
 export { findUv } from "./uv.js";
 

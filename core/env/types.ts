@@ -2,7 +2,7 @@
  * Contract between the worker and the environment manager (manager.ts).
  * Environments are content-addressed: env_hash = sha256(lockfile_content) in hex.
  */
-import type { EnvReadyPayload, PrepareEnvCommand } from "../messages.js";
+import type { EnvReadyPayload, PrepareEnvCommand } from "../protocol/messages.js";
 
 /** A provisioned environment, pinned against eviction until released. */
 export interface EnvLease {

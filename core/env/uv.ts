@@ -6,7 +6,7 @@ import { access, constants } from "node:fs/promises";
 import { homedir } from "node:os";
 import { delimiter, join } from "node:path";
 import { execa } from "execa";
-import { Errors } from "../errors.js";
+import { Errors } from "../kernel/errors.js";
 
 /** True when `path` exists and this process may execute it. */
 export async function isExecutable(path: string): Promise<boolean> {

@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { stat } from "node:fs/promises";
 import { dirname, extname, isAbsolute, relative, resolve, sep } from "node:path";
 import { glob, isDynamicPattern } from "tinyglobby";
-import { Errors } from "../errors.js";
+import { Errors } from "../kernel/errors.js";
 
 export interface InputFile {
   /** Absolute path, as sent in DISPATCH. */

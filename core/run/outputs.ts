@@ -20,11 +20,11 @@
  */
 import { mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, isAbsolute, join, relative, sep } from "node:path";
-import { Errors } from "../errors.js";
-import type { Artifact, SinkConfig, SinkMode } from "../messages.js";
+import { Errors } from "../kernel/errors.js";
+import type { Artifact, SinkConfig, SinkMode } from "../protocol/messages.js";
 import type { InputFile } from "./inputs.js";
 import type { PluginManifest } from "./plugin.js";
-import { isProcessAlive } from "../process.js";
+import { isProcessAlive } from "../kernel/process.js";
 
 export const DEFAULT_TOPIC = "output";
 const STAGING_PREFIX = ".casparian-staging-";

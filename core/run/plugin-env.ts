@@ -16,9 +16,9 @@ import { constants } from "node:fs";
 import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
-import { Errors } from "../errors.js";
+import { Errors } from "../kernel/errors.js";
 import { findUv } from "../env/uv.js";
-import type { Logger } from "../logger.js";
+import type { Logger } from "../kernel/logger.js";
 import type { PluginInfo } from "./plugin.js";
 
 const execFileAsync = promisify(execFile);

@@ -11,7 +11,7 @@ import { execFile } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { basename, extname } from "node:path";
 import { promisify } from "node:util";
-import { Errors } from "../errors.js";
+import { Errors } from "../kernel/errors.js";
 
 const execFileAsync = promisify(execFile);
 

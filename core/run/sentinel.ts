@@ -8,10 +8,10 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Router } from "zeromq";
-import { errorMessage } from "../errors.js";
-import type { Logger } from "../logger.js";
-import type { Message, Opcode, PayloadByOpcode } from "../messages.js";
-import { decodeMessage, encodeMessage, opcodeName } from "../protocol.js";
+import { errorMessage } from "../kernel/errors.js";
+import type { Logger } from "../kernel/logger.js";
+import type { Message, Opcode, PayloadByOpcode } from "../protocol/messages.js";
+import { decodeMessage, encodeMessage, opcodeName } from "../protocol/codec.js";
 
 /** A ROUTER identity, as bytes and as a map key. */
 export interface Peer {

@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import type { WriteStream } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { packageRoot } from "../paths.js";
+import { packageRoot } from "../kernel/paths.js";
 
 export interface WorkerProcessOptions {
   workerId: string;

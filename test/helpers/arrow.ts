@@ -17,8 +17,8 @@ import {
   type Vector,
 } from "apache-arrow";
 import { pino, type Logger } from "pino";
-import type { Batch, JobContext, JobOutcome } from "../../core/job.js";
-import type { SinkConfig } from "../../core/messages.js";
+import type { Batch, JobContext, JobOutcome } from "../../core/kernel/job.js";
+import type { SinkConfig } from "../../core/protocol/messages.js";
 import type { WorkerHooks } from "../../hooks/index.js";
 import { defineSink, type SinkPlugin } from "../../sinks/api.js";
 

@@ -1,6 +1,6 @@
 /** Assertions shared by the test files: we assert error codes, not only that something threw. */
 import assert from "node:assert/strict";
-import { CasparianError } from "../../core/errors.js";
+import { CasparianError } from "../../core/kernel/errors.js";
 
 /** Awaits `promise`, expecting it to reject with a CasparianError of this code; returns the error. */
 export async function rejectsWith(promise: Promise<unknown>, code: string): Promise<CasparianError> {

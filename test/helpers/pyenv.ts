@@ -10,10 +10,10 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EnvManager } from "../../core/env/manager.js";
-import type { JobContext } from "../../core/job.js";
-import { silentLogger, type Logger } from "../../core/logger.js";
-import type { DispatchCommand, PrepareEnvCommand } from "../../core/messages.js";
-import { packageRoot } from "../../core/paths.js";
+import type { JobContext } from "../../core/kernel/job.js";
+import { silentLogger, type Logger } from "../../core/kernel/logger.js";
+import type { DispatchCommand, PrepareEnvCommand } from "../../core/protocol/messages.js";
+import { packageRoot } from "../../core/kernel/paths.js";
 
 export function sha256(text: string): string {
   return createHash("sha256").update(text, "utf8").digest("hex");

@@ -11,7 +11,7 @@ import { rename, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { packageRoot } from "../../core/paths.js";
+import { packageRoot } from "../../core/kernel/paths.js";
 
 const execFileAsync = promisify(execFile);
 

@@ -5,7 +5,7 @@
 import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { packageRoot } from "../../core/paths.js";
+import { packageRoot } from "../../core/kernel/paths.js";
 import { testPython } from "./python.js";
 
 const run = promisify(execFile);

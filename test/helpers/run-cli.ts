@@ -7,9 +7,9 @@ import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { mkdir, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { packageRoot } from "../../core/paths.js";
+import { packageRoot } from "../../core/kernel/paths.js";
 import { testPython } from "./python.js";
-import { isProcessAlive as isAlive } from "../../core/process.js";
+import { isProcessAlive as isAlive } from "../../core/kernel/process.js";
 
 const execFileAsync = promisify(execFile);
 

@@ -7,9 +7,9 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Router } from "zeromq";
-import { packageRoot } from "../../core/paths.js";
-import { Opcode, type Message, type PayloadByOpcode } from "../../core/messages.js";
-import { decodeMessage, encodeMessage } from "../../core/protocol.js";
+import { packageRoot } from "../../core/kernel/paths.js";
+import { Opcode, type Message, type PayloadByOpcode } from "../../core/protocol/messages.js";
+import { decodeMessage, encodeMessage } from "../../core/protocol/codec.js";
 import { Arrivals } from "./arrivals.js";
 
 export interface Vector {

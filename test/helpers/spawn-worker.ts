@@ -9,7 +9,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { packageRoot } from "../../core/paths.js";
+import { packageRoot } from "../../core/kernel/paths.js";
 import { Arrivals } from "./arrivals.js";
 
 /** Workers still running; killed when the test process exits, even after a test timed out before its t.after ran. */

@@ -21,14 +21,14 @@
  * Per-job state lives in a WeakMap keyed by the JobContext: nothing global, nothing leaks.
  */
 import type { Schema } from "apache-arrow";
-import { CasparianError, Errors, errorMessage } from "../core/errors.js";
-import type { Batch, JobContext, JobOutcome } from "../core/job.js";
-import type { Logger } from "../core/logger.js";
-import type { SinkConfig } from "../core/messages.js";
-import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../hooks/index.js";
-import type { Sink, SinkPlugin, SinkTarget } from "./api.js";
-import { contractDifferences, parseSchemaDef, schemaDrift } from "./contract.js";
-import { parseSinkUri } from "./uri.js";
+import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
+import type { Batch, JobContext, JobOutcome } from "../kernel/job.js";
+import type { Logger } from "../kernel/logger.js";
+import type { SinkConfig } from "../protocol/messages.js";
+import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../../hooks/index.js";
+import type { Sink, SinkPlugin, SinkTarget } from "../../sinks/api.js";
+import { contractDifferences, parseSchemaDef, schemaDrift } from "../../sinks/contract.js";
+import { parseSinkUri } from "../../sinks/uri.js";
 
 export interface LoadedSink {
   plugin: SinkPlugin;

@@ -5,7 +5,7 @@
  */
 import { createServer, type Server } from "node:http";
 import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../hooks/index.js";
+import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../../hooks/index.js";
 
 export class WorkerMetrics {
   readonly registry: Registry;

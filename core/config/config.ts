@@ -5,8 +5,8 @@
  * Precedence everywhere: command-line flags > config file > defaults.
  */
 import type { LevelWithSilent } from "pino";
-import type { SinkPlugin } from "../sinks/api.js";
-import type { WorkerHooks, WorkerPlugin } from "../hooks/index.js";
+import type { SinkPlugin } from "../../sinks/api.js";
+import type { WorkerHooks, WorkerPlugin } from "../../hooks/index.js";
 
 /** A sink plugin named by module: a path (relative to the config file) or a package name. */
 export type SinkReference = string | { use: string; options?: Record<string, unknown> };

@@ -4,7 +4,7 @@
  */
 import type { Table } from "apache-arrow";
 import type { Logger } from "./logger.js";
-import type { Artifact, DispatchCommand, ReceiptStatus } from "./messages.js";
+import type { Artifact, DispatchCommand, ReceiptStatus } from "../protocol/messages.js";
 
 /** Everything known about a job before it runs. Immutable once the job starts. */
 export interface JobInfo {
@@ -57,5 +57,5 @@ export interface JobExecutor {
     interpreterPath: string;
     signal: AbortSignal;
     logger: Logger;
-  }): Promise<import("./messages.js").JobReceipt>;
+  }): Promise<import("../protocol/messages.js").JobReceipt>;
 }

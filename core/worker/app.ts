@@ -6,16 +6,16 @@
 import { mkdir } from "node:fs/promises";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import type { CasparianConfig } from "./config.js";
-import { loadConfig, type LoadedConfig } from "./config-loader.js";
-import { EnvManager } from "./env/manager.js";
-import { JobRunner } from "./job-runner.js";
-import type { Logger } from "./logger.js";
+import type { CasparianConfig } from "../config/config.js";
+import { loadConfig, type LoadedConfig } from "../config/loader.js";
+import { EnvManager } from "../env/manager.js";
+import { JobRunner } from "../pipeline/job-runner.js";
+import type { Logger } from "../kernel/logger.js";
 import { MetricsPlugin, WorkerMetrics, serveMetrics } from "./metrics.js";
 import { Worker, type WorkerPipeline } from "./worker.js";
-import { createHooks, type WorkerHooks } from "../hooks/index.js";
-import { loadSinkPlugins } from "../sinks/load.js";
-import { SinkManager } from "../sinks/manager.js";
+import { createHooks, type WorkerHooks } from "../../hooks/index.js";
+import { loadSinkPlugins } from "../pipeline/sink-loader.js";
+import { SinkManager } from "../pipeline/sink-manager.js";
 
 /** Everything a worker process needs, already resolved (flags > config > defaults) by the CLI. */
 export interface WorkerSettings {

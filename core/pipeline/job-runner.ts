@@ -8,14 +8,14 @@
  * Every path ends in exactly one receipt: this function never throws.
  */
 import { performance } from "node:perf_hooks";
-import { runGuest } from "./bridge/host.js";
-import type { GuestResult, GuestTimeouts } from "./bridge/types.js";
-import type { BridgeConfig } from "./config.js";
-import { errorMessage } from "./errors.js";
-import type { JobContext, JobExecutor, JobOutcome } from "./job.js";
-import type { Logger } from "./logger.js";
-import type { DispatchCommand, JobReceipt } from "./messages.js";
-import type { WorkerHooks } from "../hooks/index.js";
+import { runGuest } from "../bridge/host.js";
+import type { GuestResult, GuestTimeouts } from "../bridge/types.js";
+import type { BridgeConfig } from "../config/config.js";
+import { errorMessage } from "../kernel/errors.js";
+import type { JobContext, JobExecutor, JobOutcome } from "../kernel/job.js";
+import type { Logger } from "../kernel/logger.js";
+import type { DispatchCommand, JobReceipt } from "../protocol/messages.js";
+import type { WorkerHooks } from "../../hooks/index.js";
 
 export const DEFAULT_TIMEOUTS_SECONDS = { connect: 30, idle: 300, job: 3600 } as const;
 

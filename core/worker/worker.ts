@@ -11,14 +11,14 @@
  */
 import { performance } from "node:perf_hooks";
 import { Dealer } from "zeromq";
-import type { EnvironmentProvider } from "./env/types.js";
-import { CasparianError, Errors, errorMessage } from "./errors.js";
-import type { JobExecutor } from "./job.js";
-import type { Logger } from "./logger.js";
-import { Opcode, type DispatchCommand, type Header, type JobReceipt, type Message, type PayloadByOpcode, type PrepareEnvCommand } from "./messages.js";
+import type { EnvironmentProvider } from "../env/types.js";
+import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
+import type { JobExecutor } from "../kernel/job.js";
+import type { Logger } from "../kernel/logger.js";
+import { Opcode, type DispatchCommand, type Header, type JobReceipt, type Message, type PayloadByOpcode, type PrepareEnvCommand } from "../protocol/messages.js";
 import type { WorkerMetrics } from "./metrics.js";
-import { decodeHeader, decodeMessage, encodeMessage, opcodeName } from "./protocol.js";
-import type { WorkerHooks, WorkerInfo } from "../hooks/index.js";
+import { decodeHeader, decodeMessage, encodeMessage, opcodeName } from "../protocol/codec.js";
+import type { WorkerHooks, WorkerInfo } from "../../hooks/index.js";
 
 export interface WorkerPipeline {
   hooks: WorkerHooks;

@@ -10,11 +10,11 @@ import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { LevelWithSilent } from "pino";
-import { loadConfig } from "./config-loader.js";
-import { CasparianError, Errors } from "./errors.js";
-import { createLogger, type Logger } from "./logger.js";
-import { packageRoot } from "./paths.js";
-import { casparianHome, resolveWorkerId } from "./worker-id.js";
+import { loadConfig } from "../config/loader.js";
+import { CasparianError, Errors } from "../kernel/errors.js";
+import { createLogger, type Logger } from "../kernel/logger.js";
+import { packageRoot } from "../kernel/paths.js";
+import { casparianHome, resolveWorkerId } from "../worker/worker-id.js";
 
 /** Exit codes, documented in --help. */
 export const ExitCode = {
@@ -94,7 +94,7 @@ export async function main(argv: readonly string[], program = "casparian"): Prom
       case "worker":
         return await workerCommand(rest, program === "casparian-worker" ? program : `${program} worker`);
       case "run": {
-        const { runCommand } = (await import("./run/command.js")) as { runCommand(argv: string[]): Promise<number> };
+        const { runCommand } = (await import("../run/command.js")) as { runCommand(argv: string[]): Promise<number> };
         return await runCommand(rest);
       }
       case "-h":
@@ -232,7 +232,7 @@ async function workerCommand(argv: string[], program: string): Promise<number> {
   process.on("unhandledRejection", (reason) => logger.error({ err: reason }, "unhandled promise rejection (bug)"));
   const workerId = await resolveWorkerId({ explicit: flags.workerId ?? config.workerId, home });
 
-  const { startWorkerProcess } = await import("./app.js");
+  const { startWorkerProcess } = await import("../worker/app.js");
   logger.info({ config: loaded.filepath, output: outputRoot, home, worker_id: workerId }, "starting worker");
   const worker = await startWorkerProcess({
     connect: flags.connect ?? config.connect ?? DEFAULTS.connect,

@@ -10,7 +10,7 @@
  * order the Python implementation does.
  */
 import { parse as losslessParse, stringify as losslessStringify } from "lossless-json";
-import { Errors } from "./errors.js";
+import { Errors } from "../kernel/errors.js";
 import { HEADER_SIZE, Opcode, PROTOCOL_VERSION } from "./messages.js";
 import type {
   Artifact,

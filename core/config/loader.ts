@@ -10,8 +10,8 @@ import { dirname, resolve } from "node:path";
 import { cosmiconfig, type Loader } from "cosmiconfig";
 import { createJiti } from "jiti";
 import type { CasparianConfig, ConfigEnv } from "./config.js";
-import { CasparianError, Errors } from "./errors.js";
-import { createHooks } from "../hooks/index.js";
+import { CasparianError, Errors } from "../kernel/errors.js";
+import { createHooks } from "../../hooks/index.js";
 
 export interface LoadedConfig {
   config: CasparianConfig;

@@ -10,11 +10,11 @@
 import { isAbsolute, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { createJiti } from "jiti";
-import type { CasparianConfig, ParquetConfig, SinkReference } from "../core/config.js";
-import { Errors, errorMessage } from "../core/errors.js";
-import type { SinkPlugin } from "./api.js";
-import type { LoadedSink } from "./manager.js";
-import { parquetSink } from "./parquet.js";
+import type { CasparianConfig, ParquetConfig, SinkReference } from "../config/config.js";
+import { Errors, errorMessage } from "../kernel/errors.js";
+import type { SinkPlugin } from "../../sinks/api.js";
+import type { LoadedSink } from "./sink-manager.js";
+import { parquetSink } from "../../sinks/parquet.js";
 
 export type { LoadedSink };
 

@@ -1,0 +1,42 @@
+"""Casparian Flow guest shim: runs one plugin job inside its uv environment.
+
+Started by the worker (core/bridge/host.ts) as ``<venv>/bin/python core/bridge/guest`` with
+BRIDGE_SOCKET, BRIDGE_PLUGIN_CODE (base64 source), BRIDGE_FILE_PATH, BRIDGE_JOB_ID and
+BRIDGE_FILE_VERSION_ID (PROTOCOL.md section 3). Standard library only at import time:
+pyarrow, pandas and polars are used when the plugin's environment has them, never required.
+
+Data plane (what we send over the Unix socket):
+    [u32 BE n][n bytes]   one published chunk: a complete Arrow IPC stream
+    [u32 0]               end of stream
+    [u32 0xFFFFFFFF][u32 n][n bytes UTF-8]   error "Type: message" + traceback, then end of stream
+
+Topic routing: every chunk names its topic in the IPC stream's schema metadata under the
+key ``casparian.topic``. The host strips the key before sinks see the data; a stream
+without it (from an older guest) is routed to the topic "output". No sideband frames.
+
+Plugin shapes (section 4), all run unchanged:
+  * ``class Handler``: ``configure(ctx, config)`` if present, then ``consume(event)``
+    (event.path, event.file_id); on NotImplementedError or without consume,
+    ``execute(file_path)``. What it returns is published to "output" (one chunk for a
+    DataFrame/Table/dict of lists/list of dicts, item by item for other iterables;
+    an item ``(topic, data)`` goes to that topic).
+  * ``class Plugin(config)`` with ``consume(pathlib.Path, context)``: publishes itself and
+    returns a status dict, which is never published; ``{"status": "error", "error": ...}``
+    fails the job with that text.
+  * ``ctx.register_topic(name)`` + ``ctx.publish(handle, data)``, and the SDK's
+    ``BasePlugin.publish(topic, data)`` (importable as ``casparian_flow.sdk``,
+    ``casparian_flow`` or ``casparian_sdk`` when the environment does not ship its own).
+  * module-level ``MANIFEST`` dict (logged), or a module-level ``parse(path)`` function.
+
+Publishable data: pandas DataFrame, pyarrow Table/RecordBatch, polars DataFrame, anything
+with ``__arrow_c_stream__``, a dict of lists, a list of dicts. Without pyarrow the shim
+writes Arrow IPC itself (int64, float64, bool, utf8, binary, null, date32, timestamp[us]).
+
+stdout is reserved for one JSON metrics line printed at exit (plugin prints go to stderr);
+logs go to stderr.
+"""
+
+from casparian_guest.runner import exit_now, main
+
+if __name__ == "__main__":
+    exit_now(main())

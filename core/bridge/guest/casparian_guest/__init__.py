@@ -1,0 +1,1 @@
+"""Casparian Flow guest shim, split by concern; entry point: ../__main__.py."""

@@ -1,0 +1,186 @@
+"""Loads the plugin, runs whichever shape it has, and reports the outcome to the host."""
+
+import base64
+import builtins
+import json
+import linecache
+import logging
+import os
+import pathlib
+import sys
+import time
+import traceback
+
+from .arrow_out import is_publishable
+from .channel import DEFAULT_TOPIC, Channel
+from .sdk import BridgeContext, FileEvent, install_sdk
+
+log = logging.getLogger("casparian.guest")
+
+class PluginReportedError(Exception):
+    """A plugin returned {"status": "error", ...}."""
+
+
+
+
+
+def load_plugin(source, name):
+    filename = "<plugin %s>" % name
+    # Tracebacks show the plugin's own lines.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"__name__": "__casparian_plugin__", "__file__": filename, "__builtins__": builtins}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+def check_status(result):
+    """A status dict ({"status": ...}) is a report, not data. An error status fails the job."""
+    if isinstance(result, dict) and "status" in result and not is_publishable(result):
+        status = str(result.get("status", "")).lower()
+        if status in ("error", "failed", "failure"):
+            raise PluginReportedError(str(result.get("error") or result.get("message") or result))
+        log.info("plugin reported %s", json.dumps(result, default=str)[:2000])
+        return True
+    return False
+
+
+def publish_result(result, ctx):
+    """Publish what consume()/execute()/parse() returned: one chunk, or each item of an iterable."""
+    if result is None or check_status(result):
+        return
+    if is_publishable(result):
+        ctx.publish_to(DEFAULT_TOPIC, result)
+        return
+    if isinstance(result, (str, bytes, dict)):
+        raise TypeError("plugin returned %s, which is neither data nor an iterable of data" % type(result).__name__)
+    try:
+        items = iter(result)
+    except TypeError:
+        raise TypeError("plugin returned %s, which is neither data nor an iterable of data" % type(result).__name__) from None
+    for item in items:
+        if item is None:
+            continue
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+            ctx.publish_to(item[0], item[1])
+        else:
+            ctx.publish_to(DEFAULT_TOPIC, item)
+
+
+def run_plugin(namespace, ctx, file_path, file_version_id, job_id):
+    manifest = namespace.get("MANIFEST")
+    if isinstance(manifest, dict):
+        log.info("plugin manifest: name=%s version=%s", manifest.get("name"), manifest.get("version"))
+    config = {}
+
+    if isinstance(namespace.get("Handler"), type):
+        handler = namespace["Handler"]()
+        if callable(getattr(handler, "configure", None)):
+            handler.configure(ctx, config)
+        event = FileEvent(file_path, file_version_id, job_id)
+        consume = getattr(handler, "consume", None)
+        result = None
+        ran = False
+        if callable(consume):
+            try:
+                result = consume(event)
+                ran = True
+            except NotImplementedError:
+                ran = False
+        if not ran:
+            execute = getattr(handler, "execute", None)
+            if not callable(execute):
+                raise TypeError("Handler has neither a working consume(event) nor execute(file_path)")
+            result = execute(file_path)
+        publish_result(result, ctx)
+        return
+
+    if isinstance(namespace.get("Plugin"), type):
+        plugin = namespace["Plugin"](config)
+        if callable(getattr(plugin, "configure", None)):
+            plugin.configure(ctx, config)
+        result = plugin.consume(pathlib.Path(file_path), ctx)
+        publish_result(result, ctx)
+        return
+
+    if callable(namespace.get("parse")):
+        publish_result(namespace["parse"](file_path), ctx)
+        return
+
+    raise TypeError("plugin defines no class Handler, no class Plugin and no parse() function")
+
+
+def describe_exception(exc):
+    head = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return head + "\n\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def main():
+    started = time.monotonic()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+    env = os.environ
+    missing = [k for k in ("BRIDGE_SOCKET", "BRIDGE_PLUGIN_CODE", "BRIDGE_FILE_PATH") if not env.get(k)]
+    if missing:
+        log.error("missing environment variables: %s", ", ".join(missing))
+        return 2
+    job_id = int(env.get("BRIDGE_JOB_ID", "0"))
+    file_version_id = int(env.get("BRIDGE_FILE_VERSION_ID", "0"))
+    file_path = env["BRIDGE_FILE_PATH"]
+    plugin_name = env.get("BRIDGE_PLUGIN_NAME", "plugin")
+
+    channel = Channel(env["BRIDGE_SOCKET"])
+    ctx = BridgeContext(channel, job_id, file_version_id, file_path)
+    real_stdout = sys.stdout
+    exit_code = 0
+    try:
+        source = base64.b64decode(env["BRIDGE_PLUGIN_CODE"]).decode("utf-8")
+        install_sdk()
+        sys.stdout = sys.stderr  # plugin prints must not corrupt the metrics line
+        try:
+            namespace = load_plugin(source, plugin_name)
+            run_plugin(namespace, ctx, file_path, file_version_id, job_id)
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise RuntimeError("plugin called sys.exit(%r)" % (exc.code,)) from None
+        finally:
+            sys.stdout = real_stdout
+        channel.send_end()
+    except BaseException as exc:  # noqa: BLE001 - every failure must reach the host as an error frame
+        exit_code = 1
+        text = describe_exception(exc)
+        log.error("plugin failed: %s", text)
+        try:
+            channel.send_error(text)
+            channel.send_end()
+        except OSError as send_exc:
+            log.error("could not report the failure to the host: %s", send_exc)
+    finally:
+        channel.close()
+        metrics = {
+            "rows": ctx.rows,
+            "chunks": ctx.chunks,
+            "ipc_bytes": channel.bytes,
+            "topics": len(ctx.rows_by_topic),
+            "guest_ms": int((time.monotonic() - started) * 1000),
+        }
+        real_stdout.write(json.dumps(metrics) + "\n")
+        real_stdout.flush()
+    return exit_code
+
+
+def exit_now(code):
+    """Exit without interpreter teardown: unloading numpy/pyarrow/pandas costs ~100 ms per job
+    and buys nothing once the host has the whole stream. atexit handlers still run."""
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed stream must not change the exit code
+                pass
+        os._exit(code)
