@@ -17,7 +17,6 @@
 import { availableParallelism } from "node:os";
 import { mkdir, realpath } from "node:fs/promises";
 import { dirname, relative, isAbsolute } from "node:path";
-import type { ParquetConfig } from "../core/config/config.js";
 import { Errors } from "../core/kernel/errors.js";
 import { defineSink, type Artifact, type Batch, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
 import { assertTargetFree, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
@@ -48,6 +47,15 @@ export function defaultEncoderThreads(): number {
 const URI_PARAMS = ["compression", "row_group_size"] as const;
 const INT64_MAX = (1n << 63n) - 1n;
 const INT64_MIN = -(1n << 63n);
+
+export interface ParquetConfig {
+  /** "snappy" (default), "zstd", "gzip", "lz4", "brotli" or "uncompressed". */
+  compression?: string;
+  /** Rows per row group; default 65536 (a multiple of the Arrow batch sizes pyarrow emits; bounds each encoder thread's memory). */
+  rowGroupSize?: number;
+  /** Worker threads that encode row groups; default: available cores minus one (min 1, max 8). 0 encodes on the main thread. */
+  encoderThreads?: number;
+}
 
 interface ResolvedParquetConfig {
   compression: CompressionName;

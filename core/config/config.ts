@@ -6,6 +6,7 @@
  */
 import type { LevelWithSilent } from "pino";
 import type { SinkPlugin } from "../../sinks/api.js";
+import type { ParquetConfig } from "../../sinks/parquet.js";
 import type { WorkerHooks, WorkerPlugin } from "../../hooks/index.js";
 
 /** A sink plugin named by module: a path (relative to the config file) or a package name. */
@@ -40,14 +41,6 @@ export interface EnvironmentsConfig {
   uv?: string;
 }
 
-export interface ParquetConfig {
-  /** "snappy" (default), "zstd", "gzip", "lz4", "brotli" or "uncompressed". */
-  compression?: string;
-  /** Rows per row group; default 65536 (a multiple of the Arrow batch sizes pyarrow emits; bounds each encoder thread's memory). */
-  rowGroupSize?: number;
-  /** Worker threads that encode row groups; default: available cores minus one (min 1, max 8). 0 encodes on the main thread. */
-  encoderThreads?: number;
-}
 
 export interface RunConfig {
   /** Worker processes for `casparian run`; default: number of cores. */
@@ -94,3 +87,5 @@ export type UserConfigExport = CasparianConfig | ((env: ConfigEnv) => CasparianC
 export function defineConfig<C extends UserConfigExport>(config: C): C {
   return config;
 }
+
+export type { ParquetConfig };
