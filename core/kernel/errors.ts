@@ -98,6 +98,7 @@ export const Errors = {
   SINK_PATH_ESCAPE: createError<[string, string]>("CSP_SINK_PATH_ESCAPE", "sink URI %s resolves outside the output root %s", "use a path relative to --output, without '..'"),
   SINK_TARGET_EXISTS: createError<[string]>("CSP_SINK_TARGET_EXISTS", "target %s exists and the sink mode is 'error'", "use mode 'append' or 'replace', or remove the target"),
   SINK_SCHEMA_MISMATCH: createError<[string, string]>("CSP_SINK_SCHEMA_MISMATCH", "batch for topic '%s' does not match its schema: %s"),
+  SCHEMA_CONFLICT: createError<[string, string, string, string, string]>("CSP_SCHEMA_CONFLICT", "topic '%s': column '%s' is %s in one part of the data and %s in another (%s)"),
   SINK_INVALID: createError<[string, string]>("CSP_SINK_INVALID", "invalid sink plugin %s: %s"),
   SINK_WRITE_FAILED: createError<[string, string]>("CSP_SINK_WRITE_FAILED", "sink %s failed: %s"),
   HOOK_REJECTED: createError<[string, string]>("CSP_HOOK_REJECTED", "job rejected by %s: %s"),
