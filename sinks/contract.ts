@@ -6,17 +6,16 @@
  *     batch has exactly those column names (order free) with those types; a column
  *     with `"nullable": false` must hold no nulls (checked on the data, because
  *     pandas-made Arrow schemas declare every field nullable).
- *  2. The first batch of a topic fixes its schema: later batches have the same
- *     names, order and types. Nullability is unified to the first batch's: a later
- *     batch may declare a field nullable that the first declared non-nullable only if
- *     it holds no nulls there.
+ *  2. The batches of a topic are unified (sinks/schema.ts): a null column takes the
+ *     first real type, narrower types widen, columns are matched by name; a real
+ *     conflict fails with CSP_SCHEMA_CONFLICT. The contract is checked on the unified batch.
  *
  * Type names are pyarrow's (`int64`, `double`/`float64`, `string`/`utf8`, `bool`,
  * `timestamp[us, tz=UTC]`, `date32`, `decimal128(10, 2)`, `list<int64>`); a bare
  * `timestamp`, `decimal` or `list` accepts any unit/precision/item. A dictionary
  * column (a pandas categorical) matches the type of its values.
  */
-import { Type, type DataType, type Field, type Schema, type Table } from "apache-arrow";
+import { Type, type DataType, type Field, type Table } from "apache-arrow";
 import { Errors } from "../core/kernel/errors.js";
 import type { SchemaContract } from "./api.js";
 
@@ -161,31 +160,5 @@ export function contractDifferences(contract: SchemaContract, table: Table): str
   for (const field of table.schema.fields) {
     if (!declared.has(field.name)) differences.push(`unexpected column "${field.name}" (${arrowTypeName(field.type)})`);
   }
-  return differences;
-}
-
-/** How `table` differs from the first schema of its topic (rule 2 above); empty when it is compatible. */
-export function schemaDrift(first: Schema, table: Table): string[] {
-  const differences: string[] = [];
-  const now = table.schema;
-  const firstNames = first.fields.map((f) => f.name).join(", ");
-  const nowNames = now.fields.map((f) => f.name).join(", ");
-  if (firstNames !== nowNames) {
-    differences.push(`columns are [${nowNames}], the first batch had [${firstNames}]`);
-    return differences;
-  }
-  first.fields.forEach((field, i) => {
-    const other = now.fields[i]!;
-    const a = arrowTypeName(field.type);
-    const b = arrowTypeName(other.type);
-    if (a !== b || field.type.typeId !== other.type.typeId) {
-      differences.push(`column "${field.name}" is ${b}${other.type.typeId === Type.Dictionary ? " (dictionary)" : ""}, the first batch had ${a}${field.type.typeId === Type.Dictionary ? " (dictionary)" : ""}`);
-      return;
-    }
-    if (!field.nullable && other.nullable) {
-      const nulls = table.getChildAt(i)?.nullCount ?? 0;
-      if (nulls > 0) differences.push(`column "${field.name}" has ${nulls} null(s), but the first batch declared it not nullable`);
-    }
-  });
   return differences;
 }

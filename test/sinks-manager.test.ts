@@ -7,12 +7,14 @@ import { mkdtemp, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
-import { Field, Int32, Int64, Table, Utf8, vectorFromArray, Schema, makeData, RecordBatch, Struct } from "apache-arrow";
+import { Field, Int32, Int64, Null, Table, Utf8, vectorFromArray, Schema, makeData, RecordBatch, Struct } from "apache-arrow";
 import { pino } from "pino";
 import { CasparianError, Errors } from "../core/kernel/errors.js";
 import { createHooks, type WorkerHooks } from "../hooks/index.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { SinkManager, type LoadedSink } from "../core/pipeline/sink-manager.js";
+import { defineSink, type SinkPlugin } from "../sinks/api.js";
+import { arrowTypeName } from "../sinks/contract.js";
 import { SAMPLE_CONTRACT, batchOf, capturingLogger, driveJob, makeJob, recordingSinkPlugin, sampleTable, sinkConfig, type SinkEvent } from "./helpers/arrow.js";
 
 const logger = pino({ level: "silent" });
@@ -26,6 +28,24 @@ async function setup(extra: LoadedSink[] = []): Promise<{ root: string; hooks: W
   const plugins = [...(await loadSinkPlugins([], root, { encoderThreads: 0 })), ...extra];
   new SinkManager({ plugins, logger, outputRoot: root }).apply(hooks);
   return { root, hooks };
+}
+
+/** A mem:// sink that records each batch's schema ("name:type", "!" when not nullable), and the values of the last column when it has nulls. */
+function schemaRecorder(seen: string[]): SinkPlugin {
+  return defineSink({
+    name: "schema-recorder",
+    schemes: ["mem"],
+    create: () => ({
+      write(batch) {
+        const fields = batch.table.schema.fields.map((f) => `${f.name}:${arrowTypeName(f.type)}${f.nullable ? "" : "!"}`).join(" ");
+        const last = batch.table.getChildAt(batch.table.numCols - 1)!;
+        seen.push(last.nullCount > 0 && batch.table.numCols > 1 ? `${fields} [${[...batch.table.getChildAt(0)!].map(String).join(",")},${String(last.get(0))}]` : fields);
+      },
+      prepare() {},
+      commit: () => [],
+      abort() {},
+    }),
+  });
 }
 
 const files = async (root: string) => (await readdir(root, { recursive: true })).sort();
@@ -170,39 +190,56 @@ describe("SinkManager", () => {
       }
     });
 
-    test("a batch whose schema differs from the topic's first batch fails clearly", async () => {
-      const { root, hooks } = await setup();
+    test("the batches of a topic are unified: narrower, reordered and missing columns take the topic's schema", async () => {
+      const seen: string[] = [];
+      const { root, hooks } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
       const first = new Table({ id: vectorFromArray([1n, 2n], new Int64()), name: vectorFromArray(["a", "b"], new Utf8()) });
-      const retyped = new Table({ id: vectorFromArray([3, 4], new Int32()), name: vectorFromArray(["c", "d"], new Utf8()) });
-      const reordered = new Table({ name: vectorFromArray(["c"], new Utf8()), id: vectorFromArray([3n], new Int64()) });
-      for (const [second, expected] of [
-        [retyped, /batch 1 differs from the topic's first batch: column "id" is int32, the first batch had int64/],
-        [reordered, /columns are \[name, id\], the first batch had \[id, name\]/],
-      ] as const) {
-        const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet")] });
-        const outcome = await driveJob(hooks, job, [batchOf("t", first, 0), batchOf("t", second, 1)]);
-        assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(outcome.error), String(outcome.error));
-        assert.match(outcome.error!.message, expected);
-      }
+      const narrower = new Table({ id: vectorFromArray([3, 4], new Int32()), name: vectorFromArray(["c", "d"], new Utf8()) });
+      const reordered = new Table({ name: vectorFromArray(["e"], new Utf8()), id: vectorFromArray([5n], new Int64()) });
+      const missing = new Table({ id: vectorFromArray([6n], new Int64()) });
+      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet"), sinkConfig("t", "mem://t")] });
+      const outcome = await driveJob(hooks, job, [batchOf("t", first, 0), batchOf("t", narrower, 1), batchOf("t", reordered, 2), batchOf("t", missing, 3)]);
+      assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+      assert.deepEqual(seen, ["id:int64 name:string", "id:int64 name:string", "id:int64 name:string", "id:int64 name:string [6,null]"]);
+    });
+
+    test("a null column is a placeholder: it takes the first real type, and later all-null batches keep it", async () => {
+      const seen: string[] = [];
+      const { root, hooks } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
+      const placeholder = new Table({ id: vectorFromArray([1n], new Int64()), qty: vectorFromArray([null], new Null()) });
+      const typed = new Table({ id: vectorFromArray([2n], new Int64()), qty: vectorFromArray([7n], new Int64()) });
+      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "mem://t")] });
+      const outcome = await driveJob(hooks, job, [batchOf("t", placeholder, 0), batchOf("t", typed, 1), batchOf("t", placeholder, 2)]);
+      assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+      assert.deepEqual(seen, ["id:int64 qty:null! [1,null]", "id:int64 qty:int64", "id:int64 qty:int64 [1,null]"]);
+    });
+
+    test("a real conflict between batches fails with CSP_SCHEMA_CONFLICT naming the column, both types and the fix", async () => {
+      const { root, hooks } = await setup();
+      const first = new Table({ qty: vectorFromArray([1n], new Int64()) });
+      const text = new Table({ qty: vectorFromArray(["n/a"], new Utf8()) });
+      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet")] });
+      const outcome = await driveJob(hooks, job, [batchOf("t", first, 0), batchOf("t", text, 1)]);
+      assert.ok(Errors.SCHEMA_CONFLICT.is(outcome.error), String(outcome.error));
+      assert.match(outcome.error!.message, /column 'qty' is int64 in one part of the data and string in another \(batch 1 of job \d+\)/);
+      assert.match((outcome.error as CasparianError).hint ?? "", /MANIFEST\["topics"\]\["t"\]/);
+      assert.equal((outcome.error as CasparianError).context.jobId, job.jobId);
       assert.deepEqual(await files(root), []);
     });
 
-    test("nullability is unified to the first batch: a later nullable field without nulls is accepted", async () => {
-      const { root, hooks } = await setup();
+    test("non-nullable widens to nullable", async () => {
+      const seen: string[] = [];
+      const { root, hooks } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
       const strict = new Schema([new Field("id", new Int64(), false)]);
       const loose = new Schema([new Field("id", new Int64(), true)]);
       const make = (schema: Schema, values: Array<bigint | null>) => {
         const vector = vectorFromArray(values, new Int64());
         return new Table(schema, [new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: values.length, nullCount: 0, children: [vector.data[0]!] }))]);
       };
-      const ok = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://ok.parquet")] });
-      const accepted = await driveJob(hooks, ok, [batchOf("t", make(strict, [1n]), 0), batchOf("t", make(loose, [2n]), 1)]);
-      assert.equal(accepted.status, "SUCCESS", String(accepted.error));
-
-      const bad = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://bad.parquet")] });
-      const refused = await driveJob(hooks, bad, [batchOf("t", make(strict, [1n]), 0), batchOf("t", make(loose, [null]), 1)]);
-      assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(refused.error), String(refused.error));
-      assert.match(refused.error!.message, /column "id" has 1 null\(s\), but the first batch declared it not nullable/);
+      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "mem://t")] });
+      const outcome = await driveJob(hooks, job, [batchOf("t", make(strict, [1n]), 0), batchOf("t", make(loose, [null]), 1), batchOf("t", make(strict, [3n]), 2)]);
+      assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+      assert.deepEqual(seen, ["id:int64!", "id:int64", "id:int64"]);
     });
 
     test("lineage column names are reserved", async () => {

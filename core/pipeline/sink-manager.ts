@@ -3,7 +3,8 @@
  *
  *   start          → plugin.recover()      (staging left by a crashed run)
  *   jobStart       → create + open one sink per SinkConfig (unknown scheme fails the job)
- *   onBatch        → schema checks, then write to every sink of the batch's topic
+ *   onBatch        → unify the batch with its topic's schema (sinks/schema.ts), check
+ *                    schema_def, then write to every sink of the batch's topic
  *   prepareCommit  → every sink prepares (phase one); the first failure fails the job
  *   onConclude     → SUCCESS: every sink commits (phase two), artifacts and metrics;
  *                    FAILED: every sink aborts
@@ -20,14 +21,15 @@
  *
  * Per-job state lives in a WeakMap keyed by the JobContext: nothing global, nothing leaks.
  */
-import type { Schema } from "apache-arrow";
+import { tableToIPC, type Schema } from "apache-arrow";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
 import type { Batch, JobContext, JobOutcome } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
 import type { SinkConfig } from "../protocol/messages.js";
 import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../../hooks/index.js";
 import type { Sink, SinkPlugin, SinkTarget } from "../../sinks/api.js";
-import { contractDifferences, parseSchemaDef, schemaDrift } from "../../sinks/contract.js";
+import { contractDifferences, parseSchemaDef } from "../../sinks/contract.js";
+import { TopicSchema, castTable, conformsTo } from "../../sinks/schema.js";
 import { parseSinkUri } from "../../sinks/uri.js";
 
 export interface LoadedSink {
@@ -50,8 +52,8 @@ interface ActiveSink {
 interface JobSinks {
   readonly sinks: ActiveSink[];
   readonly byTopic: Map<string, ActiveSink[]>;
-  /** Schema of the first batch of each routed topic. */
-  readonly firstSchemas: Map<string, Schema>;
+  /** Each routed topic's schema so far: every batch's, unified (sinks/schema.ts). */
+  readonly schemas: Map<string, TopicSchema>;
   readonly unroutedTopics: Set<string>;
   unroutedBatches: number;
   unroutedRows: number;
@@ -107,7 +109,7 @@ export class SinkManager implements WorkerPlugin {
   async #open(job: JobContext): Promise<void> {
     // Validate every target before creating any sink: a bad URI fails the job with nothing to undo.
     const targets = job.command.sinks.map((config) => this.#target(config, job));
-    const state: JobSinks = { sinks: [], byTopic: new Map(), firstSchemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0 };
+    const state: JobSinks = { sinks: [], byTopic: new Map(), schemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0 };
     this.#jobs.set(job, state);
     for (const { target, loaded } of targets) {
       const logger = job.logger.child({ topic: target.topic, sink: target.uri });
@@ -156,27 +158,39 @@ export class SinkManager implements WorkerPlugin {
       }
       return;
     }
-    this.#checkSchema(batch, job, state, sinks);
+    const unified = this.#unify(batch, job, state);
+    this.#checkContracts(unified, job, sinks);
     for (const active of sinks) {
-      await this.#call(active, job, "write", () => active.sink!.write(batch));
+      await this.#call(active, job, "write", () => active.sink!.write(unified));
       active.batches++;
       active.rows += batch.numRows;
     }
   }
 
-  #checkSchema(batch: Batch, job: JobContext, state: JobSinks, sinks: ActiveSink[]): void {
-    const first = state.firstSchemas.get(batch.topic);
-    if (first === undefined) {
-      state.firstSchemas.set(batch.topic, batch.table.schema);
-    } else {
-      const drift = schemaDrift(first, batch.table);
-      if (drift.length > 0) {
-        throw Errors.SINK_SCHEMA_MISMATCH([batch.topic, `batch ${batch.index} differs from the topic's first batch: ${drift.join("; ")}`], {
-          context: { jobId: job.jobId, topic: batch.topic },
-          hint: "publish the same columns and types in every batch of a topic (cast before publishing)",
-        });
-      }
+  /**
+   * The batch with its topic's schema so far: a null column takes the topic's type, a
+   * narrower one is widened, a missing one is null, columns come in the topic's order.
+   * A batch that widens the topic's schema passes as it is; sinks see the new schema on it.
+   */
+  #unify(batch: Batch, job: JobContext, state: JobSinks): Batch {
+    let topic = state.schemas.get(batch.topic);
+    if (topic === undefined) {
+      topic = new TopicSchema(batch.topic);
+      state.schemas.set(batch.topic, topic);
     }
+    let schema: Schema;
+    try {
+      ({ schema } = topic.accept(batch.table.schema, `batch ${batch.index} of job ${job.jobId}`));
+    } catch (err) {
+      if (err instanceof CasparianError) err.context.jobId = job.jobId;
+      throw err;
+    }
+    if (conformsTo(batch.table.schema, schema) && batch.table.schema.fields.every((f, i) => f.nullable === schema.fields[i]!.nullable)) return batch;
+    const table = castTable(batch.table, schema);
+    return { ...batch, table, ipc: tableToIPC(table, "stream"), numRows: table.numRows };
+  }
+
+  #checkContracts(batch: Batch, job: JobContext, sinks: ActiveSink[]): void {
     for (const active of sinks) {
       const contract = active.target.contract;
       if (contract === null) continue;
