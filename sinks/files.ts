@@ -21,6 +21,19 @@ const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 
 const STAGING_PATTERN = /^\.(.+)\.stg-(\d+)-([0-9a-f]{8})-(\d+)$/;
 const PROCESS_STARTED_MS = Date.now() - process.uptime() * 1000;
 
+/**
+ * The file a sink location names. A location ending in `extension` is that file; any other
+ * location is a directory holding `<dirFile>` — as upstream's Parquet sink did, where
+ * `parquet://./output/<topic>` (the default sink its publish step gives every plugin)
+ * became `output/<topic>/data_<job id>.parquet` in append mode.
+ */
+export function fileLocationFor(location: string, extension: string, dirFile: string): string {
+  if (location.toLowerCase().endsWith(extension.toLowerCase()) && !location.endsWith(`/${extension}`)) return location;
+  const dir = location.replace(/\/+$/, "");
+  if (dir === "") return location;
+  return dir === "." ? dirFile : `${dir}/${dirFile}`;
+}
+
 /** Where a job's output for `target` goes under `mode`: append writes `<stem>_<job id><ext>`. */
 export function finalPathFor(target: string, mode: SinkMode, jobId: bigint): string {
   if (mode !== "append") return target;

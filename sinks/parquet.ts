@@ -2,6 +2,8 @@
  * The bundled Parquet sink: `parquet://relative/path.parquet[?compression=zstd&row_group_size=N]`.
  *
  *  - The path is relative to the output root; absolute paths and `..` escapes are refused.
+ *  - A path not ending in `.parquet` is a directory: the file is `<dir>/data.parquet`
+ *    (append: `<dir>/data_<job id>.parquet`), as upstream wrote `parquet://./output/<topic>`.
  *  - append → `<stem>_<job id>.parquet` (one file per job); replace → atomically replaces
  *    the target; error → fails if the target exists (checked at open, and atomically at commit).
  *  - Written under a staging name beside the target, fsynced, renamed on commit.
@@ -19,7 +21,7 @@ import { mkdir, realpath } from "node:fs/promises";
 import { dirname, relative, isAbsolute } from "node:path";
 import { Errors } from "../core/kernel/errors.js";
 import { defineSink, type Artifact, type Batch, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
-import { assertTargetFree, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
+import { assertTargetFree, fileLocationFor, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
 import type { RecordBatch } from "apache-arrow";
 import { highCardinalityColumns } from "./dictionary.js";
 import { ParquetAssembler } from "./parquet-assembler.js";
@@ -44,6 +46,8 @@ export const DEFAULT_ROW_GROUP_SIZE = 65_536;
 export function defaultEncoderThreads(): number {
   return Math.max(1, Math.min(8, availableParallelism() - 1));
 }
+/** The file inside a directory location (append mode adds `_<job id>`). */
+const DIRECTORY_FILE = "data.parquet";
 const URI_PARAMS = ["compression", "row_group_size"] as const;
 const INT64_MAX = (1n << 63n) - 1n;
 const INT64_MIN = -(1n << 63n);
@@ -140,7 +144,7 @@ class ParquetTopicSink implements Sink {
     this.#compression = compression;
     this.#rowGroupSize = positiveIntParam(parsed, "row_group_size", uri) ?? config.rowGroupSize;
     this.#maxInFlight = Math.max(1, config.encoderThreads) + 1;
-    this.#targetPath = resolveInsideRoot(job.outputRoot, parsed.location, uri);
+    this.#targetPath = resolveInsideRoot(job.outputRoot, fileLocationFor(parsed.location, ".parquet", DIRECTORY_FILE), uri);
     this.#finalPath = finalPathFor(this.#targetPath, mode, job.jobId);
     this.#stagingPath = stagingPathFor(this.#finalPath, job.jobId);
     const fileVersionId = job.command.file_version_id;

@@ -29,6 +29,7 @@ export const DEFAULTS = {
   connect: "tcp://127.0.0.1:5555",
   output: "./output",
   heartbeatIntervalSeconds: 5,
+  silenceWarningSeconds: 60,
   graceSeconds: 30,
   logLevel: "info" as LevelWithSilent,
 } as const;
@@ -51,6 +52,7 @@ function mainHelp(program: string): string {
 
 Commands:
   worker   connect to a Sentinel and run the jobs it dispatches (same as casparian-worker)
+           \`worker prepare\`: provision environments beforehand (see: ${program} worker prepare --help)
   run      run a plugin over local files with local workers (see: ${program} run --help)
 
 Options:
@@ -63,6 +65,7 @@ ${EXIT_CODES_HELP}
 
 function workerHelp(program: string): string {
   return `Usage: ${program} [options]
+       ${program} prepare <uv.lock | project dir> [--python X] | --list | --prune HASH   (see prepare --help)
 
 Connects a DEALER socket to a Sentinel (protocol v4) and runs the jobs it dispatches.
 
@@ -72,6 +75,10 @@ Options:
   --worker-id ID              worker id (default: generated once, kept in $CASPARIAN_HOME/worker_id)
   --config FILE               load exactly this config file (default: search casparian.config.{ts,mts,mjs,js,cjs},
                               .casparianrc{,.json,.yaml,.yml}, package.json#casparian from the current directory up)
+  --capabilities LIST         comma-separated plugin names sent in IDENTIFY (default "*"; upstream's Python
+                              Sentinel needs the names: it never matches "*")
+  --silence-warning S         warn when the Sentinel is unreachable or silent this long after IDENTIFY
+                              (default ${DEFAULTS.silenceWarningSeconds}; 0 = never)
   --heartbeat-interval S      seconds between heartbeats (default ${DEFAULTS.heartbeatIntervalSeconds})
   --grace S                   seconds a running job gets to finish on SIGTERM/SIGINT (default ${DEFAULTS.graceSeconds})
   --log-level LEVEL           ${LOG_LEVELS.join(", ")} (default ${DEFAULTS.logLevel})
@@ -91,8 +98,14 @@ export async function main(argv: readonly string[], program = "casparian"): Prom
   try {
     const [first, ...rest] = argv;
     switch (first) {
-      case "worker":
-        return await workerCommand(rest, program === "casparian-worker" ? program : `${program} worker`);
+      case "worker": {
+        const workerProgram = program === "casparian-worker" ? program : `${program} worker`;
+        if (rest[0] === "prepare") {
+          const { prepareCommand } = await import("./prepare.js");
+          return await prepareCommand(rest.slice(1), workerProgram);
+        }
+        return await workerCommand(rest, workerProgram);
+      }
       case "run": {
         const { runCommand } = (await import("../run/command.js")) as { runCommand(argv: string[]): Promise<number> };
         return await runCommand(rest);
@@ -137,6 +150,8 @@ export interface WorkerFlags {
   grace?: number;
   logLevel?: LevelWithSilent;
   metricsPort?: number;
+  capabilities?: string[];
+  silenceWarning?: number;
   help: boolean;
   version: boolean;
 }
@@ -158,6 +173,8 @@ export function parseWorkerFlags(argv: string[]): WorkerFlags {
         grace: { type: "string" },
         "log-level": { type: "string" },
         "metrics-port": { type: "string" },
+        capabilities: { type: "string" },
+        "silence-warning": { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "v" },
       },
@@ -188,6 +205,8 @@ export function parseWorkerFlags(argv: string[]): WorkerFlags {
     grace: seconds(str("grace"), "--grace", true),
     logLevel: logLevel as LevelWithSilent | undefined,
     metricsPort: port(str("metrics-port")),
+    capabilities: list(str("capabilities"), "--capabilities"),
+    silenceWarning: seconds(str("silence-warning"), "--silence-warning", true),
     help: values.help === true,
     version: values.version === true,
   };
@@ -200,6 +219,13 @@ function seconds(text: string | undefined, flag: string, zeroAllowed: boolean): 
     throw Errors.CLI_USAGE([`${flag} expects ${zeroAllowed ? "a number of seconds >= 0" : "a positive number of seconds"}, got "${text}"`]);
   }
   return n;
+}
+
+function list(text: string | undefined, flag: string): string[] | undefined {
+  if (text === undefined) return undefined;
+  const items = text.split(",").map((s) => s.trim());
+  if (items.some((s) => s === "")) throw Errors.CLI_USAGE([`${flag} expects comma-separated names without empty entries, got "${text}"`]);
+  return items;
 }
 
 function port(text: string | undefined): number | undefined {
@@ -242,6 +268,8 @@ async function workerCommand(argv: string[], program: string): Promise<number> {
     heartbeatIntervalMs: (flags.heartbeatInterval ?? config.heartbeatInterval ?? DEFAULTS.heartbeatIntervalSeconds) * 1000,
     graceMs: (flags.grace ?? config.grace ?? DEFAULTS.graceSeconds) * 1000,
     metricsPort: flags.metricsPort ?? config.metricsPort,
+    capabilities: flags.capabilities ?? config.capabilities,
+    silenceWarningMs: (flags.silenceWarning ?? config.silenceWarning ?? DEFAULTS.silenceWarningSeconds) * 1000,
     logger,
     loaded,
     configSource,

@@ -33,6 +33,12 @@ export interface BridgeConfig {
 }
 
 export interface EnvironmentsConfig {
+  /**
+   * Interpreter for DISPATCHes with env_hash "system" (upstream's Rust Sentinel sends it for a
+   * plugin published without a lockfile): a path or a command on PATH. Default "python3";
+   * false refuses such jobs.
+   */
+  systemPython?: string | false;
   /** Evict least recently used environments above this many bytes in total. */
   maxEnvBytes?: number;
   /** Evict least recently used environments above this count. */
@@ -57,6 +63,10 @@ export interface CasparianConfig {
   workerId?: string;
   /** Where venvs and the worker id live. Default $CASPARIAN_HOME or ~/.casparian_flow. */
   home?: string;
+  /** Sent in IDENTIFY. Default ["*"]. Upstream's Python Sentinel needs the plugin names: it never matches "*". */
+  capabilities?: string[];
+  /** Seconds before warning that the Sentinel is unreachable or silent since IDENTIFY; 0 turns it off. Default 60. */
+  silenceWarning?: number;
   /** Seconds between heartbeats. Default 5. */
   heartbeatInterval?: number;
   /** Seconds a running job gets to finish on SIGTERM before it is aborted. Default 30. */

@@ -195,6 +195,8 @@ const configRule = shape({
   output: nonEmptyString,
   workerId: nonEmptyString,
   home: nonEmptyString,
+  capabilities: arrayOf(nonEmptyString),
+  silenceWarning: nonNegativeNumber("seconds"),
   heartbeatInterval: positiveNumber("seconds"),
   grace: nonNegativeNumber("seconds"),
   logLevel: oneOf(LOG_LEVELS),
@@ -202,7 +204,12 @@ const configRule = shape({
   sinks: arrayOf(sinkEntry),
   plugins: arrayOf(pluginEntry),
   hooks: tapsRule,
-  environments: shape({ maxEnvBytes: positiveInteger, maxEnvs: positiveInteger, uv: nonEmptyString }),
+  environments: shape({
+    maxEnvBytes: positiveInteger,
+    maxEnvs: positiveInteger,
+    uv: nonEmptyString,
+    systemPython: rule("a python path or command, or false", (v) => v === false || (typeof v === "string" && v.trim() !== "")),
+  }),
   bridge: shape({
     connectTimeout: positiveNumber("seconds"),
     idleTimeout: positiveNumber("seconds"),

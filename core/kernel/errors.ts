@@ -82,7 +82,14 @@ export const Errors = {
 
   // Environments
   ENV_HASH_MISMATCH: createError<[string, string]>("CSP_ENV_HASH_MISMATCH", "env_hash %s is not the sha256 of the lockfile content (%s)", "send env_hash = sha256(lockfile_content) in hex"),
-  ENV_NOT_PROVISIONED: createError<[string]>("CSP_ENV_NOT_PROVISIONED", "Environment %s not provisioned. Send PREPARE_ENV first."),
+  ENV_NOT_PROVISIONED: createError<[string]>(
+    "CSP_ENV_NOT_PROVISIONED",
+    "Environment %s not provisioned. Send PREPARE_ENV first.",
+    "Sentinels that never send PREPARE_ENV need it built beforehand: casparian-worker prepare <uv.lock | project dir>",
+  ),
+  ENV_SYSTEM_DISABLED: createError<[]>("CSP_ENV_SYSTEM_DISABLED", 'env_hash "system" (a plugin without a lockfile) is refused by this worker\'s config (environments.systemPython: false)', "publish the plugin with a uv.lock, or set environments.systemPython to a python3"),
+  ENV_SYSTEM_PYTHON_MISSING: createError<[string, string]>("CSP_ENV_SYSTEM_PYTHON_MISSING", 'env_hash "system" needs a system Python, but %s does not run: %s', "install python3, or point environments.systemPython at one"),
+  ENV_NOT_FOUND: createError<[string, string]>("CSP_ENV_NOT_FOUND", "no provisioned environment matches %s under %s", "list them with: casparian-worker prepare --list"),
   ENV_UV_MISSING: createError<[]>("CSP_ENV_UV_MISSING", "uv was not found on PATH, in $UV or in the usual install places", "install it with `python3 -m pip install uv` (or set UV=/path/to/uv)"),
   ENV_BUILD_FAILED: createError<[string, string]>("CSP_ENV_BUILD_FAILED", "building environment %s failed: %s"),
 
@@ -102,6 +109,11 @@ export const Errors = {
   SINK_INVALID: createError<[string, string]>("CSP_SINK_INVALID", "invalid sink plugin %s: %s"),
   SINK_WRITE_FAILED: createError<[string, string]>("CSP_SINK_WRITE_FAILED", "sink %s failed: %s"),
   HOOK_REJECTED: createError<[string, string]>("CSP_HOOK_REJECTED", "job rejected by %s: %s"),
+  SINK_DUPLICATE_CONFLICT: createError<[string, string]>(
+    "CSP_SINK_DUPLICATE_CONFLICT",
+    "the DISPATCH lists sink %s more than once with different settings: %s",
+    "a URI can be listed twice only as the identical SinkConfig (Sentinels repeat their sink table); give each topic its own URI",
+  ),
   SINK_BAD_SCHEMA_DEF: createError<[string, string]>("CSP_SINK_BAD_SCHEMA_DEF", "schema_def for topic '%s' is not a valid contract: %s", 'send JSON like {"columns":[{"name":"id","type":"int64","nullable":false}]}'),
 
   // casparian run

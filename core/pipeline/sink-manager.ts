@@ -2,9 +2,10 @@
  * Maps the Sink lifecycle onto the worker hooks; the only code that calls sink methods.
  *
  *   start          → plugin.recover()      (staging left by a crashed run)
- *   jobStart       → create + open one sink per SinkConfig (unknown scheme fails the job)
- *   onBatch        → unify the batch with its topic's schema (sinks/schema.ts), check
- *                    schema_def, then write to every sink of the batch's topic
+    const { sinks: configs, repeats } = dedupeSinkConfigs(job.command.sinks);
+    if (repeats > 0) job.logger.info({ repeats, sinks: configs.length }, "the DISPATCH repeats identical sinks; each is written once");
+    const targets = configs.map((config) => this.#target(config, job));
+    const state: JobSinks = { sinks: [], byTopic: new Map(), schemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0 };
  *   prepareCommit  → every sink prepares (phase one); the first failure fails the job
  *   onConclude     → SUCCESS: every sink commits (phase two), artifacts and metrics;
  *                    FAILED: every sink aborts
@@ -31,6 +32,7 @@ import type { Sink, SinkPlugin, SinkTarget } from "../../sinks/api.js";
 import { contractDifferences, parseSchemaDef } from "../../sinks/contract.js";
 import { TopicSchema, castTable, conformsTo } from "../../sinks/schema.js";
 import { parseSinkUri } from "../../sinks/uri.js";
+import { dedupeSinkConfigs } from "./sink-dedupe.js";
 
 export interface LoadedSink {
   plugin: SinkPlugin;
@@ -108,7 +110,9 @@ export class SinkManager implements WorkerPlugin {
 
   async #open(job: JobContext): Promise<void> {
     // Validate every target before creating any sink: a bad URI fails the job with nothing to undo.
-    const targets = job.command.sinks.map((config) => this.#target(config, job));
+    const { sinks: configs, repeats } = dedupeSinkConfigs(job.command.sinks);
+    if (repeats > 0) job.logger.info({ repeats, sinks: configs.length }, "the DISPATCH repeats identical sinks; each is written once");
+    const targets = configs.map((config) => this.#target(config, job));
     const state: JobSinks = { sinks: [], byTopic: new Map(), schemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0 };
     this.#jobs.set(job, state);
     for (const { target, loaded } of targets) {

@@ -9,6 +9,7 @@ import type { AddressInfo } from "node:net";
 import type { CasparianConfig } from "../config/config.js";
 import { loadConfig, type LoadedConfig } from "../config/loader.js";
 import { EnvManager } from "../env/manager.js";
+import { SystemPythonEnvs } from "../env/system.js";
 import { JobRunner } from "../pipeline/job-runner.js";
 import type { Logger } from "../kernel/logger.js";
 import { MetricsPlugin, WorkerMetrics, serveMetrics } from "./metrics.js";
@@ -28,6 +29,9 @@ export interface WorkerSettings {
   heartbeatIntervalMs: number;
   graceMs: number;
   metricsPort?: number;
+  /** Sent in IDENTIFY; default ["*"]. */
+  capabilities?: string[];
+  silenceWarningMs?: number;
   logger: Logger;
   loaded: LoadedConfig;
   /** How the config was found, so RELOAD reads the same file (or searches the same place) again. */
@@ -81,13 +85,16 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
   const metrics = new WorkerMetrics({ processMetrics: settings.metricsPort !== undefined });
   const context: PipelineContext = { logger, outputRoot, workerId, metrics };
   const environments = settings.loaded.config.environments ?? {};
-  const envs = new EnvManager({
-    home: settings.home,
-    logger,
-    maxEnvBytes: environments.maxEnvBytes,
-    maxEnvs: environments.maxEnvs,
-    uvPath: environments.uv,
-  });
+  const envs = new SystemPythonEnvs(
+    new EnvManager({
+      home: settings.home,
+      logger,
+      maxEnvBytes: environments.maxEnvBytes,
+      maxEnvs: environments.maxEnvs,
+      uvPath: environments.uv,
+    }),
+    { systemPython: environments.systemPython, logger },
+  );
 
   // Sinks resolve their targets inside the root (realpath), so it must exist before the first job.
   await mkdir(outputRoot, { recursive: true });
@@ -120,6 +127,8 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     reload,
     outputRoot,
     metrics,
+    capabilities: settings.capabilities,
+    silenceWarningMs: settings.silenceWarningMs,
     onStopped: () => new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve())),
   });
 

@@ -17,6 +17,7 @@ import type { JobExecutor } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
 import { Opcode, type DispatchCommand, type Header, type JobReceipt, type Message, type PayloadByOpcode, type PrepareEnvCommand } from "../protocol/messages.js";
 import type { WorkerMetrics } from "./metrics.js";
+import { routingIdFor } from "./routing-id.js";
 import { decodeHeader, decodeMessage, encodeMessage, opcodeName } from "../protocol/codec.js";
 import type { WorkerHooks, WorkerInfo } from "../../hooks/index.js";
 
@@ -42,12 +43,19 @@ export interface WorkerOptions {
   metrics?: WorkerMetrics;
   /** Called last in stop(), after the socket is closed (e.g. to close the metrics server). */
   onStopped?: () => Promise<void> | void;
+  /** Sent in IDENTIFY. Default ["*"]; upstream's Python Sentinel needs the plugin names (it never matches "*"). */
+  capabilities?: readonly string[];
+  /** The DEALER's ZeroMQ routing id; default: ASCII, from the worker id, unique per process (routing-id.ts). */
+  routingId?: string;
+  /** Warn when the Sentinel is unreachable, or silent since IDENTIFY, for this long. 0 turns it off. Default 60 s. */
+  silenceWarningMs?: number;
 }
 
 /** After an abort, how long the job gets to unwind before we stop waiting for it. */
 const ABORT_SETTLE_MS = 10_000;
 /** How long stop() waits for queued answers to leave, and how long the socket lingers after close. */
 const FLUSH_MS = 2_000;
+const SILENCE_WARNING_MS = 60_000;
 
 interface QueuedJob {
   jobId: bigint;
@@ -75,10 +83,20 @@ export class Worker {
   #started = false;
   #stopping = false;
   #stopped: Promise<void> | null = null;
+  readonly #routingId: string;
+  /** Armed while we wait to connect, or for a first message after IDENTIFY. */
+  #silenceTimer: NodeJS.Timeout | null = null;
+  #heardFromSentinel = false;
 
   constructor(options: WorkerOptions) {
     this.#o = options;
     this.#log = options.logger;
+    this.#routingId = options.routingId ?? routingIdFor(options.workerId);
+  }
+
+  /** The routing id the Sentinel's ROUTER sees for this worker. */
+  get routingId(): string {
+    return this.#routingId;
   }
 
   get workerId(): string {
@@ -105,7 +123,7 @@ export class Worker {
     this.#started = true;
     await this.#o.pipeline().hooks.start.promise(this.#info());
 
-    const socket = new Dealer({ linger: FLUSH_MS, reconnectInterval: 100, reconnectMaxInterval: 2_000 });
+    const socket = new Dealer({ routingId: this.#routingId, linger: FLUSH_MS, reconnectInterval: 100, reconnectMaxInterval: 2_000 });
     this.#socket = socket;
     // The observer must exist before connect() or the first "connect" event is missed.
     const events = socket.events;
@@ -116,7 +134,8 @@ export class Worker {
       throw Errors.WORKER_BAD_ENDPOINT([this.#o.connect, err instanceof Error ? err.message : String(err)], { cause: err });
     }
     this.#loops.push(this.#watchConnection(events), this.#receiveLoop(socket));
-    this.#log.info({ connect: this.#o.connect, worker_id: this.#o.workerId }, "worker connecting");
+    this.#log.info({ connect: this.#o.connect, worker_id: this.#o.workerId, routing_id: this.#routingId }, "worker connecting");
+    this.#armSilenceWarning("connect");
 
     this.#heartbeatTimer = setInterval(() => this.#heartbeat(), this.#o.heartbeatIntervalMs);
   }
@@ -131,6 +150,8 @@ export class Worker {
         if (event.type === "connect") {
           this.#log.info({ address: event.address }, "connected to sentinel; identifying");
           this.#identify();
+          this.#heardFromSentinel = false;
+          this.#armSilenceWarning("identify");
         } else if (event.type === "disconnect") {
           this.#log.warn({ address: event.address }, "sentinel disconnected; reconnecting");
         }
@@ -149,6 +170,8 @@ export class Worker {
   }
 
   #onFrames(frames: Frames): void {
+    this.#heardFromSentinel = true;
+    this.#disarmSilenceWarning();
     let header: Header;
     try {
       if (frames.length === 0) throw Errors.PROTOCOL_FRAME_COUNT([0]);
@@ -216,6 +239,42 @@ export class Worker {
     void this.#send(Opcode.ERR, () => ({ jobId, payload: { message: `Invalid DISPATCH payload: ${detail}`, traceback: null } }));
   }
 
+  /**
+   * Neither upstream Sentinel answers IDENTIFY, and a Sentinel that dropped it looks
+   * exactly like one with an empty queue. So after a while of silence we say so, once
+   * per connection, with what usually causes it. Not an error: an idle queue is normal.
+   */
+  #armSilenceWarning(phase: "connect" | "identify"): void {
+    this.#disarmSilenceWarning();
+    const ms = this.#o.silenceWarningMs ?? SILENCE_WARNING_MS;
+    if (ms <= 0 || this.#stopping) return;
+    this.#silenceTimer = setTimeout(() => {
+      this.#silenceTimer = null;
+      if (this.#stopping || this.#heardFromSentinel) return;
+      const seconds = Math.round(ms / 100) / 10;
+      if (phase === "connect") {
+        this.#log.warn(
+          { code: "CSP_WORKER_SENTINEL_UNREACHABLE", connect: this.#o.connect, seconds, likely_causes: UNREACHABLE_CAUSES },
+          "no Sentinel reachable at %s after %ss; still retrying",
+          this.#o.connect,
+          seconds,
+        );
+      } else {
+        this.#log.warn(
+          { code: "CSP_WORKER_SENTINEL_SILENT", connect: this.#o.connect, seconds, routing_id: this.#routingId, capabilities: this.#capabilities(), likely_causes: SILENT_CAUSES },
+          "the Sentinel has sent nothing in %ss since IDENTIFY: fine if no job is queued; if jobs are queued, see likely_causes",
+          seconds,
+        );
+      }
+    }, ms);
+    this.#silenceTimer.unref();
+  }
+
+  #disarmSilenceWarning(): void {
+    if (this.#silenceTimer) clearTimeout(this.#silenceTimer);
+    this.#silenceTimer = null;
+  }
+
   // -------------------------------------------------------------------------
   // Outbound messages: one serialized send path
   // -------------------------------------------------------------------------
@@ -247,7 +306,11 @@ export class Worker {
   }
 
   #identify(): void {
-    void this.#send(Opcode.IDENTIFY, () => ({ jobId: 0n, payload: { capabilities: ["*"], worker_id: this.#o.workerId } }));
+    void this.#send(Opcode.IDENTIFY, () => ({ jobId: 0n, payload: { capabilities: this.#capabilities(), worker_id: this.#o.workerId } }));
+  }
+
+  #capabilities(): string[] {
+    return this.#o.capabilities && this.#o.capabilities.length > 0 ? [...this.#o.capabilities] : ["*"];
   }
 
   #heartbeat(): void {
@@ -421,6 +484,7 @@ export class Worker {
       if (!(await settlesWithin(running, ABORT_SETTLE_MS))) this.#log.error("the aborted job did not finish; closing anyway");
     }
     if (this.#heartbeatTimer) clearInterval(this.#heartbeatTimer);
+    this.#disarmSilenceWarning();
     await settlesWithin(this.#sendTail, FLUSH_MS);
     await settlesWithin(this.#reloadTail, FLUSH_MS);
 
@@ -439,6 +503,18 @@ export class Worker {
     this.#log.info("worker stopped");
   }
 }
+
+const UNREACHABLE_CAUSES = [
+  "no Sentinel is running or bound at this endpoint yet (check --connect / `connect` and the Sentinel's bind address)",
+  "a firewall or a different host/port: the Sentinel binds a ROUTER socket, the worker connects to it",
+];
+
+const SILENT_CAUSES = [
+  "the Sentinel dropped IDENTIFY: upstream's Python Sentinel needs a UTF-8 routing id (this worker sends an ASCII one) and valid JSON",
+  "capability mismatch: upstream's Python Sentinel matches the plugin name literally and never matches \"*\"; list the plugin names with --capabilities",
+  "the peer is not a protocol v4 Sentinel (wrong port, or another version that drops our frames)",
+  "no job is queued for a plugin this worker can run (then nothing is wrong)",
+];
 
 function failedReceipt(message: string): JobReceipt {
   return { status: "FAILED", metrics: {}, artifacts: [], error_message: message };

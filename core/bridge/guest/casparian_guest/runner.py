@@ -76,7 +76,7 @@ def run_plugin(namespace, ctx, file_path, file_version_id, job_id):
         handler = namespace["Handler"]()
         if callable(getattr(handler, "configure", None)):
             handler.configure(ctx, config)
-        event = FileEvent(file_path, file_version_id, job_id)
+        event = FileEvent(file_path, file_version_id, job_id=job_id)
         consume = getattr(handler, "consume", None)
         result = None
         ran = False

@@ -3,6 +3,8 @@
 import logging
 import sys
 import types
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 from .arrow_out import arrow_streams
 
@@ -10,15 +12,53 @@ log = logging.getLogger("casparian.guest")
 
 
 
+@dataclass
 class FileEvent:
-    def __init__(self, path, file_id, job_id):
-        self.path = path
-        self.file_id = file_id
-        self.file_version_id = file_id
-        self.job_id = job_id
+    """The event consume() receives. Same fields and defaults as upstream's
+    casparian_flow.sdk.FileEvent (path, file_id=0, event_type="file_found", metadata={}),
+    plus the job id; file_version_id is another name for file_id."""
+
+    path: str
+    file_id: int = 0
+    event_type: str = "file_found"
+    metadata: Dict[str, Any] = field(default_factory=dict)
+    job_id: Optional[int] = None
+
+    @property
+    def file_version_id(self):
+        return self.file_id
+
+
+class PluginMetadata:
+    """``MANIFEST = PluginMetadata(...)`` as upstream's SDK declares it (plugins published
+    through upstream's DEPLOY path). Upstream's Sentinel reads it from the source text; here
+    it is plain data. Unlike upstream's dataclass, an unknown keyword (one of upstream's own
+    fixtures passes ``topics=``) is kept in ``extra`` with a warning instead of a TypeError."""
+
+    __slots__ = ("pattern", "topic", "priority", "subscriptions", "sinks", "version", "description", "extra")
+
+    def __init__(self, pattern=None, topic=None, priority=50, subscriptions=None, sinks=None, version="1.0.0", description=None, **extra):
+        self.pattern = pattern
+        self.topic = topic
+        self.priority = priority
+        self.subscriptions = list(subscriptions) if subscriptions is not None else []
+        self.sinks = dict(sinks) if sinks is not None else {}
+        self.version = version
+        self.description = description
+        self.extra = extra
+        if extra:
+            log.warning("PluginMetadata: unknown field(s) %s kept in .extra (upstream's SDK raises TypeError for them)", ", ".join(sorted(extra)))
+
+    def as_dict(self):
+        out = {name: getattr(self, name) for name in self.__slots__ if name != "extra"}
+        out.update(self.extra)
+        return out
+
+    def __eq__(self, other):
+        return isinstance(other, PluginMetadata) and self.as_dict() == other.as_dict()
 
     def __repr__(self):
-        return "FileEvent(path=%r, file_id=%r)" % (self.path, self.file_id)
+        return "PluginMetadata(%s)" % ", ".join("%s=%r" % kv for kv in self.as_dict().items())
 
 
 class BridgeContext:
@@ -78,6 +118,14 @@ class BasePlugin:
         self._config = config
         self._handles = {}
 
+    def consume(self, event):
+        """Upstream's entry point; the worker falls back to execute() when it is not overridden."""
+        raise NotImplementedError("Plugin must implement consume(self, event)")
+
+    def execute(self, file_path):
+        """Upstream's legacy entry point: wraps the path in a FileEvent for consume()."""
+        return self.consume(FileEvent(path=file_path))
+
     def publish(self, topic, data):
         if getattr(self, "_ctx", None) is None:
             raise RuntimeError("plugin infrastructure not loaded: run this plugin through the Casparian worker")
@@ -91,18 +139,22 @@ class BasePlugin:
 
 
 def install_sdk():
-    """Make `from casparian_flow.sdk import BasePlugin` work when the env has no real SDK."""
+    """Make `from casparian_flow.sdk import BasePlugin, PluginMetadata, FileEvent` work when the
+    env has no real SDK. An env that ships upstream's casparian_flow package keeps it."""
     import importlib.util
 
     sdk = types.ModuleType("casparian_sdk")
     sdk.BasePlugin = BasePlugin
     sdk.FileEvent = FileEvent
+    sdk.PluginMetadata = PluginMetadata
     if "casparian_sdk" not in sys.modules and importlib.util.find_spec("casparian_sdk") is None:
         sys.modules["casparian_sdk"] = sdk
     if "casparian_flow" not in sys.modules and importlib.util.find_spec("casparian_flow") is None:
         package = types.ModuleType("casparian_flow")
         package.__path__ = []
         package.BasePlugin = BasePlugin
+        package.PluginMetadata = PluginMetadata
+        package.FileEvent = FileEvent
         package.sdk = sdk
         sys.modules["casparian_flow"] = package
         sys.modules["casparian_flow.sdk"] = sdk
