@@ -52,7 +52,6 @@ function mainHelp(program: string): string {
 
 Commands:
   worker   connect to a Sentinel and run the jobs it dispatches (same as casparian-worker)
-           \`worker prepare\`: provision environments beforehand (see: ${program} worker prepare --help)
   run      run a plugin over local files with local workers (see: ${program} run --help)
 
 Options:
@@ -65,7 +64,7 @@ ${EXIT_CODES_HELP}
 
 function workerHelp(program: string): string {
   return `Usage: ${program} [options]
-       ${program} prepare <uv.lock | project dir> [--python X] | --list | --prune HASH   (see prepare --help)
+   or: ... prepare <uv.lock | project dir> [--python X] | --list | --prune HASH   (provision envs; prepare --help)
 
 Connects a DEALER socket to a Sentinel (protocol v4) and runs the jobs it dispatches.
 
