@@ -306,14 +306,14 @@ describe("failures", () => {
     assert.match(err.message, /before connecting/);
   });
 
-  test("a frame that is not Arrow IPC is a protocol error", async () => {
+  test("a frame that is not Arrow IPC fails with CSP_BRIDGE_BAD_FRAME", async () => {
     await rejectsWith(
       run("handler_pandas.py", {
         interpreterPath: fixturePath("envs", "legacy-guest", "python"),
         allowEnv: ["LEGACY_GUEST_PYTHON", "LEGACY_GUEST_MODE"],
         ...withEnv({ LEGACY_GUEST_PYTHON: env.interpreterPath, LEGACY_GUEST_MODE: "garbage" }),
       }),
-      Errors.GUEST_PROTOCOL.code,
+      Errors.BRIDGE_BAD_FRAME.code,
     );
   });
 

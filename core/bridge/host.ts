@@ -30,6 +30,7 @@ import type { Logger } from "../kernel/logger.js";
 import { packageRoot } from "../kernel/paths.js";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
 import { FrameTopics } from "./topic.js";
+import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
 
 export { TOPIC_METADATA_KEY, DEFAULT_TOPIC } from "./topic.js";
@@ -39,6 +40,8 @@ export const BASE_ALLOWED_ENV = ["PATH", "LANG", "TZ", "TMPDIR", "HOME"] as cons
 const KILL_GRACE_MS = 2000;
 const STDERR_TAIL_LINES = 30;
 const MAX_LINE_CHARS = 64 * 1024;
+/** How long bytes may still arrive after end-of-stream once the guest has exited. */
+const TRAILING_DRAIN_MS = 100;
 
 /** Absolute path of the guest shim shipped in the package: a directory that `python <dir>` runs through its __main__.py. */
 export function shimPath(): string {
@@ -255,7 +258,7 @@ class GuestRun {
     const handle = async (frame: Frame): Promise<void> => {
       switch (frame.kind) {
         case "data": {
-          const decoded = topics.decode(frame.bytes);
+          const decoded = this.#decodeData(topics, frame.bytes, batches);
           const index = indexByTopic.get(decoded.topic) ?? 0;
           indexByTopic.set(decoded.topic, index + 1);
           const batch: Batch = { ...decoded, index };
@@ -299,6 +302,7 @@ class GuestRun {
         for (const frame of frames) await handle(frame);
         if (decoder.ended) break;
       }
+      if (decoder.ended) await this.#refuseTrailingBytes(chunks, decoder);
     } catch (err) {
       if (this.#failure || err instanceof CasparianError || !(err instanceof Error) || (err as NodeJS.ErrnoException).syscall === undefined) throw err;
       // A socket error (ECONNRESET: the guest died mid-write) is a broken stream, not a worker bug.
@@ -319,6 +323,50 @@ class GuestRun {
     this.#parseStdoutMetrics();
 
     return { rows, batches, ipcBytes, startupMs, durationMs: Math.round(performance.now() - started), rowsByTopic, guestMetrics: { ...this.#guestMetrics } };
+  }
+
+  /**
+   * Check the frame's IPC structure before apache-arrow sees it (ipc-check.ts): a crafted
+   * frame must fail its job, never loop or exhaust memory in the worker. The decoded row
+   * count must be what the stream claims: garbage is never accepted as an empty table.
+   */
+  #decodeData(topics: FrameTopics, bytes: Uint8Array, index: number): Omit<Batch, "index"> {
+    const bad = (why: string, cause?: unknown) =>
+      this.#withStderr(Errors.BRIDGE_BAD_FRAME([this.#context.jobId, index, bytes.byteLength, why], { context: { ...this.#context }, cause })) as CasparianError;
+    let claimed: number;
+    try {
+      claimed = checkIpcStream(bytes).rows;
+    } catch (err) {
+      if (err instanceof IpcCheckError) throw bad(err.message);
+      throw err;
+    }
+    let decoded: Omit<Batch, "index">;
+    try {
+      decoded = topics.decode(bytes);
+    } catch (err) {
+      throw bad(err instanceof Error ? err.message : String(err), err);
+    }
+    if (decoded.numRows !== claimed) throw bad(`it claims ${claimed} rows but decodes to ${decoded.numRows}`);
+    return decoded;
+  }
+
+  /**
+   * After end-of-stream the guest has nothing more to say: bytes that still arrive (before
+   * it exits and the socket closes) mean a broken or hostile guest, and are refused rather
+   * than silently dropped. Stops waiting shortly after the guest's exit, so a descendant
+   * holding the socket open cannot hold the job.
+   */
+  async #refuseTrailingBytes(chunks: AsyncIterator<Buffer>, decoder: FrameDecoder): Promise<void> {
+    const exitedAndDrained = this.#exit!.then(() => delay(TRAILING_DRAIN_MS)).then(() => ({ done: true, value: undefined }) as const);
+    for (;;) {
+      const next = await this.#race(Promise.race([chunks.next(), exitedAndDrained]));
+      if (next.done) return;
+      try {
+        decoder.push(next.value);
+      } catch (err) {
+        throw this.#withStderr(err);
+      }
+    }
   }
 
   /** Listen on the socket; resolves once listening, with the (later) guest connection inside. */

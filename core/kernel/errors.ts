@@ -97,6 +97,11 @@ export const Errors = {
   GUEST_FAILED: createError<[string]>("CSP_GUEST_FAILED", "Guest process error: %s"),
   GUEST_TIMEOUT: createError<[string, number]>("CSP_GUEST_TIMEOUT", "%s timeout after %s ms", "raise the timeout in the config (bridge.timeouts) if the plugin is legitimately slow"),
   GUEST_PROTOCOL: createError<[string]>("CSP_GUEST_PROTOCOL", "bridge protocol error: %s"),
+  BRIDGE_BAD_FRAME: createError<[bigint, number, number, string]>(
+    "CSP_BRIDGE_BAD_FRAME",
+    "job %s: data frame %s (%s bytes) is not a valid Arrow IPC stream: %s",
+    "the plugin sent corrupt bytes on the bridge socket; publish through the SDK (ctx.publish) instead of writing to the socket",
+  ),
   JOB_ABORTED: createError<[string]>("CSP_JOB_ABORTED", "aborted by %s"),
 
   // Sinks

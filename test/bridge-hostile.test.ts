@@ -1,0 +1,66 @@
+/**
+ * Hostile guests against the real bridge host: plugins that bypass the SDK and write raw
+ * bytes on the socket they own. Each run must fail with a clear error (naming the job),
+ * never hang or grow the worker, and the next run must work.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { Errors } from "../core/kernel/errors.js";
+import { runGuest } from "../core/bridge/host.js";
+import type { GuestRunOptions } from "../core/bridge/types.js";
+import type { Batch } from "../core/kernel/job.js";
+import { fixturePath, pluginSource, testEnvironment, testJob, type TestEnvironment } from "./helpers/pyenv.js";
+import { rejectsWith } from "./helpers/assert.js";
+
+const TIMEOUTS = { connectMs: 20_000, idleMs: 60_000, jobMs: 120_000 };
+
+let env: TestEnvironment;
+let dir: string;
+
+before(async () => {
+  env = await testEnvironment();
+  dir = await mkdtemp(join(tmpdir(), "casparian-bridge-hostile-"));
+});
+
+after(async () => {
+  await env?.dispose();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+async function run(plugin: string, filePath: string, overrides: Partial<GuestRunOptions> = {}) {
+  const { job } = testJob(await pluginSource(plugin), { filePath, pluginName: plugin });
+  const batches: Batch[] = [];
+  const result = runGuest({ interpreterPath: env.interpreterPath, job, timeouts: TIMEOUTS, onBatch: async (b) => void batches.push(b), ...overrides });
+  return { job, batches, result };
+}
+
+describe("raw frames from a plugin", () => {
+  test("a frame that makes apache-arrow loop fails its job with CSP_BRIDGE_BAD_FRAME naming the job; the next job runs", async () => {
+    for (const name of ["nodes-vector-length.arrow", "children-vector-length.arrow", "batch-length-2-32.arrow"]) {
+      const { job, result } = await run("raw_frames.py", fixturePath("frames", name));
+      const err = await rejectsWith(result, Errors.BRIDGE_BAD_FRAME.code);
+      assert.match(err.message, new RegExp(`^job ${job.jobId}: data frame 0 \\(\\d+ bytes\\) is not a valid Arrow IPC stream`), name);
+      assert.equal(err.context.jobId, job.jobId);
+    }
+    const good = await run("handler_pandas.py", "/dev/null");
+    assert.equal((await good.result).rows, 6);
+  });
+
+  test("garbage is not accepted as an empty table", async () => {
+    const path = join(dir, "garbage.bin");
+    await writeFile(path, "definitely not Arrow IPC, but long enough to look like a frame");
+    await rejectsWith((await run("raw_frames.py", path)).result, Errors.BRIDGE_BAD_FRAME.code);
+  });
+
+  test("data after the end-of-stream frame is refused, not silently dropped", async () => {
+    const frame = await readFile(fixturePath("frames", "nodes-vector-length.arrow"));
+    const path = join(dir, "raw-after-end.bin");
+    // end of stream, then a (complete, well-formed) data frame nobody would ever read
+    await writeFile(path, Buffer.concat([Buffer.from([0, 0, 0, 0]), Buffer.from([0, 0, 0, 8]), frame.subarray(0, 8)]));
+    const err = await rejectsWith((await run("raw_frames.py", path)).result, Errors.GUEST_PROTOCOL.code);
+    assert.match(err.message, /bytes after end of stream/);
+  });
+});
