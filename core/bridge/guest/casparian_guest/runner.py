@@ -11,7 +11,7 @@ import sys
 import time
 import traceback
 
-from .arrow_out import is_publishable
+from .arrow_out import declare_from_manifest, is_publishable, typing_metrics
 from .channel import DEFAULT_TOPIC, Channel
 from .sdk import BridgeContext, FileEvent, install_sdk
 
@@ -70,6 +70,7 @@ def run_plugin(namespace, ctx, file_path, file_version_id, job_id):
     manifest = namespace.get("MANIFEST")
     if isinstance(manifest, dict):
         log.info("plugin manifest: name=%s version=%s", manifest.get("name"), manifest.get("version"))
+        declare_from_manifest(manifest)
     config = {}
 
     if isinstance(namespace.get("Handler"), type):
@@ -165,6 +166,7 @@ def main():
             "topics": len(ctx.rows_by_topic),
             "guest_ms": int((time.monotonic() - started) * 1000),
         }
+        metrics.update(typing_metrics())
         real_stdout.write(json.dumps(metrics) + "\n")
         real_stdout.flush()
     return exit_code

@@ -6,7 +6,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from .arrow_out import arrow_streams
+from .arrow_out import arrow_streams, declare_topic
 
 log = logging.getLogger("casparian.guest")
 
@@ -77,9 +77,13 @@ class BridgeContext:
         self.chunks = 0
         self.rows_by_topic = {}
 
-    def register_topic(self, topic, default_uri=None, **_options):
+    def register_topic(self, topic, default_uri=None, schema=None, on_bad_value=None, **_options):
+        """schema: the topic's column types in pyarrow's names ({"amount": "decimal128(12, 2)"}, or a
+        pyarrow Schema); on_bad_value="null" turns values that do not fit into counted nulls."""
         if not isinstance(topic, str) or not topic:
             raise ValueError("register_topic needs a non-empty topic name, got %r" % (topic,))
+        if schema is not None or on_bad_value is not None:
+            declare_topic(topic, schema, on_bad_value)
         for handle, name in self._topics.items():
             if name == topic:
                 return handle
@@ -136,6 +140,11 @@ class BasePlugin:
     @property
     def config(self):
         return getattr(self, "_config", {})
+
+    @config.setter
+    def config(self, value):
+        # Plugins written for the upstream SDK assign self.config = config in __init__.
+        self._config = value
 
 
 def install_sdk():
