@@ -21,7 +21,9 @@ export { Opcode } from "./core/protocol/messages.js";
 export type { Header, Message, PayloadByOpcode } from "./core/protocol/messages.js";
 export { decodeHeader, decodeMessage, encodeHeader, encodeMessage, parseJson, stringifyJson } from "./core/protocol/codec.js";
 export { Worker } from "./core/worker/worker.js";
-export type { WorkerOptions, WorkerPipeline } from "./core/worker/worker.js";
+export type { WorkerOptions } from "./core/worker/worker.js";
+export { Pipeline } from "./core/pipeline/pipeline.js";
+export type { PipelineOptions, JobRequest, GuestRunner } from "./core/pipeline/pipeline.js";
 export { loadConfig } from "./core/config/loader.js";
 export type { LoadedConfig } from "./core/config/loader.js";
 // Environments and the bridge: provision uv venvs from lockfiles, run a plugin as a guest process.

@@ -4,7 +4,7 @@
  *
  *   plugin alone     python runs the plugin and writes each chunk's IPC stream to /dev/null
  *   worker → null    runGuest (real venv, socket, shim, frame decoding) into a consumer that drops batches
- *   worker → parquet runGuest into the bundled Parquet sink (through the hooks, as a job does)
+ *   worker → parquet runGuest into the bundled Parquet sink (through the real Pipeline, as a job does)
  *
  * and prints `overhead = worker / plugin alone` (target ≤ 1.3) and the worker's peak RSS
  * at two row counts (target ≤ 200 MB, independent of the row count). Each worker run is
@@ -22,11 +22,10 @@ import { promisify } from "node:util";
 import { pino } from "pino";
 import { runGuest } from "../core/bridge/host.js";
 import { EnvManager } from "../core/env/manager.js";
-import type { Batch, JobContext, JobOutcome } from "../core/kernel/job.js";
 import type { Logger } from "../core/kernel/logger.js";
 import type { DispatchCommand } from "../core/protocol/messages.js";
 import { packageRoot } from "../core/kernel/paths.js";
-import { createHooks } from "../hooks/index.js";
+import { Pipeline } from "../core/pipeline/pipeline.js";
 
 const execFileAsync = promisify(execFile);
 const REPS = 3;
@@ -103,18 +102,16 @@ function mb(bytes: number): string {
   return `${(bytes / 1024 / 1024).toFixed(0)} MB`;
 }
 
-/** Loads the bundled Parquet sink through its public loader, or null when it is not there. */
-async function parquetHooks(outputRoot: string, logger: Logger) {
+/** Adds the bundled Parquet sink through its public loader; false when it is not there. */
+async function withParquet(pipeline: Pipeline, outputRoot: string, logger: Logger): Promise<boolean> {
   try {
     const { loadSinkPlugins } = (await import("../core/pipeline/sink-loader.js")) as typeof import("../core/pipeline/sink-loader.js");
     const { SinkManager } = (await import("../core/pipeline/sink-manager.js")) as typeof import("../core/pipeline/sink-manager.js");
-    const hooks = createHooks();
-    const plugins = await loadSinkPlugins([], outputRoot, {});
-    new SinkManager({ plugins, logger, outputRoot }).apply(hooks);
-    return hooks;
+    pipeline.use(new SinkManager({ plugins: await loadSinkPlugins([], outputRoot, {}), logger, outputRoot }));
+    return true;
   } catch (err) {
     console.error(`(bundled Parquet sink unavailable: ${(err as Error).message}; using a null consumer)`);
-    return null;
+    return false;
   }
 }
 
@@ -123,11 +120,19 @@ async function childMain(request: ChildRequest): Promise<ChildReport> {
   const logger = pino({ level: "warn" }) as unknown as Logger;
   let peak = process.memoryUsage.rss();
   const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage.rss())), 20);
-  const hooks = request.mode === "parquet" ? await parquetHooks(request.outputRoot, logger) : null;
-  const info = { workerId: "bench", outputRoot: request.outputRoot, logger };
-  if (hooks) await hooks.start.promise(info);
-  const seconds: number[] = [];
+  // The real pipeline and bridge; in null mode no sink taps onBatch, so batches are dropped as they arrive.
   let last = { rows: 0, batches: 0, ipcBytes: 0 };
+  const pipeline = new Pipeline({
+    logger,
+    outputRoot: request.outputRoot,
+    workerId: "bench",
+    bridge: { connectTimeout: 30, idleTimeout: 120, jobTimeout: 600 },
+    envs: { acquire: async (envHash) => ({ envHash, interpreterPath: request.interpreterPath, release() {} }) },
+    runGuest: async (options) => (last = await runGuest(options)),
+  });
+  const parquet = request.mode === "parquet" && (await withParquet(pipeline, request.outputRoot, logger));
+  await pipeline.start();
+  const seconds: number[] = [];
   try {
     for (let rep = 0; rep < request.reps; rep++) {
       const command: DispatchCommand = {
@@ -139,31 +144,18 @@ async function childMain(request: ChildRequest): Promise<ChildReport> {
         source_code: GENERATOR_PLUGIN,
         artifact_hash: null,
       };
-      const job: JobContext = { jobId: BigInt(rep + 1), workerId: "bench", command, logger, outputRoot: request.outputRoot, signal: new AbortController().signal };
-      const outcome: JobOutcome = { status: "SUCCESS", error: null, artifacts: [], metrics: {} };
       const t0 = performance.now();
-      if (hooks) await hooks.jobStart.promise(job);
-      const result = await runGuest({
-        interpreterPath: request.interpreterPath,
-        job,
-        timeouts: { connectMs: 30_000, idleMs: 120_000, jobMs: 600_000 },
-        onBatch: hooks ? (batch: Batch) => hooks.onBatch.promise(batch, job) : async () => undefined,
-      });
-      if (hooks) {
-        await hooks.prepareCommit.promise(job);
-        await hooks.onConclude.promise(outcome, job);
-        if (outcome.status !== "SUCCESS") throw outcome.error ?? new Error("bench job failed");
-      }
+      const receipt = await pipeline.runJob({ jobId: BigInt(rep + 1), command, logger, signal: new AbortController().signal });
+      if (receipt.status !== "SUCCESS") throw new Error(`bench job failed: ${receipt.error_message}`);
       seconds.push((performance.now() - t0) / 1000);
-      last = result;
     }
   } finally {
-    if (hooks) await hooks.shutdown.promise(info);
+    await pipeline.shutdown();
     clearInterval(sampler);
   }
   const maxRss = process.resourceUsage().maxRSS * 1024;
   let parquetBytes: number | null = null;
-  if (hooks) parquetBytes = (await stat(join(request.outputRoot, "bench", "generated.parquet"))).size;
+  if (parquet) parquetBytes = (await stat(join(request.outputRoot, "bench", "generated.parquet"))).size;
   return {
     seconds,
     rows: last.rows,
@@ -171,7 +163,7 @@ async function childMain(request: ChildRequest): Promise<ChildReport> {
     ipcBytes: last.ipcBytes,
     peakRssBytes: Math.max(peak, maxRss),
     parquetBytes,
-    sink: request.mode === "parquet" ? (hooks ? "bundled Parquet sink" : "null consumer (Parquet sink unavailable)") : "null consumer",
+    sink: request.mode === "parquet" ? (parquet ? "bundled Parquet sink" : "null consumer (Parquet sink unavailable)") : "null consumer",
   };
 }
 

@@ -20,9 +20,9 @@ import { promisify } from "node:util";
 import { RecordBatchStreamWriter, Table, Utf8, makeVector, tableFromIPC, tableToIPC, vectorFromArray } from "apache-arrow";
 import { pino } from "pino";
 import type { ParquetConfig } from "../core/config/config.js";
-import type { Batch, JobContext, JobOutcome } from "../core/kernel/job.js";
+import type { Batch } from "../core/kernel/job.js";
 import { packageRoot } from "../core/kernel/paths.js";
-import { createHooks } from "../hooks/index.js";
+import { Pipeline } from "../core/pipeline/pipeline.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { SinkManager } from "../core/pipeline/sink-manager.js";
 import { defaultEncoderThreads } from "../sinks/parquet.js";
@@ -121,29 +121,26 @@ function concatenatedStream(batches: Batch[]): Uint8Array {
 
 async function timeOurs(batches: Batch[], root: string, parquet: ParquetConfig): Promise<{ seconds: number; bytes: number; threads: number }> {
   const logger = pino({ level: "warn" });
-  const hooks = createHooks();
-  const plugins = await loadSinkPlugins([], root, parquet);
-  new SinkManager({ plugins, logger, outputRoot: root }).apply(hooks);
-  const info = { workerId: "bench", outputRoot: root, logger };
-  await hooks.start.promise(info);
+  // The real pipeline, sink manager and Parquet sink; the "guest" hands over batches made in advance, so only the sink side is timed.
+  const pipeline = new Pipeline({
+    logger,
+    outputRoot: root,
+    workerId: "bench",
+    envs: { acquire: async (envHash) => ({ envHash, interpreterPath: "(in-process batches)", release() {} }) },
+    runGuest: async ({ onBatch }) => {
+      for (const batch of batches) await onBatch(batch);
+      return { rows: 0, batches: batches.length, ipcBytes: 0, startupMs: 0, durationMs: 0, rowsByTopic: new Map(), guestMetrics: {} };
+    },
+  });
+  pipeline.use(new SinkManager({ plugins: await loadSinkPlugins([], root, parquet), logger, outputRoot: root }));
+  await pipeline.start();
   const file = join(root, "bench.parquet");
   const once = async (jobId: bigint) => {
-    const job: JobContext = {
-      jobId,
-      workerId: "bench",
-      command: { plugin_name: "bench", file_path: "/dev/null", sinks: [{ topic: "bench", uri: `parquet://bench.parquet?row_group_size=${ROW_GROUP_SIZE}`, mode: "replace", schema_def: null }], file_version_id: 1n, env_hash: "0".repeat(64), source_code: "", artifact_hash: null },
-      logger,
-      outputRoot: root,
-      signal: new AbortController().signal,
-    };
-    const outcome: JobOutcome = { status: "SUCCESS", error: null, artifacts: [], metrics: {} };
+    const command = { plugin_name: "bench", file_path: "/dev/null", sinks: [{ topic: "bench", uri: `parquet://bench.parquet?row_group_size=${ROW_GROUP_SIZE}`, mode: "replace" as const, schema_def: null }], file_version_id: 1n, env_hash: "0".repeat(64), source_code: "", artifact_hash: null };
     const t0 = performance.now();
-    await hooks.jobStart.promise(job);
-    for (const batch of batches) await hooks.onBatch.promise(batch, job);
-    await hooks.prepareCommit.promise(job);
-    await hooks.onConclude.promise(outcome, job);
+    const receipt = await pipeline.runJob({ jobId, command, logger, signal: new AbortController().signal });
     const seconds = (performance.now() - t0) / 1000;
-    if (outcome.status !== "SUCCESS") throw outcome.error ?? new Error("bench job failed");
+    if (receipt.status !== "SUCCESS") throw new Error(`bench job failed: ${receipt.error_message}`);
     return seconds;
   };
   try {
@@ -153,7 +150,7 @@ async function timeOurs(batches: Batch[], root: string, parquet: ParquetConfig):
     const threads = parquet.encoderThreads ?? defaultEncoderThreads();
     return { seconds: median(times), bytes: (await stat(file)).size, threads };
   } finally {
-    await hooks.shutdown.promise(info);
+    await pipeline.shutdown();
   }
 }
 

@@ -1,6 +1,6 @@
 /**
- * The bundled Parquet sink, driven through the hooks exactly as the JobRunner drives
- * it, with real Arrow batches, real files, and read back by real pyarrow and DuckDB.
+ * The bundled Parquet sink, run by the real Pipeline (scripted guest, see helpers/pipeline.ts)
+ * with real Arrow batches, real files, and read back by real pyarrow and DuckDB.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -13,12 +13,13 @@ import { tableFromIPC } from "apache-arrow";
 import { Errors } from "../core/kernel/errors.js";
 import { packageRoot } from "../core/kernel/paths.js";
 import type { ParquetConfig } from "../core/config/config.js";
-import { createHooks, type WorkerHooks } from "../hooks/index.js";
+import type { Pipeline } from "../core/pipeline/pipeline.js";
+import { Stage } from "../hooks/index.js";
 import { isStagingName, removeStaleStaging, stagingPathFor } from "../sinks/files.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { EncoderPool } from "../sinks/parquet-pool.js";
-import { SinkManager } from "../core/pipeline/sink-manager.js";
-import { batchOf, canonicalColumns, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
+import { batchOf, canonicalColumns, sampleTable } from "./helpers/arrow.js";
+import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
 import { buildPythonEnv, columnValues, readParquet, runPython, type PythonEnv } from "./helpers/readback.js";
 
 const logger = pino({ level: "silent" });
@@ -33,15 +34,12 @@ after(async () => {
   await Promise.all(roots.map((r) => rm(r, { recursive: true, force: true })));
 });
 
-async function workspace(parquet: ParquetConfig = { encoderThreads: 1 }): Promise<{ root: string; hooks: WorkerHooks; close(): Promise<void> }> {
+async function workspace(parquet: ParquetConfig = { encoderThreads: 1 }): Promise<{ root: string; pipeline: Pipeline; close(): Promise<void> }> {
   const root = await mkdtemp(join(tmpdir(), "casparian-parquet-"));
   roots.push(root);
-  const hooks = createHooks();
-  const manager = new SinkManager({ plugins: await loadSinkPlugins([], root, parquet), logger, outputRoot: root });
-  manager.apply(hooks);
-  const info = { workerId: "worker-test", outputRoot: root, logger };
-  await hooks.start.promise(info);
-  return { root, hooks, close: () => hooks.shutdown.promise(info) };
+  const pipeline = scriptedPipeline({ outputRoot: root, sinks: await loadSinkPlugins([], root, parquet), logger });
+  await pipeline.start();
+  return { root, pipeline, close: () => pipeline.shutdown() };
 }
 
 /** Every file under root, relative, sorted: proves what a reader could see. */
@@ -53,9 +51,9 @@ async function listFiles(root: string): Promise<string[]> {
 describe("Parquet sink", () => {
   test("pyarrow and DuckDB read back exactly what was written: values, types, nulls, timestamps, unicode", async () => {
     const ws = await workspace();
-    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("sales", "parquet://out/sales.parquet?row_group_size=700")] });
+    const job = makeJob({ sinks: [sinkConfig("sales", "parquet://out/sales.parquet?row_group_size=700")] });
     const tables = [sampleTable(1000, 0), sampleTable(1, 1000), sampleTable(1499, 1001)];
-    const outcome = await driveJob(ws.hooks, job, tables.map((t, i) => batchOf("sales", t, i)));
+    const outcome = await runJob(ws.pipeline, job, tables.map((t, i) => batchOf("sales", t, i)));
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const file = join(ws.root, "out", `sales_${job.jobId}.parquet`);
@@ -103,8 +101,8 @@ describe("Parquet sink", () => {
       const table = tableFromIPC(ipc);
       return { topic: "t", index: k, ipc, table, numRows: table.numRows };
     }));
-    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://pandas.parquet", "replace")] });
-    const outcome = await driveJob(ws.hooks, job, batches);
+    const job = makeJob({ sinks: [sinkConfig("t", "parquet://pandas.parquet", "replace")] });
+    const outcome = await runJob(ws.pipeline, job, batches);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const report = JSON.parse(await runPython(py, `import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")`, [script, "compare", inputs, join(ws.root, "pandas.parquet")])) as Record<string, unknown>;
@@ -121,8 +119,8 @@ describe("Parquet sink", () => {
     const results = [];
     for (const encoderThreads of [0, 2]) {
       const ws = await workspace({ encoderThreads, rowGroupSize: 300 });
-      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://t.parquet", "replace")] });
-      const outcome = await driveJob(ws.hooks, job, [0, 1, 2, 3].map((i) => batchOf("t", sampleTable(450, i * 450), i)));
+      const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet", "replace")] });
+      const outcome = await runJob(ws.pipeline, job, [0, 1, 2, 3].map((i) => batchOf("t", sampleTable(450, i * 450), i)));
       await ws.close();
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       results.push(await readParquet(py, "pyarrow", join(ws.root, "t.parquet")));
@@ -136,8 +134,8 @@ describe("Parquet sink", () => {
     // Pieces come back in recycled buffers, and the footer keeps every row group's
     // statistics until the file is finished: they must not be views of a reused buffer.
     const ws = await workspace({ encoderThreads: 1, rowGroupSize: 100 });
-    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://stats.parquet", "replace")] });
-    const outcome = await driveJob(ws.hooks, job, [0, 1, 2].map((i) => batchOf("t", sampleTable(400, i * 400), i)));
+    const job = makeJob({ sinks: [sinkConfig("t", "parquet://stats.parquet", "replace")] });
+    const outcome = await runJob(ws.pipeline, job, [0, 1, 2].map((i) => batchOf("t", sampleTable(400, i * 400), i)));
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const code = `import sys, json, pyarrow.parquet as pq
@@ -160,10 +158,9 @@ print(json.dumps(out))`;
   test("compression and row group size come from the URI query, over the config", async () => {
     const ws = await workspace({ encoderThreads: 1, compression: "gzip", rowGroupSize: 50 });
     const job = makeJob({
-      outputRoot: ws.root,
       sinks: [sinkConfig("a", "parquet://a.parquet?compression=zstd&row_group_size=100", "replace"), sinkConfig("b", "parquet://b.parquet", "replace")],
     });
-    const outcome = await driveJob(ws.hooks, job, [batchOf("a", sampleTable(250)), batchOf("b", sampleTable(120))]);
+    const outcome = await runJob(ws.pipeline, job, [batchOf("a", sampleTable(250)), batchOf("b", sampleTable(120))]);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const a = await readParquet(py, "pyarrow", join(ws.root, "a.parquet"));
@@ -181,8 +178,8 @@ print(json.dumps(out))`;
       ["parquet://x.parquet?row_group_size=0", /row_group_size must be a positive integer/],
       ["parquet://x.parquet?rowgroups=5", /unknown parameter "rowgroups"/],
     ] as const) {
-      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", uri)] });
-      const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(3))]);
+      const job = makeJob({ sinks: [sinkConfig("t", uri)] });
+      const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(3))]);
       assert.equal(outcome.status, "FAILED");
       assert.ok(Errors.SINK_BAD_URI.is(outcome.error), String(outcome.error));
       assert.match(outcome.error!.message, pattern);
@@ -195,8 +192,8 @@ print(json.dumps(out))`;
     test("append writes one file per job, <stem>_<job id>.parquet", async () => {
       const ws = await workspace();
       for (const jobId of [1n, 2n]) {
-        const job = makeJob({ outputRoot: ws.root, jobId, sinks: [sinkConfig("t", "parquet://daily/sales.parquet", "append")] });
-        const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(10 * Number(jobId)))]);
+        const job = makeJob({ jobId, sinks: [sinkConfig("t", "parquet://daily/sales.parquet", "append")] });
+        const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(10 * Number(jobId)))]);
         assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       }
       await ws.close();
@@ -207,8 +204,8 @@ print(json.dumps(out))`;
     test("replace swaps the target for the new file", async () => {
       const ws = await workspace();
       for (const rows of [30, 7]) {
-        const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://current.parquet", "replace")] });
-        const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(rows))]);
+        const job = makeJob({ sinks: [sinkConfig("t", "parquet://current.parquet", "replace")] });
+        const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(rows))]);
         assert.equal(outcome.status, "SUCCESS", String(outcome.error));
         assert.equal((await readParquet(py, "pyarrow", join(ws.root, "current.parquet"))).num_rows, rows);
       }
@@ -219,8 +216,8 @@ print(json.dumps(out))`;
     test("replace leaves the old target intact when the job fails", async () => {
       const ws = await workspace();
       await writeFile(join(ws.root, "keep.parquet"), "previous output");
-      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://keep.parquet", "replace")] });
-      const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(5))], { guestFails: new Error("guest crashed") });
+      const job = makeJob({ sinks: [sinkConfig("t", "parquet://keep.parquet", "replace")] });
+      const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(5))], { guestFails: new Error("guest crashed") });
       await ws.close();
       assert.equal(outcome.status, "FAILED");
       assert.equal(await readFile(join(ws.root, "keep.parquet"), "utf8"), "previous output");
@@ -230,8 +227,8 @@ print(json.dumps(out))`;
     test("error fails the job at open when the target exists", async () => {
       const ws = await workspace();
       await writeFile(join(ws.root, "once.parquet"), "already here");
-      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://once.parquet", "error")] });
-      const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(5))]);
+      const job = makeJob({ sinks: [sinkConfig("t", "parquet://once.parquet", "error")] });
+      const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(5))]);
       await ws.close();
       assert.equal(outcome.status, "FAILED");
       assert.ok(Errors.SINK_TARGET_EXISTS.is(outcome.error), String(outcome.error));
@@ -241,20 +238,19 @@ print(json.dumps(out))`;
 
     test("error fails the commit when the target appeared during the job, and writes when it is free", async () => {
       const ws = await workspace();
-      const racing = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://race.parquet", "error")] });
-      await ws.hooks.jobStart.promise(racing);
-      await ws.hooks.onBatch.promise(batchOf("t", sampleTable(5)), racing);
-      await ws.hooks.prepareCommit.promise(racing);
-      await writeFile(join(ws.root, "race.parquet"), "someone else");
-      const outcome = { status: "SUCCESS" as const, error: null, artifacts: [], metrics: {} };
-      await ws.hooks.onConclude.promise(outcome, racing);
+      const racing = makeJob({ jobId: 1n, sinks: [sinkConfig("t", "parquet://race.parquet", "error")] });
+      // Someone else creates the target after the sink prepared (and checked it), before it commits.
+      ws.pipeline.hooks.prepareCommit.tapPromise({ name: "Racer", stage: Stage.OBSERVE }, async (job) => {
+        if (job.jobId === racing.jobId) await writeFile(join(ws.root, "race.parquet"), "someone else");
+      });
+      const outcome = await runJob(ws.pipeline, racing, [batchOf("t", sampleTable(5))]);
       assert.equal(outcome.status, "FAILED");
       assert.ok(Errors.SINK_TARGET_EXISTS.is(outcome.error), String(outcome.error));
       assert.equal(await readFile(join(ws.root, "race.parquet"), "utf8"), "someone else");
       assert.deepEqual(outcome.artifacts, []);
 
-      const free = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://free.parquet", "error")] });
-      const ok = await driveJob(ws.hooks, free, [batchOf("t", sampleTable(5))]);
+      const free = makeJob({ sinks: [sinkConfig("t", "parquet://free.parquet", "error")] });
+      const ok = await runJob(ws.pipeline, free, [batchOf("t", sampleTable(5))]);
       await ws.close();
       assert.equal(ok.status, "SUCCESS", String(ok.error));
       assert.deepEqual(await listFiles(ws.root), ["free.parquet", "race.parquet"]);
@@ -267,8 +263,8 @@ print(json.dumps(out))`;
     roots.push(outside);
     await symlink(outside, join(ws.root, "link"));
     for (const uri of ["parquet://../escape.parquet", "parquet://a/../../escape.parquet", `parquet://${outside}/abs.parquet`, "parquet://link/through-symlink.parquet", "parquet://%2E%2E/encoded.parquet"]) {
-      const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", uri)] });
-      const outcome = await driveJob(ws.hooks, job, [batchOf("t", sampleTable(2))]);
+      const job = makeJob({ sinks: [sinkConfig("t", uri)] });
+      const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(2))]);
       assert.equal(outcome.status, "FAILED", uri);
       assert.ok(Errors.SINK_PATH_ESCAPE.is(outcome.error), `${uri}: ${String(outcome.error)}`);
       assert.equal((outcome.error as { context: { sinkUri?: string } }).context.sinkUri, uri);
@@ -280,8 +276,8 @@ print(json.dumps(out))`;
 
   test("a topic with zero rows gives an empty typed file; a topic with no batch publishes nothing", async () => {
     const ws = await workspace();
-    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("empty", "parquet://empty.parquet", "replace"), sinkConfig("silent", "parquet://silent.parquet", "replace")] });
-    const outcome = await driveJob(ws.hooks, job, [batchOf("empty", sampleTable(0))]);
+    const job = makeJob({ sinks: [sinkConfig("empty", "parquet://empty.parquet", "replace"), sinkConfig("silent", "parquet://silent.parquet", "replace")] });
+    const outcome = await runJob(ws.pipeline, job, [batchOf("empty", sampleTable(0))]);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts.map((a) => a.topic), ["empty"]);
@@ -294,15 +290,18 @@ print(json.dumps(out))`;
 
   test("no reader sees a partial file: before commit only a hidden staging file exists; abort removes it", async () => {
     const ws = await workspace();
-    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://deep/dir/out.parquet", "replace")] });
-    await ws.hooks.jobStart.promise(job);
-    await ws.hooks.onBatch.promise(batchOf("t", sampleTable(100)), job);
-    await ws.hooks.prepareCommit.promise(job);
-    const staged = await listFiles(ws.root);
+    const job = makeJob({ sinks: [sinkConfig("t", "parquet://deep/dir/out.parquet", "replace")] });
+    let staged: string[] = [];
+    // A gate that looks at the prepared job and vetoes its commit: the sink must abort.
+    ws.pipeline.hooks.onConclude.tapPromise("Gate", async (outcome) => {
+      staged = await listFiles(ws.root);
+      outcome.status = "FAILED";
+      outcome.error = new Error("vetoed after prepare");
+    });
+    const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(100))]);
+    assert.equal(outcome.status, "FAILED");
     assert.equal(staged.length, 1);
     assert.ok(isStagingName(basename(staged[0]!)) && basename(staged[0]!).startsWith(".out.parquet.stg-"), staged[0]);
-    const outcome = { status: "FAILED" as const, error: new Error("ABORT from the Sentinel"), artifacts: [], metrics: {} };
-    await ws.hooks.onConclude.promise(outcome, job);
     await ws.close();
     assert.deepEqual(await listFiles(ws.root), []);
   });
@@ -324,13 +323,11 @@ print(json.dumps(out))`;
 
   test("recovery running again mid-job (a RELOAD) leaves the job's staging alone", async () => {
     const ws = await workspace();
-    const job = makeJob({ outputRoot: ws.root, sinks: [sinkConfig("t", "parquet://reload.parquet", "replace")] });
-    await ws.hooks.jobStart.promise(job);
-    await ws.hooks.onBatch.promise(batchOf("t", sampleTable(20)), job);
-    await ws.hooks.start.promise({ workerId: "worker-test", outputRoot: ws.root, logger });
-    await ws.hooks.prepareCommit.promise(job);
-    const outcome = { status: "SUCCESS" as const, error: null, artifacts: [], metrics: {} };
-    await ws.hooks.onConclude.promise(outcome, job);
+    const job = makeJob({ sinks: [sinkConfig("t", "parquet://reload.parquet", "replace")] });
+    const outcome = await runJob(ws.pipeline, job, async (publish) => {
+      await publish(batchOf("t", sampleTable(20)));
+      await ws.pipeline.start();
+    });
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.equal((await readParquet(py, "pyarrow", join(ws.root, "reload.parquet"))).num_rows, 20);
@@ -354,9 +351,7 @@ print(json.dumps(out))`;
     const longAgo = new Date("2020-01-01T00:00:00Z");
     await utimes(samePidEarlierProcess, longAgo, longAgo);
 
-    const hooks = createHooks();
-    new SinkManager({ plugins: await loadSinkPlugins([], root, { encoderThreads: 0 }), logger, outputRoot: root }).apply(hooks);
-    await hooks.start.promise({ workerId: "w", outputRoot: root, logger });
+    await scriptedPipeline({ outputRoot: root, sinks: await loadSinkPlugins([], root, { encoderThreads: 0 }), logger }).start();
 
     const left = await listFiles(root);
     assert.ok(!left.includes(crashed.slice(root.length + 1)), "staging of the dead process is removed");

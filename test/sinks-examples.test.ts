@@ -14,29 +14,29 @@ import { loadConfig } from "../core/config/loader.js";
 import { CasparianError } from "../core/kernel/errors.js";
 import { packageRoot } from "../core/kernel/paths.js";
 import type { SinkConfig } from "../core/protocol/messages.js";
-import { createHooks, type WorkerHooks } from "../hooks/index.js";
+import type { JobOutcome } from "../core/kernel/job.js";
+import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
-import { SinkManager } from "../core/pipeline/sink-manager.js";
-import { batchOf, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
+import { batchOf, sampleTable } from "./helpers/arrow.js";
+import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
 
 const logger = pino({ level: "silent" });
 const roots: string[] = [];
 after(() => Promise.all(roots.map((r) => rm(r, { recursive: true, force: true }))));
 
-async function withExample(configFile: string): Promise<{ root: string; hooks: WorkerHooks; run(sinks: SinkConfig[], rows?: number, jobId?: bigint): ReturnType<typeof driveJob> }> {
+async function withExample(configFile: string): Promise<{ root: string; pipeline: Pipeline; run(sinks: SinkConfig[], rows?: number, jobId?: bigint): Promise<JobOutcome> }> {
   const { config, dir } = await loadConfig({ explicitPath: join("examples", configFile), cwd: packageRoot(), command: "worker" });
   const plugins = await loadSinkPlugins(config.sinks, dir, { encoderThreads: 0 });
   const root = await mkdtemp(join(tmpdir(), "casparian-example-"));
   roots.push(root);
-  const hooks = createHooks();
-  new SinkManager({ plugins, logger, outputRoot: root }).apply(hooks);
-  await hooks.start.promise({ workerId: "w", outputRoot: root, logger });
+  const pipeline = scriptedPipeline({ outputRoot: root, sinks: plugins, logger, workerId: "w" });
+  await pipeline.start();
   const run = (sinks: SinkConfig[], rows = 25, jobId = 77n) => {
-    const job = makeJob({ outputRoot: root, sinks, jobId });
+    const job = makeJob({ sinks, jobId });
     const half = Math.floor(rows / 2);
-    return driveJob(hooks, job, [batchOf(sinks[0]!.topic, sampleTable(half, 0), 0), batchOf(sinks[0]!.topic, sampleTable(rows - half, half), 1)]);
+    return runJob(pipeline, job, [batchOf(sinks[0]!.topic, sampleTable(half, 0), 0), batchOf(sinks[0]!.topic, sampleTable(rows - half, half), 1)]);
   };
-  return { root, hooks, run };
+  return { root, pipeline, run };
 }
 
 const code = (err: Error | null) => (err instanceof CasparianError ? err.code : String(err));
@@ -60,7 +60,7 @@ describe("example JSON Lines sink", () => {
   });
 
   test("replace, error and a failed job follow the modes; staging never shows", async () => {
-    const { root, hooks, run } = await withExample("jsonl-sink.config.ts");
+    const { root, pipeline, run } = await withExample("jsonl-sink.config.ts");
     assert.equal((await run([sinkConfig("t", "jsonl://t.jsonl", "replace")], 10)).status, "SUCCESS");
     assert.equal((await run([sinkConfig("t", "jsonl://t.jsonl", "replace")], 4)).status, "SUCCESS");
     assert.equal((await readFile(join(root, "t.jsonl"), "utf8")).trimEnd().split("\n").length, 4);
@@ -68,8 +68,8 @@ describe("example JSON Lines sink", () => {
     const refused = await run([sinkConfig("t", "jsonl://t.jsonl", "error")], 3);
     assert.equal(code(refused.error), "CSP_SINK_TARGET_EXISTS");
 
-    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "jsonl://t.jsonl", "replace")] });
-    const failed = await driveJob(hooks, job, [batchOf("t", sampleTable(50))], { guestFails: new Error("guest died") });
+    const job = makeJob({ sinks: [sinkConfig("t", "jsonl://t.jsonl", "replace")] });
+    const failed = await runJob(pipeline, job, [batchOf("t", sampleTable(50))], { guestFails: new Error("guest died") });
     assert.equal(failed.status, "FAILED");
     assert.equal((await readFile(join(root, "t.jsonl"), "utf8")).trimEnd().split("\n").length, 4);
     assert.deepEqual(await readdir(root), ["t.jsonl"]);
@@ -112,7 +112,7 @@ describe("example SQLite sink", () => {
   });
 
   test("append adds, replace swaps, error refuses an existing table, a failed job leaves the table as it was", async () => {
-    const { root, hooks, run } = await withExample("sqlite-sink.config.ts");
+    const { root, pipeline, run } = await withExample("sqlite-sink.config.ts");
     const file = join(root, "w.db");
     const count = () => readTable(file, "t").length;
     assert.equal((await run([sinkConfig("t", "sqlite://w.db/t", "append")], 5, 1n)).status, "SUCCESS");
@@ -125,8 +125,8 @@ describe("example SQLite sink", () => {
     assert.equal(code(refused.error), "CSP_SINK_TARGET_EXISTS");
     assert.equal((await run([sinkConfig("u", "sqlite://w.db/u", "error")], 3, 5n)).status, "SUCCESS");
 
-    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "sqlite://w.db/t", "replace")] });
-    const failed = await driveJob(hooks, job, [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
+    const job = makeJob({ sinks: [sinkConfig("t", "sqlite://w.db/t", "replace")] });
+    const failed = await runJob(pipeline, job, [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
     assert.equal(failed.status, "FAILED");
     assert.equal(count(), 2);
     const db = new Database(file, { readonly: true });

@@ -12,11 +12,10 @@ import { pino } from "pino";
 import { loadConfig } from "../core/config/loader.js";
 import { Errors } from "../core/kernel/errors.js";
 import { packageRoot } from "../core/kernel/paths.js";
-import { createHooks } from "../hooks/index.js";
 import { defineSink } from "../sinks/api.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
-import { SinkManager } from "../core/pipeline/sink-manager.js";
-import { batchOf, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
+import { batchOf, sampleTable } from "./helpers/arrow.js";
+import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
 
 const logger = pino({ level: "silent" });
 const roots: string[] = [];
@@ -65,12 +64,11 @@ describe("sink plugins from config", () => {
 
     const outputRoot = resolve(configDir, config.output!);
     await mkdir(outputRoot, { recursive: true });
-    const hooks = createHooks();
-    new SinkManager({ plugins, logger, outputRoot }).apply(hooks);
-    const job = makeJob({ outputRoot, sinks: [sinkConfig("rows", "csv://tables/rows.csv"), sinkConfig("words", "upper://words.txt"), sinkConfig("rows", "parquet://rows.parquet", "replace")] });
+    const pipeline = scriptedPipeline({ outputRoot, sinks: plugins, logger });
+    const job = makeJob({ sinks: [sinkConfig("rows", "csv://tables/rows.csv"), sinkConfig("words", "upper://words.txt"), sinkConfig("rows", "parquet://rows.parquet", "replace")] });
     const small = new (await import("apache-arrow")).Table({ label: sampleTable(3).getChild("label")! });
-    const outcome = await driveJob(hooks, job, [batchOf("rows", sampleTable(2)), batchOf("words", small)]);
-    await hooks.shutdown.promise({ workerId: "w", outputRoot, logger });
+    const outcome = await runJob(pipeline, job, [batchOf("rows", sampleTable(2)), batchOf("words", small)]);
+    await pipeline.shutdown();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts.map((a) => a.uri), [`csv://${join(outputRoot, "tables/rows.csv")}`, `upper://${join(outputRoot, "words.txt")}`, `parquet://${join(outputRoot, "rows.parquet")}`]);
     const csv = await readFile(join(outputRoot, "tables", "rows.csv"), "utf8");

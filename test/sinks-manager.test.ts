@@ -10,24 +10,23 @@ import { after, describe, test } from "node:test";
 import { Field, Int32, Int64, Null, Table, Utf8, vectorFromArray, Schema, makeData, RecordBatch, Struct } from "apache-arrow";
 import { pino } from "pino";
 import { CasparianError, Errors } from "../core/kernel/errors.js";
-import { createHooks, type WorkerHooks } from "../hooks/index.js";
+import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { SinkManager, type LoadedSink } from "../core/pipeline/sink-manager.js";
 import { defineSink, type SinkPlugin } from "../sinks/api.js";
 import { arrowTypeName } from "../sinks/contract.js";
-import { SAMPLE_CONTRACT, batchOf, capturingLogger, driveJob, makeJob, recordingSinkPlugin, sampleTable, sinkConfig, type SinkEvent } from "./helpers/arrow.js";
+import { SAMPLE_CONTRACT, batchOf, capturingLogger, recordingSinkPlugin, sampleTable, type SinkEvent } from "./helpers/arrow.js";
+import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
 
 const logger = pino({ level: "silent" });
 const roots: string[] = [];
 after(() => Promise.all(roots.map((r) => rm(r, { recursive: true, force: true }))));
 
-async function setup(extra: LoadedSink[] = []): Promise<{ root: string; hooks: WorkerHooks }> {
+async function setup(extra: LoadedSink[] = []): Promise<{ root: string; pipeline: Pipeline }> {
   const root = await mkdtemp(join(tmpdir(), "casparian-manager-"));
   roots.push(root);
-  const hooks = createHooks();
-  const plugins = [...(await loadSinkPlugins([], root, { encoderThreads: 0 })), ...extra];
-  new SinkManager({ plugins, logger, outputRoot: root }).apply(hooks);
-  return { root, hooks };
+  const sinks = [...(await loadSinkPlugins([], root, { encoderThreads: 0 })), ...extra];
+  return { root, pipeline: scriptedPipeline({ outputRoot: root, sinks, logger }) };
 }
 
 /** A mem:// sink that records each batch's schema ("name:type", "!" when not nullable), and the values of the last column when it has nulls. */
@@ -53,9 +52,9 @@ const files = async (root: string) => (await readdir(root, { recursive: true }))
 describe("SinkManager", () => {
   test("two topics go to two different sinks, each getting only its own batches", async () => {
     const events: SinkEvent[] = [];
-    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events }), options: {} }]);
-    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("sales", "parquet://sales.parquet", "replace"), sinkConfig("errors", "mem://errors")] });
-    const outcome = await driveJob(hooks, job, [batchOf("sales", sampleTable(5), 0), batchOf("errors", sampleTable(2), 0), batchOf("sales", sampleTable(6), 1)]);
+    const { root, pipeline } = await setup([{ plugin: recordingSinkPlugin({ events }), options: {} }]);
+    const job = makeJob({ sinks: [sinkConfig("sales", "parquet://sales.parquet", "replace"), sinkConfig("errors", "mem://errors")] });
+    const outcome = await runJob(pipeline, job, [batchOf("sales", sampleTable(5), 0), batchOf("errors", sampleTable(2), 0), batchOf("sales", sampleTable(6), 1)]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, [
       { topic: "sales", uri: `parquet://${join(root, "sales.parquet")}` },
@@ -69,9 +68,9 @@ describe("SinkManager", () => {
 
   test("an unknown scheme fails the job naming the known schemes, before any sink opens", async () => {
     const events: SinkEvent[] = [];
-    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events }), options: {} }]);
-    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "s3://bucket/key.parquet")] });
-    const outcome = await driveJob(hooks, job, [batchOf("a", sampleTable(1))]);
+    const { pipeline } = await setup([{ plugin: recordingSinkPlugin({ events }), options: {} }]);
+    const job = makeJob({ sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "s3://bucket/key.parquet")] });
+    const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(1))]);
     assert.equal(outcome.status, "FAILED");
     assert.ok(Errors.SINK_UNKNOWN_SCHEME.is(outcome.error), String(outcome.error));
     assert.match(outcome.error!.message, /s3:\/\/bucket\/key\.parquet.*known schemes: parquet:\/\/, mem:\/\//);
@@ -80,10 +79,10 @@ describe("SinkManager", () => {
   });
 
   test("a topic with no sink is dropped, warned about once, and counted", async () => {
-    const { root, hooks } = await setup();
+    const { pipeline } = await setup();
     const { logger: jobLogger, records } = capturingLogger();
-    const job = makeJob({ outputRoot: root, logger: jobLogger, sinks: [sinkConfig("sales", "parquet://sales.parquet")] });
-    const outcome = await driveJob(hooks, job, [batchOf("debug", sampleTable(3), 0), batchOf("sales", sampleTable(2)), batchOf("debug", sampleTable(4), 1)]);
+    const job = makeJob({ logger: jobLogger, sinks: [sinkConfig("sales", "parquet://sales.parquet")] });
+    const outcome = await runJob(pipeline, job, [batchOf("debug", sampleTable(3), 0), batchOf("sales", sampleTable(2)), batchOf("debug", sampleTable(4), 1)]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.equal(outcome.metrics.unrouted_batches, 2);
     assert.equal(outcome.metrics.unrouted_rows, 7);
@@ -94,10 +93,10 @@ describe("SinkManager", () => {
   });
 
   test("a job whose plugin publishes to no configured topic succeeds with no artifacts and says so", async () => {
-    const { root, hooks } = await setup();
+    const { root, pipeline } = await setup();
     const { logger: jobLogger, records } = capturingLogger();
-    const job = makeJob({ outputRoot: root, logger: jobLogger, sinks: [sinkConfig("sales", "parquet://sales.parquet")] });
-    const outcome = await driveJob(hooks, job, [batchOf("other", sampleTable(3))]);
+    const job = makeJob({ logger: jobLogger, sinks: [sinkConfig("sales", "parquet://sales.parquet")] });
+    const outcome = await runJob(pipeline, job, [batchOf("other", sampleTable(3))]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, []);
     assert.equal(outcome.metrics.unrouted_batches, 1);
@@ -108,9 +107,9 @@ describe("SinkManager", () => {
 
   test("a prepare failure in one sink: none commits, all abort, no file appears", async () => {
     const events: SinkEvent[] = [];
-    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "b", step: "prepare" } }), options: {} }]);
-    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("a", "parquet://a.parquet"), sinkConfig("b", "mem://b"), sinkConfig("c", "mem://c")] });
-    const outcome = await driveJob(hooks, job, [batchOf("a", sampleTable(3)), batchOf("b", sampleTable(3)), batchOf("c", sampleTable(3))]);
+    const { root, pipeline } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "b", step: "prepare" } }), options: {} }]);
+    const job = makeJob({ sinks: [sinkConfig("a", "parquet://a.parquet"), sinkConfig("b", "mem://b"), sinkConfig("c", "mem://c")] });
+    const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(3)), batchOf("b", sampleTable(3)), batchOf("c", sampleTable(3))]);
     assert.equal(outcome.status, "FAILED");
     assert.ok(Errors.SINK_WRITE_FAILED.is(outcome.error), String(outcome.error));
     const context = (outcome.error as CasparianError).context;
@@ -124,9 +123,9 @@ describe("SinkManager", () => {
 
   test("a commit failure turns the job FAILED and aborts the sinks that had not committed", async () => {
     const events: SinkEvent[] = [];
-    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "a", step: "commit" } }), options: {} }]);
-    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "parquet://b.parquet")] });
-    const outcome = await driveJob(hooks, job, [batchOf("a", sampleTable(1)), batchOf("b", sampleTable(1))]);
+    const { root, pipeline } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "a", step: "commit" } }), options: {} }]);
+    const job = makeJob({ sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "parquet://b.parquet")] });
+    const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(1)), batchOf("b", sampleTable(1))]);
     assert.equal(outcome.status, "FAILED");
     assert.match(String(outcome.error), /commit failed on purpose/);
     assert.deepEqual(events.slice(-2).map((e) => e.split(":")[0]), ["commit a", "abort a"]);
@@ -135,9 +134,9 @@ describe("SinkManager", () => {
 
   test("a failing open fails the job before the guest runs, and the sinks opened so far abort", async () => {
     const events: SinkEvent[] = [];
-    const { root, hooks } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "b", step: "open" } }), options: {} }]);
-    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "mem://b"), sinkConfig("c", "mem://c")] });
-    const outcome = await driveJob(hooks, job, [batchOf("a", sampleTable(1))]);
+    const { pipeline } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "b", step: "open" } }), options: {} }]);
+    const job = makeJob({ sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "mem://b"), sinkConfig("c", "mem://c")] });
+    const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(1))]);
     assert.equal(outcome.status, "FAILED");
     assert.ok(!events.some((e) => e.startsWith("write") || e.includes(" c")), events.join("\n"));
     assert.deepEqual(events.filter((e) => e.startsWith("abort")).map((e) => e.split(":")[0]), ["abort a", "abort b"]);
@@ -145,7 +144,7 @@ describe("SinkManager", () => {
 
   describe("schema rules", () => {
     test("a batch that breaks schema_def fails the job listing every difference", async () => {
-      const { root, hooks } = await setup();
+      const { root, pipeline } = await setup();
       const contract = JSON.stringify({
         columns: [
           { name: "id", type: "int32" },
@@ -155,8 +154,8 @@ describe("SinkManager", () => {
           { name: "region", type: "string" },
         ],
       });
-      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("sales", "parquet://sales.parquet", "append", contract)] });
-      const outcome = await driveJob(hooks, job, [batchOf("sales", sampleTable(10))]);
+      const job = makeJob({ sinks: [sinkConfig("sales", "parquet://sales.parquet", "append", contract)] });
+      const outcome = await runJob(pipeline, job, [batchOf("sales", sampleTable(10))]);
       assert.equal(outcome.status, "FAILED");
       assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(outcome.error), String(outcome.error));
       const message = outcome.error!.message;
@@ -174,17 +173,17 @@ describe("SinkManager", () => {
     });
 
     test("batches that honour schema_def pass (aliases, nullability checked on the data)", async () => {
-      const { root, hooks } = await setup();
-      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("sales", "parquet://sales.parquet", "append", SAMPLE_CONTRACT)] });
-      const outcome = await driveJob(hooks, job, [batchOf("sales", sampleTable(10))]);
+      const { pipeline } = await setup();
+      const job = makeJob({ sinks: [sinkConfig("sales", "parquet://sales.parquet", "append", SAMPLE_CONTRACT)] });
+      const outcome = await runJob(pipeline, job, [batchOf("sales", sampleTable(10))]);
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     });
 
     test("an invalid schema_def fails the job with its own code", async () => {
-      const { root, hooks } = await setup();
+      const { pipeline } = await setup();
       for (const bad of ["{not json", '{"cols": []}', '{"columns": [{"name": "x"}]}', '{"columns": [{"name": "x", "type": "int64"}, {"name": "x", "type": "int64"}]}']) {
-        const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet", "append", bad)] });
-        const outcome = await driveJob(hooks, job, []);
+        const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet", "append", bad)] });
+        const outcome = await runJob(pipeline, job, []);
         assert.ok(Errors.SINK_BAD_SCHEMA_DEF.is(outcome.error), `${bad}: ${String(outcome.error)}`);
         assert.ok((outcome.error as CasparianError).hint);
       }
@@ -192,34 +191,34 @@ describe("SinkManager", () => {
 
     test("the batches of a topic are unified: narrower, reordered and missing columns take the topic's schema", async () => {
       const seen: string[] = [];
-      const { root, hooks } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
+      const { pipeline } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
       const first = new Table({ id: vectorFromArray([1n, 2n], new Int64()), name: vectorFromArray(["a", "b"], new Utf8()) });
       const narrower = new Table({ id: vectorFromArray([3, 4], new Int32()), name: vectorFromArray(["c", "d"], new Utf8()) });
       const reordered = new Table({ name: vectorFromArray(["e"], new Utf8()), id: vectorFromArray([5n], new Int64()) });
       const missing = new Table({ id: vectorFromArray([6n], new Int64()) });
-      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet"), sinkConfig("t", "mem://t")] });
-      const outcome = await driveJob(hooks, job, [batchOf("t", first, 0), batchOf("t", narrower, 1), batchOf("t", reordered, 2), batchOf("t", missing, 3)]);
+      const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet"), sinkConfig("t", "mem://t")] });
+      const outcome = await runJob(pipeline, job, [batchOf("t", first, 0), batchOf("t", narrower, 1), batchOf("t", reordered, 2), batchOf("t", missing, 3)]);
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       assert.deepEqual(seen, ["id:int64 name:string", "id:int64 name:string", "id:int64 name:string", "id:int64 name:string [6,null]"]);
     });
 
     test("a null column is a placeholder: it takes the first real type, and later all-null batches keep it", async () => {
       const seen: string[] = [];
-      const { root, hooks } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
+      const { pipeline } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
       const placeholder = new Table({ id: vectorFromArray([1n], new Int64()), qty: vectorFromArray([null], new Null()) });
       const typed = new Table({ id: vectorFromArray([2n], new Int64()), qty: vectorFromArray([7n], new Int64()) });
-      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "mem://t")] });
-      const outcome = await driveJob(hooks, job, [batchOf("t", placeholder, 0), batchOf("t", typed, 1), batchOf("t", placeholder, 2)]);
+      const job = makeJob({ sinks: [sinkConfig("t", "mem://t")] });
+      const outcome = await runJob(pipeline, job, [batchOf("t", placeholder, 0), batchOf("t", typed, 1), batchOf("t", placeholder, 2)]);
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       assert.deepEqual(seen, ["id:int64 qty:null! [1,null]", "id:int64 qty:int64", "id:int64 qty:int64 [1,null]"]);
     });
 
     test("a real conflict between batches fails with CSP_SCHEMA_CONFLICT naming the column, both types and the fix", async () => {
-      const { root, hooks } = await setup();
+      const { root, pipeline } = await setup();
       const first = new Table({ qty: vectorFromArray([1n], new Int64()) });
       const text = new Table({ qty: vectorFromArray(["n/a"], new Utf8()) });
-      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet")] });
-      const outcome = await driveJob(hooks, job, [batchOf("t", first, 0), batchOf("t", text, 1)]);
+      const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet")] });
+      const outcome = await runJob(pipeline, job, [batchOf("t", first, 0), batchOf("t", text, 1)]);
       assert.ok(Errors.SCHEMA_CONFLICT.is(outcome.error), String(outcome.error));
       assert.match(outcome.error!.message, /column 'qty' is int64 in one part of the data and string in another \(batch 1 of job \d+\)/);
       assert.match((outcome.error as CasparianError).hint ?? "", /MANIFEST\["topics"\]\["t"\]/);
@@ -229,23 +228,23 @@ describe("SinkManager", () => {
 
     test("non-nullable widens to nullable", async () => {
       const seen: string[] = [];
-      const { root, hooks } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
+      const { pipeline } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
       const strict = new Schema([new Field("id", new Int64(), false)]);
       const loose = new Schema([new Field("id", new Int64(), true)]);
       const make = (schema: Schema, values: Array<bigint | null>) => {
         const vector = vectorFromArray(values, new Int64());
         return new Table(schema, [new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: values.length, nullCount: 0, children: [vector.data[0]!] }))]);
       };
-      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "mem://t")] });
-      const outcome = await driveJob(hooks, job, [batchOf("t", make(strict, [1n]), 0), batchOf("t", make(loose, [null]), 1), batchOf("t", make(strict, [3n]), 2)]);
+      const job = makeJob({ sinks: [sinkConfig("t", "mem://t")] });
+      const outcome = await runJob(pipeline, job, [batchOf("t", make(strict, [1n]), 0), batchOf("t", make(loose, [null]), 1), batchOf("t", make(strict, [3n]), 2)]);
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       assert.deepEqual(seen, ["id:int64!", "id:int64", "id:int64"]);
     });
 
     test("lineage column names are reserved", async () => {
-      const { root, hooks } = await setup();
-      const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", "parquet://t.parquet")] });
-      const outcome = await driveJob(hooks, job, [batchOf("t", new Table({ _job_id: vectorFromArray([1n], new Int64()) }))]);
+      const { pipeline } = await setup();
+      const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet")] });
+      const outcome = await runJob(pipeline, job, [batchOf("t", new Table({ _job_id: vectorFromArray([1n], new Int64()) }))]);
       assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(outcome.error), String(outcome.error));
       assert.match(outcome.error!.message, /"_job_id" is reserved for lineage/);
     });

@@ -38,10 +38,11 @@ import { CasparianError } from "../core/kernel/errors.js";
 import type { JobOutcome } from "../core/kernel/job.js";
 import type { SinkConfig } from "../core/protocol/messages.js";
 import { packageRoot } from "../core/kernel/paths.js";
-import { createHooks, type WorkerHooks } from "../hooks/index.js";
+import type { Pipeline } from "../core/pipeline/pipeline.js";
+import { Stage } from "../hooks/index.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
-import { SinkManager } from "../core/pipeline/sink-manager.js";
-import { batchOf, canonicalColumns, driveJob, makeJob, sampleTable, sinkConfig } from "./helpers/arrow.js";
+import { batchOf, canonicalColumns, sampleTable } from "./helpers/arrow.js";
+import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
 import { startPostgres, type PostgresServer } from "./helpers/postgres.js";
 
 const logger = pino({ level: "silent" });
@@ -81,7 +82,7 @@ const columnTypes = async (table: string) =>
 const count = async (table: string) => Number((await query<{ n: string }>(`SELECT count(*) AS n FROM public."${table}"`))[0]!.n);
 const code = (err: Error | null) => (err instanceof CasparianError ? err.code : String(err));
 
-async function pipeline(sinks: SinkReference[] | null): Promise<{ hooks: WorkerHooks; root: string; run(configs: SinkConfig[], rows?: number, jobId?: bigint): Promise<JobOutcome> }> {
+async function withSinks(sinks: SinkReference[] | null): Promise<{ pipeline: Pipeline; root: string; run(configs: SinkConfig[], rows?: number, jobId?: bigint): Promise<JobOutcome> }> {
   let plugins;
   if (sinks === null) {
     const { config, dir } = await loadConfig({ explicitPath: join("examples", "postgres-sink.config.ts"), cwd: packageRoot(), command: "worker" });
@@ -91,15 +92,14 @@ async function pipeline(sinks: SinkReference[] | null): Promise<{ hooks: WorkerH
   }
   const root = await mkdtemp(join(tmpdir(), "casparian-pg-sink-"));
   roots.push(root);
-  const hooks = createHooks();
-  new SinkManager({ plugins, logger, outputRoot: root }).apply(hooks);
-  await hooks.start.promise({ workerId: "w", outputRoot: root, logger });
+  const pipeline = scriptedPipeline({ outputRoot: root, sinks: plugins, logger, workerId: "w" });
+  await pipeline.start();
   const run = (configs: SinkConfig[], rows = 25, jobId = 77n) => {
-    const job = makeJob({ outputRoot: root, sinks: configs, jobId });
+    const job = makeJob({ sinks: configs, jobId });
     const half = Math.floor(rows / 2);
-    return driveJob(hooks, job, [batchOf(configs[0]!.topic, sampleTable(half, 0), 0), batchOf(configs[0]!.topic, sampleTable(rows - half, half), 1)]);
+    return runJob(pipeline, job, [batchOf(configs[0]!.topic, sampleTable(half, 0), 0), batchOf(configs[0]!.topic, sampleTable(rows - half, half), 1)]);
   };
-  return { hooks, root, run };
+  return { pipeline, root, run };
 }
 
 const tcp = (table: string) => `postgres://postgres@127.0.0.1:${server.port}/${DATABASE}/${table}`;
@@ -107,7 +107,7 @@ const socket = (table: string) => `postgresql:///${DATABASE}/${table}?host=${ser
 
 describe("example PostgreSQL sink", () => {
   test("rows, int64s beyond 2^53, unicode, nulls, microsecond timestamps and uint64 lineage arrive exactly", async () => {
-    const { run } = await pipeline(null);
+    const { run } = await withSinks(null);
     const outcome = await run([sinkConfig("sales", tcp("public.sales"), "append")], 25, MAX_JOB_ID);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, [{ topic: "sales", uri: `postgres://postgres@127.0.0.1:${server.port}/${DATABASE}/public.sales` }]);
@@ -136,7 +136,7 @@ describe("example PostgreSQL sink", () => {
   });
 
   test("maps the other Arrow types over a Unix socket URI", async () => {
-    const { hooks, root } = await pipeline(null);
+    const { pipeline } = await withSinks(null);
     const nanos = BigInt64Array.from([1_704_067_200_123_456_789n, -1_500n, 0n]);
     const table = new Table({
       i8: vectorFromArray([-128, 127, null], new Int8()),
@@ -153,7 +153,7 @@ describe("example PostgreSQL sink", () => {
       list: vectorFromArray([[9_007_199_254_740_993n, 1n], [], null], new List(new Field("item", new Int64(), true))),
     });
     const uri = socket("types_t");
-    const outcome = await driveJob(hooks, makeJob({ outputRoot: root, sinks: [sinkConfig("t", uri, "error")], jobId: 5n }), [batchOf("t", table)]);
+    const outcome = await runJob(pipeline, makeJob({ sinks: [sinkConfig("t", uri, "error")], jobId: 5n }), [batchOf("t", table)]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, [{ topic: "t", uri: `postgresql://postgres@/${DATABASE}/public.types_t?host=${server.socketDir}&port=${server.port}` }]);
     assert.deepEqual(await columnTypes("types_t"), {
@@ -183,7 +183,7 @@ describe("example PostgreSQL sink", () => {
   });
 
   test("append adds, replace swaps, error refuses an existing table; failures leave the target as it was and no staging", async () => {
-    const { hooks, root, run } = await pipeline(null);
+    const { pipeline, run } = await withSinks(null);
     const uri = tcp("modes");
     assert.equal((await run([sinkConfig("t", uri, "append")], 5, 1n)).status, "SUCCESS");
     assert.equal((await run([sinkConfig("t", uri, "append")], 6, 2n)).status, "SUCCESS");
@@ -202,13 +202,13 @@ describe("example PostgreSQL sink", () => {
     assert.equal((await run([sinkConfig("t", tcp("fresh"), "error")], 3, 5n)).status, "SUCCESS");
     assert.equal(await count("fresh"), 3);
 
-    const failed = await driveJob(hooks, makeJob({ outputRoot: root, sinks: [sinkConfig("t", uri, "replace")], jobId: 6n }), [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
+    const failed = await runJob(pipeline, makeJob({ sinks: [sinkConfig("t", uri, "replace")], jobId: 6n }), [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
     assert.equal(failed.status, "FAILED");
     assert.equal(await count("modes"), 2);
 
     // An append whose columns the existing table cannot take fails at commit, atomically.
     const wrongTypes = new Table({ id: vectorFromArray(["not a number"], new Utf8()) });
-    const mismatch = await driveJob(hooks, makeJob({ outputRoot: root, sinks: [sinkConfig("t", uri, "append")], jobId: 7n }), [batchOf("t", wrongTypes)]);
+    const mismatch = await runJob(pipeline, makeJob({ sinks: [sinkConfig("t", uri, "append")], jobId: 7n }), [batchOf("t", wrongTypes)]);
     assert.equal(code(mismatch.error), "CSP_SINK_WRITE_FAILED");
     assert.match(mismatch.error!.message, /cannot commit/);
     assert.equal(await count("modes"), 2);
@@ -216,41 +216,42 @@ describe("example PostgreSQL sink", () => {
   });
 
   test("mode error checks again at commit: a table created meanwhile wins, nothing is written", async () => {
-    const { hooks, root } = await pipeline(null);
-    const job = makeJob({ outputRoot: root, sinks: [sinkConfig("t", tcp("race"), "error")], jobId: 8n });
-    const outcome: JobOutcome = { status: "SUCCESS", error: null, artifacts: [], metrics: {} };
-    await hooks.jobStart.promise(job);
-    await hooks.onBatch.promise(batchOf("t", sampleTable(4)), job);
-    await hooks.prepareCommit.promise(job);
-    assert.equal((await stagingTables()).length, 1);
-    await query("CREATE TABLE public.race (x int)");
-    await hooks.onConclude.promise(outcome, job);
+    const { pipeline } = await withSinks(null);
+    const job = makeJob({ sinks: [sinkConfig("t", tcp("race"), "error")], jobId: 8n });
+    let staged = -1;
+    // Between the sink's prepare and its commit, someone else creates the table.
+    pipeline.hooks.prepareCommit.tapPromise({ name: "Racer", stage: Stage.OBSERVE }, async () => {
+      staged = (await stagingTables()).length;
+      await query("CREATE TABLE public.race (x int)");
+    });
+    const outcome = await runJob(pipeline, job, [batchOf("t", sampleTable(4))]);
+    assert.equal(staged, 1);
     assert.equal(code(outcome.error), "CSP_SINK_TARGET_EXISTS");
     assert.deepEqual(await columnTypes("race"), { x: "integer" });
     assert.deepEqual(await stagingTables(), []);
   });
 
   test("a topic without batches publishes nothing", async () => {
-    const { hooks, root } = await pipeline(null);
-    const outcome = await driveJob(hooks, makeJob({ outputRoot: root, sinks: [sinkConfig("t", tcp("never"), "append")] }), []);
+    const { pipeline } = await withSinks(null);
+    const outcome = await runJob(pipeline, makeJob({ sinks: [sinkConfig("t", tcp("never"), "append")] }), []);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, []);
     assert.deepEqual(await query("SELECT to_regclass('public.never') AS t"), [{ t: null }]);
   });
 
   test("writes in statements of insertRows rows; no lineage unless asked; bad options are refused at load", async () => {
-    const { run } = await pipeline([{ use: EXAMPLE, options: { insertRows: 7 } }]);
+    const { run } = await withSinks([{ use: EXAMPLE, options: { insertRows: 7 } }]);
     const outcome = await run([sinkConfig("t", tcp("chunks"), "append")], 25);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const ids = (await query<{ id: string }>("SELECT id::text AS id FROM public.chunks ORDER BY id")).map((r) => r.id);
     assert.deepEqual(ids, canonicalColumns(sampleTable(25)).id);
     assert.deepEqual(Object.keys(await columnTypes("chunks")), ["id", "amount", "label", "flag", "ts"]);
 
-    await assert.rejects(pipeline([{ use: EXAMPLE, options: { insertRows: 0 } }]), (err: unknown) => code(err as Error) === "CSP_SINK_INVALID" && /insertRows/.test((err as Error).message));
+    await assert.rejects(withSinks([{ use: EXAMPLE, options: { insertRows: 0 } }]), (err: unknown) => code(err as Error) === "CSP_SINK_INVALID" && /insertRows/.test((err as Error).message));
   });
 
   test("bad URIs fail with SINK_BAD_URI, unreachable servers with SINK_WRITE_FAILED, never showing the password", async () => {
-    const { run } = await pipeline(null);
+    const { run } = await withSinks(null);
     for (const uri of ["postgres://h/a/b/c", "postgres:///bad-name", "postgres:///s.t.u", "postgres:///db/t?sslmode=require", `postgres://127.0.0.1:${server.port}/db/t?host=/tmp`]) {
       const outcome = await run([sinkConfig("t", uri)]);
       assert.equal(code(outcome.error), "CSP_SINK_BAD_URI", uri);
@@ -277,7 +278,7 @@ describe("example PostgreSQL sink", () => {
     await create([...keep, staged("1", HOST_TAG, deadPid), staged("4", HOST_TAG, process.pid)]);
 
     // Options: the connection string names the database to clean.
-    await pipeline([{ use: EXAMPLE, options: { connectionString: `postgres://postgres@127.0.0.1:${server.port}/${DATABASE}` } }]);
+    await withSinks([{ use: EXAMPLE, options: { connectionString: `postgres://postgres@127.0.0.1:${server.port}/${DATABASE}` } }]);
     assert.deepEqual(await stagingTables(), keep);
 
     // No options: node-postgres reads PGHOST (a socket directory), PGPORT, PGUSER and PGDATABASE.
@@ -285,7 +286,7 @@ describe("example PostgreSQL sink", () => {
     const saved = { ...process.env };
     Object.assign(process.env, { PGHOST: server.socketDir, PGPORT: String(server.port), PGUSER: "postgres", PGDATABASE: DATABASE });
     try {
-      await pipeline(null);
+      await withSinks(null);
     } finally {
       for (const key of ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE"]) {
         if (saved[key] === undefined) delete process.env[key];
@@ -296,7 +297,7 @@ describe("example PostgreSQL sink", () => {
 
     // A sink opening in a database also drops the stale staging it finds there.
     await create([staged("6", HOST_TAG, deadPid)]);
-    const { run } = await pipeline(null);
+    const { run } = await withSinks(null);
     assert.equal((await run([sinkConfig("t", tcp("sweep"))], 3, 9n)).status, "SUCCESS");
     assert.deepEqual(await stagingTables(), keep);
   });

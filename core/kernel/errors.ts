@@ -113,13 +113,16 @@ export const Errors = {
   SCHEMA_CONFLICT: createError<[string, string, string, string, string]>("CSP_SCHEMA_CONFLICT", "topic '%s': column '%s' is %s in one part of the data and %s in another (%s)"),
   SINK_INVALID: createError<[string, string]>("CSP_SINK_INVALID", "invalid sink plugin %s: %s"),
   SINK_WRITE_FAILED: createError<[string, string]>("CSP_SINK_WRITE_FAILED", "sink %s failed: %s"),
-  HOOK_REJECTED: createError<[string, string]>("CSP_HOOK_REJECTED", "job rejected by %s: %s"),
   SINK_DUPLICATE_CONFLICT: createError<[string, string]>(
     "CSP_SINK_DUPLICATE_CONFLICT",
     "the DISPATCH lists sink %s more than once with different settings: %s",
     "a URI can be listed twice only as the identical SinkConfig (Sentinels repeat their sink table); give each topic its own URI",
   ),
   SINK_BAD_SCHEMA_DEF: createError<[string, string]>("CSP_SINK_BAD_SCHEMA_DEF", "schema_def for topic '%s' is not a valid contract: %s", 'send JSON like {"columns":[{"name":"id","type":"int64","nullable":false}]}'),
+
+  // Hooks and plugins
+  HOOK_REJECTED: createError<[string, string]>("CSP_HOOK_REJECTED", "job rejected by %s: %s"),
+  HOOK_CALLBACK_TAP: createError<[string, string]>("CSP_HOOK_CALLBACK_TAP", "plugin %s taps %s with tapAsync (a callback)", "use tapPromise (an async function) or tap (a plain function)"),
 
   // casparian run
   RUN_PLUGIN_INVALID: createError<[string, string]>("CSP_RUN_PLUGIN_INVALID", "plugin %s cannot run:\n%s", "fix the plugin; no input was processed"),

@@ -43,19 +43,3 @@ export interface JobOutcome {
   /** Integer metrics for the receipt. */
   readonly metrics: Record<string, number | bigint>;
 }
-
-/**
- * Runs one dispatched job to its receipt. Implemented by JobRunner (job-runner.ts);
- * the Worker only speaks the protocol around it. Never throws: every failure is a
- * FAILED receipt, so every DISPATCH gets exactly one CONCLUDE.
- */
-export interface JobExecutor {
-  run(request: {
-    jobId: bigint;
-    command: DispatchCommand;
-    /** The pinned environment; the executor releases it when the job ends. */
-    interpreterPath: string;
-    signal: AbortSignal;
-    logger: Logger;
-  }): Promise<import("../protocol/messages.js").JobReceipt>;
-}

@@ -7,7 +7,8 @@
     const targets = configs.map((config) => this.#target(config, job));
     const state: JobSinks = { sinks: [], byTopic: new Map(), schemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0 };
  *   prepareCommit  → every sink prepares (phase one); the first failure fails the job
- *   onConclude     → SUCCESS: every sink commits (phase two), artifacts and metrics;
+ *   onConclude     → at Stage.COMMIT (after default-stage taps, which may still veto):
+ *                    SUCCESS: every sink commits (phase two), artifacts and metrics;
  *                    FAILED: every sink aborts
  *   shutdown       → plugin.close()
  *
@@ -91,7 +92,8 @@ export class SinkManager implements WorkerPlugin {
     hooks.jobStart.tapPromise(tap, (job) => this.#open(job));
     hooks.onBatch.tapPromise(tap, (batch, job) => this.#write(batch, job));
     hooks.prepareCommit.tapPromise(tap, (job) => this.#prepare(job));
-    hooks.onConclude.tapPromise(tap, (outcome, job) => this.#conclude(outcome, job));
+    // Commit at its own stage, after the default one: a quality gate tapped without a stage can still veto.
+    hooks.onConclude.tapPromise({ name: PLUGIN_NAME, stage: Stage.COMMIT }, (outcome, job) => this.#conclude(outcome, job));
     hooks.shutdown.tapPromise(tap, () => this.#close());
   }
 

@@ -21,7 +21,7 @@ export class WorkerMetrics {
   readonly rowsTotal: Counter<"topic">;
   /** Arrow IPC bytes received from guests. */
   readonly ipcBytesTotal: Counter;
-  /** Where a job's time goes: dispatch, guest_start, plugin, commit. */
+  /** Where a job's time goes: dispatch, guest_start, plugin, write, commit. */
   readonly jobStageSeconds: Histogram<"stage">;
   /** PREPARE_ENV answered, by whether the environment already existed. */
   readonly envsPrepared: Counter<"cached">;
@@ -49,7 +49,7 @@ export class WorkerMetrics {
     this.ipcBytesTotal = new Counter({ name: "casparian_ipc_bytes_total", help: "Arrow IPC bytes received from guests", registers });
     this.jobStageSeconds = new Histogram({
       name: "casparian_job_stage_seconds",
-      help: "Time per job stage: dispatch (hooks and sink open), guest_start, plugin, commit",
+      help: "Time per job stage: dispatch (hooks and sink open), guest_start, plugin, write (sinks taking batches), commit",
       labelNames: ["stage"],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600],
       registers,
@@ -58,7 +58,7 @@ export class WorkerMetrics {
   }
 }
 
-const STAGE_METRICS = { dispatch: "dispatch_ms", guest_start: "guest_start_ms", plugin: "plugin_ms", commit: "commit_ms" } as const;
+const STAGE_METRICS = { dispatch: "dispatch_ms", guest_start: "guest_start_ms", plugin: "plugin_ms", write: "write_ms", commit: "commit_ms" } as const;
 const TOPIC_ROWS = "rows.";
 
 /** Feeds job and environment metrics from the hooks, as an observer (webpack-style plugin). */

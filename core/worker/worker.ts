@@ -1,8 +1,8 @@
 /**
  * The worker's side of protocol v4: a DEALER socket to the Sentinel.
  *
- * It speaks the protocol and nothing else: jobs run in the JobExecutor, environments
- * come from the EnvironmentProvider. What it guarantees:
+ * It speaks the protocol and nothing else: jobs run in the Pipeline (which fires every
+ * hook), environments are built by the EnvironmentProvider. What it guarantees:
  *  - every DISPATCH gets exactly one answer (CONCLUDE, or ERR when the payload is unreadable);
  *  - jobs run one at a time, in arrival order;
  *  - no inbound message can stop it: malformed ones are logged, counted and dropped;
@@ -13,18 +13,12 @@ import { performance } from "node:perf_hooks";
 import { Dealer } from "zeromq";
 import type { EnvironmentProvider } from "../env/types.js";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
-import type { JobExecutor } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
 import { Opcode, type DispatchCommand, type Header, type JobReceipt, type Message, type PayloadByOpcode, type PrepareEnvCommand } from "../protocol/messages.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { routingIdFor } from "./routing-id.js";
 import { decodeHeader, decodeMessage, encodeMessage, opcodeName } from "../protocol/codec.js";
-import type { WorkerHooks, WorkerInfo } from "../../hooks/index.js";
-
-export interface WorkerPipeline {
-  hooks: WorkerHooks;
-  executor: JobExecutor;
-}
+import type { Pipeline } from "../pipeline/pipeline.js";
 
 export interface WorkerOptions {
   /** Sentinel endpoint, e.g. "tcp://127.0.0.1:5555". */
@@ -36,10 +30,9 @@ export interface WorkerOptions {
   logger: Logger;
   envs: EnvironmentProvider;
   /** The current pipeline; read at each job start, so RELOAD can swap it between jobs. */
-  pipeline: () => WorkerPipeline;
+  pipeline: () => Pipeline;
   /** Re-read the config (on RELOAD). Errors are logged; the old config stays. */
   reload?: () => Promise<void>;
-  outputRoot: string;
   metrics?: WorkerMetrics;
   /** Called last in stop(), after the socket is closed (e.g. to close the metrics server). */
   onStopped?: () => Promise<void> | void;
@@ -113,15 +106,11 @@ export class Worker {
     return this.#running ?? Promise.resolve();
   }
 
-  #info(): WorkerInfo {
-    return { workerId: this.#o.workerId, outputRoot: this.#o.outputRoot, logger: this.#log };
-  }
-
   /** Fire hooks.start, connect, and start heartbeats; resolves once connecting (the Sentinel may not be up yet). */
   async start(): Promise<void> {
     if (this.#started) throw new Error("Worker.start() called twice");
     this.#started = true;
-    await this.#o.pipeline().hooks.start.promise(this.#info());
+    await this.#o.pipeline().start();
 
     const socket = new Dealer({ routingId: this.#routingId, linger: FLUSH_MS, reconnectInterval: 100, reconnectMaxInterval: 2_000 });
     this.#socket = socket;
@@ -327,7 +316,7 @@ export class Worker {
     });
   }
 
-  /** CONCLUDE, falling back to a FAILED receipt when the executor's receipt cannot be encoded. */
+  /** CONCLUDE, falling back to a FAILED receipt when the pipeline's receipt cannot be encoded. */
   #conclude(jobId: bigint, receipt: JobReceipt): Promise<void> {
     let safe = receipt;
     try {
@@ -373,9 +362,9 @@ export class Worker {
     const started = performance.now();
     let receipt: JobReceipt;
     try {
-      receipt = await this.#execute(job, logger);
+      receipt = await this.#o.pipeline().runJob({ jobId, command, signal: controller.signal, logger });
     } catch (err) {
-      logger.error({ err }, "job failed outside the executor");
+      logger.error({ err }, "job failed outside the pipeline (bug)");
       receipt = failedReceipt(describe(err));
     }
     if (controller.signal.aborted && receipt.status === "SUCCESS") {
@@ -389,21 +378,6 @@ export class Worker {
       "job concluded",
     );
     await this.#conclude(jobId, receipt);
-  }
-
-  async #execute(job: RunningJob, logger: Logger): Promise<JobReceipt> {
-    const { jobId, command, controller } = job;
-    const { executor } = this.#o.pipeline();
-    const lease = await this.#o.envs.acquire(command.env_hash);
-    if (lease === null) {
-      return failedReceipt(Errors.ENV_NOT_PROVISIONED([command.env_hash.slice(0, 12)], { context: { jobId, plugin: command.plugin_name } }).describe());
-    }
-    try {
-      if (controller.signal.aborted) return failedReceipt(describe(controller.signal.reason));
-      return await executor.run({ jobId, command, interpreterPath: lease.interpreterPath, signal: controller.signal, logger });
-    } finally {
-      lease.release();
-    }
   }
 
   #abort(jobId: bigint): void {
@@ -434,7 +408,7 @@ export class Worker {
       const ready = await this.#o.envs.prepare(command);
       logger.info({ cached: ready.cached, interpreter: ready.interpreter_path }, "environment ready");
       await this.#send(Opcode.ENV_READY, () => ({ jobId: 0n, payload: ready }));
-      await this.#o.pipeline().hooks.envReady.promise(ready).catch((err: unknown) => logger.warn({ err }, "envReady tap failed"));
+      await this.#o.pipeline().envReady(ready);
     } catch (err) {
       logger.error({ err }, "PREPARE_ENV failed");
       await this.#send(Opcode.ERR, () => ({
@@ -488,11 +462,8 @@ export class Worker {
     await settlesWithin(this.#sendTail, FLUSH_MS);
     await settlesWithin(this.#reloadTail, FLUSH_MS);
 
-    try {
-      await this.#o.pipeline().hooks.shutdown.promise(this.#info());
-    } catch (err) {
-      this.#log.warn({ err }, "shutdown tap failed");
-    }
+    // Resolves after the last shutdown tap: nothing a sink still flushes is cut off by the close.
+    await this.#o.pipeline().shutdown();
     this.#socket?.close();
     await Promise.allSettled(this.#loops);
     try {

@@ -17,9 +17,7 @@ import {
   type Vector,
 } from "apache-arrow";
 import { pino, type Logger } from "pino";
-import type { Batch, JobContext, JobOutcome } from "../../core/kernel/job.js";
-import type { SinkConfig } from "../../core/protocol/messages.js";
-import type { WorkerHooks } from "../../hooks/index.js";
+import type { Batch } from "../../core/kernel/job.js";
 import { defineSink, type SinkPlugin } from "../../sinks/api.js";
 
 /** A Batch as the bridge would hand it to onBatch. */
@@ -111,58 +109,6 @@ function countBits(bytes: Uint8Array, length: number): number {
   let n = 0;
   for (let i = 0; i < length; i++) if ((bytes[i >> 3]! >> (i & 7)) & 1) n++;
   return n;
-}
-
-// ---------------------------------------------------------------------------
-// Jobs for sink tests: a JobContext and the hook sequence the JobRunner fires.
-// ---------------------------------------------------------------------------
-
-
-export function makeJob(opts: { outputRoot: string; sinks: SinkConfig[]; jobId?: bigint; fileVersionId?: bigint; logger?: Logger }): JobContext {
-  return Object.freeze({
-    jobId: opts.jobId ?? 18_446_744_073_709_551_615n, // 2^64 - 1: job ids are uint64 on the wire
-    workerId: "worker-test",
-    command: Object.freeze({
-      plugin_name: "sales_parser",
-      file_path: "/data/in.csv",
-      sinks: opts.sinks,
-      file_version_id: opts.fileVersionId ?? 9_007_199_254_740_993n,
-      env_hash: "e".repeat(64),
-      source_code: "",
-      artifact_hash: null,
-    }),
-    logger: opts.logger ?? pino({ level: "silent" }),
-    outputRoot: opts.outputRoot,
-    signal: new AbortController().signal,
-  });
-}
-
-export function sinkConfig(topic: string, uri: string, mode: SinkConfig["mode"] = "append", schemaDef: string | null = null): SinkConfig {
-  return { topic, uri, mode, schema_def: schemaDef };
-}
-
-/**
- * Fires the job hooks in the JobRunner's order (hooks/index.ts): jobStart, onBatch*,
- * prepareCommit when the guest "ended cleanly", onConclude always. Returns the outcome.
- */
-export async function driveJob(hooks: WorkerHooks, job: JobContext, batches: Batch[], opts: { guestFails?: Error } = {}): Promise<JobOutcome> {
-  const outcome: JobOutcome = { status: "SUCCESS", error: null, artifacts: [], metrics: {} };
-  try {
-    await hooks.jobStart.promise(job);
-    for (const batch of batches) await hooks.onBatch.promise(batch, job);
-    if (opts.guestFails) throw opts.guestFails;
-    await hooks.prepareCommit.promise(job);
-  } catch (err) {
-    outcome.status = "FAILED";
-    outcome.error = err instanceof Error ? err : new Error(String(err));
-  }
-  try {
-    await hooks.onConclude.promise(outcome, job);
-  } catch (err) {
-    outcome.status = "FAILED";
-    outcome.error ??= err instanceof Error ? err : new Error(String(err));
-  }
-  return outcome;
 }
 
 /** A logger whose records land in `records` (parsed JSON lines), for asserting warnings. */
