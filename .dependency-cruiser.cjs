@@ -16,7 +16,7 @@ const LAYERS = [
   { name: "config", path: "^core/config/", may: ["kernel", "hooks", "sinks"] },
   { name: "pipeline", path: "^core/pipeline/", may: ["kernel", "protocol", "hooks", "sinks", "bridge", "config"] },
   { name: "worker", path: "^core/worker/", may: ["kernel", "protocol", "hooks", "sinks", "env", "bridge", "config", "pipeline"] },
-  { name: "run", path: "^core/run/", may: ["kernel", "protocol", "config", "env", "worker"] },
+  { name: "run", path: "^core/run/", may: ["kernel", "protocol", "sinks", "config", "env", "worker"] },
   { name: "cli", path: "^core/cli/", may: ["kernel", "protocol", "hooks", "sinks", "env", "bridge", "config", "pipeline", "worker", "run"] },
 ];
 

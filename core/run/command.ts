@@ -10,12 +10,12 @@
 import { createWriteStream, type WriteStream } from "node:fs";
 import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
-import { join, resolve } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import type { LevelWithSilent } from "pino";
 import { loadConfig } from "../config/loader.js";
-import { CasparianError, Errors } from "../kernel/errors.js";
+import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
 import { createLogger, type Logger } from "../kernel/logger.js";
 import { casparianHome } from "../worker/worker-id.js";
 import { expandInputs } from "./inputs.js";
@@ -25,6 +25,7 @@ import { inspectPlugin } from "./plugin.js";
 import { Progress } from "./progress.js";
 import { Scheduler, type RunResult } from "./scheduler.js";
 import { firstLine, renderSummary, summarize } from "./summary.js";
+import { unifyRunOutputs } from "./unify-files.js";
 
 export const RunExit = { OK: 0, FAILED: 1, USAGE: 2, INTERRUPTED: 130 } as const;
 
@@ -230,10 +231,22 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
     await workerLog.close();
   }
 
+  // Files of one topic from different inputs get one schema (a null column in one file, int64 in another).
+  const widening = result.interrupted ? null : await unifyRunOutputs(
+    result.jobs.flatMap((job) => job.artifacts),
+    outputRoot,
+  ).then(
+    (dirs) => {
+      for (const { dir, rewritten } of dirs) if (rewritten.length > 0) process.stderr.write(`casparian run: ${relative(cwd, dir) || "."}: ${rewritten.length} file(s) rewritten so that the directory has one schema\n`);
+      return null;
+    },
+    (err: unknown) => err,
+  );
   const seconds = (performance.now() - started) / 1000;
   const summary = summarize(result.jobs, cwd);
   const sharedError = result.fatal !== null && Errors.RUN_PLUGIN_FAILS_EVERYWHERE.is(result.fatal);
   process.stdout.write(renderSummary(summary, { seconds, interrupted: result.interrupted, cwd, sharedError }));
+  if (widening !== null) process.stderr.write(`casparian run: the topic directories could not be given one schema: ${errorMessage(widening)}\n`);
   if (result.fatal !== null) {
     const hint = result.fatal.hint === undefined ? "" : `\nhint: ${result.fatal.hint}`;
     process.stderr.write(`casparian run: ${result.fatal.code}: ${result.fatal.message}${hint}\n`);
@@ -245,7 +258,7 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
     logger.info({ output: outputRoot }, "interrupted; only inputs that had completed were written");
     return RunExit.INTERRUPTED;
   }
-  const failed = summary.failed.length > 0 || result.fatal !== null || summary.notRun.length > 0;
+  const failed = summary.failed.length > 0 || result.fatal !== null || summary.notRun.length > 0 || widening !== null;
   if (failed && summary.failed.length === 0 && result.fatal === null) {
     process.stderr.write(`casparian run: ${summary.notRun.length} inputs were not run: ${firstLine(summary.notRun[0]!.error)}\n`);
   }
