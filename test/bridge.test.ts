@@ -411,7 +411,7 @@ describe("volume and isolation", () => {
       assert.ok(!names.includes("CASPARIAN_TEST_SECRET"));
       assert.ok(rows.every((r) => r.secret === null));
       assert.ok(rows.every((r) => r.allowed === "visible"));
-      const expected = new Set(["PATH", "LANG", "TZ", "TMPDIR", "HOME", "CASPARIAN_TEST_ALLOWED", "BRIDGE_SOCKET", "BRIDGE_PLUGIN_CODE", "BRIDGE_FILE_PATH", "BRIDGE_JOB_ID", "BRIDGE_FILE_VERSION_ID", "BRIDGE_PLUGIN_NAME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8"]);
+      const expected = new Set(["PATH", "LANG", "TZ", "TMPDIR", "HOME", "CASPARIAN_TEST_ALLOWED", "BRIDGE_SOCKET", "BRIDGE_PLUGIN_FILE", "BRIDGE_FILE_PATH", "BRIDGE_JOB_ID", "BRIDGE_FILE_VERSION_ID", "BRIDGE_PLUGIN_NAME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8"]);
       // Python itself may add a few (e.g. LC_CTYPE coercion); nothing else of the worker's.
       const unexpected = names.filter((n) => !expected.has(n) && !n.startsWith("LC_"));
       assert.deepEqual(unexpected, []);

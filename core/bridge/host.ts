@@ -4,7 +4,13 @@
  * Per job: a private directory (mkdtemp, 0700) holding a Unix socket; the guest is
  * `<venv>/bin/python <guest dir>` in its own process group, with the §3 variables
  * and an allowlisted environment only (PATH, LANG, TZ, TMPDIR, HOME + bridge.env), so no
- * secret of the worker reaches a plugin. Its cwd is the private directory.
+ * secret of the worker reaches a plugin. Its cwd is the private directory. The plugin
+ * source reaches it as a 0600 file there (BRIDGE_PLUGIN_FILE), not in a variable: Linux
+ * caps one variable at 128 KiB.
+ *
+ * With a warm pool (warm-pool.ts) the guest is instead forked from a warm parent of the
+ * same env and source; its stdout and stderr then arrive over two more sockets in the
+ * same directory. Everything else (timeouts, abort, the group kill) is the same.
  *
  * Data plane (frames.ts): each data frame is one Arrow IPC stream. Topic routing: the
  * stream's schema metadata key `casparian.topic` names the topic; a frame without it (a
@@ -17,7 +23,7 @@
  * carries the guest's own last error lines; the process group is killed (TERM, then KILL
  * after 2 s) and the directory removed on every path.
  */
-import { chmod, mkdtemp, readdir, rm } from "node:fs/promises";
+import { chmod, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -32,6 +38,7 @@ import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
 import { FrameTopics } from "./topic.js";
 import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
+import type { ExitInfo, WarmChild, WarmLaunch } from "./warm-pool.js";
 
 export { TOPIC_METADATA_KEY, DEFAULT_TOPIC } from "./topic.js";
 
@@ -42,6 +49,9 @@ const STDERR_TAIL_LINES = 30;
 const MAX_LINE_CHARS = 64 * 1024;
 /** How long bytes may still arrive after end-of-stream once the guest has exited. */
 const TRAILING_DRAIN_MS = 100;
+/** Largest plugin source a job may carry (it is written to a file, read once by the guest). */
+export const MAX_PLUGIN_SOURCE_BYTES = 64 * 1024 * 1024;
+const SOURCE_FILE = "plugin-source.py";
 
 /** Absolute path of the guest shim shipped in the package: a directory that `python <dir>` runs through its __main__.py. */
 export function shimPath(): string {
@@ -144,11 +154,6 @@ class Watchdog {
   }
 }
 
-interface ExitInfo {
-  code: number | null;
-  signal: string | null;
-}
-
 class GuestRun {
   readonly #options: GuestRunOptions;
   readonly #dir: string;
@@ -157,9 +162,16 @@ class GuestRun {
   readonly #stderrTail: string[] = [];
   readonly #stdoutLines: string[] = [];
   readonly #guestMetrics: Record<string, number> = {};
-  #server: Server | undefined;
+  readonly #servers: Server[] = [];
   #socket: Socket | undefined;
   #child: ResultPromise | undefined;
+  /** The guest's pid, which is also its process group. */
+  #pid: number | undefined;
+  /** The accepted stdout/stderr sockets of a warm child. */
+  readonly #outputSockets: Socket[] = [];
+  #warmChild: WarmChild | undefined;
+  /** Set when cleanup begins: a warm child forked after that is killed at once. */
+  #closing = false;
   #exit: Promise<ExitInfo> | undefined;
   #exited: ExitInfo | undefined;
   #outputDone: Promise<unknown> = Promise.resolve();
@@ -226,10 +238,13 @@ class GuestRun {
     else job.signal.addEventListener("abort", this.#onAbort, { once: true });
     this.#timeout("job", timeouts.jobMs).arm();
 
+    const source = job.command.source_code ?? "";
+    const sourceBytes = Buffer.byteLength(source, "utf8");
+    if (sourceBytes > MAX_PLUGIN_SOURCE_BYTES) throw Errors.PLUGIN_SOURCE_TOO_LARGE([sourceBytes, MAX_PLUGIN_SOURCE_BYTES], { context: this.#context });
     const socketPath = join(this.#dir, "bridge.sock");
     const { connection } = await this.#listen(socketPath);
     if (this.#failure) throw this.#failure; // aborted already: no guest to start
-    this.#spawn(socketPath);
+    if (!(this.#options.warm && (await this.#race(this.#fork(socketPath, source))))) await this.#spawn(socketPath, source);
 
     const connectDog = this.#timeout("connect", timeouts.connectMs);
     connectDog.arm();
@@ -322,7 +337,9 @@ class GuestRun {
     if (exit.code !== 0) throw this.#guestFailed(`guest exited (${describeExit(exit)}) after end-of-stream`);
     this.#parseStdoutMetrics();
 
-    return { rows, batches, ipcBytes, startupMs, durationMs: Math.round(performance.now() - started), rowsByTopic, guestMetrics: { ...this.#guestMetrics } };
+    const warm = this.#warmChild?.warm ?? false;
+    const parentRssKb = this.#warmChild?.parentRssKb ?? 0;
+    return { rows, batches, ipcBytes, startupMs, warm, parentRssKb, durationMs: Math.round(performance.now() - started), rowsByTopic, guestMetrics: { ...this.#guestMetrics } };
   }
 
   /**
@@ -372,7 +389,7 @@ class GuestRun {
   /** Listen on the socket; resolves once listening, with the (later) guest connection inside. */
   async #listen(socketPath: string): Promise<{ connection: Promise<Socket> }> {
     const server = createServer();
-    this.#server = server;
+    this.#servers.push(server);
     let accepted = false;
     const connection = new Promise<Socket>((resolve) => {
       server.on("connection", (socket) => {
@@ -396,24 +413,73 @@ class GuestRun {
     return { connection };
   }
 
-  #spawn(socketPath: string): void {
-    const { job, interpreterPath } = this.#options;
-    const env: Record<string, string> = {};
-    for (const name of [...BASE_ALLOWED_ENV, ...(this.#options.allowEnv ?? [])]) {
-      const value = process.env[name];
-      if (value !== undefined) env[name] = value;
-    }
-    Object.assign(env, {
+  /** The variables of this job's guest: §3 (with the source as a file) plus the plugin's name. */
+  #jobEnv(socketPath: string): Record<string, string> {
+    const { job } = this.#options;
+    return {
       BRIDGE_SOCKET: socketPath,
-      BRIDGE_PLUGIN_CODE: Buffer.from(job.command.source_code ?? "", "utf8").toString("base64"),
       BRIDGE_FILE_PATH: job.command.file_path,
       BRIDGE_JOB_ID: job.jobId.toString(),
       BRIDGE_FILE_VERSION_ID: BigInt(job.command.file_version_id).toString(),
       BRIDGE_PLUGIN_NAME: job.command.plugin_name,
-      PYTHONUNBUFFERED: "1",
-      PYTHONDONTWRITEBYTECODE: "1",
-      PYTHONUTF8: "1",
+    };
+  }
+
+  /**
+   * Fork the job from a warm parent. False when the pool declines (the plugin opted out,
+   * the parent could not start, ...): the job then runs in a fresh interpreter.
+   */
+  async #fork(socketPath: string, source: string): Promise<boolean> {
+    const pool = this.#options.warm!;
+    const outputs = await Promise.all(["stdout.sock", "stderr.sock"].map((name) => this.#listen(join(this.#dir, name))));
+    const spec = { interpreterPath: this.#options.interpreterPath, guestPath: shimPath(), source, pluginName: this.#options.job.command.plugin_name, env: guestEnv(this.#options.allowEnv) };
+    const launching = pool
+      .launch(spec, this.#dir, this.#jobEnv(socketPath), () => this.#closing || this.#failure !== undefined)
+      .catch((err: unknown): WarmLaunch => ({ kind: "cold", reason: `warm pool failed: ${(err as Error).message}` }));
+    // Abort or a timeout may end this run while the parent is still starting: a child
+    // forked after that belongs to nobody, so it goes at once.
+    void launching.then((launch: WarmLaunch) => {
+      if (launch.kind === "forked" && this.#closing && this.#pid !== launch.child.pid) killGroup(launch.child.pid, "SIGKILL");
     });
+    const launch = await launching;
+    if (launch.kind === "cold") {
+      this.#log.debug({ reason: launch.reason }, "running the plugin in a fresh process");
+      return false;
+    }
+    const child = launch.child;
+    this.#warmChild = child;
+    this.#pid = child.pid;
+    this.#exit = child.exit.then((exit) => (this.#exited = exit));
+    const [stdout, stderr] = outputs.map(({ connection }) =>
+      // A child that dies before connecting its output has none to read.
+      Promise.race([connection.then((socket) => (this.#outputSockets.push(socket), socket)), this.#exit!.then(() => delay(250)).then(() => null)]),
+    );
+    this.#outputDone = Promise.all([stderr!.then((socket) => this.#readStderr(socket)), stdout!.then((socket) => this.#readStdout(socket))]);
+    this.#log.debug({ pid: child.pid, warm: child.warm }, "guest forked from a warm parent");
+    return true;
+  }
+
+  #readStderr(stream: Readable | null | undefined): Promise<void> {
+    return eachLine(stream, (line) => {
+      this.#stderrTail.push(line);
+      if (this.#stderrTail.length > STDERR_TAIL_LINES) this.#stderrTail.shift();
+      this.#log.info(line);
+    });
+  }
+
+  #readStdout(stream: Readable | null | undefined): Promise<void> {
+    return eachLine(stream, (line) => {
+      this.#stdoutLines.push(line);
+      if (this.#stdoutLines.length > 5) this.#stdoutLines.shift();
+    });
+  }
+
+  async #spawn(socketPath: string, source: string): Promise<void> {
+    const { interpreterPath } = this.#options;
+    const sourcePath = join(this.#dir, SOURCE_FILE);
+    await writeFile(sourcePath, source, { mode: 0o600 });
+    if (this.#failure) throw this.#failure;
+    const env = { ...guestEnv(this.#options.allowEnv), ...this.#jobEnv(socketPath), BRIDGE_PLUGIN_FILE: sourcePath };
 
     const child = execa(interpreterPath, [shimPath()], {
       env,
@@ -428,21 +494,12 @@ class GuestRun {
       stripFinalNewline: false,
     });
     this.#child = child;
+    this.#pid = child.pid;
     this.#exit = child.then(
       (result) => (this.#exited = { code: result.exitCode ?? null, signal: result.signal ?? null }),
       (err: unknown) => (this.#exited = { code: null, signal: String((err as Error).message ?? err) }),
     );
-    this.#outputDone = Promise.all([
-      eachLine(child.stderr, (line) => {
-        this.#stderrTail.push(line);
-        if (this.#stderrTail.length > STDERR_TAIL_LINES) this.#stderrTail.shift();
-        this.#log.info(line);
-      }),
-      eachLine(child.stdout, (line) => {
-        this.#stdoutLines.push(line);
-        if (this.#stdoutLines.length > 5) this.#stdoutLines.shift();
-      }),
-    ]);
+    this.#outputDone = Promise.all([this.#readStderr(child.stderr), this.#readStdout(child.stdout)]);
     this.#log.debug({ pid: child.pid, interpreter: interpreterPath }, "guest started");
   }
 
@@ -483,24 +540,19 @@ class GuestRun {
   }
 
   async cleanup(): Promise<void> {
+    this.#closing = true;
     for (const dog of this.#timers) dog.disarm();
     if (this.#onAbort) this.#options.job.signal.removeEventListener("abort", this.#onAbort);
     this.#socket?.destroy();
     await this.#killGroup();
-    await new Promise<void>((resolve) => (this.#server ? this.#server.close(() => resolve()) : resolve()));
+    await Promise.all(this.#servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
   }
 
   /** TERM the guest's process group, KILL it 2 s later if the guest is still there. */
   async #killGroup(): Promise<void> {
-    const pid = this.#child?.pid;
+    const pid = this.#pid;
     if (pid === undefined || !this.#exit) return;
-    const signalGroup = (signal: NodeJS.Signals) => {
-      try {
-        process.kill(-pid, signal);
-      } catch {
-        // ESRCH: the group is already gone.
-      }
-    };
+    const signalGroup = (signal: NodeJS.Signals) => killGroup(pid, signal);
     if (!this.#exited) {
       signalGroup("SIGTERM");
       const timer = new Promise<void>((resolve) => setTimeout(resolve, KILL_GRACE_MS).unref());
@@ -512,6 +564,25 @@ class GuestRun {
     await Promise.race([this.#exit, new Promise<void>((resolve) => setTimeout(resolve, KILL_GRACE_MS).unref())]);
     this.#child?.stdout?.destroy();
     this.#child?.stderr?.destroy();
+    for (const socket of this.#outputSockets) socket.destroy();
+  }
+}
+
+/** The environment every guest (and every warm parent) starts with: the allowlist, nothing of the worker's own. */
+function guestEnv(allowEnv: readonly string[] | undefined): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of [...BASE_ALLOWED_ENV, ...(allowEnv ?? [])]) {
+    const value = process.env[name];
+    if (value !== undefined) env[name] = value;
+  }
+  return { ...env, PYTHONUNBUFFERED: "1", PYTHONDONTWRITEBYTECODE: "1", PYTHONUTF8: "1" };
+}
+
+function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // ESRCH: the group is already gone.
   }
 }
 

@@ -3,6 +3,7 @@
  * guest process per job and streams its Arrow output back, batch by batch.
  */
 import type { Batch, JobContext } from "../kernel/job.js";
+import type { WarmPool } from "./warm-pool.js";
 
 export interface GuestTimeouts {
   /** The guest must connect to the socket within this many ms. */
@@ -24,14 +25,28 @@ export interface GuestRunOptions {
   maxFrameBytes?: number;
   /** Called once per published chunk, in order, awaited before the next frame is read. */
   onBatch(batch: Batch): Promise<void>;
+  /**
+   * Warm guests (warm-pool.ts): fork the job from a parent that has the plugin's imports
+   * loaded. Without it, or when the pool declines (MANIFEST["fork"] = False, ...), the job
+   * runs in a fresh interpreter.
+   */
+  warm?: WarmPool;
 }
 
 export interface GuestResult {
   rows: number;
   batches: number;
   ipcBytes: number;
-  /** From spawning the guest to its connecting: interpreter start plus imports of the shim. */
+  /**
+   * From starting the guest to its connecting: interpreter start plus imports of the shim
+   * for a fresh guest; the fork (plus, for the first job of a warm parent, its start and
+   * preloading) for a warm one.
+   */
   startupMs: number;
+  /** True when the job was forked from a warm parent that was ready before the job asked. */
+  warm?: boolean;
+  /** Resident memory of the warm parent the job was forked from (its children share these pages); 0 for a fresh guest. */
+  parentRssKb?: number;
   /** From spawning the guest to its exit. */
   durationMs: number;
   rowsByTopic: Map<string, number>;

@@ -30,6 +30,19 @@ export interface BridgeConfig {
   env?: string[];
   /** Largest accepted data frame in bytes. Default 256 MiB. */
   maxFrameBytes?: number;
+  /** Warm guests: jobs forked from a Python that already imported the plugin's modules. On by default. */
+  warm?: WarmGuestsConfig;
+}
+
+export interface WarmGuestsConfig {
+  /** false: every job starts a fresh interpreter (as a plugin with MANIFEST["fork"] = False always does). Default true. */
+  enabled?: boolean;
+  /** Warm parents kept at once, one per (environment, plugin source). Default 4. */
+  maxParents?: number;
+  /** Seconds a warm parent without jobs is kept. Default 300. */
+  idleTimeout?: number;
+  /** Bytes of resident memory above which a warm parent is not kept (its plugin then runs cold). Default 2 GiB. */
+  maxParentMemory?: number;
 }
 
 export interface EnvironmentsConfig {

@@ -216,6 +216,12 @@ const configRule = shape({
     jobTimeout: positiveNumber("seconds"),
     env: stringArray,
     maxFrameBytes: positiveInteger,
+    warm: shape({
+      enabled: rule("true or false", (v) => typeof v === "boolean"),
+      maxParents: positiveInteger,
+      idleTimeout: positiveNumber("seconds"),
+      maxParentMemory: positiveInteger,
+    }),
   }),
   parquet: shape({ compression: oneOf(PARQUET_COMPRESSIONS), rowGroupSize: positiveInteger, encoderThreads: nonNegativeInteger }),
   run: shape({ workers: positiveInteger, sinks: stringRecord }),

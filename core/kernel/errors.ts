@@ -103,6 +103,7 @@ export const Errors = {
     "the plugin sent corrupt bytes on the bridge socket; publish through the SDK (ctx.publish) instead of writing to the socket",
   ),
   JOB_ABORTED: createError<[string]>("CSP_JOB_ABORTED", "aborted by %s"),
+  PLUGIN_SOURCE_TOO_LARGE: createError<[number, number]>("CSP_PLUGIN_SOURCE_TOO_LARGE", "the plugin source is %s bytes, above the limit of %s", "move data out of the plugin source into files it reads, or split the plugin into modules installed in its environment"),
 
   // Sinks
   SINK_UNKNOWN_SCHEME: createError<[string, string]>("CSP_SINK_UNKNOWN_SCHEME", "no sink handles the scheme of %s; known schemes: %s", "register a sink for this scheme in casparian.config.ts (sinks: [...])"),

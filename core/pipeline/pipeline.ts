@@ -16,6 +16,7 @@
  * (interceptor.ts). runJob never throws: every job ends in exactly one receipt.
  */
 import { runGuest } from "../bridge/host.js";
+import type { WarmPool } from "../bridge/warm-pool.js";
 import type { GuestResult, GuestRunOptions, GuestTimeouts } from "../bridge/types.js";
 import type { BridgeConfig } from "../config/config.js";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
@@ -50,6 +51,8 @@ export interface PipelineOptions {
   bridge?: BridgeConfig;
   /** Runs the plugin; default: the bridge's runGuest (a real Python guest process). */
   runGuest?: GuestRunner;
+  /** Warm guests (one pool per worker process: it outlives pipelines); unused when bridge.warm.enabled is false. */
+  warm?: WarmPool;
 }
 
 /** One job as the worker hands it over. */
@@ -135,6 +138,7 @@ export class Pipeline {
         timeouts: this.#timeouts,
         allowEnv: this.#options.bridge?.env,
         maxFrameBytes: this.#options.bridge?.maxFrameBytes,
+        warm: this.#options.bridge?.warm?.enabled === false ? undefined : this.#options.warm,
         onBatch: (batch: Batch) => (writing = this.#hooks.onBatch.promise(batch, job)),
       });
       Object.assign(outcome.metrics, guestMetrics(guest));
@@ -202,8 +206,10 @@ function guestMetrics(guest: GuestResult): Record<string, number> {
     ipc_bytes: guest.ipcBytes,
     guest_ms: Math.round(guest.durationMs),
     guest_start_ms: guest.startupMs,
+    guest_warm: guest.warm ? 1 : 0,
     plugin_ms: Math.max(0, Math.round(guest.durationMs - guest.startupMs)),
   };
+  if (guest.parentRssKb) metrics.guest_parent_rss_kb = guest.parentRssKb;
   for (const [topic, rows] of guest.rowsByTopic) metrics[`rows.${topic}`] = rows;
   for (const [name, value] of Object.entries(guest.guestMetrics)) metrics[`guest.${name}`] = value;
   return metrics;

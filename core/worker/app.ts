@@ -9,6 +9,7 @@ import type { AddressInfo } from "node:net";
 import { loadConfig, type LoadedConfig } from "../config/loader.js";
 import { EnvManager } from "../env/manager.js";
 import { SystemPythonEnvs } from "../env/system.js";
+import { WarmPool } from "../bridge/warm-pool.js";
 import type { Logger } from "../kernel/logger.js";
 import { MetricsPlugin, WorkerMetrics, serveMetrics } from "./metrics.js";
 import { Worker } from "./worker.js";
@@ -52,8 +53,16 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
 
   // Sinks resolve their targets inside the root (realpath), so it must exist before the first job.
   await mkdir(outputRoot, { recursive: true });
+  // Warm guests outlive pipelines too: a RELOAD keeps the parents already warm.
+  const warmConfig = settings.loaded.config.bridge?.warm ?? {};
+  const warm = new WarmPool({
+    logger,
+    maxParents: warmConfig.maxParents,
+    idleMs: warmConfig.idleTimeout === undefined ? undefined : warmConfig.idleTimeout * 1000,
+    maxParentBytes: warmConfig.maxParentMemory,
+  });
   // The metrics counters outlive pipelines: a RELOAD's pipeline taps the same ones.
-  const build = (loaded: LoadedConfig) => pipelineFromConfig(loaded, { logger, outputRoot, workerId, envs, plugins: [new MetricsPlugin(metrics)] });
+  const build = (loaded: LoadedConfig) => pipelineFromConfig(loaded, { logger, outputRoot, workerId, envs, warm, plugins: [new MetricsPlugin(metrics)] });
   let pipeline = await build(settings.loaded);
 
   const reload = async (): Promise<void> => {
@@ -83,7 +92,10 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     metrics,
     capabilities: settings.capabilities,
     silenceWarningMs: settings.silenceWarningMs,
-    onStopped: () => new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve())),
+    onStopped: async () => {
+      await warm.close();
+      await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+    },
   });
 
   if (settings.metricsPort !== undefined) {

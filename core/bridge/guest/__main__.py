@@ -1,7 +1,7 @@
 """Casparian Flow guest shim: runs one plugin job inside its uv environment.
 
 Started by the worker (core/bridge/host.ts) as ``<venv>/bin/python core/bridge/guest`` with
-BRIDGE_SOCKET, BRIDGE_PLUGIN_CODE (base64 source), BRIDGE_FILE_PATH, BRIDGE_JOB_ID and
+BRIDGE_SOCKET, BRIDGE_PLUGIN_FILE (a 0600 file holding the source), BRIDGE_FILE_PATH, BRIDGE_JOB_ID and
 BRIDGE_FILE_VERSION_ID (PROTOCOL.md section 3). Standard library only at import time:
 pyarrow, pandas and polars are used when the plugin's environment has them, never required.
 
@@ -36,7 +36,13 @@ stdout is reserved for one JSON metrics line printed at exit (plugin prints go t
 logs go to stderr.
 """
 
+import sys
+
 from casparian_guest.runner import exit_now, main
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        from casparian_guest.fork_server import serve
+
+        exit_now(serve(sys.argv[2:]))
     exit_now(main())

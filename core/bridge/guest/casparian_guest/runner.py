@@ -1,6 +1,5 @@
 """Loads the plugin, runs whichever shape it has, and reports the outcome to the host."""
 
-import base64
 import builtins
 import json
 import linecache
@@ -24,13 +23,23 @@ class PluginReportedError(Exception):
 
 
 
-def load_plugin(source, name):
-    filename = "<plugin %s>" % name
+def plugin_filename(name):
+    return "<plugin %s>" % name
+
+
+def load_plugin(source, name, code=None):
+    """Run the plugin module; `code` is its source compiled already (by a warm guest)."""
+    filename = plugin_filename(name)
     # Tracebacks show the plugin's own lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"__name__": "__casparian_plugin__", "__file__": filename, "__builtins__": builtins}
-    exec(compile(source, filename, "exec"), namespace)
+    exec(code if code is not None else compile(source, filename, "exec"), namespace)
     return namespace
+
+
+def read_source(path):
+    with open(path, "rb") as handle:
+        return handle.read().decode("utf-8")
 
 
 def check_status(result):
@@ -115,14 +124,17 @@ def describe_exception(exc):
     return head + "\n\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
-def main():
+def main(source=None, code=None):
+    """Run one job. A fresh guest reads the plugin source from BRIDGE_PLUGIN_FILE; a warm
+    guest's child (fork_server.py) passes the source it already holds, and its compiled code."""
     started = time.monotonic()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
     env = os.environ
-    missing = [k for k in ("BRIDGE_SOCKET", "BRIDGE_PLUGIN_CODE", "BRIDGE_FILE_PATH") if not env.get(k)]
+    required = ("BRIDGE_SOCKET", "BRIDGE_FILE_PATH") + (("BRIDGE_PLUGIN_FILE",) if source is None else ())
+    missing = [k for k in required if not env.get(k)]
     if missing:
         log.error("missing environment variables: %s", ", ".join(missing))
         return 2
@@ -136,11 +148,12 @@ def main():
     real_stdout = sys.stdout
     exit_code = 0
     try:
-        source = base64.b64decode(env["BRIDGE_PLUGIN_CODE"]).decode("utf-8")
+        if source is None:
+            source = read_source(env["BRIDGE_PLUGIN_FILE"])
         install_sdk()
         sys.stdout = sys.stderr  # plugin prints must not corrupt the metrics line
         try:
-            namespace = load_plugin(source, plugin_name)
+            namespace = load_plugin(source, plugin_name, code)
             run_plugin(namespace, ctx, file_path, file_version_id, job_id)
         except SystemExit as exc:
             if exc.code not in (None, 0):

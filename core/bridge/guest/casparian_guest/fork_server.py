@@ -1,0 +1,354 @@
+"""Warm guest: one Python per (environment, plugin source) that forks one child per job.
+
+Started by the worker (core/bridge/warm-pool.ts) as ``<venv>/bin/python <guest> --serve
+<source file>`` with the same allowlisted environment a job gets, minus the job's own
+BRIDGE_* variables. It imports what the plugin imports (its module-level imports, read
+with ``ast`` so no plugin code runs here, or ``MANIFEST["preload"]`` when declared), then
+serves fork requests. Each job is still a process of its own: whatever the plugin does
+(mutating globals, ``os._exit``, leaking a thread, crashing) ends with its child.
+
+Control channel: JSON lines, requests on stdin, events on stdout; stderr is this
+process's own log. Stdin closing (the worker is gone) ends the parent and its children.
+
+    -> {"op": "run", "id": 1, "dir": ..., "env": {...}}
+    <- {"event": "ready", "fork": true, "pid": ..., "rss_kb": ..., "imported": [...], ...}
+    <- {"event": "started", "id": 1, "pid": ...}
+    <- {"event": "exited", "id": 1, "pid": ..., "code": 0, "signal": null}
+
+A child joins a process group of its own (the worker kills the job by killing that
+group), connects its stdout and stderr to ``stdout.sock`` / ``stderr.sock`` in the job's
+directory, takes the job's directory as cwd and the job's variables, and then runs
+exactly what a fresh guest runs (runner.main).
+"""
+
+import ast
+import gc
+import importlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import warnings
+
+from . import arrow_out, runner
+from .sdk import install_sdk
+
+# Exit statuses of a child that could not become a job (the host reports them as such).
+CHILD_SETUP_FAILED = 70
+# Names the shim provides itself (sdk.install_sdk), and imports that mean nothing at run time.
+NOT_PRELOADED = ("__future__", "casparian_flow", "casparian_sdk")
+
+
+def read_manifest(tree):
+    """The module-level MANIFEST dict when it is a plain literal; {} otherwise (never evaluated)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets = [node.target]
+        else:
+            continue
+        if any(isinstance(t, ast.Name) and t.id == "MANIFEST" for t in targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                return {}
+            return value if isinstance(value, dict) else {}
+    return {}
+
+
+def module_level_imports(tree):
+    """Modules the plugin imports when it is loaded: top-level statements, and those inside
+    top-level if/try/with blocks (optional dependencies). Imports inside functions are not
+    preloaded: they may be rare paths, and MANIFEST["preload"] can name them."""
+    names = []
+
+    def visit(body):
+        for node in body:
+            if isinstance(node, ast.Import):
+                names.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 0 and node.module:
+                    names.append(node.module)
+                    # `from package import submodule` imports the submodule too.
+                    names.extend("%s.%s" % (node.module, alias.name) for alias in node.names if alias.name != "*")
+            elif isinstance(node, (ast.If, ast.With)):
+                visit(node.body)
+                visit(getattr(node, "orelse", []))
+            elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
+                visit(node.body)
+                for handler in node.handlers:
+                    visit(handler.body)
+                visit(node.orelse)
+                visit(node.finalbody)
+
+    visit(tree.body)
+    return names
+
+
+def plan(source):
+    """(modules to import, None) or (None, why this plugin must not be forked)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return [], None  # the job's own run reports the error, with the plugin's line
+    manifest = read_manifest(tree)
+    if manifest.get("fork") is False:
+        return None, 'the plugin\'s MANIFEST sets "fork": False'
+    declared = manifest.get("preload")
+    if isinstance(declared, (list, tuple)) and all(isinstance(n, str) for n in declared):
+        modules = list(declared)
+    else:
+        modules = module_level_imports(tree)
+    seen = set()
+    kept = []
+    for name in modules:
+        if name in seen or name.split(".")[0] in NOT_PRELOADED:
+            continue
+        seen.add(name)
+        kept.append(name)
+    return kept, None
+
+
+def preload(modules):
+    """Import each module; a failure here is only logged (the job hits it again and reports it)."""
+    imported, failed = [], []
+    saved = sys.stdout
+    sys.stdout = sys.stderr  # stdout is the control channel
+    try:
+        for name in modules:
+            parent, _, leaf = name.rpartition(".")
+            if parent and parent in sys.modules and hasattr(sys.modules[parent], leaf) and name not in sys.modules:
+                continue  # `from package import name` where name is not a submodule
+            try:
+                importlib.import_module(name)
+                imported.append(name)
+            except BaseException as exc:  # noqa: BLE001 - a module may even call sys.exit at import
+                if parent and isinstance(exc, ModuleNotFoundError) and exc.name == name:
+                    continue  # an attribute, not a submodule
+                failed.append("%s (%s: %s)" % (name, type(exc).__name__, str(exc)[:200]))
+    finally:
+        sys.stdout = saved
+    return imported, failed
+
+
+def warm_shim():
+    """The shim's own first-use costs, paid once here instead of in every job: publishing a
+    tiny table through the real path loads pyarrow's IPC writer, and pyarrow's lazy import of
+    pandas (about 1 s, on the first table built from Python data, even without pandas code)."""
+    try:
+        for _ in arrow_out.arrow_streams({"warm": [1]}, "warm-up"):
+            pass
+        if "pandas" in sys.modules and arrow_out.pyarrow_or_none() is not None:
+            import pyarrow.pandas_compat  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a job would hit the same problem and report it
+        print("casparian warm guest: warming the shim failed: %s" % exc, file=sys.stderr)
+
+
+def resident_kb():
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak
+
+
+def os_threads():
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def emit(event):
+    """One event line on the control channel (written whole, never buffered)."""
+    data = (json.dumps(event) + "\n").encode("utf-8")
+    while data:
+        data = data[os.write(1, data):]
+
+
+class Server:
+    def __init__(self, source, plugin_name, home):
+        self.source = source
+        self.home = home
+        self.plugin_name = plugin_name
+        self.code = None
+        self.selector = selectors.DefaultSelector()
+        self.children = {}  # pid -> (request id, pidfd or None)
+        self.pidfds = hasattr(os, "pidfd_open")
+
+    def prepare(self):
+        started = time.monotonic()
+        modules, refusal = plan(self.source)
+        if refusal is not None:
+            emit({"event": "ready", "fork": False, "reason": refusal, "pid": os.getpid()})
+            return False
+        install_sdk()
+        imported, failed = preload(modules)
+        warm_shim()
+        try:
+            self.code = compile(self.source, runner.plugin_filename(self.plugin_name), "exec")
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            self.code = None  # each job compiles again and reports the error
+        python_threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+        if python_threads:
+            emit({"event": "ready", "fork": False, "pid": os.getpid(),
+                  "reason": "importing the plugin's modules started Python threads (%s); forking would copy them half-alive" % ", ".join(python_threads[:5])})
+            return False
+        gc.collect()
+        gc.freeze()  # children then share these pages instead of touching them on every collection
+        emit({
+            "event": "ready", "fork": True, "pid": os.getpid(), "rss_kb": resident_kb(), "threads": os_threads(),
+            "imported": imported, "failed": failed, "ms": int((time.monotonic() - started) * 1000),
+        })
+        return True
+
+    def serve(self):
+        self.selector.register(0, selectors.EVENT_READ, None)
+        pending = b""
+        while True:
+            timeout = None if self.pidfds or not self.children else 0.05
+            for key, _ in self.selector.select(timeout):
+                if key.data is None:
+                    chunk = os.read(0, 65536)
+                    if not chunk:
+                        return self.stop()
+                    pending += chunk
+                    while b"\n" in pending:
+                        line, pending = pending.split(b"\n", 1)
+                        if line.strip():
+                            self.handle(json.loads(line))
+                else:
+                    self.reap(key.data)
+            if not self.pidfds:
+                self.poll_children()
+
+    def handle(self, request):
+        op = request.get("op")
+        if op == "run":
+            self.fork(request)
+        elif op == "stop":
+            self.stop()
+        else:
+            print("casparian warm guest: unknown request %r" % (op,), file=sys.stderr)
+
+    def fork(self, request):
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                self.become_job(request)
+            except BaseException:  # noqa: BLE001 - the child must never return into the server loop
+                try:
+                    traceback.print_exc()
+                finally:
+                    os._exit(CHILD_SETUP_FAILED)
+            os._exit(CHILD_SETUP_FAILED)
+        try:
+            os.setpgid(pid, pid)  # also done by the child: whichever runs first, the group exists before the host hears the pid
+        except OSError:
+            pass
+        pidfd = None
+        if self.pidfds:
+            try:
+                pidfd = os.pidfd_open(pid)
+                self.selector.register(pidfd, selectors.EVENT_READ, pid)
+            except OSError:
+                self.pidfds = False
+        self.children[pid] = (request.get("id"), pidfd)
+        emit({"event": "started", "id": request.get("id"), "pid": pid})
+
+    def reap(self, pid):
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            status = None
+        self.finished(pid, status)
+
+    def poll_children(self):
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, None
+            if done:
+                self.finished(pid, status)
+
+    def finished(self, pid, status):
+        request_id, pidfd = self.children.pop(pid, (None, None))
+        if pidfd is not None:
+            self.selector.unregister(pidfd)
+            os.close(pidfd)
+        code, signame = None, None
+        if status is not None:
+            if os.WIFSIGNALED(status):
+                signame = signal.Signals(os.WTERMSIG(status)).name
+            else:
+                code = os.WEXITSTATUS(status)
+        emit({"event": "exited", "id": request_id, "pid": pid, "code": code, "signal": signame})
+
+    def stop(self):
+        """The worker is gone or asked us to go: no job may outlive it."""
+        for pid in self.children:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        # The worker removes our directory too, unless it is exiting itself.
+        shutil.rmtree(self.home, ignore_errors=True)
+        os._exit(0)
+
+    def become_job(self, request):
+        """In the child: leave the server behind, then run the job exactly as a fresh guest does."""
+        os.setpgid(0, 0)
+        self.selector.close()
+        for _, pidfd in self.children.values():
+            if pidfd is not None:
+                os.close(pidfd)
+        self.children = {}
+        job_dir = request["dir"]
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        for fd, name in ((1, "stdout.sock"), (2, "stderr.sock")):
+            stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            stream.connect(os.path.join(job_dir, name))
+            os.dup2(stream.fileno(), fd)
+            stream.close()
+        os.chdir(job_dir)
+        os.environ.update({str(k): str(v) for k, v in request.get("env", {}).items()})
+        reseed()
+        runner.exit_now(runner.main(source=self.source, code=self.code))
+
+
+def reseed():
+    """`random` reseeds itself in a fork child; numpy's global generator does not: every job
+    would draw the same numbers, unlike fresh processes."""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        try:
+            numpy_random.seed()
+        except Exception:  # noqa: BLE001 - reseeding is best effort
+            pass
+
+
+def serve(argv):
+    """Entry point: ``--serve <source file> <plugin name>``."""
+    warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork.*", category=DeprecationWarning)
+    source_path, plugin_name = argv[0], argv[1] if len(argv) > 1 else "plugin"
+    with open(source_path, "rb") as handle:
+        source = handle.read().decode("utf-8")
+    server = Server(source, plugin_name, os.path.dirname(os.path.abspath(source_path)))
+    if not server.prepare():
+        return 0
+    server.serve()
+    return 0
