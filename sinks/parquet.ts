@@ -7,11 +7,12 @@
  *  - append → `<stem>_<job id>.parquet` (one file per job); replace → atomically replaces
  *    the target; error → fails if the target exists (checked at open, and atomically at commit).
  *  - Written under a staging name beside the target, fsynced, renamed on commit.
- *  - Row groups are encoded as batches arrive, in encoder threads, and stitched into one
- *    file (parquet-assembler.ts): memory is bounded by the row groups in flight. The
- *    pending row group holds views of the guest's frames (the bridge gives each frame an
- *    ArrayBuffer of its own); on dispatch it is serialised once into a reusable buffer
- *    that is moved to an encoder thread and back (parquet-rowgroup.ts).
+ *  - Written as batches arrive by parquet-wasm's public streaming writer (parquet-engine.ts)
+ *    in a writer thread (parquet-writers.ts), beside the main thread that reads the guest:
+ *    memory is bounded by the row group being filled plus the IPC streams in flight.
+ *    Tiny chunks are coalesced before they cross to the thread (at most COALESCE_ROWS rows
+ *    or COALESCE_BYTES of retained frames), so a million one-row chunks cost no more
+ *    memory than a few big ones.
  *  - Lineage columns `_job_id` (uint64) and `_file_version_id` (int64) are appended to every
  *    row; key-value metadata carries the job id, plugin name, env hash and worker id.
  *  - A topic that never produced a batch publishes nothing (there is no schema to write).
@@ -22,26 +23,25 @@ import { dirname, relative, isAbsolute } from "node:path";
 import { Errors } from "../core/kernel/errors.js";
 import { defineSink, type Artifact, type Batch, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
 import { assertTargetFree, fileLocationFor, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
-import type { RecordBatch } from "apache-arrow";
+import type { RecordBatch, Schema } from "apache-arrow";
 import { highCardinalityColumns } from "./dictionary.js";
-import { ParquetAssembler } from "./parquet-assembler.js";
-import { EncoderPool, type EncodeResult } from "./parquet-pool.js";
-import { COMPRESSION_NAMES, LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID, RowGroupSerializer, isCompressionName, type CompressionName, type WriterSettings } from "./parquet-rowgroup.js";
+import { COMPRESSION_NAMES, LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID, isCompressionName, type CompressionName, type WriterSettings } from "./parquet-engine.js";
+import { LineageSerializer } from "./parquet-lineage.js";
+import { ParquetWriterPool, type ParquetFileStream, type WriteReport } from "./parquet-writers.js";
 import { positiveIntParam, rejectUnknownParams, resolveInsideRoot } from "./uri.js";
 
 /**
- * 64 Ki rows (a multiple of pyarrow's batch sizes). Each encoder thread's wasm memory
- * grows to hold its largest row group (input, decoded columns and output at once) and
- * never shrinks, so this bounds the worker's memory: ~17 MB per thread here against
- * ~30 MB at 122,880 rows, for the same encode throughput.
+ * 64 Ki rows (a multiple of pyarrow's batch sizes). The writer holds the row group being
+ * filled in wasm memory, which grows to the largest one and never shrinks: this bounds
+ * the worker's memory.
  */
 export const DEFAULT_ROW_GROUP_SIZE = 65_536;
 
 /**
  * One core fewer than the machine has (at least 1, at most 8): the plugin's own process
- * keeps a core busy producing the data, and each thread costs ~35-50 MB (an isolate plus
- * its wasm memory). On 2 cores a second thread added ~50 MB of peak RSS for ~10% more
- * speed end to end (bench/bridge.ts); set `encoderThreads` when throughput matters more.
+ * keeps a core busy producing the data. One file is written by one thread; more threads
+ * write more files at once (several topics, overlapping jobs), each costing an isolate
+ * plus its wasm memory.
  */
 export function defaultEncoderThreads(): number {
   return Math.max(1, Math.min(8, availableParallelism() - 1));
@@ -55,9 +55,9 @@ const INT64_MIN = -(1n << 63n);
 export interface ParquetConfig {
   /** "snappy" (default), "zstd", "gzip", "lz4", "brotli" or "uncompressed". */
   compression?: string;
-  /** Rows per row group; default 65536 (a multiple of the Arrow batch sizes pyarrow emits; bounds each encoder thread's memory). */
+  /** Rows per row group; default 65536 (a multiple of the Arrow batch sizes pyarrow emits; bounds the writer's memory). */
   rowGroupSize?: number;
-  /** Worker threads that encode row groups; default: available cores minus one (min 1, max 8). 0 encodes on the main thread. */
+  /** Writer threads (each writes whole files, several at once); default: available cores minus one (min 1, max 8). 0 writes on the main thread. */
   encoderThreads?: number;
 }
 
@@ -70,8 +70,8 @@ interface ResolvedParquetConfig {
 export function parquetSink(options: ParquetConfig = {}): SinkPlugin {
   const config = resolveConfig(options);
   // Shared by every job of this plugin instance; started on first use, closed at shutdown.
-  let pool: EncoderPool | null = null;
-  const getPool = () => (pool ??= new EncoderPool(config.encoderThreads));
+  let pool: ParquetWriterPool | null = null;
+  const getPool = () => (pool ??= new ParquetWriterPool(config.encoderThreads));
 
   return defineSink({
     name: "parquet",
@@ -108,29 +108,34 @@ function resolveConfig(options: ParquetConfig): ResolvedParquetConfig {
   return { compression, rowGroupSize, encoderThreads };
 }
 
+/** Rows gathered before they cross to the writer: enough that tiny chunks cost little per row. */
+const COALESCE_ROWS = 65_536;
+/** Bytes of guest frames held while gathering: caps memory when chunks are tiny but many. */
+const COALESCE_BYTES = 8 * 1024 * 1024;
+/** IPC streams queued for the writer per file: one being encoded, one ready. */
+const MAX_IN_FLIGHT = 2;
+
 class ParquetTopicSink implements Sink {
   readonly #target: SinkTarget;
   readonly #context: SinkContext;
-  readonly #getPool: () => EncoderPool;
+  readonly #getPool: () => ParquetWriterPool;
   readonly #targetPath: string;
   readonly #finalPath: string;
   readonly #stagingPath: string;
   readonly #compression: CompressionName;
   readonly #rowGroupSize: number;
-  readonly #maxInFlight: number;
 
-  #settings: WriterSettings | null = null;
-  #serializer: RowGroupSerializer | null = null;
-  #assembler: ParquetAssembler | null = null;
-  /** Rows waiting to fill the current row group: views of the guest's frames. */
+  #schema: Schema | null = null;
+  #serializer: LineageSerializer | null = null;
+  #stream: ParquetFileStream | null = null;
+  /** Record batches not yet handed to the writer: views of the guest's frames. */
   #pending: RecordBatch[] = [];
   #pendingRows = 0;
-  /** Row groups being encoded, in file order. */
-  #inFlight: Array<Promise<EncodeResult>> = [];
-  #pieces = 0;
-  #prepared = false;
+  #pendingBytes = 0;
+  #rows = 0;
+  #report: WriteReport | null = null;
 
-  constructor(target: SinkTarget, context: SinkContext, config: ResolvedParquetConfig, getPool: () => EncoderPool) {
+  constructor(target: SinkTarget, context: SinkContext, config: ResolvedParquetConfig, getPool: () => ParquetWriterPool) {
     this.#target = target;
     this.#context = context;
     this.#getPool = getPool;
@@ -143,7 +148,6 @@ class ParquetTopicSink implements Sink {
     }
     this.#compression = compression;
     this.#rowGroupSize = positiveIntParam(parsed, "row_group_size", uri) ?? config.rowGroupSize;
-    this.#maxInFlight = Math.max(1, config.encoderThreads) + 1;
     this.#targetPath = resolveInsideRoot(job.outputRoot, fileLocationFor(parsed.location, ".parquet", DIRECTORY_FILE), uri);
     this.#finalPath = finalPathFor(this.#targetPath, mode, job.jobId);
     this.#stagingPath = stagingPathFor(this.#finalPath, job.jobId);
@@ -151,6 +155,11 @@ class ParquetTopicSink implements Sink {
     if (fileVersionId > INT64_MAX || fileVersionId < INT64_MIN) {
       throw Errors.SINK_WRITE_FAILED([uri, `file_version_id ${fileVersionId} does not fit the int64 lineage column _file_version_id`], { context: { jobId: job.jobId, sinkUri: uri } });
     }
+  }
+
+  /** Which engine wrote the file, once it is prepared (null before). */
+  get report(): WriteReport | null {
+    return this.#report;
   }
 
   async open(): Promise<void> {
@@ -167,64 +176,56 @@ class ParquetTopicSink implements Sink {
   }
 
   async write(batch: Batch): Promise<void> {
-    if (this.#settings === null) await this.#begin(batch);
-    // Views only: the batch's buffers stay valid after we return (each frame has its own
-    // ArrayBuffer), and they are read once more, when the row group is serialised.
-    let offset = 0;
-    for (const recordBatch of batch.table.batches) {
-      const rows = recordBatch.numRows;
-      let at = 0;
-      while (at < rows) {
-        const take = Math.min(rows - at, this.#rowGroupSize - this.#pendingRows);
-        this.#pending.push(at === 0 && take === rows ? recordBatch : recordBatch.slice(at, at + take));
-        this.#pendingRows += take;
-        at += take;
-        if (this.#pendingRows === this.#rowGroupSize) await this.#dispatch();
+    const table = batch.table;
+    if (this.#schema === null) this.#begin(table.schema, batch);
+    // Views only: each frame has an ArrayBuffer of its own, valid after we return.
+    for (const recordBatch of table.batches) {
+      if (recordBatch.numRows === 0) continue;
+      const column = nullsInRequired(this.#schema!, recordBatch);
+      if (column !== null) {
+        throw Errors.SINK_SCHEMA_MISMATCH([this.#target.topic, `column "${column}" has nulls, but the topic's first batch declared it non-nullable`], { context: { jobId: this.#context.job.jobId, sinkUri: this.#target.uri }, hint: "declare the column nullable in the plugin's first batch" });
       }
-      offset += rows;
+      this.#pending.push(recordBatch);
+      this.#pendingRows += recordBatch.numRows;
     }
-    if (offset !== batch.numRows) throw new Error(`batch ${batch.index}: numRows ${batch.numRows} but its record batches hold ${offset} rows`);
+    this.#pendingBytes += batch.ipc.buffer.byteLength;
+    if (this.#pendingRows >= Math.min(COALESCE_ROWS, this.#rowGroupSize) || this.#pendingBytes >= COALESCE_BYTES) await this.#flush();
   }
 
   async prepare(): Promise<void> {
-    if (this.#settings === null) return;
-    if (this.#pendingRows > 0) await this.#dispatch();
-    // No rows at all: encode the schema alone, so the output is an empty but typed file.
-    if (this.#pieces === 0) this.#dispatchBatches([]);
-    while (this.#inFlight.length > 0) await this.#drainOne();
-    await this.#assembler!.finish();
-    this.#prepared = true;
+    if (this.#stream === null) return;
+    // No rows at all still sends one (empty) stream: the file gets its schema.
+    if (this.#pendingRows > 0 || this.#rows === 0) await this.#flush();
+    this.#report = await this.#failed(this.#stream.finish());
+    this.#context.logger.debug({ file: this.#stagingPath, ...this.#report }, "Parquet file written");
   }
 
   async commit(): Promise<Artifact[]> {
     const { job, logger } = this.#context;
-    if (this.#settings === null) {
+    if (this.#stream === null) {
       logger.warn({ file: this.#finalPath }, "topic produced no batch: no Parquet file published");
       return [];
     }
-    if (!this.#prepared) throw new Error("commit before prepare");
+    if (this.#report === null) throw new Error("commit before prepare");
     await publishStaged(this.#stagingPath, this.#finalPath, this.#target.mode, this.#target.uri, job.jobId);
     logger.debug({ file: this.#finalPath }, "Parquet file published");
     return [{ topic: this.#target.topic, uri: `parquet://${this.#finalPath}` }];
   }
 
-  async abort(): Promise<void> {
-    const inFlight = this.#inFlight.splice(0);
+  async abort(reason: Error): Promise<void> {
     this.#pending = [];
-    await Promise.allSettled(inFlight);
-    await this.#assembler?.close();
+    await this.#stream?.abort(reason.message);
     await removeIfPresent(this.#stagingPath);
   }
 
-  async #begin(batch: Batch): Promise<void> {
+  #begin(schema: Schema, batch: Batch): void {
     const { job } = this.#context;
-    const fields = batch.table.schema.fields;
     for (const reserved of [LINEAGE_JOB_ID, LINEAGE_FILE_VERSION_ID]) {
-      if (fields.some((f) => f.name === reserved)) {
+      if (schema.fields.some((f) => f.name === reserved)) {
         throw Errors.SINK_SCHEMA_MISMATCH([this.#target.topic, `column "${reserved}" is reserved for lineage`], { context: { jobId: job.jobId, sinkUri: this.#target.uri } });
       }
     }
-    this.#settings = {
+    const settings: WriterSettings = {
       compression: this.#compression,
       rowGroupSize: this.#rowGroupSize,
       metadata: [
@@ -237,33 +238,40 @@ class ParquetTopicSink implements Sink {
       ],
       plainColumns: highCardinalityColumns(batch.table),
     };
-    const nullable = fields.map((f) => f.nullable);
-    // Buffers: one per row group in flight, plus the one being filled.
-    this.#serializer = new RowGroupSerializer(batch.table.schema, nullable, job.jobId, job.command.file_version_id, this.#rowGroupSize, this.#maxInFlight + 1);
-    this.#assembler = await ParquetAssembler.create(this.#stagingPath);
+    this.#schema = schema;
+    this.#serializer = new LineageSerializer(schema, schema.fields.map((f) => f.nullable), job.jobId, job.command.file_version_id);
+    this.#stream = this.#getPool().open(this.#stagingPath, settings, MAX_IN_FLIGHT);
   }
 
-  async #dispatch(): Promise<void> {
-    const parts = this.#pending;
+  async #flush(): Promise<void> {
+    const batches = this.#pending;
     this.#pending = [];
+    this.#rows += this.#pendingRows;
     this.#pendingRows = 0;
-    this.#dispatchBatches(parts);
-    // Backpressure: a slow encoder slows the guest instead of growing memory.
-    while (this.#inFlight.length >= this.#maxInFlight) await this.#drainOne();
+    this.#pendingBytes = 0;
+    const stream = this.#stream!;
+    const ipc = this.#serializer!.serialize(batches, (size) => stream.takeBuffer(size));
+    // Backpressure: a slow writer slows the guest instead of growing memory.
+    await this.#failed(stream.write(ipc));
   }
 
-  #dispatchBatches(batches: RecordBatch[]): void {
-    const ipc = this.#serializer!.serialize(batches);
-    const encoding = this.#getPool().encode({ ipc, settings: this.#settings! }, { transfer: true });
-    encoding.catch(() => {}); // awaited in order by #drainOne; this only silences the early rejection
-    this.#inFlight.push(encoding);
-    this.#pieces++;
+  /** The writer's failure, as the sink's error: what broke, for which file. */
+  async #failed<T>(work: Promise<T>): Promise<T> {
+    try {
+      return await work;
+    } catch (err) {
+      const { job } = this.#context;
+      const message = err instanceof Error ? err.message : String(err);
+      const cause = /ENOSPC/.test(message) ? "no space left on the device" : message;
+      throw Errors.SINK_WRITE_FAILED([this.#target.uri, cause], { context: { jobId: job.jobId, sinkUri: this.#target.uri, file: this.#stagingPath }, cause: err });
+    }
   }
+}
 
-  async #drainOne(): Promise<void> {
-    const { bytes, input } = await this.#inFlight.shift()!;
-    this.#serializer!.recycle(input.buffer);
-    await this.#assembler!.append(bytes);
-    this.#getPool().release(bytes);
+/** Nullability is fixed by the first batch: a column declared non-nullable there must stay free of nulls. */
+function nullsInRequired(schema: Schema, batch: RecordBatch): string | null {
+  for (const [i, field] of schema.fields.entries()) {
+    if (!field.nullable && (batch.getChildAt(i)?.nullCount ?? 0) > 0) return field.name;
   }
+  return null;
 }

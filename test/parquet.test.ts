@@ -17,8 +17,9 @@ import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { Stage } from "../hooks/index.js";
 import { isStagingName, removeStaleStaging, stagingPathFor } from "../sinks/files.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
-import { EncoderPool } from "../sinks/parquet-pool.js";
-import { batchOf, canonicalColumns, sampleTable } from "./helpers/arrow.js";
+import { ENGINE } from "../sinks/parquet-engine.js";
+import { ParquetWriterPool } from "../sinks/parquet-writers.js";
+import { batchOf, canonicalColumns, capturingLogger, sampleTable } from "./helpers/arrow.js";
 import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
 import { buildPythonEnv, columnValues, readParquet, runPython, type PythonEnv } from "./helpers/readback.js";
 
@@ -306,19 +307,71 @@ print(json.dumps(out))`;
     assert.deepEqual(await listFiles(ws.root), []);
   });
 
-  test("an encoder thread that fails rejects only its task; the pool replaces the thread", async () => {
-    const pool = new EncoderPool(1);
+  test("a writer thread whose file fails fails only that file; later files go to a fresh thread", async () => {
+    const root = await mkdtemp(join(tmpdir(), "casparian-writers-"));
+    roots.push(root);
+    const pool = new ParquetWriterPool(1);
     const settings = { compression: "snappy" as const, rowGroupSize: 100, metadata: [], plainColumns: [] };
-    const good = batchOf("t", sampleTable(10)).ipc;
+    const ipcOf = (rows: number) => batchOf("t", sampleTable(rows)).ipc.slice();
     try {
-      const broken = pool.encode({ ipc: new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]), settings });
-      const after = pool.encode({ ipc: good, settings });
-      await assert.rejects(broken, /Parquet encoding failed/);
-      const { bytes } = await after;
-      assert.deepEqual([...bytes.subarray(0, 4)], [0x50, 0x41, 0x52, 0x31]);
+      const broken = pool.open(join(root, "broken.parquet"), settings, 2);
+      const beside = pool.open(join(root, "beside.parquet"), settings, 2);
+      await broken.write(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]));
+      await beside.write(ipcOf(10));
+      await assert.rejects(broken.finish(), /Parquet writer failed/);
+      const first = await beside.finish();
+      const later = pool.open(join(root, "later.parquet"), settings, 2);
+      await later.write(ipcOf(5));
+      const second = await later.finish();
+      assert.notEqual(first.threadId, 0);
+      assert.notEqual(second.threadId, first.threadId, "the failed thread was replaced");
+      assert.equal((await readParquet(py, "pyarrow", join(root, "beside.parquet"))).num_rows, 10);
+      assert.equal((await readParquet(py, "pyarrow", join(root, "later.parquet"))).num_rows, 5);
     } finally {
       await pool.close();
     }
+  });
+
+  test("the fast path is the one in use: pinned parquet-wasm, its streaming writer on a thread, plain and delta encodings where they pay, page indexes", async () => {
+    const manifest = JSON.parse(await readFile(join(packageRoot(), "package.json"), "utf8")) as { dependencies: Record<string, string> };
+    assert.equal(manifest.dependencies["parquet-wasm"], ENGINE.version, "parquet-wasm is pinned to exactly the installed version");
+    assert.deepEqual(ENGINE, { library: "parquet-wasm", version: "0.8.0", api: "transformParquetStream" });
+
+    const ws = await workspace({ encoderThreads: 1 });
+    const { logger: captured, records } = capturingLogger();
+    const job = makeJob({ logger: captured, sinks: [sinkConfig("t", "parquet://fast.parquet", "replace")] });
+    const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(3000))]);
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const written = records.find((r) => r.msg === "Parquet file written");
+    assert.ok(written, "the sink reports which engine wrote the file");
+    assert.deepEqual(written.engine, ENGINE);
+    assert.notEqual(written.threadId, 0, "written on a writer thread, not the main thread");
+
+    const code = `import sys, json, pyarrow.parquet as pq
+md = pq.ParquetFile(sys.argv[1]).metadata
+g = md.row_group(0)
+cols = {g.column(i).path_in_schema: g.column(i) for i in range(g.num_columns)}
+print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings), "job": sorted(cols["_job_id"].encodings),
+  "indexes": all(c.has_column_index and c.has_offset_index for c in cols.values()), "stats": all(c.statistics is not None and c.statistics.has_min_max for c in cols.values() if c.path_in_schema != "flag")}))`;
+    const facts = JSON.parse(await runPython(py, code, [join(ws.root, "fast.parquet")])) as { created_by: string; id: string[]; job: string[]; indexes: boolean; stats: boolean };
+    assert.match(facts.created_by, /^casparian-flow via parquet-wasm 0\.8\.0/);
+    assert.ok(!facts.id.includes("RLE_DICTIONARY"), `unique ids are written plain, not dictionary-encoded: ${facts.id.join(",")}`);
+    assert.ok(facts.job.includes("DELTA_BINARY_PACKED"), `lineage is delta-encoded: ${facts.job.join(",")}`);
+    assert.equal(facts.indexes, true, "every column chunk has a column index and an offset index");
+    assert.equal(facts.stats, true, "every column chunk has min/max statistics");
+  });
+
+  test("ten thousand one-row chunks: every row lands, in full row groups", async () => {
+    const ws = await workspace({ encoderThreads: 1, rowGroupSize: 4_000 });
+    const job = makeJob({ sinks: [sinkConfig("t", "parquet://tiny.parquet", "replace")] });
+    const one = sampleTable(1);
+    const outcome = await runJob(ws.pipeline, job, Array.from({ length: 10_000 }, (_, i) => batchOf("t", one, i)));
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const read = await readParquet(py, "pyarrow", join(ws.root, "tiny.parquet"));
+    assert.equal(read.num_rows, 10_000);
+    assert.deepEqual(read.row_group_rows, [4_000, 4_000, 2_000]);
   });
 
   test("recovery running again mid-job (a RELOAD) leaves the job's staging alone", async () => {

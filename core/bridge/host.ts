@@ -276,7 +276,7 @@ class GuestRun {
           const decoded = this.#decodeData(topics, frame.bytes, batches);
           const index = indexByTopic.get(decoded.topic) ?? 0;
           indexByTopic.set(decoded.topic, index + 1);
-          const batch: Batch = { ...decoded, index };
+          const batch: Batch = decoded.toBatch(index);
           rows += batch.numRows;
           batches += 1;
           ipcBytes += frame.bytes.byteLength;

@@ -6,13 +6,16 @@
  * guest that knows only PROTOCOL.md §3) belongs to the topic "output".
  *
  * Sinks never see the key: the host replaces the stream's leading schema message with
- * one encoded without it (the record batch messages stay byte for byte where they are)
- * and decodes the table from the rewritten bytes. The replacement is written into the
- * free bytes the frame decoder leaves in front of each frame, so it costs no copy of the
- * data. Exception: streams with dictionary-encoded columns keep the key in `Batch.ipc`
- * (re-encoding their schema could renumber dictionary ids); `Batch.table` never has it.
+ * one encoded without it (the record batch messages stay byte for byte where they are).
+ * The replacement is written into the free bytes the frame decoder leaves in front of
+ * each frame, so it costs no copy of the data. Exception: streams with dictionary-encoded
+ * columns keep the key in `Batch.ipc` (re-encoding their schema could renumber
+ * dictionary ids); `Batch.table` never has it.
+ *
+ * Each frame is decoded once (apache-arrow's RecordBatchReader: views over the bytes, no
+ * copy); `Batch.table` is assembled from those record batches only when a sink asks.
  */
-import { RecordBatchStreamWriter, Schema, Table, tableFromIPC } from "apache-arrow";
+import { RecordBatch, RecordBatchReader, RecordBatchStreamWriter, Schema, Table } from "apache-arrow";
 import { Errors } from "../kernel/errors.js";
 import type { Batch } from "../kernel/job.js";
 
@@ -42,44 +45,72 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.byteLength === b.byteLength && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 }
 
+/** A decoded frame: its topic, and the Batch it becomes once the host numbers it. */
+export interface DecodedFrame {
+  readonly topic: string;
+  readonly numRows: number;
+  toBatch(index: number): Batch;
+}
+
 /**
- * Decodes data frames into Batches (without the per-topic index, which the host assigns).
+ * Decodes data frames (without the per-topic index, which the host assigns).
  * One per guest run: it remembers the last schema per topic, since a plugin usually
  * publishes one schema many times.
  */
 export class FrameTopics {
-  readonly #stripped = new Map<string, { original: Uint8Array; replacement: Uint8Array }>();
+  readonly #stripped = new Map<string, { original: Uint8Array; replacement: Uint8Array; schema: Schema }>();
 
   /** Throws Errors.GUEST_PROTOCOL when the bytes are not an Arrow IPC stream. */
-  decode(bytes: Uint8Array): Omit<Batch, "index"> {
-    let table: Table;
+  decode(bytes: Uint8Array): DecodedFrame {
+    let schema: Schema;
+    let batches: RecordBatch[];
     try {
-      table = tableFromIPC(bytes);
+      const reader = RecordBatchReader.from(bytes).open();
+      // Read before iterating: the reader lets go of its schema once it reaches the end.
+      if (reader.schema === undefined) throw new Error("no schema message");
+      schema = reader.schema;
+      batches = [...reader];
     } catch (err) {
       throw Errors.GUEST_PROTOCOL([`data frame of ${bytes.byteLength} bytes is not an Arrow IPC stream: ${(err as Error).message}`], { cause: err });
     }
-    const metadata = table.schema.metadata;
-    const named = metadata.get(TOPIC_METADATA_KEY);
-    if (named === undefined) return { topic: DEFAULT_TOPIC, ipc: bytes, table, numRows: table.numRows };
+    const named = schema.metadata.get(TOPIC_METADATA_KEY);
+    if (named === undefined) return frame(DEFAULT_TOPIC, bytes, schema, batches);
     const topic = named || DEFAULT_TOPIC;
 
     const oldLength = schemaMessageLength(bytes);
-    if (table.schema.dictionaries.size > 0 || oldLength === null) {
-      metadata.delete(TOPIC_METADATA_KEY);
-      return { topic, ipc: bytes, table, numRows: table.numRows };
-    }
-    const original = bytes.subarray(0, oldLength);
+    const original = oldLength === null ? null : bytes.subarray(0, oldLength);
     let cached = this.#stripped.get(topic);
-    if (!cached || !sameBytes(cached.original, original)) {
-      const kept = new Map([...metadata].filter(([key]) => key !== TOPIC_METADATA_KEY));
-      const replacement = encodeSchemaMessage(new Schema(table.schema.fields, kept, table.schema.dictionaries, table.schema.metadataVersion));
-      cached = { original: original.slice(), replacement };
-      this.#stripped.set(topic, cached);
+    if (!cached || original === null || !sameBytes(cached.original, original)) {
+      const kept = new Map([...schema.metadata].filter(([key]) => key !== TOPIC_METADATA_KEY));
+      const stripped = new Schema(schema.fields, kept, schema.dictionaries, schema.metadataVersion);
+      cached = { original: original?.slice() ?? new Uint8Array(0), replacement: encodeSchemaMessage(stripped), schema: stripped };
+      if (original !== null) this.#stripped.set(topic, cached);
     }
-    const ipc = spliceSchema(bytes, oldLength, cached.replacement);
-    const stripped = tableFromIPC(ipc);
-    return { topic, ipc, table: stripped, numRows: stripped.numRows };
+    if (schema.dictionaries.size > 0 || oldLength === null) return frame(topic, bytes, cached.schema, batches);
+    return frame(topic, spliceSchema(bytes, oldLength, cached.replacement), cached.schema, batches);
   }
+}
+
+/** The frame's Batch: `table` is built from the decoded record batches on first use. */
+function frame(topic: string, ipc: Uint8Array, schema: Schema, batches: RecordBatch[]): DecodedFrame {
+  const numRows = batches.reduce((rows, batch) => rows + batch.numRows, 0);
+  return {
+    topic,
+    numRows,
+    toBatch(index: number): Batch {
+      let table: Table | undefined;
+      return {
+        topic,
+        index,
+        ipc,
+        numRows,
+        get table(): Table {
+          table ??= new Table(schema, batches.map((batch) => (batch.schema === schema ? batch : new RecordBatch(schema, batch.data))));
+          return table;
+        },
+      };
+    },
+  };
 }
 
 /**
