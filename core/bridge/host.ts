@@ -35,7 +35,7 @@ import type { Batch } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
 import { packageRoot } from "../kernel/paths.js";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
-import { FrameTopics } from "./topic.js";
+import { FrameTopics, type DecodedFrame } from "./topic.js";
 import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
 import type { ExitInfo, WarmChild, WarmLaunch } from "./warm-pool.js";
@@ -347,7 +347,7 @@ class GuestRun {
    * frame must fail its job, never loop or exhaust memory in the worker. The decoded row
    * count must be what the stream claims: garbage is never accepted as an empty table.
    */
-  #decodeData(topics: FrameTopics, bytes: Uint8Array, index: number): Omit<Batch, "index"> {
+  #decodeData(topics: FrameTopics, bytes: Uint8Array, index: number): DecodedFrame {
     const bad = (why: string, cause?: unknown) =>
       this.#withStderr(Errors.BRIDGE_BAD_FRAME([this.#context.jobId, index, bytes.byteLength, why], { context: { ...this.#context }, cause })) as CasparianError;
     let claimed: number;
@@ -357,7 +357,7 @@ class GuestRun {
       if (err instanceof IpcCheckError) throw bad(err.message);
       throw err;
     }
-    let decoded: Omit<Batch, "index">;
+    let decoded: DecodedFrame;
     try {
       decoded = topics.decode(bytes);
     } catch (err) {
