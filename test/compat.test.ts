@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test, type TestContext } from "node:test";
@@ -127,6 +127,31 @@ describe("under upstream's Python Sentinel", () => {
     assert.deepEqual(sentinel.locations, ["output/readings/data_7.parquet"]);
   });
 
+  test("two workers started at once on one fresh home share one worker id and register as two workers: the routing id is per process", async (t) => {
+    const shared = await mkdtemp(join(tmpdir(), "casparian-compat-shared-"));
+    const sentinel = await UpstreamSentinel.bind("python");
+    const workers = await Promise.all([0, 1].map(() => spawnWorker({ args: ["--connect", sentinel.endpoint], home: shared })));
+    t.after(async () => {
+      await Promise.all(workers.map((w) => w.dispose()));
+      await sentinel.close();
+      await rm(shared, { recursive: true, force: true });
+    });
+    await sentinel.waitForLog(/^Worker Joined/);
+    await new Promise<void>((resolve, reject) => {
+      const deadline = setTimeout(() => reject(new Error(`expected 2 registered workers; log:\n${sentinel.log.join("\n")}`)), 15_000);
+      const poll = setInterval(() => {
+        if (sentinel.workerIdentities.length === 2) {
+          clearInterval(poll);
+          clearTimeout(deadline);
+          resolve();
+        }
+      }, 50);
+    });
+    const [a, b] = sentinel.workerIdentities.map((id) => id.toString("latin1"));
+    assert.notEqual(a, b);
+    assert.equal(a!.split(".")[0], b!.split(".")[0], "same worker id, different processes");
+  });
+
   test("a job before the env is provisioned fails with the provisioning hint; `*` alone never matches here (upstream defect) and the worker says why it hears nothing", async (t) => {
     const { sentinel, worker } = await setup(t, "python", ["--capabilities", "unprovisioned", "--silence-warning", "0.5"]);
     const silent = await worker.waitForLog((l) => l.code === "CSP_WORKER_SENTINEL_SILENT");
@@ -179,6 +204,38 @@ describe("under upstream's Rust Sentinel", () => {
     assert.deepEqual(back.values.sensor, ["alpha", "beta", "alpha"]);
     const used = await worker.waitForLog((l) => l.msg === 'env_hash "system" runs with this interpreter');
     assert.equal(used.python, "python3");
+  });
+
+  test("an env that ships its own casparian_flow package keeps it (the built-in SDK steps aside)", async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), "casparian-compat-sdk-"));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    await mkdir(join(dir, "site", "casparian_flow"), { recursive: true });
+    await writeFile(join(dir, "site", "casparian_flow", "__init__.py"), "");
+    await writeFile(
+      join(dir, "site", "casparian_flow", "sdk.py"),
+      'ORIGIN = "the env\'s own package"\n\nclass PluginMetadata:\n    def __init__(self, **kw):\n        self.__dict__.update(kw)\n\nclass BasePlugin:\n    def configure(self, ctx, config):\n        self._ctx = ctx\n',
+    );
+    await writeFile(join(dir, ".casparianrc.json"), JSON.stringify({ bridge: { env: ["PYTHONPATH"] } }));
+    const sentinel = await UpstreamSentinel.bind("rust");
+    const worker = await spawnWorker({ args: ["--connect", sentinel.endpoint], home, cwd: dir, env: { PYTHONPATH: join(dir, "site") } });
+    t.after(async () => {
+      await worker.dispose();
+      await sentinel.close();
+    });
+    await sentinel.waitForLog(/^Worker registered/);
+    const plugin = [
+      "import casparian_flow.sdk as sdk",
+      "from casparian_flow.sdk import BasePlugin, PluginMetadata",
+      'MANIFEST = PluginMetadata(pattern="*.csv", topic="output")',
+      "class Handler(BasePlugin):",
+      "    def execute(self, file_path):",
+      '        return {"origin": [sdk.ORIGIN]}',
+      "",
+    ].join("\n");
+    sentinel.enqueue(job(13, "own_sdk", plugin, null));
+    const row = await sentinel.waitForJob(13);
+    assert.equal(row.status, "COMPLETED", row.error_message ?? "");
+    assert.deepEqual((await pyarrowRead(join(worker.output, "own_sdk_output_13.parquet"))).values.origin, ["the env's own package"]);
   });
 
   test('environments.systemPython: false refuses env_hash "system" with a coded error', async (t) => {

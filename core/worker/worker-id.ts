@@ -3,7 +3,7 @@
  * $CASPARIAN_HOME/worker_id so that a restarted worker is the same worker to the Sentinel.
  */
 import { randomBytes } from "node:crypto";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { link, mkdir, readFile, rename, unlink, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -33,9 +33,22 @@ export async function resolveWorkerId(options: { explicit?: string | null; home:
   if (existing) return existing;
   const id = generateWorkerId();
   await mkdir(options.home, { recursive: true });
-  // write-then-rename: two workers starting at once never read a half-written id.
+  // Write, then hard-link into place: nobody reads a half-written id, and of two workers
+  // starting at once on a fresh home the second finds the first one's id (EEXIST) and
+  // uses it, so both are the same worker to the Sentinel.
   const tmp = `${file}.${process.pid}.tmp`;
   await writeFile(tmp, `${id}\n`, "utf8");
-  await rename(tmp, file);
-  return id;
+  try {
+    await link(tmp, file);
+    return id;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EEXIST") return (await readFile(file, "utf8")).trim() || id;
+    if (code !== "EPERM" && code !== "ENOTSUP" && code !== "EOPNOTSUPP") throw err;
+    // No hard links on this filesystem: last writer wins.
+    await rename(tmp, file);
+    return id;
+  } finally {
+    await unlink(tmp).catch(() => undefined);
+  }
 }
