@@ -15,6 +15,8 @@ export type { Logger } from "./core/kernel/logger.js";
 export { parquetSink } from "./sinks/parquet.js";
 export { parseSinkUri, resolveInsideRoot } from "./sinks/uri.js";
 export { assertTargetFree, finalPathFor, fsyncDirectory, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./sinks/files.js";
+export { dataReader, decimalText, epochTicks, exactReader, type ExactValue } from "./sinks/values.js";
+export { TopicSchema, castTable, unifySchemas, widenType } from "./sinks/schema.js";
 export { isProcessAlive } from "./core/kernel/process.js";
 // Protocol v4 codec and the worker itself, for embedding (a Sentinel in tests, a custom launcher).
 export { Opcode } from "./core/protocol/messages.js";

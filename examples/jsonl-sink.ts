@@ -9,17 +9,20 @@
  * Like the bundled Parquet sink: the path is relative to the output root, rows go to
  * a hidden staging file beside the target, which is fsynced and renamed on commit;
  * modes append (`<stem>_<job id>.jsonl`), replace and error are honoured; a topic that
- * never produced a batch publishes nothing. Integers keep every digit (int64 values
- * are written as JSON numbers, not rounded through a double); timestamps and dates are
- * ISO 8601 strings (millisecond precision); binary is base64.
+ * never produced a batch publishes nothing. Values are exact (read with `exactReader`):
+ * integers keep every digit (int64/uint64 are written as JSON numbers, not rounded through
+ * a double); timestamps are ISO 8601 strings with every digit of their unit (microseconds
+ * for the shim's and pandas' timestamps); dates and times are ISO 8601 too; decimals are
+ * exact strings ("12.30"); binary is base64.
  */
 import { mkdir, open, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 import { stringify } from "lossless-json";
-import type { DataType, Table } from "apache-arrow";
+import type { Table } from "apache-arrow";
 import {
   assertTargetFree,
   defineSink,
+  exactReader,
   finalPathFor,
   publishStaged,
   removeIfPresent,
@@ -27,6 +30,7 @@ import {
   resolveInsideRoot,
   stagingPathFor,
   type Batch,
+  type ExactValue,
   type SinkPlugin,
 } from "casparian-flow";
 
@@ -82,27 +86,21 @@ export default function jsonlSink(options: JsonlSinkOptions = {}): SinkPlugin {
 
 /** One JSON object per row, every line ending in "\n". */
 function toLines(table: Table, extra: Record<string, bigint>): string {
-  const converters = table.schema.fields.map((field) => converterFor(field.type));
-  const columns = table.schema.fields.map((_, i) => table.getChildAt(i)!);
+  const readers = table.schema.fields.map((_, i) => exactReader(table.getChildAt(i)!));
   const names = table.schema.fields.map((f) => f.name);
   let out = "";
   for (let row = 0; row < table.numRows; row++) {
     const record: Record<string, unknown> = {};
-    for (let c = 0; c < columns.length; c++) {
-      const value: unknown = columns[c]!.get(row);
-      record[names[c]!] = value === null || value === undefined ? null : converters[c]!(value);
-    }
+    for (let c = 0; c < readers.length; c++) record[names[c]!] = toJson(readers[c]!(row));
     out += `${stringify({ ...record, ...extra })}\n`;
   }
   return out;
 }
 
-function converterFor(type: DataType): (value: unknown) => unknown {
-  const name = String(type);
-  if (name.startsWith("Timestamp")) return (v) => new Date(Number(v)).toISOString();
-  if (name.startsWith("Date")) return (v) => new Date(Number(v)).toISOString().slice(0, 10);
-  if (name.includes("Binary")) return (v) => Buffer.from(v as Uint8Array).toString("base64");
-  // Nested values (StructRow, Vector) know how to become plain JSON.
-  if (name.startsWith("Struct") || name.startsWith("List") || name.startsWith("Map")) return (v) => (v as { toJSON(): unknown }).toJSON();
-  return (v) => v;
+/** Exact values are JSON already, except bytes (base64 here), also inside lists and structs. */
+function toJson(value: ExactValue): unknown {
+  if (value instanceof Uint8Array) return Buffer.from(value).toString("base64");
+  if (Array.isArray(value)) return value.map(toJson);
+  if (value !== null && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, toJson(v)]));
+  return value;
 }

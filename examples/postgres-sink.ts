@@ -42,9 +42,9 @@
  * uint64 → numeric(20), float16/32 → real, float64 → double precision, bool → boolean,
  * utf8 (and dictionaries of it) → text, binary → bytea, timestamp with a time zone →
  * timestamptz, without → timestamp (microseconds kept; nanoseconds truncated), date →
- * date, null → text, list/struct/map → jsonb. 64-bit integers travel as decimal text,
- * so every digit arrives. Decimal, time, duration and interval columns are refused
- * with a hint to cast them.
+ * date, decimal128(p, s) → numeric(p, s), time → time, null → text, list/struct/map →
+ * jsonb. 64-bit integers and decimals travel as exact decimal text (`exactReader`), so
+ * every digit arrives. Duration and interval columns are refused with a hint to cast them.
  *
  * Lineage (`lineage: true`): `_job_id numeric(20)` (job ids are uint64; bigint stops at
  * 2^63 - 1, and numeric keeps them exact and comparable as numbers) and
@@ -55,7 +55,7 @@ import { hostname } from "node:os";
 import pg from "pg";
 import { stringify } from "lossless-json";
 import { Type, type DataType, type Table, type Vector } from "apache-arrow";
-import { Errors, defineSink, isProcessAlive, type Batch, type Logger, type SinkPlugin, type SinkTarget } from "casparian-flow";
+import { Errors, defineSink, exactReader, isProcessAlive, type Batch, type ExactValue, type Logger, type SinkPlugin, type SinkTarget } from "casparian-flow";
 
 export interface PostgresSinkOptions {
   /** Defaults for every target, URL form: `postgres://user:password@host:port/database?host=/socket/dir`. */
@@ -504,16 +504,37 @@ function valueMapping(type: DataType): Omit<Column, "name"> | null {
       return byValue("bytea", (v) => Buffer.from(v as Uint8Array));
     case Type.Date:
       return byValue("date", (v) => new Date(Number(v)).toISOString().slice(0, 10));
+    case Type.Decimal: {
+      const { precision, scale } = type as unknown as { precision: number; scale: number };
+      return { sqlType: `numeric(${precision},${scale})`, values: exactCells((v) => v) };
+    }
+    case Type.Time:
+      return { sqlType: "time", values: exactCells((v) => v) };
     case Type.List:
     case Type.LargeList:
-    case Type.FixedSizeList:
     case Type.Struct:
+      // Exact nested values (int64s, decimals and timestamps keep every digit), as JSON.
+      return { sqlType: "jsonb", values: exactCells((v) => stringify(v)) };
+    case Type.FixedSizeList:
     case Type.Map:
       // lossless-json keeps int64s inside nested values exact.
       return byValue("jsonb", (v) => stringify((v as { toJSON(): unknown }).toJSON()));
     default:
       return null;
   }
+}
+
+/** Reads every cell exactly (sinks/values.ts), converting the non-null ones. */
+function exactCells(convert: (value: ExactValue) => unknown): (vector: Vector) => unknown[] {
+  return (vector) => {
+    const read = exactReader(vector);
+    const out = new Array<unknown>(vector.length);
+    for (let row = 0; row < vector.length; row++) {
+      const value = read(row);
+      out[row] = value === null ? null : convert(value);
+    }
+    return out;
+  };
 }
 
 /** Reads every cell through `get`, converting the non-null ones. */

@@ -15,13 +15,15 @@
  *   error   → fail if the table exists (checked at open and again inside the commit).
  * A topic that never produced a batch publishes nothing. Column types follow the Arrow
  * types: integers → INTEGER (int64 exact), floats → REAL, strings → TEXT, bools → 0/1,
- * timestamps → ISO 8601 TEXT, dates → 'YYYY-MM-DD', binary → BLOB.
+ * timestamps → ISO 8601 TEXT with every digit of their unit, dates → 'YYYY-MM-DD',
+ * decimals → exact TEXT ('12.30'), binary → BLOB, lists and structs → JSON TEXT. Values
+ * are read with `exactReader` (apache-arrow's `get` would round timestamps to ms).
  */
 import { mkdir } from "node:fs/promises";
 import { dirname, isAbsolute } from "node:path";
 import Database from "better-sqlite3";
 import type { DataType, Table } from "apache-arrow";
-import { Errors, defineSink, resolveInsideRoot, type Batch, type SinkPlugin } from "casparian-flow";
+import { Errors, defineSink, exactReader, resolveInsideRoot, type Batch, type SinkPlugin } from "casparian-flow";
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
@@ -63,13 +65,13 @@ export default function sqliteSink(): SinkPlugin {
             insert = d.prepare(`INSERT INTO temp.staging VALUES (${columns.map(() => "?").join(", ")})`);
           }
           const cols = columns;
-          const vectors = cols.map((_, i) => batch.table.getChildAt(i)!);
+          const readers = cols.map((_, i) => exactReader(batch.table.getChildAt(i)!));
           d.transaction(() => {
             const values = new Array<unknown>(cols.length);
             for (let row = 0; row < batch.numRows; row++) {
               for (let c = 0; c < cols.length; c++) {
-                const value: unknown = vectors[c]!.get(row);
-                values[c] = value === null || value === undefined ? null : cols[c]!.convert(value);
+                const value = readers[c]!(row);
+                values[c] = value === null ? null : cols[c]!.convert(value);
               }
               insert!.run(values);
             }
@@ -121,16 +123,16 @@ function columnsOf(table: Table): Column[] {
   return table.schema.fields.map((field) => ({ name: field.name, ...mapping(field.type) }));
 }
 
+/** SQLite column types, and conversions of exact values (sinks/values.ts) to what SQLite stores. */
 function mapping(type: DataType): Omit<Column, "name"> {
   const name = String(type);
-  if (name.startsWith("Timestamp")) return { sqlType: "TEXT", convert: (v) => new Date(Number(v)).toISOString() };
-  if (name.startsWith("Date")) return { sqlType: "TEXT", convert: (v) => new Date(Number(v)).toISOString().slice(0, 10) };
   if (name === "Bool") return { sqlType: "INTEGER", convert: (v) => (v ? 1 : 0) };
   if (/^U?Int/.test(name)) return { sqlType: "INTEGER", convert: (v) => (typeof v === "bigint" ? v : BigInt(v as number)) };
   if (name.startsWith("Float")) return { sqlType: "REAL", convert: (v) => v };
   if (name.includes("Binary")) return { sqlType: "BLOB", convert: (v) => Buffer.from(v as Uint8Array) };
-  if (name.includes("Utf8") || name.startsWith("Dictionary")) return { sqlType: "TEXT", convert: (v) => String(v) };
-  return { sqlType: "TEXT", convert: (v) => JSON.stringify(v, (_key, x: unknown) => (typeof x === "bigint" ? x.toString() : x)) };
+  if (name.startsWith("Struct") || name.startsWith("List")) return { sqlType: "TEXT", convert: (v) => JSON.stringify(v, (_key, x: unknown) => (typeof x === "bigint" ? x.toString() : x)) };
+  // Strings, dictionaries, timestamps, dates, times and decimals are exact text already.
+  return { sqlType: "TEXT", convert: (v) => String(v) };
 }
 
 function quote(identifier: string): string {

@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { after, before, describe, test } from "node:test";
+import { packageRoot as packageRootDir } from "../core/kernel/paths.js";
 import { listFiles, runCli, testPython } from "./helpers/run-cli.js";
 
 const execFileAsync = promisify(execFile);
@@ -100,5 +101,26 @@ describe("one table per topic directory", () => {
     const result = await runCli(["plugin.py", "data", "--workers", "1", "--output", "out"], { cwd: dir, home });
     assert.equal(result.code, 1, result.stdout + result.stderr);
     assert.match(result.stderr, /CSP_SCHEMA_CONFLICT: topic 'output': column 'qty' is int64 in one part of the data and string in another \(file b-text\.parquet against a-ints\.parquet\)/);
+  });
+});
+
+describe("the hello example", () => {
+  test("a file whose first 5,500 quantities are 'n/a' still has an int64 quantity column, like the others", async () => {
+    const dir = join(base, "hello-leading-empties");
+    await mkdir(join(dir, "data"), { recursive: true });
+    const lines = ["date,store,product,qty,price"];
+    for (let i = 0; i < 6000; i++) lines.push(`2024-03-0${1 + (i % 9)},Köln,Beans,${i < 5500 ? "n/a" : String(i % 7)},${(i % 50) + 0.5}`);
+    await writeFile(join(dir, "data", "empties-first.csv"), lines.join("\n") + "\n");
+    await writeFile(join(dir, "data", "normal.csv"), "date,store,product,qty,price\n2024-03-01,Bonn,Tamper,2,19.5\n");
+    const plugin = join(packageRootDir(), "examples", "hello", "plugin.py");
+    const result = await runCli([plugin, "data", "--workers", "2", "--output", "out"], { cwd: dir, home });
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    const script = `
+import json, sys, duckdb
+rows = duckdb.sql(f"SELECT typeof(quantity), count(*), count(quantity), typeof(date) FROM read_parquet('{sys.argv[1]}/*.parquet') GROUP BY ALL").fetchall()
+print(json.dumps(rows))
+`;
+    const { stdout } = await execFileAsync(python, ["-c", script, join(dir, "out", "output")]);
+    assert.deepEqual(JSON.parse(stdout), [["BIGINT", 6001, 501, "DATE"]]);
   });
 });

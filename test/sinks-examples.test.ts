@@ -54,7 +54,9 @@ describe("example JSON Lines sink", () => {
     assert.equal(rows[0]!.id, 9_007_199_254_740_993n);
     assert.equal(rows[1]!.label, "東京 #1");
     assert.equal(rows[3]!.amount, null);
-    assert.equal(rows[0]!.ts, "2024-01-01T00:00:00.000Z");
+    // Microseconds survive (apache-arrow's get would round them to milliseconds).
+    assert.equal(rows[0]!.ts, "2024-01-01T00:00:00.000000Z");
+    assert.equal(rows[1]!.ts, "2024-01-01T00:00:01.000001Z");
     assert.equal(rows[24]!._job_id, 77n);
     assert.deepEqual(await readdir(join(root, "events")), ["day_77.jsonl"]);
   });
@@ -102,7 +104,9 @@ describe("example SQLite sink", () => {
     assert.equal(rows[2]!.label, "naïve café #2");
     assert.equal(rows[3]!.amount, null);
     assert.equal(rows[0]!.flag, 1n);
-    assert.equal(rows[0]!.ts, "2024-01-01T00:00:00.000Z");
+    // Microseconds survive (apache-arrow's get would round them to milliseconds).
+    assert.equal(rows[0]!.ts, "2024-01-01T00:00:00.000000Z");
+    assert.equal(rows[1]!.ts, "2024-01-01T00:00:01.000001Z");
 
     const elsewhere = await mkdtemp(join(tmpdir(), "casparian-sqlite-abs-"));
     roots.push(elsewhere);

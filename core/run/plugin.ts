@@ -162,6 +162,8 @@ function checkManifest(value: unknown, warnings: string[]): PluginManifest | nul
     }
   }
   if (Array.isArray(manifest.topics) && manifest.topics.every((t) => typeof t === "string")) result.topics = manifest.topics as string[];
+  // {topic: {"columns": {...}}}: the topics with their declared types (the guest applies the types).
+  else if (typeof manifest.topics === "object" && manifest.topics !== null && !Array.isArray(manifest.topics)) result.topics = Object.keys(manifest.topics);
   return result;
 }
 

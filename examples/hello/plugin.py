@@ -12,7 +12,26 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-MANIFEST = {"name": "hello", "version": "1.0.0"}
+# The output's types, declared: a file whose first chunk has no quantity at all (a leading
+# run of "n/a") still gets an int64 quantity column, and every file the same schema.
+MANIFEST = {
+    "name": "hello",
+    "version": "1.0.0",
+    "topics": {
+        "output": {
+            "columns": {
+                "date": "date32",
+                "store": "string",
+                "product": "string",
+                "quantity": "int64",
+                "unit_price": "float64",
+                "total": "float64",
+                "source_file": "string",
+                "source_line": "int64",
+            }
+        }
+    },
+}
 
 CHUNK_ROWS = 5000
 
@@ -37,7 +56,7 @@ def parse_date(text):
     text = text.strip()
     for fmt in DATE_FORMATS:
         try:
-            return datetime.strptime(text, fmt).date().isoformat()
+            return datetime.strptime(text, fmt).date()
         except ValueError:
             pass
     return None
