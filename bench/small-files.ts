@@ -1,20 +1,29 @@
 /**
- * Small-files throughput: 500 small CSVs through `casparian run --workers 2` with
- * the dependency-free example plugin (examples/hello), printing jobs/s and where
- * the time of one job goes. The baseline for making many small jobs cheap.
+ * Small-files throughput: many small CSVs through `casparian run`, warm guests (the
+ * default: each job forked from a Python that has the plugin's imports loaded) against
+ * cold ones (`bridge.warm.enabled: false`: a fresh interpreter per job), side by side in
+ * one run, for the dependency-free example plugin (examples/hello) and a pandas plugin
+ * (examples/pandas-pep723), with 1 and 2 workers. Prints jobs/s, the ratios, the warm
+ * parents' memory, and where the time of one job goes.
  *
  *   npm run bench            (all benchmarks)
- *   node dist/bench/small-files.js [--files N] [--workers N]
+ *   node dist/bench/small-files.js [--files N] [--cold-files N] [--cold-pandas-files N] [--ratio-files N]
+ *
+ * Cold pandas jobs take seconds each, so the cold pandas runs use fewer files
+ * (--cold-pandas-files); jobs/s is a rate, comparable across file counts.
  *
  * The latency split comes from the receipts (the run's --report file):
  *   dispatch     Sentinel → worker → hooks up to the guest start: (round trip − duration_ms) + dispatch_ms
- *   guest start  interpreter start, shim import, socket connect: guest_start_ms (measured by the worker)
+ *   guest start  cold: interpreter start, imports, socket connect; warm: the fork and connect (guest_start_ms)
  *   plugin       the guest's own run time, plugin and Arrow encoding: guest.guest_ms
  *   sink commit  prepare + commit of the sinks and the receipt: commit_ms
  * plus the promotion of the files into --output by `casparian run` (after CONCLUDE, not per job above).
+ *
+ * Last, the ratio that must hold on any machine: `casparian run` over --ratio-files tiny
+ * files with the pandas plugin ÷ `python -c "import pandas, pyarrow"` in the same venv.
  */
 import { execFile } from "node:child_process";
-import { copyFile, mkdir, mkdtemp, readFile, readdir, rm } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -34,6 +43,24 @@ interface Report {
   inputs: ReportInput[];
 }
 
+interface PluginCase {
+  name: string;
+  plugin: string;
+  samples: string;
+}
+
+interface Outcome {
+  label: string;
+  files: number;
+  workers: number;
+  wallSeconds: number;
+  jobsPerSecond: number;
+  stages: Record<string, number[]>;
+  warmJobs: number;
+  parentRssKb: number;
+  missing: Set<string>;
+}
+
 async function runCli(args: string[], cwd: string, home: string): Promise<{ ms: number; stdout: string }> {
   const started = performance.now();
   const { stdout } = await execFileAsync(process.execPath, [join(packageRoot(), "bin", "casparian.js"), "run", ...args], {
@@ -44,66 +71,148 @@ async function runCli(args: string[], cwd: string, home: string): Promise<{ ms: 
   return { ms: performance.now() - started, stdout };
 }
 
-function percentile(values: number[], p: number): number {
+function median(values: number[]): number {
   if (values.length === 0) return Number.NaN;
   const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+  return sorted[Math.floor(sorted.length / 2)]!;
 }
 
-function stageRow(name: string, values: number[]): string {
-  const mean = values.reduce((a, b) => a + b, 0) / Math.max(1, values.length);
-  return `  ${name.padEnd(12)} ${mean.toFixed(1).padStart(8)} ${percentile(values, 50).toFixed(0).padStart(6)} ${percentile(values, 95).toFixed(0).padStart(6)}`;
+async function inputsDir(root: string, name: string, samples: string, count: number): Promise<string> {
+  const names = (await readdir(samples)).filter((n) => n.endsWith(".csv")).sort();
+  const dir = join(root, name);
+  await mkdir(dir, { recursive: true });
+  for (let i = 0; i < count; i++) {
+    const sample = names[i % names.length]!;
+    await copyFile(join(samples, sample), join(dir, `${String(i).padStart(4, "0")}-${sample}`));
+  }
+  return dir;
+}
+
+async function scenario(root: string, home: string, pluginCase: PluginCase, warm: boolean, workers: number, files: number): Promise<Outcome> {
+  const label = `${pluginCase.name} ${warm ? "warm" : "cold"}`;
+  const tag = `${pluginCase.name}-${warm ? "warm" : "cold"}-${workers}`;
+  const data = await inputsDir(root, `data-${tag}`, pluginCase.samples, files);
+  const config = join(root, warm ? "warm.config.json" : "cold.config.json");
+  const reportPath = join(root, `report-${tag}.json`);
+  const run = await runCli([pluginCase.plugin, data, "--workers", String(workers), "--config", config, "--output", join(root, `out-${tag}`), "--report", reportPath], root, home);
+  const report = JSON.parse(await readFile(reportPath, "utf8")) as Report;
+  const ok = report.inputs.filter((i) => i.state === "succeeded");
+  if (ok.length !== files) throw new Error(`${label}: only ${ok.length} of ${files} inputs succeeded:\n${run.stdout}`);
+
+  const stages: Record<string, number[]> = { dispatch: [], "guest start": [], plugin: [], "sink commit": [], "job total": [] };
+  const missing = new Set<string>();
+  let warmJobs = 0;
+  let parentRssKb = 0;
+  for (const input of ok) {
+    const m = input.metrics;
+    for (const key of ["duration_ms", "dispatch_ms", "guest_start_ms", "commit_ms", "guest.guest_ms", "guest_warm"]) if (m[key] === undefined) missing.add(key);
+    const duration = m.duration_ms ?? Number.NaN;
+    stages.dispatch!.push((input.round_trip_ms ?? Number.NaN) - duration + (m.dispatch_ms ?? 0));
+    stages["guest start"]!.push(m.guest_start_ms ?? Number.NaN);
+    stages.plugin!.push(m["guest.guest_ms"] ?? Number.NaN);
+    stages["sink commit"]!.push(m.commit_ms ?? Number.NaN);
+    stages["job total"]!.push(duration);
+    warmJobs += m.guest_warm === 1 ? 1 : 0;
+    parentRssKb = Math.max(parentRssKb, m.guest_parent_rss_kb ?? 0);
+  }
+  await rm(data, { recursive: true, force: true });
+  await rm(join(root, `out-${tag}`), { recursive: true, force: true });
+  return { label, files, workers, wallSeconds: run.ms / 1000, jobsPerSecond: files / report.seconds, stages, warmJobs, parentRssKb, missing };
+}
+
+function row(o: Outcome): string {
+  const cells = ["dispatch", "guest start", "plugin", "sink commit", "job total"].map((s) => median(o.stages[s]!).toFixed(0).padStart(7));
+  return `  ${o.label.padEnd(12)} ${String(o.workers).padStart(7)} ${String(o.files).padStart(6)} ${o.jobsPerSecond.toFixed(1).padStart(8)} ${o.wallSeconds.toFixed(1).padStart(7)} ${`${o.warmJobs}/${o.files}`.padStart(9)}  ${cells.join(" ")}`;
+}
+
+/** The venv of this bench's own home that has pandas (the pandas plugin's). */
+async function pandasPython(home: string): Promise<string> {
+  const venvs = join(home, "venvs");
+  for (const name of await readdir(venvs)) {
+    if (!/^[0-9a-f]{64}$/.test(name)) continue;
+    const python = join(venvs, name, "bin", "python");
+    const probe = await execFileAsync(python, ["-c", "import pandas"]).then(
+      () => true,
+      () => false,
+    );
+    if (probe) return python;
+  }
+  throw new Error(`no venv with pandas under ${venvs}`);
+}
+
+async function timeImports(python: string): Promise<number> {
+  const runs: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const started = performance.now();
+    // The guest's own settings: bytecode from the env build, none written at run time.
+    await execFileAsync(python, ["-c", "import pandas, pyarrow"], { env: { PATH: process.env.PATH ?? "", PYTHONDONTWRITEBYTECODE: "1" } });
+    runs.push(performance.now() - started);
+  }
+  return median(runs);
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { files: { type: "string", default: "500" }, workers: { type: "string", default: "2" } } });
+  const { values } = parseArgs({
+    options: {
+      files: { type: "string", default: "300" },
+      "cold-files": { type: "string", default: "100" },
+      "cold-pandas-files": { type: "string", default: "16" },
+      "ratio-files": { type: "string", default: "100" },
+    },
+  });
   const files = Number(values.files);
-  const workers = Number(values.workers);
-  const dir = await mkdtemp(join(tmpdir(), "casparian-bench-small-"));
-  const home = join(dir, "home");
-  const plugin = join(packageRoot(), "examples", "hello", "plugin.py");
-  const samples = join(packageRoot(), "examples", "hello", "data");
+  const coldFiles = Number(values["cold-files"]);
+  const coldPandasFiles = Number(values["cold-pandas-files"]);
+  const ratioFiles = Number(values["ratio-files"]);
+  const root = await mkdtemp(join(tmpdir(), "casparian-bench-small-"));
+  const home = join(root, "home");
+  const stdlib: PluginCase = { name: "stdlib", plugin: join(packageRoot(), "examples", "hello", "plugin.py"), samples: join(packageRoot(), "examples", "hello", "data") };
+  const pandas: PluginCase = { name: "pandas", plugin: join(packageRoot(), "examples", "pandas-pep723", "plugin.py"), samples: join(packageRoot(), "examples", "pandas-pep723", "data") };
   try {
-    const names = (await readdir(samples)).filter((n) => n.endsWith(".csv")).sort();
-    const data = join(dir, "data");
-    await mkdir(data, { recursive: true });
-    for (let i = 0; i < files; i++) {
-      const name = names[i % names.length]!;
-      await copyFile(join(samples, name), join(data, `${String(i).padStart(4, "0")}-${name}`));
+    await writeFile(join(root, "warm.config.json"), JSON.stringify({}));
+    await writeFile(join(root, "cold.config.json"), JSON.stringify({ bridge: { warm: { enabled: false } } }));
+
+    // Warm-up: builds both environments (and locks the pandas plugin's inline dependencies) once.
+    for (const c of [stdlib, pandas]) {
+      const one = await inputsDir(root, `warmup-${c.name}`, c.samples, 1);
+      await runCli([c.plugin, one, "--workers", "1", "--config", join(root, "cold.config.json"), "--output", join(root, `warmup-out-${c.name}`)], root, home);
     }
 
-    // Warm-up: builds the (bare) environment once, so the timed run measures jobs, not setup.
-    await runCli([plugin, join(data, `0000-${names[0]}`), "--workers", "1", "--output", join(dir, "warmup")], dir, home);
-
-    const reportPath = join(dir, "report.json");
-    const run = await runCli([plugin, data, "--workers", String(workers), "--output", join(dir, "out"), "--report", reportPath], dir, home);
-    const report = JSON.parse(await readFile(reportPath, "utf8")) as Report;
-    const ok = report.inputs.filter((i) => i.state === "succeeded");
-    if (ok.length !== files) throw new Error(`only ${ok.length} of ${files} inputs succeeded:\n${run.stdout}`);
-
-    const stages: Record<string, number[]> = { dispatch: [], "guest start": [], plugin: [], "sink commit": [], "job total": [], "round trip": [] };
-    const missing = new Set<string>();
-    for (const input of ok) {
-      const m = input.metrics;
-      for (const key of ["duration_ms", "dispatch_ms", "guest_start_ms", "commit_ms", "guest.guest_ms"]) if (m[key] === undefined) missing.add(key);
-      const duration = m.duration_ms ?? Number.NaN;
-      stages.dispatch!.push((input.round_trip_ms ?? Number.NaN) - duration + (m.dispatch_ms ?? 0));
-      stages["guest start"]!.push(m.guest_start_ms ?? Number.NaN);
-      stages.plugin!.push(m["guest.guest_ms"] ?? Number.NaN);
-      stages["sink commit"]!.push(m.commit_ms ?? Number.NaN);
-      stages["job total"]!.push(duration);
-      stages["round trip"]!.push(input.round_trip_ms ?? Number.NaN);
+    const outcomes: Outcome[] = [];
+    for (const workers of [1, 2]) {
+      outcomes.push(await scenario(root, home, stdlib, false, workers, coldFiles));
+      outcomes.push(await scenario(root, home, stdlib, true, workers, files));
+      outcomes.push(await scenario(root, home, pandas, false, workers, coldPandasFiles));
+      outcomes.push(await scenario(root, home, pandas, true, workers, files));
     }
 
-    const wallSeconds = run.ms / 1000;
-    console.log(`small files: ${files} CSVs (${names.length} sample shapes), ${workers} workers, dependency-free plugin`);
-    console.log(`  wall clock (whole command)  ${wallSeconds.toFixed(2)} s   ${(files / wallSeconds).toFixed(1)} jobs/s`);
-    console.log(`  scheduling (first to last)  ${report.seconds.toFixed(2)} s   ${(files / report.seconds).toFixed(1)} jobs/s`);
-    console.log(`  per-job latency (ms)          mean    p50    p95`);
-    for (const [name, list] of Object.entries(stages)) console.log(stageRow(name, list));
+    console.log(`small files: casparian run, warm guests (default) vs cold (bridge.warm.enabled: false)`);
+    console.log(`  jobs/s from first to last job; wall = the whole command; per-job medians in ms`);
+    console.log(`  ${"plugin".padEnd(12)} ${"workers".padStart(7)} ${"files".padStart(6)} ${"jobs/s".padStart(8)} ${"wall s".padStart(7)} ${"warm".padStart(9)}  ${["dispatch", "start", "plugin", "commit", "total"].map((s) => s.padStart(7)).join(" ")}`);
+    for (const o of outcomes) console.log(row(o));
+
+    const find = (label: string, workers: number) => outcomes.find((o) => o.label === label && o.workers === workers)!;
+    for (const workers of [1, 2]) {
+      const pandasRatio = find("pandas warm", workers).jobsPerSecond / find("pandas cold", workers).jobsPerSecond;
+      const stdlibRatio = find("stdlib warm", workers).jobsPerSecond / find("stdlib cold", workers).jobsPerSecond;
+      const perWorker = find("stdlib warm", workers).jobsPerSecond / workers;
+      console.log(`  ${workers} worker${workers > 1 ? "s" : ""}: pandas warm/cold ${pandasRatio.toFixed(1)}x (target >= 20), stdlib warm/cold ${stdlibRatio.toFixed(1)}x, stdlib warm ${perWorker.toFixed(1)} jobs/s per worker (target >= 100)`);
+    }
+    const rss = Math.max(...outcomes.map((o) => o.parentRssKb));
+    const stdlibRss = Math.max(find("stdlib warm", 1).parentRssKb, find("stdlib warm", 2).parentRssKb);
+    console.log(`  warm parent resident memory: pandas plugin ${(rss / 1024).toFixed(0)} MiB, stdlib plugin ${(stdlibRss / 1024).toFixed(0)} MiB (one per worker; children share its pages)`);
+    const missing = new Set(outcomes.flatMap((o) => [...o.missing]));
     if (missing.size > 0) console.log(`  receipts lack ${[...missing].join(", ")}: the stages that need them show NaN`);
+
+    // The machine-independent ratio: a whole run over tiny files against the imports alone.
+    const tiny = await inputsDir(root, "data-ratio", pandas.samples, ratioFiles);
+    const run = await runCli([pandas.plugin, tiny, "--config", join(root, "warm.config.json"), "--output", join(root, "out-ratio")], root, home);
+    const imports = await timeImports(await pandasPython(home));
+    console.log(
+      `  ratio: casparian run over ${ratioFiles} tiny files with the pandas plugin ${(run.ms / 1000).toFixed(2)} s ÷ python -c "import pandas, pyarrow" ${(imports / 1000).toFixed(2)} s = ${(run.ms / imports).toFixed(1)} (target <= 5)`,
+    );
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await rm(root, { recursive: true, force: true });
   }
 }
 
