@@ -1,19 +1,26 @@
 /**
- * Bridge overhead: one pyarrow generator plugin (int64, float64 and two string columns,
- * 64 Ki-row batches) run three ways, in one run:
+ * The whole job: one pyarrow generator plugin (int64, float64 and two string columns,
+ * 64 Ki-row chunks) run several ways, in one run:
  *
- *   plugin alone     python runs the plugin and writes each chunk's IPC stream to /dev/null
- *   worker → null    runGuest (real venv, socket, shim, frame decoding) into a consumer that drops batches
- *   worker → parquet runGuest into the bundled Parquet sink (through the real Pipeline, as a job does)
+ *   plugin alone → IPC      python runs the plugin and writes each chunk's IPC stream to /dev/null
+ *   plugin alone → Parquet  python runs the plugin and writes the same Parquet with pyarrow's
+ *                           ParquetWriter (snappy, 65,536-row groups): the baseline
+ *   worker → null           the real Pipeline and bridge into a consumer that drops batches
+ *   worker → parquet        the real Pipeline into the bundled Parquet sink, as a job does
+ *   upstream Rust worker    the same plugin through upstream's Rust worker, driven over
+ *                           protocol v4 by an embedded Sentinel (PREPARE_ENV untimed, then
+ *                           DISPATCH → CONCLUDE timed), when CASPARIAN_UPSTREAM_WORKER names a
+ *                           checkout where it was built; otherwise the bench says why not
  *
- * and prints `overhead = worker / plugin alone` (target ≤ 1.3) and the worker's peak RSS
- * at two row counts (target ≤ 200 MB, independent of the row count). Each worker run is
- * a fresh child process, so its peak RSS is its own.
+ * and prints `worker → parquet / plugin alone → Parquet` (target ≤ 1.3), the Rust worker
+ * beside it, and the worker's peak RSS at two row counts (target ≤ 150 MB, flat) and for
+ * 100,000 one-row chunks (target ≤ 200 MB). Each worker run is a fresh child process, so
+ * its peak RSS is its own.
  *
  *   npm run bench      or: npx tsc -p . && node dist/bench/bridge.js [rows] [rows2]
  */
-import { execFile, fork } from "node:child_process";
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { execFile, fork, spawn } from "node:child_process";
+import { access, constants as fsConstants, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -26,6 +33,8 @@ import type { Logger } from "../core/kernel/logger.js";
 import type { DispatchCommand } from "../core/protocol/messages.js";
 import { packageRoot } from "../core/kernel/paths.js";
 import { Pipeline } from "../core/pipeline/pipeline.js";
+import { Opcode, type Message } from "../core/protocol/messages.js";
+import { EmbeddedSentinel, type Peer } from "../core/run/sentinel.js";
 
 const execFileAsync = promisify(execFile);
 const REPS = 3;
@@ -52,6 +61,32 @@ class Handler:
             yield pa.table({"id": ids, "value": values, "category": categories, "key": keys})
 `;
 
+/** 100,000 chunks of one row each: what a plugin that yields per record sends. */
+const TINY_CHUNKS_PLUGIN = `
+import pyarrow as pa
+
+
+class Handler:
+    def execute(self, file_path):
+        for i in range(100000):
+            yield pa.table({"id": pa.array([i], pa.int64()), "value": pa.array([i / 7.3]), "category": pa.array(["north"]), "key": pa.array([f"customer-{i}"])})
+`;
+
+/** The same plugin writing the same Parquet itself, with pyarrow: the baseline for the whole job. */
+const ALONE_PARQUET_HARNESS = `
+import sys
+import pyarrow.parquet as pq
+source, path, target = sys.argv[1], sys.argv[2], sys.argv[3]
+namespace = {"__name__": "__plugin__"}
+exec(compile(open(source).read(), "plugin", "exec"), namespace)
+writer = None
+for table in namespace["Handler"]().execute(path):
+    if writer is None:
+        writer = pq.ParquetWriter(target, table.schema, compression="snappy")
+    writer.write_table(table, row_group_size=65536)
+writer.close()
+`;
+
 /** The same plugin without the worker: each chunk serialised as the shim does, framed, written to /dev/null. */
 const ALONE_HARNESS = `
 import struct, sys
@@ -76,6 +111,7 @@ print(out_rows)
 type Mode = "null" | "parquet";
 
 interface ChildRequest {
+  source: string;
   mode: Mode;
   interpreterPath: string;
   inputPath: string;
@@ -141,7 +177,7 @@ async function childMain(request: ChildRequest): Promise<ChildReport> {
         sinks: [{ topic: "output", uri: "parquet://bench/generated.parquet", mode: "replace", schema_def: null }],
         file_version_id: 1n,
         env_hash: "0".repeat(64),
-        source_code: GENERATOR_PLUGIN,
+        source_code: request.source,
         artifact_hash: null,
       };
       const t0 = performance.now();
@@ -177,17 +213,17 @@ function runChild(request: ChildRequest): Promise<ChildReport> {
   });
 }
 
-async function timeAlone(python: string, pluginFile: string, harnessFile: string, inputPath: string, reps: number): Promise<number[]> {
+async function timeAlone(python: string, pluginFile: string, harnessFile: string, inputPath: string, reps: number, extra: string[] = []): Promise<number[]> {
   const times: number[] = [];
   for (let rep = 0; rep < reps; rep++) {
     const t0 = performance.now();
-    await execFileAsync(python, [harnessFile, pluginFile, inputPath], { maxBuffer: 1 << 20 });
+    await execFileAsync(python, [harnessFile, pluginFile, inputPath, ...extra], { maxBuffer: 1 << 20 });
     times.push((performance.now() - t0) / 1000);
   }
   return times;
 }
 
-export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 6_000_000]): Promise<void> {
+export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 10_000_000]): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), "casparian-bench-bridge-"));
   try {
     const manager = new EnvManager({ home: join(dir, "home"), logger: pino({ level: "warn" }) as unknown as Logger });
@@ -199,8 +235,13 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
     console.log(`env: built in this run: ${!ready.cached}; PREPARE_ENV cache hit answered in ${(performance.now() - hitStarted).toFixed(1)} ms (cached=${hit.cached})`);
     const pluginFile = join(dir, "generator.py");
     const harnessFile = join(dir, "alone.py");
+    const parquetHarnessFile = join(dir, "alone-parquet.py");
     await writeFile(pluginFile, GENERATOR_PLUGIN);
     await writeFile(harnessFile, ALONE_HARNESS);
+    await writeFile(parquetHarnessFile, ALONE_PARQUET_HARNESS);
+    const upstream = await UpstreamWorker.start(process.env.CASPARIAN_UPSTREAM_WORKER, join(dir, "upstream"), lock, ready.env_hash);
+    if ("unavailable" in upstream) console.log(`upstream Rust worker: not compared: ${upstream.unavailable}`);
+    const targets: string[] = [];
 
     console.log("bridge bench: pyarrow generator (int64, float64, 2 × utf8; 65,536-row chunks)");
     for (const [i, rows] of rowCounts.entries()) {
@@ -210,23 +251,165 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
       // warm-up: page cache, pyc files, uv-linked wheels
       await timeAlone(ready.interpreter_path, pluginFile, harnessFile, inputPath, 1);
       const alone = median(await timeAlone(ready.interpreter_path, pluginFile, harnessFile, inputPath, reps));
-      const base = { interpreterPath: ready.interpreter_path, inputPath, outputRoot: join(dir, "out"), reps };
+      const aloneParquet = median(await timeAlone(ready.interpreter_path, pluginFile, parquetHarnessFile, inputPath, reps, [join(dir, "alone.parquet")]));
+      const base = { source: GENERATOR_PLUGIN, interpreterPath: ready.interpreter_path, inputPath, outputRoot: join(dir, "out"), reps };
       const viaNull = await runChild({ ...base, mode: "null" });
       const viaParquet = await runChild({ ...base, mode: "parquet" });
       const tNull = median(viaNull.seconds);
       const tParquet = median(viaParquet.seconds);
       console.log(`\nrows = ${rows.toLocaleString("en-US")} (${viaNull.batches} chunks, ${mb(viaNull.ipcBytes)} of IPC; median of ${reps})`);
       console.log(`  plugin alone (IPC → /dev/null)   ${alone.toFixed(2)} s`);
+      console.log(`  plugin alone → pyarrow Parquet  ${aloneParquet.toFixed(2)} s   (the baseline)`);
       console.log(`  worker → null consumer          ${tNull.toFixed(2)} s   overhead = worker / plugin alone = ${(tNull / alone).toFixed(2)}   peak RSS ${mb(viaNull.peakRssBytes)}`);
       console.log(
         `  worker → ${viaParquet.sink.padEnd(22)} ${tParquet.toFixed(2)} s   overhead = worker / plugin alone = ${(tParquet / alone).toFixed(2)}   peak RSS ${mb(viaParquet.peakRssBytes)}` +
           (viaParquet.parquetBytes === null ? "" : `   (${mb(viaParquet.parquetBytes)} Parquet)`),
       );
+      const ratio = tParquet / aloneParquet;
+      console.log(`  worker → Parquet / plugin alone → Parquet = ${ratio.toFixed(2)}   (target ≤ 1.3)`);
+      targets.push(`${rows.toLocaleString("en-US")} rows: worker/plugin-alone Parquet ${ratio.toFixed(2)} (≤ 1.3), peak RSS ${mb(viaParquet.peakRssBytes)} (≤ 150 MB)`);
+      if (!("unavailable" in upstream)) {
+        const rust = await upstream.time(GENERATOR_PLUGIN, inputPath, reps);
+        if ("unavailable" in rust) console.log(`  upstream Rust worker            not measured: ${rust.unavailable}`);
+        else {
+          console.log(`  upstream Rust worker → Parquet  ${rust.seconds.toFixed(2)} s   ours / Rust = ${(tParquet / rust.seconds).toFixed(2)}   its peak RSS ${mb(rust.peakRssBytes)}`);
+          targets.push(`${rows.toLocaleString("en-US")} rows: ours / upstream Rust worker ${(tParquet / rust.seconds).toFixed(2)} (< 1 is faster)`);
+        }
+      }
       if (viaParquet.rows !== rows || viaNull.rows !== rows) throw new Error(`row count mismatch: expected ${rows}, got ${viaNull.rows}/${viaParquet.rows}`);
     }
-    console.log("\ntargets: overhead ≤ 1.3; worker peak RSS ≤ 200 MB and flat across row counts");
+
+    const tiny = await runChild({ source: TINY_CHUNKS_PLUGIN, interpreterPath: ready.interpreter_path, inputPath: pluginFile, outputRoot: join(dir, "out"), reps: 1, mode: "parquet" });
+    console.log(`\n100,000 one-row chunks → ${tiny.sink}: ${median(tiny.seconds).toFixed(2)} s, ${tiny.rows.toLocaleString("en-US")} rows, peak RSS ${mb(tiny.peakRssBytes)}   (target ≤ 200 MB)`);
+    targets.push(`100,000 one-row chunks: peak RSS ${mb(tiny.peakRssBytes)} (≤ 200 MB)`);
+    if (!("unavailable" in upstream)) await upstream.close();
+    console.log(`\nsummary:\n  ${targets.join("\n  ")}`);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Upstream's Rust worker (the commit with crates/casparian_worker and its main.rs), built
+ * outside this tree; `root` is that checkout, with target/release/casparian-worker. It finds
+ * its guest shim relative to its working directory, so it runs in a scratch directory holding
+ * a copy of that shim, with its venvs under a scratch HOME, connected to a private ipc socket.
+ */
+class UpstreamWorker {
+  readonly #sentinel: EmbeddedSentinel;
+  readonly #child: ReturnType<typeof spawn>;
+  readonly #peer: Peer;
+  readonly #inbox: Message[] = [];
+  #wake: (() => void) | null = null;
+  readonly #envHash: string;
+  #nextJob = 1n;
+
+  private constructor(sentinel: EmbeddedSentinel, child: ReturnType<typeof spawn>, peer: Peer, envHash: string) {
+    this.#sentinel = sentinel;
+    this.#child = child;
+    this.#peer = peer;
+    this.#envHash = envHash;
+  }
+
+  static async start(root: string | undefined, scratch: string, lock: string, envHash: string): Promise<UpstreamWorker | { unavailable: string }> {
+    if (!root) return { unavailable: "CASPARIAN_UPSTREAM_WORKER is not set (point it at a checkout of upstream's commit with crates/casparian_worker, built with cargo build --release -p casparian_worker); the comparison is with the plugin-alone figure" };
+    const binary = join(root, "target", "release", "casparian-worker");
+    const shim = join(root, "src", "casparian_flow", "engine", "bridge_shim.py");
+    try {
+      await access(binary, fsConstants.X_OK);
+      await access(shim, fsConstants.R_OK);
+    } catch {
+      return { unavailable: `${binary} or ${shim} is missing: build upstream's worker there first` };
+    }
+    const cwd = join(scratch, "cwd");
+    await mkdir(join(cwd, "src", "casparian_flow", "engine"), { recursive: true });
+    await copyFile(shim, join(cwd, "src", "casparian_flow", "engine", "bridge_shim.py"));
+    await mkdir(join(scratch, "home"), { recursive: true });
+    const logger = pino({ level: "warn" }) as unknown as Logger;
+    const sentinel = await EmbeddedSentinel.start(logger);
+    const inbox: Array<{ peer: Peer; message: Message }> = [];
+    let wake: (() => void) | null = null;
+    sentinel.listen((peer, message) => {
+      inbox.push({ peer, message });
+      wake?.();
+    });
+    const child = spawn(binary, ["--connect", sentinel.endpoint, "--output", join(scratch, "out")], { cwd, env: { ...process.env, HOME: join(scratch, "home"), RUST_LOG: "info" }, stdio: ["ignore", "ignore", "pipe"] });
+    let stderr = "";
+    child.stderr!.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
+    const deadline = Date.now() + 300_000;
+    const next = async (opcode: Opcode): Promise<{ peer: Peer; message: Message } | null> => {
+      for (;;) {
+        const index = inbox.findIndex((m) => m.message.opcode === opcode);
+        if (index >= 0) return inbox.splice(index, 1)[0]!;
+        if (Date.now() > deadline || child.exitCode !== null) return null;
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          setTimeout(resolve, 200);
+        });
+      }
+    };
+    const identified = await next(Opcode.IDENTIFY);
+    if (identified === null) {
+      child.kill("SIGKILL");
+      await sentinel.close();
+      return { unavailable: `it did not IDENTIFY (${stderr.trim().split("\n").pop() ?? "no output"})` };
+    }
+    await sentinel.send(identified.peer, Opcode.PREPARE_ENV, 0n, { env_hash: envHash, lockfile_content: lock, python_version: null });
+    const envReady = await next(Opcode.ENV_READY);
+    if (envReady === null) {
+      child.kill("SIGKILL");
+      await sentinel.close();
+      return { unavailable: `it did not answer PREPARE_ENV with ENV_READY (${stderr.trim().split("\n").pop() ?? "no output"})` };
+    }
+    const worker = new UpstreamWorker(sentinel, child, identified.peer, envHash);
+    sentinel.listen((_peer, message) => {
+      worker.#inbox.push(message);
+      worker.#wake?.();
+    });
+    return worker;
+  }
+
+  /** Median seconds from DISPATCH to CONCLUDE over `reps` jobs, and the process's peak RSS. */
+  async time(source: string, inputPath: string, reps: number): Promise<{ seconds: number; peakRssBytes: number } | { unavailable: string }> {
+    const times: number[] = [];
+    for (let rep = 0; rep < reps; rep++) {
+      const jobId = this.#nextJob++;
+      const t0 = performance.now();
+      await this.#sentinel.send(this.#peer, Opcode.DISPATCH, jobId, {
+        plugin_name: "bench_generator",
+        file_path: inputPath,
+        sinks: [{ topic: "output", uri: "parquet://generated.parquet", mode: "replace", schema_def: null }],
+        file_version_id: 1n,
+        env_hash: this.#envHash,
+        source_code: source,
+        artifact_hash: null,
+      });
+      const receipt = await this.#conclude(jobId);
+      if (receipt === null) return { unavailable: "no CONCLUDE within 10 minutes" };
+      if (receipt.opcode === Opcode.CONCLUDE && receipt.payload.status !== "SUCCESS") return { unavailable: `its job failed: ${receipt.payload.error_message ?? "?"}` };
+      times.push((performance.now() - t0) / 1000);
+    }
+    const status = await readFile(`/proc/${this.#child.pid}/status`, "utf8").catch(() => "");
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(status);
+    return { seconds: median(times), peakRssBytes: hwm ? Number(hwm[1]) * 1024 : 0 };
+  }
+
+  async #conclude(jobId: bigint): Promise<Message | null> {
+    const deadline = Date.now() + 600_000;
+    for (;;) {
+      const index = this.#inbox.findIndex((m) => m.opcode === Opcode.CONCLUDE && m.jobId === jobId);
+      if (index >= 0) return this.#inbox.splice(index, 1)[0]!;
+      if (Date.now() > deadline || this.#child.exitCode !== null) return null;
+      await new Promise<void>((resolve) => {
+        this.#wake = resolve;
+        setTimeout(resolve, 200);
+      });
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#child.kill("SIGTERM");
+    await this.#sentinel.close();
   }
 }
 

@@ -10,38 +10,15 @@
  * Memory: the writer holds the row group being filled; the input queue holds at most the
  * IPC streams the sink lets be in flight.
  */
-import { readFileSync } from "node:fs";
+import { openAsBlob, readFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as wasm from "parquet-wasm";
+import { LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID, type CompressionName, type EngineInfo, type WriterSettings } from "./parquet-settings.js";
 
-export const LINEAGE_JOB_ID = "_job_id";
-export const LINEAGE_FILE_VERSION_ID = "_file_version_id";
-
-export const COMPRESSION_NAMES = ["snappy", "zstd", "gzip", "brotli", "lz4", "lz4_raw", "uncompressed", "none"] as const;
-export type CompressionName = (typeof COMPRESSION_NAMES)[number];
-
-export function isCompressionName(name: string): name is CompressionName {
-  return (COMPRESSION_NAMES as readonly string[]).includes(name);
-}
-
-/** What a writer needs besides the data: plain and structured-cloneable, so it crosses to a thread. */
-export interface WriterSettings {
-  compression: CompressionName;
-  rowGroupSize: number;
-  /** File key-value metadata. */
-  metadata: Array<[string, string]>;
-  /** Columns written without dictionary encoding (high-cardinality data gains nothing from it). */
-  plainColumns: string[];
-}
-
-/** Which engine wrote a file: the sink's tests check that it is the pinned fast path. */
-export interface EngineInfo {
-  library: "parquet-wasm";
-  version: string;
-  api: "transformParquetStream";
-}
+export { LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID };
+export type { EngineInfo, WriterSettings };
 
 export const ENGINE: EngineInfo = { library: "parquet-wasm", version: installedVersion(), api: "transformParquetStream" };
 
@@ -187,5 +164,22 @@ export class ParquetFileWriter {
       await handle.close();
     }
     return bytes;
+  }
+}
+
+/**
+ * The row groups of a Parquet file, one Arrow IPC stream each, read through parquet-wasm's
+ * public ParquetFile API from a lazily read Blob: one row group in memory at a time.
+ */
+export async function* readRowGroups(path: string): AsyncGenerator<Uint8Array> {
+  const file = await wasm.ParquetFile.fromFile(await openAsBlob(path));
+  try {
+    const count = file.metadata().numRowGroups();
+    for (let group = 0; group < count; group++) {
+      const table = await file.read({ rowGroups: [group] });
+      yield table.intoIPCStream();
+    }
+  } finally {
+    file.free();
   }
 }

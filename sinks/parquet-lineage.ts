@@ -5,7 +5,7 @@
  * apache-arrow nor shared memory. Buffers come back from the writer and are reused.
  */
 import { AsyncByteQueue, Field, Int64, RecordBatch, RecordBatchStreamWriter, Schema, Struct, Uint64, makeData, type Data } from "apache-arrow";
-import { LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID } from "./parquet-engine.js";
+import { LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID } from "./parquet-settings.js";
 
 /** Builds the IPC streams of one topic of one job, in the file's schema plus lineage. */
 export class LineageSerializer {

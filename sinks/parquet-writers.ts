@@ -8,7 +8,8 @@
  * Threads only keep the process alive while they have a file open.
  */
 import { Worker } from "node:worker_threads";
-import { ENGINE, ParquetFileWriter, type EngineInfo, type WriterSettings } from "./parquet-engine.js";
+import type { ParquetFileWriter } from "./parquet-engine.js";
+import type { EngineInfo, WriterSettings } from "./parquet-settings.js";
 
 export type ThreadRequest =
   | { kind: "open"; stream: number; path: string; settings: WriterSettings }
@@ -124,31 +125,37 @@ abstract class StreamBase implements ParquetFileStream {
   }
 }
 
-/** A file written on this thread (encoderThreads 0). */
+/** A file written on this thread (encoderThreads 0); parquet-wasm is loaded here on first use. */
 class InlineStream extends StreamBase {
-  readonly #writer: ParquetFileWriter;
+  readonly #writer: Promise<ParquetFileWriter>;
 
   constructor(path: string, settings: WriterSettings, maxInFlight: number) {
     super(maxInFlight);
-    this.#writer = new ParquetFileWriter(path, settings, () => this.taken(undefined));
-    this.#writer.done.then(
-      (bytes) => this.settle({ report: { bytes, engine: ENGINE, threadId: 0 } }),
-      (err: unknown) => this.settle({ error: err instanceof Error ? err : new Error(String(err)) }),
-    );
+    this.#writer = import("./parquet-engine.js").then(({ ENGINE, ParquetFileWriter }) => {
+      const writer = new ParquetFileWriter(path, settings, () => this.taken(undefined));
+      writer.done.then(
+        (bytes) => this.settle({ report: { bytes, engine: ENGINE, threadId: 0 } }),
+        (err: unknown) => this.settle({ error: err instanceof Error ? err : new Error(String(err)) }),
+      );
+      return writer;
+    });
+    this.#writer.catch((err: unknown) => this.settle({ error: err instanceof Error ? err : new Error(String(err)) }));
   }
 
   protected send(token: number, ipc: Uint8Array): void {
-    try {
-      this.#writer.push(ipc, token);
-    } catch (err) {
-      this.#writer.fail(err instanceof Error ? err : new Error(String(err)));
-    }
+    void this.#writer.then((writer) => {
+      try {
+        writer.push(ipc, token);
+      } catch (err) {
+        writer.fail(err instanceof Error ? err : new Error(String(err)));
+      }
+    }, () => {});
   }
   protected sendEnd(): void {
-    this.#writer.end();
+    void this.#writer.then((writer) => writer.end(), () => {});
   }
   protected sendAbort(reason: string): void {
-    this.#writer.fail(new Error(reason));
+    void this.#writer.then((writer) => writer.fail(new Error(reason)), () => {});
   }
 }
 

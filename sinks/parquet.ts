@@ -18,16 +18,17 @@
  *  - A topic that never produced a batch publishes nothing (there is no schema to write).
  */
 import { availableParallelism } from "node:os";
-import { mkdir, realpath } from "node:fs/promises";
+import { mkdir, realpath, rename } from "node:fs/promises";
 import { dirname, relative, isAbsolute } from "node:path";
 import { Errors } from "../core/kernel/errors.js";
 import { defineSink, type Artifact, type Batch, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
 import { assertTargetFree, fileLocationFor, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
-import type { RecordBatch, Schema } from "apache-arrow";
+import { DataType, tableFromIPC, type RecordBatch, type Schema } from "apache-arrow";
 import { highCardinalityColumns } from "./dictionary.js";
-import { COMPRESSION_NAMES, LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID, isCompressionName, type CompressionName, type WriterSettings } from "./parquet-engine.js";
+import { COMPRESSION_NAMES, LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID, isCompressionName, type CompressionName, type WriterSettings } from "./parquet-settings.js";
 import { LineageSerializer } from "./parquet-lineage.js";
 import { ParquetWriterPool, type ParquetFileStream, type WriteReport } from "./parquet-writers.js";
+import { castTable, conformsTo } from "./schema.js";
 import { positiveIntParam, rejectUnknownParams, resolveInsideRoot } from "./uri.js";
 
 /**
@@ -126,6 +127,7 @@ class ParquetTopicSink implements Sink {
   readonly #rowGroupSize: number;
 
   #schema: Schema | null = null;
+  #settings: WriterSettings | null = null;
   #serializer: LineageSerializer | null = null;
   #stream: ParquetFileStream | null = null;
   /** Record batches not yet handed to the writer: views of the guest's frames. */
@@ -178,6 +180,7 @@ class ParquetTopicSink implements Sink {
   async write(batch: Batch): Promise<void> {
     const table = batch.table;
     if (this.#schema === null) this.#begin(table.schema, batch);
+    else if (!sameColumns(table.schema, this.#schema)) await this.#widen(table.schema);
     // Views only: each frame has an ArrayBuffer of its own, valid after we return.
     for (const recordBatch of table.batches) {
       if (recordBatch.numRows === 0) continue;
@@ -238,9 +241,44 @@ class ParquetTopicSink implements Sink {
       ],
       plainColumns: highCardinalityColumns(batch.table),
     };
+    this.#settings = settings;
+    this.#open(schema);
+  }
+
+  #open(schema: Schema): void {
+    const { job } = this.#context;
     this.#schema = schema;
     this.#serializer = new LineageSerializer(schema, schema.fields.map((f) => f.nullable), job.jobId, job.command.file_version_id);
-    this.#stream = this.#getPool().open(this.#stagingPath, settings, MAX_IN_FLIGHT);
+    this.#stream = this.#getPool().open(this.#stagingPath, this.#settings!, MAX_IN_FLIGHT);
+  }
+
+  /**
+   * The topic's schema widened (sinks/schema.ts: a null placeholder got its type, a
+   * narrower type or a non-nullable column widened): what is written so far is finished,
+   * then copied row group by row group into a new file of the wider schema, and the job
+   * goes on there. Rare (it happens once per widening, usually within the first
+   * batches), and its memory is one row group.
+   */
+  async #widen(schema: Schema): Promise<void> {
+    if (this.#pendingRows > 0) await this.#flush();
+    await this.#failed(this.#stream!.finish());
+    const previous = stagingPathFor(`${this.#finalPath}.narrower`, this.#context.job.jobId);
+    await rename(this.#stagingPath, previous);
+    try {
+      this.#open(schema);
+      const columns = schema.fields.map((f) => f.name);
+      const { readRowGroups } = await import("./parquet-engine.js");
+      for await (const ipc of readRowGroups(previous)) {
+        const written = tableFromIPC(ipc);
+        const data = castTable(written.select(written.schema.fields.map((f) => f.name).filter((name) => columns.includes(name))), schema);
+        this.#pending = [...data.batches];
+        this.#pendingRows = data.numRows;
+        this.#rows -= data.numRows; // counted once already
+        await this.#flush();
+      }
+    } finally {
+      await removeIfPresent(previous);
+    }
   }
 
   async #flush(): Promise<void> {
@@ -268,10 +306,16 @@ class ParquetTopicSink implements Sink {
   }
 }
 
+/** True when batches of `schema` can go into a file of `file`'s schema as they are. */
+function sameColumns(schema: Schema, file: Schema): boolean {
+  return schema === file || conformsTo(schema, file);
+}
+
 /** Nullability is fixed by the first batch: a column declared non-nullable there must stay free of nulls. */
 function nullsInRequired(schema: Schema, batch: RecordBatch): string | null {
   for (const [i, field] of schema.fields.entries()) {
-    if (!field.nullable && (batch.getChildAt(i)?.nullCount ?? 0) > 0) return field.name;
+    // A null-typed column (a placeholder) is all nulls by definition, declared or not.
+    if (!field.nullable && !DataType.isNull(field.type) && (batch.getChildAt(i)?.nullCount ?? 0) > 0) return field.name;
   }
   return null;
 }

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { pino } from "pino";
-import { tableFromIPC } from "apache-arrow";
+import { Int32, Int64, Null, Table, Utf8, tableFromIPC, vectorFromArray } from "apache-arrow";
 import { Errors } from "../core/kernel/errors.js";
 import { packageRoot } from "../core/kernel/paths.js";
 import type { ParquetConfig } from "../core/config/config.js";
@@ -372,6 +372,25 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
     const read = await readParquet(py, "pyarrow", join(ws.root, "tiny.parquet"));
     assert.equal(read.num_rows, 10_000);
     assert.deepEqual(read.row_group_rows, [4_000, 4_000, 2_000]);
+  });
+
+  test("a schema that widens inside one file (null placeholder, then int32 to int64) rewrites what was written: one file, the wide types, every value", async () => {
+    const ws = await workspace({ encoderThreads: 1, rowGroupSize: 2 });
+    const job = makeJob({ sinks: [sinkConfig("t", "parquet://wide.parquet", "replace")] });
+    const placeholder = new Table({ n: vectorFromArray([1, 2, 3], new Int32()), qty: vectorFromArray([null, null, null], new Null()), s: vectorFromArray(["a", "b", "c"], new Utf8()) });
+    const typed = new Table({ n: vectorFromArray([4, 5], new Int32()), qty: vectorFromArray([7n, null], new Int64()), s: vectorFromArray(["d", null], new Utf8()) });
+    const wider = new Table({ n: vectorFromArray([6n], new Int64()), qty: vectorFromArray([8n], new Int64()), s: vectorFromArray(["e"], new Utf8()) });
+    const outcome = await runJob(ws.pipeline, job, [batchOf("t", placeholder, 0), batchOf("t", typed, 1), batchOf("t", wider, 2)]);
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.deepEqual(await listFiles(ws.root), ["wide.parquet"]);
+    const read = await readParquet(py, "pyarrow", join(ws.root, "wide.parquet"));
+    assert.deepEqual(read.columns.map((c) => [c.name, c.type]), [["n", "int64"], ["qty", "int64"], ["s", "string"], ["_job_id", "uint64"], ["_file_version_id", "int64"]]);
+    const values = columnValues(read);
+    assert.deepEqual(values.n, ["1", "2", "3", "4", "5", "6"]);
+    assert.deepEqual(values.qty, [null, null, null, "7", null, "8"]);
+    assert.deepEqual(values.s, ["a", "b", "c", "d", null, "e"]);
+    assert.equal(new Set(values._job_id).size, 1);
   });
 
   test("recovery running again mid-job (a RELOAD) leaves the job's staging alone", async () => {
