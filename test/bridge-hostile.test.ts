@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Errors } from "../core/kernel/errors.js";
-import { runGuest } from "../core/bridge/host.js";
+import { MAX_GUEST_METRICS, runGuest, STDERR_LOG_LINES } from "../core/bridge/host.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
 import type { Batch } from "../core/kernel/job.js";
 import { fixturePath, pluginSource, testEnvironment, testJob, type TestEnvironment } from "./helpers/pyenv.js";
@@ -62,5 +62,26 @@ describe("raw frames from a plugin", () => {
     await writeFile(path, Buffer.concat([Buffer.from([0, 0, 0, 0]), Buffer.from([0, 0, 0, 8]), frame.subarray(0, 8)]));
     const err = await rejectsWith((await run("raw_frames.py", path)).result, Errors.GUEST_PROTOCOL.code);
     assert.match(err.message, /bytes after end of stream/);
+  });
+});
+
+describe("bounded per job", () => {
+  test(`guest metrics: at most ${MAX_GUEST_METRICS} keys kept, the rest counted`, async () => {
+    const json = Buffer.from(JSON.stringify(Object.fromEntries(Array.from({ length: 20_000 }, (_, i) => [`k${i}`, i]))));
+    const header = Buffer.alloc(8);
+    header.writeUInt32BE(0xfffffffb, 0);
+    header.writeUInt32BE(json.length, 4);
+    const path = join(dir, "raw-metrics.bin");
+    await writeFile(path, Buffer.concat([header, json]));
+    const { guestMetrics } = await (await run("raw_frames.py", path)).result;
+    assert.ok(Object.keys(guestMetrics).length <= MAX_GUEST_METRICS + 1, `${Object.keys(guestMetrics).length} keys`);
+    assert.ok(guestMetrics.metrics_dropped! >= 20_000 - MAX_GUEST_METRICS, String(guestMetrics.metrics_dropped));
+  });
+
+  test(`guest stderr: ${STDERR_LOG_LINES} lines logged per job, the rest counted`, async () => {
+    const { job } = testJob("import sys\nclass Handler:\n    def execute(self, path):\n        for i in range(15000): print('line', i, file=sys.stderr)\n        return []\n");
+    const result = await runGuest({ interpreterPath: env.interpreterPath, job, timeouts: TIMEOUTS, onBatch: async () => undefined });
+    const dropped = result.guestMetrics.stderr_lines_dropped!;
+    assert.ok(dropped >= 5000 && dropped < 5100, `dropped ${dropped}`);
   });
 });

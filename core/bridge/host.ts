@@ -46,6 +46,14 @@ export { TOPIC_METADATA_KEY, DEFAULT_TOPIC } from "./topic.js";
 export const BASE_ALLOWED_ENV = ["PATH", "LANG", "TZ", "TMPDIR", "HOME"] as const;
 const KILL_GRACE_MS = 2000;
 const STDERR_TAIL_LINES = 30;
+/**
+ * Guest stderr lines logged per job; later ones are counted, not logged. The log is the only
+ * place they go, and an unbounded flood (1 GB of prints) would grow the logger's buffers.
+ */
+export const STDERR_LOG_LINES = 10_000;
+/** Guest metrics kept per job (sideband frame and stdout line together); keys at most this long. */
+export const MAX_GUEST_METRICS = 256;
+const MAX_METRIC_KEY_CHARS = 200;
 const MAX_LINE_CHARS = 64 * 1024;
 /** How long bytes may still arrive after end-of-stream once the guest has exited. */
 const TRAILING_DRAIN_MS = 100;
@@ -163,6 +171,10 @@ class GuestRun {
   readonly #stdoutLines: string[] = [];
   readonly #guestMetrics: Record<string, number> = {};
   readonly #servers: Server[] = [];
+  #stderrLogged = 0;
+  #stderrDropped = 0;
+  #metricsDropped = 0;
+  #droppedReported = false;
   #socket: Socket | undefined;
   #child: ResultPromise | undefined;
   /** The guest's pid, which is also its process group. */
@@ -336,6 +348,7 @@ class GuestRun {
     }
     if (exit.code !== 0) throw this.#guestFailed(`guest exited (${describeExit(exit)}) after end-of-stream`);
     this.#parseStdoutMetrics();
+    this.#reportDropped();
 
     const warm = this.#warmChild?.warm ?? false;
     const parentRssKb = this.#warmChild?.parentRssKb ?? 0;
@@ -463,7 +476,10 @@ class GuestRun {
     return eachLine(stream, (line) => {
       this.#stderrTail.push(line);
       if (this.#stderrTail.length > STDERR_TAIL_LINES) this.#stderrTail.shift();
-      this.#log.info(line);
+      if (this.#stderrLogged < STDERR_LOG_LINES) {
+        this.#stderrLogged++;
+        this.#log.info(line);
+      } else this.#stderrDropped++;
     });
   }
 
@@ -522,9 +538,30 @@ class GuestRun {
     try {
       const parsed = JSON.parse(json) as unknown;
       if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return;
-      for (const [key, value] of Object.entries(parsed)) if (Number.isSafeInteger(value)) this.#guestMetrics[key] = value as number;
+      for (const [key, value] of Object.entries(parsed)) {
+        if (!Number.isSafeInteger(value)) continue;
+        if (key.length > MAX_METRIC_KEY_CHARS || (!(key in this.#guestMetrics) && Object.keys(this.#guestMetrics).length >= MAX_GUEST_METRICS)) {
+          this.#metricsDropped++;
+          continue;
+        }
+        this.#guestMetrics[key] = value as number;
+      }
     } catch {
       this.#log.debug({ json: json.slice(0, 200) }, "guest metrics are not JSON");
+    }
+  }
+
+  /** What the caps above left out, said once per job (and in the receipt's guest metrics). */
+  #reportDropped(): void {
+    if (this.#droppedReported) return;
+    this.#droppedReported = true;
+    if (this.#stderrDropped > 0) {
+      this.#log.warn({ dropped_lines: this.#stderrDropped, logged_lines: this.#stderrLogged }, "guest stderr beyond the per-job limit was not logged");
+      this.#guestMetrics.stderr_lines_dropped = this.#stderrDropped;
+    }
+    if (this.#metricsDropped > 0) {
+      this.#log.warn({ dropped: this.#metricsDropped, kept: MAX_GUEST_METRICS }, "guest metrics beyond the per-job limit were dropped");
+      this.#guestMetrics.metrics_dropped = this.#metricsDropped;
     }
   }
 
@@ -541,6 +578,7 @@ class GuestRun {
 
   async cleanup(): Promise<void> {
     this.#closing = true;
+    this.#reportDropped();
     for (const dog of this.#timers) dog.disarm();
     if (this.#onAbort) this.#options.job.signal.removeEventListener("abort", this.#onAbort);
     this.#socket?.destroy();

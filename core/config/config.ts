@@ -61,6 +61,14 @@ export interface EnvironmentsConfig {
 }
 
 
+/** Bounds on what the Sentinel can make the worker hold. */
+export interface LimitsConfig {
+  /** Largest payload accepted from the Sentinel, in bytes; a larger one is answered with ERR unparsed. Default 8 MiB. */
+  maxMessageBytes?: number;
+  /** DISPATCHes held behind the running job; more are answered CONCLUDE FAILED "worker busy". Default 16. */
+  maxQueuedJobs?: number;
+}
+
 export interface RunConfig {
   /** Worker processes for `casparian run`; default: number of cores. */
   workers?: number;
@@ -87,6 +95,9 @@ export interface CasparianConfig {
   logLevel?: LevelWithSilent;
   /** Serve Prometheus metrics on this port. */
   metricsPort?: number;
+  /** Address the metrics endpoint binds to. Default "127.0.0.1" (loopback only); "0.0.0.0" for all interfaces. */
+  metricsHost?: string;
+  limits?: LimitsConfig;
   /** Sink plugins, in addition to the bundled Parquet sink. */
   sinks?: Array<SinkPlugin | SinkReference>;
   /** Worker plugins (webpack-style objects with apply(hooks)). */

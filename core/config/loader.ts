@@ -201,6 +201,8 @@ const configRule = shape({
   grace: nonNegativeNumber("seconds"),
   logLevel: oneOf(LOG_LEVELS),
   metricsPort: rule("a port number 0..65535", (v) => typeof v === "number" && Number.isInteger(v) && v >= 0 && v <= 65535),
+  metricsHost: nonEmptyString,
+  limits: shape({ maxMessageBytes: positiveInteger, maxQueuedJobs: nonNegativeInteger }),
   sinks: arrayOf(sinkEntry),
   plugins: arrayOf(pluginEntry),
   hooks: tapsRule,

@@ -72,6 +72,11 @@ export const Errors = {
   PROTOCOL_LENGTH_MISMATCH: createError<[number, number]>("CSP_PROTOCOL_LENGTH_MISMATCH", "payload_len says %s bytes but the payload frame has %s"),
   PROTOCOL_BAD_JSON: createError<[string, string]>("CSP_PROTOCOL_BAD_JSON", "%s payload is not valid JSON: %s"),
   PROTOCOL_BAD_PAYLOAD: createError<[string, string]>("CSP_PROTOCOL_BAD_PAYLOAD", "invalid %s payload: %s"),
+  PROTOCOL_TOO_LARGE: createError<[string, number, number]>(
+    "CSP_PROTOCOL_TOO_LARGE",
+    "%s payload of %s bytes exceeds the limit of %s bytes",
+    "raise limits.maxMessageBytes in the worker's config, or send less (a lockfile or plugin source this large is unusual)",
+  ),
   PROTOCOL_UNEXPECTED_OPCODE: createError<[string]>("CSP_PROTOCOL_UNEXPECTED_OPCODE", "a worker never receives %s", "only DISPATCH, ABORT, RELOAD, PREPARE_ENV and ERR go from the Sentinel to a worker"),
   WORKER_BAD_ENDPOINT: createError<[string, string]>("CSP_WORKER_BAD_ENDPOINT", "cannot connect to %s: %s", "give --connect an endpoint such as tcp://127.0.0.1:5555"),
 

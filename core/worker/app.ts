@@ -92,6 +92,8 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     metrics,
     capabilities: settings.capabilities,
     silenceWarningMs: settings.silenceWarningMs,
+    maxMessageBytes: settings.loaded.config.limits?.maxMessageBytes,
+    maxQueuedJobs: settings.loaded.config.limits?.maxQueuedJobs,
     onStopped: async () => {
       await warm.close();
       await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
@@ -99,7 +101,7 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
   });
 
   if (settings.metricsPort !== undefined) {
-    server = await serveMetrics(settings.metricsPort, metrics.registry);
+    server = await serveMetrics(settings.metricsPort, metrics.registry, settings.loaded.config.metricsHost);
     logger.info({ port: (server.address() as AddressInfo).port }, "serving Prometheus metrics on /metrics");
   }
   await worker.start();

@@ -89,8 +89,11 @@ export class MetricsPlugin implements WorkerPlugin {
   }
 }
 
-/** Serve `registry` as text exposition on GET /metrics (any other path: 404). Resolves once listening. */
-export function serveMetrics(port: number, registry: Registry, host = "0.0.0.0"): Promise<Server> {
+/**
+ * Serve `registry` as text exposition on GET /metrics (any other path: 404). Resolves once
+ * listening. Loopback only unless another host is configured: the metrics name plugins and topics.
+ */
+export function serveMetrics(port: number, registry: Registry, host = "127.0.0.1"): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.method !== "GET" || (req.url ?? "/").split("?")[0] !== "/metrics") {
       res.writeHead(404, { "content-type": "text/plain" }).end("not found; metrics are at /metrics\n");

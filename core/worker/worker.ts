@@ -42,7 +42,19 @@ export interface WorkerOptions {
   routingId?: string;
   /** Warn when the Sentinel is unreachable, or silent since IDENTIFY, for this long. 0 turns it off. Default 60 s. */
   silenceWarningMs?: number;
+  /** Largest payload frame read from the Sentinel (bytes); larger ones are answered with ERR, unparsed. Default 8 MiB. */
+  maxMessageBytes?: number;
+  /** DISPATCHes waiting behind the running job; more are answered CONCLUDE FAILED "worker busy". Default 16. */
+  maxQueuedJobs?: number;
 }
+
+export const DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_MAX_QUEUED_JOBS = 16;
+/**
+ * ZeroMQ drops a connection whose message exceeds this (ZMQ_MAXMSGSIZE): nothing can be
+ * answered then, so it sits well above maxMessageBytes, which answers with an ERR.
+ */
+const HARD_MESSAGE_FACTOR = 4;
 
 /** After an abort, how long the job gets to unwind before we stop waiting for it. */
 const ABORT_SETTLE_MS = 10_000;
@@ -88,6 +100,10 @@ export class Worker {
   }
 
   /** The routing id the Sentinel's ROUTER sees for this worker. */
+  get #maxMessageBytes(): number {
+    return this.#o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+  }
+
   get routingId(): string {
     return this.#routingId;
   }
@@ -112,7 +128,13 @@ export class Worker {
     this.#started = true;
     await this.#o.pipeline().start();
 
-    const socket = new Dealer({ routingId: this.#routingId, linger: FLUSH_MS, reconnectInterval: 100, reconnectMaxInterval: 2_000 });
+    const socket = new Dealer({
+      routingId: this.#routingId,
+      linger: FLUSH_MS,
+      reconnectInterval: 100,
+      reconnectMaxInterval: 2_000,
+      maxMessageSize: HARD_MESSAGE_FACTOR * this.#maxMessageBytes + 1024,
+    });
     this.#socket = socket;
     // The observer must exist before connect() or the first "connect" event is missed.
     const events = socket.events;
@@ -171,10 +193,14 @@ export class Worker {
     }
     let message: Message;
     try {
+      const payloadBytes = frames[1]?.byteLength ?? 0;
+      // Checked before parsing: a 100 MB payload must not block the event loop for a minute.
+      if (payloadBytes > this.#maxMessageBytes) throw Errors.PROTOCOL_TOO_LARGE([opcodeName(header.opcode), payloadBytes, this.#maxMessageBytes], { context: { jobId: header.jobId } });
       message = decodeMessage(frames);
     } catch (err) {
       this.#malformed(err, frames, header);
       if (header.opcode === Opcode.DISPATCH) this.#rejectDispatch(header.jobId, err);
+      if (header.opcode === Opcode.PREPARE_ENV) this.#rejectPrepare(err);
       return;
     }
     this.#o.metrics?.messagesIn.inc({ opcode: opcodeName(message.opcode) });
@@ -217,6 +243,11 @@ export class Worker {
       },
       "malformed message dropped",
     );
+  }
+
+  /** A PREPARE_ENV we cannot read is answered too, as a failed one is: ERR(0, "PREPARE_ENV failed: ..."). */
+  #rejectPrepare(err: unknown): void {
+    void this.#send(Opcode.ERR, () => ({ jobId: 0n, payload: { message: `PREPARE_ENV failed: ${describe(err)}`, traceback: null } }));
   }
 
   /** A DISPATCH we cannot read still gets its one answer: ERR with its job id. */
@@ -336,6 +367,21 @@ export class Worker {
     if (this.#stopping) {
       this.#log.warn({ job_id: job.jobId }, "DISPATCH while shutting down; concluding FAILED");
       void this.#conclude(job.jobId, failedReceipt("worker shutting down"));
+      return;
+    }
+    if (this.#current?.jobId === job.jobId || this.#queue.some((queued) => queued.jobId === job.jobId)) {
+      // Answering with CONCLUDE would end the first copy's job at the Sentinel; it still runs and answers itself.
+      this.#log.warn({ job_id: job.jobId }, "duplicate DISPATCH for a job this worker already has; refused");
+      void this.#send(Opcode.ERR, () => ({
+        jobId: job.jobId,
+        payload: { message: `duplicate DISPATCH: job ${job.jobId} is already ${this.#current?.jobId === job.jobId ? "running" : "queued"} on this worker`, traceback: null },
+      }));
+      return;
+    }
+    const maxQueued = this.#o.maxQueuedJobs ?? DEFAULT_MAX_QUEUED_JOBS;
+    if (this.#current && this.#queue.length >= maxQueued) {
+      this.#log.warn({ job_id: job.jobId, queued: this.#queue.length }, "DISPATCH while the queue is full; concluding FAILED");
+      void this.#conclude(job.jobId, failedReceipt(`worker busy: ${this.#queue.length} jobs already queued behind job ${this.#current.jobId} (limits.maxQueuedJobs)`));
       return;
     }
     this.#queue.push(job);
