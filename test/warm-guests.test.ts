@@ -205,6 +205,43 @@ describe("warm guests", () => {
     }
   });
 
+  test("limits: an idle parent stops, the least recently used goes beyond maxParents, a parent above maxParentBytes is not kept", async () => {
+    const idle = new WarmPool({ logger: silentLogger(), idleMs: 300 });
+    try {
+      const { seen } = await runProbe("look", { warm: idle });
+      const deadline = Date.now() + 10_000;
+      while (isProcessAlive(seen.ppid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(isProcessAlive(seen.ppid), false, "stopped after its idle time");
+      assert.equal((await runProbe("look", { warm: idle })).result.warm, false, "and restarted by the next job");
+    } finally {
+      await idle.close();
+    }
+
+    const one = new WarmPool({ logger: silentLogger(), maxParents: 1 });
+    try {
+      const a = await runProbe("look", { warm: one });
+      const b = await runProbe("look", { warm: one, source: `${probe}\n# b\n` });
+      assert.notEqual(b.seen.ppid, a.seen.ppid);
+      const deadline = Date.now() + 10_000;
+      while (isProcessAlive(a.seen.ppid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(isProcessAlive(a.seen.ppid), false, "the older parent made room");
+      assert.equal(one.stats().parents, 1);
+    } finally {
+      await one.close();
+    }
+
+    const small = new WarmPool({ logger: silentLogger(), maxParentBytes: 1024 });
+    try {
+      for (let i = 0; i < 2; i++) {
+        const { result, seen } = await runProbe("look", { warm: small });
+        assert.equal(result.warm, false);
+        assert.equal(seen.ppid, process.pid, "too large to keep: a fresh process");
+      }
+    } finally {
+      await small.close();
+    }
+  });
+
   test("a 1 MB plugin source runs, warm and fresh", async () => {
     const pool = new WarmPool({ logger: silentLogger() });
     try {
