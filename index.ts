@@ -4,7 +4,7 @@
 export { defineConfig } from "./core/config/config.js";
 export type { CasparianConfig, ConfigEnv, UserConfigExport, SinkReference, BridgeConfig, EnvironmentsConfig, ParquetConfig, RunConfig } from "./core/config/config.js";
 export { defineSink } from "./sinks/api.js";
-export type { Sink, SinkPlugin, SinkTarget, SinkContext, RecoverContext, ParsedSinkUri, SchemaContract } from "./sinks/api.js";
+export type { Sink, SinkPlugin, SinkTarget, SinkContext, RecoverContext, CheckContext, ParsedSinkUri, SchemaContract } from "./sinks/api.js";
 export { createHooks, Stage } from "./hooks/index.js";
 export type { WorkerHooks, TapOnlyHooks, WorkerPlugin, WorkerInfo, DispatchRequest } from "./hooks/index.js";
 export type { Batch, JobContext, JobInfo, JobOutcome } from "./core/kernel/job.js";

@@ -27,13 +27,19 @@
  * in the target schema; batches arrive as multi-row parameterized INSERTs (at most
  * `insertRows` rows per statement, so memory stays bounded by the batch). prepare
  * checks that the staging table holds every row written. commit promotes in ONE
- * transaction, serialized per target by an advisory lock:
- *   append  → INSERT INTO target SELECT FROM staging (the staging table becomes the
- *             target when there is none yet);
- *   replace → the staging table is made LOGGED, the old table dropped and the staging
- *             table renamed into its place (readers see the old rows or the new ones);
- *   error   → fails with CSP_SINK_TARGET_EXISTS if the target exists (checked at open
- *             and again inside the commit transaction).
+ * transaction, serialized per target by an advisory lock. Modes act on the rows of the
+ * job's input (its file_path), never on other inputs' rows, so one table can collect
+ * every input of a run (`inputScopedModes`):
+ *   replace → the input's earlier rows (every version) are deleted, the new ones inserted;
+ *   append  → rows of the input's earlier versions stay, those of this version are
+ *             replaced (a retried or rerun job never adds a second copy);
+ *   error   → fails with CSP_SINK_TARGET_EXISTS if the table already holds rows of this
+ *             input (checked at open and again inside the commit transaction).
+ * When the target does not exist yet, the staging table is made LOGGED and renamed into
+ * its place. Which rows belong to which input is kept in a ledger table,
+ * `_casparian_inputs` (target, file_path, file_version_id, job_id, rows), in the target's
+ * schema and written in the same transaction; every row carries `_file_version_id
+ * bigint`, by which the rows are deleted.
  * abort drops the staging table. A topic that never produced a batch publishes nothing.
  * recover (worker start) drops, in the database of the options / PG* variables, the
  * staging tables written on this host by processes that no longer run.
@@ -46,9 +52,9 @@
  * jsonb. 64-bit integers and decimals travel as exact decimal text (`exactReader`), so
  * every digit arrives. Duration and interval columns are refused with a hint to cast them.
  *
- * Lineage (`lineage: true`): `_job_id numeric(20)` (job ids are uint64; bigint stops at
- * 2^63 - 1, and numeric keeps them exact and comparable as numbers) and
- * `_file_version_id bigint` (int64 on the wire).
+ * Lineage: `_file_version_id bigint` (int64 on the wire) on every row; with `lineage:
+ * true` also `_job_id numeric(20)` (job ids are uint64; bigint stops at 2^63 - 1, and
+ * numeric keeps them exact and comparable as numbers).
  */
 import { createHash } from "node:crypto";
 import { hostname } from "node:os";
@@ -65,7 +71,7 @@ export interface PostgresSinkOptions {
   user?: string;
   password?: string;
   database?: string;
-  /** Add `_job_id numeric(20)` and `_file_version_id bigint` to every row. Default false. */
+  /** Add `_job_id numeric(20)` to every row (`_file_version_id bigint` is always there). Default false. */
   lineage?: boolean;
   /** Rows per INSERT statement (also capped by PostgreSQL's 65 535 parameters). Default 1000. */
   insertRows?: number;
@@ -98,6 +104,7 @@ const MAX_IDENTIFIER_BYTES = 63;
 const URI_PARAMS = ["host", "port", "user"] as const;
 const MAX_PARAMETERS = 65_535;
 const STAGING_PREFIX = "_casparian_stg_";
+const LEDGER = "_casparian_inputs";
 const STAGING_PATTERN = /^_casparian_stg_(\d+)_([0-9a-f]{8})_(\d+)_(\d+)$/;
 // The host tag tells this host's leftovers from another host's live staging in a shared database.
 const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
@@ -120,12 +127,18 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
   return defineSink({
     name: "postgres",
     schemes: ["postgres", "postgresql"],
+    inputScopedModes: true,
+    checkTarget(target) {
+      parseTarget(target, undefined);
+    },
     create(target, { job, logger }) {
       const { fields, name } = parseTarget(target, job.jobId);
       const safeUri = redact(target.uri);
       const context = { jobId: job.jobId, sinkUri: safeUri };
       const fail = (what: string, cause: unknown, hint?: string) => Errors.SINK_WRITE_FAILED([safeUri, `${what}: ${describeError(cause)}`], { context, cause, hint });
-      const lineage = options.lineage ? { jobId: job.jobId.toString(), fileVersionId: job.command.file_version_id.toString() } : null;
+      const fileVersionId = job.command.file_version_id.toString();
+      const filePath = job.command.file_path;
+      const jobIdText = options.lineage ? job.jobId.toString() : null;
 
       let client: pg.Client | null = null;
       let broken: Error | null = null;
@@ -146,7 +159,12 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
         await c?.end().catch(() => {});
       };
       const targetExists = async (c: pg.Client) => (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [targetSql()])).rows[0]!.oid !== null;
-      const refuseExisting = () => Errors.SINK_TARGET_EXISTS([`${schema}.${name.table}`], { context });
+      const ledgerSql = () => `${quote(schema)}.${quote(LEDGER)}`;
+      const inputHasRows = async (c: pg.Client) => {
+        const ledger = (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [ledgerSql()])).rows[0]!.oid !== null;
+        return ledger && ((await c.query(`SELECT 1 FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2`, [name.table, filePath])).rowCount ?? 0) > 0;
+      };
+      const refuseExisting = () => Errors.SINK_TARGET_EXISTS([`${schema}.${name.table} (rows of ${filePath})`], { context, hint: "use mode replace or append, or delete that input's rows" });
 
       return {
         async open() {
@@ -167,7 +185,7 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
             if (schema === "") throw new Error("no schema in the URI and none on the search_path");
             const found = await c.query("SELECT 1 FROM pg_namespace WHERE nspname = $1", [schema]);
             if (found.rowCount === 0) throw new Error(`schema "${schema}" does not exist`);
-            if (target.mode === "error" && (await targetExists(c))) throw refuseExisting();
+            if (target.mode === "error" && (await inputHasRows(c))) throw refuseExisting();
           } catch (err) {
             if (Errors.SINK_TARGET_EXISTS.is(err)) throw err;
             throw fail("cannot open", err, "name an existing schema in the URI (schema.table) or set search_path");
@@ -178,7 +196,7 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
         async write(batch: Batch) {
           const c = connected();
           if (columns === null) {
-            columns = columnsOf(batch.table, lineage !== null, safeUri, context);
+            columns = columnsOf(batch.table, jobIdText !== null, safeUri, context);
             staging = `${STAGING_PREFIX}${job.jobId}_${HOST_TAG}_${process.pid}_${registry.next++}`;
             // Registered before it exists: a concurrent recovery must never see it unclaimed.
             registry.live.add(staging);
@@ -197,7 +215,8 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
               const values: unknown[] = [];
               for (let row = first; row < first + count; row++) {
                 for (const column of cells) values.push(column[row]);
-                if (lineage !== null) values.push(lineage.jobId, lineage.fileVersionId);
+                if (jobIdText !== null) values.push(jobIdText);
+                values.push(fileVersionId);
               }
               // Full-size statements are prepared once per connection; the last, shorter one is not.
               const text = insertStatement(stagingSql(), cols.length, count);
@@ -229,23 +248,34 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
           try {
             // Concurrent commits to one table (e.g. two jobs creating it) take turns.
             await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [targetSql()]);
-            const exists = await targetExists(c);
-            if (target.mode === "error" && exists) throw refuseExisting();
-            if (target.mode === "append" && exists) {
-              await c.query(`INSERT INTO ${targetSql()} (${names}) SELECT ${names} FROM ${stagingSql()}`);
+            await c.query(`CREATE TABLE IF NOT EXISTS ${ledgerSql()} (target text NOT NULL, file_path text NOT NULL, file_version_id bigint NOT NULL, job_id numeric(20) NOT NULL, rows bigint NOT NULL, PRIMARY KEY (target, file_path, file_version_id))`);
+            if (target.mode === "error" && (await inputHasRows(c))) throw refuseExisting();
+            let inserted: number;
+            if (await targetExists(c)) {
+              const lineage = await c.query("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = '_file_version_id' AND NOT attisdropped", [targetSql()]);
+              if (lineage.rowCount === 0) throw new Error(`${schema}.${name.table} has no _file_version_id column, so this input's rows cannot be told from others'`);
+              // append replaces this version's rows only; replace every version's of this input.
+              const versions = target.mode === "append" ? "AND file_version_id = $3" : "";
+              const params = target.mode === "append" ? [name.table, filePath, fileVersionId] : [name.table, filePath];
+              await c.query(`DELETE FROM ${targetSql()} WHERE _file_version_id = $1`, [fileVersionId]);
+              await c.query(`DELETE FROM ${targetSql()} WHERE _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions})`, params);
+              await c.query(`DELETE FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions}`, params);
+              inserted = (await c.query(`INSERT INTO ${targetSql()} (${names}) SELECT ${names} FROM ${stagingSql()}`)).rowCount ?? 0;
               await c.query(`DROP TABLE ${stagingSql()}`);
             } else {
               await c.query(`ALTER TABLE ${stagingSql()} SET LOGGED`);
-              if (exists) await c.query(`DROP TABLE ${targetSql()}`);
               await c.query(`ALTER TABLE ${stagingSql()} RENAME TO ${quote(name.table)}`);
+              inserted = rowsWritten;
             }
+            await c.query(
+              `INSERT INTO ${ledgerSql()} (target, file_path, file_version_id, job_id, rows) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target, file_path, file_version_id) DO UPDATE SET job_id = excluded.job_id, rows = excluded.rows`,
+              [name.table, filePath, fileVersionId, job.jobId.toString(), inserted],
+            );
             await c.query("COMMIT");
           } catch (err) {
             await c.query("ROLLBACK").catch(() => {});
             if (Errors.SINK_TARGET_EXISTS.is(err)) throw err;
-            // 42P07 duplicate_table: created by something that does not take our advisory lock.
-            if (target.mode === "error" && (err as { code?: unknown }).code === "42P07") throw refuseExisting();
-            throw fail("cannot commit", err, target.mode === "append" ? "the existing table's columns must accept the batch's columns" : undefined);
+            throw fail("cannot commit", err, "the existing table's columns must accept the batch's columns (and include _file_version_id)");
           }
           registry.live.delete(staging);
           staging = null;
@@ -322,7 +352,7 @@ async function dropStaleStaging(client: pg.Client, logger: Logger): Promise<stri
 // URIs and connection settings
 // ---------------------------------------------------------------------------
 
-function parseTarget(target: SinkTarget, jobId: bigint): { fields: ConnectionFields; name: TableName } {
+function parseTarget(target: SinkTarget, jobId: bigint | undefined): { fields: ConnectionFields; name: TableName } {
   const shape = "expected postgres://[user@][host][:port]/[database/][schema.]table[?host=/socket/dir&port=N&user=name]";
   const bad = (why: string) => Errors.SINK_BAD_URI([redact(target.uri), `${why}; ${shape}`], { context: { jobId, sinkUri: redact(target.uri) } });
   let url: URL;
@@ -440,7 +470,7 @@ function insertStatement(table: string, columnCount: number, rows: number): stri
   return `INSERT INTO ${table} VALUES ${tuples.join(", ")}`;
 }
 
-function columnsOf(table: Table, lineage: boolean, uri: string, context: Record<string, unknown>): Column[] {
+function columnsOf(table: Table, jobId: boolean, uri: string, context: Record<string, unknown>): Column[] {
   if (table.schema.fields.length === 0) throw Errors.SINK_WRITE_FAILED([uri, "the batch has no columns"], { context, hint: "publish at least one column" });
   const columns = table.schema.fields.map((field) => {
     if (Buffer.byteLength(field.name) > MAX_IDENTIFIER_BYTES || field.name.includes("\0") || field.name === "") {
@@ -455,14 +485,14 @@ function columnsOf(table: Table, lineage: boolean, uri: string, context: Record<
     }
     return { name: field.name, ...mapped };
   });
-  if (lineage) {
-    for (const name of ["_job_id", "_file_version_id"]) {
-      if (columns.some((c) => c.name === name)) throw Errors.SINK_WRITE_FAILED([uri, `column "${name}" collides with the lineage column`], { context, hint: "rename the column or set lineage: false" });
-    }
-    // Values are added per row by write(); these only define the columns.
-    const none = () => [];
-    columns.push({ name: "_job_id", sqlType: "numeric(20) NOT NULL", values: none }, { name: "_file_version_id", sqlType: "bigint NOT NULL", values: none });
+  const lineageColumns = [...(jobId ? ["_job_id"] : []), "_file_version_id"];
+  for (const name of lineageColumns) {
+    if (columns.some((c) => c.name === name)) throw Errors.SINK_WRITE_FAILED([uri, `column "${name}" collides with the lineage column`], { context, hint: jobId ? "rename the column or set lineage: false" : "rename the column" });
   }
+  // Values are added per row by write(); these only define the columns.
+  const none = () => [];
+  if (jobId) columns.push({ name: "_job_id", sqlType: "numeric(20) NOT NULL", values: none });
+  columns.push({ name: "_file_version_id", sqlType: "bigint NOT NULL", values: none });
   return columns;
 }
 

@@ -61,6 +61,12 @@ export interface Sink {
   abort(reason: Error): Promise<void> | void;
 }
 
+/** Passed to a sink plugin's `checkTarget`. */
+export interface CheckContext {
+  readonly outputRoot: string;
+  readonly options: Readonly<Record<string, unknown>>;
+}
+
 /** Passed to a sink plugin's `recover` at worker start. */
 export interface RecoverContext {
   readonly outputRoot: string;
@@ -76,6 +82,20 @@ export interface SinkPlugin {
   readonly schemes: readonly string[];
   /** Create the sink for one target of one job. Throw to fail the job before the guest starts. */
   create(target: SinkTarget, context: SinkContext): Sink | Promise<Sink>;
+  /**
+   * Check a target without writing anything (URI parameters, names): throw a catalogue
+   * error (`Errors.SINK_BAD_URI`) for one that `create` would refuse. `casparian run`
+   * and `casparian validate` call it for every sink before any job runs.
+   */
+  checkTarget?(target: SinkTarget, context: CheckContext): Promise<void> | void;
+  /**
+   * True when modes replace and error act on the rows of the job's input inside a
+   * target that every input shares (one table): replace deletes that input's earlier
+   * rows and inserts the new ones in one transaction, error fails when the input
+   * already has rows there. `casparian run` refuses replace and error on a URI without
+   * `{input}` for sinks that do not say so.
+   */
+  readonly inputScopedModes?: boolean;
   /** Remove staging left by a worker that crashed mid-job. Runs once at worker start. */
   recover?(context: RecoverContext): Promise<void> | void;
   /** Release what the plugin holds across jobs (thread pools, connections). Runs once at worker shutdown. */

@@ -82,6 +82,9 @@ export function parquetSink(options: ParquetConfig = {}): SinkPlugin {
       getPool().prestart();
       return new ParquetTopicSink(target, context, config, getPool);
     },
+    checkTarget(target, { outputRoot }) {
+      targetSettings(target, config, outputRoot, undefined);
+    },
     async recover({ outputRoot, logger }) {
       await removeStaleStaging(outputRoot, logger);
     },
@@ -116,6 +119,18 @@ const COALESCE_BYTES = 8 * 1024 * 1024;
 /** IPC streams queued for the writer per file: one being encoded, one ready. */
 const MAX_IN_FLIGHT = 2;
 
+/** What a target's URI says (parameters, path inside the root); throws CSP_SINK_BAD_URI / CSP_SINK_PATH_ESCAPE. */
+function targetSettings(target: SinkTarget, config: ResolvedParquetConfig, outputRoot: string, jobId: bigint | undefined): { compression: CompressionName; rowGroupSize: number; targetPath: string } {
+  const { parsed, uri } = target;
+  rejectUnknownParams(parsed, URI_PARAMS, uri);
+  const compression = (parsed.params.get("compression") ?? config.compression).toLowerCase();
+  if (!isCompressionName(compression)) {
+    throw Errors.SINK_BAD_URI([uri, `unknown compression ${JSON.stringify(compression)} (known: ${COMPRESSION_NAMES.join(", ")})`], { context: { jobId, sinkUri: uri } });
+  }
+  const rowGroupSize = positiveIntParam(parsed, "row_group_size", uri) ?? config.rowGroupSize;
+  return { compression, rowGroupSize, targetPath: resolveInsideRoot(outputRoot, fileLocationFor(parsed.location, ".parquet", DIRECTORY_FILE), uri) };
+}
+
 class ParquetTopicSink implements Sink {
   readonly #target: SinkTarget;
   readonly #context: SinkContext;
@@ -141,16 +156,12 @@ class ParquetTopicSink implements Sink {
     this.#target = target;
     this.#context = context;
     this.#getPool = getPool;
-    const { parsed, uri, mode } = target;
+    const { uri, mode } = target;
     const job = context.job;
-    rejectUnknownParams(parsed, URI_PARAMS, uri);
-    const compression = (parsed.params.get("compression") ?? config.compression).toLowerCase();
-    if (!isCompressionName(compression)) {
-      throw Errors.SINK_BAD_URI([uri, `unknown compression ${JSON.stringify(compression)} (known: ${COMPRESSION_NAMES.join(", ")})`], { context: { jobId: job.jobId, sinkUri: uri } });
-    }
-    this.#compression = compression;
-    this.#rowGroupSize = positiveIntParam(parsed, "row_group_size", uri) ?? config.rowGroupSize;
-    this.#targetPath = resolveInsideRoot(job.outputRoot, fileLocationFor(parsed.location, ".parquet", DIRECTORY_FILE), uri);
+    const settings = targetSettings(target, config, job.outputRoot, job.jobId);
+    this.#compression = settings.compression;
+    this.#rowGroupSize = settings.rowGroupSize;
+    this.#targetPath = settings.targetPath;
     this.#finalPath = finalPathFor(this.#targetPath, mode, job.jobId);
     this.#stagingPath = stagingPathFor(this.#finalPath, job.jobId);
     const fileVersionId = job.command.file_version_id;

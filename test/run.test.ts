@@ -10,10 +10,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { packageRoot } from "../core/kernel/paths.js";
-import { expandInputs } from "../core/run/inputs.js";
+import { expandInputs, outputName } from "../core/run/inputs.js";
 import { parseSinkFlag, planSinks } from "../core/run/outputs.js";
 import { inspectPlugin } from "../core/run/plugin.js";
-import { isAlive, listFiles, readParquet, RunningCli, runCli, testPython } from "./helpers/run-cli.js";
+import { isAlive, listFiles as listAllFiles, readParquet, RunningCli, runCli, testPython } from "./helpers/run-cli.js";
 
 const root = packageRoot();
 const fixtures = join(root, "test", "fixtures");
@@ -35,6 +35,14 @@ before(async () => {
 after(async () => {
   await rm(base, { recursive: true, force: true });
 });
+
+/** Every file below `dir` except the run state (<output>/.casparian/): staging included. */
+async function listFiles(dir: string): Promise<string[]> {
+  return (await listAllFiles(dir)).filter((f) => !f.startsWith(".casparian/"));
+}
+
+/** The output name of an input outside the input root: its absolute path below @abs/. */
+const outside = (path: string) => `@abs${path}`;
 
 async function scenario(name: string): Promise<string> {
   const dir = join(base, name);
@@ -63,7 +71,7 @@ async function guestPids(dir: string): Promise<number[]> {
 }
 
 describe("inputs, plugin inspection and sink plan", () => {
-  test("files, directories and globs expand to sorted files with stable version ids and unique output names", async () => {
+  test("files, directories and globs expand to sorted files with stable version ids; names keep the path below the root and the extension", async () => {
     const dir = await scenario("inputs");
     await mkdir(join(dir, "a"), { recursive: true });
     await mkdir(join(dir, "b", "deep"), { recursive: true });
@@ -71,7 +79,8 @@ describe("inputs, plugin inspection and sink plan", () => {
 
     const inputs = await expandInputs(["b", "a/*.csv", "z.txt", "a/x.csv"], dir);
     assert.deepEqual(inputs.map((i) => i.path.slice(dir.length + 1)), ["a/x.csv", "b/deep/y.csv", "b/x.csv", "z.txt"]);
-    assert.deepEqual(inputs.map((i) => i.outputStem), ["a/x", "b/deep/y", "b/x", "z"]);
+    assert.deepEqual(inputs.map((i) => outputName(i.path, dir)), ["a/x.csv", "b/deep/y.csv", "b/x.csv", "z.txt"]);
+    assert.equal(outputName(join(dir, "b", "x.csv"), join(dir, "a")), `@abs${join(dir, "b", "x.csv")}`, "outside the root: the absolute path below @abs/");
     for (const input of inputs) {
       assert.equal(typeof input.fileVersionId, "bigint");
       assert.ok(input.fileVersionId > 0n && input.fileVersionId < 1n << 63n);
@@ -79,7 +88,7 @@ describe("inputs, plugin inspection and sink plan", () => {
 
     const again = await expandInputs(["a/x.csv"], dir);
     assert.equal(again[0]!.fileVersionId, inputs[0]!.fileVersionId, "same file, same id");
-    assert.equal(again[0]!.outputStem, "x", "a single input is named by its file name");
+    assert.equal(outputName(again[0]!.path, dir), "a/x.csv", "the name does not depend on the other inputs of a run");
     await utimes(join(dir, "a/x.csv"), new Date(), new Date(Date.now() + 60_000));
     const touched = await expandInputs(["a/x.csv"], dir);
     assert.notEqual(touched[0]!.fileVersionId, inputs[0]!.fileVersionId, "a rewritten file is a new version");
@@ -110,21 +119,25 @@ describe("inputs, plugin inspection and sink plan", () => {
     });
   });
 
-  test("sinks: --sink, else MANIFEST, else config, else one Parquet file per topic per input", () => {
-    const [input] = [{ path: "/d/jan.csv", size: 1, fileVersionId: 1n, outputStem: "2024/jan" }];
-    const manifest = { sinks: { output: { uri: "parquet://m.parquet", mode: "replace" } }, topics: ["rejects"] };
-    assert.deepEqual(planSinks({ cliSinks: [parseSinkFlag("output=parquet://a.parquet?compression=zstd")], manifest }).forInput(input!), [
-      { topic: "output", uri: "parquet://a.parquet?compression=zstd", mode: "append", schema_def: null },
+  test("sinks: --sink, else MANIFEST, else config; every other topic lands in <output>/<topic>/ (the catch-all)", () => {
+    const name = "2024/jan.csv";
+    const catchAll = { topic: "*", uri: "parquet://{topic}/2024/jan.csv.parquet", mode: "replace", schema_def: null };
+    const manifest = { sinks: { output: { uri: "parquet://m/{input}.parquet", mode: "append" } }, topics: ["rejects"] };
+    assert.deepEqual(planSinks({ cliSinks: [parseSinkFlag("output=parquet://a/{input}.parquet?compression=zstd")], manifest }).forInput(name), [
+      { topic: "output", uri: "parquet://a/2024/jan.csv.parquet?compression=zstd", mode: "replace", schema_def: null },
+      catchAll,
     ]);
-    assert.deepEqual(planSinks({ cliSinks: [], manifest, configSinks: { output: "parquet://c.parquet" } }).forInput(input!), [
-      { topic: "output", uri: "parquet://m.parquet", mode: "replace", schema_def: null },
+    assert.deepEqual(planSinks({ cliSinks: [], manifest, configSinks: { output: "parquet://c.parquet" } }).forInput(name), [
+      { topic: "output", uri: "parquet://m/2024/jan.csv.parquet", mode: "append", schema_def: null },
+      catchAll,
     ]);
-    assert.equal(planSinks({ cliSinks: [], manifest: null, configSinks: { output: "parquet://c.parquet" } }).source, "config");
-    assert.deepEqual(
-      planSinks({ cliSinks: [], manifest: { topics: ["rejects"] } }).forInput(input!).map((s) => s.uri),
-      ["parquet://output/2024/jan.parquet", "parquet://rejects/2024/jan.parquet"],
-    );
+    const config = planSinks({ cliSinks: [], manifest: null, configSinks: { output: { uri: "sqlite://w.db/t", mode: "error" } } });
+    assert.equal(config.source, "config");
+    assert.equal(config.promotable, false);
+    assert.deepEqual(config.forInput(name)[0], { topic: "output", uri: "sqlite://w.db/t", mode: "error", schema_def: null });
+    assert.deepEqual(planSinks({ cliSinks: [], manifest: { topics: ["rejects"] } }).forInput("a%b?.csv"), [{ ...catchAll, uri: "parquet://{topic}/a%25b%3F.csv.parquet" }]);
     assert.throws(() => parseSinkFlag("parquet://x.parquet"), { code: "CSP_CLI_USAGE" });
+    assert.throws(() => planSinks({ cliSinks: [], manifest: { sinks: { output: { uri: "parquet://x.parquet", mode: "upsert" } } } }), { code: "CSP_CLI_USAGE", message: /mode expects one of replace, append, error/ });
   });
 });
 
@@ -161,15 +174,15 @@ describe("casparian run (end to end)", () => {
 
     const files = await listFiles(join(dir, "out"));
     assert.equal(files.length, 40, `exactly one file per input, nothing else (no staging): ${files.join(", ")}`);
-    assert.ok(files.every((f) => /^output\/(east|west)\/batch-\d\/sales-2024-0\d\.parquet$/.test(f)), files.join(", "));
+    assert.ok(files.every((f) => /^output\/data\/(east|west)\/batch-\d\/sales-2024-0\d\.csv\.parquet$/.test(f)), files.join(", "));
 
     const tables = await readParquet(files.map((f) => join(dir, "out", f)));
     for (const table of tables) {
-      const name = table.path.slice(table.path.lastIndexOf("/") + 1, -".parquet".length);
+      const name = table.path.slice(table.path.lastIndexOf("/") + 1, -".csv.parquet".length);
       assert.equal(table.rows.length, HELLO_ROWS[name], table.path);
       assert.ok(table.rows.every((r) => r.source_file === `${name}.csv`));
     }
-    const feb = tables.find((t) => t.path.endsWith("east/batch-0/sales-2024-02.parquet"))!;
+    const feb = tables.find((t) => t.path.endsWith("east/batch-0/sales-2024-02.csv.parquet"))!;
     assert.equal(feb.schema.quantity, "int64");
     assert.equal(feb.schema.unit_price, "double");
     assert.deepEqual(
@@ -191,7 +204,8 @@ describe("casparian run (end to end)", () => {
     assert.match(result.stdout, /2 of 2 inputs succeeded/);
 
     const files = await listFiles(join(dir, "output"));
-    assert.deepEqual(files, ["by_sensor/readings-day1.parquet", "by_sensor/readings-day2.parquet", "output/readings-day1.parquet", "output/readings-day2.parquet"]);
+    const day = (n: number) => outside(join(example, "data", `readings-day${n}.csv.parquet`));
+    assert.deepEqual(files, [`by_sensor/${day(1)}`, `by_sensor/${day(2)}`, `output/${day(1)}`, `output/${day(2)}`]);
     const [bySensor1, , readings1] = await readParquet(files.map((f) => join(dir, "output", f)));
     assert.equal(readings1!.rows.length, 5);
     assert.match(readings1!.schema.timestamp!, /^timestamp\[(ns|us), tz=UTC\]$/);
@@ -213,14 +227,14 @@ describe("casparian run (end to end)", () => {
     assert.match(result.stdout, /failed \(1\):\n\s+\S*no-date-column\.csv: .*ValueError: no-date-column\.csv: no date column in header/);
 
     const files = await listFiles(join(dir, "output"));
-    assert.deepEqual(files, ["output/good-1.parquet", "output/good-2.parquet", "output/good-3.parquet"]);
+    assert.deepEqual(files, [1, 2, 3].map((n) => `output/${outside(join(fixtures, "run-bad-input", `good-${n}.csv.parquet`))}`));
     const tables = await readParquet(files.map((f) => join(dir, "output", f)));
     assert.deepEqual(tables.map((t) => t.rows.length), [5, 4, 4]);
   });
 
   test("--sink sends a topic where the user says: Parquet with the sink's own naming, or a database via a config-registered sink", async () => {
     const dir = await scenario("sinks");
-    const parquet = await runCli([helloPlugin, helloData, "--sink", "output=parquet://all/sales.parquet", "--workers", "2"], { cwd: dir, home });
+    const parquet = await runCli([helloPlugin, helloData, "--sink", "output=parquet://all/sales.parquet", "--mode", "append", "--workers", "2"], { cwd: dir, home });
     assert.equal(parquet.code, 0, parquet.stderr);
     const files = await listFiles(join(dir, "output"));
     assert.equal(files.length, 4, files.join(", "));
@@ -233,7 +247,7 @@ describe("casparian run (end to end)", () => {
       { cwd: dir, home },
     );
     assert.equal(sqlite.code, 0, sqlite.stderr);
-    assert.match(sqlite.stdout, /output\s+4\s+16\s+-\s+sqlite:\/\/\/.*\/db\/sales\.db\/sales/);
+    assert.match(sqlite.stdout, /output\s+-\s+16\s+-\s+sqlite:\/\/\/.*\/db\/sales\.db\/sales/);
     const { default: Database } = await import("better-sqlite3");
     const db = new Database(join(dir, "db", "sales.db"), { readonly: true });
     try {
@@ -282,7 +296,7 @@ describe("casparian run (end to end)", () => {
     const bare = await runCli([helloPlugin, join(helloData, "sales-2024-01.csv"), "--workers", "1"], { cwd: dir, home: noUvHome, env });
     assert.equal(bare.code, 0, bare.stderr);
     assert.match(bare.stderr, /uv not found; making the plugin's bare environment with `python3 -m venv`/);
-    const [table] = await readParquet([join(dir, "output", "output", "sales-2024-01.parquet")]);
+    const [table] = await readParquet([join(dir, "output", "output", outside(join(helloData, "sales-2024-01.csv.parquet")))]);
     assert.equal(table!.rows.length, 5);
 
     const pandas = await runCli([join(root, "examples", "pandas-pep723", "plugin.py"), join(helloData, "sales-2024-01.csv")], { cwd: dir, home: noUvHome, env });
@@ -364,7 +378,7 @@ describe("casparian run (end to end)", () => {
       await writeFile(join(data, "in-00.csv"), "# sleep 0\nid,value\n1,a\n");
       const next = await runCli([slowPlugin, join(data, "in-00.csv")], { cwd: dir, home });
       assert.equal(next.code, 0, next.stderr);
-      assert.deepEqual(await listFiles(join(dir, "output")), ["output/in-00.parquet"]);
+      assert.deepEqual(await listFiles(join(dir, "output")), ["output/data/in-00.csv.parquet"]);
     } finally {
       cli.kill();
     }

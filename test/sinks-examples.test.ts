@@ -24,15 +24,21 @@ const logger = pino({ level: "silent" });
 const roots: string[] = [];
 after(() => Promise.all(roots.map((r) => rm(r, { recursive: true, force: true }))));
 
-async function withExample(configFile: string): Promise<{ root: string; pipeline: Pipeline; run(sinks: SinkConfig[], rows?: number, jobId?: bigint): Promise<JobOutcome> }> {
+/** The input a job reads: its path and version (the modes of the SQL sinks act per input). */
+interface Input {
+  filePath?: string;
+  fileVersionId?: bigint;
+}
+
+async function withExample(configFile: string): Promise<{ root: string; pipeline: Pipeline; run(sinks: SinkConfig[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
   const { config, dir } = await loadConfig({ explicitPath: join("examples", configFile), cwd: packageRoot(), command: "worker" });
   const plugins = await loadSinkPlugins(config.sinks, dir, { encoderThreads: 0 });
   const root = await mkdtemp(join(tmpdir(), "casparian-example-"));
   roots.push(root);
   const pipeline = scriptedPipeline({ outputRoot: root, sinks: plugins, logger, workerId: "w" });
   await pipeline.start();
-  const run = (sinks: SinkConfig[], rows = 25, jobId = 77n) => {
-    const job = makeJob({ sinks, jobId });
+  const run = (sinks: SinkConfig[], rows = 25, jobId = 77n, input: Input = {}) => {
+    const job = makeJob({ sinks, jobId, ...input });
     const half = Math.floor(rows / 2);
     return runJob(pipeline, job, [batchOf(sinks[0]!.topic, sampleTable(half, 0), 0), batchOf(sinks[0]!.topic, sampleTable(rows - half, half), 1)]);
   };
@@ -115,28 +121,45 @@ describe("example SQLite sink", () => {
     assert.equal(readTable(join(elsewhere, "abs.db"), "sales").length, 3);
   });
 
-  test("append adds, replace swaps, error refuses an existing table, a failed job leaves the table as it was", async () => {
+  test("modes act on the job's input: replace swaps its rows, append keeps its versions once each, error refuses it; other inputs untouched", async () => {
     const { root, pipeline, run } = await withExample("sqlite-sink.config.ts");
     const file = join(root, "w.db");
     const count = () => readTable(file, "t").length;
-    assert.equal((await run([sinkConfig("t", "sqlite://w.db/t", "append")], 5, 1n)).status, "SUCCESS");
-    assert.equal((await run([sinkConfig("t", "sqlite://w.db/t", "append")], 6, 2n)).status, "SUCCESS");
+    const a1 = { filePath: "/data/a.csv", fileVersionId: 11n };
+    const a2 = { filePath: "/data/a.csv", fileVersionId: 12n };
+    const b1 = { filePath: "/data/b.csv", fileVersionId: 21n };
+    const t = (mode: SinkConfig["mode"]) => [sinkConfig("t", "sqlite://w.db/t", mode)];
+    assert.equal((await run(t("append"), 5, 1n, a1)).status, "SUCCESS");
+    assert.equal((await run(t("append"), 6, 2n, b1)).status, "SUCCESS");
     assert.equal(count(), 11);
-    assert.equal((await run([sinkConfig("t", "sqlite://w.db/t", "replace")], 2, 3n)).status, "SUCCESS");
-    assert.equal(count(), 2);
+    assert.equal((await run(t("append"), 5, 3n, a1)).status, "SUCCESS");
+    assert.equal(count(), 11, "the same version again (a retry, a rerun): no second copy");
+    assert.equal((await run(t("append"), 3, 4n, a2)).status, "SUCCESS");
+    assert.equal(count(), 14, "append keeps a.csv's earlier version");
+    assert.deepEqual(readTable(file, "t").map((r) => r._file_version_id).filter((v, i, all) => all.indexOf(v) === i), [21n, 11n, 12n]);
 
-    const refused = await run([sinkConfig("t", "sqlite://w.db/t", "error")], 3, 4n);
+    assert.equal((await run(t("replace"), 2, 5n, { filePath: "/data/a.csv", fileVersionId: 13n })).status, "SUCCESS");
+    assert.equal(count(), 8, "replace: a.csv's rows of every version swapped for the new ones, b.csv's untouched");
+
+    const refused = await run(t("error"), 3, 6n, a1);
     assert.equal(code(refused.error), "CSP_SINK_TARGET_EXISTS");
-    assert.equal((await run([sinkConfig("u", "sqlite://w.db/u", "error")], 3, 5n)).status, "SUCCESS");
+    assert.equal((await run(t("error"), 3, 7n, { filePath: "/data/c.csv", fileVersionId: 31n })).status, "SUCCESS");
+    assert.equal(count(), 11);
 
-    const job = makeJob({ sinks: [sinkConfig("t", "sqlite://w.db/t", "replace")] });
+    const job = makeJob({ sinks: t("replace"), ...b1 });
     const failed = await runJob(pipeline, job, [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
     assert.equal(failed.status, "FAILED");
-    assert.equal(count(), 2);
+    assert.equal(count(), 11, "a failed job leaves the table as it was");
     const db = new Database(file, { readonly: true });
     const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all();
+    const ledger = db.prepare("SELECT file_path, file_version_id AS v, rows FROM _casparian_inputs ORDER BY file_path").all();
     db.close();
-    assert.deepEqual(tables, [{ name: "t" }, { name: "u" }]);
+    assert.deepEqual(tables, [{ name: "_casparian_inputs" }, { name: "t" }]);
+    assert.deepEqual(ledger, [
+      { file_path: "/data/a.csv", v: 13, rows: 2 },
+      { file_path: "/data/b.csv", v: 21, rows: 6 },
+      { file_path: "/data/c.csv", v: 31, rows: 3 },
+    ]);
   });
 
   test("a bad location fails with SINK_BAD_URI", async () => {

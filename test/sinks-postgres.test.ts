@@ -82,7 +82,13 @@ const columnTypes = async (table: string) =>
 const count = async (table: string) => Number((await query<{ n: string }>(`SELECT count(*) AS n FROM public."${table}"`))[0]!.n);
 const code = (err: Error | null) => (err instanceof CasparianError ? err.code : String(err));
 
-async function withSinks(sinks: SinkReference[] | null): Promise<{ pipeline: Pipeline; root: string; run(configs: SinkConfig[], rows?: number, jobId?: bigint): Promise<JobOutcome> }> {
+/** The input a job reads: the modes act per input (file_path), versions by file_version_id. */
+interface Input {
+  filePath?: string;
+  fileVersionId?: bigint;
+}
+
+async function withSinks(sinks: SinkReference[] | null): Promise<{ pipeline: Pipeline; root: string; run(configs: SinkConfig[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
   let plugins;
   if (sinks === null) {
     const { config, dir } = await loadConfig({ explicitPath: join("examples", "postgres-sink.config.ts"), cwd: packageRoot(), command: "worker" });
@@ -94,8 +100,8 @@ async function withSinks(sinks: SinkReference[] | null): Promise<{ pipeline: Pip
   roots.push(root);
   const pipeline = scriptedPipeline({ outputRoot: root, sinks: plugins, logger, workerId: "w" });
   await pipeline.start();
-  const run = (configs: SinkConfig[], rows = 25, jobId = 77n) => {
-    const job = makeJob({ sinks: configs, jobId });
+  const run = (configs: SinkConfig[], rows = 25, jobId = 77n, input: Input = {}) => {
+    const job = makeJob({ sinks: configs, jobId, ...input });
     const half = Math.floor(rows / 2);
     return runJob(pipeline, job, [batchOf(configs[0]!.topic, sampleTable(half, 0), 0), batchOf(configs[0]!.topic, sampleTable(rows - half, half), 1)]);
   };
@@ -182,52 +188,66 @@ describe("example PostgreSQL sink", () => {
     ]);
   });
 
-  test("append adds, replace swaps, error refuses an existing table; failures leave the target as it was and no staging", async () => {
+  test("modes act on the job's input: replace swaps its rows, append keeps its versions once each, error refuses it; failures leave the target as it was", async () => {
     const { pipeline, run } = await withSinks(null);
     const uri = tcp("modes");
-    assert.equal((await run([sinkConfig("t", uri, "append")], 5, 1n)).status, "SUCCESS");
-    assert.equal((await run([sinkConfig("t", uri, "append")], 6, 2n)).status, "SUCCESS");
-    assert.equal(await count("modes"), 11);
-    assert.deepEqual((await query<{ j: string }>("SELECT DISTINCT _job_id::text AS j FROM public.modes ORDER BY 1")).map((r) => r.j), ["1", "2"]);
-
-    const replaced = await run([sinkConfig("t", uri, "replace")], 2, 3n);
-    assert.equal(replaced.status, "SUCCESS", String(replaced.error));
-    assert.equal(await count("modes"), 2);
-    // The replacement is an ordinary (logged) table, not the unlogged staging table.
+    const t = (mode: SinkConfig["mode"]) => [sinkConfig("t", uri, mode)];
+    const a1 = { filePath: "/data/a.csv", fileVersionId: 11n };
+    const b1 = { filePath: "/data/b.csv", fileVersionId: 21n };
+    assert.equal((await run(t("append"), 5, 1n, a1)).status, "SUCCESS");
+    // The first commit renames the staging table into place: an ordinary (logged) table.
     assert.deepEqual(await query("SELECT relpersistence FROM pg_class WHERE relname = 'modes'"), [{ relpersistence: "p" }]);
+    assert.equal((await run(t("append"), 6, 2n, b1)).status, "SUCCESS");
+    assert.equal(await count("modes"), 11);
+    assert.equal((await run(t("append"), 5, 3n, a1)).status, "SUCCESS");
+    assert.equal(await count("modes"), 11, "the same version again (a retry, a rerun): no second copy");
+    assert.equal((await run(t("append"), 3, 4n, { filePath: "/data/a.csv", fileVersionId: 12n })).status, "SUCCESS");
+    assert.equal(await count("modes"), 14, "append keeps a.csv's earlier version");
 
-    const refused = await run([sinkConfig("t", uri, "error")], 3, 4n);
+    const replaced = await run(t("replace"), 2, 5n, { filePath: "/data/a.csv", fileVersionId: 13n });
+    assert.equal(replaced.status, "SUCCESS", String(replaced.error));
+    assert.equal(await count("modes"), 8, "replace: a.csv's rows of every version swapped, b.csv's untouched");
+    assert.deepEqual(
+      await query("SELECT file_path, file_version_id::text AS v, rows::int AS rows FROM public._casparian_inputs WHERE target = 'modes' ORDER BY file_path"),
+      [
+        { file_path: "/data/a.csv", v: "13", rows: 2 },
+        { file_path: "/data/b.csv", v: "21", rows: 6 },
+      ],
+    );
+
+    const refused = await run(t("error"), 3, 6n, b1);
     assert.equal(code(refused.error), "CSP_SINK_TARGET_EXISTS");
-    assert.equal(await count("modes"), 2);
-    assert.equal((await run([sinkConfig("t", tcp("fresh"), "error")], 3, 5n)).status, "SUCCESS");
-    assert.equal(await count("fresh"), 3);
+    assert.equal(await count("modes"), 8);
+    assert.equal((await run(t("error"), 3, 7n, { filePath: "/data/c.csv", fileVersionId: 31n })).status, "SUCCESS");
+    assert.equal(await count("modes"), 11);
 
-    const failed = await runJob(pipeline, makeJob({ sinks: [sinkConfig("t", uri, "replace")], jobId: 6n }), [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
+    const failed = await runJob(pipeline, makeJob({ sinks: t("replace"), jobId: 8n, ...b1 }), [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
     assert.equal(failed.status, "FAILED");
-    assert.equal(await count("modes"), 2);
+    assert.equal(await count("modes"), 11);
 
     // An append whose columns the existing table cannot take fails at commit, atomically.
     const wrongTypes = new Table({ id: vectorFromArray(["not a number"], new Utf8()) });
-    const mismatch = await runJob(pipeline, makeJob({ sinks: [sinkConfig("t", uri, "append")], jobId: 7n }), [batchOf("t", wrongTypes)]);
+    const mismatch = await runJob(pipeline, makeJob({ sinks: t("append"), jobId: 9n, ...b1 }), [batchOf("t", wrongTypes)]);
     assert.equal(code(mismatch.error), "CSP_SINK_WRITE_FAILED");
     assert.match(mismatch.error!.message, /cannot commit/);
-    assert.equal(await count("modes"), 2);
+    assert.equal(await count("modes"), 11);
     assert.deepEqual(await stagingTables(), []);
   });
 
-  test("mode error checks again at commit: a table created meanwhile wins, nothing is written", async () => {
-    const { pipeline } = await withSinks(null);
-    const job = makeJob({ sinks: [sinkConfig("t", tcp("race"), "error")], jobId: 8n });
+  test("mode error checks again at commit: rows of the input committed meanwhile win, nothing is written", async () => {
+    const { pipeline, run } = await withSinks(null);
+    assert.equal((await run([sinkConfig("t", tcp("race"), "append")], 2, 10n, { filePath: "/data/other.csv", fileVersionId: 51n })).status, "SUCCESS");
+    const job = makeJob({ sinks: [sinkConfig("t", tcp("race"), "error")], jobId: 8n, filePath: "/data/race.csv", fileVersionId: 41n });
     let staged = -1;
-    // Between the sink's prepare and its commit, someone else creates the table.
+    // Between the sink's prepare and its commit, another writer records rows of the same input.
     pipeline.hooks.prepareCommit.tapPromise({ name: "Racer", stage: Stage.OBSERVE }, async () => {
       staged = (await stagingTables()).length;
-      await query("CREATE TABLE public.race (x int)");
+      await query("INSERT INTO public._casparian_inputs (target, file_path, file_version_id, job_id, rows) VALUES ('race', '/data/race.csv', 40, 9, 0)");
     });
     const outcome = await runJob(pipeline, job, [batchOf("t", sampleTable(4))]);
     assert.equal(staged, 1);
     assert.equal(code(outcome.error), "CSP_SINK_TARGET_EXISTS");
-    assert.deepEqual(await columnTypes("race"), { x: "integer" });
+    assert.equal(await count("race"), 2, "only the other input's rows");
     assert.deepEqual(await stagingTables(), []);
   });
 
@@ -239,13 +259,13 @@ describe("example PostgreSQL sink", () => {
     assert.deepEqual(await query("SELECT to_regclass('public.never') AS t"), [{ t: null }]);
   });
 
-  test("writes in statements of insertRows rows; no lineage unless asked; bad options are refused at load", async () => {
+  test("writes in statements of insertRows rows; only _file_version_id unless lineage is asked; bad options are refused at load", async () => {
     const { run } = await withSinks([{ use: EXAMPLE, options: { insertRows: 7 } }]);
     const outcome = await run([sinkConfig("t", tcp("chunks"), "append")], 25);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const ids = (await query<{ id: string }>("SELECT id::text AS id FROM public.chunks ORDER BY id")).map((r) => r.id);
     assert.deepEqual(ids, canonicalColumns(sampleTable(25)).id);
-    assert.deepEqual(Object.keys(await columnTypes("chunks")), ["id", "amount", "label", "flag", "ts"]);
+    assert.deepEqual(Object.keys(await columnTypes("chunks")), ["id", "amount", "label", "flag", "ts", "_file_version_id"]);
 
     await assert.rejects(withSinks([{ use: EXAMPLE, options: { insertRows: 0 } }]), (err: unknown) => code(err as Error) === "CSP_SINK_INVALID" && /insertRows/.test((err as Error).message));
   });

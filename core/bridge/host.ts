@@ -435,6 +435,8 @@ class GuestRun {
       BRIDGE_JOB_ID: job.jobId.toString(),
       BRIDGE_FILE_VERSION_ID: BigInt(job.command.file_version_id).toString(),
       BRIDGE_PLUGIN_NAME: job.command.plugin_name,
+      // The plugin's config (a JSON object), when the Sentinel sent one.
+      ...(job.command.plugin_config === undefined ? {} : { BRIDGE_PLUGIN_CONFIG: job.command.plugin_config }),
     };
   }
 

@@ -53,6 +53,7 @@ function mainHelp(program: string): string {
 Commands:
   worker   connect to a Sentinel and run the jobs it dispatches (same as casparian-worker)
   run      run a plugin over local files with local workers (see: ${program} run --help)
+  validate check a plugin, its config and sinks without running anything (see: ${program} validate --help)
 
 Options:
   -h, --help     show this help
@@ -82,6 +83,7 @@ Options:
   --grace S                   seconds a running job gets to finish on SIGTERM/SIGINT (default ${DEFAULTS.graceSeconds})
   --log-level LEVEL           ${LOG_LEVELS.join(", ")} (default ${DEFAULTS.logLevel})
   --metrics-port PORT         serve Prometheus metrics on http://0.0.0.0:PORT/metrics
+  --progress-interval S       log a "job progress" line (rows, bytes so far) at most every S seconds per job
   -h, --help                  show this help
   -v, --version               print the version
 
@@ -109,6 +111,10 @@ export async function main(argv: readonly string[], program = "casparian"): Prom
         const { runCommand } = (await import("../run/command.js")) as { runCommand(argv: string[]): Promise<number> };
         return await runCommand(rest);
       }
+      case "validate": {
+        const { validateCommand } = await import("../run/validate.js");
+        return await validateCommand(rest);
+      }
       case "-h":
       case "--help":
       case "help":
@@ -122,7 +128,7 @@ export async function main(argv: readonly string[], program = "casparian"): Prom
         process.stderr.write(mainHelp(program));
         return ExitCode.USAGE;
       default:
-        throw Errors.CLI_USAGE([`unknown command "${first}"; expected "worker" or "run"`]);
+        throw Errors.CLI_USAGE([`unknown command "${first}"; expected "worker", "run" or "validate"`]);
     }
   } catch (err) {
     return reportError(err, program);
@@ -151,6 +157,7 @@ export interface WorkerFlags {
   metricsPort?: number;
   capabilities?: string[];
   silenceWarning?: number;
+  progressInterval?: number;
   help: boolean;
   version: boolean;
 }
@@ -174,6 +181,7 @@ export function parseWorkerFlags(argv: string[]): WorkerFlags {
         "metrics-port": { type: "string" },
         capabilities: { type: "string" },
         "silence-warning": { type: "string" },
+        "progress-interval": { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "v" },
       },
@@ -206,6 +214,7 @@ export function parseWorkerFlags(argv: string[]): WorkerFlags {
     metricsPort: port(str("metrics-port")),
     capabilities: list(str("capabilities"), "--capabilities"),
     silenceWarning: seconds(str("silence-warning"), "--silence-warning", true),
+    progressInterval: seconds(str("progress-interval"), "--progress-interval", false),
     help: values.help === true,
     version: values.version === true,
   };
@@ -269,6 +278,7 @@ async function workerCommand(argv: string[], program: string): Promise<number> {
     metricsPort: flags.metricsPort ?? config.metricsPort,
     capabilities: flags.capabilities ?? config.capabilities,
     silenceWarningMs: (flags.silenceWarning ?? config.silenceWarning ?? DEFAULTS.silenceWarningSeconds) * 1000,
+    progressIntervalMs: flags.progressInterval === undefined ? undefined : flags.progressInterval * 1000,
     logger,
     loaded,
     configSource,

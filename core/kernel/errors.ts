@@ -136,5 +136,6 @@ export const Errors = {
   RUN_LOCK_FAILED: createError<[string, string]>("CSP_RUN_LOCK_FAILED", "uv could not lock the dependencies declared in %s:\n%s", "check the package names and versions in the '# /// script' block"),
   RUN_ENV_FAILED: createError<[string, string]>("CSP_RUN_ENV_FAILED", "the environment for plugin %s could not be prepared: %s"),
   RUN_WORKERS_FAILED: createError<[string]>("CSP_RUN_WORKERS_FAILED", "worker processes keep failing: %s", "run with --log-level debug to see the workers' logs"),
+  RUN_SINK_MODE: createError<[string, string, string]>("CSP_RUN_SINK_MODE", "sink %s cannot be used in mode %s: %s"),
   RUN_PLUGIN_FAILS_EVERYWHERE: createError<[number]>("CSP_RUN_PLUGIN_FAILS_EVERYWHERE", "the plugin failed the same way on its first %s inputs, so the rest were not run", "fix the plugin (the error is below) and run again"),
 } as const;

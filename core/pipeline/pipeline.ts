@@ -123,7 +123,14 @@ export class Pipeline {
     let writing: Promise<void> | null = null;
 
     try {
-      const dispatched = await this.#hooks.beforeDispatch.promise({ jobId, workerId: this.#options.workerId, command: request.command });
+      let dispatched;
+      try {
+        dispatched = await this.#hooks.beforeDispatch.promise({ jobId, workerId: this.#options.workerId, command: request.command });
+      } catch (err) {
+        // Declined, not broken: a Sentinel (casparian run) reports the input as skipped.
+        outcome.metrics.rejected_before_dispatch = 1;
+        throw err;
+      }
       job = this.#context(request, dispatched.command);
       // After beforeDispatch, so that a rewritten env_hash is the one used and a guard can reject first.
       lease = await this.#options.envs.acquire(job.command.env_hash);

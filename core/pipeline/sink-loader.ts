@@ -86,7 +86,8 @@ export function validateSinkPlugin(value: unknown, label: string): SinkPlugin {
     }
   }
   if (typeof p.create !== "function") throw failNamed(`"create" must be a function, got ${describe(p.create)}`);
-  for (const optional of ["recover", "close"] as const) {
+  if (p.inputScopedModes !== undefined && typeof p.inputScopedModes !== "boolean") throw failNamed(`"inputScopedModes" must be true or false when given, got ${describe(p.inputScopedModes)}`);
+  for (const optional of ["recover", "close", "checkTarget"] as const) {
     if (p[optional] !== undefined && typeof p[optional] !== "function") throw failNamed(`"${optional}" must be a function when given, got ${describe(p[optional])}`);
   }
   return value as SinkPlugin;

@@ -13,8 +13,10 @@
  *   shutdown       → plugin.close()
  *
  * Routing defaults (README "Sinks"):
- *  - a batch for a topic with no sink is dropped, with a warning once per topic and job
- *    and the `unrouted_batches` / `unrouted_rows` metrics;
+ *  - a batch for a topic with no sink goes to the catch-all sink (topic "*", its URI's
+ *    "{topic}" replaced by the topic), opened at the topic's first batch, when the job
+ *    has one; else it is dropped, with a warning once per topic and job and the
+ *    `unrouted_batches` / `unrouted_rows` metrics;
  *  - a sink whose topic never produced a batch is warned about and counted in
  *    `sinks_without_batches`; it still goes through prepare/commit, and the bundled
  *    sinks publish nothing for it;
@@ -27,7 +29,7 @@ import { tableToIPC, type Schema } from "apache-arrow";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
 import type { Batch, JobContext, JobOutcome } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
-import type { SinkConfig } from "../protocol/messages.js";
+import { ANY_TOPIC, TOPIC_PLACEHOLDER, type SinkConfig } from "../protocol/messages.js";
 import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../../hooks/index.js";
 import type { Sink, SinkPlugin, SinkTarget } from "../../sinks/api.js";
 import { contractDifferences, parseSchemaDef } from "../../sinks/contract.js";
@@ -60,6 +62,8 @@ interface JobSinks {
   readonly unroutedTopics: Set<string>;
   unroutedBatches: number;
   unroutedRows: number;
+  /** The sink config for topics without one of their own (topic "*"), or null. */
+  readonly catchAll: SinkConfig | null;
 }
 
 export class SinkManager implements WorkerPlugin {
@@ -114,24 +118,31 @@ export class SinkManager implements WorkerPlugin {
     // Validate every target before creating any sink: a bad URI fails the job with nothing to undo.
     const { sinks: configs, repeats } = dedupeSinkConfigs(job.command.sinks);
     if (repeats > 0) job.logger.info({ repeats, sinks: configs.length }, "the DISPATCH repeats identical sinks; each is written once");
-    const targets = configs.map((config) => this.#target(config, job));
-    const state: JobSinks = { sinks: [], byTopic: new Map(), schemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0 };
+    const named = configs.filter((config) => config.topic !== ANY_TOPIC);
+    const catchAll = configs.find((config) => config.topic === ANY_TOPIC) ?? null;
+    const targets = named.map((config) => this.#target(config, job));
+    // The catch-all's URI is checked now too, for a sample topic: a bad one fails before the guest starts.
+    if (catchAll !== null) this.#target(forTopic(catchAll, "output"), job);
+    const state: JobSinks = { sinks: [], byTopic: new Map(), schemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0, catchAll };
     this.#jobs.set(job, state);
-    for (const { target, loaded } of targets) {
-      const logger = job.logger.child({ topic: target.topic, sink: target.uri });
-      const active: ActiveSink = { target, loaded, logger, sink: null, batches: 0, rows: 0, done: false };
-      state.sinks.push(active);
-      const list = state.byTopic.get(target.topic) ?? [];
-      list.push(active);
-      state.byTopic.set(target.topic, list);
-      await this.#call(active, job, "create", async () => {
-        active.sink = await loaded.plugin.create(target, { job, logger, options: loaded.options });
-        if (active.sink === null || typeof active.sink !== "object" || typeof active.sink.write !== "function") {
-          throw Errors.SINK_INVALID([loaded.plugin.name, "create() must return an object with write, prepare, commit and abort"]);
-        }
-      });
-      await this.#call(active, job, "open", () => active.sink!.open?.());
-    }
+    for (const { target, loaded } of targets) await this.#start(target, loaded, job, state);
+  }
+
+  async #start(target: SinkTarget, loaded: LoadedSink, job: JobContext, state: JobSinks): Promise<ActiveSink> {
+    const logger = job.logger.child({ topic: target.topic, sink: target.uri });
+    const active: ActiveSink = { target, loaded, logger, sink: null, batches: 0, rows: 0, done: false };
+    state.sinks.push(active);
+    const list = state.byTopic.get(target.topic) ?? [];
+    list.push(active);
+    state.byTopic.set(target.topic, list);
+    await this.#call(active, job, "create", async () => {
+      active.sink = await loaded.plugin.create(target, { job, logger, options: loaded.options });
+      if (active.sink === null || typeof active.sink !== "object" || typeof active.sink.write !== "function") {
+        throw Errors.SINK_INVALID([loaded.plugin.name, "create() must return an object with write, prepare, commit and abort"]);
+      }
+    });
+    await this.#call(active, job, "open", () => active.sink!.open?.());
+    return active;
   }
 
   #target(config: SinkConfig, job: JobContext): { target: SinkTarget; loaded: LoadedSink } {
@@ -154,7 +165,11 @@ export class SinkManager implements WorkerPlugin {
   async #write(batch: Batch, job: JobContext): Promise<void> {
     const state = this.#jobs.get(job);
     if (state === undefined) return;
-    const sinks = state.byTopic.get(batch.topic);
+    let sinks = state.byTopic.get(batch.topic);
+    if (sinks === undefined && state.catchAll !== null) {
+      const { target, loaded } = this.#target(forTopic(state.catchAll, batch.topic), job);
+      sinks = [await this.#start(target, loaded, job, state)];
+    }
     if (sinks === undefined) {
       state.unroutedBatches++;
       state.unroutedRows += batch.numRows;
@@ -287,6 +302,13 @@ export class SinkManager implements WorkerPlugin {
       throw Errors.SINK_WRITE_FAILED([`"${active.loaded.plugin.name}" (${active.target.uri}) in ${step}`, errorMessage(err)], { context, cause: err, hint: hintFor(err) });
     }
   }
+}
+
+/** The catch-all config made concrete for one topic. */
+function forTopic(config: SinkConfig, topic: string): SinkConfig {
+  // Sink URIs are percent-decoded: keep the topic's own characters literal.
+  const escaped = topic.replace(/%/g, "%25").replace(/\?/g, "%3F").replace(/#/g, "%23");
+  return { ...config, topic, uri: config.uri.split(TOPIC_PLACEHOLDER).join(escaped) };
 }
 
 /** The fixes people need for the system errors a sink meets most. */

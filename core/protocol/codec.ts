@@ -206,6 +206,8 @@ function record<T>(value: Check<T>): Check<Record<string, T>> {
 interface Field<T> {
   check: Check<T>;
   default?: () => T;
+  /** Missing stays missing (not written, not filled): for extensions other peers never send. */
+  omittable?: boolean;
 }
 type Shape<T> = { [K in keyof T]-?: Field<T[K]> };
 
@@ -214,6 +216,9 @@ function required<T>(check: Check<T>): Field<T> {
 }
 function optional<T>(check: Check<T>, fallback: () => T): Field<T> {
   return { check, default: fallback };
+}
+function omittable<T>(check: Check<T>): Field<T | undefined> {
+  return { check, omittable: true };
 }
 
 /** Fields in declaration order, which is also the order written on the wire. */
@@ -227,6 +232,7 @@ function object<T>(shape: Shape<T>): Check<T> {
     for (const [key, field] of Object.entries(shape) as Array<[string, Field<unknown>]>) {
       const fieldPath = path ? `${path}.${key}` : key;
       if (!(key in v) || v[key] === undefined) {
+        if (field.omittable === true) continue;
         if (field.default) out[key] = field.default();
         else issues.push(`${fieldPath}: required field is missing`);
         continue;
@@ -266,6 +272,7 @@ const PAYLOADS: { [O in Opcode]: Check<PayloadByOpcode[O]> | null } = {
     env_hash: required(str),
     source_code: required(str),
     artifact_hash: optional(nullable(str), () => null),
+    plugin_config: omittable(str),
   }),
   [Opcode.ABORT]: null,
   [Opcode.HEARTBEAT]: object<HeartbeatPayload>({

@@ -34,6 +34,18 @@ export interface Header {
 
 export type SinkMode = "append" | "replace" | "error";
 
+/**
+ * Vocabulary of SinkConfig that this worker understands beyond protocol v4 (our own
+ * Sentinel, `casparian run`, sends it; other Sentinels never do):
+ *  - topic ANY_TOPIC: the sink of every topic that has no sink of its own, opened when
+ *    the topic's first batch arrives (topics registered at run time included);
+ *  - TOPIC_PLACEHOLDER in its URI: the topic's name;
+ *  - INPUT_PLACEHOLDER: the input's output name, filled in by `casparian run` before dispatch.
+ */
+export const ANY_TOPIC = "*";
+export const TOPIC_PLACEHOLDER = "{topic}";
+export const INPUT_PLACEHOLDER = "{input}";
+
 export interface SinkConfig {
   topic: string;
   uri: string;
@@ -54,6 +66,11 @@ export interface DispatchCommand {
   env_hash: string;
   source_code: string;
   artifact_hash: string | null;
+  /**
+   * Extension (absent from protocol v4, never written when absent): the plugin's config
+   * as a JSON object, given to its configure(ctx, config) / Plugin(config).
+   */
+  plugin_config?: string;
 }
 
 export type ReceiptStatus = "SUCCESS" | "FAILED";

@@ -8,22 +8,28 @@
  * for a reason that is not a usage error), 2 usage error, 130 Ctrl-C.
  */
 import { createWriteStream, type WriteStream } from "node:fs";
-import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
-import { join, relative, resolve } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import type { LevelWithSilent } from "pino";
-import { loadConfig } from "../config/loader.js";
+import { loadConfig, type LoadedConfig } from "../config/loader.js";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
 import { createLogger, type Logger } from "../kernel/logger.js";
+import type { SinkMode } from "../protocol/messages.js";
+import { checkSinkPlan } from "../worker/sink-preflight.js";
 import { casparianHome } from "../worker/worker-id.js";
-import { expandInputs } from "./inputs.js";
-import { parseSinkFlag, planSinks, removeStaleStaging, stagingRootFor } from "./outputs.js";
-import { provideBareEnvWithoutUv, resolvePluginEnvironment } from "./plugin-env.js";
-import { inspectPlugin } from "./plugin.js";
+import { expandInputs, type NamedInput } from "./inputs.js";
+import { describeSink, parseMode, parseSinkFlag, planSinks, removeStaleStaging, stagingRootFor, type SinkPlan } from "./outputs.js";
+import { planInputs, recipeOf, type InputPlan } from "./plan.js";
+import { provideBareEnvWithoutUv, resolvePluginEnvironment, type PluginEnvironment } from "./plugin-env.js";
+import { inspectPlugin, type PluginInfo } from "./plugin.js";
+import { checkOutputRoot } from "./output-root.js";
 import { Progress } from "./progress.js";
+import { promote } from "./promote.js";
 import { Scheduler, type RunResult } from "./scheduler.js";
+import { RunState } from "./state.js";
 import { firstLine, renderSummary, summarize } from "./summary.js";
 import { unifyRunOutputs } from "./unify-files.js";
 
@@ -42,29 +48,46 @@ Inputs are files, directories (searched recursively, hidden files skipped) and
 glob patterns (quote them: "data/**/*.csv").
 
 Options:
-  --output DIR        where results go (default ./output, or "output" in the config)
-  --workers N         worker processes (default: number of CPU cores, or run.workers)
-  --sink TOPIC=URI    send a topic to a sink, e.g. --sink output=parquet://sales.parquet
-                      (repeatable; replaces the plugin's MANIFEST["sinks"] and run.sinks)
-  --config FILE       config file (default: casparian.config.* searched from here up)
-  --report FILE       also write the run as JSON: every input with its state, job id, error,
-                      receipt metrics and output files (for scripts and benchmarks)
-  --log-level LEVEL   ${LOG_LEVELS.join(", ")} (default warn; debug also shows worker logs)
-  -h, --help          show this help
+  --output DIR          where results go (default ./output, or "output" in the config)
+  --workers N           worker processes (default: number of CPU cores, or run.workers)
+  --sink TOPIC=URI      send a topic to a sink, e.g. --sink output=sqlite://sales.db/sales
+                        or --sink output=parquet://sales/{input}.parquet ({input}: the
+                        input's name, see below); repeatable; replaces MANIFEST["sinks"]
+                        and run.sinks. Topics without a sink still land in <output>/<topic>/
+  --mode MODE           write mode of the --sink sinks: replace (default), append, error
+  --all                 process every input, also those unchanged since their last run
+  --keep-going          run every input even when the first ones all fail the same way
+  --plugin-config X     a JSON object, or a JSON file, given to the plugin's
+                        configure(ctx, config) / Plugin(config)
+  --config FILE         config file (default: casparian.config.* searched from here up)
+  --report FILE         also write the run as JSON: every input with its state, job id, error,
+                        receipt metrics and outputs (for scripts and benchmarks)
+  --log-level LEVEL     ${LOG_LEVELS.join(", ")} (default warn; debug also shows worker logs)
+  -h, --help            show this help
 
-Output (when no sink is given): one Parquet file per topic per input,
-  <output>/<topic>/<input name>.parquet      e.g. output/output/sales-2024-01.parquet
-Each topic directory is one table; running again replaces the files of the inputs
-it processed. Files appear only once their input succeeded; nothing partial is
-ever left under <output>.
+Output (by default): one Parquet file per topic per input,
+  <output>/<topic>/<input name>.parquet     e.g. output/output/data/sales-2024-01.csv.parquet
+where <input name> is the input's path relative to the directory holding <output>,
+extension kept (outside it: @abs/<absolute path>). Each topic directory is one table.
+Reruns are incremental: inputs unchanged since their last successful run (same size
+and mtime or content, same plugin, lockfile, sinks and plugin config) are skipped; a
+processed input's outputs replace its earlier ones in every topic. The run state is
+kept in <output>/.casparian/. Files appear only once their input succeeded; nothing
+partial is ever left under <output>.
+
+Modes, per input: replace (the sink holds the input's latest rows), append (rows of
+its earlier versions are kept too, each version once), error (fail if the input
+already has output there). On one fixed URI, replace and error need a sink that can
+replace one input's rows (the example SQL sinks); others must put {input} in the URI.
 
 Plugin environment: a uv.lock beside the plugin, else PEP 723 "# /// script"
 dependencies (locked with uv), else a bare Python environment.
 
 Exit codes:
-  0    every input succeeded
+  0    every input succeeded (or was unchanged)
   1    at least one input failed, or the plugin / its environment is broken
-  2    usage error (bad flags, no such plugin, an input matching no file)
+  2    usage error (bad flags, no such plugin, an input matching no file, a sink
+       that cannot load or cannot take the URI or mode it was given)
   130  interrupted (Ctrl-C)
 `;
 
@@ -74,6 +97,10 @@ interface RunFlags {
   output?: string;
   workers?: number;
   sinks: string[];
+  mode?: SinkMode;
+  all: boolean;
+  keepGoing: boolean;
+  pluginConfig?: string;
   config?: string;
   report?: string;
   logLevel?: LevelWithSilent;
@@ -90,6 +117,10 @@ export function parseRunFlags(argv: readonly string[]): RunFlags | "help" {
         output: { type: "string", short: "o" },
         workers: { type: "string", short: "w" },
         sink: { type: "string", multiple: true },
+        mode: { type: "string" },
+        all: { type: "boolean" },
+        "keep-going": { type: "boolean" },
+        "plugin-config": { type: "string" },
         config: { type: "string", short: "c" },
         "log-level": { type: "string" },
         report: { type: "string" },
@@ -111,7 +142,22 @@ export function parseRunFlags(argv: readonly string[]): RunFlags | "help" {
   }
   const logLevel = values["log-level"] as LevelWithSilent | undefined;
   if (logLevel !== undefined && !LOG_LEVELS.includes(logLevel)) throw Errors.CLI_USAGE([`--log-level expects one of ${LOG_LEVELS.join(", ")}, got "${logLevel}"`]);
-  return { plugin, inputs, output: values.output, workers, sinks: values.sink ?? [], config: values.config, report: values.report, logLevel };
+  const mode = values.mode === undefined ? undefined : parseMode(values.mode, "--mode");
+  if (mode !== undefined && (values.sink ?? []).length === 0) throw Errors.CLI_USAGE(["--mode applies to --sink sinks, and none was given"], { hint: "give the mode of a config or MANIFEST sink in its own entry: { uri, mode }" });
+  return {
+    plugin,
+    inputs,
+    output: values.output,
+    workers,
+    sinks: values.sink ?? [],
+    mode,
+    all: values.all === true,
+    keepGoing: values["keep-going"] === true,
+    pluginConfig: values["plugin-config"],
+    config: values.config,
+    report: values.report,
+    logLevel,
+  };
 }
 
 /** Entry point, called by the CLI with the arguments after `run`. Never throws. */
@@ -126,70 +172,154 @@ export async function runCommand(argv: string[]): Promise<number> {
     logger = createLogger({ level: flags.logLevel ?? "warn", fd: 2 });
     return await run(flags, logger);
   } catch (err) {
-    return report(err);
+    return reportError("casparian run", err);
   } finally {
     logger?.flush();
   }
 }
 
-function report(err: unknown): number {
+/** Errors that mean "what you asked for cannot work": found before anything ran, exit 2. */
+const USAGE_CODES = new Set([
+  Errors.CLI_USAGE.code,
+  Errors.SINK_INVALID.code,
+  Errors.SINK_UNKNOWN_SCHEME.code,
+  Errors.SINK_BAD_URI.code,
+  Errors.SINK_PATH_ESCAPE.code,
+  Errors.SINK_BAD_SCHEMA_DEF.code,
+  Errors.RUN_SINK_MODE.code,
+]);
+
+export function reportError(command: string, err: unknown): number {
   if (err instanceof CasparianError) {
     const hint = err.hint === undefined ? "" : `\nhint: ${err.hint}`;
-    process.stderr.write(`casparian run: ${err.code}: ${err.message}${hint}\n`);
-    const usage = err.code === Errors.CLI_USAGE.code || err.code.startsWith("CSP_CONFIG_");
+    process.stderr.write(`${command}: ${err.code}: ${err.message}${hint}\n`);
+    const usage = USAGE_CODES.has(err.code) || err.code.startsWith("CSP_CONFIG_");
     return usage ? RunExit.USAGE : RunExit.FAILED;
   }
-  process.stderr.write(`casparian run: unexpected error (this is a bug, please report it)\n${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.stderr.write(`${command}: unexpected error (this is a bug, please report it)\n${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   return RunExit.FAILED;
+}
+
+/** Everything a run needs that can be checked without running: shared with `casparian validate`. */
+export interface CheckedRun {
+  plugin: PluginInfo;
+  sinks: SinkPlan;
+  outputRoot: string;
+  pluginConfig: unknown;
+  config: LoadedConfig;
+}
+
+export async function checkRun(options: { plugin: string; output?: string; sinks: string[]; mode?: SinkMode; pluginConfig?: string; config?: string; cwd: string; createOutput: boolean }): Promise<CheckedRun> {
+  const { cwd } = options;
+  const pluginPath = resolve(cwd, options.plugin);
+  const pluginStat = await stat(pluginPath).catch(() => null);
+  if (pluginStat === null || !pluginStat.isFile()) throw Errors.CLI_USAGE([`plugin ${options.plugin} is not a file`]);
+  const loaded = await loadConfig({ explicitPath: options.config, cwd, command: "run" });
+  const outputRoot = options.output !== undefined ? resolve(cwd, options.output) : resolve(loaded.dir, loaded.config.output ?? "./output");
+  const pluginConfig = await readPluginConfig(options.pluginConfig, cwd);
+  const plugin = await inspectPlugin(pluginPath);
+  const sinks = planSinks({ cliSinks: options.sinks.map((flag) => parseSinkFlag(flag, options.mode)), manifest: plugin.manifest, configSinks: loaded.config.run?.sinks });
+  await checkOutputRoot(outputRoot, false);
+  await checkSinkPlan(sinks.sinks.map((s) => ({ ...s, label: describeSink(s) })), { config: loaded.config, configDir: loaded.dir, outputRoot });
+  // Created only once everything else is known to be right.
+  if (options.createOutput) await checkOutputRoot(outputRoot, true);
+  return { plugin, sinks, outputRoot, pluginConfig, config: loaded };
+}
+
+async function readPluginConfig(value: string | undefined, cwd: string): Promise<unknown> {
+  if (value === undefined) return null;
+  const text = value.trimStart().startsWith("{") ? value : await readFile(resolve(cwd, value), "utf8").catch((err: NodeJS.ErrnoException) => {
+    throw Errors.CLI_USAGE([`--plugin-config ${value}: not a JSON object and not a readable file (${err.code ?? err.message})`]);
+  });
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (err) {
+    throw Errors.CLI_USAGE([`--plugin-config ${value.length > 60 ? `${value.slice(0, 60)}…` : value}: invalid JSON: ${(err as Error).message}`]);
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw Errors.CLI_USAGE([`--plugin-config must be a JSON object, got ${Array.isArray(parsed) ? "an array" : typeof parsed}`]);
+  return parsed;
 }
 
 async function run(flags: RunFlags, logger: Logger): Promise<number> {
   const cwd = process.cwd();
-  const pluginPath = resolve(cwd, flags.plugin);
-  const pluginStat = await stat(pluginPath).catch(() => null);
-  if (pluginStat === null || !pluginStat.isFile()) throw Errors.CLI_USAGE([`plugin ${flags.plugin} is not a file`]);
-
-  const loaded = await loadConfig({ explicitPath: flags.config, cwd, command: "run" });
-  const config = loaded.config;
-  const outputRoot = flags.output !== undefined ? resolve(cwd, flags.output) : resolve(loaded.dir, config.output ?? "./output");
+  // Everything that can be wrong with the plugin, the sinks or the inputs is found before a worker starts.
+  const checked = await checkRun({ ...flags, cwd, createOutput: true });
+  const { plugin, sinks, outputRoot, pluginConfig } = checked;
+  const config = checked.config.config;
   const workers = flags.workers ?? config.run?.workers ?? availableParallelism();
   const home = resolve(config.home ?? casparianHome());
-
-  // Everything that can be wrong with the plugin or the inputs is found before a worker starts.
-  const plugin = await inspectPlugin(pluginPath);
   for (const warning of plugin.warnings) process.stderr.write(`casparian run: warning: ${warning}\n`);
-  const inputs = await expandInputs(flags.inputs, cwd);
-  const sinks = planSinks({ cliSinks: flags.sinks.map(parseSinkFlag), manifest: plugin.manifest, configSinks: config.run?.sinks });
+  const expanded = await expandInputs(flags.inputs, cwd);
+  // A directory argument that holds the output (`casparian run p.py .`) must not read the run's own files.
+  const inputs = expanded.filter((input) => !isInside(input.path, outputRoot));
+  if (inputs.length === 0) throw Errors.CLI_USAGE([`every input is inside the output directory ${outputRoot}`]);
   const env = await resolvePluginEnvironment(plugin, { home, logger, uv: config.environments?.uv });
   await provideBareEnvWithoutUv(env, { home, logger, uv: config.environments?.uv });
-  logger.info({ plugin: plugin.name, env: env.source, env_hash: env.envHash, lock: env.lockPath, sinks: sinks.source, inputs: inputs.length, workers }, "run planned");
 
-  await mkdir(outputRoot, { recursive: true });
-  await removeStaleStaging(outputRoot);
+  const state = RunState.open(outputRoot);
+  try {
+    if (state.recovered > 0) process.stderr.write(`casparian run: finished publishing ${state.recovered} input(s) that an interrupted run had left half published\n`);
+    await removeStaleStaging(outputRoot);
+    const recipeFor = (input: NamedInput) => recipeOf({ pluginSource: plugin.source, envHash: env.envHash, sinks: sinks.forInput(input.name), pluginConfig });
+    const plan = await planInputs(inputs, state, { inputRoot: dirname(outputRoot), all: flags.all, recipeFor });
+    logger.info({ plugin: plugin.name, env: env.source, env_hash: env.envHash, lock: env.lockPath, sinks: sinks.source, inputs: inputs.length, to_run: plan.toRun.length, workers }, "run planned");
+    return await execute({ flags, logger, cwd, home, workers, outputRoot, plugin, env, sinks, pluginConfig, state, plan, configFile: checked.config.filepath ?? undefined });
+  } finally {
+    state.close();
+  }
+}
+
+interface Execution {
+  flags: RunFlags;
+  logger: Logger;
+  cwd: string;
+  home: string;
+  workers: number;
+  outputRoot: string;
+  plugin: PluginInfo;
+  env: PluginEnvironment;
+  sinks: SinkPlan;
+  pluginConfig: unknown;
+  state: RunState;
+  plan: InputPlan;
+  configFile?: string;
+}
+
+async function execute(x: Execution): Promise<number> {
+  const { flags, logger, cwd, home, plugin, env, sinks, state, plan, outputRoot } = x;
+  const planned = new Map(plan.toRun.map((p) => [p.input.path, p]));
   const stagingRoot = stagingRootFor(outputRoot);
   const workerLog = await openRunLog(home);
-
-  const progress = new Progress(inputs.length);
+  const progress = new Progress(plan.toRun.length);
   const scheduler = new Scheduler({
-    inputs,
+    inputs: plan.toRun.map((p) => p.input),
     plugin,
     env,
-    sinksFor: sinks.forInput,
-    workers,
+    sinksFor: (input) => sinks.forInput(input.name),
+    pluginConfig: x.pluginConfig === null ? undefined : JSON.stringify(x.pluginConfig),
+    publish: (job, receipt, workerRoot) => {
+      const entry = planned.get(job.input.path)!;
+      return promote(state, { input: job.input, contentSha256: entry.contentSha256, recipe: entry.recipe, jobId: job.jobId!, receipt, sinks: job.sinks, workerRoot });
+    },
+    keepGoing: flags.keepGoing,
+    workers: x.workers,
     outputRoot,
     stagingRoot,
     sharedOutput: !sinks.promotable,
-    configFile: loaded.filepath ?? undefined,
+    configFile: x.configFile,
     logLevel: flags.logLevel === "debug" || flags.logLevel === "trace" ? flags.logLevel : "info",
     logger,
     workerLog: workerLog.stream,
     echoWorkerLogs: flags.logLevel === "debug" || flags.logLevel === "trace",
     events: {
       jobFinished: (job) => {
+        if (job.state === "failed") state.recordFailure(job.input.path, job.jobId, job.error ?? "failed");
         if (job.state === "not-run") return;
-        const rows = Number(job.receipt?.metrics.rows ?? 0);
-        progress.jobFinished(job.state === "failed", job.state === "succeeded" ? rows : 0);
+        const rows = job.artifacts.reduce((n, a) => n + a.rows, 0);
+        progress.jobFinished(job.state === "failed", job.state === "succeeded" ? rows : 0, job.input.path);
       },
+      jobProgress: (job, rows, bytes) => progress.streaming(job.input.path, rows, bytes),
       workerLost: (_id, reason, job) => {
         if (job === null) progress.note(`${reason}; starting a replacement`);
       },
@@ -217,17 +347,17 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
   };
   process.on("SIGINT", onSigint);
   process.on("SIGTERM", onSigint);
-  if (env.source !== "bare" && (await stat(join(home, "venvs", env.envHash)).catch(() => null)) === null) {
+  if (plan.toRun.length > 0 && env.source !== "bare" && (await stat(join(home, "venvs", env.envHash)).catch(() => null)) === null) {
     progress.note(`building the environment for ${plugin.name} from ${env.lockPath ?? "its lock"} (first run only)`);
   }
-  progress.start();
+  if (plan.toRun.length > 0) progress.start();
   let result;
   try {
     result = await scheduler.run();
   } finally {
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigint);
-    progress.stop();
+    if (plan.toRun.length > 0) progress.stop();
     await workerLog.close();
   }
 
@@ -243,7 +373,7 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
     (err: unknown) => err,
   );
   const seconds = (performance.now() - started) / 1000;
-  const summary = summarize(result.jobs, cwd);
+  const summary = summarize(result.jobs, { unchanged: plan.unchanged.length, totals: state.totals(), outputRoot });
   const sharedError = result.fatal !== null && Errors.RUN_PLUGIN_FAILS_EVERYWHERE.is(result.fatal);
   process.stdout.write(renderSummary(summary, { seconds, interrupted: result.interrupted, cwd, sharedError }));
   if (widening !== null) process.stderr.write(`casparian run: the topic directories could not be given one schema: ${errorMessage(widening)}\n`);
@@ -251,7 +381,9 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
     const hint = result.fatal.hint === undefined ? "" : `\nhint: ${result.fatal.hint}`;
     process.stderr.write(`casparian run: ${result.fatal.code}: ${result.fatal.message}${hint}\n`);
   }
-  if (flags.report !== undefined) await writeReport(resolve(cwd, flags.report), { seconds, workers, result, plugin: plugin.name, env: env.source });
+  if (flags.report !== undefined) {
+    await writeReport(resolve(cwd, flags.report), { seconds, workers: x.workers, result, plugin: plugin.name, env: env.source, unchanged: plan.unchanged, state, outputRoot });
+  }
   if (summary.failed.length > 0 || result.fatal !== null) process.stderr.write(`casparian run: worker logs: ${workerLog.path}\n`);
   if (result.interrupted) {
     // The staging root is gone (scheduler); say so for anyone checking --output.
@@ -265,8 +397,21 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
   return failed ? RunExit.FAILED : RunExit.OK;
 }
 
-/** The --report file: bigint ids as decimal strings, so any JSON reader keeps them exact. */
-async function writeReport(path: string, run: { seconds: number; workers: number; result: RunResult; plugin: string; env: string }): Promise<void> {
+function isInside(path: string, dir: string): boolean {
+  const rel = relative(dir, path);
+  return rel !== "" && !rel.startsWith("..") && !isAbsolute(rel);
+}
+
+/**
+ * The --report file: bigint ids as decimal strings, so any JSON reader keeps them exact.
+ * `outputs` per topic are what the output holds after the run (the run state), as the summary.
+ */
+async function writeReport(
+  path: string,
+  run: { seconds: number; workers: number; result: RunResult; plugin: string; env: string; unchanged: readonly NamedInput[]; state: RunState; outputRoot: string },
+): Promise<void> {
+  const outputsOf = (inputPath: string) =>
+    run.state.outputsOf(inputPath).map((o) => ({ topic: o.topic, uri: o.uri, file: o.file === null ? null : join(run.outputRoot, o.file), rows: o.rows, bytes: o.bytes }));
   const report = {
     plugin: run.plugin,
     environment: run.env,
@@ -274,17 +419,36 @@ async function writeReport(path: string, run: { seconds: number; workers: number
     seconds: run.seconds,
     interrupted: run.result.interrupted,
     error: run.result.fatal === null ? null : { code: run.result.fatal.code, message: run.result.fatal.message },
-    inputs: run.result.jobs.map((job) => ({
-      path: job.input.path,
-      file_version_id: job.input.fileVersionId.toString(),
-      state: job.state,
-      job_id: job.jobId?.toString() ?? null,
-      attempts: job.attempts,
-      error: job.error,
-      round_trip_ms: job.roundTripMs,
-      metrics: Object.fromEntries(Object.entries(job.receipt?.metrics ?? {}).map(([k, v]) => [k, Number(v)])),
-      artifacts: job.artifacts.map((a) => ({ topic: a.topic, uri: a.uri, bytes: a.bytes })),
-    })),
+    output: run.outputRoot,
+    topics: run.state.totals(),
+    inputs: [
+      ...run.result.jobs.map((job) => ({
+        path: job.input.path,
+        name: job.input.name,
+        file_version_id: job.input.fileVersionId.toString(),
+        state: job.state,
+        job_id: job.jobId?.toString() ?? null,
+        attempts: job.attempts,
+        error: job.error,
+        round_trip_ms: job.roundTripMs,
+        metrics: Object.fromEntries(Object.entries(job.receipt?.metrics ?? {}).map(([k, v]) => [k, Number(v)])),
+        artifacts: job.artifacts.map((a) => ({ topic: a.topic, uri: a.uri, bytes: a.bytes, rows: a.rows })),
+        outputs: job.state === "succeeded" ? outputsOf(job.input.path) : [],
+      })),
+      ...run.unchanged.map((input) => ({
+        path: input.path,
+        name: input.name,
+        file_version_id: input.fileVersionId.toString(),
+        state: "unchanged",
+        job_id: run.state.lookup(input.path)?.jobId?.toString() ?? null,
+        attempts: 0,
+        error: null,
+        round_trip_ms: null,
+        metrics: {},
+        artifacts: [],
+        outputs: outputsOf(input.path),
+      })),
+    ],
   };
   await writeFile(path, `${JSON.stringify(report, null, 2)}\n`);
 }

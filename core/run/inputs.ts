@@ -1,11 +1,20 @@
 /**
  * Turns the command line's inputs (files, directories, globs) into the list of
- * files to process: one job per file. Each file gets a stable file_version_id and
- * the name its outputs will carry under --output.
+ * files to process, one job per file, each with its identity: absolute path, size,
+ * mtime and a file_version_id that is stable while the file is unchanged.
+ *
+ * Output names (the `{input}` of a sink URI) follow one rule, independent of which
+ * inputs a run is given: the input's path relative to the input root, extension kept
+ * (`data/2024/jan.csv`), where the input root is the directory that holds the output
+ * directory; an input outside that root is named by its absolute path below `@abs/`
+ * (`@abs/mnt/share/jan.csv`; not `_abs`: pyarrow.dataset skips names that start with
+ * "_" or "."). The run state keeps the name an input got the first time, so it never
+ * changes afterwards.
  */
 import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
-import { dirname, extname, isAbsolute, relative, resolve, sep } from "node:path";
+import { isAbsolute, relative, resolve, sep } from "node:path";
 import { glob, isDynamicPattern } from "tinyglobby";
 import { Errors } from "../kernel/errors.js";
 
@@ -13,17 +22,19 @@ export interface InputFile {
   /** Absolute path, as sent in DISPATCH. */
   readonly path: string;
   readonly size: number;
+  readonly mtimeNs: bigint;
   /** Lineage id: the same file, unchanged, always gets the same id. */
   readonly fileVersionId: bigint;
-  /**
-   * Output name without extension, relative to the topic directory: the input's
-   * path below the inputs' common directory ("2024/jan" for data/2024/jan.csv), so
-   * inputs with the same file name in different directories never collide.
-   */
-  readonly outputStem: string;
+}
+
+/** An input with the name its outputs carry (from the run state). */
+export interface NamedInput extends InputFile {
+  readonly name: string;
 }
 
 const U63_MASK = (1n << 63n) - 1n;
+/** Top-level directory of the names of inputs outside the input root. */
+export const OUTSIDE_ROOT = "@abs";
 
 /**
  * sha256(absolute path, size, mtime) truncated to 63 bits: stable across runs for
@@ -35,6 +46,21 @@ export function fileVersionId(absolutePath: string, size: bigint | number, mtime
   return digest.readBigUInt64BE(0) & U63_MASK;
 }
 
+/** The output name of `absolutePath` under `inputRoot` (see the module comment). */
+export function outputName(absolutePath: string, inputRoot: string): string {
+  const rel = relative(inputRoot, absolutePath);
+  const inside = rel !== "" && rel !== ".." && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
+  const name = inside ? rel : `${OUTSIDE_ROOT}${sep}${absolutePath.replace(/^[/\\]+/, "")}`;
+  return name.split(sep).join("/");
+}
+
+/** SHA-256 of the file's content, hex. */
+export async function contentSha256(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
 /** Expands every argument; throws CSP_CLI_USAGE naming the first one that matches nothing. */
 export async function expandInputs(args: readonly string[], cwd: string): Promise<InputFile[]> {
   const paths = new Set<string>();
@@ -43,18 +69,10 @@ export async function expandInputs(args: readonly string[], cwd: string): Promis
     if (matched.length === 0) throw Errors.CLI_USAGE([`input ${JSON.stringify(arg)} matches no file`]);
     for (const path of matched) paths.add(path);
   }
-  const sorted = [...paths].sort();
-  const base = commonDirectory(sorted);
   return Promise.all(
-    sorted.map(async (path) => {
+    [...paths].sort().map(async (path) => {
       const info = await stat(path, { bigint: true });
-      const rel = relative(base, path);
-      return {
-        path,
-        size: Number(info.size),
-        fileVersionId: fileVersionId(path, info.size, info.mtimeNs),
-        outputStem: rel.slice(0, rel.length - extname(rel).length).split(sep).join("/"),
-      };
+      return { path, size: Number(info.size), mtimeNs: info.mtimeNs, fileVersionId: fileVersionId(path, info.size, info.mtimeNs) };
     }),
   );
 }
@@ -64,25 +82,11 @@ async function expandOne(arg: string, cwd: string): Promise<string[]> {
   const info = await stat(absolute).catch(() => null);
   if (info?.isFile()) return [absolute];
   if (info?.isDirectory()) {
-    // Hidden files (.DS_Store, editor swap files) are never data.
+    // Hidden files and directories (.DS_Store, editor swap files, a run state) are never data.
     return glob("**/*", { cwd: absolute, absolute: true, onlyFiles: true, dot: false, followSymbolicLinks: true });
   }
   if (info === null && isDynamicPattern(arg)) {
     return glob(arg, { cwd, absolute: true, onlyFiles: true, dot: false, expandDirectories: false });
   }
   return [];
-}
-
-function commonDirectory(paths: readonly string[]): string {
-  if (paths.length === 0) return "/";
-  let common = dirname(paths[0]!);
-  for (const path of paths) {
-    while (!isWithin(path, common)) common = dirname(common);
-  }
-  return common;
-}
-
-function isWithin(path: string, dir: string): boolean {
-  const rel = relative(dir, path);
-  return rel !== "" && !rel.startsWith("..") && !isAbsolute(rel);
 }

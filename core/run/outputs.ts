@@ -1,107 +1,143 @@
 /**
- * Where a run's data goes, and how it gets there.
+ * Where a run's data goes.
  *
- * Sinks per job come from, in order: --sink TOPIC=URI, the plugin's
- * MANIFEST["sinks"], the config's run.sinks, else the default layout:
+ * Sinks come from, in order: --sink TOPIC=URI (with --mode), the plugin's
+ * MANIFEST["sinks"], the config's run.sinks; every topic none of them names lands in
+ * the default layout,
  *
  *   <output>/<topic>/<input name>.parquet     one file per topic per input
  *
- * so each topic directory is one table (`SELECT * FROM 'output/output/*.parquet'`)
- * and running again over the same inputs replaces their files instead of adding
- * duplicates. Topics: "output" plus any listed in MANIFEST["topics"].
+ * (a catch-all sink, topic "*", that the worker opens for each topic the plugin
+ * publishes, including topics registered at run time), so each topic directory is one
+ * table and nothing published is dropped.
  *
- * Workers never write into --output directly: each has a private root under
- * <output>/.casparian-staging-<pid>/, and a file is moved (renamed, same file
- * system) into --output only once its job concluded SUCCESS. A worker that dies,
- * a retried job or Ctrl-C therefore never leaves a partial or duplicate file.
- * That needs one file per job, so it applies when every sink is Parquet; with
- * other sinks (a database) the workers write into --output itself and the sinks'
- * own staging and two-phase commit keep partial data invisible.
+ * Placeholders in a sink URI: `{input}` is the input's output name (its path below the
+ * input root, extension kept: `2024/jan.csv`), `{topic}` the topic's name.
+ *
+ * Modes (default replace), per input, never per run:
+ *   replace  the sink ends up with exactly this input's latest rows;
+ *   append   it keeps the rows of the input's earlier versions too (each version once);
+ *   error    the input fails if it already has output there.
+ * With `{input}` in the URI every input has its own target, so any sink can do that. On
+ * one fixed URI, replace and error need a sink that acts on one input's rows inside a
+ * shared target (a SinkPlugin with `inputScopedModes: true`, like the example SQL
+ * sinks); elsewhere they are refused up front, because each input would overwrite the
+ * others'.
+ *
+ * Workers never write files into --output directly: each has a private root under
+ * <output>/.casparian-staging-<pid>/, and a file is moved into --output only once its
+ * job concluded SUCCESS (promote.ts). That needs one file per job, so it applies when
+ * every sink is Parquet; with other sinks (a database) the workers write into --output
+ * itself and the sinks' own staging and two-phase commit keep partial data invisible.
  */
-import { mkdir, readdir, realpath, rename, rm, stat } from "node:fs/promises";
-import { dirname, isAbsolute, join, relative, sep } from "node:path";
+import { readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
 import { Errors } from "../kernel/errors.js";
-import type { Artifact, SinkConfig, SinkMode } from "../protocol/messages.js";
-import type { InputFile } from "./inputs.js";
-import type { PluginManifest } from "./plugin.js";
 import { isProcessAlive } from "../kernel/process.js";
+import { ANY_TOPIC, INPUT_PLACEHOLDER, TOPIC_PLACEHOLDER, type SinkConfig, type SinkMode } from "../protocol/messages.js";
+import type { PluginManifest } from "./plugin.js";
 
 export const DEFAULT_TOPIC = "output";
+export { ANY_TOPIC, INPUT_PLACEHOLDER, TOPIC_PLACEHOLDER };
+export const DEFAULT_SINK_URI = `parquet://${TOPIC_PLACEHOLDER}/${INPUT_PLACEHOLDER}.parquet`;
 const STAGING_PREFIX = ".casparian-staging-";
+export const MODES: readonly SinkMode[] = ["replace", "append", "error"];
 
 export type SinkSource = "--sink" | "MANIFEST" | "config" | "default";
 
-export interface SinkPlan {
-  source: SinkSource;
-  /** True when every sink writes one Parquet file per job, so workers can use private roots. */
-  promotable: boolean;
-  /** The sinks of the job for one input. */
-  forInput(input: InputFile): SinkConfig[];
+/** One configured sink, placeholders still in its URI. */
+export interface PlannedSink extends SinkConfig {
+  readonly source: SinkSource;
 }
 
+export interface SinkPlan {
+  /** Where the named sinks came from ("default" when only the catch-all is there). */
+  source: SinkSource;
+  /** Every sink, the catch-all last. */
+  sinks: PlannedSink[];
+  /** True when every sink writes one Parquet file per job, so workers can use private roots. */
+  promotable: boolean;
+  /** The sinks of the job for one input: placeholders filled in. */
+  forInput(name: string): SinkConfig[];
+}
+
+/** `run.sinks` in the config: topic → URI, or → { uri, mode }. */
+export type ConfigSinks = Record<string, string | { uri: string; mode?: string; schema_def?: unknown }>;
+
 /** Parses `--sink TOPIC=URI`; throws CSP_CLI_USAGE on a malformed one. */
-export function parseSinkFlag(flag: string): SinkConfig {
+export function parseSinkFlag(flag: string, mode: SinkMode = "replace"): PlannedSink {
   const eq = flag.indexOf("=");
   const topic = eq > 0 ? flag.slice(0, eq) : "";
   const uri = eq > 0 ? flag.slice(eq + 1) : "";
   if (topic === "" || !/^[a-z][a-z0-9+.-]*:\/\/./i.test(uri)) {
-    throw Errors.CLI_USAGE([`--sink expects TOPIC=URI (e.g. output=parquet://sales.parquet), got ${JSON.stringify(flag)}`]);
+    throw Errors.CLI_USAGE([`--sink expects TOPIC=URI (e.g. output=parquet://sales/{input}.parquet), got ${JSON.stringify(flag)}`]);
   }
-  return { topic, uri, mode: "append", schema_def: null };
+  return { topic, uri, mode, schema_def: null, source: "--sink" };
 }
 
-export function planSinks(options: { cliSinks: SinkConfig[]; manifest: PluginManifest | null; configSinks?: Record<string, string> }): SinkPlan {
+export function parseMode(value: string, where: string): SinkMode {
+  if (!MODES.includes(value as SinkMode)) throw Errors.CLI_USAGE([`${where} expects one of ${MODES.join(", ")}, got ${JSON.stringify(value)}`]);
+  return value as SinkMode;
+}
+
+export function planSinks(options: { cliSinks: PlannedSink[]; manifest: PluginManifest | null; configSinks?: ConfigSinks }): SinkPlan {
   const { cliSinks, manifest, configSinks } = options;
-  if (cliSinks.length > 0) return fixed("--sink", cliSinks);
-  if (manifest?.sinks !== undefined && Object.keys(manifest.sinks).length > 0) {
-    return fixed("MANIFEST", Object.entries(manifest.sinks).map(([topic, sink]) => manifestSink(topic, sink)));
+  let named: PlannedSink[] = [];
+  let source: SinkSource = "default";
+  if (cliSinks.length > 0) {
+    named = cliSinks;
+    source = "--sink";
+  } else if (manifest?.sinks !== undefined && Object.keys(manifest.sinks).length > 0) {
+    named = Object.entries(manifest.sinks).map(([topic, sink]) => entrySink(topic, sink, "MANIFEST", `MANIFEST["sinks"]["${topic}"]`));
+    source = "MANIFEST";
+  } else if (configSinks !== undefined && Object.keys(configSinks).length > 0) {
+    named = Object.entries(configSinks).map(([topic, sink]) => entrySink(topic, sink, "config", `run.sinks.${topic}`));
+    source = "config";
   }
-  if (configSinks !== undefined && Object.keys(configSinks).length > 0) {
-    return fixed("config", Object.entries(configSinks).map(([topic, uri]) => ({ topic, uri, mode: "append" as const, schema_def: null })));
-  }
-  const topics = [DEFAULT_TOPIC, ...(manifest?.topics ?? []).filter((t) => t !== DEFAULT_TOPIC)];
+  const sinks = named.some((s) => s.topic === ANY_TOPIC) ? named : [...named, { topic: ANY_TOPIC, uri: DEFAULT_SINK_URI, mode: "replace" as const, schema_def: null, source: "default" as const }];
   return {
-    source: "default",
-    promotable: true,
-    forInput: (input) =>
-      topics.map((topic) => ({
-        topic,
-        uri: `parquet://${escapeLocation(`${topic}/${input.outputStem}.parquet`)}`,
-        // The worker's root is private and fresh, so "replace" just means: no _<job_id> suffix.
-        mode: "replace" as const,
-        schema_def: null,
-      })),
+    source,
+    sinks,
+    promotable: sinks.every((s) => s.uri.toLowerCase().startsWith("parquet://")),
+    forInput: (name) => sinks.map(({ topic, uri, mode, schema_def }) => ({ topic, uri: fillInput(uri, name), mode, schema_def })),
   };
 }
 
-function fixed(source: SinkSource, sinks: SinkConfig[]): SinkPlan {
-  return { source, promotable: sinks.every((s) => s.uri.startsWith("parquet://")), forInput: () => sinks };
+/** The URI with `{input}` replaced by the input's name (and `{topic}` for a named topic). */
+export function fillInput(uri: string, name: string): string {
+  return uri.split(INPUT_PLACEHOLDER).join(escapeLocation(name));
 }
 
-const MODES: readonly SinkMode[] = ["append", "replace", "error"];
+export function hasInputPlaceholder(uri: string): boolean {
+  return uri.includes(INPUT_PLACEHOLDER);
+}
 
-function manifestSink(topic: string, sink: unknown): SinkConfig {
-  const entry = typeof sink === "string" ? { uri: sink } : (sink as { uri?: unknown; mode?: unknown; schema_def?: unknown });
-  if (typeof entry?.uri !== "string") throw Errors.CLI_USAGE([`MANIFEST["sinks"]["${topic}"] has no "uri" string`]);
-  const mode = MODES.includes(entry.mode as SinkMode) ? (entry.mode as SinkMode) : "append";
+function entrySink(topic: string, sink: unknown, source: SinkSource, label: string): PlannedSink {
+  const entry = typeof sink === "string" ? { uri: sink } : (sink as { uri?: unknown; mode?: unknown; schema_def?: unknown } | null);
+  if (typeof entry?.uri !== "string") throw Errors.CLI_USAGE([`${label} has no "uri" string`]);
+  const mode = entry.mode === undefined ? "replace" : parseMode(String(entry.mode), `${label}.mode`);
   const schema = typeof entry.schema_def === "string" ? entry.schema_def : entry.schema_def != null ? JSON.stringify(entry.schema_def) : null;
-  return { topic, uri: entry.uri, mode, schema_def: schema };
+  return { topic, uri: entry.uri, mode, schema_def: schema, source };
+}
+
+export function describeSink(sink: PlannedSink): string {
+  return sink.topic === ANY_TOPIC ? `the default sink ${sink.uri}` : `${sink.topic}=${sink.uri} (from ${sink.source})`;
 }
 
 /** Sink URIs are percent-decoded between "://" and "?": keep those characters literal. */
-function escapeLocation(path: string): string {
+export function escapeLocation(path: string): string {
   return path.replace(/%/g, "%25").replace(/\?/g, "%3F").replace(/#/g, "%23");
 }
 
 // ---------------------------------------------------------------------------
-// Staging and promotion
+// Staging
 // ---------------------------------------------------------------------------
 
 export function stagingRootFor(outputRoot: string): string {
   return join(outputRoot, `${STAGING_PREFIX}${process.pid}`);
 }
 
-/** Removes staging left by runs that were killed (their pid is gone). */
+/** Removes staging left by runs that were killed (their pid is gone). Run after the state's recovery. */
 export async function removeStaleStaging(outputRoot: string): Promise<void> {
   const entries = await readdir(outputRoot).catch(() => [] as string[]);
   for (const name of entries) {
@@ -109,72 +145,5 @@ export async function removeStaleStaging(outputRoot: string): Promise<void> {
     const pid = Number(name.slice(STAGING_PREFIX.length));
     if (Number.isInteger(pid) && pid !== process.pid && isProcessAlive(pid)) continue;
     await rm(join(outputRoot, name), { recursive: true, force: true });
-  }
-}
-
-export interface PublishedArtifact extends Artifact {
-  /** Local file, when the artifact is one. */
-  path: string | null;
-  bytes: number | null;
-}
-
-/**
- * Moves a successful job's files from the worker's private root into --output,
- * keeping their path relative to the root. Artifacts outside the root (a database,
- * an absolute path) are already where their sink put them and are reported as is.
- */
-export async function promoteArtifacts(artifacts: readonly Artifact[], workerRoot: string, outputRoot: string, sinks: readonly SinkConfig[]): Promise<PublishedArtifact[]> {
-  const published: PublishedArtifact[] = [];
-  // Sinks may report real paths (a symlinked /tmp on macOS): compare against both spellings.
-  const roots = [workerRoot, await realpath(workerRoot).catch(() => workerRoot)];
-  for (const artifact of artifacts) {
-    const local = localPath(artifact.uri);
-    const rel = local === null ? null : insideRoot(local, roots);
-    if (local === null || rel === null) {
-      const bytes = local === null ? null : await stat(local).then((s) => s.size, () => null);
-      published.push({ ...artifact, path: local, bytes });
-      continue;
-    }
-    const target = join(outputRoot, rel);
-    const mode = sinks.find((s) => s.topic === artifact.topic)?.mode;
-    if (mode === "error" && (await stat(target).then(() => true, () => false))) {
-      throw Errors.SINK_TARGET_EXISTS([target], { context: { sinkUri: artifact.uri } });
-    }
-    await mkdir(dirname(target), { recursive: true });
-    await rename(local, target);
-    const scheme = artifact.uri.slice(0, artifact.uri.indexOf("://"));
-    published.push({ topic: artifact.topic, uri: `${scheme}://${target.split(sep).join("/")}`, path: target, bytes: (await stat(target)).size });
-  }
-  return published;
-}
-
-function insideRoot(path: string, roots: readonly string[]): string | null {
-  for (const root of roots) {
-    const rel = relative(root, path);
-    if (rel !== "" && !rel.startsWith("..") && !isAbsolute(rel)) return rel;
-  }
-  return null;
-}
-
-/** Artifacts of sinks that wrote straight into --output: reported as they are. */
-export async function publishedInPlace(artifacts: readonly Artifact[]): Promise<PublishedArtifact[]> {
-  return Promise.all(
-    artifacts.map(async (artifact) => {
-      const local = localPath(artifact.uri);
-      const bytes = local === null ? null : await stat(local).then((s) => (s.isFile() ? s.size : null), () => null);
-      return { ...artifact, path: bytes === null ? null : local, bytes };
-    }),
-  );
-}
-
-/** `parquet:///abs/path`, `file:///abs/path` (any scheme with an absolute path) → the path; else null. */
-function localPath(uri: string): string | null {
-  const match = /^[a-z][a-z0-9+.-]*:\/\/(\/.*)$/i.exec(uri);
-  if (match === null) return null;
-  const raw = match[1]!;
-  try {
-    return raw.includes("%") ? decodeURIComponent(raw) : raw;
-  } catch {
-    return raw;
   }
 }

@@ -4,7 +4,10 @@
  *
  *   [██████████░░░░░░░░░░]  250/500 files · 2 failed · 1,234,567 rows · 45,000 rows/s · ETA 0:06
  *
- * Off a TTY (CI, a pipe): a plain line at most every few seconds and at the end.
+ * Files still running add what they have streamed so far ("running: 2 files, 120,000
+ * rows, 14.2 MB"), from the workers' progress lines, so a long file is not a frozen bar.
+ * Off a TTY (CI, a pipe): a plain line when files finish (at most every 2 s), at least
+ * every 10 s while anything runs, and at the end.
  */
 import { performance } from "node:perf_hooks";
 
@@ -21,6 +24,8 @@ export interface ProgressOptions {
   tty?: boolean;
   /** Plain mode: minimum milliseconds between lines. */
   plainIntervalMs?: number;
+  /** Plain mode: a line at least this often while files run. */
+  plainHeartbeatMs?: number;
 }
 
 const BAR_WIDTH = 24;
@@ -29,6 +34,9 @@ export class Progress {
   readonly #stream: NodeJS.WriteStream;
   readonly #tty: boolean;
   readonly #plainIntervalMs: number;
+  readonly #plainHeartbeatMs: number;
+  /** Rows and bytes streamed so far by the files still running, by input. */
+  readonly #running = new Map<string, { rows: number; bytes: number }>();
   readonly #started = performance.now();
   readonly #counts: ProgressCounts;
   #timer: NodeJS.Timeout | null = null;
@@ -40,18 +48,23 @@ export class Progress {
     this.#stream = options.stream ?? process.stderr;
     this.#tty = options.tty ?? Boolean(this.#stream.isTTY);
     this.#plainIntervalMs = options.plainIntervalMs ?? 2_000;
+    this.#plainHeartbeatMs = options.plainHeartbeatMs ?? 10_000;
     this.#counts = { total, done: 0, failed: 0, rows: 0 };
   }
 
   start(): void {
-    if (this.#tty) {
-      this.#timer = setInterval(() => this.#draw(), 100);
-      this.#timer.unref();
-    }
+    this.#timer = this.#tty ? setInterval(() => this.#draw(), 100) : setInterval(() => this.#heartbeat(), 1_000);
+    this.#timer.unref();
+  }
+
+  /** What a running input has streamed so far. */
+  streaming(input: string, rows: number, bytes: number): void {
+    this.#running.set(input, { rows, bytes });
   }
 
   /** One input finished (done counts successes and failures alike). */
-  jobFinished(failed: boolean, rows: number): void {
+  jobFinished(failed: boolean, rows: number, input?: string): void {
+    if (input !== undefined) this.#running.delete(input);
     this.#counts.done++;
     if (failed) this.#counts.failed++;
     this.#counts.rows += rows;
@@ -92,6 +105,15 @@ export class Progress {
     const parts = [`${done}/${total} files`];
     if (failed > 0) parts.push(`${failed} failed`);
     parts.push(`${formatCount(rows)} rows`, `${formatCount(Math.round(rate))} rows/s`);
+    if (this.#running.size > 0) {
+      let streamedRows = 0;
+      let streamedBytes = 0;
+      for (const r of this.#running.values()) {
+        streamedRows += r.rows;
+        streamedBytes += r.bytes;
+      }
+      parts.push(`running: ${this.#running.size} file${this.#running.size === 1 ? "" : "s"}, ${formatCount(streamedRows)} rows, ${formatBytes(streamedBytes)}`);
+    }
     if (done > 0 && done < total) parts.push(`ETA ${formatDuration((seconds / done) * (total - done))}`);
     else if (done === total) parts.push(`${formatDuration(seconds)}`);
     return parts.join(" · ");
@@ -111,10 +133,14 @@ export class Progress {
     if (this.#drawn) this.#stream.write("\r\x1b[2K");
   }
 
-  #plain(final: boolean): void {
+  #heartbeat(): void {
+    if (this.#counts.done < this.#counts.total && performance.now() - this.#lastPlain >= this.#plainHeartbeatMs) this.#plain(true, true);
+  }
+
+  #plain(final: boolean, heartbeat = false): void {
     const now = performance.now();
     if (!final && now - this.#lastPlain < this.#plainIntervalMs && this.#counts.done < this.#counts.total) return;
-    if (this.#counts.done === this.#lastPlainDone) return;
+    if (!heartbeat && this.#counts.done === this.#lastPlainDone) return;
     this.#lastPlain = now;
     this.#lastPlainDone = this.#counts.done;
     this.#stream.write(`casparian: ${this.line()}\n`);

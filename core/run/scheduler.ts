@@ -22,8 +22,8 @@ import { join } from "node:path";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
 import type { Logger } from "../kernel/logger.js";
 import { Opcode, type JobReceipt, type Message, type PayloadByOpcode, type SinkConfig } from "../protocol/messages.js";
-import type { InputFile } from "./inputs.js";
-import { promoteArtifacts, publishedInPlace, type PublishedArtifact } from "./outputs.js";
+import type { NamedInput } from "./inputs.js";
+import type { PublishedArtifact } from "./promote.js";
 import { sha256Hex, type PluginEnvironment } from "./plugin-env.js";
 import type { PluginInfo } from "./plugin.js";
 import { EmbeddedSentinel, type Peer } from "./sentinel.js";
@@ -34,10 +34,11 @@ export const MAX_ATTEMPTS = 3;
 /** Identical failures on this many first inputs (and no success) stop the run. */
 const SYSTEMIC_FAILURES = 3;
 
-export type JobState = "queued" | "running" | "succeeded" | "failed" | "not-run";
+/** skipped: a beforeDispatch tap of the worker declined the input (not a failure). */
+export type JobState = "queued" | "running" | "succeeded" | "failed" | "skipped" | "not-run";
 
 export interface JobRecord {
-  readonly input: InputFile;
+  readonly input: NamedInput;
   state: JobState;
   attempts: number;
   /** Id of the current (or last) attempt. */
@@ -53,10 +54,19 @@ export interface JobRecord {
 }
 
 export interface SchedulerOptions {
-  inputs: readonly InputFile[];
+  inputs: readonly NamedInput[];
   plugin: PluginInfo;
   env: PluginEnvironment;
-  sinksFor(input: InputFile): SinkConfig[];
+  sinksFor(input: NamedInput): SinkConfig[];
+  /**
+   * Publishes a successful job's outputs (moves its files out of `workerRoot`, or takes
+   * them where they are when it is null) and records them; its rejection fails the input.
+   */
+  publish(job: JobRecord, receipt: JobReceipt, workerRoot: string | null): Promise<PublishedArtifact[]>;
+  /** Run every input even when the first ones all fail the same way. */
+  keepGoing?: boolean;
+  /** The plugin's config, a JSON object as text (--plugin-config). */
+  pluginConfig?: string;
   workers: number;
   outputRoot: string;
   /** Private roots of the workers live below this directory. */
@@ -84,13 +94,15 @@ export interface SchedulerOptions {
 }
 
 export interface SchedulerEvents {
-  /** A job reached a final state (succeeded, failed or not-run). */
+  /** A job reached a final state (succeeded, failed, skipped or not-run). */
   jobFinished?(job: JobRecord): void;
   /** The worker running `job` died; the job goes back to the queue. */
   jobRetried?(job: JobRecord, reason: string): void;
   /** A worker process ended unexpectedly; `job` is what it was running (then jobRetried or jobFinished follows). */
   workerLost?(workerId: string, reason: string, job: JobRecord | null): void;
   envReady?(cached: boolean, interpreterPath: string): void;
+  /** A running job's rows and Arrow bytes so far (about once a second while it streams). */
+  jobProgress?(job: JobRecord, rows: number, bytes: number): void;
 }
 
 export interface RunResult {
@@ -202,6 +214,10 @@ export class Scheduler {
       heartbeatSeconds: this.#options.heartbeatSeconds,
       log: this.#options.workerLog,
       echo: this.#options.echoWorkerLogs,
+      onProgress: (jobId, rows, bytes) => {
+        const job = this.#slots.get(workerId)?.job;
+        if (job !== null && job !== undefined && job.jobId === jobId && job.state === "running") this.#options.events?.jobProgress?.(job, rows, bytes);
+      },
     });
     const now = Date.now();
     const slot: WorkerSlot = { process, state: "starting", peer: null, job: null, startedAt: now, lastSeen: now };
@@ -352,14 +368,15 @@ export class Scheduler {
     if (this.#fatal !== null) {
       // Aborted because the run is already doomed: not this input's fault.
       this.#finishJob(job, "not-run", "not run: the run stopped early");
+    } else if (receipt !== null && receipt.status !== "SUCCESS" && Number(receipt.metrics.rejected_before_dispatch ?? 0) > 0) {
+      this.#finishJob(job, "skipped", receipt.error_message ?? "declined by a beforeDispatch tap");
     } else if (receipt === null || receipt.status !== "SUCCESS") {
       this.#finishJob(job, "failed", errMessage ?? receipt?.error_message ?? "job failed without an error message");
     } else if (this.#interrupted) {
       // Ctrl-C means stop: files of jobs that raced the ABORT are not promoted.
       this.#finishJob(job, "not-run", "interrupted");
     } else {
-      const promote = this.#options.sharedOutput === true ? publishedInPlace(receipt.artifacts) : promoteArtifacts(receipt.artifacts, slot.process.outputRoot, this.#options.outputRoot, job.sinks);
-      const promotion = promote.then(
+      const promotion = this.#options.publish(job, receipt, this.#options.sharedOutput === true ? null : slot.process.outputRoot).then(
         (artifacts) => {
           job.artifacts = artifacts;
           this.#finishJob(job, "succeeded", null);
@@ -402,6 +419,7 @@ export class Scheduler {
       env_hash: env.envHash,
       source_code: plugin.source,
       artifact_hash: this.#artifactHash,
+      ...(this.#options.pluginConfig === undefined ? {} : { plugin_config: this.#options.pluginConfig }),
     });
   }
 
@@ -419,7 +437,7 @@ export class Scheduler {
   // Outcomes
   // -------------------------------------------------------------------------
 
-  #finishJob(job: JobRecord, state: "succeeded" | "failed" | "not-run", error: string | null): void {
+  #finishJob(job: JobRecord, state: "succeeded" | "failed" | "skipped" | "not-run", error: string | null): void {
     job.state = state;
     job.error = error;
     this.#finishedCount++;
@@ -435,7 +453,7 @@ export class Scheduler {
    * printing it once per file. Input paths are masked before comparing.
    */
   #watchForSystemicFailure(job: JobRecord): void {
-    if (this.#succeededAny || this.#jobs.length <= SYSTEMIC_FAILURES || this.#firstFailures.length >= SYSTEMIC_FAILURES) return;
+    if (this.#options.keepGoing === true || this.#succeededAny || this.#jobs.length <= SYSTEMIC_FAILURES || this.#firstFailures.length >= SYSTEMIC_FAILURES) return;
     this.#firstFailures.push(normaliseError(job.error ?? "", job.input.path));
     if (this.#firstFailures.length < SYSTEMIC_FAILURES) return;
     if (this.#firstFailures.every((e) => e === this.#firstFailures[0])) {

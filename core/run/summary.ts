@@ -1,79 +1,66 @@
 /**
- * The end-of-run report: per topic the files, rows, bytes and where they are;
- * then each failed input with the first line of its error. Plain text for stdout.
+ * The end-of-run report: how many inputs succeeded, failed, were unchanged (skipped)
+ * or declined; per topic what the output holds now (files, rows, bytes, where: from
+ * the run state, so a topic directory read as one table has exactly these rows); then
+ * each failed input with the first line of its error. Plain text for stdout.
  */
-import { dirname, isAbsolute, relative, sep } from "node:path";
+import { isAbsolute, join, relative, sep } from "node:path";
 import type { JobRecord } from "./scheduler.js";
+import type { TopicTotals } from "./state.js";
 import { formatBytes, formatCount, formatDuration } from "./progress.js";
 
 export interface TopicSummary {
   topic: string;
   files: number;
   rows: number;
-  /** Null when no artifact of the topic is a local file (a database table). */
+  /** Null when no output of the topic is a local file (a database table). */
   bytes: number | null;
-  /** A directory when every file of the topic is in one, else the sink URIs. */
+  /** The topic's directories under the output, else its sink URIs. */
   location: string;
 }
 
 export interface RunSummary {
+  /** Inputs given (after expansion). */
   total: number;
   succeeded: number;
+  unchanged: number;
   failed: JobRecord[];
+  /** Declined by a beforeDispatch tap of the worker. */
+  skipped: JobRecord[];
   notRun: JobRecord[];
   topics: TopicSummary[];
-  /** Topics the plugin published rows to that no sink was configured for. */
+  /** Rows the plugin published that no sink kept, per topic. */
   unrouted: Map<string, number>;
 }
 
-export function summarize(jobs: readonly JobRecord[], cwd: string): RunSummary {
-  const topics = new Map<string, { files: number; rows: number; bytes: number | null; dirs: Set<string>; uris: Set<string> }>();
+export function summarize(jobs: readonly JobRecord[], options: { unchanged: number; totals: readonly TopicTotals[]; outputRoot: string }): RunSummary {
   const unrouted = new Map<string, number>();
   for (const job of jobs) {
     if (job.state !== "succeeded") continue;
     const metrics = job.receipt?.metrics ?? {};
-    const sinkTopics = new Set(job.sinks.map((s) => s.topic));
-    for (const artifact of job.artifacts) {
-      const entry = topics.get(artifact.topic) ?? { files: 0, rows: 0, bytes: null, dirs: new Set<string>(), uris: new Set<string>() };
-      entry.files++;
-      if (artifact.bytes !== null) entry.bytes = (entry.bytes ?? 0) + artifact.bytes;
-      if (artifact.path !== null) entry.dirs.add(topDirectory(artifact.path, job));
-      else entry.uris.add(artifact.uri);
-      topics.set(artifact.topic, entry);
-    }
     for (const [name, value] of Object.entries(metrics)) {
       if (!name.startsWith("rows.")) continue;
       const topic = name.slice("rows.".length);
-      const rows = Number(value);
-      const entry = topics.get(topic);
-      if (entry !== undefined) entry.rows += rows;
-      else if (!sinkTopics.has(topic) && rows > 0) unrouted.set(topic, (unrouted.get(topic) ?? 0) + rows);
+      const lost = Number(value) - Number(metrics[`sink_rows.${topic}`] ?? 0);
+      if (lost > 0) unrouted.set(topic, (unrouted.get(topic) ?? 0) + lost);
     }
   }
   return {
-    total: jobs.length,
+    total: jobs.length + options.unchanged,
     succeeded: jobs.filter((j) => j.state === "succeeded").length,
+    unchanged: options.unchanged,
     failed: jobs.filter((j) => j.state === "failed"),
+    skipped: jobs.filter((j) => j.state === "skipped"),
     notRun: jobs.filter((j) => j.state === "not-run"),
     unrouted,
-    topics: [...topics.entries()].map(([topic, e]) => ({
-      topic,
-      files: e.files,
-      rows: e.rows,
-      bytes: e.bytes,
-      location: [...[...e.dirs].map((d) => display(d, cwd) + "/"), ...e.uris].join(", "),
+    topics: options.totals.map((t) => ({
+      topic: t.topic,
+      files: t.files,
+      rows: t.rows,
+      bytes: t.bytes,
+      location: [...t.dirs.map((d) => `${join(options.outputRoot, d)}${sep}`), ...t.uris].join(", "),
     })),
   };
-}
-
-/**
- * The directory the topic's files share: for the default layout
- * <output>/<topic>/<input stem>.parquet that is <output>/<topic>, even when the
- * stem has subdirectories of its own.
- */
-function topDirectory(path: string, job: JobRecord): string {
-  const suffix = `/${job.input.outputStem}.parquet`;
-  return path.endsWith(suffix) ? path.slice(0, path.length - suffix.length) : dirname(path);
 }
 
 function display(path: string, cwd: string): string {
@@ -93,22 +80,31 @@ export function firstLine(message: string | null): string {
 
 export function renderSummary(summary: RunSummary, options: { seconds: number; interrupted: boolean; cwd: string; sharedError?: boolean }): string {
   const lines: string[] = [];
-  const { total, succeeded, failed, notRun } = summary;
-  const rate = options.seconds > 0 ? ` (${(succeeded / options.seconds).toFixed(1)} files/s)` : "";
+  const { total, succeeded, failed, notRun, skipped, unchanged } = summary;
+  const rate = options.seconds > 0 && succeeded > 0 ? ` (${(succeeded / options.seconds).toFixed(1)} files/s)` : "";
   const head = options.interrupted ? "interrupted: " : "";
-  lines.push(`${head}${succeeded} of ${total} input${total === 1 ? "" : "s"} succeeded, ${failed.length} failed${notRun.length > 0 ? `, ${notRun.length} not run` : ""} in ${formatDuration(options.seconds)}${rate}`);
+  const ran = total - unchanged;
+  const parts = ran === 0 && !options.interrupted ? ["nothing to do"] : [`${head}${succeeded} of ${total} input${total === 1 ? "" : "s"} succeeded`, `${failed.length} failed`];
+  if (unchanged > 0) parts.push(`${unchanged} unchanged, skipped`);
+  if (skipped.length > 0) parts.push(`${skipped.length} declined, skipped`);
+  if (notRun.length > 0) parts.push(`${notRun.length} not run`);
+  lines.push(ran === 0 ? `${parts.join(": ")}` : `${parts.join(", ")} in ${formatDuration(options.seconds)}${rate}`);
 
   if (summary.topics.length > 0) {
-    lines.push("");
-    const rows = [["topic", "files", "rows", "bytes", "output"], ...summary.topics.map((t) => [t.topic, String(t.files), formatCount(t.rows), t.bytes === null ? "-" : formatBytes(t.bytes), t.location])];
+    lines.push("", "in the output now:");
+    const rows = [["topic", "files", "rows", "bytes", "output"], ...summary.topics.map((t) => [t.topic, t.files === 0 ? "-" : String(t.files), formatCount(t.rows), t.bytes === null ? "-" : formatBytes(t.bytes), displayLocation(t.location, options.cwd)])];
     const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
     for (const row of rows) lines.push(`  ${row.map((cell, col) => (col === row.length - 1 ? cell : cell.padEnd(widths[col]!))).join("  ")}`.trimEnd());
   }
 
   for (const [topic, rows] of summary.unrouted) {
-    lines.push("", `warning: ${formatCount(rows)} rows were published to topic "${topic}", which has no sink; they were not written (add --sink ${topic}=URI or list it in MANIFEST["topics"])`);
+    lines.push("", `warning: ${formatCount(rows)} rows published to topic "${topic}" were not written by any sink (see the worker logs)`);
   }
 
+  if (skipped.length > 0) {
+    lines.push("", `declined by a worker plugin (${skipped.length}):`);
+    for (const job of skipped) lines.push(`  ${display(job.input.path, options.cwd)}: ${firstLine(job.error).replace(/^CSP_HOOK_REJECTED: /, "")}`);
+  }
   if (failed.length > 0) {
     lines.push("", `failed (${failed.length}):`);
     for (const job of failed) {
@@ -118,4 +114,11 @@ export function renderSummary(summary: RunSummary, options: { seconds: number; i
     }
   }
   return `${lines.join("\n")}\n`;
+}
+
+function displayLocation(location: string, cwd: string): string {
+  return location
+    .split(", ")
+    .map((part) => (part.startsWith("/") ? display(part.replace(/\/$/, ""), cwd) + (part.endsWith("/") ? "/" : "") : part))
+    .join(", ");
 }

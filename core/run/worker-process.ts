@@ -8,6 +8,7 @@ import type { WriteStream } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { packageRoot } from "../kernel/paths.js";
+import { PROGRESS_MESSAGE } from "../worker/progress-log.js";
 
 export interface WorkerProcessOptions {
   workerId: string;
@@ -21,6 +22,8 @@ export interface WorkerProcessOptions {
   log?: WriteStream;
   /** Also echo the worker's lines to our stderr (--log-level debug). */
   echo?: boolean;
+  /** Rows and bytes a running job has streamed so far (the worker's `job progress` lines, every second). */
+  onProgress?(jobId: bigint, rows: number, bytes: number): void;
 }
 
 export interface WorkerExit {
@@ -52,6 +55,7 @@ export class WorkerProcess {
       // Ctrl-C in a terminal reaches the workers too: they abort at once, as the run does.
       "--grace", "0",
       "--log-level", options.logLevel,
+      "--progress-interval", "1",
     ];
     if (options.configFile !== undefined) args.push("--config", options.configFile);
     this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CASPARIAN_RUN_PARENT_PID: String(process.pid) } });
@@ -60,6 +64,7 @@ export class WorkerProcess {
         this.#tail.push(line);
         if (this.#tail.length > TAIL_LINES) this.#tail.shift();
         options.log?.write(`${line}\n`);
+        if (options.onProgress !== undefined && line.includes(`"msg":"${PROGRESS_MESSAGE}"`)) readProgress(line, options.onProgress);
         if (options.echo === true) process.stderr.write(`[${this.id}] ${line}\n`);
       });
     }
@@ -114,6 +119,15 @@ export class WorkerProcess {
     } finally {
       clearTimeout(timer);
     }
+  }
+}
+
+function readProgress(line: string, onProgress: NonNullable<WorkerProcessOptions["onProgress"]>): void {
+  try {
+    const record = JSON.parse(line) as { job_id?: unknown; rows?: unknown; ipc_bytes?: unknown };
+    if (typeof record.job_id === "string" && typeof record.rows === "number" && typeof record.ipc_bytes === "number") onProgress(BigInt(record.job_id), record.rows, record.ipc_bytes);
+  } catch {
+    // Not a log record of ours: only counts for the log file.
   }
 }
 

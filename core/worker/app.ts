@@ -12,6 +12,7 @@ import { SystemPythonEnvs } from "../env/system.js";
 import { WarmPool } from "../bridge/warm-pool.js";
 import type { Logger } from "../kernel/logger.js";
 import { MetricsPlugin, WorkerMetrics, serveMetrics } from "./metrics.js";
+import { ProgressLog } from "./progress-log.js";
 import { Worker } from "./worker.js";
 import { pipelineFromConfig } from "../pipeline/from-config.js";
 
@@ -29,6 +30,8 @@ export interface WorkerSettings {
   /** Sent in IDENTIFY; default ["*"]. */
   capabilities?: string[];
   silenceWarningMs?: number;
+  /** Log `job progress` lines this often while a job streams (casparian run); off when undefined. */
+  progressIntervalMs?: number;
   logger: Logger;
   loaded: LoadedConfig;
   /** How the config was found, so RELOAD reads the same file (or searches the same place) again. */
@@ -62,7 +65,8 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     maxParentBytes: warmConfig.maxParentMemory,
   });
   // The metrics counters outlive pipelines: a RELOAD's pipeline taps the same ones.
-  const build = (loaded: LoadedConfig) => pipelineFromConfig(loaded, { logger, outputRoot, workerId, envs, warm, plugins: [new MetricsPlugin(metrics)] });
+  const observers = [new MetricsPlugin(metrics), ...(settings.progressIntervalMs === undefined ? [] : [new ProgressLog(settings.progressIntervalMs)])];
+  const build = (loaded: LoadedConfig) => pipelineFromConfig(loaded, { logger, outputRoot, workerId, envs, warm, plugins: observers });
   let pipeline = await build(settings.loaded);
 
   const reload = async (): Promise<void> => {

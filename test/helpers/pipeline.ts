@@ -20,13 +20,13 @@ export interface TestJob {
   readonly logger?: Logger;
 }
 
-export function makeJob(opts: { sinks: SinkConfig[]; jobId?: bigint; fileVersionId?: bigint; logger?: Logger }): TestJob {
+export function makeJob(opts: { sinks: SinkConfig[]; jobId?: bigint; fileVersionId?: bigint; filePath?: string; logger?: Logger }): TestJob {
   return Object.freeze({
     logger: opts.logger,
     jobId: opts.jobId ?? 18_446_744_073_709_551_615n, // 2^64 - 1: job ids are uint64 on the wire
     command: Object.freeze({
       plugin_name: "sales_parser",
-      file_path: "/data/in.csv",
+      file_path: opts.filePath ?? "/data/in.csv",
       sinks: opts.sinks,
       file_version_id: opts.fileVersionId ?? 9_007_199_254_740_993n,
       env_hash: "e".repeat(64),

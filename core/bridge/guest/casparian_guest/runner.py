@@ -80,7 +80,8 @@ def run_plugin(namespace, ctx, file_path, file_version_id, job_id):
     if isinstance(manifest, dict):
         log.info("plugin manifest: name=%s version=%s", manifest.get("name"), manifest.get("version"))
         declare_from_manifest(manifest)
-    config = {}
+    # The run's --plugin-config (a JSON object); {} when none was given.
+    config = json.loads(os.environ.get("BRIDGE_PLUGIN_CONFIG") or "{}")
 
     if isinstance(namespace.get("Handler"), type):
         handler = namespace["Handler"]()
