@@ -58,6 +58,8 @@ export interface EnvironmentsConfig {
   maxEnvs?: number;
   /** Path to the uv binary (else $UV, PATH, usual install places). */
   uv?: string;
+  /** Variables uv may see besides PATH, HOME, TMPDIR, LANG and UV_* (e.g. HTTPS_PROXY, SSL_CERT_FILE); uv never gets the rest. */
+  env?: string[];
 }
 
 

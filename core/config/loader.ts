@@ -210,6 +210,7 @@ const configRule = shape({
     maxEnvBytes: positiveInteger,
     maxEnvs: positiveInteger,
     uv: nonEmptyString,
+    env: stringArray,
     systemPython: rule("a python path or command, or false", (v) => v === false || (typeof v === "string" && v.trim() !== "")),
   }),
   bridge: shape({

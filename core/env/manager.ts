@@ -35,7 +35,15 @@ export interface EnvManagerOptions {
   /** Evict least recently used envs while there are more than this many. */
   maxEnvs?: number;
   uvPath?: string;
+  /** Variables passed to uv besides PATH, HOME, TMPDIR, LANG and UV_* (e.g. HTTPS_PROXY, SSL_CERT_FILE). */
+  uvEnv?: readonly string[];
 }
+
+/**
+ * What python_version may be: a version request uv understands ("3.12", "3.11.4",
+ * "cpython-3.12", "pypy@3.10", "3.13t"), never a path, which uv would run as the interpreter.
+ */
+const PYTHON_VERSION_RE = /^((cpython|pypy|graalpy)[-@]?)?\d+(\.\d+){0,2}t?$/i;
 
 const HASH_RE = /^[0-9a-f]{64}$/;
 /**
@@ -80,6 +88,9 @@ export class EnvManager implements EnvironmentProvider {
   prepare(command: PrepareEnvCommand): Promise<EnvReadyPayload> {
     if (typeof command?.lockfile_content !== "string" || typeof command.env_hash !== "string") {
       return Promise.reject(Errors.PROTOCOL_BAD_PAYLOAD(["PREPARE_ENV", "env_hash and lockfile_content must be strings"]));
+    }
+    if (command.python_version !== null && command.python_version !== undefined && !PYTHON_VERSION_RE.test(command.python_version)) {
+      return Promise.reject(Errors.ENV_BAD_PYTHON_VERSION([JSON.stringify(command.python_version).slice(0, 80)], { context: { envHash: command.env_hash } }));
     }
     const actual = sha256Hex(command.lockfile_content);
     if (command.env_hash.toLowerCase() !== actual) {
@@ -162,18 +173,20 @@ export class EnvManager implements EnvironmentProvider {
       }
 
       // cwd = projectDir: uv venv then honours the project's requires-python when no version is asked for.
-      await runUv(uv, ["venv", "--relocatable", "--quiet", ...python, venvDir], { cwd: projectDir });
+      await runUv(uv, ["venv", "--relocatable", "--quiet", ...python, venvDir], { cwd: projectDir, passEnv: this.#options.uvEnv });
 
       if (plan.kind === "project") {
         // --no-install-project: we only have the lock, never the project's own source.
         await runUv(uv, ["sync", "--frozen", "--no-dev", "--no-install-project", COMPILE_BYTECODE, ...python], {
           cwd: projectDir,
           env: { UV_PROJECT_ENVIRONMENT: venvDir },
+          passEnv: this.#options.uvEnv,
         });
       } else if (plan.kind === "script") {
         await runUv(uv, ["sync", "--script", "script.py", "--frozen", "--active", COMPILE_BYTECODE, ...python], {
           cwd: projectDir,
           env: { VIRTUAL_ENV: venvDir },
+          passEnv: this.#options.uvEnv,
         });
       }
 

@@ -58,6 +58,8 @@ export interface UvRunOptions {
   cwd: string;
   /** Extra variables on top of the worker's environment (uv's own UV_* settings pass through). */
   env?: Record<string, string | undefined>;
+  /** Names of the worker's variables uv may see besides UV_BASE_ENV and every UV_* one. */
+  passEnv?: readonly string[];
   timeoutMs?: number;
   signal?: AbortSignal;
 }
@@ -68,14 +70,35 @@ function tail(text: string, lines = 15, maxChars = 4000): string {
   return kept.length > maxChars ? kept.slice(-maxChars) : kept;
 }
 
+/** The worker's variables uv always sees (with every UV_* one): what it needs to find tools, its cache and a temp dir. */
+export const UV_BASE_ENV = ["PATH", "HOME", "TMPDIR", "LANG"] as const;
+
+/**
+ * uv's environment: UV_BASE_ENV, UV_*, and `passEnv`, nothing else. uv runs build backends
+ * (a lockfile's local-directory dependency runs its setup.py), so the worker's secrets must
+ * not be in reach; proxies or certificates a site needs are named in environments.env.
+ */
+export function uvEnvironment(passEnv: readonly string[] = [], source: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const env: Record<string, string> = {};
+  const names = new Set<string>([...UV_BASE_ENV, ...passEnv, ...Object.keys(source).filter((name) => name.startsWith("UV_"))]);
+  for (const name of names) {
+    const value = source[name];
+    if (value !== undefined) env[name] = value;
+  }
+  return env;
+}
+
 /** Runs `uv <args>`; on failure throws an Error whose message is the command and uv's stderr tail. */
 export async function runUv(uvPath: string, args: readonly string[], options: UvRunOptions): Promise<string> {
-  // VIRTUAL_ENV from the worker's own shell must not redirect uv away from our venv.
-  const env: Record<string, string | undefined> = { VIRTUAL_ENV: undefined, ...options.env };
+  const env: Record<string, string> = { ...uvEnvironment(options.passEnv) };
+  for (const [name, value] of Object.entries(options.env ?? {})) {
+    if (value === undefined) delete env[name];
+    else env[name] = value;
+  }
   const result = await execa(uvPath, args, {
     cwd: options.cwd,
     env,
-    extendEnv: true,
+    extendEnv: false,
     reject: false,
     stdin: "ignore",
     timeout: options.timeoutMs ?? 15 * 60_000,

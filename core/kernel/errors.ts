@@ -96,6 +96,11 @@ export const Errors = {
   ENV_SYSTEM_PYTHON_MISSING: createError<[string, string]>("CSP_ENV_SYSTEM_PYTHON_MISSING", 'env_hash "system" needs a system Python, but %s does not run: %s', "install python3, or point environments.systemPython at one"),
   ENV_NOT_FOUND: createError<[string, string]>("CSP_ENV_NOT_FOUND", "no provisioned environment matches %s under %s", "list them with: casparian-worker prepare --list"),
   ENV_UV_MISSING: createError<[]>("CSP_ENV_UV_MISSING", "uv was not found on PATH, in $UV or in the usual install places", "install it with `python3 -m pip install uv` (or set UV=/path/to/uv)"),
+  ENV_BAD_PYTHON_VERSION: createError<[string]>(
+    "CSP_ENV_BAD_PYTHON_VERSION",
+    "python_version %s is not a Python version",
+    'send a version such as "3.12" (or null for the lockfile\'s requires-python); a path is never run as the interpreter',
+  ),
   ENV_BUILD_FAILED: createError<[string, string]>("CSP_ENV_BUILD_FAILED", "building environment %s failed: %s"),
 
   // Bridge / guest

@@ -50,6 +50,7 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
       maxEnvBytes: environments.maxEnvBytes,
       maxEnvs: environments.maxEnvs,
       uvPath: environments.uv,
+      uvEnv: environments.env,
     }),
     { systemPython: environments.systemPython, logger },
   );
