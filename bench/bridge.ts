@@ -8,8 +8,8 @@
  *   worker → null           the real Pipeline and bridge into a consumer that drops batches
  *   worker → parquet        the real Pipeline into the bundled Parquet sink, as a job does
  *   upstream Rust worker    the same plugin through upstream's Rust worker, driven over
- *                           protocol v4 by an embedded Sentinel (PREPARE_ENV untimed, then
- *                           DISPATCH → CONCLUDE timed), when CASPARIAN_UPSTREAM_WORKER names a
+ *                           protocol v4 by an embedded Sentinel (DISPATCH → CONCLUDE timed,
+ *                           in the same uv env as ours), when CASPARIAN_UPSTREAM_WORKER names a
  *                           checkout where it was built; otherwise the bench says why not
  *
  * and prints `worker → parquet / plugin alone → Parquet` (target ≤ 1.3), the Rust worker
@@ -20,9 +20,9 @@
  *   npm run bench      or: npx tsc -p . && node dist/bench/bridge.js [rows] [rows2]
  */
 import { execFile, fork, spawn } from "node:child_process";
-import { access, constants as fsConstants, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { access, constants as fsConstants, copyFile, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
@@ -239,7 +239,7 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
     await writeFile(pluginFile, GENERATOR_PLUGIN);
     await writeFile(harnessFile, ALONE_HARNESS);
     await writeFile(parquetHarnessFile, ALONE_PARQUET_HARNESS);
-    const upstream = await UpstreamWorker.start(process.env.CASPARIAN_UPSTREAM_WORKER, join(dir, "upstream"), lock, ready.env_hash);
+    const upstream = await UpstreamWorker.start(process.env.CASPARIAN_UPSTREAM_WORKER, join(dir, "upstream"), ready.interpreter_path, ready.env_hash);
     if ("unavailable" in upstream) console.log(`upstream Rust worker: not compared: ${upstream.unavailable}`);
     const targets: string[] = [];
 
@@ -311,7 +311,7 @@ class UpstreamWorker {
     this.#envHash = envHash;
   }
 
-  static async start(root: string | undefined, scratch: string, lock: string, envHash: string): Promise<UpstreamWorker | { unavailable: string }> {
+  static async start(root: string | undefined, scratch: string, interpreterPath: string, envHash: string): Promise<UpstreamWorker | { unavailable: string }> {
     if (!root) return { unavailable: "CASPARIAN_UPSTREAM_WORKER is not set (point it at a checkout of upstream's commit with crates/casparian_worker, built with cargo build --release -p casparian_worker); the comparison is with the plugin-alone figure" };
     const binary = join(root, "target", "release", "casparian-worker");
     const shim = join(root, "src", "casparian_flow", "engine", "bridge_shim.py");
@@ -324,7 +324,12 @@ class UpstreamWorker {
     const cwd = join(scratch, "cwd");
     await mkdir(join(cwd, "src", "casparian_flow", "engine"), { recursive: true });
     await copyFile(shim, join(cwd, "src", "casparian_flow", "engine", "bridge_shim.py"));
-    await mkdir(join(scratch, "home"), { recursive: true });
+    // Its PREPARE_ENV syncs the lockfile against a pyproject of its own making, which only
+    // fits lockfiles made for it; it runs any env present under its venv directory, so it
+    // gets ours, the same interpreter and packages our worker uses.
+    const venvs = join(scratch, "home", ".casparian_flow", "venvs");
+    await mkdir(venvs, { recursive: true });
+    await symlink(dirname(dirname(interpreterPath)), join(venvs, envHash));
     const logger = pino({ level: "warn" }) as unknown as Logger;
     const sentinel = await EmbeddedSentinel.start(logger);
     const inbox: Array<{ peer: Peer; message: Message }> = [];
@@ -333,7 +338,7 @@ class UpstreamWorker {
       inbox.push({ peer, message });
       wake?.();
     });
-    const child = spawn(binary, ["--connect", sentinel.endpoint, "--output", join(scratch, "out")], { cwd, env: { ...process.env, HOME: join(scratch, "home"), RUST_LOG: "info" }, stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(binary, ["--connect", sentinel.endpoint, "--output", join(scratch, "out")], { cwd, env: { ...process.env, HOME: join(scratch, "home"), RUST_LOG: "warn" }, stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";
     child.stderr!.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
     const deadline = Date.now() + 300_000;
@@ -353,13 +358,6 @@ class UpstreamWorker {
       child.kill("SIGKILL");
       await sentinel.close();
       return { unavailable: `it did not IDENTIFY (${stderr.trim().split("\n").pop() ?? "no output"})` };
-    }
-    await sentinel.send(identified.peer, Opcode.PREPARE_ENV, 0n, { env_hash: envHash, lockfile_content: lock, python_version: null });
-    const envReady = await next(Opcode.ENV_READY);
-    if (envReady === null) {
-      child.kill("SIGKILL");
-      await sentinel.close();
-      return { unavailable: `it did not answer PREPARE_ENV with ENV_READY (${stderr.trim().split("\n").pop() ?? "no output"})` };
     }
     const worker = new UpstreamWorker(sentinel, child, identified.peer, envHash);
     sentinel.listen((_peer, message) => {
