@@ -15,6 +15,7 @@ import { Router } from "zeromq";
 import { packageRoot } from "../core/kernel/paths.js";
 import { dedupeSinkConfigs } from "../core/pipeline/sink-dedupe.js";
 import { routingIdFor } from "../core/worker/routing-id.js";
+import { inspectPlugin } from "../core/run/plugin.js";
 import { fileLocationFor } from "../sinks/files.js";
 import { runPython, type PythonEnv } from "./helpers/readback.js";
 import { spawnWorker, type SpawnedWorker } from "./helpers/spawn-worker.js";
@@ -339,6 +340,15 @@ describe("pieces", () => {
     });
     assert.throws(() => dedupeSinkConfigs([s("parquet://a"), s("parquet://a", { topic: "u" })]), /CSP_SINK_DUPLICATE_CONFLICT|topic "t" vs "u"/);
     assert.throws(() => dedupeSinkConfigs([s("parquet://a"), s("parquet://a", { schema_def: "{}" })]), /different schema_def/);
+  });
+
+  test("casparian run reads MANIFEST = PluginMetadata(...) by its literal keywords, as upstream's Sentinel did", async () => {
+    const consume = await inspectPlugin(join(fixtures, "metadata_consume.py"));
+    assert.deepEqual(consume.manifest, { topics: ["readings"] });
+    assert.deepEqual(consume.warnings, []);
+    const extra = await inspectPlugin(join(fixtures, "metadata_execute.py"));
+    assert.deepEqual(extra.manifest, { topics: ["sensors"] });
+    assert.deepEqual((await inspectPlugin(join(fixtures, "system_pure.py"))).manifest, { topics: [] });
   });
 
   test("an unreachable Sentinel is reported with its likely causes", async (t) => {

@@ -4,7 +4,8 @@
  * nothing to call is reported once, up front, instead of once per input file.
  *
  * It also reads what the plugin declares about itself: the module-level MANIFEST
- * (through ast.literal_eval, so no plugin code runs in the host) and PEP 723
+ * (through ast.literal_eval, so no plugin code runs in the host; upstream's
+ * `PluginMetadata(...)` call by its literal keywords: name, version, sinks, topic(s)) and PEP 723
  * inline script metadata (`# /// script` … `# ///`).
  */
 import { execFile } from "node:child_process";
@@ -70,8 +71,18 @@ for node in tree.body:
     elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
         targets = [node.target.id]
     if "MANIFEST" in targets:
+        value = node.value
+        callee = getattr(value, "func", None)
         try:
-            out["manifest"] = ast.literal_eval(node.value)
+            if isinstance(value, ast.Call) and getattr(callee, "id", getattr(callee, "attr", None)) == "PluginMetadata" and not value.args:
+                # Upstream's SDK form, read the way upstream's Sentinel read it: literal keywords only.
+                meta = {k.arg: ast.literal_eval(k.value) for k in value.keywords if k.arg is not None}
+                topics = list(meta.get("topics") or []) + ([meta["topic"]] if isinstance(meta.get("topic"), str) else [])
+                out["manifest"] = {k: v for k, v in (("name", meta.get("name")), ("version", meta.get("version")), ("sinks", meta.get("sinks"))) if v is not None}
+                if topics:
+                    out["manifest"]["topics"] = [t for t in topics if t != "output"]
+            else:
+                out["manifest"] = ast.literal_eval(value)
         except Exception as e:
             out["manifest"] = None
             out["manifest_error"] = "MANIFEST is not a literal (%s); it is ignored" % type(e).__name__
