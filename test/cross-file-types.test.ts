@@ -124,3 +124,18 @@ print(json.dumps(rows))
     assert.deepEqual(JSON.parse(stdout), [["BIGINT", 6001, 501, "DATE"]]);
   });
 });
+
+describe("bad values under on_bad_value=\"null\"", () => {
+  test("are counted in the run summary", async () => {
+    const dir = join(base, "nulled");
+    await mkdir(join(dir, "data"), { recursive: true });
+    await writeFile(join(dir, "data", "a.csv"), "x\n");
+    await writeFile(
+      join(dir, "plugin.py"),
+      `MANIFEST = {"topics": {"output": {"on_bad_value": "null"}}}\nclass Handler:\n    def execute(self, path):\n        return {"qty": [1, "n/a", 3, "?"]}\n`,
+    );
+    const result = await runCli(["plugin.py", "data", "--workers", "1", "--output", "out"], { cwd: dir, home });
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    assert.match(result.stdout, /note: 2 values of topic "output" did not fit their column and became null \(on_bad_value="null"\)/);
+  });
+});

@@ -31,14 +31,24 @@ export interface RunSummary {
   topics: TopicSummary[];
   /** Rows the plugin published that no sink kept, per topic. */
   unrouted: Map<string, number>;
+  /** Per topic, values that did not fit their column and became null (on_bad_value="null"). */
+  nulled: Map<string, number>;
 }
+
+/** The guest's count of values turned into nulls, per topic (receipt metric). */
+const NULLED_PREFIX = "guest.nulled_values.";
 
 export function summarize(jobs: readonly JobRecord[], options: { unchanged: number; totals: readonly TopicTotals[]; outputRoot: string }): RunSummary {
   const unrouted = new Map<string, number>();
+  const nulled = new Map<string, number>();
   for (const job of jobs) {
     if (job.state !== "succeeded") continue;
     const metrics = job.receipt?.metrics ?? {};
     for (const [name, value] of Object.entries(metrics)) {
+      if (name.startsWith(NULLED_PREFIX) && Number(value) > 0) {
+        const topic = name.slice(NULLED_PREFIX.length);
+        nulled.set(topic, (nulled.get(topic) ?? 0) + Number(value));
+      }
       if (!name.startsWith("rows.")) continue;
       const topic = name.slice("rows.".length);
       const lost = Number(value) - Number(metrics[`sink_rows.${topic}`] ?? 0);
@@ -53,6 +63,7 @@ export function summarize(jobs: readonly JobRecord[], options: { unchanged: numb
     skipped: jobs.filter((j) => j.state === "skipped"),
     notRun: jobs.filter((j) => j.state === "not-run"),
     unrouted,
+    nulled,
     topics: options.totals.map((t) => ({
       topic: t.topic,
       files: t.files,
@@ -105,6 +116,10 @@ export function renderSummary(summary: RunSummary, options: { seconds: number; i
     lines.push("", `declined by a worker plugin (${skipped.length}):`);
     for (const job of skipped) lines.push(`  ${display(job.input.path, options.cwd)}: ${firstLine(job.error).replace(/^CSP_HOOK_REJECTED: /, "")}`);
   }
+  for (const [topic, count] of summary.nulled) {
+    lines.push("", `note: ${formatCount(count)} value${count === 1 ? "" : "s"} of topic "${topic}" did not fit their column and became null (on_bad_value="null")`);
+  }
+
   if (failed.length > 0) {
     lines.push("", `failed (${failed.length}):`);
     for (const job of failed) {
