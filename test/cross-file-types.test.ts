@@ -77,7 +77,7 @@ describe("one table per topic directory", () => {
     const result = await runCli(["plugin.py", "data", "--workers", "2", "--output", "out"], { cwd: dir, home });
     assert.equal(result.code, 0, result.stdout + result.stderr);
     assert.match(result.stderr, /out\/output: 1 file\(s\) rewritten so that the directory has one schema/);
-    assert.deepEqual((await listFiles(join(dir, "out"))).sort(), ["output/a-empty.parquet", "output/b-ints.parquet", "output/c-ints.parquet"], "no staging left");
+    assert.deepEqual((await listFiles(join(dir, "out", "output"))).sort(), ["data/a-empty.csv.parquet", "data/b-ints.csv.parquet", "data/c-ints.csv.parquet"], "no staging left");
 
     const { stdout } = await execFileAsync(python, ["-c", READERS, join(dir, "out", "output")]);
     const read = JSON.parse(stdout) as Record<string, { qty: string; rows: unknown[] }>;
@@ -100,7 +100,7 @@ describe("one table per topic directory", () => {
     });
     const result = await runCli(["plugin.py", "data", "--workers", "1", "--output", "out"], { cwd: dir, home });
     assert.equal(result.code, 1, result.stdout + result.stderr);
-    assert.match(result.stderr, /CSP_SCHEMA_CONFLICT: topic 'output': column 'qty' is int64 in one part of the data and string in another \(file b-text\.parquet against a-ints\.parquet\)/);
+    assert.match(result.stderr, /CSP_SCHEMA_CONFLICT: topic 'output': column 'qty' is int64 in one part of the data and string in another \(file data\/b-text\.csv\.parquet against data\/a-ints\.csv\.parquet\)/);
   });
 });
 
@@ -117,7 +117,7 @@ describe("the hello example", () => {
     assert.equal(result.code, 0, result.stdout + result.stderr);
     const script = `
 import json, sys, duckdb
-rows = duckdb.sql(f"SELECT typeof(quantity), count(*), count(quantity), typeof(date) FROM read_parquet('{sys.argv[1]}/*.parquet') GROUP BY ALL").fetchall()
+rows = duckdb.sql(f"SELECT typeof(quantity), count(*), count(quantity), typeof(date) FROM read_parquet('{sys.argv[1]}/**/*.parquet') GROUP BY ALL").fetchall()
 print(json.dumps(rows))
 `;
     const { stdout } = await execFileAsync(python, ["-c", script, join(dir, "out", "output")]);
