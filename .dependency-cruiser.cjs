@@ -22,19 +22,8 @@ const LAYERS = [
 
 const byName = Object.fromEntries(LAYERS.map((layer) => [layer.name, layer]));
 
-/**
- * Upward arrows that exist today and are being removed: the job view that hooks and
- * sinks see is still the wire's DispatchCommand (issue 8 gives them their own camelCase
- * view). Nothing may be added here.
- */
-const TEMPORARILY_ALLOWED = {
-  kernel: ["^core/protocol/messages\\.ts$"],
-  hooks: ["^core/protocol/messages\\.ts$"],
-  sinks: ["^core/protocol/messages\\.ts$"],
-};
-
 const layerRules = LAYERS.map((layer) => {
-  const allowed = [layer.path, ...layer.may.map((name) => byName[name].path), ...(TEMPORARILY_ALLOWED[layer.name] ?? [])];
+  const allowed = [layer.path, ...layer.may.map((name) => byName[name].path)];
   return {
     name: `layer-${layer.name}`,
     comment: `${layer.name} may import only from: ${layer.may.join(", ") || "nothing of ours"}`,

@@ -7,8 +7,8 @@ export { defineSink } from "./sinks/api.js";
 export type { Sink, SinkPlugin, SinkTarget, SinkContext, RecoverContext, CheckContext, ParsedSinkUri, SchemaContract } from "./sinks/api.js";
 export { createHooks, Stage } from "./hooks/index.js";
 export type { WorkerHooks, TapOnlyHooks, WorkerPlugin, WorkerInfo, DispatchRequest } from "./hooks/index.js";
-export type { Batch, JobContext, JobInfo, JobOutcome } from "./core/kernel/job.js";
-export type { Artifact, DispatchCommand, JobReceipt, SinkConfig, SinkMode } from "./core/protocol/messages.js";
+export type { Artifact, Batch, EnvReady, JobCommand, JobContext, JobInfo, JobOutcome, JobStatus, Receipt, SinkMode, SinkSpec } from "./core/kernel/job.js";
+export type { DispatchCommand, JobReceipt, SinkConfig } from "./core/protocol/messages.js";
 export { CasparianError, Errors } from "./core/kernel/errors.js";
 export type { Logger } from "./core/kernel/logger.js";
 // Sinks: the bundled Parquet sink, and the URI and staging helpers user sinks build on.

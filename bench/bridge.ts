@@ -30,7 +30,7 @@ import { pino } from "pino";
 import { runGuest } from "../core/bridge/host.js";
 import { EnvManager } from "../core/env/manager.js";
 import type { Logger } from "../core/kernel/logger.js";
-import type { DispatchCommand } from "../core/protocol/messages.js";
+import type { JobCommand } from "../core/kernel/job.js";
 import { packageRoot } from "../core/kernel/paths.js";
 import { Pipeline } from "../core/pipeline/pipeline.js";
 import { Opcode, type Message } from "../core/protocol/messages.js";
@@ -171,18 +171,18 @@ async function childMain(request: ChildRequest): Promise<ChildReport> {
   const seconds: number[] = [];
   try {
     for (let rep = 0; rep < request.reps; rep++) {
-      const command: DispatchCommand = {
-        plugin_name: "bench_generator",
-        file_path: request.inputPath,
-        sinks: [{ topic: "output", uri: "parquet://bench/generated.parquet", mode: "replace", schema_def: null }],
-        file_version_id: 1n,
-        env_hash: "0".repeat(64),
-        source_code: request.source,
-        artifact_hash: null,
+      const command: JobCommand = {
+        pluginName: "bench_generator",
+        filePath: request.inputPath,
+        sinks: [{ topic: "output", uri: "parquet://bench/generated.parquet", mode: "replace", schemaDef: null }],
+        fileVersionId: 1n,
+        envHash: "0".repeat(64),
+        sourceCode: request.source,
+        artifactHash: null,
       };
       const t0 = performance.now();
       const receipt = await pipeline.runJob({ jobId: BigInt(rep + 1), command, logger, signal: new AbortController().signal });
-      if (receipt.status !== "SUCCESS") throw new Error(`bench job failed: ${receipt.error_message}`);
+      if (receipt.status !== "SUCCESS") throw new Error(`bench job failed: ${receipt.errorMessage}`);
       seconds.push((performance.now() - t0) / 1000);
     }
   } finally {

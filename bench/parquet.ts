@@ -136,11 +136,11 @@ async function timeOurs(batches: Batch[], root: string, parquet: ParquetConfig):
   await pipeline.start();
   const file = join(root, "bench.parquet");
   const once = async (jobId: bigint) => {
-    const command = { plugin_name: "bench", file_path: "/dev/null", sinks: [{ topic: "bench", uri: `parquet://bench.parquet?row_group_size=${ROW_GROUP_SIZE}`, mode: "replace" as const, schema_def: null }], file_version_id: 1n, env_hash: "0".repeat(64), source_code: "", artifact_hash: null };
+    const command = { pluginName: "bench", filePath: "/dev/null", sinks: [{ topic: "bench", uri: `parquet://bench.parquet?row_group_size=${ROW_GROUP_SIZE}`, mode: "replace" as const, schemaDef: null }], fileVersionId: 1n, envHash: "0".repeat(64), sourceCode: "", artifactHash: null };
     const t0 = performance.now();
     const receipt = await pipeline.runJob({ jobId, command, logger, signal: new AbortController().signal });
     const seconds = (performance.now() - t0) / 1000;
-    if (receipt.status !== "SUCCESS") throw new Error(`bench job failed: ${receipt.error_message}`);
+    if (receipt.status !== "SUCCESS") throw new Error(`bench job failed: ${receipt.errorMessage}`);
     return seconds;
   };
   try {

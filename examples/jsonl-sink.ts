@@ -47,7 +47,7 @@ export default function jsonlSink(options: JsonlSinkOptions = {}): SinkPlugin {
       const path = resolveInsideRoot(job.outputRoot, target.parsed.location, target.uri);
       const finalPath = finalPathFor(path, target.mode, job.jobId);
       const stagingPath = stagingPathFor(finalPath, job.jobId);
-      const lineage: Record<string, bigint> = options.lineage ? { _job_id: job.jobId, _file_version_id: job.command.file_version_id } : {};
+      const lineage: Record<string, bigint> = options.lineage ? { _job_id: job.jobId, _file_version_id: job.command.fileVersionId } : {};
       let handle: FileHandle | null = null;
 
       return {

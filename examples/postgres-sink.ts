@@ -136,8 +136,8 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
       const safeUri = redact(target.uri);
       const context = { jobId: job.jobId, sinkUri: safeUri };
       const fail = (what: string, cause: unknown, hint?: string) => Errors.SINK_WRITE_FAILED([safeUri, `${what}: ${describeError(cause)}`], { context, cause, hint });
-      const fileVersionId = job.command.file_version_id.toString();
-      const filePath = job.command.file_path;
+      const fileVersionId = job.command.fileVersionId.toString();
+      const filePath = job.command.filePath;
       const jobIdText = options.lineage ? job.jobId.toString() : null;
 
       let client: pg.Client | null = null;

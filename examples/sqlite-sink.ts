@@ -52,8 +52,8 @@ export default function sqliteSink(): SinkPlugin {
     create(target, { job, logger }) {
       const { database, table } = parseLocation(target.parsed.location, target.uri, job.outputRoot, job.jobId);
       const context = { jobId: job.jobId, sinkUri: target.uri };
-      const filePath = job.command.file_path;
-      const fileVersionId = BigInt(job.command.file_version_id);
+      const filePath = job.command.filePath;
+      const fileVersionId = BigInt(job.command.fileVersionId);
       const inputHasRows = (d: Database.Database) =>
         ledgerExists(d) && d.prepare(`SELECT 1 FROM main.${LEDGER} WHERE target = ? AND file_path = ?`).get(table, filePath) !== undefined;
       const refuse = () => Errors.SINK_TARGET_EXISTS([`${database} table ${table} (rows of ${filePath})`], { context, hint: "use mode replace or append, or delete that input's rows" });

@@ -25,9 +25,8 @@
  *   Stage.OBSERVE (100) observers that want to see what the sinks did (artifacts, final status).
  */
 import { AsyncParallelHook, AsyncSeriesHook, AsyncSeriesWaterfallHook } from "tapable";
-import type { Batch, JobContext, JobOutcome } from "../core/kernel/job.js";
+import type { Batch, EnvReady, JobCommand, JobContext, JobOutcome, Receipt } from "../core/kernel/job.js";
 import type { Logger } from "../core/kernel/logger.js";
-import type { DispatchCommand, EnvReadyPayload, JobReceipt } from "../core/protocol/messages.js";
 
 /** Known once the worker process is up. */
 export interface WorkerInfo {
@@ -40,7 +39,7 @@ export interface WorkerInfo {
 export interface DispatchRequest {
   readonly jobId: bigint;
   readonly workerId: string;
-  command: DispatchCommand;
+  command: JobCommand;
 }
 
 /** What one failing tap does to the rest of its hook (see the header). */
@@ -51,10 +50,10 @@ export function createHooks() {
     /** Worker started (and after a RELOAD, the new pipeline), before the first job. Sinks clean staging left by a crashed run. Series, stop. */
     start: new AsyncSeriesHook<[WorkerInfo]>(["worker"], "start"),
     /** An environment is ready (built or cached). Parallel observers, settle. */
-    envReady: new AsyncParallelHook<[EnvReadyPayload]>(["env"], "envReady"),
+    envReady: new AsyncParallelHook<[EnvReady]>(["env"], "envReady"),
     /**
      * First thing of every job, before its environment is looked up: may rewrite the command
-     * (return it; a new env_hash is honoured) or reject the job (throw; Errors.HOOK_REJECTED). Waterfall, stop.
+     * (return it; a new envHash is honoured) or reject the job (throw; Errors.HOOK_REJECTED). Waterfall, stop.
      */
     beforeDispatch: new AsyncSeriesWaterfallHook<[DispatchRequest]>(["request"], "beforeDispatch"),
     /** The job has its environment and is about to start its guest: sinks open. A throw fails the job before the guest starts. Series, stop. */
@@ -69,7 +68,7 @@ export function createHooks() {
      */
     onConclude: new AsyncSeriesHook<[JobOutcome, JobContext]>(["outcome", "job"], "onConclude"),
     /** The receipt as sent to the Sentinel. Observers only (metrics, audit). Parallel, settle. */
-    afterConclude: new AsyncParallelHook<[JobReceipt, JobContext]>(["receipt", "job"], "afterConclude"),
+    afterConclude: new AsyncParallelHook<[Receipt, JobContext]>(["receipt", "job"], "afterConclude"),
     /** The worker (or a pipeline replaced by RELOAD) is stopping. Parallel, settle: the socket closes after the last tap. */
     shutdown: new AsyncParallelHook<[WorkerInfo]>(["worker"], "shutdown"),
   });

@@ -6,13 +6,12 @@
  *                                  ↘ abort       (anything failed, before or after prepare)
  *
  * A sink plugin is a plain object (Vite style) made by a factory; it names the URI
- * schemes it handles and creates one Sink per (job, SinkConfig). It never sees
+ * schemes it handles and creates one Sink per (job, SinkSpec). It never sees
  * sockets or the guest: the core maps this lifecycle onto the worker hooks.
  */
 import type { Schema } from "apache-arrow";
-import type { Batch, JobContext } from "../core/kernel/job.js";
+import type { Artifact, Batch, JobContext, SinkMode, SinkSpec } from "../core/kernel/job.js";
 import type { Logger } from "../core/kernel/logger.js";
-import type { Artifact, SinkConfig, SinkMode } from "../core/protocol/messages.js";
 
 /** One output of one job, as the Sentinel configured it. */
 export interface SinkTarget {
@@ -22,9 +21,10 @@ export interface SinkTarget {
   /** The same URI parsed; `scheme` has no trailing colon. */
   readonly parsed: ParsedSinkUri;
   readonly mode: SinkMode;
-  /** Column contract from schema_def, or null when none was given. */
+  /** Column contract from the spec's schemaDef, or null when none was given. */
   readonly contract: SchemaContract | null;
-  readonly config: SinkConfig;
+  /** The job's spec for this output, as given. */
+  readonly config: SinkSpec;
 }
 
 export interface ParsedSinkUri {
@@ -108,4 +108,4 @@ export function defineSink<P extends SinkPlugin>(plugin: P): P {
 }
 
 /** Re-exported so sinks need only this module. */
-export type { Artifact, Batch, JobContext, Schema, SinkMode };
+export type { Artifact, Batch, JobContext, Schema, SinkMode, SinkSpec };

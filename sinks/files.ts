@@ -14,7 +14,7 @@ import { hostname } from "node:os";
 import { basename, dirname, extname, join } from "node:path";
 import { Errors } from "../core/kernel/errors.js";
 import type { Logger } from "../core/kernel/logger.js";
-import type { SinkMode } from "../core/protocol/messages.js";
+import type { SinkMode } from "../core/kernel/job.js";
 import { isProcessAlive } from "../core/kernel/process.js";
 
 const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);

@@ -164,7 +164,7 @@ class ParquetTopicSink implements Sink {
     this.#targetPath = settings.targetPath;
     this.#finalPath = finalPathFor(this.#targetPath, mode, job.jobId);
     this.#stagingPath = stagingPathFor(this.#finalPath, job.jobId);
-    const fileVersionId = job.command.file_version_id;
+    const fileVersionId = job.command.fileVersionId;
     if (fileVersionId > INT64_MAX || fileVersionId < INT64_MIN) {
       throw Errors.SINK_WRITE_FAILED([uri, `file_version_id ${fileVersionId} does not fit the int64 lineage column _file_version_id`], { context: { jobId: job.jobId, sinkUri: uri } });
     }
@@ -244,10 +244,10 @@ class ParquetTopicSink implements Sink {
       rowGroupSize: this.#rowGroupSize,
       metadata: [
         ["casparian.job_id", job.jobId.toString()],
-        ["casparian.plugin_name", job.command.plugin_name],
-        ["casparian.env_hash", job.command.env_hash],
+        ["casparian.plugin_name", job.command.pluginName],
+        ["casparian.env_hash", job.command.envHash],
         ["casparian.worker_id", job.workerId],
-        ["casparian.file_version_id", job.command.file_version_id.toString()],
+        ["casparian.file_version_id", job.command.fileVersionId.toString()],
         ["casparian.topic", this.#target.topic],
       ],
       plainColumns: highCardinalityColumns(batch.table),
@@ -259,7 +259,7 @@ class ParquetTopicSink implements Sink {
   #open(schema: Schema): void {
     const { job } = this.#context;
     this.#schema = schema;
-    this.#serializer = new LineageSerializer(schema, schema.fields.map((f) => f.nullable), job.jobId, job.command.file_version_id);
+    this.#serializer = new LineageSerializer(schema, schema.fields.map((f) => f.nullable), job.jobId, job.command.fileVersionId);
     this.#stream = this.#getPool().open(this.#stagingPath, this.#settings!, MAX_IN_FLIGHT);
   }
 

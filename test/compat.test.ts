@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { after, before, describe, test, type TestContext } from "node:test";
 import { Router } from "zeromq";
 import { packageRoot } from "../core/kernel/paths.js";
-import { dedupeSinkConfigs } from "../core/pipeline/sink-dedupe.js";
+import { dedupeSinkSpecs } from "../core/pipeline/sink-dedupe.js";
 import { routingIdFor } from "../core/worker/routing-id.js";
 import { inspectPlugin } from "../core/run/plugin.js";
 import { fileLocationFor } from "../sinks/files.js";
@@ -333,13 +333,13 @@ describe("pieces", () => {
   });
 
   test("duplicate sinks: identical repeats collapse (also ./ and parameter order), conflicts name the difference", () => {
-    const s = (uri: string, extra: object = {}) => ({ topic: "t", uri, mode: "append" as const, schema_def: null, ...extra });
-    assert.deepEqual(dedupeSinkConfigs([s("parquet://./a?compression=zstd&row_group_size=5"), s("parquet://a?row_group_size=5&compression=zstd"), s("parquet://b")]), {
+    const s = (uri: string, extra: object = {}) => ({ topic: "t", uri, mode: "append" as const, schemaDef: null, ...extra });
+    assert.deepEqual(dedupeSinkSpecs([s("parquet://./a?compression=zstd&row_group_size=5"), s("parquet://a?row_group_size=5&compression=zstd"), s("parquet://b")]), {
       sinks: [s("parquet://./a?compression=zstd&row_group_size=5"), s("parquet://b")],
       repeats: 1,
     });
-    assert.throws(() => dedupeSinkConfigs([s("parquet://a"), s("parquet://a", { topic: "u" })]), /CSP_SINK_DUPLICATE_CONFLICT|topic "t" vs "u"/);
-    assert.throws(() => dedupeSinkConfigs([s("parquet://a"), s("parquet://a", { schema_def: "{}" })]), /different schema_def/);
+    assert.throws(() => dedupeSinkSpecs([s("parquet://a"), s("parquet://a", { topic: "u" })]), /CSP_SINK_DUPLICATE_CONFLICT|topic "t" vs "u"/);
+    assert.throws(() => dedupeSinkSpecs([s("parquet://a"), s("parquet://a", { schemaDef: "{}" })]), /different schema_def/);
   });
 
   test("casparian run reads MANIFEST = PluginMetadata(...) by its literal keywords, as upstream's Sentinel did", async () => {

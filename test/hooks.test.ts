@@ -13,7 +13,7 @@ import type { JobOutcome } from "../core/kernel/job.js";
 import { Pipeline } from "../core/pipeline/pipeline.js";
 import { Stage, type TapOnlyHooks } from "../hooks/index.js";
 import { batchOf, capturingLogger, recordingSinkPlugin, sampleTable, type SinkEvent } from "./helpers/arrow.js";
-import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
+import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 
 const logger = pino({ level: "silent" });
 const roots: string[] = [];
@@ -40,7 +40,7 @@ test("a job fires beforeDispatch → jobStart → onBatch* → prepareCommit →
   pipeline.hooks.onConclude.tapPromise(observe, async (outcome) => void events.push(`hook onConclude ${outcome.status} artifacts=${outcome.artifacts.length}`));
   pipeline.hooks.afterConclude.tapPromise(observe, async (receipt) => void events.push(`hook afterConclude ${receipt.status}`));
 
-  const job = makeJob({ sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "mem://b")] });
+  const job = makeJob({ sinks: [sinkSpec("a", "mem://a"), sinkSpec("b", "mem://b")] });
   const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(2), 0), batchOf("b", sampleTable(3), 0), batchOf("a", sampleTable(4), 1)]);
 
   assert.equal(outcome.status, "SUCCESS", String(outcome.error));
@@ -90,24 +90,24 @@ test("beforeDispatch runs first: taps rewrite the command in order (the sinks op
   const pipeline = scriptedPipeline({ outputRoot: await tempRoot(), sinks: recording(events) });
   pipeline.hooks.beforeDispatch.tapPromise("AddAudit", async (request) => ({
     ...request,
-    command: { ...request.command, sinks: [...request.command.sinks, sinkConfig("audit", "mem://audit")] },
+    command: { ...request.command, sinks: [...request.command.sinks, sinkSpec("audit", "mem://audit")] },
   }));
   pipeline.hooks.beforeDispatch.tapPromise("Guard", async (request) => {
-    if (request.command.plugin_name === "forbidden") throw Errors.HOOK_REJECTED(["Guard", "plugin is not allowed here"]);
+    if (request.command.pluginName === "forbidden") throw Errors.HOOK_REJECTED(["Guard", "plugin is not allowed here"]);
     return request;
   });
-  const job = makeJob({ sinks: [sinkConfig("a", "mem://a")] });
+  const job = makeJob({ sinks: [sinkSpec("a", "mem://a")] });
   const outcome = await runJob(pipeline, job, []);
   assert.equal(outcome.status, "SUCCESS", String(outcome.error));
   assert.deepEqual(events.filter((e) => e.startsWith("open")), ["open a", "open audit"]);
 
-  const rejected = await runJob(pipeline, { ...job, command: { ...job.command, plugin_name: "forbidden" } }, []);
+  const rejected = await runJob(pipeline, { ...job, command: { ...job.command, pluginName: "forbidden" } }, []);
   assert.equal(rejected.status, "FAILED");
   assert.ok(Errors.HOOK_REJECTED.is(rejected.error) && /Guard/.test(rejected.error.message), String(rejected.error));
   assert.equal(rejected.error.context.tap, "Guard");
 });
 
-test("the environment is looked up after beforeDispatch: a rewritten env_hash is used, and a guard rejects before ENV_NOT_PROVISIONED", async () => {
+test("the environment is looked up after beforeDispatch: a rewritten envHash is used, and a guard rejects before ENV_NOT_PROVISIONED", async () => {
   const provisioned = "f".repeat(64);
   const asked: string[] = [];
   const envs = {
@@ -128,20 +128,20 @@ test("the environment is looked up after beforeDispatch: a rewritten env_hash is
     },
   });
   pipeline.hooks.beforeDispatch.tapPromise({ name: "Pin", stage: Stage.GUARD }, async (request) => {
-    if (request.command.plugin_name === "denied") throw Errors.HOOK_REJECTED(["Pin", "not on this worker"]);
-    return { ...request, command: { ...request.command, env_hash: provisioned } };
+    if (request.command.pluginName === "denied") throw Errors.HOOK_REJECTED(["Pin", "not on this worker"]);
+    return { ...request, command: { ...request.command, envHash: provisioned } };
   });
   const run = (plugin: string) =>
-    pipeline.runJob({ jobId: 1n, command: { ...makeJob({ sinks: [] }).command, plugin_name: plugin }, signal: new AbortController().signal, logger });
+    pipeline.runJob({ jobId: 1n, command: { ...makeJob({ sinks: [] }).command, pluginName: plugin }, signal: new AbortController().signal, logger });
 
   const ok = await run("allowed");
-  assert.equal(ok.status, "SUCCESS", ok.error_message ?? "");
+  assert.equal(ok.status, "SUCCESS", ok.errorMessage ?? "");
   assert.equal(interpreter, "/venv/bin/python");
   assert.deepEqual(asked, [provisioned]);
 
   const denied = await run("denied");
   assert.equal(denied.status, "FAILED");
-  assert.match(denied.error_message ?? "", /^CSP_HOOK_REJECTED/);
+  assert.match(denied.errorMessage ?? "", /^CSP_HOOK_REJECTED/);
   assert.deepEqual(asked, [provisioned], "a rejected job never asks for its environment");
 });
 
@@ -150,7 +150,7 @@ test("the guest failing skips prepareCommit; onConclude still runs with FAILED a
   const pipeline = scriptedPipeline({ outputRoot: await tempRoot(), sinks: recording(events) });
   let concluded: JobOutcome | null = null;
   pipeline.hooks.onConclude.tapPromise({ name: "Observer", stage: Stage.OBSERVE }, async (outcome) => void (concluded = outcome));
-  const outcome = await runJob(pipeline, makeJob({ sinks: [sinkConfig("a", "mem://a")] }), [batchOf("a", sampleTable(1))], { guestFails: new Error("guest exited with 1") });
+  const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("a", "mem://a")] }), [batchOf("a", sampleTable(1))], { guestFails: new Error("guest exited with 1") });
   assert.equal(outcome.status, "FAILED");
   assert.equal(concluded, outcome);
   assert.deepEqual(events, ["create a", "open a", "write a#0", "abort a: guest exited with 1"]);
@@ -166,7 +166,7 @@ test("a quality gate on onConclude at the default stage vetoes the commit: the s
   pipeline.hooks.onConclude.tapPromise("ThrowingGate", async () => {
     throw new Error("gate crashed");
   });
-  const outcome = await runJob(pipeline, makeJob({ sinks: [sinkConfig("a", "mem://a")] }), [batchOf("a", sampleTable(1))]);
+  const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("a", "mem://a")] }), [batchOf("a", sampleTable(1))]);
   assert.equal(outcome.status, "FAILED");
   assert.equal(outcome.error?.message, "too few rows");
   assert.deepEqual(outcome.artifacts, []);
@@ -180,7 +180,7 @@ test("an onConclude tap that throws fails the job and the sinks still abort (no 
   pipeline.hooks.onConclude.tapPromise({ name: "Audit", stage: Stage.GUARD }, async () => {
     throw new Error("audit log unreachable");
   });
-  const outcome = await runJob(pipeline, makeJob({ sinks: [sinkConfig("a", "mem://a")] }), [batchOf("a", sampleTable(1))]);
+  const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("a", "mem://a")] }), [batchOf("a", sampleTable(1))]);
   assert.equal(outcome.status, "FAILED");
   assert.equal(outcome.error?.message, "audit log unreachable");
   assert.deepEqual(events.slice(-1), ["abort a: audit log unreachable"]);

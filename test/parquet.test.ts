@@ -20,7 +20,7 @@ import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { ENGINE } from "../sinks/parquet-engine.js";
 import { ParquetWriterPool } from "../sinks/parquet-writers.js";
 import { batchOf, canonicalColumns, capturingLogger, sampleTable } from "./helpers/arrow.js";
-import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
+import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 import { buildPythonEnv, columnValues, readParquet, runPython, type PythonEnv } from "./helpers/readback.js";
 
 const logger = pino({ level: "silent" });
@@ -52,7 +52,7 @@ async function listFiles(root: string): Promise<string[]> {
 describe("Parquet sink", () => {
   test("pyarrow and DuckDB read back exactly what was written: values, types, nulls, timestamps, unicode", async () => {
     const ws = await workspace();
-    const job = makeJob({ sinks: [sinkConfig("sales", "parquet://out/sales.parquet?row_group_size=700")] });
+    const job = makeJob({ sinks: [sinkSpec("sales", "parquet://out/sales.parquet?row_group_size=700")] });
     const tables = [sampleTable(1000, 0), sampleTable(1, 1000), sampleTable(1499, 1001)];
     const outcome = await runJob(ws.pipeline, job, tables.map((t, i) => batchOf("sales", t, i)));
     await ws.close();
@@ -63,7 +63,7 @@ describe("Parquet sink", () => {
 
     const expected = canonicalColumns(sampleTable(2500, 0));
     const rows = 2500;
-    const lineage = { _job_id: Array(rows).fill(job.jobId.toString()), _file_version_id: Array(rows).fill(job.command.file_version_id.toString()) };
+    const lineage = { _job_id: Array(rows).fill(job.jobId.toString()), _file_version_id: Array(rows).fill(job.command.fileVersionId.toString()) };
 
     const viaPyarrow = await readParquet(py, "pyarrow", file);
     assert.equal(viaPyarrow.num_rows, rows);
@@ -77,9 +77,9 @@ describe("Parquet sink", () => {
     assert.deepEqual(viaPyarrow.metadata, {
       "casparian.job_id": job.jobId.toString(),
       "casparian.plugin_name": "sales_parser",
-      "casparian.env_hash": job.command.env_hash,
+      "casparian.env_hash": job.command.envHash,
       "casparian.worker_id": "worker-test",
-      "casparian.file_version_id": job.command.file_version_id.toString(),
+      "casparian.file_version_id": job.command.fileVersionId.toString(),
       "casparian.topic": "sales",
     });
 
@@ -102,7 +102,7 @@ describe("Parquet sink", () => {
       const table = tableFromIPC(ipc);
       return { topic: "t", index: k, ipc, table, numRows: table.numRows };
     }));
-    const job = makeJob({ sinks: [sinkConfig("t", "parquet://pandas.parquet", "replace")] });
+    const job = makeJob({ sinks: [sinkSpec("t", "parquet://pandas.parquet", "replace")] });
     const outcome = await runJob(ws.pipeline, job, batches);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
@@ -120,7 +120,7 @@ describe("Parquet sink", () => {
     const results = [];
     for (const encoderThreads of [0, 2]) {
       const ws = await workspace({ encoderThreads, rowGroupSize: 300 });
-      const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet", "replace")] });
+      const job = makeJob({ sinks: [sinkSpec("t", "parquet://t.parquet", "replace")] });
       const outcome = await runJob(ws.pipeline, job, [0, 1, 2, 3].map((i) => batchOf("t", sampleTable(450, i * 450), i)));
       await ws.close();
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
@@ -135,7 +135,7 @@ describe("Parquet sink", () => {
     // Pieces come back in recycled buffers, and the footer keeps every row group's
     // statistics until the file is finished: they must not be views of a reused buffer.
     const ws = await workspace({ encoderThreads: 1, rowGroupSize: 100 });
-    const job = makeJob({ sinks: [sinkConfig("t", "parquet://stats.parquet", "replace")] });
+    const job = makeJob({ sinks: [sinkSpec("t", "parquet://stats.parquet", "replace")] });
     const outcome = await runJob(ws.pipeline, job, [0, 1, 2].map((i) => batchOf("t", sampleTable(400, i * 400), i)));
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
@@ -159,7 +159,7 @@ print(json.dumps(out))`;
   test("compression and row group size come from the URI query, over the config", async () => {
     const ws = await workspace({ encoderThreads: 1, compression: "gzip", rowGroupSize: 50 });
     const job = makeJob({
-      sinks: [sinkConfig("a", "parquet://a.parquet?compression=zstd&row_group_size=100", "replace"), sinkConfig("b", "parquet://b.parquet", "replace")],
+      sinks: [sinkSpec("a", "parquet://a.parquet?compression=zstd&row_group_size=100", "replace"), sinkSpec("b", "parquet://b.parquet", "replace")],
     });
     const outcome = await runJob(ws.pipeline, job, [batchOf("a", sampleTable(250)), batchOf("b", sampleTable(120))]);
     await ws.close();
@@ -179,7 +179,7 @@ print(json.dumps(out))`;
       ["parquet://x.parquet?row_group_size=0", /row_group_size must be a positive integer/],
       ["parquet://x.parquet?rowgroups=5", /unknown parameter "rowgroups"/],
     ] as const) {
-      const job = makeJob({ sinks: [sinkConfig("t", uri)] });
+      const job = makeJob({ sinks: [sinkSpec("t", uri)] });
       const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(3))]);
       assert.equal(outcome.status, "FAILED");
       assert.ok(Errors.SINK_BAD_URI.is(outcome.error), String(outcome.error));
@@ -193,7 +193,7 @@ print(json.dumps(out))`;
     test("append writes one file per job, <stem>_<job id>.parquet", async () => {
       const ws = await workspace();
       for (const jobId of [1n, 2n]) {
-        const job = makeJob({ jobId, sinks: [sinkConfig("t", "parquet://daily/sales.parquet", "append")] });
+        const job = makeJob({ jobId, sinks: [sinkSpec("t", "parquet://daily/sales.parquet", "append")] });
         const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(10 * Number(jobId)))]);
         assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       }
@@ -205,7 +205,7 @@ print(json.dumps(out))`;
     test("replace swaps the target for the new file", async () => {
       const ws = await workspace();
       for (const rows of [30, 7]) {
-        const job = makeJob({ sinks: [sinkConfig("t", "parquet://current.parquet", "replace")] });
+        const job = makeJob({ sinks: [sinkSpec("t", "parquet://current.parquet", "replace")] });
         const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(rows))]);
         assert.equal(outcome.status, "SUCCESS", String(outcome.error));
         assert.equal((await readParquet(py, "pyarrow", join(ws.root, "current.parquet"))).num_rows, rows);
@@ -217,7 +217,7 @@ print(json.dumps(out))`;
     test("replace leaves the old target intact when the job fails", async () => {
       const ws = await workspace();
       await writeFile(join(ws.root, "keep.parquet"), "previous output");
-      const job = makeJob({ sinks: [sinkConfig("t", "parquet://keep.parquet", "replace")] });
+      const job = makeJob({ sinks: [sinkSpec("t", "parquet://keep.parquet", "replace")] });
       const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(5))], { guestFails: new Error("guest crashed") });
       await ws.close();
       assert.equal(outcome.status, "FAILED");
@@ -228,7 +228,7 @@ print(json.dumps(out))`;
     test("error fails the job at open when the target exists", async () => {
       const ws = await workspace();
       await writeFile(join(ws.root, "once.parquet"), "already here");
-      const job = makeJob({ sinks: [sinkConfig("t", "parquet://once.parquet", "error")] });
+      const job = makeJob({ sinks: [sinkSpec("t", "parquet://once.parquet", "error")] });
       const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(5))]);
       await ws.close();
       assert.equal(outcome.status, "FAILED");
@@ -239,7 +239,7 @@ print(json.dumps(out))`;
 
     test("error fails the commit when the target appeared during the job, and writes when it is free", async () => {
       const ws = await workspace();
-      const racing = makeJob({ jobId: 1n, sinks: [sinkConfig("t", "parquet://race.parquet", "error")] });
+      const racing = makeJob({ jobId: 1n, sinks: [sinkSpec("t", "parquet://race.parquet", "error")] });
       // Someone else creates the target after the sink prepared (and checked it), before it commits.
       ws.pipeline.hooks.prepareCommit.tapPromise({ name: "Racer", stage: Stage.OBSERVE }, async (job) => {
         if (job.jobId === racing.jobId) await writeFile(join(ws.root, "race.parquet"), "someone else");
@@ -250,7 +250,7 @@ print(json.dumps(out))`;
       assert.equal(await readFile(join(ws.root, "race.parquet"), "utf8"), "someone else");
       assert.deepEqual(outcome.artifacts, []);
 
-      const free = makeJob({ sinks: [sinkConfig("t", "parquet://free.parquet", "error")] });
+      const free = makeJob({ sinks: [sinkSpec("t", "parquet://free.parquet", "error")] });
       const ok = await runJob(ws.pipeline, free, [batchOf("t", sampleTable(5))]);
       await ws.close();
       assert.equal(ok.status, "SUCCESS", String(ok.error));
@@ -264,7 +264,7 @@ print(json.dumps(out))`;
     roots.push(outside);
     await symlink(outside, join(ws.root, "link"));
     for (const uri of ["parquet://../escape.parquet", "parquet://a/../../escape.parquet", `parquet://${outside}/abs.parquet`, "parquet://link/through-symlink.parquet", "parquet://%2E%2E/encoded.parquet"]) {
-      const job = makeJob({ sinks: [sinkConfig("t", uri)] });
+      const job = makeJob({ sinks: [sinkSpec("t", uri)] });
       const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(2))]);
       assert.equal(outcome.status, "FAILED", uri);
       assert.ok(Errors.SINK_PATH_ESCAPE.is(outcome.error), `${uri}: ${String(outcome.error)}`);
@@ -277,7 +277,7 @@ print(json.dumps(out))`;
 
   test("a topic with zero rows gives an empty typed file; a topic with no batch publishes nothing", async () => {
     const ws = await workspace();
-    const job = makeJob({ sinks: [sinkConfig("empty", "parquet://empty.parquet", "replace"), sinkConfig("silent", "parquet://silent.parquet", "replace")] });
+    const job = makeJob({ sinks: [sinkSpec("empty", "parquet://empty.parquet", "replace"), sinkSpec("silent", "parquet://silent.parquet", "replace")] });
     const outcome = await runJob(ws.pipeline, job, [batchOf("empty", sampleTable(0))]);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
@@ -291,7 +291,7 @@ print(json.dumps(out))`;
 
   test("no reader sees a partial file: before commit only a hidden staging file exists; abort removes it", async () => {
     const ws = await workspace();
-    const job = makeJob({ sinks: [sinkConfig("t", "parquet://deep/dir/out.parquet", "replace")] });
+    const job = makeJob({ sinks: [sinkSpec("t", "parquet://deep/dir/out.parquet", "replace")] });
     let staged: string[] = [];
     // A gate that looks at the prepared job and vetoes its commit: the sink must abort.
     ws.pipeline.hooks.onConclude.tapPromise("Gate", async (outcome) => {
@@ -339,7 +339,7 @@ print(json.dumps(out))`;
 
     const ws = await workspace({ encoderThreads: 1 });
     const { logger: captured, records } = capturingLogger();
-    const job = makeJob({ logger: captured, sinks: [sinkConfig("t", "parquet://fast.parquet", "replace")] });
+    const job = makeJob({ logger: captured, sinks: [sinkSpec("t", "parquet://fast.parquet", "replace")] });
     const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(3000))]);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
@@ -364,7 +364,7 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
 
   test("ten thousand one-row chunks: every row lands, in full row groups", async () => {
     const ws = await workspace({ encoderThreads: 1, rowGroupSize: 4_000 });
-    const job = makeJob({ sinks: [sinkConfig("t", "parquet://tiny.parquet", "replace")] });
+    const job = makeJob({ sinks: [sinkSpec("t", "parquet://tiny.parquet", "replace")] });
     const one = sampleTable(1);
     const outcome = await runJob(ws.pipeline, job, Array.from({ length: 10_000 }, (_, i) => batchOf("t", one, i)));
     await ws.close();
@@ -376,7 +376,7 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
 
   test("a schema that widens inside one file (null placeholder, then int32 to int64) rewrites what was written: one file, the wide types, every value", async () => {
     const ws = await workspace({ encoderThreads: 1, rowGroupSize: 2 });
-    const job = makeJob({ sinks: [sinkConfig("t", "parquet://wide.parquet", "replace")] });
+    const job = makeJob({ sinks: [sinkSpec("t", "parquet://wide.parquet", "replace")] });
     const placeholder = new Table({ n: vectorFromArray([1, 2, 3], new Int32()), qty: vectorFromArray([null, null, null], new Null()), s: vectorFromArray(["a", "b", "c"], new Utf8()) });
     const typed = new Table({ n: vectorFromArray([4, 5], new Int32()), qty: vectorFromArray([7n, null], new Int64()), s: vectorFromArray(["d", null], new Utf8()) });
     const wider = new Table({ n: vectorFromArray([6n], new Int64()), qty: vectorFromArray([8n], new Int64()), s: vectorFromArray(["e"], new Utf8()) });
@@ -395,7 +395,7 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
 
   test("recovery running again mid-job (a RELOAD) leaves the job's staging alone", async () => {
     const ws = await workspace();
-    const job = makeJob({ sinks: [sinkConfig("t", "parquet://reload.parquet", "replace")] });
+    const job = makeJob({ sinks: [sinkSpec("t", "parquet://reload.parquet", "replace")] });
     const outcome = await runJob(ws.pipeline, job, async (publish) => {
       await publish(batchOf("t", sampleTable(20)));
       await ws.pipeline.start();

@@ -13,12 +13,12 @@ import { pino } from "pino";
 import { loadConfig } from "../core/config/loader.js";
 import { CasparianError } from "../core/kernel/errors.js";
 import { packageRoot } from "../core/kernel/paths.js";
-import type { SinkConfig } from "../core/protocol/messages.js";
+import type { SinkSpec } from "../core/kernel/job.js";
 import type { JobOutcome } from "../core/kernel/job.js";
 import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { batchOf, sampleTable } from "./helpers/arrow.js";
-import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
+import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 
 const logger = pino({ level: "silent" });
 const roots: string[] = [];
@@ -30,14 +30,14 @@ interface Input {
   fileVersionId?: bigint;
 }
 
-async function withExample(configFile: string): Promise<{ root: string; pipeline: Pipeline; run(sinks: SinkConfig[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
+async function withExample(configFile: string): Promise<{ root: string; pipeline: Pipeline; run(sinks: SinkSpec[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
   const { config, dir } = await loadConfig({ explicitPath: join("examples", configFile), cwd: packageRoot(), command: "worker" });
   const plugins = await loadSinkPlugins(config.sinks, dir, { encoderThreads: 0 });
   const root = await mkdtemp(join(tmpdir(), "casparian-example-"));
   roots.push(root);
   const pipeline = scriptedPipeline({ outputRoot: root, sinks: plugins, logger, workerId: "w" });
   await pipeline.start();
-  const run = (sinks: SinkConfig[], rows = 25, jobId = 77n, input: Input = {}) => {
+  const run = (sinks: SinkSpec[], rows = 25, jobId = 77n, input: Input = {}) => {
     const job = makeJob({ sinks, jobId, ...input });
     const half = Math.floor(rows / 2);
     return runJob(pipeline, job, [batchOf(sinks[0]!.topic, sampleTable(half, 0), 0), batchOf(sinks[0]!.topic, sampleTable(rows - half, half), 1)]);
@@ -50,7 +50,7 @@ const code = (err: Error | null) => (err instanceof CasparianError ? err.code : 
 describe("example JSON Lines sink", () => {
   test("writes one JSON object per row with exact int64s, unicode, nulls and lineage", async () => {
     const { root, run } = await withExample("jsonl-sink.config.ts");
-    const outcome = await run([sinkConfig("events", "jsonl://events/day.jsonl", "append")]);
+    const outcome = await run([sinkSpec("events", "jsonl://events/day.jsonl", "append")]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const file = join(root, "events", "day_77.jsonl");
     assert.deepEqual(outcome.artifacts, [{ topic: "events", uri: `jsonl://${file}` }]);
@@ -69,20 +69,20 @@ describe("example JSON Lines sink", () => {
 
   test("replace, error and a failed job follow the modes; staging never shows", async () => {
     const { root, pipeline, run } = await withExample("jsonl-sink.config.ts");
-    assert.equal((await run([sinkConfig("t", "jsonl://t.jsonl", "replace")], 10)).status, "SUCCESS");
-    assert.equal((await run([sinkConfig("t", "jsonl://t.jsonl", "replace")], 4)).status, "SUCCESS");
+    assert.equal((await run([sinkSpec("t", "jsonl://t.jsonl", "replace")], 10)).status, "SUCCESS");
+    assert.equal((await run([sinkSpec("t", "jsonl://t.jsonl", "replace")], 4)).status, "SUCCESS");
     assert.equal((await readFile(join(root, "t.jsonl"), "utf8")).trimEnd().split("\n").length, 4);
 
-    const refused = await run([sinkConfig("t", "jsonl://t.jsonl", "error")], 3);
+    const refused = await run([sinkSpec("t", "jsonl://t.jsonl", "error")], 3);
     assert.equal(code(refused.error), "CSP_SINK_TARGET_EXISTS");
 
-    const job = makeJob({ sinks: [sinkConfig("t", "jsonl://t.jsonl", "replace")] });
+    const job = makeJob({ sinks: [sinkSpec("t", "jsonl://t.jsonl", "replace")] });
     const failed = await runJob(pipeline, job, [batchOf("t", sampleTable(50))], { guestFails: new Error("guest died") });
     assert.equal(failed.status, "FAILED");
     assert.equal((await readFile(join(root, "t.jsonl"), "utf8")).trimEnd().split("\n").length, 4);
     assert.deepEqual(await readdir(root), ["t.jsonl"]);
 
-    const escape = await run([sinkConfig("t", "jsonl://../out.jsonl")]);
+    const escape = await run([sinkSpec("t", "jsonl://../out.jsonl")]);
     assert.equal(code(escape.error), "CSP_SINK_PATH_ESCAPE");
   });
 });
@@ -100,7 +100,7 @@ describe("example SQLite sink", () => {
 
   test("relative and absolute database paths; rows, int64s, unicode and nulls arrive", async () => {
     const { root, run } = await withExample("sqlite-sink.config.ts");
-    const outcome = await run([sinkConfig("sales", "sqlite://dbs/warehouse.db/sales", "append")]);
+    const outcome = await run([sinkSpec("sales", "sqlite://dbs/warehouse.db/sales", "append")]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const file = join(root, "dbs", "warehouse.db");
     assert.deepEqual(outcome.artifacts, [{ topic: "sales", uri: `sqlite://${file}/sales` }]);
@@ -116,7 +116,7 @@ describe("example SQLite sink", () => {
 
     const elsewhere = await mkdtemp(join(tmpdir(), "casparian-sqlite-abs-"));
     roots.push(elsewhere);
-    const absolute = await run([sinkConfig("sales", `sqlite://${elsewhere}/abs.db/sales`, "append")], 3);
+    const absolute = await run([sinkSpec("sales", `sqlite://${elsewhere}/abs.db/sales`, "append")], 3);
     assert.equal(absolute.status, "SUCCESS", String(absolute.error));
     assert.equal(readTable(join(elsewhere, "abs.db"), "sales").length, 3);
   });
@@ -128,7 +128,7 @@ describe("example SQLite sink", () => {
     const a1 = { filePath: "/data/a.csv", fileVersionId: 11n };
     const a2 = { filePath: "/data/a.csv", fileVersionId: 12n };
     const b1 = { filePath: "/data/b.csv", fileVersionId: 21n };
-    const t = (mode: SinkConfig["mode"]) => [sinkConfig("t", "sqlite://w.db/t", mode)];
+    const t = (mode: SinkSpec["mode"]) => [sinkSpec("t", "sqlite://w.db/t", mode)];
     assert.equal((await run(t("append"), 5, 1n, a1)).status, "SUCCESS");
     assert.equal((await run(t("append"), 6, 2n, b1)).status, "SUCCESS");
     assert.equal(count(), 11);
@@ -165,7 +165,7 @@ describe("example SQLite sink", () => {
   test("a bad location fails with SINK_BAD_URI", async () => {
     const { run } = await withExample("sqlite-sink.config.ts");
     for (const uri of ["sqlite://just-a-table", "sqlite://db.sqlite/bad-name;drop", "sqlite://../up.db/t"]) {
-      const outcome = await run([sinkConfig("t", uri)]);
+      const outcome = await run([sinkSpec("t", uri)]);
       assert.match(code(outcome.error), /CSP_SINK_BAD_URI|CSP_SINK_PATH_ESCAPE/, uri);
     }
   });

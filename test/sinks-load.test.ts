@@ -15,7 +15,7 @@ import { packageRoot } from "../core/kernel/paths.js";
 import { defineSink } from "../sinks/api.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { batchOf, sampleTable } from "./helpers/arrow.js";
-import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
+import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 
 const logger = pino({ level: "silent" });
 const roots: string[] = [];
@@ -65,7 +65,7 @@ describe("sink plugins from config", () => {
     const outputRoot = resolve(configDir, config.output!);
     await mkdir(outputRoot, { recursive: true });
     const pipeline = scriptedPipeline({ outputRoot, sinks: plugins, logger });
-    const job = makeJob({ sinks: [sinkConfig("rows", "csv://tables/rows.csv"), sinkConfig("words", "upper://words.txt"), sinkConfig("rows", "parquet://rows.parquet", "replace")] });
+    const job = makeJob({ sinks: [sinkSpec("rows", "csv://tables/rows.csv"), sinkSpec("words", "upper://words.txt"), sinkSpec("rows", "parquet://rows.parquet", "replace")] });
     const small = new (await import("apache-arrow")).Table({ label: sampleTable(3).getChild("label")! });
     const outcome = await runJob(pipeline, job, [batchOf("rows", sampleTable(2)), batchOf("words", small)]);
     await pipeline.shutdown();

@@ -16,7 +16,7 @@ import { SinkManager, type LoadedSink } from "../core/pipeline/sink-manager.js";
 import { defineSink, type SinkPlugin } from "../sinks/api.js";
 import { arrowTypeName } from "../sinks/contract.js";
 import { SAMPLE_CONTRACT, batchOf, capturingLogger, recordingSinkPlugin, sampleTable, type SinkEvent } from "./helpers/arrow.js";
-import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
+import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 
 const logger = pino({ level: "silent" });
 const roots: string[] = [];
@@ -53,7 +53,7 @@ describe("SinkManager", () => {
   test("two topics go to two different sinks, each getting only its own batches", async () => {
     const events: SinkEvent[] = [];
     const { root, pipeline } = await setup([{ plugin: recordingSinkPlugin({ events }), options: {} }]);
-    const job = makeJob({ sinks: [sinkConfig("sales", "parquet://sales.parquet", "replace"), sinkConfig("errors", "mem://errors")] });
+    const job = makeJob({ sinks: [sinkSpec("sales", "parquet://sales.parquet", "replace"), sinkSpec("errors", "mem://errors")] });
     const outcome = await runJob(pipeline, job, [batchOf("sales", sampleTable(5), 0), batchOf("errors", sampleTable(2), 0), batchOf("sales", sampleTable(6), 1)]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, [
@@ -69,7 +69,7 @@ describe("SinkManager", () => {
   test("an unknown scheme fails the job naming the known schemes, before any sink opens", async () => {
     const events: SinkEvent[] = [];
     const { pipeline } = await setup([{ plugin: recordingSinkPlugin({ events }), options: {} }]);
-    const job = makeJob({ sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "s3://bucket/key.parquet")] });
+    const job = makeJob({ sinks: [sinkSpec("a", "mem://a"), sinkSpec("b", "s3://bucket/key.parquet")] });
     const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(1))]);
     assert.equal(outcome.status, "FAILED");
     assert.ok(Errors.SINK_UNKNOWN_SCHEME.is(outcome.error), String(outcome.error));
@@ -81,7 +81,7 @@ describe("SinkManager", () => {
   test("a topic with no sink is dropped, warned about once, and counted", async () => {
     const { pipeline } = await setup();
     const { logger: jobLogger, records } = capturingLogger();
-    const job = makeJob({ logger: jobLogger, sinks: [sinkConfig("sales", "parquet://sales.parquet")] });
+    const job = makeJob({ logger: jobLogger, sinks: [sinkSpec("sales", "parquet://sales.parquet")] });
     const outcome = await runJob(pipeline, job, [batchOf("debug", sampleTable(3), 0), batchOf("sales", sampleTable(2)), batchOf("debug", sampleTable(4), 1)]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.equal(outcome.metrics.unrouted_batches, 2);
@@ -95,7 +95,7 @@ describe("SinkManager", () => {
   test("a job whose plugin publishes to no configured topic succeeds with no artifacts and says so", async () => {
     const { root, pipeline } = await setup();
     const { logger: jobLogger, records } = capturingLogger();
-    const job = makeJob({ logger: jobLogger, sinks: [sinkConfig("sales", "parquet://sales.parquet")] });
+    const job = makeJob({ logger: jobLogger, sinks: [sinkSpec("sales", "parquet://sales.parquet")] });
     const outcome = await runJob(pipeline, job, [batchOf("other", sampleTable(3))]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, []);
@@ -108,7 +108,7 @@ describe("SinkManager", () => {
   test("a prepare failure in one sink: none commits, all abort, no file appears", async () => {
     const events: SinkEvent[] = [];
     const { root, pipeline } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "b", step: "prepare" } }), options: {} }]);
-    const job = makeJob({ sinks: [sinkConfig("a", "parquet://a.parquet"), sinkConfig("b", "mem://b"), sinkConfig("c", "mem://c")] });
+    const job = makeJob({ sinks: [sinkSpec("a", "parquet://a.parquet"), sinkSpec("b", "mem://b"), sinkSpec("c", "mem://c")] });
     const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(3)), batchOf("b", sampleTable(3)), batchOf("c", sampleTable(3))]);
     assert.equal(outcome.status, "FAILED");
     assert.ok(Errors.SINK_WRITE_FAILED.is(outcome.error), String(outcome.error));
@@ -124,7 +124,7 @@ describe("SinkManager", () => {
   test("a commit failure turns the job FAILED and aborts the sinks that had not committed", async () => {
     const events: SinkEvent[] = [];
     const { root, pipeline } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "a", step: "commit" } }), options: {} }]);
-    const job = makeJob({ sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "parquet://b.parquet")] });
+    const job = makeJob({ sinks: [sinkSpec("a", "mem://a"), sinkSpec("b", "parquet://b.parquet")] });
     const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(1)), batchOf("b", sampleTable(1))]);
     assert.equal(outcome.status, "FAILED");
     assert.match(String(outcome.error), /commit failed on purpose/);
@@ -135,7 +135,7 @@ describe("SinkManager", () => {
   test("a failing open fails the job before the guest runs, and the sinks opened so far abort", async () => {
     const events: SinkEvent[] = [];
     const { pipeline } = await setup([{ plugin: recordingSinkPlugin({ events, failOn: { topic: "b", step: "open" } }), options: {} }]);
-    const job = makeJob({ sinks: [sinkConfig("a", "mem://a"), sinkConfig("b", "mem://b"), sinkConfig("c", "mem://c")] });
+    const job = makeJob({ sinks: [sinkSpec("a", "mem://a"), sinkSpec("b", "mem://b"), sinkSpec("c", "mem://c")] });
     const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(1))]);
     assert.equal(outcome.status, "FAILED");
     assert.ok(!events.some((e) => e.startsWith("write") || e.includes(" c")), events.join("\n"));
@@ -154,7 +154,7 @@ describe("SinkManager", () => {
           { name: "region", type: "string" },
         ],
       });
-      const job = makeJob({ sinks: [sinkConfig("sales", "parquet://sales.parquet", "append", contract)] });
+      const job = makeJob({ sinks: [sinkSpec("sales", "parquet://sales.parquet", "append", contract)] });
       const outcome = await runJob(pipeline, job, [batchOf("sales", sampleTable(10))]);
       assert.equal(outcome.status, "FAILED");
       assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(outcome.error), String(outcome.error));
@@ -174,7 +174,7 @@ describe("SinkManager", () => {
 
     test("batches that honour schema_def pass (aliases, nullability checked on the data)", async () => {
       const { pipeline } = await setup();
-      const job = makeJob({ sinks: [sinkConfig("sales", "parquet://sales.parquet", "append", SAMPLE_CONTRACT)] });
+      const job = makeJob({ sinks: [sinkSpec("sales", "parquet://sales.parquet", "append", SAMPLE_CONTRACT)] });
       const outcome = await runJob(pipeline, job, [batchOf("sales", sampleTable(10))]);
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     });
@@ -182,7 +182,7 @@ describe("SinkManager", () => {
     test("an invalid schema_def fails the job with its own code", async () => {
       const { pipeline } = await setup();
       for (const bad of ["{not json", '{"cols": []}', '{"columns": [{"name": "x"}]}', '{"columns": [{"name": "x", "type": "int64"}, {"name": "x", "type": "int64"}]}']) {
-        const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet", "append", bad)] });
+        const job = makeJob({ sinks: [sinkSpec("t", "parquet://t.parquet", "append", bad)] });
         const outcome = await runJob(pipeline, job, []);
         assert.ok(Errors.SINK_BAD_SCHEMA_DEF.is(outcome.error), `${bad}: ${String(outcome.error)}`);
         assert.ok((outcome.error as CasparianError).hint);
@@ -196,7 +196,7 @@ describe("SinkManager", () => {
       const narrower = new Table({ id: vectorFromArray([3, 4], new Int32()), name: vectorFromArray(["c", "d"], new Utf8()) });
       const reordered = new Table({ name: vectorFromArray(["e"], new Utf8()), id: vectorFromArray([5n], new Int64()) });
       const missing = new Table({ id: vectorFromArray([6n], new Int64()) });
-      const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet"), sinkConfig("t", "mem://t")] });
+      const job = makeJob({ sinks: [sinkSpec("t", "parquet://t.parquet"), sinkSpec("t", "mem://t")] });
       const outcome = await runJob(pipeline, job, [batchOf("t", first, 0), batchOf("t", narrower, 1), batchOf("t", reordered, 2), batchOf("t", missing, 3)]);
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       assert.deepEqual(seen, ["id:int64 name:string", "id:int64 name:string", "id:int64 name:string", "id:int64 name:string [6,null]"]);
@@ -207,7 +207,7 @@ describe("SinkManager", () => {
       const { pipeline } = await setup([{ plugin: schemaRecorder(seen), options: {} }]);
       const placeholder = new Table({ id: vectorFromArray([1n], new Int64()), qty: vectorFromArray([null], new Null()) });
       const typed = new Table({ id: vectorFromArray([2n], new Int64()), qty: vectorFromArray([7n], new Int64()) });
-      const job = makeJob({ sinks: [sinkConfig("t", "mem://t")] });
+      const job = makeJob({ sinks: [sinkSpec("t", "mem://t")] });
       const outcome = await runJob(pipeline, job, [batchOf("t", placeholder, 0), batchOf("t", typed, 1), batchOf("t", placeholder, 2)]);
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       assert.deepEqual(seen, ["id:int64 qty:null! [1,null]", "id:int64 qty:int64", "id:int64 qty:int64 [1,null]"]);
@@ -217,7 +217,7 @@ describe("SinkManager", () => {
       const { root, pipeline } = await setup();
       const first = new Table({ qty: vectorFromArray([1n], new Int64()) });
       const text = new Table({ qty: vectorFromArray(["n/a"], new Utf8()) });
-      const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet")] });
+      const job = makeJob({ sinks: [sinkSpec("t", "parquet://t.parquet")] });
       const outcome = await runJob(pipeline, job, [batchOf("t", first, 0), batchOf("t", text, 1)]);
       assert.ok(Errors.SCHEMA_CONFLICT.is(outcome.error), String(outcome.error));
       assert.match(outcome.error!.message, /column 'qty' is int64 in one part of the data and string in another \(batch 1 of job \d+\)/);
@@ -235,7 +235,7 @@ describe("SinkManager", () => {
         const vector = vectorFromArray(values, new Int64());
         return new Table(schema, [new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: values.length, nullCount: 0, children: [vector.data[0]!] }))]);
       };
-      const job = makeJob({ sinks: [sinkConfig("t", "mem://t")] });
+      const job = makeJob({ sinks: [sinkSpec("t", "mem://t")] });
       const outcome = await runJob(pipeline, job, [batchOf("t", make(strict, [1n]), 0), batchOf("t", make(loose, [null]), 1), batchOf("t", make(strict, [3n]), 2)]);
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       assert.deepEqual(seen, ["id:int64!", "id:int64", "id:int64"]);
@@ -243,7 +243,7 @@ describe("SinkManager", () => {
 
     test("lineage column names are reserved", async () => {
       const { pipeline } = await setup();
-      const job = makeJob({ sinks: [sinkConfig("t", "parquet://t.parquet")] });
+      const job = makeJob({ sinks: [sinkSpec("t", "parquet://t.parquet")] });
       const outcome = await runJob(pipeline, job, [batchOf("t", new Table({ _job_id: vectorFromArray([1n], new Int64()) }))]);
       assert.ok(Errors.SINK_SCHEMA_MISMATCH.is(outcome.error), String(outcome.error));
       assert.match(outcome.error!.message, /"_job_id" is reserved for lineage/);

@@ -36,13 +36,13 @@ import type { SinkReference } from "../core/config/config.js";
 import { loadConfig } from "../core/config/loader.js";
 import { CasparianError } from "../core/kernel/errors.js";
 import type { JobOutcome } from "../core/kernel/job.js";
-import type { SinkConfig } from "../core/protocol/messages.js";
+import type { SinkSpec } from "../core/kernel/job.js";
 import { packageRoot } from "../core/kernel/paths.js";
 import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { Stage } from "../hooks/index.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { batchOf, canonicalColumns, sampleTable } from "./helpers/arrow.js";
-import { makeJob, runJob, scriptedPipeline, sinkConfig } from "./helpers/pipeline.js";
+import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 import { startPostgres, type PostgresServer } from "./helpers/postgres.js";
 
 const logger = pino({ level: "silent" });
@@ -88,7 +88,7 @@ interface Input {
   fileVersionId?: bigint;
 }
 
-async function withSinks(sinks: SinkReference[] | null): Promise<{ pipeline: Pipeline; root: string; run(configs: SinkConfig[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
+async function withSinks(sinks: SinkReference[] | null): Promise<{ pipeline: Pipeline; root: string; run(configs: SinkSpec[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
   let plugins;
   if (sinks === null) {
     const { config, dir } = await loadConfig({ explicitPath: join("examples", "postgres-sink.config.ts"), cwd: packageRoot(), command: "worker" });
@@ -100,7 +100,7 @@ async function withSinks(sinks: SinkReference[] | null): Promise<{ pipeline: Pip
   roots.push(root);
   const pipeline = scriptedPipeline({ outputRoot: root, sinks: plugins, logger, workerId: "w" });
   await pipeline.start();
-  const run = (configs: SinkConfig[], rows = 25, jobId = 77n, input: Input = {}) => {
+  const run = (configs: SinkSpec[], rows = 25, jobId = 77n, input: Input = {}) => {
     const job = makeJob({ sinks: configs, jobId, ...input });
     const half = Math.floor(rows / 2);
     return runJob(pipeline, job, [batchOf(configs[0]!.topic, sampleTable(half, 0), 0), batchOf(configs[0]!.topic, sampleTable(rows - half, half), 1)]);
@@ -114,7 +114,7 @@ const socket = (table: string) => `postgresql:///${DATABASE}/${table}?host=${ser
 describe("example PostgreSQL sink", () => {
   test("rows, int64s beyond 2^53, unicode, nulls, microsecond timestamps and uint64 lineage arrive exactly", async () => {
     const { run } = await withSinks(null);
-    const outcome = await run([sinkConfig("sales", tcp("public.sales"), "append")], 25, MAX_JOB_ID);
+    const outcome = await run([sinkSpec("sales", tcp("public.sales"), "append")], 25, MAX_JOB_ID);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, [{ topic: "sales", uri: `postgres://postgres@127.0.0.1:${server.port}/${DATABASE}/public.sales` }]);
 
@@ -159,7 +159,7 @@ describe("example PostgreSQL sink", () => {
       list: vectorFromArray([[9_007_199_254_740_993n, 1n], [], null], new List(new Field("item", new Int64(), true))),
     });
     const uri = socket("types_t");
-    const outcome = await runJob(pipeline, makeJob({ sinks: [sinkConfig("t", uri, "error")], jobId: 5n }), [batchOf("t", table)]);
+    const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("t", uri, "error")], jobId: 5n }), [batchOf("t", table)]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, [{ topic: "t", uri: `postgresql://postgres@/${DATABASE}/public.types_t?host=${server.socketDir}&port=${server.port}` }]);
     assert.deepEqual(await columnTypes("types_t"), {
@@ -191,7 +191,7 @@ describe("example PostgreSQL sink", () => {
   test("modes act on the job's input: replace swaps its rows, append keeps its versions once each, error refuses it; failures leave the target as it was", async () => {
     const { pipeline, run } = await withSinks(null);
     const uri = tcp("modes");
-    const t = (mode: SinkConfig["mode"]) => [sinkConfig("t", uri, mode)];
+    const t = (mode: SinkSpec["mode"]) => [sinkSpec("t", uri, mode)];
     const a1 = { filePath: "/data/a.csv", fileVersionId: 11n };
     const b1 = { filePath: "/data/b.csv", fileVersionId: 21n };
     assert.equal((await run(t("append"), 5, 1n, a1)).status, "SUCCESS");
@@ -236,8 +236,8 @@ describe("example PostgreSQL sink", () => {
 
   test("mode error checks again at commit: rows of the input committed meanwhile win, nothing is written", async () => {
     const { pipeline, run } = await withSinks(null);
-    assert.equal((await run([sinkConfig("t", tcp("race"), "append")], 2, 10n, { filePath: "/data/other.csv", fileVersionId: 51n })).status, "SUCCESS");
-    const job = makeJob({ sinks: [sinkConfig("t", tcp("race"), "error")], jobId: 8n, filePath: "/data/race.csv", fileVersionId: 41n });
+    assert.equal((await run([sinkSpec("t", tcp("race"), "append")], 2, 10n, { filePath: "/data/other.csv", fileVersionId: 51n })).status, "SUCCESS");
+    const job = makeJob({ sinks: [sinkSpec("t", tcp("race"), "error")], jobId: 8n, filePath: "/data/race.csv", fileVersionId: 41n });
     let staged = -1;
     // Between the sink's prepare and its commit, another writer records rows of the same input.
     pipeline.hooks.prepareCommit.tapPromise({ name: "Racer", stage: Stage.OBSERVE }, async () => {
@@ -253,7 +253,7 @@ describe("example PostgreSQL sink", () => {
 
   test("a topic without batches publishes nothing", async () => {
     const { pipeline } = await withSinks(null);
-    const outcome = await runJob(pipeline, makeJob({ sinks: [sinkConfig("t", tcp("never"), "append")] }), []);
+    const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("t", tcp("never"), "append")] }), []);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, []);
     assert.deepEqual(await query("SELECT to_regclass('public.never') AS t"), [{ t: null }]);
@@ -261,7 +261,7 @@ describe("example PostgreSQL sink", () => {
 
   test("writes in statements of insertRows rows; only _file_version_id unless lineage is asked; bad options are refused at load", async () => {
     const { run } = await withSinks([{ use: EXAMPLE, options: { insertRows: 7 } }]);
-    const outcome = await run([sinkConfig("t", tcp("chunks"), "append")], 25);
+    const outcome = await run([sinkSpec("t", tcp("chunks"), "append")], 25);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const ids = (await query<{ id: string }>("SELECT id::text AS id FROM public.chunks ORDER BY id")).map((r) => r.id);
     assert.deepEqual(ids, canonicalColumns(sampleTable(25)).id);
@@ -273,16 +273,16 @@ describe("example PostgreSQL sink", () => {
   test("bad URIs fail with SINK_BAD_URI, unreachable servers with SINK_WRITE_FAILED, never showing the password", async () => {
     const { run } = await withSinks(null);
     for (const uri of ["postgres://h/a/b/c", "postgres:///bad-name", "postgres:///s.t.u", "postgres:///db/t?sslmode=require", `postgres://127.0.0.1:${server.port}/db/t?host=/tmp`]) {
-      const outcome = await run([sinkConfig("t", uri)]);
+      const outcome = await run([sinkSpec("t", uri)]);
       assert.equal(code(outcome.error), "CSP_SINK_BAD_URI", uri);
     }
-    const unreachable = await run([sinkConfig("t", "postgres://someone:s3cret@127.0.0.1:1/db/t")]);
+    const unreachable = await run([sinkSpec("t", "postgres://someone:s3cret@127.0.0.1:1/db/t")]);
     assert.equal(code(unreachable.error), "CSP_SINK_WRITE_FAILED");
     assert.match(unreachable.error!.message, /cannot connect/);
     assert.doesNotMatch(unreachable.error!.message, /s3cret/);
     assert.equal((unreachable.error as CasparianError).context.sinkUri, "postgres://someone:***@127.0.0.1:1/db/t");
 
-    const noSchema = await run([sinkConfig("t", tcp("nowhere.t"))]);
+    const noSchema = await run([sinkSpec("t", tcp("nowhere.t"))]);
     assert.equal(code(noSchema.error), "CSP_SINK_WRITE_FAILED");
     assert.match(noSchema.error!.message, /schema "nowhere" does not exist/);
   });
@@ -318,7 +318,7 @@ describe("example PostgreSQL sink", () => {
     // A sink opening in a database also drops the stale staging it finds there.
     await create([staged("6", HOST_TAG, deadPid)]);
     const { run } = await withSinks(null);
-    assert.equal((await run([sinkConfig("t", tcp("sweep"))], 3, 9n)).status, "SUCCESS");
+    assert.equal((await run([sinkSpec("t", tcp("sweep"))], 3, 9n)).status, "SUCCESS");
     assert.deepEqual(await stagingTables(), keep);
   });
 });

@@ -13,6 +13,7 @@ import { runGuest } from "../core/bridge/host.js";
 import type { GuestResult, GuestRunOptions } from "../core/bridge/types.js";
 import { WarmPool } from "../core/bridge/warm-pool.js";
 import { EnvManager } from "../core/env/manager.js";
+import type { JobCommand } from "../core/kernel/job.js";
 import { silentLogger } from "../core/kernel/logger.js";
 import { isProcessAlive } from "../core/kernel/process.js";
 import { Pipeline } from "../core/pipeline/pipeline.js";
@@ -177,9 +178,9 @@ describe("warm guests", () => {
             seen.push(Number(batch.table.get(0)!.toJSON().ppid));
           }),
       });
-      const command: DispatchCommand = { plugin_name: "probe", file_path: await input("look"), sinks: [], file_version_id: 1n, env_hash: "0".repeat(64), source_code: probe, artifact_hash: null };
+      const command: JobCommand = { pluginName: "probe", filePath: await input("look"), sinks: [], fileVersionId: 1n, envHash: "0".repeat(64), sourceCode: probe, artifactHash: null };
       const receipt = await pipeline.runJob({ jobId: 1n, command, logger: silentLogger(), signal: new AbortController().signal });
-      assert.equal(receipt.status, "SUCCESS", receipt.error_message ?? "");
+      assert.equal(receipt.status, "SUCCESS", receipt.errorMessage ?? "");
       assert.equal(receipt.metrics.guest_warm, 0);
       assert.deepEqual(seen, [process.pid]);
     } finally {

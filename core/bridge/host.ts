@@ -198,7 +198,7 @@ class GuestRun {
     this.#options = options;
     this.#dir = dir;
     this.#log = options.job.logger.child({ component: "guest" });
-    this.#context = { jobId: options.job.jobId, plugin: options.job.command.plugin_name };
+    this.#context = { jobId: options.job.jobId, plugin: options.job.command.pluginName };
   }
 
   #fail(err: CasparianError): void {
@@ -250,7 +250,7 @@ class GuestRun {
     else job.signal.addEventListener("abort", this.#onAbort, { once: true });
     this.#timeout("job", timeouts.jobMs).arm();
 
-    const source = job.command.source_code ?? "";
+    const source = job.command.sourceCode ?? "";
     const sourceBytes = Buffer.byteLength(source, "utf8");
     if (sourceBytes > MAX_PLUGIN_SOURCE_BYTES) throw Errors.PLUGIN_SOURCE_TOO_LARGE([sourceBytes, MAX_PLUGIN_SOURCE_BYTES], { context: this.#context });
     const socketPath = join(this.#dir, "bridge.sock");
@@ -431,12 +431,12 @@ class GuestRun {
     const { job } = this.#options;
     return {
       BRIDGE_SOCKET: socketPath,
-      BRIDGE_FILE_PATH: job.command.file_path,
+      BRIDGE_FILE_PATH: job.command.filePath,
       BRIDGE_JOB_ID: job.jobId.toString(),
-      BRIDGE_FILE_VERSION_ID: BigInt(job.command.file_version_id).toString(),
-      BRIDGE_PLUGIN_NAME: job.command.plugin_name,
+      BRIDGE_FILE_VERSION_ID: BigInt(job.command.fileVersionId).toString(),
+      BRIDGE_PLUGIN_NAME: job.command.pluginName,
       // The plugin's config (a JSON object), when the Sentinel sent one.
-      ...(job.command.plugin_config === undefined ? {} : { BRIDGE_PLUGIN_CONFIG: job.command.plugin_config }),
+      ...(job.command.pluginConfig === undefined ? {} : { BRIDGE_PLUGIN_CONFIG: job.command.pluginConfig }),
     };
   }
 
@@ -447,7 +447,7 @@ class GuestRun {
   async #fork(socketPath: string, source: string): Promise<boolean> {
     const pool = this.#options.warm!;
     const outputs = await Promise.all(["stdout.sock", "stderr.sock"].map((name) => this.#listen(join(this.#dir, name))));
-    const spec = { interpreterPath: this.#options.interpreterPath, guestPath: shimPath(), source, pluginName: this.#options.job.command.plugin_name, env: guestEnv(this.#options.allowEnv) };
+    const spec = { interpreterPath: this.#options.interpreterPath, guestPath: shimPath(), source, pluginName: this.#options.job.command.pluginName, env: guestEnv(this.#options.allowEnv) };
     const launching = pool
       .launch(spec, this.#dir, this.#jobEnv(socketPath), () => this.#closing || this.#failure !== undefined)
       .catch((err: unknown): WarmLaunch => ({ kind: "cold", reason: `warm pool failed: ${(err as Error).message}` }));

@@ -1,16 +1,49 @@
 /**
  * What a job looks like to everything that is not the wire: hooks, sinks and the
- * bridge share these types. A Batch is one chunk of plugin output for one topic.
+ * bridge share these types, in their own camelCase names. The wire's snake_case
+ * shapes (core/protocol/messages.ts) are converted at the protocol edge
+ * (core/protocol/job-view.ts), so renaming a wire field never breaks a plugin.
+ * A Batch is one chunk of plugin output for one topic.
  */
 import type { Table } from "apache-arrow";
 import type { Logger } from "./logger.js";
-import type { Artifact, DispatchCommand, ReceiptStatus } from "../protocol/messages.js";
+
+/** What a sink does when its target already exists: add to it, swap it, or refuse. */
+export type SinkMode = "append" | "replace" | "error";
+
+/** One output of a job: where one topic's batches go. */
+export interface SinkSpec {
+  readonly topic: string;
+  /** The sink URI as configured, e.g. "parquet://sales.parquet?compression=zstd". */
+  readonly uri: string;
+  readonly mode: SinkMode;
+  /** The topic's column contract as JSON text (`{"columns":[...]}`), or null for none. */
+  readonly schemaDef: string | null;
+}
+
+/** The job as the Sentinel described it: what to run, on what, and where its output goes. */
+export interface JobCommand {
+  /** The plugin's name (logs, lineage). */
+  readonly pluginName: string;
+  /** The input file the plugin parses. */
+  readonly filePath: string;
+  readonly sinks: readonly SinkSpec[];
+  /** The Sentinel's id for this version of the input (u64): lineage columns carry it. */
+  readonly fileVersionId: bigint;
+  /** sha256 of the environment's lockfile: which venv runs the plugin. */
+  readonly envHash: string;
+  /** The plugin's Python source. */
+  readonly sourceCode: string;
+  readonly artifactHash: string | null;
+  /** The plugin's configuration as JSON text, when the Sentinel sent one. */
+  readonly pluginConfig?: string;
+}
 
 /** Everything known about a job before it runs. Immutable once the job starts. */
 export interface JobInfo {
   readonly jobId: bigint;
   readonly workerId: string;
-  readonly command: Readonly<DispatchCommand>;
+  readonly command: JobCommand;
 }
 
 /** Per-job context handed to hooks and sinks. */
@@ -34,12 +67,39 @@ export interface Batch {
   readonly numRows: number;
 }
 
+/** Something a job published: the topic and where it is now. */
+export interface Artifact {
+  readonly topic: string;
+  readonly uri: string;
+}
+
+export type JobStatus = "SUCCESS" | "FAILED";
+
 /** How a job ended, as seen by onConclude taps. Taps append artifacts and metrics. */
 export interface JobOutcome {
-  status: ReceiptStatus;
+  status: JobStatus;
   /** Why the job failed; null on success. */
   error: Error | null;
   readonly artifacts: Artifact[];
   /** Integer metrics for the receipt. */
   readonly metrics: Record<string, number | bigint>;
+}
+
+/** The job's result as it is reported to the Sentinel (afterConclude sees it). */
+export interface Receipt {
+  readonly status: JobStatus;
+  /** Integers only (fractions are rounded): the Sentinel validates them as int. */
+  readonly metrics: Readonly<Record<string, number | bigint>>;
+  /** Empty unless the job succeeded. */
+  readonly artifacts: readonly Artifact[];
+  /** Why the job failed ("CODE: message (hint: ...)"); null on success. */
+  readonly errorMessage: string | null;
+}
+
+/** An environment is ready to run jobs (envReady sees it). */
+export interface EnvReady {
+  readonly envHash: string;
+  readonly interpreterPath: string;
+  /** True when it already existed (nothing was built). */
+  readonly cached: boolean;
 }

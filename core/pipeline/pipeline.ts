@@ -20,9 +20,8 @@ import type { WarmPool } from "../bridge/warm-pool.js";
 import type { GuestResult, GuestRunOptions, GuestTimeouts } from "../bridge/types.js";
 import type { BridgeConfig } from "../config/config.js";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
-import type { Batch, JobContext, JobOutcome } from "../kernel/job.js";
+import type { Batch, EnvReady, JobCommand, JobContext, JobOutcome, Receipt } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
-import type { DispatchCommand, EnvReadyPayload, JobReceipt } from "../protocol/messages.js";
 import { createHooks, type TapOnlyHooks, type WorkerHooks, type WorkerInfo, type WorkerPlugin } from "../../hooks/index.js";
 import { HookInterceptor, failingTap } from "./interceptor.js";
 
@@ -34,7 +33,7 @@ export interface EnvLease {
   release(): void;
 }
 
-/** Where jobs get their environments: null when the env_hash was never provisioned here. */
+/** Where jobs get their environments: null when the envHash was never provisioned here. */
 export interface EnvironmentSource {
   acquire(envHash: string): Promise<EnvLease | null>;
 }
@@ -58,7 +57,7 @@ export interface PipelineOptions {
 /** One job as the worker hands it over. */
 export interface JobRequest {
   jobId: bigint;
-  command: DispatchCommand;
+  command: JobCommand;
   /** Aborted on ABORT, timeout or shutdown. */
   signal: AbortSignal;
   /** The job's logger (job_id bound). */
@@ -104,7 +103,7 @@ export class Pipeline {
   }
 
   /** Fire `envReady`; never rejects (every tap runs, failures are logged). */
-  async envReady(env: EnvReadyPayload): Promise<void> {
+  async envReady(env: EnvReady): Promise<void> {
     await this.#hooks.envReady.promise(env);
   }
 
@@ -114,7 +113,7 @@ export class Pipeline {
   }
 
   /** One job, from its DISPATCH to its receipt, in the documented hook order. Never throws. */
-  async runJob(request: JobRequest): Promise<JobReceipt> {
+  async runJob(request: JobRequest): Promise<Receipt> {
     const { jobId, logger, signal } = request;
     const outcome: JobOutcome = { status: "SUCCESS", error: null, artifacts: [], metrics: {} };
     let job = this.#context(request, request.command);
@@ -132,11 +131,11 @@ export class Pipeline {
         throw err;
       }
       job = this.#context(request, dispatched.command);
-      // After beforeDispatch, so that a rewritten env_hash is the one used and a guard can reject first.
-      lease = await this.#options.envs.acquire(job.command.env_hash);
-      if (lease === null) throw Errors.ENV_NOT_PROVISIONED([job.command.env_hash.slice(0, 12)], { context: { jobId, plugin: job.command.plugin_name } });
+      // After beforeDispatch, so that a rewritten envHash is the one used and a guard can reject first.
+      lease = await this.#options.envs.acquire(job.command.envHash);
+      if (lease === null) throw Errors.ENV_NOT_PROVISIONED([job.command.envHash.slice(0, 12)], { context: { jobId, plugin: job.command.pluginName } });
       if (signal.aborted) throw signal.reason;
-      logger.info({ file: job.command.file_path, sinks: job.command.sinks.length }, "job started");
+      logger.info({ file: job.command.filePath, sinks: job.command.sinks.length }, "job started");
 
       await this.#hooks.jobStart.promise(job);
       const guest = await this.#runGuest({
@@ -162,16 +161,16 @@ export class Pipeline {
 
     const receipt = toReceipt(outcome);
     // The worker logs every conclusion with the receipt; here only what the receipt loses: the stack and the tap.
-    if (outcome.status === "FAILED") logger.error({ err: outcome.error, ...failingTap(outcome.error) }, "job failed: %s", receipt.error_message);
+    if (outcome.status === "FAILED") logger.error({ err: outcome.error, ...failingTap(outcome.error) }, "job failed: %s", receipt.errorMessage);
     await this.#hooks.afterConclude.promise(receipt, job);
     return receipt;
   }
 
-  #context(request: JobRequest, command: DispatchCommand): JobContext {
+  #context(request: JobRequest, command: JobCommand): JobContext {
     return Object.freeze({
       jobId: request.jobId,
       workerId: this.#options.workerId,
-      command: Object.freeze({ ...command }),
+      command: Object.freeze({ ...command, sinks: Object.freeze([...command.sinks]) }),
       logger: request.logger,
       outputRoot: this.#options.outputRoot,
       signal: request.signal,
@@ -222,7 +221,7 @@ function guestMetrics(guest: GuestResult): Record<string, number> {
   return metrics;
 }
 
-function toReceipt(outcome: JobOutcome): JobReceipt {
+function toReceipt(outcome: JobOutcome): Receipt {
   const metrics: Record<string, number | bigint> = {};
   for (const [name, value] of Object.entries(outcome.metrics)) {
     // The Python Sentinel validates metrics as int: never send a fraction.
@@ -232,7 +231,7 @@ function toReceipt(outcome: JobOutcome): JobReceipt {
     status: outcome.status,
     metrics,
     artifacts: outcome.status === "SUCCESS" ? outcome.artifacts : [],
-    error_message: outcome.status === "SUCCESS" ? null : receiptError(outcome.error),
+    errorMessage: outcome.status === "SUCCESS" ? null : receiptError(outcome.error),
   };
 }
 

@@ -1,7 +1,7 @@
 /**
  * One DISPATCH may list the same sink more than once: upstream's long-running Python
  * Sentinel appends its whole sink table again on every DEPLOY and RELOAD. Opening both
- * copies makes two writers race for one staging file. So identical SinkConfigs are one
+ * copies makes two writers race for one staging file. So identical SinkSpecs are one
  * sink; the same target listed with different settings (topic, mode, schema_def) cannot
  * be honoured and fails the job before anything is opened.
  *
@@ -10,18 +10,18 @@
  */
 import { posix } from "node:path";
 import { Errors } from "../kernel/errors.js";
-import type { SinkConfig } from "../protocol/messages.js";
+import type { SinkSpec } from "../kernel/job.js";
 import { parseSinkUri } from "../../sinks/uri.js";
 
 export interface DedupedSinks {
-  sinks: SinkConfig[];
+  sinks: SinkSpec[];
   /** How many entries were dropped as exact repeats. */
   repeats: number;
 }
 
-export function dedupeSinkConfigs(configs: readonly SinkConfig[]): DedupedSinks {
-  const byTarget = new Map<string, SinkConfig>();
-  const sinks: SinkConfig[] = [];
+export function dedupeSinkSpecs(configs: readonly SinkSpec[]): DedupedSinks {
+  const byTarget = new Map<string, SinkSpec>();
+  const sinks: SinkSpec[] = [];
   let repeats = 0;
   for (const config of configs) {
     const key = targetKey(config.uri);
@@ -53,10 +53,10 @@ function targetKey(uri: string): string {
   return `${parsed.scheme}://${location}?${new URLSearchParams(params).toString()}`;
 }
 
-function settingDifferences(a: SinkConfig, b: SinkConfig): string[] {
+function settingDifferences(a: SinkSpec, b: SinkSpec): string[] {
   const out: string[] = [];
   if (a.topic !== b.topic) out.push(`topic ${JSON.stringify(a.topic)} vs ${JSON.stringify(b.topic)}`);
   if ((a.mode ?? "append") !== (b.mode ?? "append")) out.push(`mode ${JSON.stringify(a.mode)} vs ${JSON.stringify(b.mode)}`);
-  if ((a.schema_def ?? null) !== (b.schema_def ?? null)) out.push("different schema_def");
+  if ((a.schemaDef ?? null) !== (b.schemaDef ?? null)) out.push("different schema_def");
   return out;
 }

@@ -2,10 +2,10 @@
  * Maps the Sink lifecycle onto the worker hooks; the only code that calls sink methods.
  *
  *   start          → plugin.recover()      (staging left by a crashed run)
-    const { sinks: configs, repeats } = dedupeSinkConfigs(job.command.sinks);
-    if (repeats > 0) job.logger.info({ repeats, sinks: configs.length }, "the DISPATCH repeats identical sinks; each is written once");
-    const targets = configs.map((config) => this.#target(config, job));
-    const state: JobSinks = { sinks: [], byTopic: new Map(), schemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0 };
+ *   jobStart       → create + open one sink per SinkSpec (identical repeats are one sink;
+ *                    an unknown scheme or a conflicting repeat fails the job before any opens)
+ *   onBatch        → unify the batch with its topic's schema (sinks/schema.ts), check the
+ *                    schemaDef contract, then write to every sink of the batch's topic
  *   prepareCommit  → every sink prepares (phase one); the first failure fails the job
  *   onConclude     → at Stage.COMMIT (after default-stage taps, which may still veto):
  *                    SUCCESS: every sink commits (phase two), artifacts and metrics;
@@ -27,15 +27,15 @@
  */
 import { tableToIPC, type Schema } from "apache-arrow";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
-import type { Batch, JobContext, JobOutcome } from "../kernel/job.js";
+import type { Batch, JobContext, JobOutcome, SinkSpec } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
-import { ANY_TOPIC, TOPIC_PLACEHOLDER, type SinkConfig } from "../protocol/messages.js";
+import { ANY_TOPIC, TOPIC_PLACEHOLDER } from "../protocol/messages.js";
 import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../../hooks/index.js";
 import type { Sink, SinkPlugin, SinkTarget } from "../../sinks/api.js";
 import { contractDifferences, parseSchemaDef } from "../../sinks/contract.js";
 import { TopicSchema, castTable, conformsTo } from "../../sinks/schema.js";
 import { parseSinkUri } from "../../sinks/uri.js";
-import { dedupeSinkConfigs } from "./sink-dedupe.js";
+import { dedupeSinkSpecs } from "./sink-dedupe.js";
 
 export interface LoadedSink {
   plugin: SinkPlugin;
@@ -63,7 +63,7 @@ interface JobSinks {
   unroutedBatches: number;
   unroutedRows: number;
   /** The sink config for topics without one of their own (topic "*"), or null. */
-  readonly catchAll: SinkConfig | null;
+  readonly catchAll: SinkSpec | null;
 }
 
 export class SinkManager implements WorkerPlugin {
@@ -116,7 +116,7 @@ export class SinkManager implements WorkerPlugin {
 
   async #open(job: JobContext): Promise<void> {
     // Validate every target before creating any sink: a bad URI fails the job with nothing to undo.
-    const { sinks: configs, repeats } = dedupeSinkConfigs(job.command.sinks);
+    const { sinks: configs, repeats } = dedupeSinkSpecs(job.command.sinks);
     if (repeats > 0) job.logger.info({ repeats, sinks: configs.length }, "the DISPATCH repeats identical sinks; each is written once");
     const named = configs.filter((config) => config.topic !== ANY_TOPIC);
     const catchAll = configs.find((config) => config.topic === ANY_TOPIC) ?? null;
@@ -145,7 +145,7 @@ export class SinkManager implements WorkerPlugin {
     return active;
   }
 
-  #target(config: SinkConfig, job: JobContext): { target: SinkTarget; loaded: LoadedSink } {
+  #target(config: SinkSpec, job: JobContext): { target: SinkTarget; loaded: LoadedSink } {
     const context = { jobId: job.jobId, sinkUri: config.uri };
     let parsed;
     try {
@@ -158,7 +158,7 @@ export class SinkManager implements WorkerPlugin {
     if (loaded === undefined) {
       throw Errors.SINK_UNKNOWN_SCHEME([config.uri, [...this.#byScheme.keys()].map((s) => `${s}://`).join(", ")], { context: { ...context, topic: config.topic } });
     }
-    const contract = parseSchemaDef(config.topic, config.schema_def, context);
+    const contract = parseSchemaDef(config.topic, config.schemaDef, context);
     return { target: Object.freeze({ topic: config.topic, uri: config.uri, parsed, mode: config.mode ?? "append", contract, config }), loaded };
   }
 
@@ -305,7 +305,7 @@ export class SinkManager implements WorkerPlugin {
 }
 
 /** The catch-all config made concrete for one topic. */
-function forTopic(config: SinkConfig, topic: string): SinkConfig {
+function forTopic(config: SinkSpec, topic: string): SinkSpec {
   // Sink URIs are percent-decoded: keep the topic's own characters literal.
   const escaped = topic.replace(/%/g, "%25").replace(/\?/g, "%3F").replace(/#/g, "%23");
   return { ...config, topic, uri: config.uri.split(TOPIC_PLACEHOLDER).join(escaped) };

@@ -49,7 +49,7 @@ async function checkOne(sink: SinkToCheck, loaded: readonly LoadedSink[], output
     });
   }
   const contract = parseSchemaDef(topic, sink.schema_def, { jobId: 0n, sinkUri: sink.uri });
-  const config = { topic, uri, mode: sink.mode, schema_def: sink.schema_def };
+  const config = { topic, uri, mode: sink.mode, schemaDef: sink.schema_def };
   const target: SinkTarget = Object.freeze({ topic, uri, parsed, mode: sink.mode, contract, config });
   await entry.plugin.checkTarget?.(target, { outputRoot, options: entry.options });
 }

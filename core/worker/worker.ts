@@ -18,6 +18,7 @@ import { Opcode, type DispatchCommand, type Header, type JobReceipt, type Messag
 import type { WorkerMetrics } from "./metrics.js";
 import { routingIdFor } from "./routing-id.js";
 import { decodeHeader, decodeMessage, encodeMessage, opcodeName } from "../protocol/codec.js";
+import { envReadyFromWire, jobCommandFromWire, receiptToWire } from "../protocol/job-view.js";
 import type { Pipeline } from "../pipeline/pipeline.js";
 
 export interface WorkerOptions {
@@ -408,7 +409,8 @@ export class Worker {
     const started = performance.now();
     let receipt: JobReceipt;
     try {
-      receipt = await this.#o.pipeline().runJob({ jobId, command, signal: controller.signal, logger });
+      // The protocol edge: the pipeline and its plugins see the job view, never the wire shapes.
+      receipt = receiptToWire(await this.#o.pipeline().runJob({ jobId, command: jobCommandFromWire(command), signal: controller.signal, logger }));
     } catch (err) {
       logger.error({ err }, "job failed outside the pipeline (bug)");
       receipt = failedReceipt(describe(err));
@@ -454,7 +456,7 @@ export class Worker {
       const ready = await this.#o.envs.prepare(command);
       logger.info({ cached: ready.cached, interpreter: ready.interpreter_path }, "environment ready");
       await this.#send(Opcode.ENV_READY, () => ({ jobId: 0n, payload: ready }));
-      await this.#o.pipeline().envReady(ready);
+      await this.#o.pipeline().envReady(envReadyFromWire(ready));
     } catch (err) {
       logger.error({ err }, "PREPARE_ENV failed");
       await this.#send(Opcode.ERR, () => ({

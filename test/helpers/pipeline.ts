@@ -7,37 +7,36 @@
 import { performance } from "node:perf_hooks";
 import { pino, type Logger } from "pino";
 import type { GuestResult } from "../../core/bridge/types.js";
-import type { Batch, JobContext, JobOutcome } from "../../core/kernel/job.js";
+import type { Batch, JobCommand, JobContext, JobOutcome, SinkSpec } from "../../core/kernel/job.js";
 import { Pipeline, type GuestRunner } from "../../core/pipeline/pipeline.js";
 import { SinkManager, type LoadedSink } from "../../core/pipeline/sink-manager.js";
-import type { DispatchCommand, SinkConfig } from "../../core/protocol/messages.js";
 
-/** A job as the worker hands it to the pipeline: its id and its (wire) command. */
+/** A job as the worker hands it to the pipeline: its id and its command (the job view, not the wire). */
 export interface TestJob {
   readonly jobId: bigint;
-  readonly command: DispatchCommand;
+  readonly command: JobCommand;
   /** The job's logger (default: silent). */
   readonly logger?: Logger;
 }
 
-export function makeJob(opts: { sinks: SinkConfig[]; jobId?: bigint; fileVersionId?: bigint; filePath?: string; logger?: Logger }): TestJob {
+export function makeJob(opts: { sinks: SinkSpec[]; jobId?: bigint; fileVersionId?: bigint; filePath?: string; logger?: Logger }): TestJob {
   return Object.freeze({
     logger: opts.logger,
     jobId: opts.jobId ?? 18_446_744_073_709_551_615n, // 2^64 - 1: job ids are uint64 on the wire
     command: Object.freeze({
-      plugin_name: "sales_parser",
-      file_path: opts.filePath ?? "/data/in.csv",
+      pluginName: "sales_parser",
+      filePath: opts.filePath ?? "/data/in.csv",
       sinks: opts.sinks,
-      file_version_id: opts.fileVersionId ?? 9_007_199_254_740_993n,
-      env_hash: "e".repeat(64),
-      source_code: "",
-      artifact_hash: null,
+      fileVersionId: opts.fileVersionId ?? 9_007_199_254_740_993n,
+      envHash: "e".repeat(64),
+      sourceCode: "",
+      artifactHash: null,
     }),
   });
 }
 
-export function sinkConfig(topic: string, uri: string, mode: SinkConfig["mode"] = "append", schemaDef: string | null = null): SinkConfig {
-  return { topic, uri, mode, schema_def: schemaDef };
+export function sinkSpec(topic: string, uri: string, mode: SinkSpec["mode"] = "append", schemaDef: string | null = null): SinkSpec {
+  return { topic, uri, mode, schemaDef };
 }
 
 /** What the scripted guest does: publish these batches, or run this function with the bridge's onBatch. */
@@ -106,6 +105,6 @@ export async function runJob(
   state.scripts.set(signal, { script: guest, fails: opts.guestFails });
   const receipt = await pipeline.runJob({ jobId: job.jobId, command: job.command, signal, logger: opts.logger ?? job.logger ?? pino({ level: "silent" }) });
   const outcome = state.outcomes.get(signal);
-  if (outcome === undefined) throw new Error(`the pipeline concluded job ${job.jobId} without onConclude (receipt: ${JSON.stringify(receipt.error_message)})`);
+  if (outcome === undefined) throw new Error(`the pipeline concluded job ${job.jobId} without onConclude (receipt: ${JSON.stringify(receipt.errorMessage)})`);
   return outcome;
 }

@@ -10,9 +10,9 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { EnvManager } from "../../core/env/manager.js";
-import type { JobContext } from "../../core/kernel/job.js";
+import type { JobCommand, JobContext } from "../../core/kernel/job.js";
 import { silentLogger, type Logger } from "../../core/kernel/logger.js";
-import type { DispatchCommand, PrepareEnvCommand } from "../../core/protocol/messages.js";
+import type { PrepareEnvCommand } from "../../core/protocol/messages.js";
 import { packageRoot } from "../../core/kernel/paths.js";
 
 export function sha256(text: string): string {
@@ -73,14 +73,14 @@ let nextJobId = 9_007_199_254_740_993n; // > 2^53: ids are bigint end to end
 export function testJob(sourceCode: string, options: { filePath?: string; logger?: Logger; pluginName?: string; outputRoot?: string } = {}): TestJob {
   const controller = new AbortController();
   const jobId = nextJobId++;
-  const command: DispatchCommand = {
-    plugin_name: options.pluginName ?? "test_plugin",
-    file_path: options.filePath ?? "/dev/null",
+  const command: JobCommand = {
+    pluginName: options.pluginName ?? "test_plugin",
+    filePath: options.filePath ?? "/dev/null",
     sinks: [],
-    file_version_id: 18_446_744_073_709_551_615n,
-    env_hash: "0".repeat(64),
-    source_code: sourceCode,
-    artifact_hash: null,
+    fileVersionId: 18_446_744_073_709_551_615n,
+    envHash: "0".repeat(64),
+    sourceCode,
+    artifactHash: null,
   };
   const job: JobContext = {
     jobId,
