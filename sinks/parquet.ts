@@ -20,7 +20,7 @@
 import { availableParallelism } from "node:os";
 import { mkdir, realpath, rename } from "node:fs/promises";
 import { dirname, relative, isAbsolute } from "node:path";
-import { Errors } from "../core/kernel/errors.js";
+import { Errors, systemErrorHint } from "../core/kernel/errors.js";
 import { defineSink, type Artifact, type Batch, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
 import { assertTargetFree, fileLocationFor, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
 import { DataType, tableFromIPC, type RecordBatch, type Schema } from "apache-arrow";
@@ -312,7 +312,7 @@ class ParquetTopicSink implements Sink {
       const { job } = this.#context;
       const message = err instanceof Error ? err.message : String(err);
       const cause = /ENOSPC/.test(message) ? "no space left on the device" : message;
-      throw Errors.SINK_WRITE_FAILED([this.#target.uri, cause], { context: { jobId: job.jobId, sinkUri: this.#target.uri, file: this.#stagingPath }, cause: err });
+      throw Errors.SINK_WRITE_FAILED([this.#target.uri, cause], { context: { jobId: job.jobId, sinkUri: this.#target.uri, file: this.#stagingPath }, cause: err, hint: systemErrorHint(err) });
     }
   }
 }

@@ -52,6 +52,23 @@ export function createError<A extends MessageArgs = []>(code: string, template: 
   return factory;
 }
 
+/** The fixes people need for the system errors a sink meets most. */
+export function systemErrorHint(err: unknown): string | undefined {
+  // Errors that crossed a thread boundary keep only their message, not their code.
+  const code = (err as NodeJS.ErrnoException | null)?.code ?? /\b(ENOSPC|EDQUOT|EACCES|EPERM|EROFS)\b/.exec(errorMessage(err))?.[1];
+  switch (code) {
+    case "ENOSPC":
+    case "EDQUOT":
+      return "the disk under the output root is full: free space or point --output at a larger volume; nothing partial was published";
+    case "EACCES":
+    case "EPERM":
+    case "EROFS":
+      return "the worker cannot write under the output root: check its permissions and that it is not mounted read-only";
+    default:
+      return undefined;
+  }
+}
+
 /** Message text for any thrown value, without losing a CasparianError's code and hint. */
 export function errorMessage(err: unknown): string {
   if (err instanceof CasparianError) return err.describe();

@@ -26,7 +26,7 @@
  * Per-job state lives in a WeakMap keyed by the JobContext: nothing global, nothing leaks.
  */
 import { tableToIPC, type Schema } from "apache-arrow";
-import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
+import { CasparianError, Errors, errorMessage, systemErrorHint } from "../kernel/errors.js";
 import type { Batch, JobContext, JobOutcome, SinkSpec } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
 import { ANY_TOPIC, TOPIC_PLACEHOLDER } from "../protocol/messages.js";
@@ -299,7 +299,7 @@ export class SinkManager implements WorkerPlugin {
         for (const [key, value] of Object.entries(context)) if (err.context[key] === undefined) err.context[key] = value;
         throw err;
       }
-      throw Errors.SINK_WRITE_FAILED([`"${active.loaded.plugin.name}" (${active.target.uri}) in ${step}`, errorMessage(err)], { context, cause: err, hint: hintFor(err) });
+      throw Errors.SINK_WRITE_FAILED([`"${active.loaded.plugin.name}" (${active.target.uri}) in ${step}`, errorMessage(err)], { context, cause: err, hint: systemErrorHint(err) });
     }
   }
 }
@@ -311,17 +311,3 @@ function forTopic(config: SinkSpec, topic: string): SinkSpec {
   return { ...config, topic, uri: config.uri.split(TOPIC_PLACEHOLDER).join(escaped) };
 }
 
-/** The fixes people need for the system errors a sink meets most. */
-function hintFor(err: unknown): string | undefined {
-  switch ((err as NodeJS.ErrnoException | null)?.code) {
-    case "ENOSPC":
-    case "EDQUOT":
-      return "the disk under the output root is full: free space or point --output at a larger volume; nothing partial was published";
-    case "EACCES":
-    case "EPERM":
-    case "EROFS":
-      return "the worker cannot write under the output root: check its permissions and that it is not mounted read-only";
-    default:
-      return undefined;
-  }
-}
