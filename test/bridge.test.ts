@@ -422,10 +422,13 @@ describe("volume and isolation", () => {
   });
 
   test("the socket directory is removed after every run", async () => {
-    const before = new Set((await readdir(tmpdir())).filter((n) => n.startsWith("casparian-bridge-") && !workDir.endsWith(n)));
+    // Only this process's own directories (the name carries the pid): other workers on the
+    // machine may be running jobs in the same temp dir at the same time.
+    const ours = async () => (await readdir(tmpdir())).filter((n) => n.startsWith(`casparian-bridge-${process.pid}-`) && !workDir.endsWith(n));
+    const before = new Set(await ours());
     await run("handler_pandas.py");
     await rejectsWith(run("exit3.py"), Errors.GUEST_FAILED.code);
-    const left = (await readdir(tmpdir())).filter((n) => n.startsWith("casparian-bridge-") && !workDir.endsWith(n) && !before.has(n));
+    const left = (await ours()).filter((n) => !before.has(n));
     assert.deepEqual(left, []);
   });
 
