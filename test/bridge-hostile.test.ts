@@ -85,3 +85,38 @@ describe("bounded per job", () => {
     assert.ok(dropped >= 5000 && dropped < 5100, `dropped ${dropped}`);
   });
 });
+
+describe("the worker's secrets", () => {
+  test("a plugin can neither read the worker's /proc/<pid>/environ nor ptrace it", async () => {
+    process.env.CASPARIAN_HOSTILE_SECRET = "hunter2-" + process.pid;
+    try {
+      const source = [
+        "import ctypes, os",
+        "class Handler:",
+        "    def execute(self, path):",
+        "        pid = os.getppid()",
+        "        while pid > 1 and 'node' not in open('/proc/%d/comm' % pid).read():",
+        "            pid = int(open('/proc/%d/stat' % pid).read().rsplit(')', 1)[1].split()[1])",
+        "        try:",
+        "            environ = open('/proc/%d/environ' % pid, 'rb').read().decode('utf-8', 'replace')",
+        "        except OSError as exc:",
+        "            environ = 'refused: %s' % exc.strerror",
+        "        libc = ctypes.CDLL(None, use_errno=True)",
+        "        attached = libc.ptrace(0x4206, pid, 0, 0)  # PTRACE_SEIZE: attaches without stopping the worker",
+        "        if attached == 0: libc.ptrace(17, pid, 0, 0)  # PTRACE_DETACH",
+        "        return [{'worker': pid, 'environ': environ[:100000], 'ptrace': attached, 'errno': ctypes.get_errno()}]",
+      ].join("\n");
+      const { job } = testJob(source);
+      const batches: Batch[] = [];
+      await runGuest({ interpreterPath: env.interpreterPath, job, timeouts: TIMEOUTS, onBatch: async (b) => void batches.push(b) });
+      const row = batches[0]!.table.get(0)!.toJSON() as { worker: bigint; environ: string; ptrace: bigint; errno: bigint };
+      assert.equal(Number(row.worker), process.pid, "the plugin found the worker");
+      assert.ok(!row.environ.includes("hunter2"), `the plugin read the secret: ${row.environ.slice(0, 80)}`);
+      assert.match(row.environ, /^refused: /);
+      assert.equal(Number(row.ptrace), -1, "attaching with ptrace must fail");
+    } finally {
+      delete process.env.CASPARIAN_HOSTILE_SECRET;
+    }
+  });
+});
+

@@ -11,6 +11,7 @@ import time
 import traceback
 
 from .arrow_out import declare_from_manifest, is_publishable, typing_metrics
+from .confine import confine
 from .channel import DEFAULT_TOPIC, Channel
 from .sdk import BridgeContext, FileEvent, install_sdk
 
@@ -129,6 +130,7 @@ def main(source=None, code=None):
     """Run one job. A fresh guest reads the plugin source from BRIDGE_PLUGIN_FILE; a warm
     guest's child (fork_server.py) passes the source it already holds, and its compiled code."""
     started = time.monotonic()
+    confine()  # before any plugin code: no privileges, no capabilities, not dumpable
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
