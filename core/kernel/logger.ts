@@ -1,8 +1,10 @@
 /**
  * One root logger for the process: JSON lines when stdout is not a TTY (for log
- * shippers), pino-pretty when a person is watching. Everything else gets a child
+ * shippers), pino-pretty when a person is watching and it is installed (it is an
+ * optional dependency: `npm ci --omit=optional` leaves it out, and logs stay JSON). Everything else gets a child
  * (`logger.child({ job_id })`), the way Fastify gives each request its own.
  */
+import { createRequire } from "node:module";
 import { pino, destination, type Logger, type LevelWithSilent } from "pino";
 
 export type { Logger };
@@ -21,7 +23,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const level = options.level ?? "info";
   // bigint job ids must survive into JSON logs; pino cannot serialise bigint itself.
   const serializers = { job_id: (v: unknown) => (typeof v === "bigint" ? v.toString() : v) };
-  if (pretty) {
+  if (pretty && prettyInstalled()) {
     return pino({
       level,
       serializers,
@@ -29,6 +31,15 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     });
   }
   return pino({ level, serializers, base: { pid: process.pid } }, destination({ fd, sync: false }));
+}
+
+function prettyInstalled(): boolean {
+  try {
+    createRequire(import.meta.url).resolve("pino-pretty");
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** A logger that drops everything; for library use and tests that do not care. */
