@@ -14,6 +14,7 @@ import { execa } from "execa";
 import { tableFromIPC, tableToIPC, tableFromArrays } from "apache-arrow";
 import { checkIpcStream, IpcCheckError, MAX_DEPTH } from "../core/bridge/ipc-check.js";
 import { fixturePath, testEnvironment, type TestEnvironment } from "./helpers/pyenv.js";
+import { seededRandom } from "./helpers/random.js";
 
 let env: TestEnvironment;
 let dir: string;
@@ -62,17 +63,6 @@ function refused(bytes: Uint8Array, pattern: RegExp): void {
     () => checkIpcStream(bytes),
     (err) => err instanceof IpcCheckError && pattern.test(err.message),
   );
-}
-
-/** Deterministic xorshift32, so a failure names a seed that reproduces it. */
-function random(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 0x1_0000_0000;
-  };
 }
 
 describe("valid streams pass with their row counts", () => {
@@ -131,7 +121,7 @@ open(sys.argv[1], "wb").write(sink.getvalue().to_pybytes())`,
 
 describe("mutation fuzzing", () => {
   test("3,000 seeded mutations of valid frames: each is refused, or decodes to exactly the rows it claims", () => {
-    const next = random(0x5eed_0011);
+    const next = seededRandom(0x5eed_0011);
     const names = [...bases.keys()];
     let refusedCount = 0;
     let passed = 0;

@@ -16,6 +16,7 @@ import { packageRoot } from "../core/kernel/paths.js";
 import { rawHeader, rawJsonFrames, TestSentinel } from "./helpers/sentinel.js";
 import { spawnWorker } from "./helpers/spawn-worker.js";
 import { fixturePath, pluginSource } from "./helpers/pyenv.js";
+import { seededRandom } from "./helpers/random.js";
 
 const ENV_LOCK = join(packageRoot(), "test", "fixtures", "worker-env", "uv.lock");
 const SLEEPY = "import time\n\nclass Handler:\n    def execute(self, path):\n        time.sleep(60)\n        return []\n";
@@ -51,16 +52,6 @@ function command(envHash: string, source: string, filePath = ENV_LOCK): Dispatch
   return { plugin_name: "hostile", file_path: filePath, sinks: [], file_version_id: 1n, env_hash: envHash, source_code: source, artifact_hash: null };
 }
 
-function random(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 0x1_0000_0000;
-  };
-}
-
 /** Answers (CONCLUDE or ERR) received per job id. */
 function answersByJob(sentinel: TestSentinel): Map<bigint, number> {
   const counts = new Map<bigint, number>();
@@ -75,7 +66,7 @@ function answersByJob(sentinel: TestSentinel): Map<bigint, number> {
 describe("a hostile Sentinel", () => {
   test("10,000 malformed control messages with valid DISPATCHes interleaved: every DISPATCH answered exactly once", { timeout: 300_000 }, async (t) => {
     const { sentinel, peer } = await setup(t);
-    const next = random(0xc0ffee);
+    const next = seededRandom(0xc0ffee);
     const good = encodeMessage(Opcode.DISPATCH, 0n, command("ab".repeat(32), QUICK));
     const goodPayload = Buffer.from(good[1]!);
     /** DISPATCH headers sent per job id (a damaged header can land on another message's id). */
