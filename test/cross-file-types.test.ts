@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -74,10 +74,20 @@ describe("one table per topic directory", () => {
       "b-ints.csv": "name,qty\nb1,5\nb2,\n",
       "c-ints.csv": "name,qty\nc3,7\n",
     });
-    const result = await runCli(["plugin.py", "data", "--workers", "2", "--output", "out"], { cwd: dir, home });
+    const result = await runCli(["plugin.py", "data", "--workers", "2", "--output", "out", "--report", "report.json"], { cwd: dir, home });
     assert.equal(result.code, 0, result.stdout + result.stderr);
     assert.match(result.stderr, /out\/output: 1 file\(s\) rewritten so that the directory has one schema/);
     assert.deepEqual((await listFiles(join(dir, "out", "output"))).sort(), ["data/a-empty.csv.parquet", "data/b-ints.csv.parquet", "data/c-ints.csv.parquet"], "no staging left");
+
+    // The report counts what the output holds: the rewritten file's new size, not the size it was promoted with.
+    const report = JSON.parse(await readFile(join(dir, "report.json"), "utf8")) as { topics: Array<{ topic: string; bytes: number }>; inputs: Array<{ outputs: Array<{ file: string; bytes: number }> }> };
+    let onDisk = 0;
+    for (const output of report.inputs.flatMap((input) => input.outputs)) {
+      const size = (await stat(output.file)).size;
+      assert.equal(output.bytes, size, output.file);
+      onDisk += size;
+    }
+    assert.equal(report.topics.find((t) => t.topic === "output")?.bytes, onDisk);
 
     const { stdout } = await execFileAsync(python, ["-c", READERS, join(dir, "out", "output")]);
     const read = JSON.parse(stdout) as Record<string, { qty: string; rows: unknown[] }>;

@@ -10,7 +10,7 @@
 import { createWriteStream, type WriteStream } from "node:fs";
 import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
-import { dirname, isAbsolute, join, relative, resolve } from "node:path";
+import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import type { LevelWithSilent } from "pino";
@@ -366,8 +366,13 @@ async function execute(x: Execution): Promise<number> {
     result.jobs.flatMap((job) => job.artifacts),
     outputRoot,
   ).then(
-    (dirs) => {
-      for (const { dir, rewritten } of dirs) if (rewritten.length > 0) process.stderr.write(`casparian run: ${relative(cwd, dir) || "."}: ${rewritten.length} file(s) rewritten so that the directory has one schema\n`);
+    async (dirs) => {
+      for (const { dir, rewritten } of dirs) {
+        if (rewritten.length === 0) continue;
+        // The state counts what the output holds: a rewritten file has a new size.
+        for (const file of rewritten) state.recordRewrittenFile(relative(outputRoot, file).split(sep).join("/"), (await stat(file)).size);
+        process.stderr.write(`casparian run: ${relative(cwd, dir) || "."}: ${rewritten.length} file(s) rewritten so that the directory has one schema\n`);
+      }
       return null;
     },
     (err: unknown) => err,

@@ -218,6 +218,11 @@ export class RunState {
     this.#db.prepare("UPDATE inputs SET last_outcome = 'failed', last_error = ?, last_job_id = ?, last_at = ? WHERE path = ?").run(error, jobId?.toString() ?? null, new Date().toISOString(), path);
   }
 
+  /** A file the run rewrote after promoting it (one schema per topic directory): its size changed. */
+  recordRewrittenFile(file: string, bytes: number): void {
+    this.#db.prepare("UPDATE outputs SET bytes = ? WHERE file = ?").run(bytes, file);
+  }
+
   /** Per topic, what the output holds: every input's current outputs. */
   totals(): TopicTotals[] {
     const rows = this.#db.prepare("SELECT input, topic, file, uri, rows, bytes FROM outputs ORDER BY topic").all() as Array<{ input: string; topic: string; file: string | null; uri: string; rows: number; bytes: number | null }>;
