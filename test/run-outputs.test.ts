@@ -377,7 +377,7 @@ describe("casparian run: while it runs", () => {
     await writeFile(join(dir, "cfg.json"), JSON.stringify({ tag: "from-file" }));
     await writeFile(
       join(dir, "casparian.config.mjs"),
-      `export default { hooks: { beforeDispatch: async (request) => { if (request.command.file_path.endsWith(".skip")) throw new Error("temporary files are not parsed"); return request; } } };\n`,
+      `export default { hooks: { beforeDispatch: async (request) => { if (request.command.filePath.endsWith(".skip")) throw new Error("temporary files are not parsed"); return request; } } };\n`,
     );
     const declined = await runCli([topicsPlugin, "data", "--plugin-config", "cfg.json"], { cwd: dir, home });
     assert.equal(declined.code, 0, declined.stderr);
