@@ -10,10 +10,7 @@ import { defineConfig } from "casparian-flow";
 export default defineConfig({
   output: "./output",
   parquet: { compression: "snappy" },
-  sinks: [
-    { use: "./examples/jsonl-sink.ts", options: { lineage: true } },
-    "./examples/sqlite-sink.ts",
-  ],
+  sinks: [{ use: "./examples/jsonl-sink.ts", options: { lineage: true } }, "./examples/sqlite-sink.ts"],
   hooks: {
     // Inline taps get the same arguments as plugin taps; this one only logs.
     afterConclude: (receipt, job) => {

@@ -2,7 +2,16 @@
  * Public API of casparian-flow: what config files, user sinks and worker plugins import.
  */
 export { defineConfig } from "./core/config/config.js";
-export type { CasparianConfig, ConfigEnv, UserConfigExport, SinkReference, BridgeConfig, EnvironmentsConfig, ParquetConfig, RunConfig } from "./core/config/config.js";
+export type {
+  CasparianConfig,
+  ConfigEnv,
+  UserConfigExport,
+  SinkReference,
+  BridgeConfig,
+  EnvironmentsConfig,
+  ParquetConfig,
+  RunConfig,
+} from "./core/config/config.js";
 export { defineSink } from "./sinks/api.js";
 export type { Sink, SinkPlugin, SinkTarget, SinkContext, RecoverContext, CheckContext, ParsedSinkUri, SchemaContract } from "./sinks/api.js";
 export { createHooks, Stage } from "./hooks/index.js";

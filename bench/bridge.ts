@@ -232,7 +232,9 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
     const ready = await manager.prepare({ env_hash: createHash("sha256").update(lock).digest("hex"), lockfile_content: lock, python_version: null });
     const hitStarted = performance.now();
     const hit = await manager.prepare({ env_hash: ready.env_hash, lockfile_content: lock, python_version: null });
-    console.log(`env: built in this run: ${!ready.cached}; PREPARE_ENV cache hit answered in ${(performance.now() - hitStarted).toFixed(1)} ms (cached=${hit.cached})`);
+    console.log(
+      `env: built in this run: ${!ready.cached}; PREPARE_ENV cache hit answered in ${(performance.now() - hitStarted).toFixed(1)} ms (cached=${hit.cached})`,
+    );
     const pluginFile = join(dir, "generator.py");
     const harnessFile = join(dir, "alone.py");
     const parquetHarnessFile = join(dir, "alone-parquet.py");
@@ -260,27 +262,42 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
       console.log(`\nrows = ${rows.toLocaleString("en-US")} (${viaNull.batches} chunks, ${mb(viaNull.ipcBytes)} of IPC; median of ${reps})`);
       console.log(`  plugin alone (IPC → /dev/null)   ${alone.toFixed(2)} s`);
       console.log(`  plugin alone → pyarrow Parquet  ${aloneParquet.toFixed(2)} s   (the baseline)`);
-      console.log(`  worker → null consumer          ${tNull.toFixed(2)} s   overhead = worker / plugin alone = ${(tNull / alone).toFixed(2)}   peak RSS ${mb(viaNull.peakRssBytes)}`);
+      console.log(
+        `  worker → null consumer          ${tNull.toFixed(2)} s   overhead = worker / plugin alone = ${(tNull / alone).toFixed(2)}   peak RSS ${mb(viaNull.peakRssBytes)}`,
+      );
       console.log(
         `  worker → ${viaParquet.sink.padEnd(22)} ${tParquet.toFixed(2)} s   overhead = worker / plugin alone = ${(tParquet / alone).toFixed(2)}   peak RSS ${mb(viaParquet.peakRssBytes)}` +
           (viaParquet.parquetBytes === null ? "" : `   (${mb(viaParquet.parquetBytes)} Parquet)`),
       );
       const ratio = tParquet / aloneParquet;
       console.log(`  worker → Parquet / plugin alone → Parquet = ${ratio.toFixed(2)}   (target ≤ 1.3)`);
-      targets.push(`${rows.toLocaleString("en-US")} rows: worker/plugin-alone Parquet ${ratio.toFixed(2)} (≤ 1.3), peak RSS ${mb(viaParquet.peakRssBytes)} (≤ 150 MB)`);
+      targets.push(
+        `${rows.toLocaleString("en-US")} rows: worker/plugin-alone Parquet ${ratio.toFixed(2)} (≤ 1.3), peak RSS ${mb(viaParquet.peakRssBytes)} (≤ 150 MB)`,
+      );
       if (!("unavailable" in upstream)) {
         const rust = await upstream.time(GENERATOR_PLUGIN, inputPath, reps);
         if ("unavailable" in rust) console.log(`  upstream Rust worker            not measured: ${rust.unavailable}`);
         else {
-          console.log(`  upstream Rust worker → Parquet  ${rust.seconds.toFixed(2)} s   ours / Rust = ${(tParquet / rust.seconds).toFixed(2)}   its peak RSS ${mb(rust.peakRssBytes)}`);
+          console.log(
+            `  upstream Rust worker → Parquet  ${rust.seconds.toFixed(2)} s   ours / Rust = ${(tParquet / rust.seconds).toFixed(2)}   its peak RSS ${mb(rust.peakRssBytes)}`,
+          );
           targets.push(`${rows.toLocaleString("en-US")} rows: ours / upstream Rust worker ${(tParquet / rust.seconds).toFixed(2)} (< 1 is faster)`);
         }
       }
       if (viaParquet.rows !== rows || viaNull.rows !== rows) throw new Error(`row count mismatch: expected ${rows}, got ${viaNull.rows}/${viaParquet.rows}`);
     }
 
-    const tiny = await runChild({ source: TINY_CHUNKS_PLUGIN, interpreterPath: ready.interpreter_path, inputPath: pluginFile, outputRoot: join(dir, "out"), reps: 1, mode: "parquet" });
-    console.log(`\n100,000 one-row chunks → ${tiny.sink}: ${median(tiny.seconds).toFixed(2)} s, ${tiny.rows.toLocaleString("en-US")} rows, peak RSS ${mb(tiny.peakRssBytes)}   (target ≤ 200 MB)`);
+    const tiny = await runChild({
+      source: TINY_CHUNKS_PLUGIN,
+      interpreterPath: ready.interpreter_path,
+      inputPath: pluginFile,
+      outputRoot: join(dir, "out"),
+      reps: 1,
+      mode: "parquet",
+    });
+    console.log(
+      `\n100,000 one-row chunks → ${tiny.sink}: ${median(tiny.seconds).toFixed(2)} s, ${tiny.rows.toLocaleString("en-US")} rows, peak RSS ${mb(tiny.peakRssBytes)}   (target ≤ 200 MB)`,
+    );
     targets.push(`100,000 one-row chunks: peak RSS ${mb(tiny.peakRssBytes)} (≤ 200 MB)`);
     if (!("unavailable" in upstream)) await upstream.close();
     console.log(`\nsummary:\n  ${targets.join("\n  ")}`);
@@ -312,7 +329,11 @@ class UpstreamWorker {
   }
 
   static async start(root: string | undefined, scratch: string, interpreterPath: string, envHash: string): Promise<UpstreamWorker | { unavailable: string }> {
-    if (!root) return { unavailable: "CASPARIAN_UPSTREAM_WORKER is not set (point it at a checkout of upstream's commit with crates/casparian_worker, built with cargo build --release -p casparian_worker); the comparison is with the plugin-alone figure" };
+    if (!root)
+      return {
+        unavailable:
+          "CASPARIAN_UPSTREAM_WORKER is not set (point it at a checkout of upstream's commit with crates/casparian_worker, built with cargo build --release -p casparian_worker); the comparison is with the plugin-alone figure",
+      };
     const binary = join(root, "target", "release", "casparian-worker");
     const shim = join(root, "src", "casparian_flow", "engine", "bridge_shim.py");
     try {
@@ -338,7 +359,11 @@ class UpstreamWorker {
       inbox.push({ peer, message });
       wake?.();
     });
-    const child = spawn(binary, ["--connect", sentinel.endpoint, "--output", join(scratch, "out")], { cwd, env: { ...process.env, HOME: join(scratch, "home"), RUST_LOG: "warn" }, stdio: ["ignore", "ignore", "pipe"] });
+    const child = spawn(binary, ["--connect", sentinel.endpoint, "--output", join(scratch, "out")], {
+      cwd,
+      env: { ...process.env, HOME: join(scratch, "home"), RUST_LOG: "warn" },
+      stdio: ["ignore", "ignore", "pipe"],
+    });
     let stderr = "";
     child.stderr!.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
     const deadline = Date.now() + 300_000;
@@ -384,7 +409,8 @@ class UpstreamWorker {
       });
       const receipt = await this.#conclude(jobId);
       if (receipt === null) return { unavailable: "no CONCLUDE within 10 minutes" };
-      if (receipt.opcode === Opcode.CONCLUDE && receipt.payload.status !== "SUCCESS") return { unavailable: `its job failed: ${receipt.payload.error_message ?? "?"}` };
+      if (receipt.opcode === Opcode.CONCLUDE && receipt.payload.status !== "SUCCESS")
+        return { unavailable: `its job failed: ${receipt.payload.error_message ?? "?"}` };
       times.push((performance.now() - t0) / 1000);
     }
     const status = await readFile(`/proc/${this.#child.pid}/status`, "utf8").catch(() => "");
@@ -422,7 +448,10 @@ if (process.argv.includes("--child")) {
     );
   });
 } else if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  const counts = process.argv.slice(2).map(Number).filter((n) => n > 0);
+  const counts = process.argv
+    .slice(2)
+    .map(Number)
+    .filter((n) => n > 0);
   runBridgeBench(counts.length > 0 ? counts : undefined).catch((err: unknown) => {
     console.error(err);
     process.exitCode = 1;

@@ -105,7 +105,12 @@ function makeBatches(totalRows: number): Batch[] {
       categories[i] = CATEGORIES[(row * 7) % CATEGORIES.length]!;
       keys[i] = `customer-${((row * 2_654_435_761) % 4_294_967_291).toString(36)}-${row}`;
     }
-    const table = new Table({ id: makeVector(ids), value: makeVector(values), category: vectorFromArray(categories, new Utf8()), key: vectorFromArray(keys, new Utf8()) });
+    const table = new Table({
+      id: makeVector(ids),
+      value: makeVector(values),
+      category: vectorFromArray(categories, new Utf8()),
+      key: vectorFromArray(keys, new Utf8()),
+    });
     const ipc = tableToIPC(table, "stream");
     batches.push({ topic: "bench", index: batches.length, ipc, table: tableFromIPC(ipc), numRows: n });
   }
@@ -136,7 +141,15 @@ async function timeOurs(batches: Batch[], root: string, parquet: ParquetConfig):
   await pipeline.start();
   const file = join(root, "bench.parquet");
   const once = async (jobId: bigint) => {
-    const command = { pluginName: "bench", filePath: "/dev/null", sinks: [{ topic: "bench", uri: `parquet://bench.parquet?row_group_size=${ROW_GROUP_SIZE}`, mode: "replace" as const, schemaDef: null }], fileVersionId: 1n, envHash: "0".repeat(64), sourceCode: "", artifactHash: null };
+    const command = {
+      pluginName: "bench",
+      filePath: "/dev/null",
+      sinks: [{ topic: "bench", uri: `parquet://bench.parquet?row_group_size=${ROW_GROUP_SIZE}`, mode: "replace" as const, schemaDef: null }],
+      fileVersionId: 1n,
+      envHash: "0".repeat(64),
+      sourceCode: "",
+      artifactHash: null,
+    };
     const t0 = performance.now();
     const receipt = await pipeline.runJob({ jobId, command, logger, signal: new AbortController().signal });
     const seconds = (performance.now() - t0) / 1000;

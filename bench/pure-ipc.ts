@@ -80,7 +80,8 @@ async function main(): Promise<void> {
     const results = JSON.parse(stdout) as Record<string, { shim: number; pyarrow?: number }>;
     console.log(`pure-ipc: ${ROWS.toLocaleString("en")} rows, 4 columns (int, float, str, bool), median of 5`);
     for (const [label, { shim, pyarrow }] of Object.entries(results)) {
-      const ratio = pyarrow === undefined ? "pyarrow unavailable" : `pyarrow ${(pyarrow / 1000).toFixed(0)} k rows/s, shim/pyarrow ${(shim / pyarrow).toFixed(2)}`;
+      const ratio =
+        pyarrow === undefined ? "pyarrow unavailable" : `pyarrow ${(pyarrow / 1000).toFixed(0)} k rows/s, shim/pyarrow ${(shim / pyarrow).toFixed(2)}`;
       console.log(`  ${label.padEnd(26)} shim ${(shim / 1000).toFixed(0).padStart(5)} k rows/s   ${ratio}`);
     }
     const headline = results["dict of lists, dense"]!.shim;

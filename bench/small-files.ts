@@ -94,7 +94,11 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
   const data = await inputsDir(root, `data-${tag}`, pluginCase.samples, files);
   const config = join(root, warm ? "warm.config.json" : "cold.config.json");
   const reportPath = join(root, `report-${tag}.json`);
-  const run = await runCli([pluginCase.plugin, data, "--workers", String(workers), "--config", config, "--output", join(root, `out-${tag}`), "--report", reportPath], root, home);
+  const run = await runCli(
+    [pluginCase.plugin, data, "--workers", String(workers), "--config", config, "--output", join(root, `out-${tag}`), "--report", reportPath],
+    root,
+    home,
+  );
   const report = JSON.parse(await readFile(reportPath, "utf8")) as Report;
   const ok = report.inputs.filter((i) => i.state === "succeeded");
   if (ok.length !== files) throw new Error(`${label}: only ${ok.length} of ${files} inputs succeeded:\n${run.stdout}`);
@@ -166,8 +170,16 @@ async function main(): Promise<void> {
   const ratioFiles = Number(values["ratio-files"]);
   const root = await mkdtemp(join(tmpdir(), "casparian-bench-small-"));
   const home = join(root, "home");
-  const stdlib: PluginCase = { name: "stdlib", plugin: join(packageRoot(), "examples", "hello", "plugin.py"), samples: join(packageRoot(), "examples", "hello", "data") };
-  const pandas: PluginCase = { name: "pandas", plugin: join(packageRoot(), "examples", "pandas-pep723", "plugin.py"), samples: join(packageRoot(), "examples", "pandas-pep723", "data") };
+  const stdlib: PluginCase = {
+    name: "stdlib",
+    plugin: join(packageRoot(), "examples", "hello", "plugin.py"),
+    samples: join(packageRoot(), "examples", "hello", "data"),
+  };
+  const pandas: PluginCase = {
+    name: "pandas",
+    plugin: join(packageRoot(), "examples", "pandas-pep723", "plugin.py"),
+    samples: join(packageRoot(), "examples", "pandas-pep723", "data"),
+  };
   try {
     await writeFile(join(root, "warm.config.json"), JSON.stringify({}));
     await writeFile(join(root, "cold.config.json"), JSON.stringify({ bridge: { warm: { enabled: false } } }));
@@ -188,7 +200,9 @@ async function main(): Promise<void> {
 
     console.log(`small files: casparian run, warm guests (default) vs cold (bridge.warm.enabled: false)`);
     console.log(`  jobs/s from first to last job; wall = the whole command; per-job medians in ms`);
-    console.log(`  ${"plugin".padEnd(12)} ${"workers".padStart(7)} ${"files".padStart(6)} ${"jobs/s".padStart(8)} ${"wall s".padStart(7)} ${"warm".padStart(9)}  ${["dispatch", "start", "plugin", "commit", "total"].map((s) => s.padStart(7)).join(" ")}`);
+    console.log(
+      `  ${"plugin".padEnd(12)} ${"workers".padStart(7)} ${"files".padStart(6)} ${"jobs/s".padStart(8)} ${"wall s".padStart(7)} ${"warm".padStart(9)}  ${["dispatch", "start", "plugin", "commit", "total"].map((s) => s.padStart(7)).join(" ")}`,
+    );
     for (const o of outcomes) console.log(row(o));
 
     const find = (label: string, workers: number) => outcomes.find((o) => o.label === label && o.workers === workers)!;
@@ -196,11 +210,15 @@ async function main(): Promise<void> {
       const pandasRatio = find("pandas warm", workers).jobsPerSecond / find("pandas cold", workers).jobsPerSecond;
       const stdlibRatio = find("stdlib warm", workers).jobsPerSecond / find("stdlib cold", workers).jobsPerSecond;
       const perWorker = find("stdlib warm", workers).jobsPerSecond / workers;
-      console.log(`  ${workers} worker${workers > 1 ? "s" : ""}: pandas warm/cold ${pandasRatio.toFixed(1)}x (target >= 20), stdlib warm/cold ${stdlibRatio.toFixed(1)}x, stdlib warm ${perWorker.toFixed(1)} jobs/s per worker (target >= 100)`);
+      console.log(
+        `  ${workers} worker${workers > 1 ? "s" : ""}: pandas warm/cold ${pandasRatio.toFixed(1)}x (target >= 20), stdlib warm/cold ${stdlibRatio.toFixed(1)}x, stdlib warm ${perWorker.toFixed(1)} jobs/s per worker (target >= 100)`,
+      );
     }
     const rss = Math.max(...outcomes.map((o) => o.parentRssKb));
     const stdlibRss = Math.max(find("stdlib warm", 1).parentRssKb, find("stdlib warm", 2).parentRssKb);
-    console.log(`  warm parent resident memory: pandas plugin ${(rss / 1024).toFixed(0)} MiB, stdlib plugin ${(stdlibRss / 1024).toFixed(0)} MiB (one per worker; children share its pages)`);
+    console.log(
+      `  warm parent resident memory: pandas plugin ${(rss / 1024).toFixed(0)} MiB, stdlib plugin ${(stdlibRss / 1024).toFixed(0)} MiB (one per worker; children share its pages)`,
+    );
     const missing = new Set(outcomes.flatMap((o) => [...o.missing]));
     if (missing.size > 0) console.log(`  receipts lack ${[...missing].join(", ")}: the stages that need them show NaN`);
 

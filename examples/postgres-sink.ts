@@ -135,7 +135,8 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
       const { fields, name } = parseTarget(target, job.jobId);
       const safeUri = redact(target.uri);
       const context = { jobId: job.jobId, sinkUri: safeUri };
-      const fail = (what: string, cause: unknown, hint?: string) => Errors.SINK_WRITE_FAILED([safeUri, `${what}: ${describeError(cause)}`], { context, cause, hint });
+      const fail = (what: string, cause: unknown, hint?: string) =>
+        Errors.SINK_WRITE_FAILED([safeUri, `${what}: ${describeError(cause)}`], { context, cause, hint });
       const fileVersionId = job.command.fileVersionId.toString();
       const filePath = job.command.filePath;
       const jobIdText = options.lineage ? job.jobId.toString() : null;
@@ -158,13 +159,18 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
         client = null;
         await c?.end().catch(() => {});
       };
-      const targetExists = async (c: pg.Client) => (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [targetSql()])).rows[0]!.oid !== null;
+      const targetExists = async (c: pg.Client) =>
+        (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [targetSql()])).rows[0]!.oid !== null;
       const ledgerSql = () => `${quote(schema)}.${quote(LEDGER)}`;
       const inputHasRows = async (c: pg.Client) => {
         const ledger = (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [ledgerSql()])).rows[0]!.oid !== null;
         return ledger && ((await c.query(`SELECT 1 FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2`, [name.table, filePath])).rowCount ?? 0) > 0;
       };
-      const refuseExisting = () => Errors.SINK_TARGET_EXISTS([`${schema}.${name.table} (rows of ${filePath})`], { context, hint: "use mode replace or append, or delete that input's rows" });
+      const refuseExisting = () =>
+        Errors.SINK_TARGET_EXISTS([`${schema}.${name.table} (rows of ${filePath})`], {
+          context,
+          hint: "use mode replace or append, or delete that input's rows",
+        });
 
       return {
         async open() {
@@ -248,17 +254,26 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
           try {
             // Concurrent commits to one table (e.g. two jobs creating it) take turns.
             await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [targetSql()]);
-            await c.query(`CREATE TABLE IF NOT EXISTS ${ledgerSql()} (target text NOT NULL, file_path text NOT NULL, file_version_id bigint NOT NULL, job_id numeric(20) NOT NULL, rows bigint NOT NULL, PRIMARY KEY (target, file_path, file_version_id))`);
+            await c.query(
+              `CREATE TABLE IF NOT EXISTS ${ledgerSql()} (target text NOT NULL, file_path text NOT NULL, file_version_id bigint NOT NULL, job_id numeric(20) NOT NULL, rows bigint NOT NULL, PRIMARY KEY (target, file_path, file_version_id))`,
+            );
             if (target.mode === "error" && (await inputHasRows(c))) throw refuseExisting();
             let inserted: number;
             if (await targetExists(c)) {
-              const lineage = await c.query("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = '_file_version_id' AND NOT attisdropped", [targetSql()]);
-              if (lineage.rowCount === 0) throw new Error(`${schema}.${name.table} has no _file_version_id column, so this input's rows cannot be told from others'`);
+              const lineage = await c.query(
+                "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = '_file_version_id' AND NOT attisdropped",
+                [targetSql()],
+              );
+              if (lineage.rowCount === 0)
+                throw new Error(`${schema}.${name.table} has no _file_version_id column, so this input's rows cannot be told from others'`);
               // append replaces this version's rows only; replace every version's of this input.
               const versions = target.mode === "append" ? "AND file_version_id = $3" : "";
               const params = target.mode === "append" ? [name.table, filePath, fileVersionId] : [name.table, filePath];
               await c.query(`DELETE FROM ${targetSql()} WHERE _file_version_id = $1`, [fileVersionId]);
-              await c.query(`DELETE FROM ${targetSql()} WHERE _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions})`, params);
+              await c.query(
+                `DELETE FROM ${targetSql()} WHERE _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions})`,
+                params,
+              );
               await c.query(`DELETE FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions}`, params);
               inserted = (await c.query(`INSERT INTO ${targetSql()} (${names}) SELECT ${names} FROM ${stagingSql()}`)).rowCount ?? 0;
               await c.query(`DROP TABLE ${stagingSql()}`);
@@ -302,7 +317,8 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
     },
 
     async recover({ logger }) {
-      const configured = Object.keys(defaults).length > 0 || ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"].some((v) => process.env[v] !== undefined);
+      const configured =
+        Object.keys(defaults).length > 0 || ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"].some((v) => process.env[v] !== undefined);
       if (!configured) {
         // Databases named only in sink URIs are cleaned when a sink opens there.
         logger.info("no default database (sink options or PG* variables): stale staging is dropped when sinks open");
@@ -366,7 +382,8 @@ function parseTarget(target: SinkTarget, jobId: bigint | undefined): { fields: C
     if (!(URI_PARAMS as readonly string[]).includes(key)) throw bad(`unknown parameter "${key}" (known: ${URI_PARAMS.join(", ")})`);
   }
   const segments = url.pathname.split("/").slice(1).map(decode);
-  if (segments.length < 1 || segments.length > 2 || segments.some((s) => s === "")) throw bad("the path must be /table, /schema.table, /database/table or /database/schema.table");
+  if (segments.length < 1 || segments.length > 2 || segments.some((s) => s === ""))
+    throw bad("the path must be /table, /schema.table, /database/table or /database/schema.table");
   const parts = segments[segments.length - 1]!.split(".");
   if (parts.length > 2 || !parts.every(isIdentifier)) throw bad(`"${segments[segments.length - 1]}" is not [schema.]table made of plain identifiers`);
 
@@ -487,7 +504,11 @@ function columnsOf(table: Table, jobId: boolean, uri: string, context: Record<st
   });
   const lineageColumns = [...(jobId ? ["_job_id"] : []), "_file_version_id"];
   for (const name of lineageColumns) {
-    if (columns.some((c) => c.name === name)) throw Errors.SINK_WRITE_FAILED([uri, `column "${name}" collides with the lineage column`], { context, hint: jobId ? "rename the column or set lineage: false" : "rename the column" });
+    if (columns.some((c) => c.name === name))
+      throw Errors.SINK_WRITE_FAILED([uri, `column "${name}" collides with the lineage column`], {
+        context,
+        hint: jobId ? "rename the column or set lineage: false" : "rename the column",
+      });
   }
   // Values are added per row by write(); these only define the columns.
   const none = () => [];

@@ -56,7 +56,11 @@ export default function sqliteSink(): SinkPlugin {
       const fileVersionId = BigInt(job.command.fileVersionId);
       const inputHasRows = (d: Database.Database) =>
         ledgerExists(d) && d.prepare(`SELECT 1 FROM main.${LEDGER} WHERE target = ? AND file_path = ?`).get(table, filePath) !== undefined;
-      const refuse = () => Errors.SINK_TARGET_EXISTS([`${database} table ${table} (rows of ${filePath})`], { context, hint: "use mode replace or append, or delete that input's rows" });
+      const refuse = () =>
+        Errors.SINK_TARGET_EXISTS([`${database} table ${table} (rows of ${filePath})`], {
+          context,
+          hint: "use mode replace or append, or delete that input's rows",
+        });
       let db: Database.Database | null = null;
       let columns: Column[] | null = null;
       let insert: Database.Statement | null = null;
@@ -77,7 +81,8 @@ export default function sqliteSink(): SinkPlugin {
           const d = db!;
           if (columns === null) {
             columns = columnsOf(batch.table);
-            if (columns.some((c) => c.name === LINEAGE)) throw Errors.SINK_SCHEMA_MISMATCH([target.topic, `column "${LINEAGE}" is reserved for lineage`], { context });
+            if (columns.some((c) => c.name === LINEAGE))
+              throw Errors.SINK_SCHEMA_MISMATCH([target.topic, `column "${LINEAGE}" is reserved for lineage`], { context });
             columns.push({ name: LINEAGE, sqlType: "INTEGER NOT NULL", convert: (v) => v });
             d.exec(`CREATE TEMP TABLE staging (${columns.map((c) => `${quote(c.name)} ${c.sqlType}`).join(", ")})`);
             insert = d.prepare(`INSERT INTO temp.staging VALUES (${columns.map(() => "?").join(", ")})`);
@@ -114,10 +119,23 @@ export default function sqliteSink(): SinkPlugin {
             d.exec(`CREATE TABLE IF NOT EXISTS main.${quote(table)} (${definition})`);
             const existing = d.prepare(`SELECT name FROM pragma_table_info(?)`).all(table) as Array<{ name: string }>;
             if (!existing.some((c) => c.name === LINEAGE)) {
-              throw Errors.SINK_WRITE_FAILED([target.uri, `table ${table} in ${database} has no ${LINEAGE} column, so this input's rows cannot be told from others'`], { context, hint: "write to a new table, or add the column to that one" });
+              throw Errors.SINK_WRITE_FAILED(
+                [target.uri, `table ${table} in ${database} has no ${LINEAGE} column, so this input's rows cannot be told from others'`],
+                { context, hint: "write to a new table, or add the column to that one" },
+              );
             }
-            d.exec(`CREATE TABLE IF NOT EXISTS main.${LEDGER} (target TEXT NOT NULL, file_path TEXT NOT NULL, file_version_id INTEGER NOT NULL, job_id TEXT NOT NULL, rows INTEGER NOT NULL, PRIMARY KEY (target, file_path, file_version_id))`);
-            const replaced = target.mode === "append" ? [fileVersionId] : (d.prepare(`SELECT file_version_id AS v FROM main.${LEDGER} WHERE target = ? AND file_path = ?`).safeIntegers(true).all(table, filePath) as Array<{ v: bigint }>).map((r) => r.v);
+            d.exec(
+              `CREATE TABLE IF NOT EXISTS main.${LEDGER} (target TEXT NOT NULL, file_path TEXT NOT NULL, file_version_id INTEGER NOT NULL, job_id TEXT NOT NULL, rows INTEGER NOT NULL, PRIMARY KEY (target, file_path, file_version_id))`,
+            );
+            const replaced =
+              target.mode === "append"
+                ? [fileVersionId]
+                : (
+                    d
+                      .prepare(`SELECT file_version_id AS v FROM main.${LEDGER} WHERE target = ? AND file_path = ?`)
+                      .safeIntegers(true)
+                      .all(table, filePath) as Array<{ v: bigint }>
+                  ).map((r) => r.v);
             if (!replaced.includes(fileVersionId)) replaced.push(fileVersionId);
             const remove = d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ?`);
             const forget = d.prepare(`DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ?`);
@@ -126,7 +144,13 @@ export default function sqliteSink(): SinkPlugin {
               forget.run(table, filePath, version);
             }
             const inserted = d.prepare(`INSERT INTO main.${quote(table)} (${names}) SELECT ${names} FROM temp.staging`).run().changes;
-            d.prepare(`INSERT INTO main.${LEDGER} (target, file_path, file_version_id, job_id, rows) VALUES (?, ?, ?, ?, ?)`).run(table, filePath, fileVersionId, job.jobId.toString(), inserted);
+            d.prepare(`INSERT INTO main.${LEDGER} (target, file_path, file_version_id, job_id, rows) VALUES (?, ?, ?, ?, ?)`).run(
+              table,
+              filePath,
+              fileVersionId,
+              job.jobId.toString(),
+              inserted,
+            );
             d.exec("DROP TABLE temp.staging");
           }).immediate();
           close();
@@ -167,7 +191,8 @@ function mapping(type: DataType): Omit<Column, "name"> {
   if (/^U?Int/.test(name)) return { sqlType: "INTEGER", convert: (v) => (typeof v === "bigint" ? v : BigInt(v as number)) };
   if (name.startsWith("Float")) return { sqlType: "REAL", convert: (v) => v };
   if (name.includes("Binary")) return { sqlType: "BLOB", convert: (v) => Buffer.from(v as Uint8Array) };
-  if (name.startsWith("Struct") || name.startsWith("List")) return { sqlType: "TEXT", convert: (v) => JSON.stringify(v, (_key, x: unknown) => (typeof x === "bigint" ? x.toString() : x)) };
+  if (name.startsWith("Struct") || name.startsWith("List"))
+    return { sqlType: "TEXT", convert: (v) => JSON.stringify(v, (_key, x: unknown) => (typeof x === "bigint" ? x.toString() : x)) };
   // Strings, dictionaries, timestamps, dates, times and decimals are exact text already.
   return { sqlType: "TEXT", convert: (v) => String(v) };
 }

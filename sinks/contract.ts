@@ -105,7 +105,11 @@ function typeMatches(contractType: string, actual: string): boolean {
   const expected = normalizeTypeName(contractType);
   if (expected === actual.toLowerCase()) return true;
   // A bare family name accepts any parameters of that family.
-  return ["timestamp", "decimal", "list", "large_list", "duration", "time32", "time64", "struct"].includes(expected) && actual.startsWith(expected) && /[[(<]/.test(actual[expected.length] ?? "");
+  return (
+    ["timestamp", "decimal", "list", "large_list", "duration", "time32", "time64", "struct"].includes(expected) &&
+    actual.startsWith(expected) &&
+    /[[(<]/.test(actual[expected.length] ?? "")
+  );
 }
 
 /** Parses schema_def text; null/empty means no contract. Errors name the topic. */

@@ -13,7 +13,20 @@ const MIN_SAMPLE = 256;
 /** A column whose sample is more than this share of distinct values is written plain. */
 const DISTINCT_SHARE = 0.5;
 
-const SAMPLED_TYPES = new Set<Type>([Type.Int, Type.Float, Type.Utf8, Type.LargeUtf8, Type.Binary, Type.LargeBinary, Type.Decimal, Type.Date, Type.Time, Type.Timestamp, Type.Duration, Type.FixedSizeBinary]);
+const SAMPLED_TYPES = new Set<Type>([
+  Type.Int,
+  Type.Float,
+  Type.Utf8,
+  Type.LargeUtf8,
+  Type.Binary,
+  Type.LargeBinary,
+  Type.Decimal,
+  Type.Date,
+  Type.Time,
+  Type.Timestamp,
+  Type.Duration,
+  Type.FixedSizeBinary,
+]);
 
 export function highCardinalityColumns(table: Table): string[] {
   const rows = table.numRows;

@@ -143,19 +143,28 @@ class InlineStream extends StreamBase {
   }
 
   protected send(token: number, ipc: Uint8Array): void {
-    void this.#writer.then((writer) => {
-      try {
-        writer.push(ipc, token);
-      } catch (err) {
-        writer.fail(err instanceof Error ? err : new Error(String(err)));
-      }
-    }, () => {});
+    void this.#writer.then(
+      (writer) => {
+        try {
+          writer.push(ipc, token);
+        } catch (err) {
+          writer.fail(err instanceof Error ? err : new Error(String(err)));
+        }
+      },
+      () => {},
+    );
   }
   protected sendEnd(): void {
-    void this.#writer.then((writer) => writer.end(), () => {});
+    void this.#writer.then(
+      (writer) => writer.end(),
+      () => {},
+    );
   }
   protected sendAbort(reason: string): void {
-    void this.#writer.then((writer) => writer.fail(new Error(reason)), () => {});
+    void this.#writer.then(
+      (writer) => writer.fail(new Error(reason)),
+      () => {},
+    );
   }
 }
 

@@ -25,7 +25,14 @@ import { defineSink, type Artifact, type Batch, type Sink, type SinkContext, typ
 import { assertTargetFree, fileLocationFor, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
 import { DataType, tableFromIPC, type RecordBatch, type Schema } from "apache-arrow";
 import { highCardinalityColumns } from "./dictionary.js";
-import { COMPRESSION_NAMES, LINEAGE_FILE_VERSION_ID, LINEAGE_JOB_ID, isCompressionName, type CompressionName, type WriterSettings } from "./parquet-settings.js";
+import {
+  COMPRESSION_NAMES,
+  LINEAGE_FILE_VERSION_ID,
+  LINEAGE_JOB_ID,
+  isCompressionName,
+  type CompressionName,
+  type WriterSettings,
+} from "./parquet-settings.js";
 import { LineageSerializer } from "./parquet-lineage.js";
 import { ParquetWriterPool, type ParquetFileStream, type WriteReport } from "./parquet-writers.js";
 import { castTable, conformsTo } from "./schema.js";
@@ -120,12 +127,19 @@ const COALESCE_BYTES = 8 * 1024 * 1024;
 const MAX_IN_FLIGHT = 2;
 
 /** What a target's URI says (parameters, path inside the root); throws CSP_SINK_BAD_URI / CSP_SINK_PATH_ESCAPE. */
-function targetSettings(target: SinkTarget, config: ResolvedParquetConfig, outputRoot: string, jobId: bigint | undefined): { compression: CompressionName; rowGroupSize: number; targetPath: string } {
+function targetSettings(
+  target: SinkTarget,
+  config: ResolvedParquetConfig,
+  outputRoot: string,
+  jobId: bigint | undefined,
+): { compression: CompressionName; rowGroupSize: number; targetPath: string } {
   const { parsed, uri } = target;
   rejectUnknownParams(parsed, URI_PARAMS, uri);
   const compression = (parsed.params.get("compression") ?? config.compression).toLowerCase();
   if (!isCompressionName(compression)) {
-    throw Errors.SINK_BAD_URI([uri, `unknown compression ${JSON.stringify(compression)} (known: ${COMPRESSION_NAMES.join(", ")})`], { context: { jobId, sinkUri: uri } });
+    throw Errors.SINK_BAD_URI([uri, `unknown compression ${JSON.stringify(compression)} (known: ${COMPRESSION_NAMES.join(", ")})`], {
+      context: { jobId, sinkUri: uri },
+    });
   }
   const rowGroupSize = positiveIntParam(parsed, "row_group_size", uri) ?? config.rowGroupSize;
   return { compression, rowGroupSize, targetPath: resolveInsideRoot(outputRoot, fileLocationFor(parsed.location, ".parquet", DIRECTORY_FILE), uri) };
@@ -166,7 +180,9 @@ class ParquetTopicSink implements Sink {
     this.#stagingPath = stagingPathFor(this.#finalPath, job.jobId);
     const fileVersionId = job.command.fileVersionId;
     if (fileVersionId > INT64_MAX || fileVersionId < INT64_MIN) {
-      throw Errors.SINK_WRITE_FAILED([uri, `file_version_id ${fileVersionId} does not fit the int64 lineage column _file_version_id`], { context: { jobId: job.jobId, sinkUri: uri } });
+      throw Errors.SINK_WRITE_FAILED([uri, `file_version_id ${fileVersionId} does not fit the int64 lineage column _file_version_id`], {
+        context: { jobId: job.jobId, sinkUri: uri },
+      });
     }
   }
 
@@ -183,7 +199,10 @@ class ParquetTopicSink implements Sink {
     const [realRoot, realDir] = await Promise.all([realpath(job.outputRoot), realpath(dir)]);
     const rel = relative(realRoot, realDir);
     if (rel.startsWith("..") || isAbsolute(rel)) {
-      throw Errors.SINK_PATH_ESCAPE([this.#target.uri, realRoot], { context: { jobId: job.jobId, sinkUri: this.#target.uri }, hint: `a symlink under the output root leads to ${realDir}` });
+      throw Errors.SINK_PATH_ESCAPE([this.#target.uri, realRoot], {
+        context: { jobId: job.jobId, sinkUri: this.#target.uri },
+        hint: `a symlink under the output root leads to ${realDir}`,
+      });
     }
     await assertTargetFree(this.#finalPath, this.#target.mode, this.#target.uri, job.jobId);
   }
@@ -197,7 +216,10 @@ class ParquetTopicSink implements Sink {
       if (recordBatch.numRows === 0) continue;
       const column = nullsInRequired(this.#schema!, recordBatch);
       if (column !== null) {
-        throw Errors.SINK_SCHEMA_MISMATCH([this.#target.topic, `column "${column}" has nulls, but the topic's first batch declared it non-nullable`], { context: { jobId: this.#context.job.jobId, sinkUri: this.#target.uri }, hint: "declare the column nullable in the plugin's first batch" });
+        throw Errors.SINK_SCHEMA_MISMATCH([this.#target.topic, `column "${column}" has nulls, but the topic's first batch declared it non-nullable`], {
+          context: { jobId: this.#context.job.jobId, sinkUri: this.#target.uri },
+          hint: "declare the column nullable in the plugin's first batch",
+        });
       }
       this.#pending.push(recordBatch);
       this.#pendingRows += recordBatch.numRows;
@@ -236,7 +258,9 @@ class ParquetTopicSink implements Sink {
     const { job } = this.#context;
     for (const reserved of [LINEAGE_JOB_ID, LINEAGE_FILE_VERSION_ID]) {
       if (schema.fields.some((f) => f.name === reserved)) {
-        throw Errors.SINK_SCHEMA_MISMATCH([this.#target.topic, `column "${reserved}" is reserved for lineage`], { context: { jobId: job.jobId, sinkUri: this.#target.uri } });
+        throw Errors.SINK_SCHEMA_MISMATCH([this.#target.topic, `column "${reserved}" is reserved for lineage`], {
+          context: { jobId: job.jobId, sinkUri: this.#target.uri },
+        });
       }
     }
     const settings: WriterSettings = {
@@ -259,7 +283,12 @@ class ParquetTopicSink implements Sink {
   #open(schema: Schema): void {
     const { job } = this.#context;
     this.#schema = schema;
-    this.#serializer = new LineageSerializer(schema, schema.fields.map((f) => f.nullable), job.jobId, job.command.fileVersionId);
+    this.#serializer = new LineageSerializer(
+      schema,
+      schema.fields.map((f) => f.nullable),
+      job.jobId,
+      job.command.fileVersionId,
+    );
     this.#stream = this.#getPool().open(this.#stagingPath, this.#settings!, MAX_IN_FLIGHT);
   }
 
@@ -312,7 +341,11 @@ class ParquetTopicSink implements Sink {
       const { job } = this.#context;
       const message = err instanceof Error ? err.message : String(err);
       const cause = /ENOSPC/.test(message) ? "no space left on the device" : message;
-      throw Errors.SINK_WRITE_FAILED([this.#target.uri, cause], { context: { jobId: job.jobId, sinkUri: this.#target.uri, file: this.#stagingPath }, cause: err, hint: systemErrorHint(err) });
+      throw Errors.SINK_WRITE_FAILED([this.#target.uri, cause], {
+        context: { jobId: job.jobId, sinkUri: this.#target.uri, file: this.#stagingPath },
+        cause: err,
+        hint: systemErrorHint(err),
+      });
     }
   }
 }

@@ -20,8 +20,8 @@
  * so that every sink of a topic sees every batch with the same columns and types.
  */
 import {
-  Data,
-  DataType,
+  type Data,
+  type DataType,
   Field,
   Float64,
   Int,
@@ -49,7 +49,11 @@ const MAX_DECIMAL128_PRECISION = 38;
 
 /** Identical types (parameters included; a dictionary is not its value type). */
 export function sameType(a: DataType, b: DataType): boolean {
-  return a.typeId === b.typeId && arrowTypeName(a) === arrowTypeName(b) && (a.typeId !== Type.Dictionary || arrowTypeName((a as Dictionary).indices) === arrowTypeName((b as Dictionary).indices));
+  return (
+    a.typeId === b.typeId &&
+    arrowTypeName(a) === arrowTypeName(b) &&
+    (a.typeId !== Type.Dictionary || arrowTypeName((a as Dictionary).indices) === arrowTypeName((b as Dictionary).indices))
+  );
 }
 
 /** The narrowest type that holds every value of `a` and of `b`, or null when they conflict. */
@@ -140,7 +144,9 @@ export function schemaConflict(topic: string, column: string, left: DataType, ri
 /** True when `schema` needs no cast to become `target` (same names, order and types). */
 export function conformsTo(schema: Schema, target: Schema): boolean {
   if (schema.fields.length !== target.fields.length) return false;
-  return schema.fields.every((f, i) => f.name === target.fields[i]!.name && sameType(f.type, target.fields[i]!.type) && (f.nullable === target.fields[i]!.nullable || !f.nullable));
+  return schema.fields.every(
+    (f, i) => f.name === target.fields[i]!.name && sameType(f.type, target.fields[i]!.type) && (f.nullable === target.fields[i]!.nullable || !f.nullable),
+  );
 }
 
 /**
@@ -177,7 +183,10 @@ export class TopicSchema {
 /** `table` with the columns and types of `schema`, which must be a unification of its own. */
 export function castTable(table: Table, schema: Schema): Table {
   if (conformsTo(table.schema, schema) && table.schema.fields.every((f, i) => f.nullable === schema.fields[i]!.nullable)) return table;
-  return new Table(schema, table.batches.map((batch) => castRecordBatch(batch, schema)));
+  return new Table(
+    schema,
+    table.batches.map((batch) => castRecordBatch(batch, schema)),
+  );
 }
 
 export function castRecordBatch(batch: RecordBatch, schema: Schema): RecordBatch {

@@ -79,7 +79,9 @@ describe("bounded per job", () => {
   });
 
   test(`guest stderr: ${STDERR_LOG_LINES} lines logged per job, the rest counted`, async () => {
-    const { job } = testJob("import sys\nclass Handler:\n    def execute(self, path):\n        for i in range(15000): print('line', i, file=sys.stderr)\n        return []\n");
+    const { job } = testJob(
+      "import sys\nclass Handler:\n    def execute(self, path):\n        for i in range(15000): print('line', i, file=sys.stderr)\n        return []\n",
+    );
     const result = await runGuest({ interpreterPath: env.interpreterPath, job, timeouts: TIMEOUTS, onBatch: async () => undefined });
     const dropped = result.guestMetrics.stderr_lines_dropped!;
     assert.ok(dropped >= 5000 && dropped < 5100, `dropped ${dropped}`);
@@ -88,7 +90,7 @@ describe("bounded per job", () => {
 
 describe("the worker's secrets", () => {
   test("a plugin can neither read the worker's /proc/<pid>/environ nor ptrace it", async () => {
-    process.env.CASPARIAN_HOSTILE_SECRET = "hunter2-" + process.pid;
+    process.env.CASPARIAN_HOSTILE_SECRET = `hunter2-${process.pid}`;
     try {
       const source = [
         "import ctypes, os",
@@ -119,4 +121,3 @@ describe("the worker's secrets", () => {
     }
   });
 });
-

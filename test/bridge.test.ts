@@ -167,7 +167,10 @@ describe("routing", () => {
       customers.map((b) => b.index),
       [0, 1, 2],
     );
-    assert.deepEqual(orders[2]!.table.schema.fields.map((f) => f.name), ["order_id", "amount"]);
+    assert.deepEqual(
+      orders[2]!.table.schema.fields.map((f) => f.name),
+      ["order_id", "amount"],
+    );
     assert.deepEqual(rowsOf(customers[1]!.table), [{ customer: "c1" }]);
     assert.equal(result.rowsByTopic.get("orders"), 6);
     assert.equal(result.rowsByTopic.get("customers"), 3);
@@ -359,7 +362,10 @@ describe("volume and isolation", () => {
     });
     assert.equal(result.batches, 1000);
     assert.equal(result.rows, 2000);
-    assert.deepEqual(indexes, Array.from({ length: 1000 }, (_, i) => i));
+    assert.deepEqual(
+      indexes,
+      Array.from({ length: 1000 }, (_, i) => i),
+    );
     assert.equal(sum, 2 * ((999 * 1000) / 2));
   });
 
@@ -386,7 +392,12 @@ describe("volume and isolation", () => {
     assert.deepEqual([...t.getChild("name")!], ["plain", "ünïcödé ✓", null, "日本語 🎉"]);
     const ms = (v: unknown) => (v === null ? null : Number(v));
     const us = (v: unknown) => (v === null ? null : Math.round(Number(v) * 1000));
-    assert.deepEqual([...t.getChild("naive")!].map(us), [Date.UTC(2024, 1, 29, 12, 30, 45, 123) * 1000 + 456, null, Date.UTC(1969, 11, 31, 23, 59, 59) * 1000, Date.UTC(2000, 0, 1) * 1000]);
+    assert.deepEqual([...t.getChild("naive")!].map(us), [
+      Date.UTC(2024, 1, 29, 12, 30, 45, 123) * 1000 + 456,
+      null,
+      Date.UTC(1969, 11, 31, 23, 59, 59) * 1000,
+      Date.UTC(2000, 0, 1) * 1000,
+    ]);
     assert.deepEqual([...t.getChild("aware")!].map(ms), [Date.UTC(2024, 0, 1, 0, 0), null, null, Date.UTC(2024, 5, 1)]);
     assert.deepEqual([...t.getChild("day")!].map(ms), [Date.UTC(2024, 2, 1), null, 0, Date.UTC(1960, 0, 1)]);
     assert.deepEqual([...t.getChild("nothing")!], [null, null, null, null]);
@@ -411,7 +422,23 @@ describe("volume and isolation", () => {
       assert.ok(!names.includes("CASPARIAN_TEST_SECRET"));
       assert.ok(rows.every((r) => r.secret === null));
       assert.ok(rows.every((r) => r.allowed === "visible"));
-      const expected = new Set(["PATH", "LANG", "TZ", "TMPDIR", "HOME", "CASPARIAN_TEST_ALLOWED", "BRIDGE_SOCKET", "BRIDGE_PLUGIN_FILE", "BRIDGE_FILE_PATH", "BRIDGE_JOB_ID", "BRIDGE_FILE_VERSION_ID", "BRIDGE_PLUGIN_NAME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONUTF8"]);
+      const expected = new Set([
+        "PATH",
+        "LANG",
+        "TZ",
+        "TMPDIR",
+        "HOME",
+        "CASPARIAN_TEST_ALLOWED",
+        "BRIDGE_SOCKET",
+        "BRIDGE_PLUGIN_FILE",
+        "BRIDGE_FILE_PATH",
+        "BRIDGE_JOB_ID",
+        "BRIDGE_FILE_VERSION_ID",
+        "BRIDGE_PLUGIN_NAME",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUTF8",
+      ]);
       // Python itself may add a few (e.g. LC_CTYPE coercion); nothing else of the worker's.
       const unexpected = names.filter((n) => !expected.has(n) && !n.startsWith("LC_"));
       assert.deepEqual(unexpected, []);

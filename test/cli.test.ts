@@ -30,7 +30,18 @@ describe("casparian-worker command line", () => {
   test("--help lists every flag and the exit codes; `casparian worker --help` is the same command", () => {
     const worker = run("casparian-worker", ["--help"]);
     assert.equal(worker.code, ExitCode.OK);
-    for (const flag of ["--connect", "--output", "--worker-id", "--config", "--heartbeat-interval", "--grace", "--log-level", "--metrics-port", "--help", "--version"]) {
+    for (const flag of [
+      "--connect",
+      "--output",
+      "--worker-id",
+      "--config",
+      "--heartbeat-interval",
+      "--grace",
+      "--log-level",
+      "--metrics-port",
+      "--help",
+      "--version",
+    ]) {
       assert.ok(worker.stdout.includes(flag), `help mentions ${flag}`);
     }
     assert.match(worker.stdout, /Exit codes:\n\s+0 .*\n\s+1 .*\n\s+2\s+usage or configuration error/);

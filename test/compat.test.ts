@@ -26,7 +26,11 @@ const fixtures = join(root, "test", "fixtures", "upstream-plugins");
 const csv = join(fixtures, "readings.csv");
 
 function cli(args: string[], env: NodeJS.ProcessEnv = {}): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [join(root, "bin", "casparian-worker.js"), ...args], { encoding: "utf8", timeout: 600_000, env: { ...process.env, ...env } });
+  const r = spawnSync(process.execPath, [join(root, "bin", "casparian-worker.js"), ...args], {
+    encoding: "utf8",
+    timeout: 600_000,
+    env: { ...process.env, ...env },
+  });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -40,7 +44,9 @@ before(async () => {
   const lock = join(root, "test", "fixtures", "pyenv", "uv.lock");
   const prepared = cli(["prepare", lock, "--home", home]);
   assert.equal(prepared.code, 0, prepared.stderr);
-  pandasEnvHash = createHash("sha256").update(await readFile(lock, "utf8"), "utf8").digest("hex");
+  pandasEnvHash = createHash("sha256")
+    .update(await readFile(lock, "utf8"), "utf8")
+    .digest("hex");
   assert.match(prepared.stdout, new RegExp(`^env_hash ${pandasEnvHash}\\nbuilt in [0-9.]+ s: .*/venvs/${pandasEnvHash}/bin/python\\n$`));
   python = { python: join(home, "venvs", pandasEnvHash, "bin", "python"), cleanup: async () => undefined };
 });
@@ -107,7 +113,12 @@ describe("under upstream's Python Sentinel", () => {
     const sent = dispatchJson(sentinel.sent.at(-1)!);
     assert.deepEqual(Object.keys(sent), ["plugin_name", "file_path", "sinks", "file_version_id", "env_hash", "source_code", "artifact_hash"]);
     const readingsSink = { topic: "readings", uri: "parquet://./output/readings", mode: "append", schema_def: null };
-    assert.deepEqual(sent.sinks, [readingsSink, readingsSink, readingsSink, { topic: "output", uri: "parquet://metadata_consume_output.parquet", mode: "append", schema_def: null }]);
+    assert.deepEqual(sent.sinks, [
+      readingsSink,
+      readingsSink,
+      readingsSink,
+      { topic: "output", uri: "parquet://metadata_consume_output.parquet", mode: "append", schema_def: null },
+    ]);
 
     // One file, in the directory upstream used; nothing else (no staging, no second writer).
     const dir = join(worker.output, "output", "readings");
@@ -161,7 +172,10 @@ describe("under upstream's Python Sentinel", () => {
     sentinel.enqueue(job(1, "unprovisioned", "def parse(path):\n    return {'a': [1]}\n", missing));
     const row = await sentinel.waitForJob(1);
     assert.equal(row.status, "FAILED");
-    assert.match(row.error_message!, /^CSP_ENV_NOT_PROVISIONED: Environment cdcdcdcdcdcd not provisioned\. Send PREPARE_ENV first\. \(hint: .*casparian-worker prepare/);
+    assert.match(
+      row.error_message!,
+      /^CSP_ENV_NOT_PROVISIONED: Environment cdcdcdcdcdcd not provisioned\. Send PREPARE_ENV first\. \(hint: .*casparian-worker prepare/,
+    );
 
     const star = await setup(t, "python", []);
     star.sentinel.enqueue(job(2, "anything", "def parse(path):\n    return {'a': [1]}\n", pandasEnvHash));
@@ -180,9 +194,11 @@ describe("under upstream's Python Sentinel", () => {
     sentinel.enqueue(job(3, "metadata_consume", await source("metadata_consume"), pandasEnvHash));
     const conflict = await sentinel.waitForJob(3);
     assert.equal(conflict.status, "FAILED");
-    assert.match(conflict.error_message!, /^CSP_SINK_DUPLICATE_CONFLICT: the DISPATCH lists sink "parquet:\/\/output\/readings" more than once with different settings: mode "append" vs "replace"/);
+    assert.match(
+      conflict.error_message!,
+      /^CSP_SINK_DUPLICATE_CONFLICT: the DISPATCH lists sink "parquet:\/\/output\/readings" more than once with different settings: mode "append" vs "replace"/,
+    );
     assert.deepEqual(await readdir(worker.output).catch(() => []), []);
-
   });
 });
 
@@ -262,7 +278,11 @@ describe("upstream plugin shapes (own equivalents of upstream's fixtures)", () =
     const rows = await Promise.all([21, 22, 23].map((n) => sentinel.waitForJob(n)));
     for (const row of rows) assert.equal(row.status, "COMPLETED", `${row.job.plugin_name}: ${row.error_message}`);
     assert.deepEqual((await pyarrowRead(join(worker.output, "sensors_21.parquet"))).values.sensor, ["alpha", "beta"]);
-    assert.deepEqual((await pyarrowRead(join(worker.output, "plugin_class_output_22.parquet"))).values._source, ["readings.csv", "readings.csv", "readings.csv"]);
+    assert.deepEqual((await pyarrowRead(join(worker.output, "plugin_class_output_22.parquet"))).values._source, [
+      "readings.csv",
+      "readings.csv",
+      "readings.csv",
+    ]);
     assert.deepEqual((await pyarrowRead(join(worker.output, "metadata_yield_output_23.parquet"))).values.value_doubled, [3, null, 4.5]);
     assert.ok(
       worker.logs.some((l) => typeof l.msg === "string" && l.msg.includes("PluginMetadata: unknown field(s) topics")),
@@ -295,7 +315,9 @@ print(json.dumps({"rows": t.num_rows, "ids": sorted(t.column("_job_id").to_pylis
     const own = await mkdtemp(join(tmpdir(), "casparian-compat-prune-"));
     try {
       const lock = join(root, "test", "fixtures", "worker-env", "uv.lock");
-      const hash = createHash("sha256").update(await readFile(lock, "utf8"), "utf8").digest("hex");
+      const hash = createHash("sha256")
+        .update(await readFile(lock, "utf8"), "utf8")
+        .digest("hex");
       assert.equal(cli(["prepare", lock, "--home", own]).code, 0);
       const again = cli(["prepare", join(root, "test", "fixtures", "worker-env"), "--home", own]);
       assert.match(again.stdout, new RegExp(`^env_hash ${hash}\\nalready provisioned: `));
@@ -334,10 +356,13 @@ describe("pieces", () => {
 
   test("duplicate sinks: identical repeats collapse (also ./ and parameter order), conflicts name the difference", () => {
     const s = (uri: string, extra: object = {}) => ({ topic: "t", uri, mode: "append" as const, schemaDef: null, ...extra });
-    assert.deepEqual(dedupeSinkSpecs([s("parquet://./a?compression=zstd&row_group_size=5"), s("parquet://a?row_group_size=5&compression=zstd"), s("parquet://b")]), {
-      sinks: [s("parquet://./a?compression=zstd&row_group_size=5"), s("parquet://b")],
-      repeats: 1,
-    });
+    assert.deepEqual(
+      dedupeSinkSpecs([s("parquet://./a?compression=zstd&row_group_size=5"), s("parquet://a?row_group_size=5&compression=zstd"), s("parquet://b")]),
+      {
+        sinks: [s("parquet://./a?compression=zstd&row_group_size=5"), s("parquet://b")],
+        repeats: 1,
+      },
+    );
     assert.throws(() => dedupeSinkSpecs([s("parquet://a"), s("parquet://a", { topic: "u" })]), /CSP_SINK_DUPLICATE_CONFLICT|topic "t" vs "u"/);
     assert.throws(() => dedupeSinkSpecs([s("parquet://a"), s("parquet://a", { schemaDef: "{}" })]), /different schema_def/);
   });

@@ -109,7 +109,10 @@ describe("config errors", () => {
   });
 
   test("a missing --config file is CONFIG_LOAD_FAILED: file not found", async () => {
-    const err = await rejectsWith(loadConfig({ explicitPath: "nope.json", cwd: fixture("config-explicit"), command: "worker" }), Errors.CONFIG_LOAD_FAILED.code);
+    const err = await rejectsWith(
+      loadConfig({ explicitPath: "nope.json", cwd: fixture("config-explicit"), command: "worker" }),
+      Errors.CONFIG_LOAD_FAILED.code,
+    );
     assert.match(err.message, /nope\.json: file not found/);
   });
 
@@ -148,12 +151,15 @@ describe("config errors", () => {
       [{ bridge: { idle: 3 } }, /bridge\.idle: unknown key/],
     ];
     for (const [config, pattern] of cases) {
-      assert.throws(() => validateConfig(config, "/cfg/casparian.config.ts"), (err: unknown) => {
-        assert.ok(Errors.CONFIG_INVALID.is(err));
-        assert.match(err.message, /^invalid config in \/cfg\/casparian\.config\.ts: /);
-        assert.match(err.message, pattern);
-        return true;
-      });
+      assert.throws(
+        () => validateConfig(config, "/cfg/casparian.config.ts"),
+        (err: unknown) => {
+          assert.ok(Errors.CONFIG_INVALID.is(err));
+          assert.match(err.message, /^invalid config in \/cfg\/casparian\.config\.ts: /);
+          assert.match(err.message, pattern);
+          return true;
+        },
+      );
     }
   });
 

@@ -77,10 +77,17 @@ describe("one table per topic directory", () => {
     const result = await runCli(["plugin.py", "data", "--workers", "2", "--output", "out", "--report", "report.json"], { cwd: dir, home });
     assert.equal(result.code, 0, result.stdout + result.stderr);
     assert.match(result.stderr, /out\/output: 1 file\(s\) rewritten so that the directory has one schema/);
-    assert.deepEqual((await listFiles(join(dir, "out", "output"))).sort(), ["data/a-empty.csv.parquet", "data/b-ints.csv.parquet", "data/c-ints.csv.parquet"], "no staging left");
+    assert.deepEqual(
+      (await listFiles(join(dir, "out", "output"))).sort(),
+      ["data/a-empty.csv.parquet", "data/b-ints.csv.parquet", "data/c-ints.csv.parquet"],
+      "no staging left",
+    );
 
     // The report counts what the output holds: the rewritten file's new size, not the size it was promoted with.
-    const report = JSON.parse(await readFile(join(dir, "report.json"), "utf8")) as { topics: Array<{ topic: string; bytes: number }>; inputs: Array<{ outputs: Array<{ file: string; bytes: number }> }> };
+    const report = JSON.parse(await readFile(join(dir, "report.json"), "utf8")) as {
+      topics: Array<{ topic: string; bytes: number }>;
+      inputs: Array<{ outputs: Array<{ file: string; bytes: number }> }>;
+    };
     let onDisk = 0;
     for (const output of report.inputs.flatMap((input) => input.outputs)) {
       const size = (await stat(output.file)).size;
@@ -110,7 +117,10 @@ describe("one table per topic directory", () => {
     });
     const result = await runCli(["plugin.py", "data", "--workers", "1", "--output", "out"], { cwd: dir, home });
     assert.equal(result.code, 1, result.stdout + result.stderr);
-    assert.match(result.stderr, /CSP_SCHEMA_CONFLICT: topic 'output': column 'qty' is int64 in one part of the data and string in another \(file data\/b-text\.csv\.parquet against data\/a-ints\.csv\.parquet\)/);
+    assert.match(
+      result.stderr,
+      /CSP_SCHEMA_CONFLICT: topic 'output': column 'qty' is int64 in one part of the data and string in another \(file data\/b-text\.csv\.parquet against data\/a-ints\.csv\.parquet\)/,
+    );
   });
 });
 
@@ -120,7 +130,7 @@ describe("the hello example", () => {
     await mkdir(join(dir, "data"), { recursive: true });
     const lines = ["date,store,product,qty,price"];
     for (let i = 0; i < 6000; i++) lines.push(`2024-03-0${1 + (i % 9)},Köln,Beans,${i < 5500 ? "n/a" : String(i % 7)},${(i % 50) + 0.5}`);
-    await writeFile(join(dir, "data", "empties-first.csv"), lines.join("\n") + "\n");
+    await writeFile(join(dir, "data", "empties-first.csv"), `${lines.join("\n")}\n`);
     await writeFile(join(dir, "data", "normal.csv"), "date,store,product,qty,price\n2024-03-01,Bonn,Tamper,2,19.5\n");
     const plugin = join(packageRootDir(), "examples", "hello", "plugin.py");
     const result = await runCli([plugin, "data", "--workers", "2", "--output", "out"], { cwd: dir, home });
@@ -135,7 +145,7 @@ print(json.dumps(rows))
   });
 });
 
-describe("bad values under on_bad_value=\"null\"", () => {
+describe('bad values under on_bad_value="null"', () => {
   test("are counted in the run summary", async () => {
     const dir = join(base, "nulled");
     await mkdir(join(dir, "data"), { recursive: true });

@@ -59,9 +59,19 @@ async function python(interpreter: string, code: string): Promise<string> {
 describe("building", () => {
   test("a project lock (pandas, pyarrow, polars, duckdb) installs exactly the locked versions", async () => {
     assert.match(shared.interpreterPath, new RegExp(`/venvs/${shared.envHash}/bin/python$`));
-    const versions = JSON.parse(await python(shared.interpreterPath, "import json, pyarrow, pandas, polars, duckdb; print(json.dumps([pyarrow.__version__, pandas.__version__, polars.__version__, duckdb.__version__]))"));
+    const versions = JSON.parse(
+      await python(
+        shared.interpreterPath,
+        "import json, pyarrow, pandas, polars, duckdb; print(json.dumps([pyarrow.__version__, pandas.__version__, polars.__version__, duckdb.__version__]))",
+      ),
+    );
     const lock = await readFile(fixturePath("pyenv", "uv.lock"), "utf8");
-    for (const [name, version] of [["pyarrow", versions[0]], ["pandas", versions[1]], ["polars", versions[2]], ["duckdb", versions[3]]]) {
+    for (const [name, version] of [
+      ["pyarrow", versions[0]],
+      ["pandas", versions[1]],
+      ["polars", versions[2]],
+      ["duckdb", versions[3]],
+    ]) {
       assert.ok(lock.includes(`name = "${name}"\nversion = "${version}"`), `${name} ${version} is the locked version`);
     }
   });
@@ -128,7 +138,10 @@ describe("building", () => {
 describe("refusals and failures", () => {
   test("env_hash that is not sha256(lockfile_content) is refused", async () => {
     const lock = bareLock("mismatch");
-    const err = await rejectsWith(shared.manager.prepare({ env_hash: sha256(lock + " "), lockfile_content: lock, python_version: null }), Errors.ENV_HASH_MISMATCH.code);
+    const err = await rejectsWith(
+      shared.manager.prepare({ env_hash: sha256(`${lock} `), lockfile_content: lock, python_version: null }),
+      Errors.ENV_HASH_MISMATCH.code,
+    );
     assert.match(err.message, new RegExp(sha256(lock)));
   });
 
@@ -138,7 +151,11 @@ describe("refusals and failures", () => {
     const err = await rejectsWith(manager.prepare(await prepareCommand(bareLock("py27"), "2.7")), Errors.ENV_BUILD_FAILED.code);
     assert.match(err.message, /uv venv/);
     assert.match(err.message, /2\.7/);
-    assert.deepEqual((await readdir(join(home, "venvs"))).filter((n) => !n.startsWith(".metadata")), [], "nothing half-built is left");
+    assert.deepEqual(
+      (await readdir(join(home, "venvs"))).filter((n) => !n.startsWith(".metadata")),
+      [],
+      "nothing half-built is left",
+    );
   });
 
   test("uv's own UV_* settings from the worker's environment reach uv", async () => {

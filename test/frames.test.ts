@@ -5,7 +5,18 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { DATA_HEADROOM, END_OF_STREAM, ERROR_FRAME, FrameDecoder, LOG_FRAME, MAX_MESSAGE_BYTES, METRICS_FRAME, OUTPUT_END_FRAME, OUTPUT_START_FRAME, type Frame } from "../core/bridge/frames.js";
+import {
+  DATA_HEADROOM,
+  END_OF_STREAM,
+  ERROR_FRAME,
+  FrameDecoder,
+  LOG_FRAME,
+  MAX_MESSAGE_BYTES,
+  METRICS_FRAME,
+  OUTPUT_END_FRAME,
+  OUTPUT_START_FRAME,
+  type Frame,
+} from "../core/bridge/frames.js";
 import { Errors } from "../core/kernel/errors.js";
 
 function u32(n: number): Buffer {
@@ -107,16 +118,25 @@ describe("FrameDecoder", () => {
   });
 
   test("bytes after end of stream are refused, in the same push or a later one", () => {
-    assert.throws(() => new FrameDecoder().push(Buffer.concat([u32(END_OF_STREAM), Buffer.from([0])])), (err: unknown) => Errors.GUEST_PROTOCOL.is(err));
+    assert.throws(
+      () => new FrameDecoder().push(Buffer.concat([u32(END_OF_STREAM), Buffer.from([0])])),
+      (err: unknown) => Errors.GUEST_PROTOCOL.is(err),
+    );
     const decoder = new FrameDecoder();
     decoder.push(u32(END_OF_STREAM));
     assert.deepEqual(decoder.push(Buffer.alloc(0)), []);
-    assert.throws(() => decoder.push(Buffer.from([1])), (err: unknown) => Errors.GUEST_PROTOCOL.is(err));
+    assert.throws(
+      () => decoder.push(Buffer.from([1])),
+      (err: unknown) => Errors.GUEST_PROTOCOL.is(err),
+    );
   });
 
   test("a data frame over the limit is refused from its header, before its body arrives", () => {
     const decoder = new FrameDecoder(1024);
-    assert.throws(() => decoder.push(u32(1025)), (err: unknown) => Errors.GUEST_PROTOCOL.is(err) && /1025 bytes exceeds the limit of 1024/.test(String(err)));
+    assert.throws(
+      () => decoder.push(u32(1025)),
+      (err: unknown) => Errors.GUEST_PROTOCOL.is(err) && /1025 bytes exceeds the limit of 1024/.test(String(err)),
+    );
     const atLimit = new FrameDecoder(1024).push(Buffer.concat([u32(1024), Buffer.alloc(1024)]));
     assert.equal(atLimit.length, 1);
     assert.equal(atLimit[0]?.kind, "data");
@@ -125,7 +145,10 @@ describe("FrameDecoder", () => {
   test("error, log and metrics messages over 1 MiB are refused from their length", () => {
     for (const head of [[u32(ERROR_FRAME)], [u32(METRICS_FRAME)], [u32(LOG_FRAME), Buffer.from([1])]]) {
       const decoder = new FrameDecoder();
-      assert.throws(() => decoder.push(Buffer.concat([...head, u32(MAX_MESSAGE_BYTES + 1)])), (err: unknown) => Errors.GUEST_PROTOCOL.is(err));
+      assert.throws(
+        () => decoder.push(Buffer.concat([...head, u32(MAX_MESSAGE_BYTES + 1)])),
+        (err: unknown) => Errors.GUEST_PROTOCOL.is(err),
+      );
     }
   });
 });

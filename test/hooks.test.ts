@@ -25,7 +25,9 @@ async function tempRoot(): Promise<string> {
   return root;
 }
 
-const recording = (events: SinkEvent[], failOn?: Parameters<typeof recordingSinkPlugin>[0]["failOn"]) => [{ plugin: recordingSinkPlugin({ events, failOn }), options: {} }];
+const recording = (events: SinkEvent[], failOn?: Parameters<typeof recordingSinkPlugin>[0]["failOn"]) => [
+  { plugin: recordingSinkPlugin({ events, failOn }), options: {} },
+];
 
 test("a job fires beforeDispatch → jobStart → onBatch* → prepareCommit → onConclude → afterConclude, and sinks follow open → write → prepare → commit", async () => {
   const events: SinkEvent[] = [];
@@ -46,16 +48,30 @@ test("a job fires beforeDispatch → jobStart → onBatch* → prepareCommit →
   assert.equal(outcome.status, "SUCCESS", String(outcome.error));
   assert.deepEqual(events, [
     "hook beforeDispatch",
-    "create a", "open a", "create b", "open b", "hook jobStart",
-    "write a#0", "hook onBatch a#0",
-    "write b#0", "hook onBatch b#0",
-    "write a#1", "hook onBatch a#1",
-    "prepare a", "prepare b", "hook prepareCommit",
+    "create a",
+    "open a",
+    "create b",
+    "open b",
+    "hook jobStart",
+    "write a#0",
+    "hook onBatch a#0",
+    "write b#0",
+    "hook onBatch b#0",
+    "write a#1",
+    "hook onBatch a#1",
+    "prepare a",
+    "prepare b",
+    "hook prepareCommit",
     // The observer taps at Stage.OBSERVE, after the sinks' Stage.COMMIT: it sees their artifacts.
-    "commit a", "commit b", "hook onConclude SUCCESS artifacts=2",
+    "commit a",
+    "commit b",
+    "hook onConclude SUCCESS artifacts=2",
     "hook afterConclude SUCCESS",
   ]);
-  assert.deepEqual(outcome.artifacts, [{ topic: "a", uri: "mem://a?rows=6" }, { topic: "b", uri: "mem://b?rows=3" }]);
+  assert.deepEqual(outcome.artifacts, [
+    { topic: "a", uri: "mem://a?rows=6" },
+    { topic: "b", uri: "mem://b?rows=3" },
+  ]);
   assert.equal(outcome.metrics["sink_rows.a"], 6);
   assert.equal(outcome.metrics["sink_rows.b"], 3);
   // Stage timings come from the interceptor, not from stopwatches in the runner.
@@ -99,7 +115,10 @@ test("beforeDispatch runs first: taps rewrite the command in order (the sinks op
   const job = makeJob({ sinks: [sinkSpec("a", "mem://a")] });
   const outcome = await runJob(pipeline, job, []);
   assert.equal(outcome.status, "SUCCESS", String(outcome.error));
-  assert.deepEqual(events.filter((e) => e.startsWith("open")), ["open a", "open audit"]);
+  assert.deepEqual(
+    events.filter((e) => e.startsWith("open")),
+    ["open a", "open audit"],
+  );
 
   const rejected = await runJob(pipeline, { ...job, command: { ...job.command, pluginName: "forbidden" } }, []);
   assert.equal(rejected.status, "FAILED");
@@ -150,7 +169,9 @@ test("the guest failing skips prepareCommit; onConclude still runs with FAILED a
   const pipeline = scriptedPipeline({ outputRoot: await tempRoot(), sinks: recording(events) });
   let concluded: JobOutcome | null = null;
   pipeline.hooks.onConclude.tapPromise({ name: "Observer", stage: Stage.OBSERVE }, async (outcome) => void (concluded = outcome));
-  const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("a", "mem://a")] }), [batchOf("a", sampleTable(1))], { guestFails: new Error("guest exited with 1") });
+  const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("a", "mem://a")] }), [batchOf("a", sampleTable(1))], {
+    guestFails: new Error("guest exited with 1"),
+  });
   assert.equal(outcome.status, "FAILED");
   assert.equal(concluded, outcome);
   assert.deepEqual(events, ["create a", "open a", "write a#0", "abort a: guest exited with 1"]);
@@ -184,7 +205,10 @@ test("an onConclude tap that throws fails the job and the sinks still abort (no 
   assert.equal(outcome.status, "FAILED");
   assert.equal(outcome.error?.message, "audit log unreachable");
   assert.deepEqual(events.slice(-1), ["abort a: audit log unreachable"]);
-  assert.ok(records.some((r) => r.hook === "onConclude" && r.tap === "Audit"), "the failing tap is named in the log");
+  assert.ok(
+    records.some((r) => r.hook === "onConclude" && r.tap === "Audit"),
+    "the failing tap is named in the log",
+  );
 });
 
 test("abort never overlaps a pending write: after an ABORT the sinks abort only once the write in flight has finished", async () => {

@@ -46,7 +46,10 @@ async function workspace(parquet: ParquetConfig = { encoderThreads: 1 }): Promis
 /** Every file under root, relative, sorted: proves what a reader could see. */
 async function listFiles(root: string): Promise<string[]> {
   const entries = await readdir(root, { recursive: true, withFileTypes: true });
-  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath ?? (e as unknown as { path: string }).path, e.name).slice(root.length + 1)).sort();
+  return entries
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath ?? (e as unknown as { path: string }).path, e.name).slice(root.length + 1))
+    .sort();
 }
 
 describe("Parquet sink", () => {
@@ -54,7 +57,11 @@ describe("Parquet sink", () => {
     const ws = await workspace();
     const job = makeJob({ sinks: [sinkSpec("sales", "parquet://out/sales.parquet?row_group_size=700")] });
     const tables = [sampleTable(1000, 0), sampleTable(1, 1000), sampleTable(1499, 1001)];
-    const outcome = await runJob(ws.pipeline, job, tables.map((t, i) => batchOf("sales", t, i)));
+    const outcome = await runJob(
+      ws.pipeline,
+      job,
+      tables.map((t, i) => batchOf("sales", t, i)),
+    );
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const file = join(ws.root, "out", `sales_${job.jobId}.parquet`);
@@ -71,7 +78,15 @@ describe("Parquet sink", () => {
     assert.equal(viaPyarrow.compression, "SNAPPY");
     assert.deepEqual(
       viaPyarrow.columns.map((c) => [c.name, c.type]),
-      [["id", "int64"], ["amount", "double"], ["label", "string"], ["flag", "bool"], ["ts", "timestamp[us, tz=UTC]"], ["_job_id", "uint64"], ["_file_version_id", "int64"]],
+      [
+        ["id", "int64"],
+        ["amount", "double"],
+        ["label", "string"],
+        ["flag", "bool"],
+        ["ts", "timestamp[us, tz=UTC]"],
+        ["_job_id", "uint64"],
+        ["_file_version_id", "int64"],
+      ],
     );
     assert.deepEqual(columnValues(viaPyarrow), { ...expected, ...lineage });
     assert.deepEqual(viaPyarrow.metadata, {
@@ -86,7 +101,15 @@ describe("Parquet sink", () => {
     const viaDuckdb = await readParquet(py, "duckdb", file);
     assert.deepEqual(
       viaDuckdb.columns.map((c) => [c.name, c.type]),
-      [["id", "BIGINT"], ["amount", "DOUBLE"], ["label", "VARCHAR"], ["flag", "BOOLEAN"], ["ts", "TIMESTAMP WITH TIME ZONE"], ["_job_id", "UBIGINT"], ["_file_version_id", "BIGINT"]],
+      [
+        ["id", "BIGINT"],
+        ["amount", "DOUBLE"],
+        ["label", "VARCHAR"],
+        ["flag", "BOOLEAN"],
+        ["ts", "TIMESTAMP WITH TIME ZONE"],
+        ["_job_id", "UBIGINT"],
+        ["_file_version_id", "BIGINT"],
+      ],
     );
     assert.deepEqual(columnValues(viaDuckdb), { ...expected, ...lineage });
   });
@@ -97,16 +120,25 @@ describe("Parquet sink", () => {
     const inputs = await mkdtemp(join(tmpdir(), "casparian-pandas-"));
     roots.push(inputs);
     await runPython(py, `import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")`, [script, "make", inputs]);
-    const batches = await Promise.all([0, 1].map(async (k) => {
-      const ipc = new Uint8Array(await readFile(join(inputs, `b${k}.arrows`)));
-      const table = tableFromIPC(ipc);
-      return { topic: "t", index: k, ipc, table, numRows: table.numRows };
-    }));
+    const batches = await Promise.all(
+      [0, 1].map(async (k) => {
+        const ipc = new Uint8Array(await readFile(join(inputs, `b${k}.arrows`)));
+        const table = tableFromIPC(ipc);
+        return { topic: "t", index: k, ipc, table, numRows: table.numRows };
+      }),
+    );
     const job = makeJob({ sinks: [sinkSpec("t", "parquet://pandas.parquet", "replace")] });
     const outcome = await runJob(ws.pipeline, job, batches);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
-    const report = JSON.parse(await runPython(py, `import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")`, [script, "compare", inputs, join(ws.root, "pandas.parquet")])) as Record<string, unknown>;
+    const report = JSON.parse(
+      await runPython(py, `import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")`, [
+        script,
+        "compare",
+        inputs,
+        join(ws.root, "pandas.parquet"),
+      ]),
+    ) as Record<string, unknown>;
     assert.equal(report._rows, 2000);
     delete report._rows;
     assert.equal(Object.keys(report).length, 12);
@@ -121,7 +153,11 @@ describe("Parquet sink", () => {
     for (const encoderThreads of [0, 2]) {
       const ws = await workspace({ encoderThreads, rowGroupSize: 300 });
       const job = makeJob({ sinks: [sinkSpec("t", "parquet://t.parquet", "replace")] });
-      const outcome = await runJob(ws.pipeline, job, [0, 1, 2, 3].map((i) => batchOf("t", sampleTable(450, i * 450), i)));
+      const outcome = await runJob(
+        ws.pipeline,
+        job,
+        [0, 1, 2, 3].map((i) => batchOf("t", sampleTable(450, i * 450), i)),
+      );
       await ws.close();
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       results.push(await readParquet(py, "pyarrow", join(ws.root, "t.parquet")));
@@ -136,7 +172,11 @@ describe("Parquet sink", () => {
     // statistics until the file is finished: they must not be views of a reused buffer.
     const ws = await workspace({ encoderThreads: 1, rowGroupSize: 100 });
     const job = makeJob({ sinks: [sinkSpec("t", "parquet://stats.parquet", "replace")] });
-    const outcome = await runJob(ws.pipeline, job, [0, 1, 2].map((i) => batchOf("t", sampleTable(400, i * 400), i)));
+    const outcome = await runJob(
+      ws.pipeline,
+      job,
+      [0, 1, 2].map((i) => batchOf("t", sampleTable(400, i * 400), i)),
+    );
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const code = `import sys, json, pyarrow.parquet as pq
@@ -263,7 +303,13 @@ print(json.dumps(out))`;
     const outside = await mkdtemp(join(tmpdir(), "casparian-outside-"));
     roots.push(outside);
     await symlink(outside, join(ws.root, "link"));
-    for (const uri of ["parquet://../escape.parquet", "parquet://a/../../escape.parquet", `parquet://${outside}/abs.parquet`, "parquet://link/through-symlink.parquet", "parquet://%2E%2E/encoded.parquet"]) {
+    for (const uri of [
+      "parquet://../escape.parquet",
+      "parquet://a/../../escape.parquet",
+      `parquet://${outside}/abs.parquet`,
+      "parquet://link/through-symlink.parquet",
+      "parquet://%2E%2E/encoded.parquet",
+    ]) {
       const job = makeJob({ sinks: [sinkSpec("t", uri)] });
       const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(2))]);
       assert.equal(outcome.status, "FAILED", uri);
@@ -281,12 +327,18 @@ print(json.dumps(out))`;
     const outcome = await runJob(ws.pipeline, job, [batchOf("empty", sampleTable(0))]);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
-    assert.deepEqual(outcome.artifacts.map((a) => a.topic), ["empty"]);
+    assert.deepEqual(
+      outcome.artifacts.map((a) => a.topic),
+      ["empty"],
+    );
     assert.equal(outcome.metrics.sinks_without_batches, 1);
     assert.deepEqual(await listFiles(ws.root), ["empty.parquet"]);
     const empty = await readParquet(py, "pyarrow", join(ws.root, "empty.parquet"));
     assert.equal(empty.num_rows, 0);
-    assert.deepEqual(empty.columns.map((c) => c.type), ["int64", "double", "string", "bool", "timestamp[us, tz=UTC]", "uint64", "int64"]);
+    assert.deepEqual(
+      empty.columns.map((c) => c.type),
+      ["int64", "double", "string", "bool", "timestamp[us, tz=UTC]", "uint64", "int64"],
+    );
   });
 
   test("no reader sees a partial file: before commit only a hidden staging file exists; abort removes it", async () => {
@@ -354,7 +406,13 @@ g = md.row_group(0)
 cols = {g.column(i).path_in_schema: g.column(i) for i in range(g.num_columns)}
 print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings), "job": sorted(cols["_job_id"].encodings),
   "indexes": all(c.has_column_index and c.has_offset_index for c in cols.values()), "stats": all(c.statistics is not None and c.statistics.has_min_max for c in cols.values() if c.path_in_schema != "flag")}))`;
-    const facts = JSON.parse(await runPython(py, code, [join(ws.root, "fast.parquet")])) as { created_by: string; id: string[]; job: string[]; indexes: boolean; stats: boolean };
+    const facts = JSON.parse(await runPython(py, code, [join(ws.root, "fast.parquet")])) as {
+      created_by: string;
+      id: string[];
+      job: string[];
+      indexes: boolean;
+      stats: boolean;
+    };
     assert.match(facts.created_by, /^casparian-flow via parquet-wasm 0\.8\.0/);
     assert.ok(!facts.id.includes("RLE_DICTIONARY"), `unique ids are written plain, not dictionary-encoded: ${facts.id.join(",")}`);
     assert.ok(facts.job.includes("DELTA_BINARY_PACKED"), `lineage is delta-encoded: ${facts.job.join(",")}`);
@@ -366,7 +424,11 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
     const ws = await workspace({ encoderThreads: 1, rowGroupSize: 4_000 });
     const job = makeJob({ sinks: [sinkSpec("t", "parquet://tiny.parquet", "replace")] });
     const one = sampleTable(1);
-    const outcome = await runJob(ws.pipeline, job, Array.from({ length: 10_000 }, (_, i) => batchOf("t", one, i)));
+    const outcome = await runJob(
+      ws.pipeline,
+      job,
+      Array.from({ length: 10_000 }, (_, i) => batchOf("t", one, i)),
+    );
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const read = await readParquet(py, "pyarrow", join(ws.root, "tiny.parquet"));
@@ -377,15 +439,32 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
   test("a schema that widens inside one file (null placeholder, then int32 to int64) rewrites what was written: one file, the wide types, every value", async () => {
     const ws = await workspace({ encoderThreads: 1, rowGroupSize: 2 });
     const job = makeJob({ sinks: [sinkSpec("t", "parquet://wide.parquet", "replace")] });
-    const placeholder = new Table({ n: vectorFromArray([1, 2, 3], new Int32()), qty: vectorFromArray([null, null, null], new Null()), s: vectorFromArray(["a", "b", "c"], new Utf8()) });
-    const typed = new Table({ n: vectorFromArray([4, 5], new Int32()), qty: vectorFromArray([7n, null], new Int64()), s: vectorFromArray(["d", null], new Utf8()) });
+    const placeholder = new Table({
+      n: vectorFromArray([1, 2, 3], new Int32()),
+      qty: vectorFromArray([null, null, null], new Null()),
+      s: vectorFromArray(["a", "b", "c"], new Utf8()),
+    });
+    const typed = new Table({
+      n: vectorFromArray([4, 5], new Int32()),
+      qty: vectorFromArray([7n, null], new Int64()),
+      s: vectorFromArray(["d", null], new Utf8()),
+    });
     const wider = new Table({ n: vectorFromArray([6n], new Int64()), qty: vectorFromArray([8n], new Int64()), s: vectorFromArray(["e"], new Utf8()) });
     const outcome = await runJob(ws.pipeline, job, [batchOf("t", placeholder, 0), batchOf("t", typed, 1), batchOf("t", wider, 2)]);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(await listFiles(ws.root), ["wide.parquet"]);
     const read = await readParquet(py, "pyarrow", join(ws.root, "wide.parquet"));
-    assert.deepEqual(read.columns.map((c) => [c.name, c.type]), [["n", "int64"], ["qty", "int64"], ["s", "string"], ["_job_id", "uint64"], ["_file_version_id", "int64"]]);
+    assert.deepEqual(
+      read.columns.map((c) => [c.name, c.type]),
+      [
+        ["n", "int64"],
+        ["qty", "int64"],
+        ["s", "string"],
+        ["_job_id", "uint64"],
+        ["_file_version_id", "int64"],
+      ],
+    );
     const values = columnValues(read);
     assert.deepEqual(values.n, ["1", "2", "3", "4", "5", "6"]);
     assert.deepEqual(values.qty, [null, null, null, "7", null, "8"]);
@@ -436,4 +515,3 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
     await stat(finalFile);
   });
 });
-

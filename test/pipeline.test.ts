@@ -54,7 +54,15 @@ class Handler:
 }
 
 function dispatch(sourceCode: string, filePath: string, envHash: string, sinks: SinkConfig[]): DispatchCommand {
-  return { plugin_name: "pipeline_test", file_path: filePath, sinks, file_version_id: 9007199254740993n, env_hash: envHash, source_code: sourceCode, artifact_hash: null };
+  return {
+    plugin_name: "pipeline_test",
+    file_path: filePath,
+    sinks,
+    file_version_id: 9007199254740993n,
+    env_hash: envHash,
+    source_code: sourceCode,
+    artifact_hash: null,
+  };
 }
 
 async function findFiles(dir: string, pattern: RegExp): Promise<string[]> {
@@ -136,8 +144,14 @@ describe("worker pipeline (sentinel → worker → uv env → guest → sinks)",
     assert.deepEqual(columns._job_id, [jobId.toString(), jobId.toString()]);
     assert.deepEqual(columns._file_version_id, ["9007199254740993", "9007199254740993"]);
 
-    const rejects = (await readFile(jsonlPath, "utf8")).trim().split("\n").map((l) => JSON.parse(l) as { line: string });
-    assert.deepEqual(rejects.map((r) => r.line), ["pear,x"]);
+    const rejects = (await readFile(jsonlPath, "utf8"))
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { line: string });
+    assert.deepEqual(
+      rejects.map((r) => r.line),
+      ["pear,x"],
+    );
 
     // The same job as Prometheus sees it.
     const served = await worker.waitForLog((l) => l.msg === "serving Prometheus metrics on /metrics");
@@ -162,10 +176,21 @@ describe("worker pipeline (sentinel → worker → uv env → guest → sinks)",
   test("kill -9 mid-job leaves no final file; the next start removes the staging", async () => {
     const output = join(worker.dir, "crash-output");
     await mkdir(output, { recursive: true });
-    const victim = await spawnWorker({ args: ["--connect", sentinel.endpoint, "--config", CONFIG, "--worker-id", "crash-1", "--output", output], home: worker.home });
+    const victim = await spawnWorker({
+      args: ["--connect", sentinel.endpoint, "--config", CONFIG, "--worker-id", "crash-1", "--output", output],
+      home: worker.home,
+    });
     spawned.push(victim);
-    const hello: Received = await sentinel.waitFor((r) => r.message?.opcode === Opcode.IDENTIFY && r.message.payload.worker_id === "crash-1", 20_000, "IDENTIFY from crash-1");
-    await sentinel.send(hello.identity, Opcode.PREPARE_ENV, 0n, { env_hash: envHash, lockfile_content: await readFile(join(ROOT, "test", "fixtures", "pyenv", "uv.lock"), "utf8"), python_version: null });
+    const hello: Received = await sentinel.waitFor(
+      (r) => r.message?.opcode === Opcode.IDENTIFY && r.message.payload.worker_id === "crash-1",
+      20_000,
+      "IDENTIFY from crash-1",
+    );
+    await sentinel.send(hello.identity, Opcode.PREPARE_ENV, 0n, {
+      env_hash: envHash,
+      lockfile_content: await readFile(join(ROOT, "test", "fixtures", "pyenv", "uv.lock"), "utf8"),
+      python_version: null,
+    });
     assert.equal((await sentinel.expect(Opcode.ENV_READY, { timeoutMs: 60_000 })).message.payload.cached, true);
 
     const input = join(worker.dir, "anything.csv");
@@ -185,7 +210,10 @@ describe("worker pipeline (sentinel → worker → uv env → guest → sinks)",
     const guestPid = Number(await readFile(pidFile, "utf8"));
     await until(async () => (isProcessAlive(guestPid) ? undefined : true), 5_000, `orphaned guest ${guestPid} to exit`);
 
-    const successor = await spawnWorker({ args: ["--connect", sentinel.endpoint, "--config", CONFIG, "--worker-id", "crash-2", "--output", output], home: worker.home });
+    const successor = await spawnWorker({
+      args: ["--connect", sentinel.endpoint, "--config", CONFIG, "--worker-id", "crash-2", "--output", output],
+      home: worker.home,
+    });
     spawned.push(successor);
     await sentinel.waitFor((r) => r.message?.opcode === Opcode.IDENTIFY && r.message.payload.worker_id === "crash-2", 20_000, "IDENTIFY from crash-2");
     assert.deepEqual(await findFiles(slowDir, /\.stg-/), [], "staging of the crashed run removed at start");

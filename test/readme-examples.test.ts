@@ -24,7 +24,7 @@ function pythonBlocks(markdown: string): Array<{ line: number; code: string }> {
     const start = i + 1;
     let end = start;
     while (end < lines.length && lines[end]!.trim() !== "```") end++;
-    blocks.push({ line: start + 1, code: lines.slice(start, end).join("\n") + "\n" });
+    blocks.push({ line: start + 1, code: `${lines.slice(start, end).join("\n")}\n` });
     i = end;
   }
   return blocks;

@@ -137,9 +137,19 @@ describe("casparian run: stable names and incremental reruns", () => {
     const second = await runCli([plugin, "data", "--report", "report.json"], { cwd: dir, home });
     assert.equal(second.code, 0, second.stderr);
     assert.match(second.stdout, /1 of 3 inputs succeeded, 0 failed, 2 unchanged, skipped/);
-    const report = JSON.parse(await readFile(join(dir, "report.json"), "utf8")) as { inputs: Array<{ name: string; state: string; outputs: Array<{ rows: number }> }>; topics: Array<{ topic: string; rows: number }> };
-    assert.deepEqual(report.inputs.map((i) => [i.name, i.state]).sort(), [["data/one.csv", "unchanged"], ["data/three.csv", "succeeded"], ["data/two.csv", "unchanged"]]);
-    assert.deepEqual(report.topics.map((t) => [t.topic, t.rows]), [["output", 5]]);
+    const report = JSON.parse(await readFile(join(dir, "report.json"), "utf8")) as {
+      inputs: Array<{ name: string; state: string; outputs: Array<{ rows: number }> }>;
+      topics: Array<{ topic: string; rows: number }>;
+    };
+    assert.deepEqual(report.inputs.map((i) => [i.name, i.state]).sort(), [
+      ["data/one.csv", "unchanged"],
+      ["data/three.csv", "succeeded"],
+      ["data/two.csv", "unchanged"],
+    ]);
+    assert.deepEqual(
+      report.topics.map((t) => [t.topic, t.rows]),
+      [["output", 5]],
+    );
 
     const all = await runCli([plugin, "data", "--all"], { cwd: dir, home });
     assert.match(all.stdout, /3 of 3 inputs succeeded, 0 failed in/);
@@ -214,7 +224,7 @@ describe("casparian run: write modes", () => {
     const count = (table: string) => {
       const db = new Database(join(dir, "output", "w.db"), { readonly: true });
       try {
-        return (db.prepare(`SELECT count(*) AS n, count(DISTINCT id) AS ids FROM ${table}`).get() as { n: number; ids: number });
+        return db.prepare(`SELECT count(*) AS n, count(DISTINCT id) AS ids FROM ${table}`).get() as { n: number; ids: number };
       } finally {
         db.close();
       }
@@ -279,7 +289,10 @@ describe("casparian run: problems found before any worker starts", () => {
       { args: ["--config", "missing.config.ts"], stderr: /CSP_SINK_INVALID: .*no-such-sink\.ts/ },
       { args: ["--config", "package.config.ts"], stderr: /CSP_SINK_INVALID: .*casparian-no-such-sink-package/ },
       { args: ["--config", "shape.config.ts"], stderr: /CSP_SINK_INVALID: .*"shapeless": "schemes" must be a non-empty array/ },
-      { args: ["--sink", "output=s3://bucket/x"], stderr: /CSP_SINK_UNKNOWN_SCHEME: no sink handles the scheme of output=s3:\/\/bucket\/x .*known schemes: parquet:\/\// },
+      {
+        args: ["--sink", "output=s3://bucket/x"],
+        stderr: /CSP_SINK_UNKNOWN_SCHEME: no sink handles the scheme of output=s3:\/\/bucket\/x .*known schemes: parquet:\/\//,
+      },
       { args: ["--sink", "output=parquet://sales/{input}.parquet?compression=zip"], stderr: /CSP_SINK_BAD_URI: .*unknown compression "zip"/ },
       { args: ["--sink", "output=parquet://sales/{input}.parquet?rows=5"], stderr: /CSP_SINK_BAD_URI: .*unknown parameter "rows"/ },
       { args: ["--sink", "output=parquet://../up/{input}.parquet"], stderr: /CSP_SINK_PATH_ESCAPE/ },
@@ -295,7 +308,10 @@ describe("casparian run: problems found before any worker starts", () => {
       assert.match(result.stderr, stderr, args.join(" "));
       assert.doesNotMatch(result.stderr, /this is a bug/);
       assert.ok(Date.now() - started < 15_000, "no worker was started");
-      const validated = await execFileAsync(process.execPath, [join(root, "bin", "casparian.js"), "validate", topicsPlugin, ...args], { cwd: dir, env: { ...process.env, CASPARIAN_HOME: home } }).then(
+      const validated = await execFileAsync(process.execPath, [join(root, "bin", "casparian.js"), "validate", topicsPlugin, ...args], {
+        cwd: dir,
+        env: { ...process.env, CASPARIAN_HOME: home },
+      }).then(
         () => ({ code: 0, stderr: "" }),
         (err: { code: number; stderr: string }) => ({ code: err.code, stderr: err.stderr }),
       );
@@ -304,7 +320,11 @@ describe("casparian run: problems found before any worker starts", () => {
     }
     assert.deepEqual(await listFiles(join(dir, "output")), [], "nothing was written");
 
-    const ok = await execFileAsync(process.execPath, [join(root, "bin", "casparian.js"), "validate", topicsPlugin, "--config", sqliteConfig, "--output", "output", "--sink", "output=sqlite://w.db/sales"], { cwd: dir });
+    const ok = await execFileAsync(
+      process.execPath,
+      [join(root, "bin", "casparian.js"), "validate", topicsPlugin, "--config", sqliteConfig, "--output", "output", "--sink", "output=sqlite://w.db/sales"],
+      { cwd: dir },
+    );
     assert.match(ok.stdout, /^ok: plugin topics/);
     assert.match(ok.stdout, /sink {4}output → sqlite:\/\/w\.db\/sales \(replace, from --sink\)/);
     assert.match(ok.stdout, /sink {4}every other topic → parquet:\/\/\{topic\}\/\{input\}\.parquet/);
@@ -343,8 +363,14 @@ describe("casparian run: crash safety of the run state", () => {
     assert.equal(early.signal, "SIGKILL");
     const staged = withoutState(await listFiles(join(dir2, "output")));
     // Nothing under a final name yet; 1.csv's file waits in the dead run's staging (2.csv's may too, unpublished).
-    assert.ok(staged.every((f) => f.startsWith(".casparian-staging-")), `nothing published: ${staged.join(", ")}`);
-    assert.ok(staged.some((f) => f.endsWith("/output/data/1.csv.parquet")), `1.csv's file is staged: ${staged.join(", ")}`);
+    assert.ok(
+      staged.every((f) => f.startsWith(".casparian-staging-")),
+      `nothing published: ${staged.join(", ")}`,
+    );
+    assert.ok(
+      staged.some((f) => f.endsWith("/output/data/1.csv.parquet")),
+      `1.csv's file is staged: ${staged.join(", ")}`,
+    );
     const resumed = await runCli([topicsPlugin, "data", "--workers", "1"], { cwd: dir2, home });
     assert.equal(resumed.code, 0, resumed.stderr);
     assert.match(resumed.stdout, /1 of 2 inputs succeeded, 0 failed, 1 unchanged, skipped/);
@@ -383,7 +409,11 @@ describe("casparian run: while it runs", () => {
     assert.equal(declined.code, 0, declined.stderr);
     assert.match(declined.stdout, /2 of 3 inputs succeeded, 0 failed, 1 declined, skipped/);
     assert.match(declined.stdout, /declined by a worker plugin \(1\):\n\s+\S*c\.skip: .*temporary files are not parsed/);
-    const tags = await execFileAsync(await testPython(), ["-c", "import sys, pyarrow.dataset as ds; print(sorted(set(ds.dataset(sys.argv[1]).to_table().column('tag').to_pylist())))", join(dir, "output", "config")]);
+    const tags = await execFileAsync(await testPython(), [
+      "-c",
+      "import sys, pyarrow.dataset as ds; print(sorted(set(ds.dataset(sys.argv[1]).to_table().column('tag').to_pylist())))",
+      join(dir, "output", "config"),
+    ]);
     assert.equal(tags.stdout.trim(), "['from-file']");
     const inline = await runCli([topicsPlugin, "data/a.csv", "--plugin-config", '{"tag": "inline"}'], { cwd: dir, home });
     assert.equal(inline.code, 0, inline.stderr);

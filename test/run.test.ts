@@ -78,8 +78,14 @@ describe("inputs, plugin inspection and sink plan", () => {
     for (const rel of ["a/x.csv", "b/x.csv", "b/deep/y.csv", "b/.hidden.csv", "z.txt"]) await writeFile(join(dir, rel), "id\n1\n");
 
     const inputs = await expandInputs(["b", "a/*.csv", "z.txt", "a/x.csv"], dir);
-    assert.deepEqual(inputs.map((i) => i.path.slice(dir.length + 1)), ["a/x.csv", "b/deep/y.csv", "b/x.csv", "z.txt"]);
-    assert.deepEqual(inputs.map((i) => outputName(i.path, dir)), ["a/x.csv", "b/deep/y.csv", "b/x.csv", "z.txt"]);
+    assert.deepEqual(
+      inputs.map((i) => i.path.slice(dir.length + 1)),
+      ["a/x.csv", "b/deep/y.csv", "b/x.csv", "z.txt"],
+    );
+    assert.deepEqual(
+      inputs.map((i) => outputName(i.path, dir)),
+      ["a/x.csv", "b/deep/y.csv", "b/x.csv", "z.txt"],
+    );
     assert.equal(outputName(join(dir, "b", "x.csv"), join(dir, "a")), `@abs${join(dir, "b", "x.csv")}`, "outside the root: the absolute path below @abs/");
     for (const input of inputs) {
       assert.equal(typeof input.fileVersionId, "bigint");
@@ -135,9 +141,14 @@ describe("inputs, plugin inspection and sink plan", () => {
     assert.equal(config.source, "config");
     assert.equal(config.promotable, false);
     assert.deepEqual(config.forInput(name)[0], { topic: "output", uri: "sqlite://w.db/t", mode: "error", schema_def: null });
-    assert.deepEqual(planSinks({ cliSinks: [], manifest: { topics: ["rejects"] } }).forInput("a%b?.csv"), [{ ...catchAll, uri: "parquet://{topic}/a%25b%3F.csv.parquet" }]);
+    assert.deepEqual(planSinks({ cliSinks: [], manifest: { topics: ["rejects"] } }).forInput("a%b?.csv"), [
+      { ...catchAll, uri: "parquet://{topic}/a%25b%3F.csv.parquet" },
+    ]);
     assert.throws(() => parseSinkFlag("parquet://x.parquet"), { code: "CSP_CLI_USAGE" });
-    assert.throws(() => planSinks({ cliSinks: [], manifest: { sinks: { output: { uri: "parquet://x.parquet", mode: "upsert" } } } }), { code: "CSP_CLI_USAGE", message: /mode expects one of replace, append, error/ });
+    assert.throws(() => planSinks({ cliSinks: [], manifest: { sinks: { output: { uri: "parquet://x.parquet", mode: "upsert" } } } }), {
+      code: "CSP_CLI_USAGE",
+      message: /mode expects one of replace, append, error/,
+    });
   });
 });
 
@@ -174,7 +185,10 @@ describe("casparian run (end to end)", () => {
 
     const files = await listFiles(join(dir, "out"));
     assert.equal(files.length, 40, `exactly one file per input, nothing else (no staging): ${files.join(", ")}`);
-    assert.ok(files.every((f) => /^output\/data\/(east|west)\/batch-\d\/sales-2024-0\d\.csv\.parquet$/.test(f)), files.join(", "));
+    assert.ok(
+      files.every((f) => /^output\/data\/(east|west)\/batch-\d\/sales-2024-0\d\.csv\.parquet$/.test(f)),
+      files.join(", "),
+    );
 
     const tables = await readParquet(files.map((f) => join(dir, "out", f)));
     for (const table of tables) {
@@ -227,20 +241,35 @@ describe("casparian run (end to end)", () => {
     assert.match(result.stdout, /failed \(1\):\n\s+\S*no-date-column\.csv: .*ValueError: no-date-column\.csv: no date column in header/);
 
     const files = await listFiles(join(dir, "output"));
-    assert.deepEqual(files, [1, 2, 3].map((n) => `output/${outside(join(fixtures, "run-bad-input", `good-${n}.csv.parquet`))}`));
+    assert.deepEqual(
+      files,
+      [1, 2, 3].map((n) => `output/${outside(join(fixtures, "run-bad-input", `good-${n}.csv.parquet`))}`),
+    );
     const tables = await readParquet(files.map((f) => join(dir, "output", f)));
-    assert.deepEqual(tables.map((t) => t.rows.length), [5, 4, 4]);
+    assert.deepEqual(
+      tables.map((t) => t.rows.length),
+      [5, 4, 4],
+    );
   });
 
   test("--sink sends a topic where the user says: Parquet with the sink's own naming, or a database via a config-registered sink", async () => {
     const dir = await scenario("sinks");
-    const parquet = await runCli([helloPlugin, helloData, "--sink", "output=parquet://all/sales.parquet", "--mode", "append", "--workers", "2"], { cwd: dir, home });
+    const parquet = await runCli([helloPlugin, helloData, "--sink", "output=parquet://all/sales.parquet", "--mode", "append", "--workers", "2"], {
+      cwd: dir,
+      home,
+    });
     assert.equal(parquet.code, 0, parquet.stderr);
     const files = await listFiles(join(dir, "output"));
     assert.equal(files.length, 4, files.join(", "));
-    assert.ok(files.every((f) => /^all\/sales_\d+\.parquet$/.test(f)), `append mode: one file per job: ${files.join(", ")}`);
+    assert.ok(
+      files.every((f) => /^all\/sales_\d+\.parquet$/.test(f)),
+      `append mode: one file per job: ${files.join(", ")}`,
+    );
     const tables = await readParquet(files.map((f) => join(dir, "output", f)));
-    assert.equal(tables.reduce((n, t) => n + t.rows.length, 0), 16);
+    assert.equal(
+      tables.reduce((n, t) => n + t.rows.length, 0),
+      16,
+    );
 
     const sqlite = await runCli(
       [helloPlugin, helloData, "--sink", "output=sqlite://sales.db/sales", "--config", join(root, "examples", "sqlite-sink.config.ts"), "--output", "db"],
@@ -255,7 +284,10 @@ describe("casparian run (end to end)", () => {
     } finally {
       db.close();
     }
-    assert.deepEqual((await readdir(join(dir, "db"))).filter((n) => n.startsWith(".casparian-staging-")), []);
+    assert.deepEqual(
+      (await readdir(join(dir, "db"))).filter((n) => n.startsWith(".casparian-staging-")),
+      [],
+    );
   });
 
   test("a broken plugin fails once, up front, with Python's error, before any input is processed", async () => {
@@ -299,7 +331,11 @@ describe("casparian run (end to end)", () => {
     const [table] = await readParquet([join(dir, "output", "output", outside(join(helloData, "sales-2024-01.csv.parquet")))]);
     assert.equal(table!.rows.length, 5);
 
-    const pandas = await runCli([join(root, "examples", "pandas-pep723", "plugin.py"), join(helloData, "sales-2024-01.csv")], { cwd: dir, home: noUvHome, env });
+    const pandas = await runCli([join(root, "examples", "pandas-pep723", "plugin.py"), join(helloData, "sales-2024-01.csv")], {
+      cwd: dir,
+      home: noUvHome,
+      env,
+    });
     assert.equal(pandas.code, 1);
     assert.match(pandas.stderr, /CSP_ENV_UV_MISSING: uv was not found/);
     assert.match(pandas.stderr, /python3 -m pip install uv/);
@@ -373,7 +409,10 @@ describe("casparian run (end to end)", () => {
       while (pids.some(isAlive) && Date.now() < gone) await new Promise((r) => setTimeout(r, 100));
       for (const pid of pids) assert.ok(!isAlive(pid), `orphaned worker ${pid} stopped`);
       for (const pid of await guestPids(dir)) assert.ok(!isAlive(pid), `guest ${pid} stopped`);
-      assert.ok((await readdir(join(dir, "output"))).some((n) => n.startsWith(".casparian-staging-")), "a killed run cannot clean up");
+      assert.ok(
+        (await readdir(join(dir, "output"))).some((n) => n.startsWith(".casparian-staging-")),
+        "a killed run cannot clean up",
+      );
 
       await writeFile(join(data, "in-00.csv"), "# sleep 0\nid,value\n1,a\n");
       const next = await runCli([slowPlugin, join(data, "in-00.csv")], { cwd: dir, home });

@@ -120,7 +120,10 @@ describe("unifySchemas / TopicSchema", () => {
     assert.equal(topic.accept(first, "batch 1").changed, false);
     const widened = topic.accept(new Schema([new Field("a", new Utf8()), new Field("b", new Int64())]), "batch 2");
     assert.equal(widened.changed, true);
-    assert.deepEqual(widened.schema.fields.map((f) => arrowTypeName(f.type)), ["string", "int64"]);
+    assert.deepEqual(
+      widened.schema.fields.map((f) => arrowTypeName(f.type)),
+      ["string", "int64"],
+    );
     // A later all-null, narrower batch conforms after a cast and changes nothing.
     assert.equal(topic.accept(new Schema([new Field("a", new Null()), new Field("b", new Int32())]), "batch 3").changed, false);
   });
@@ -131,7 +134,10 @@ describe("castTable", () => {
     const t = table({
       id: { type: new Int32(), values: [1, -2, null] },
       qty: { type: new Null(), values: [null, null, null] },
-      price: { type: new Decimal(1, 5, 128), values: [new Uint32Array([125, 0, 0, 0]), null, new Uint32Array([4294967295, 4294967295, 4294967295, 4294967295])] },
+      price: {
+        type: new Decimal(1, 5, 128),
+        values: [new Uint32Array([125, 0, 0, 0]), null, new Uint32Array([4294967295, 4294967295, 4294967295, 4294967295])],
+      },
       tags: { type: new List(new Field("item", new Null())), values: [[], [null], null] },
     });
     const target = new Schema([
@@ -146,7 +152,10 @@ describe("castTable", () => {
     // Through IPC and back, as a sink would see it.
     const back = tableFromIPC(tableToIPC(cast, "stream"));
     assert.deepEqual(back.getChild("id")!.toArray(), new BigInt64Array([1n, -2n, 0n]));
-    assert.deepEqual([...back.getChild("id")!].map((v) => (v === null ? null : BigInt(v as bigint))), [1n, -2n, null]);
+    assert.deepEqual(
+      [...back.getChild("id")!].map((v) => (v === null ? null : BigInt(v as bigint))),
+      [1n, -2n, null],
+    );
     assert.deepEqual([...back.getChild("qty")!], [null, null, null]);
     assert.deepEqual([...back.getChild("note")!], [null, null, null]);
     assert.deepEqual(

@@ -30,7 +30,9 @@ interface Input {
   fileVersionId?: bigint;
 }
 
-async function withExample(configFile: string): Promise<{ root: string; pipeline: Pipeline; run(sinks: SinkSpec[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
+async function withExample(
+  configFile: string,
+): Promise<{ root: string; pipeline: Pipeline; run(sinks: SinkSpec[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
   const { config, dir } = await loadConfig({ explicitPath: join("examples", configFile), cwd: packageRoot(), command: "worker" });
   const plugins = await loadSinkPlugins(config.sinks, dir, { encoderThreads: 0 });
   const root = await mkdtemp(join(tmpdir(), "casparian-example-"));
@@ -136,7 +138,12 @@ describe("example SQLite sink", () => {
     assert.equal(count(), 11, "the same version again (a retry, a rerun): no second copy");
     assert.equal((await run(t("append"), 3, 4n, a2)).status, "SUCCESS");
     assert.equal(count(), 14, "append keeps a.csv's earlier version");
-    assert.deepEqual(readTable(file, "t").map((r) => r._file_version_id).filter((v, i, all) => all.indexOf(v) === i), [21n, 11n, 12n]);
+    assert.deepEqual(
+      readTable(file, "t")
+        .map((r) => r._file_version_id)
+        .filter((v, i, all) => all.indexOf(v) === i),
+      [21n, 11n, 12n],
+    );
 
     assert.equal((await run(t("replace"), 2, 5n, { filePath: "/data/a.csv", fileVersionId: 13n })).status, "SUCCESS");
     assert.equal(count(), 8, "replace: a.csv's rows of every version swapped for the new ones, b.csv's untouched");
@@ -170,4 +177,3 @@ describe("example SQLite sink", () => {
     }
   });
 });
-

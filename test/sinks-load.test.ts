@@ -28,7 +28,10 @@ async function userProject(): Promise<string> {
   await cp(join(packageRoot(), "test", "fixtures", "sinks-custom"), dir, { recursive: true });
   await mkdir(join(dir, "node_modules", "casparian-sink-upper"), { recursive: true });
   await symlink(packageRoot(), join(dir, "node_modules", "casparian-flow"), "dir");
-  await writeFile(join(dir, "node_modules", "casparian-sink-upper", "package.json"), JSON.stringify({ name: "casparian-sink-upper", type: "module", exports: "./index.js" }));
+  await writeFile(
+    join(dir, "node_modules", "casparian-sink-upper", "package.json"),
+    JSON.stringify({ name: "casparian-sink-upper", type: "module", exports: "./index.js" }),
+  );
   await writeFile(
     join(dir, "node_modules", "casparian-sink-upper", "index.js"),
     `// A published sink package: a plain SinkPlugin object as default export.
@@ -59,18 +62,26 @@ describe("sink plugins from config", () => {
     const { config, dir: configDir, filepath } = await loadConfig({ cwd: dir, command: "worker" });
     assert.equal(filepath, join(dir, "casparian.config.ts"));
     const plugins = await loadSinkPlugins(config.sinks, configDir, config.parquet);
-    assert.deepEqual(plugins.map((p) => p.plugin.name), ["parquet", "csv", "upper"]);
+    assert.deepEqual(
+      plugins.map((p) => p.plugin.name),
+      ["parquet", "csv", "upper"],
+    );
     assert.deepEqual(plugins[1]!.options, { delimiter: ";" });
 
     const outputRoot = resolve(configDir, config.output!);
     await mkdir(outputRoot, { recursive: true });
     const pipeline = scriptedPipeline({ outputRoot, sinks: plugins, logger });
-    const job = makeJob({ sinks: [sinkSpec("rows", "csv://tables/rows.csv"), sinkSpec("words", "upper://words.txt"), sinkSpec("rows", "parquet://rows.parquet", "replace")] });
+    const job = makeJob({
+      sinks: [sinkSpec("rows", "csv://tables/rows.csv"), sinkSpec("words", "upper://words.txt"), sinkSpec("rows", "parquet://rows.parquet", "replace")],
+    });
     const small = new (await import("apache-arrow")).Table({ label: sampleTable(3).getChild("label")! });
     const outcome = await runJob(pipeline, job, [batchOf("rows", sampleTable(2)), batchOf("words", small)]);
     await pipeline.shutdown();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
-    assert.deepEqual(outcome.artifacts.map((a) => a.uri), [`csv://${join(outputRoot, "tables/rows.csv")}`, `upper://${join(outputRoot, "words.txt")}`, `parquet://${join(outputRoot, "rows.parquet")}`]);
+    assert.deepEqual(
+      outcome.artifacts.map((a) => a.uri),
+      [`csv://${join(outputRoot, "tables/rows.csv")}`, `upper://${join(outputRoot, "words.txt")}`, `parquet://${join(outputRoot, "rows.parquet")}`],
+    );
     const csv = await readFile(join(outputRoot, "tables", "rows.csv"), "utf8");
     assert.equal(csv.split("\n")[0], "ID;AMOUNT;LABEL;FLAG;TS");
     assert.equal(csv.split("\n").length, 4);
@@ -92,7 +103,11 @@ describe("sink plugins from config", () => {
       ["no create", "export default { name: 'x', schemes: ['x'] };", /"create" must be a function, got undefined/],
       ["recover not a function", "export default { name: 'x', schemes: ['x'], create() {}, recover: 1 };", /"recover" must be a function/],
       ["a throwing factory", "export default () => { throw new Error('missing API key'); };", /its factory threw: missing API key/],
-      ["a scheme taken by the bundled sink", "export default { name: 'my-parquet', schemes: ['parquet'], create() {} };", /"my-parquet".*scheme "parquet" is already handled by sink plugin "parquet"/],
+      [
+        "a scheme taken by the bundled sink",
+        "export default { name: 'my-parquet', schemes: ['parquet'], create() {} };",
+        /"my-parquet".*scheme "parquet" is already handled by sink plugin "parquet"/,
+      ],
     ];
     for (const [what, source, expected] of cases) {
       test(what, async () => {
@@ -106,18 +121,30 @@ describe("sink plugins from config", () => {
     }
 
     test("a module that cannot be found", async () => {
-      await assert.rejects(loadOne("", "./nowhere.ts"), (err: unknown) => Errors.SINK_INVALID.is(err) && /cannot load module .*nowhere\.ts/.test((err as Error).message));
-      await assert.rejects(loadOne("", "casparian-sink-that-does-not-exist"), (err: unknown) => Errors.SINK_INVALID.is(err) && /"casparian-sink-that-does-not-exist"/.test((err as Error).message));
+      await assert.rejects(
+        loadOne("", "./nowhere.ts"),
+        (err: unknown) => Errors.SINK_INVALID.is(err) && /cannot load module .*nowhere\.ts/.test((err as Error).message),
+      );
+      await assert.rejects(
+        loadOne("", "casparian-sink-that-does-not-exist"),
+        (err: unknown) => Errors.SINK_INVALID.is(err) && /"casparian-sink-that-does-not-exist"/.test((err as Error).message),
+      );
     });
 
     test("two user plugins with one scheme", async () => {
       const a = defineSink({ name: "one", schemes: ["dup"], create: () => ({ write() {}, prepare() {}, commit: () => [], abort() {} }) });
       const b = { ...a, name: "two" };
-      await assert.rejects(loadSinkPlugins([a, b], tmpdir()), (err: unknown) => Errors.SINK_INVALID.is(err) && /"two".*"dup".*"one"/.test((err as Error).message));
+      await assert.rejects(
+        loadSinkPlugins([a, b], tmpdir()),
+        (err: unknown) => Errors.SINK_INVALID.is(err) && /"two".*"dup".*"one"/.test((err as Error).message),
+      );
     });
 
     test("options reach a factory", async () => {
-      const plugins = await loadOne("export default (options) => ({ name: 'opt-' + options.flavour, schemes: ['opt'], create() {} });", { use: "./sink.mjs", options: { flavour: "mint" } });
+      const plugins = await loadOne("export default (options) => ({ name: 'opt-' + options.flavour, schemes: ['opt'], create() {} });", {
+        use: "./sink.mjs",
+        options: { flavour: "mint" },
+      });
       assert.equal(plugins[1]!.plugin.name, "opt-mint");
       assert.deepEqual(plugins[1]!.options, { flavour: "mint" });
     });

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { Field, Int32, Int64, Null, Table, Utf8, vectorFromArray, Schema, makeData, RecordBatch, Struct } from "apache-arrow";
 import { pino } from "pino";
-import { CasparianError, Errors } from "../core/kernel/errors.js";
+import { type CasparianError, Errors } from "../core/kernel/errors.js";
 import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { SinkManager, type LoadedSink } from "../core/pipeline/sink-manager.js";
@@ -38,7 +38,11 @@ function schemaRecorder(seen: string[]): SinkPlugin {
       write(batch) {
         const fields = batch.table.schema.fields.map((f) => `${f.name}:${arrowTypeName(f.type)}${f.nullable ? "" : "!"}`).join(" ");
         const last = batch.table.getChildAt(batch.table.numCols - 1)!;
-        seen.push(last.nullCount > 0 && batch.table.numCols > 1 ? `${fields} [${[...batch.table.getChildAt(0)!].map(String).join(",")},${String(last.get(0))}]` : fields);
+        seen.push(
+          last.nullCount > 0 && batch.table.numCols > 1
+            ? `${fields} [${[...batch.table.getChildAt(0)!].map(String).join(",")},${String(last.get(0))}]`
+            : fields,
+        );
       },
       prepare() {},
       commit: () => [],
@@ -54,13 +58,20 @@ describe("SinkManager", () => {
     const events: SinkEvent[] = [];
     const { root, pipeline } = await setup([{ plugin: recordingSinkPlugin({ events }), options: {} }]);
     const job = makeJob({ sinks: [sinkSpec("sales", "parquet://sales.parquet", "replace"), sinkSpec("errors", "mem://errors")] });
-    const outcome = await runJob(pipeline, job, [batchOf("sales", sampleTable(5), 0), batchOf("errors", sampleTable(2), 0), batchOf("sales", sampleTable(6), 1)]);
+    const outcome = await runJob(pipeline, job, [
+      batchOf("sales", sampleTable(5), 0),
+      batchOf("errors", sampleTable(2), 0),
+      batchOf("sales", sampleTable(6), 1),
+    ]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(outcome.artifacts, [
       { topic: "sales", uri: `parquet://${join(root, "sales.parquet")}` },
       { topic: "errors", uri: "mem://errors?rows=2" },
     ]);
-    assert.deepEqual(events.filter((e) => e.startsWith("write")), ["write errors#0"]);
+    assert.deepEqual(
+      events.filter((e) => e.startsWith("write")),
+      ["write errors#0"],
+    );
     assert.equal(outcome.metrics["sink_rows.sales"], 11);
     assert.equal(outcome.metrics["sink_rows.errors"], 2);
     assert.deepEqual(await files(root), ["sales.parquet"]);
@@ -116,7 +127,10 @@ describe("SinkManager", () => {
     assert.deepEqual([context.jobId, context.sinkUri, context.plugin], [job.jobId, "mem://b", "recording"]);
     assert.match(outcome.error!.message, /"recording" \(mem:\/\/b\) in prepare failed: prepare failed on purpose/);
     assert.ok(!events.some((e) => e.startsWith("commit")), events.join("\n"));
-    assert.deepEqual(events.filter((e) => e.startsWith("abort")).map((e) => e.split(":")[0]), ["abort b", "abort c"]);
+    assert.deepEqual(
+      events.filter((e) => e.startsWith("abort")).map((e) => e.split(":")[0]),
+      ["abort b", "abort c"],
+    );
     assert.deepEqual(outcome.artifacts, []);
     assert.deepEqual(await files(root), [], "the Parquet sink aborted too: no final file, no staging");
   });
@@ -128,7 +142,10 @@ describe("SinkManager", () => {
     const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(1)), batchOf("b", sampleTable(1))]);
     assert.equal(outcome.status, "FAILED");
     assert.match(String(outcome.error), /commit failed on purpose/);
-    assert.deepEqual(events.slice(-2).map((e) => e.split(":")[0]), ["commit a", "abort a"]);
+    assert.deepEqual(
+      events.slice(-2).map((e) => e.split(":")[0]),
+      ["commit a", "abort a"],
+    );
     assert.deepEqual(await files(root), []);
   });
 
@@ -139,7 +156,10 @@ describe("SinkManager", () => {
     const outcome = await runJob(pipeline, job, [batchOf("a", sampleTable(1))]);
     assert.equal(outcome.status, "FAILED");
     assert.ok(!events.some((e) => e.startsWith("write") || e.includes(" c")), events.join("\n"));
-    assert.deepEqual(events.filter((e) => e.startsWith("abort")).map((e) => e.split(":")[0]), ["abort a", "abort b"]);
+    assert.deepEqual(
+      events.filter((e) => e.startsWith("abort")).map((e) => e.split(":")[0]),
+      ["abort a", "abort b"],
+    );
   });
 
   describe("schema rules", () => {
@@ -181,7 +201,12 @@ describe("SinkManager", () => {
 
     test("an invalid schema_def fails the job with its own code", async () => {
       const { pipeline } = await setup();
-      for (const bad of ["{not json", '{"cols": []}', '{"columns": [{"name": "x"}]}', '{"columns": [{"name": "x", "type": "int64"}, {"name": "x", "type": "int64"}]}']) {
+      for (const bad of [
+        "{not json",
+        '{"cols": []}',
+        '{"columns": [{"name": "x"}]}',
+        '{"columns": [{"name": "x", "type": "int64"}, {"name": "x", "type": "int64"}]}',
+      ]) {
         const job = makeJob({ sinks: [sinkSpec("t", "parquet://t.parquet", "append", bad)] });
         const outcome = await runJob(pipeline, job, []);
         assert.ok(Errors.SINK_BAD_SCHEMA_DEF.is(outcome.error), `${bad}: ${String(outcome.error)}`);
@@ -233,10 +258,16 @@ describe("SinkManager", () => {
       const loose = new Schema([new Field("id", new Int64(), true)]);
       const make = (schema: Schema, values: Array<bigint | null>) => {
         const vector = vectorFromArray(values, new Int64());
-        return new Table(schema, [new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: values.length, nullCount: 0, children: [vector.data[0]!] }))]);
+        return new Table(schema, [
+          new RecordBatch(schema, makeData({ type: new Struct(schema.fields), length: values.length, nullCount: 0, children: [vector.data[0]!] })),
+        ]);
       };
       const job = makeJob({ sinks: [sinkSpec("t", "mem://t")] });
-      const outcome = await runJob(pipeline, job, [batchOf("t", make(strict, [1n]), 0), batchOf("t", make(loose, [null]), 1), batchOf("t", make(strict, [3n]), 2)]);
+      const outcome = await runJob(pipeline, job, [
+        batchOf("t", make(strict, [1n]), 0),
+        batchOf("t", make(loose, [null]), 1),
+        batchOf("t", make(strict, [3n]), 2),
+      ]);
       assert.equal(outcome.status, "SUCCESS", String(outcome.error));
       assert.deepEqual(seen, ["id:int64!", "id:int64", "id:int64"]);
     });
@@ -253,7 +284,15 @@ describe("SinkManager", () => {
   test("two plugins claiming one scheme are refused, naming both", async () => {
     const events: SinkEvent[] = [];
     assert.throws(
-      () => new SinkManager({ plugins: [{ plugin: recordingSinkPlugin({ events, name: "first" }), options: {} }, { plugin: recordingSinkPlugin({ events, name: "second" }), options: {} }], logger, outputRoot: "/tmp" }),
+      () =>
+        new SinkManager({
+          plugins: [
+            { plugin: recordingSinkPlugin({ events, name: "first" }), options: {} },
+            { plugin: recordingSinkPlugin({ events, name: "second" }), options: {} },
+          ],
+          logger,
+          outputRoot: "/tmp",
+        }),
       (err: unknown) => Errors.SINK_INVALID.is(err) && /second/.test((err as Error).message) && /first/.test((err as Error).message),
     );
   });

@@ -74,10 +74,16 @@ async function query<R extends Record<string, unknown>>(sql: string, params: unk
   }
 }
 
-const stagingTables = async () => (await query<{ name: string }>("SELECT relname AS name FROM pg_class WHERE relname LIKE '\\_casparian\\_stg\\_%' ORDER BY 1")).map((r) => r.name);
+const stagingTables = async () =>
+  (await query<{ name: string }>("SELECT relname AS name FROM pg_class WHERE relname LIKE '\\_casparian\\_stg\\_%' ORDER BY 1")).map((r) => r.name);
 const columnTypes = async (table: string) =>
   Object.fromEntries(
-    (await query<{ column_name: string; data_type: string }>("SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position", [table])).map((r) => [r.column_name, r.data_type]),
+    (
+      await query<{ column_name: string; data_type: string }>(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+        [table],
+      )
+    ).map((r) => [r.column_name, r.data_type]),
   );
 const count = async (table: string) => Number((await query<{ n: string }>(`SELECT count(*) AS n FROM public."${table}"`))[0]!.n);
 const code = (err: Error | null) => (err instanceof CasparianError ? err.code : String(err));
@@ -88,7 +94,9 @@ interface Input {
   fileVersionId?: bigint;
 }
 
-async function withSinks(sinks: SinkReference[] | null): Promise<{ pipeline: Pipeline; root: string; run(configs: SinkSpec[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
+async function withSinks(
+  sinks: SinkReference[] | null,
+): Promise<{ pipeline: Pipeline; root: string; run(configs: SinkSpec[], rows?: number, jobId?: bigint, input?: Input): Promise<JobOutcome> }> {
   let plugins;
   if (sinks === null) {
     const { config, dir } = await loadConfig({ explicitPath: join("examples", "postgres-sink.config.ts"), cwd: packageRoot(), command: "worker" });
@@ -131,10 +139,7 @@ describe("example PostgreSQL sink", () => {
       "SELECT id::text AS id, amount, label, flag, ((extract(epoch FROM ts) * 1000000)::bigint)::text AS ts, _job_id::text AS job, _file_version_id::text AS fv FROM public.sales ORDER BY id",
     );
     const expected = canonicalColumns(sampleTable(25));
-    assert.deepEqual(
-      Object.fromEntries(["id", "amount", "label", "flag", "ts"].map((c) => [c, rows.map((r) => r[c])])),
-      expected,
-    );
+    assert.deepEqual(Object.fromEntries(["id", "amount", "label", "flag", "ts"].map((c) => [c, rows.map((r) => r[c])])), expected);
     assert.equal(rows[0]!.id, "9007199254740993");
     assert.ok(rows.some((r) => r.label === "emoji 🚀 #3") && rows.some((r) => r.label === "line\nbreak #7") && rows.some((r) => r.label === 'quote"d #8'));
     assert.ok(rows.every((r) => r.job === MAX_JOB_ID.toString() && r.fv === "9007199254740993"));
@@ -161,7 +166,9 @@ describe("example PostgreSQL sink", () => {
     const uri = socket("types_t");
     const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("t", uri, "error")], jobId: 5n }), [batchOf("t", table)]);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
-    assert.deepEqual(outcome.artifacts, [{ topic: "t", uri: `postgresql://postgres@/${DATABASE}/public.types_t?host=${server.socketDir}&port=${server.port}` }]);
+    assert.deepEqual(outcome.artifacts, [
+      { topic: "t", uri: `postgresql://postgres@/${DATABASE}/public.types_t?host=${server.socketDir}&port=${server.port}` },
+    ]);
     assert.deepEqual(await columnTypes("types_t"), {
       i8: "smallint",
       i16: "smallint",
@@ -182,9 +189,48 @@ describe("example PostgreSQL sink", () => {
       "SELECT i8, i16, i32, u32::text AS u32, u64::text AS u64, f32::text AS f32, day::text AS day, ts::text AS ts, nothing, encode(bytes, 'hex') AS bytes, city, list::text AS list FROM public.types_t ORDER BY i8 NULLS LAST",
     );
     assert.deepEqual(rows, [
-      { i8: -128, i16: -32768, i32: -2147483648, u32: "4294967295", u64: "18446744073709551615", f32: "1.5", day: "2024-02-29", ts: "2024-01-01 00:00:00.123456", nothing: null, bytes: "00ff07", city: "Zürich", list: "[9007199254740993, 1]" },
-      { i8: 127, i16: 32767, i32: 2147483647, u32: "0", u64: "0", f32: "NaN", day: "1969-12-31", ts: "1969-12-31 23:59:59.999998", nothing: null, bytes: "", city: "東京", list: "[]" },
-      { i8: null, i16: null, i32: null, u32: null, u64: null, f32: null, day: null, ts: "1970-01-01 00:00:00", nothing: null, bytes: null, city: "Zürich", list: null },
+      {
+        i8: -128,
+        i16: -32768,
+        i32: -2147483648,
+        u32: "4294967295",
+        u64: "18446744073709551615",
+        f32: "1.5",
+        day: "2024-02-29",
+        ts: "2024-01-01 00:00:00.123456",
+        nothing: null,
+        bytes: "00ff07",
+        city: "Zürich",
+        list: "[9007199254740993, 1]",
+      },
+      {
+        i8: 127,
+        i16: 32767,
+        i32: 2147483647,
+        u32: "0",
+        u64: "0",
+        f32: "NaN",
+        day: "1969-12-31",
+        ts: "1969-12-31 23:59:59.999998",
+        nothing: null,
+        bytes: "",
+        city: "東京",
+        list: "[]",
+      },
+      {
+        i8: null,
+        i16: null,
+        i32: null,
+        u32: null,
+        u64: null,
+        f32: null,
+        day: null,
+        ts: "1970-01-01 00:00:00",
+        nothing: null,
+        bytes: null,
+        city: "Zürich",
+        list: null,
+      },
     ]);
   });
 
@@ -221,7 +267,9 @@ describe("example PostgreSQL sink", () => {
     assert.equal((await run(t("error"), 3, 7n, { filePath: "/data/c.csv", fileVersionId: 31n })).status, "SUCCESS");
     assert.equal(await count("modes"), 11);
 
-    const failed = await runJob(pipeline, makeJob({ sinks: t("replace"), jobId: 8n, ...b1 }), [batchOf("t", sampleTable(40))], { guestFails: new Error("guest died") });
+    const failed = await runJob(pipeline, makeJob({ sinks: t("replace"), jobId: 8n, ...b1 }), [batchOf("t", sampleTable(40))], {
+      guestFails: new Error("guest died"),
+    });
     assert.equal(failed.status, "FAILED");
     assert.equal(await count("modes"), 11);
 
@@ -267,12 +315,21 @@ describe("example PostgreSQL sink", () => {
     assert.deepEqual(ids, canonicalColumns(sampleTable(25)).id);
     assert.deepEqual(Object.keys(await columnTypes("chunks")), ["id", "amount", "label", "flag", "ts", "_file_version_id"]);
 
-    await assert.rejects(withSinks([{ use: EXAMPLE, options: { insertRows: 0 } }]), (err: unknown) => code(err as Error) === "CSP_SINK_INVALID" && /insertRows/.test((err as Error).message));
+    await assert.rejects(
+      withSinks([{ use: EXAMPLE, options: { insertRows: 0 } }]),
+      (err: unknown) => code(err as Error) === "CSP_SINK_INVALID" && /insertRows/.test((err as Error).message),
+    );
   });
 
   test("bad URIs fail with SINK_BAD_URI, unreachable servers with SINK_WRITE_FAILED, never showing the password", async () => {
     const { run } = await withSinks(null);
-    for (const uri of ["postgres://h/a/b/c", "postgres:///bad-name", "postgres:///s.t.u", "postgres:///db/t?sslmode=require", `postgres://127.0.0.1:${server.port}/db/t?host=/tmp`]) {
+    for (const uri of [
+      "postgres://h/a/b/c",
+      "postgres:///bad-name",
+      "postgres:///s.t.u",
+      "postgres:///db/t?sslmode=require",
+      `postgres://127.0.0.1:${server.port}/db/t?host=/tmp`,
+    ]) {
       const outcome = await run([sinkSpec("t", uri)]);
       assert.equal(code(outcome.error), "CSP_SINK_BAD_URI", uri);
     }

@@ -198,7 +198,13 @@ class Handler:
     const { batches } = await run(source, env.interpreterPath);
     const arrow = batches.find((b) => b.topic === "arrow")!;
     assert.deepEqual(typesOf(arrow), { i: "int64", u: "uint64", ts: "timestamp[us]", dec: "decimal128(12,2)", t: "time64[us]" });
-    assert.deepEqual(columnsOf(arrow), { i: [1n, null], u: [2n ** 64n - 1n, 0n], ts: ["2024-01-01T00:00:00.000007", null], dec: ["1.25", null], t: ["01:02:03.000004", null] });
+    assert.deepEqual(columnsOf(arrow), {
+      i: [1n, null],
+      u: [2n ** 64n - 1n, 0n],
+      ts: ["2024-01-01T00:00:00.000007", null],
+      dec: ["1.25", null],
+      t: ["01:02:03.000004", null],
+    });
     const polars = batches.find((b) => b.topic === "polars")!;
     assert.deepEqual(columnsOf(polars), { i: [1n, null], s: ["a", null], ts: ["2024-01-01T00:00:00.000007", null] });
   });
@@ -225,10 +231,13 @@ class Handler:
 
   test('with on_bad_value="null" the value becomes null and is counted in the metrics', async () => {
     const { result, batches } = await run(source(`MANIFEST = {"topics": {"output": {"on_bad_value": "null"}}}`), bare);
-    assert.deepEqual(batches.map((b) => columnsOf(b).qty), [
-      [1n, 2n, 3n],
-      [4n, null, 6n],
-    ]);
+    assert.deepEqual(
+      batches.map((b) => columnsOf(b).qty),
+      [
+        [1n, 2n, 3n],
+        [4n, null, 6n],
+      ],
+    );
     assert.equal(result.guestMetrics.nulled_values, 1);
     assert.equal(result.guestMetrics["nulled_values.output"], 1);
   });
@@ -278,7 +287,12 @@ class Handler:
       const { batches } = await run(source, interpreter());
       const sales = batches.find((b) => b.topic === "sales")!;
       assert.deepEqual(typesOf(sales), { amount: "decimal128(12,2)", day: "date32", qty: "int32", note: "string" });
-      assert.deepEqual(columnsOf(sales), { amount: ["1.50", "3.00", null], day: ["2024-01-02", null, null], qty: [null, null, null], note: [null, null, null] });
+      assert.deepEqual(columnsOf(sales), {
+        amount: ["1.50", "3.00", null],
+        day: ["2024-01-02", null, null],
+        qty: [null, null, null],
+        note: [null, null, null],
+      });
       const other = batches.find((b) => b.topic === "other")!;
       assert.deepEqual(typesOf(other), { x: "float64", when: "timestamp[ms,tz=UTC]" });
       assert.deepEqual(columnsOf(other), { x: [1, 2.5], when: [null, "2024-01-01T00:00:01.000Z"] });
@@ -292,7 +306,10 @@ MANIFEST = {"topics": {"output": {"columns": {"amount": "decimal128(5, 2)"}}}}
 def parse(path):
     return {"amount": [Decimal("1.25"), Decimal("1.255")]}
 `;
-    assert.match(await failure(bad, bare), /column "amount", row 1: Decimal\('1.255'\) \(Decimal\) does not fit the column's type decimal128\(5, 2\) \(more than 2 decimal places\)/);
+    assert.match(
+      await failure(bad, bare),
+      /column "amount", row 1: Decimal\('1.255'\) \(Decimal\) does not fit the column's type decimal128\(5, 2\) \(more than 2 decimal places\)/,
+    );
     const frame = `
 import pandas as pd
 MANIFEST = {"topics": {"output": {"columns": {"qty": "int32", "price": "decimal128(10, 2)"}}}}

@@ -53,7 +53,10 @@ async function input(action: string): Promise<string> {
 }
 
 /** One job through the bridge; resolves with the guest's result and what the probe saw. */
-async function runProbe(action: string, options: Partial<GuestRunOptions> & { source?: string; onSeen?: (seen: Seen, abort: () => void) => void } = {}): Promise<{ result: GuestResult; seen: Seen }> {
+async function runProbe(
+  action: string,
+  options: Partial<GuestRunOptions> & { source?: string; onSeen?: (seen: Seen, abort: () => void) => void } = {},
+): Promise<{ result: GuestResult; seen: Seen }> {
   const { job, controller } = testJob(options.source ?? probe, { filePath: await input(action), pluginName: "probe" });
   const seen: Seen[] = [];
   const result = await runGuest({
@@ -178,7 +181,15 @@ describe("warm guests", () => {
             seen.push(Number(batch.table.get(0)!.toJSON().ppid));
           }),
       });
-      const command: JobCommand = { pluginName: "probe", filePath: await input("look"), sinks: [], fileVersionId: 1n, envHash: "0".repeat(64), sourceCode: probe, artifactHash: null };
+      const command: JobCommand = {
+        pluginName: "probe",
+        filePath: await input("look"),
+        sinks: [],
+        fileVersionId: 1n,
+        envHash: "0".repeat(64),
+        sourceCode: probe,
+        artifactHash: null,
+      };
       const receipt = await pipeline.runJob({ jobId: 1n, command, logger: silentLogger(), signal: new AbortController().signal });
       assert.equal(receipt.status, "SUCCESS", receipt.errorMessage ?? "");
       assert.equal(receipt.metrics.guest_warm, 0);
@@ -272,7 +283,15 @@ describe("warm guests", () => {
     await sentinel.expect(Opcode.ENV_READY, { timeoutMs: 120_000 });
     const warm: number[] = [];
     for (const jobId of [1n, 2n, 3n]) {
-      const command: DispatchCommand = { plugin_name: "probe", file_path: await input("look"), sinks: [], file_version_id: jobId, env_hash: envHash, source_code: probe, artifact_hash: null };
+      const command: DispatchCommand = {
+        plugin_name: "probe",
+        file_path: await input("look"),
+        sinks: [],
+        file_version_id: jobId,
+        env_hash: envHash,
+        source_code: probe,
+        artifact_hash: null,
+      };
       await sentinel.send(identity, Opcode.DISPATCH, jobId, command);
       const { message } = await sentinel.expect(Opcode.CONCLUDE, { jobId, timeoutMs: 60_000 });
       assert.equal(message.payload.status, "SUCCESS", message.payload.error_message ?? "");

@@ -114,7 +114,13 @@ describe("a hostile Sentinel", () => {
       const answers = answersByJob(sentinel);
       const missing = [...needAnswer].filter(([id, count]) => (answers.get(id) ?? 0) < count);
       if (missing.length === 0) break;
-      if (Date.now() > deadline) assert.fail(`${missing.length} DISPATCHes never answered, e.g. ${missing.slice(0, 5).map(([id]) => id).join(", ")}`);
+      if (Date.now() > deadline)
+        assert.fail(
+          `${missing.length} DISPATCHes never answered, e.g. ${missing
+            .slice(0, 5)
+            .map(([id]) => id)
+            .join(", ")}`,
+        );
       await sleep(200);
     }
     await sleep(500);
@@ -130,9 +136,16 @@ describe("a hostile Sentinel", () => {
   test("an oversized PREPARE_ENV gets a clear ERR without being parsed; an unreadable one gets an ERR too", async (t) => {
     const { sentinel, peer } = await setup(t, { limits: { maxMessageBytes: 1024 * 1024 } });
     const lockfile = "# padding\n".repeat(200_000); // 2 MB
-    await sentinel.send(peer, Opcode.PREPARE_ENV, 0n, { env_hash: createHash("sha256").update(lockfile).digest("hex"), lockfile_content: lockfile, python_version: null });
+    await sentinel.send(peer, Opcode.PREPARE_ENV, 0n, {
+      env_hash: createHash("sha256").update(lockfile).digest("hex"),
+      lockfile_content: lockfile,
+      python_version: null,
+    });
     const big = await sentinel.expect(Opcode.ERR, { jobId: 0n, timeoutMs: 15_000 });
-    assert.match(big.message.payload.message, /^PREPARE_ENV failed: CSP_PROTOCOL_TOO_LARGE: PREPARE_ENV payload of \d+ bytes exceeds the limit of 1048576 bytes/);
+    assert.match(
+      big.message.payload.message,
+      /^PREPARE_ENV failed: CSP_PROTOCOL_TOO_LARGE: PREPARE_ENV payload of \d+ bytes exceeds the limit of 1048576 bytes/,
+    );
     await sentinel.sendRaw(peer, rawJsonFrames(Opcode.PREPARE_ENV, 0n, "{not json"));
     const bad = await sentinel.expect(Opcode.ERR, { jobId: 0n, timeoutMs: 15_000 });
     assert.match(bad.message.payload.message, /^PREPARE_ENV failed: CSP_PROTOCOL_BAD_JSON/);
@@ -142,7 +155,7 @@ describe("a hostile Sentinel", () => {
     assert.match(tooBig.message.payload.message, /CSP_PROTOCOL_TOO_LARGE/);
   });
 
-  test("a full queue answers CONCLUDE FAILED \"worker busy\"; a duplicate job id is refused and does not outlive its ABORT", async (t) => {
+  test('a full queue answers CONCLUDE FAILED "worker busy"; a duplicate job id is refused and does not outlive its ABORT', async (t) => {
     const { sentinel, peer } = await setup(t, { limits: { maxQueuedJobs: 1 } });
     const envHash = await provision(sentinel, peer);
     await sentinel.send(peer, Opcode.DISPATCH, 30n, command(envHash, SLEEPY));
@@ -164,7 +177,15 @@ describe("a hostile Sentinel", () => {
     const queued = await sentinel.expect(Opcode.CONCLUDE, { jobId: 31n, timeoutMs: 60_000 });
     assert.equal(queued.message.payload.status, "SUCCESS", queued.message.payload.error_message ?? "");
     await sleep(1000);
-    assert.deepEqual([...answersByJob(sentinel)].sort(), [[30n, 2], [31n, 2], [32n, 1]].sort(), "one CONCLUDE and one ERR each for 30 and 31, one CONCLUDE for 32");
+    assert.deepEqual(
+      [...answersByJob(sentinel)].sort(),
+      [
+        [30n, 2],
+        [31n, 2],
+        [32n, 1],
+      ].sort(),
+      "one CONCLUDE and one ERR each for 30 and 31, one CONCLUDE for 32",
+    );
   });
 });
 

@@ -48,7 +48,7 @@ function sumMetric(text: string, name: string): number {
 }
 
 describe("worker over a real ROUTER socket", () => {
-  test("IDENTIFY: capabilities [\"*\"] and a worker id kept in $CASPARIAN_HOME across restarts", async (t) => {
+  test('IDENTIFY: capabilities ["*"] and a worker id kept in $CASPARIAN_HOME across restarts', async (t) => {
     const { identify, worker, sentinel } = await setup(t);
     const { payload, jobId } = identify.message;
     assert.equal(jobId, 0n);
@@ -98,8 +98,14 @@ describe("worker over a real ROUTER socket", () => {
       [Errors.PROTOCOL_FRAME_COUNT.code, [rawHeader(Opcode.ABORT, 1n, 0), Buffer.alloc(0), Buffer.alloc(0)]],
       [Errors.PROTOCOL_BAD_JSON.code, rawJsonFrames(Opcode.ERR, 0n, "{nope")],
       [Errors.PROTOCOL_BAD_PAYLOAD.code, rawJsonFrames(Opcode.PREPARE_ENV, 0n, '{"env_hash":1}')],
-      [Errors.PROTOCOL_UNEXPECTED_OPCODE.code, [Buffer.from(vectorNamed("heartbeat_busy").header_hex, "hex"), Buffer.from(vectorNamed("heartbeat_busy").payload_utf8!)]],
-      [Errors.PROTOCOL_UNEXPECTED_OPCODE.code, [Buffer.from(vectorNamed("conclude_success").header_hex, "hex"), Buffer.from(vectorNamed("conclude_success").payload_utf8!)]],
+      [
+        Errors.PROTOCOL_UNEXPECTED_OPCODE.code,
+        [Buffer.from(vectorNamed("heartbeat_busy").header_hex, "hex"), Buffer.from(vectorNamed("heartbeat_busy").payload_utf8!)],
+      ],
+      [
+        Errors.PROTOCOL_UNEXPECTED_OPCODE.code,
+        [Buffer.from(vectorNamed("conclude_success").header_hex, "hex"), Buffer.from(vectorNamed("conclude_success").payload_utf8!)],
+      ],
       [Errors.PROTOCOL_UNEXPECTED_OPCODE.code, [rawHeader(Opcode.UNKNOWN, 0n, 0), Buffer.alloc(0)]],
     ];
     const expectedByCode = new Map<string, number>();
@@ -187,7 +193,7 @@ describe("worker over a real ROUTER socket", () => {
     await sentinel.expect(Opcode.CONCLUDE, { jobId: 42n });
   });
 
-  test("PREPARE_ENV failure answers ERR(0, \"PREPARE_ENV failed: ...\")", async (t) => {
+  test('PREPARE_ENV failure answers ERR(0, "PREPARE_ENV failed: ...")', async (t) => {
     const { sentinel, peer } = await setup(t);
     await sentinel.send(peer, Opcode.PREPARE_ENV, 0n, { env_hash: "d".repeat(64), lockfile_content: "version = 1\n", python_version: null });
     const err = await sentinel.expect(Opcode.ERR, { jobId: 0n });
@@ -200,7 +206,10 @@ describe("worker over a real ROUTER socket", () => {
       worker.child.kill(signal);
       const exit = await worker.exit();
       assert.deepEqual(exit, { code: 0, signal: null });
-      assert.ok(worker.logs.some((l) => l.msg === "worker stopped"), worker.tail());
+      assert.ok(
+        worker.logs.some((l) => l.msg === "worker stopped"),
+        worker.tail(),
+      );
     });
   }
 });

@@ -115,7 +115,9 @@ export class FrameDecoder {
         else if (length === METRICS_FRAME) this.#step = { at: "metrics-length" };
         else {
           if (length > this.#maxFrameBytes) {
-            throw Errors.GUEST_PROTOCOL([`data frame of ${length} bytes exceeds the limit of ${this.#maxFrameBytes} bytes (bridge.maxFrameBytes); publish smaller chunks`]);
+            throw Errors.GUEST_PROTOCOL([
+              `data frame of ${length} bytes exceeds the limit of ${this.#maxFrameBytes} bytes (bridge.maxFrameBytes); publish smaller chunks`,
+            ]);
           }
           this.#beginBody("data", length);
         }

@@ -130,7 +130,7 @@ function eachLine(stream: Readable | null | undefined, onLine: (line: string) =>
         partial = partial.slice(newline + 1);
       }
       if (partial.length > MAX_LINE_CHARS) {
-        onLine(partial.slice(0, MAX_LINE_CHARS) + "…");
+        onLine(`${partial.slice(0, MAX_LINE_CHARS)}…`);
         partial = "";
       }
     });
@@ -352,7 +352,17 @@ class GuestRun {
 
     const warm = this.#warmChild?.warm ?? false;
     const parentRssKb = this.#warmChild?.parentRssKb ?? 0;
-    return { rows, batches, ipcBytes, startupMs, warm, parentRssKb, durationMs: Math.round(performance.now() - started), rowsByTopic, guestMetrics: { ...this.#guestMetrics } };
+    return {
+      rows,
+      batches,
+      ipcBytes,
+      startupMs,
+      warm,
+      parentRssKb,
+      durationMs: Math.round(performance.now() - started),
+      rowsByTopic,
+      guestMetrics: { ...this.#guestMetrics },
+    };
   }
 
   /**
@@ -362,7 +372,9 @@ class GuestRun {
    */
   #decodeData(topics: FrameTopics, bytes: Uint8Array, index: number): DecodedFrame {
     const bad = (why: string, cause?: unknown) =>
-      this.#withStderr(Errors.BRIDGE_BAD_FRAME([this.#context.jobId, index, bytes.byteLength, why], { context: { ...this.#context }, cause })) as CasparianError;
+      this.#withStderr(
+        Errors.BRIDGE_BAD_FRAME([this.#context.jobId, index, bytes.byteLength, why], { context: { ...this.#context }, cause }),
+      ) as CasparianError;
     let claimed: number;
     try {
       claimed = checkIpcStream(bytes).rows;
@@ -447,7 +459,13 @@ class GuestRun {
   async #fork(socketPath: string, source: string): Promise<boolean> {
     const pool = this.#options.warm!;
     const outputs = await Promise.all(["stdout.sock", "stderr.sock"].map((name) => this.#listen(join(this.#dir, name))));
-    const spec = { interpreterPath: this.#options.interpreterPath, guestPath: shimPath(), source, pluginName: this.#options.job.command.pluginName, env: guestEnv(this.#options.allowEnv) };
+    const spec = {
+      interpreterPath: this.#options.interpreterPath,
+      guestPath: shimPath(),
+      source,
+      pluginName: this.#options.job.command.pluginName,
+      env: guestEnv(this.#options.allowEnv),
+    };
     const launching = pool
       .launch(spec, this.#dir, this.#jobEnv(socketPath), () => this.#closing || this.#failure !== undefined)
       .catch((err: unknown): WarmLaunch => ({ kind: "cold", reason: `warm pool failed: ${(err as Error).message}` }));
@@ -523,14 +541,23 @@ class GuestRun {
 
   /** GUEST_FAILED whose message ends with the guest's last stderr lines (when it said anything). */
   #guestFailed(summary: string, fullError?: string): CasparianError {
-    const tail = fullError === undefined ? this.#stderrTail.filter((l) => l.trim()).slice(-8).join("\n") : "";
+    const tail =
+      fullError === undefined
+        ? this.#stderrTail
+            .filter((l) => l.trim())
+            .slice(-8)
+            .join("\n")
+        : "";
     const message = tail ? `${summary}\nlast guest stderr:\n${tail}` : summary;
     return Errors.GUEST_FAILED([message], { context: { ...this.#context } });
   }
 
   #withStderr(err: unknown): unknown {
     if (!(err instanceof CasparianError)) return err;
-    const tail = this.#stderrTail.filter((l) => l.trim()).slice(-5).join("\n");
+    const tail = this.#stderrTail
+      .filter((l) => l.trim())
+      .slice(-5)
+      .join("\n");
     if (tail) err.message += `\nlast guest stderr:\n${tail}`;
     Object.assign(err.context, this.#context);
     return err;

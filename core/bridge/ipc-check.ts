@@ -44,12 +44,12 @@ function fail(message: string): never {
 }
 
 // Enum values of Message.fbs / Schema.fbs (Arrow columnar format, stable since 1.0).
-const enum Header {
+enum Header {
   Schema = 1,
   DictionaryBatch = 2,
   RecordBatch = 3,
 }
-const enum TypeId {
+enum TypeId {
   NONE = 0,
   Null = 1,
   Int = 2,
@@ -74,9 +74,33 @@ const enum TypeId {
   LargeList = 21,
 }
 const TYPE_NAMES = [
-  "NONE", "Null", "Int", "FloatingPoint", "Binary", "Utf8", "Bool", "Decimal", "Date", "Time", "Timestamp", "Interval", "List", "Struct",
-  "Union", "FixedSizeBinary", "FixedSizeList", "Map", "Duration", "LargeBinary", "LargeUtf8", "LargeList", "RunEndEncoded", "BinaryView",
-  "Utf8View", "ListView", "LargeListView",
+  "NONE",
+  "Null",
+  "Int",
+  "FloatingPoint",
+  "Binary",
+  "Utf8",
+  "Bool",
+  "Decimal",
+  "Date",
+  "Time",
+  "Timestamp",
+  "Interval",
+  "List",
+  "Struct",
+  "Union",
+  "FixedSizeBinary",
+  "FixedSizeList",
+  "Map",
+  "Duration",
+  "LargeBinary",
+  "LargeUtf8",
+  "LargeList",
+  "RunEndEncoded",
+  "BinaryView",
+  "Utf8View",
+  "ListView",
+  "LargeListView",
 ];
 const METADATA_V4 = 3;
 const METADATA_V5 = 4;
@@ -402,7 +426,8 @@ class BatchChecker {
     const offset = this.fb.bb.readInt64(at);
     const length = this.fb.bb.readInt64(at + 8);
     const body = BigInt(this.body.byteLength);
-    if (offset < 0n || length < 0n || offset + length > body) fail(`${this.what}: a buffer of column ${column.name} (${length} bytes at ${offset}) lies outside the ${body}-byte body`);
+    if (offset < 0n || length < 0n || offset + length > body)
+      fail(`${this.what}: a buffer of column ${column.name} (${length} bytes at ${offset}) lies outside the ${body}-byte body`);
     return { offset: Number(offset), length: Number(length) };
   }
 
@@ -479,7 +504,8 @@ class BatchChecker {
       case "fixed-list": {
         this.#validity(column, node);
         const child = this.#column(layout.child);
-        if (child < node.length * layout.size) fail(`${this.what}: column ${column.name} needs ${node.length * layout.size} child values, its child has ${child}`);
+        if (child < node.length * layout.size)
+          fail(`${this.what}: column ${column.name} needs ${node.length * layout.size} child values, its child has ${child}`);
         break;
       }
       case "struct": {
@@ -550,7 +576,8 @@ export function checkIpcStream(ipc: Uint8Array): IpcStreamSummary {
     const bodyLength = fb.i64(message, 3, 0n, `${what} body length`);
     fb.customMetadata(message, 4, what);
     const bodyStart = metaStart + metadataLength;
-    if (bodyLength < 0n || bodyLength > BigInt(ipc.byteLength - bodyStart)) fail(`${what} claims a ${bodyLength}-byte body; ${ipc.byteLength - bodyStart} bytes remain`);
+    if (bodyLength < 0n || bodyLength > BigInt(ipc.byteLength - bodyStart))
+      fail(`${what} claims a ${bodyLength}-byte body; ${ipc.byteLength - bodyStart} bytes remain`);
     const body = new DataView(ipc.buffer, ipc.byteOffset + bodyStart, Number(bodyLength));
     if (!header) fail(`${what} has no header`);
 

@@ -105,7 +105,10 @@ function frame(topic: string, ipc: Uint8Array, schema: Schema, batches: RecordBa
         ipc,
         numRows,
         get table(): Table {
-          table ??= new Table(schema, batches.map((batch) => (batch.schema === schema ? batch : new RecordBatch(schema, batch.data))));
+          table ??= new Table(
+            schema,
+            batches.map((batch) => (batch.schema === schema ? batch : new RecordBatch(schema, batch.data))),
+          );
           return table;
         },
       };

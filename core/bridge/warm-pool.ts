@@ -95,7 +95,12 @@ class WarmParent {
   #idleTimer: NodeJS.Timeout | undefined;
   #holds = 0;
 
-  constructor(key: string, spec: WarmKey, log: Logger, private readonly onGone: (parent: WarmParent) => void) {
+  constructor(
+    key: string,
+    spec: WarmKey,
+    log: Logger,
+    private readonly onGone: (parent: WarmParent) => void,
+  ) {
     this.key = key;
     this.#log = log;
     let resolveExited!: () => void;
@@ -198,7 +203,10 @@ class WarmParent {
       this.#alive = false;
       clearTimeout(timer);
       if (this.#idleTimer) clearTimeout(this.#idleTimer);
-      const tail = this.#stderrTail.filter((l) => l.trim()).slice(-5).join("\n");
+      const tail = this.#stderrTail
+        .filter((l) => l.trim())
+        .slice(-5)
+        .join("\n");
       const err = new Error(`warm guest ${why}${tail ? `\nlast warm guest stderr:\n${tail}` : ""}`);
       settle?.reject(err);
       for (const waiter of this.#waiting.values()) {
@@ -309,9 +317,10 @@ export class WarmPool {
     if (refused) return { kind: "cold", reason: refused };
 
     let parent = this.#parents.get(key);
-    if (!parent || !parent.alive) {
+    if (!parent?.alive) {
       this.#makeRoom();
-      if (this.#parents.size >= this.#options.maxParents) return { kind: "cold", reason: `all ${this.#options.maxParents} warm guests are busy (bridge.warm.maxParents)` };
+      if (this.#parents.size >= this.#options.maxParents)
+        return { kind: "cold", reason: `all ${this.#options.maxParents} warm guests are busy (bridge.warm.maxParents)` };
       parent = new WarmParent(key, spec, this.#log, (gone) => {
         if (this.#parents.get(gone.key) === gone) this.#parents.delete(gone.key);
       });
@@ -335,7 +344,10 @@ export class WarmPool {
       return { kind: "cold", reason: this.#cold.get(key)! };
     }
     if (!warm) {
-      this.#log.info({ warm_guest: ready.pid, rss_kb: ready.rss_kb, threads: ready.threads, imported: ready.imported, failed: ready.failed, ms: ready.ms }, "warm guest ready");
+      this.#log.info(
+        { warm_guest: ready.pid, rss_kb: ready.rss_kb, threads: ready.threads, imported: ready.imported, failed: ready.failed, ms: ready.ms },
+        "warm guest ready",
+      );
     }
     if (parent.rssKb * 1024 > this.#options.maxParentBytes) {
       this.#refuse(key, `the warm guest holds ${Math.round(parent.rssKb / 1024)} MiB, above bridge.warm.maxParentMemory`);

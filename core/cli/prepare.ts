@@ -68,7 +68,12 @@ export async function prepareCommand(argv: string[], program: string): Promise<n
   }
   const cwd = process.cwd();
   const loaded = await loadConfig({ explicitPath: values.config as string | undefined, cwd, command: "worker" });
-  const home = values.home !== undefined ? resolve(cwd, values.home as string) : loaded.config.home !== undefined ? resolve(loaded.dir, loaded.config.home) : casparianHome();
+  const home =
+    values.home !== undefined
+      ? resolve(cwd, values.home as string)
+      : loaded.config.home !== undefined
+        ? resolve(loaded.dir, loaded.config.home)
+        : casparianHome();
   const uvPath = loaded.config.environments?.uv;
   const actions = [positionals.length > 0, values.list === true, values.prune !== undefined, values["prune-unused"] !== undefined].filter(Boolean).length;
   if (actions !== 1 || positionals.length > 1) {
@@ -82,7 +87,10 @@ export async function prepareCommand(argv: string[], program: string): Promise<n
   if (values.prune !== undefined) {
     const entries = await listEnvs(home);
     const doomed = (values.prune as string[]).flatMap((h) => matchEnvs(entries, h, home));
-    await removeEnvs(home, doomed.map((e) => e.envHash));
+    await removeEnvs(
+      home,
+      doomed.map((e) => e.envHash),
+    );
     for (const e of doomed) process.stdout.write(`removed ${e.envHash} (${megabytes(e.sizeBytes)})\n`);
     return 0;
   }
@@ -91,7 +99,10 @@ export async function prepareCommand(argv: string[], program: string): Promise<n
     if (!Number.isFinite(days) || days < 0) throw Errors.CLI_USAGE([`--prune-unused expects a number of days >= 0, got "${String(values["prune-unused"])}"`]);
     const cutoff = Date.now() - days * 86_400_000;
     const doomed = (await listEnvs(home)).filter((e) => Date.parse(e.lastUsed) < cutoff);
-    await removeEnvs(home, doomed.map((e) => e.envHash));
+    await removeEnvs(
+      home,
+      doomed.map((e) => e.envHash),
+    );
     for (const e of doomed) process.stdout.write(`removed ${e.envHash} (${megabytes(e.sizeBytes)}, last used ${e.lastUsed})\n`);
     if (doomed.length === 0) process.stdout.write(`nothing unused for ${days} days under ${join(home, "venvs")}\n`);
     return 0;
@@ -119,8 +130,19 @@ async function lockfileFor(path: string, uvPath: string | undefined): Promise<st
   if (info === null) throw Errors.CLI_USAGE([`${path} does not exist`]);
   if (info.isFile()) return path;
   const lock = join(path, "uv.lock");
-  if (await stat(lock).then((s) => s.isFile(), () => false)) return lock;
-  if (!(await stat(join(path, "pyproject.toml")).then((s) => s.isFile(), () => false))) {
+  if (
+    await stat(lock).then(
+      (s) => s.isFile(),
+      () => false,
+    )
+  )
+    return lock;
+  if (
+    !(await stat(join(path, "pyproject.toml")).then(
+      (s) => s.isFile(),
+      () => false,
+    ))
+  ) {
     throw Errors.CLI_USAGE([`${path} has neither uv.lock nor pyproject.toml`]);
   }
   await runUv(await findUv(uvPath), ["lock", "--quiet"], { cwd: path });

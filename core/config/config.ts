@@ -14,9 +14,7 @@ export type SinkReference = string | { use: string; options?: Record<string, unk
 
 /** A tap given directly in config: `hooks: { onBatch: async (batch, job) => {...} }`. */
 export type ConfigTaps = {
-  [K in keyof WorkerHooks]?: WorkerHooks[K] extends { promise: (...args: infer A) => Promise<infer R> }
-    ? (...args: A) => Promise<R> | R
-    : never;
+  [K in keyof WorkerHooks]?: WorkerHooks[K] extends { promise: (...args: infer A) => Promise<infer R> } ? (...args: A) => Promise<R> | R : never;
 };
 
 export interface BridgeConfig {
@@ -61,7 +59,6 @@ export interface EnvironmentsConfig {
   /** Variables uv may see besides PATH, HOME, TMPDIR, LANG and UV_* (e.g. HTTPS_PROXY, SSL_CERT_FILE); uv never gets the rest. */
   env?: string[];
 }
-
 
 /** Bounds on what the Sentinel can make the worker hold. */
 export interface LimitsConfig {

@@ -111,9 +111,11 @@ function show(value: unknown): string {
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
 
-const rule = (expected: string, ok: (v: unknown) => boolean): Rule => (v, path, problems) => {
-  if (!ok(v)) problems.push({ path, expected, got: v });
-};
+const rule =
+  (expected: string, ok: (v: unknown) => boolean): Rule =>
+  (v, path, problems) => {
+    if (!ok(v)) problems.push({ path, expected, got: v });
+  };
 
 const nonEmptyString = rule("a non-empty string", (v) => typeof v === "string" && v.trim() !== "");
 const positiveNumber = (unit: string) => rule(`a positive number of ${unit}`, (v) => typeof v === "number" && Number.isFinite(v) && v > 0);
@@ -121,7 +123,8 @@ const nonNegativeNumber = (unit: string) => rule(`a number of ${unit} >= 0`, (v)
 const positiveInteger = rule("a positive integer", (v) => typeof v === "number" && Number.isSafeInteger(v) && v > 0);
 const nonNegativeInteger = rule("an integer >= 0", (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0);
 const stringArray = rule("an array of strings", (v) => Array.isArray(v) && v.every((x) => typeof x === "string"));
-const oneOf = (values: readonly string[]) => rule(`one of ${values.map((x) => JSON.stringify(x)).join(", ")}`, (v) => typeof v === "string" && values.includes(v));
+const oneOf = (values: readonly string[]) =>
+  rule(`one of ${values.map((x) => JSON.stringify(x)).join(", ")}`, (v) => typeof v === "string" && values.includes(v));
 
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 const PARQUET_COMPRESSIONS = ["snappy", "zstd", "gzip", "lz4", "brotli", "uncompressed"] as const;
@@ -171,13 +174,15 @@ const pluginEntry: Rule = (v, path, problems) => {
   rule("a function", (x) => typeof x === "function")(v.apply, `${path}.apply`, problems);
 };
 
-const arrayOf = (item: Rule): Rule => (v, path, problems) => {
-  if (!Array.isArray(v)) {
-    problems.push({ path, expected: "an array", got: v });
-    return;
-  }
-  v.forEach((x, i) => item(x, `${path}[${i}]`, problems));
-};
+const arrayOf =
+  (item: Rule): Rule =>
+  (v, path, problems) => {
+    if (!Array.isArray(v)) {
+      problems.push({ path, expected: "an array", got: v });
+      return;
+    }
+    v.forEach((x, i) => item(x, `${path}[${i}]`, problems));
+  };
 
 const hookNames = Object.keys(createHooks());
 const tapsRule = shape(Object.fromEntries(hookNames.map((name) => [name, rule("a function (the tap)", (v) => typeof v === "function")])));
@@ -191,7 +196,7 @@ const stringRecord: Rule = (v, path, problems) => {
 };
 
 const configRule = shape({
-  connect: rule("a ZeroMQ endpoint such as \"tcp://127.0.0.1:5555\"", (v) => typeof v === "string" && ENDPOINT.test(v)),
+  connect: rule('a ZeroMQ endpoint such as "tcp://127.0.0.1:5555"', (v) => typeof v === "string" && ENDPOINT.test(v)),
   output: nonEmptyString,
   workerId: nonEmptyString,
   home: nonEmptyString,

@@ -83,7 +83,9 @@ export function planFromLock(lockfileContent: string): LockPlan {
     return { kind: "script", requiresPython, requirements: requirementsOf(manifest.requirements) };
   }
   if (packages.length === 0) return { kind: "empty", requiresPython };
-  throw new Error("lockfile has packages but no root package (source = '.') and no [manifest] requirements; lock a project with `uv lock` or a script with `uv lock --script`");
+  throw new Error(
+    "lockfile has packages but no root package (source = '.') and no [manifest] requirements; lock a project with `uv lock` or a script with `uv lock --script`",
+  );
 }
 
 /** PEP 508 text for one requirement, e.g. `pandas[excel]>=2.2 ; python_version >= '3.11'`. */
@@ -97,7 +99,7 @@ export function pep508(req: LockRequirement): string {
 export function synthesizePyproject(plan: Extract<LockPlan, { kind: "project" }>): string {
   const project: TomlTable = { name: plan.name, version: plan.version, dependencies: plan.requirements.map(pep508) };
   if (plan.requiresPython) project["requires-python"] = plan.requiresPython;
-  return stringify({ project, tool: { uv: { package: false } } }) + "\n";
+  return `${stringify({ project, tool: { uv: { package: false } } })}\n`;
 }
 
 /** A PEP 723 script whose inline metadata matches a `uv lock --script` lock. */

@@ -190,7 +190,12 @@ export class EnvManager implements EnvironmentProvider {
         });
       }
 
-      const probe = await execa(join(venvDir, "bin", "python"), ["-c", "import sys; print(sys.prefix)"], { reject: false, timeout: 30_000, extendEnv: false, env: { PATH: process.env.PATH ?? "" } });
+      const probe = await execa(join(venvDir, "bin", "python"), ["-c", "import sys; print(sys.prefix)"], {
+        reject: false,
+        timeout: 30_000,
+        extendEnv: false,
+        env: { PATH: process.env.PATH ?? "" },
+      });
       if (probe.exitCode !== 0) throw new Error(`the new interpreter does not start: ${String(probe.stderr).trim().split("\n").slice(-3).join(" ")}`);
 
       const finalDir = this.venvPath(hash);

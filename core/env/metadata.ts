@@ -40,7 +40,7 @@ export async function writeMetadata(venvsDir: string, data: MetadataFile): Promi
   const target = join(venvsDir, METADATA_FILE);
   const temp = `${target}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`;
   try {
-    await writeFile(temp, JSON.stringify(data, null, 2) + "\n", { mode: 0o644 });
+    await writeFile(temp, `${JSON.stringify(data, null, 2)}\n`, { mode: 0o644 });
     await rename(temp, target);
   } catch (err) {
     await rm(temp, { force: true });

@@ -44,7 +44,14 @@ export class SystemPythonEnvs implements EnvironmentProvider {
       const probe = await execa(python, ["-c", "import sys; print(sys.executable)"], { reject: false, timeout: 15_000 });
       const executable = String(probe.stdout ?? "").trim();
       if (probe.failed || probe.exitCode !== 0 || executable === "") {
-        const why = probe.code === "ENOENT" ? "not found on PATH" : String(probe.stderr || probe.shortMessage || "no output").trim().split("\n").slice(-2).join(" ");
+        const why =
+          probe.code === "ENOENT"
+            ? "not found on PATH"
+            : String(probe.stderr || probe.shortMessage || "no output")
+                .trim()
+                .split("\n")
+                .slice(-2)
+                .join(" ");
         throw Errors.ENV_SYSTEM_PYTHON_MISSING([python, why]);
       }
       this.#logger.info({ python, executable }, 'env_hash "system" runs with this interpreter');

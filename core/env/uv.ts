@@ -106,7 +106,11 @@ export async function runUv(uvPath: string, args: readonly string[], options: Uv
     all: true,
   });
   if (result.failed) {
-    const why = result.timedOut ? `timed out after ${options.timeoutMs ?? 15 * 60_000} ms` : result.exitCode !== undefined ? `exit code ${result.exitCode}` : result.shortMessage;
+    const why = result.timedOut
+      ? `timed out after ${options.timeoutMs ?? 15 * 60_000} ms`
+      : result.exitCode !== undefined
+        ? `exit code ${result.exitCode}`
+        : result.shortMessage;
     throw new Error(`\`uv ${args.join(" ")}\` failed (${why}): ${tail(String(result.stderr ?? "")) || tail(String(result.all ?? ""))}`);
   }
   return String(result.stdout ?? "");

@@ -83,9 +83,16 @@ export function errorMessage(err: unknown): string {
 export const Errors = {
   // Protocol (control plane)
   PROTOCOL_SHORT_HEADER: createError<[number]>("CSP_PROTOCOL_SHORT_HEADER", "header is %s bytes, expected 16"),
-  PROTOCOL_BAD_VERSION: createError<[number]>("CSP_PROTOCOL_BAD_VERSION", "protocol version %s, expected 4", "upgrade the Sentinel or the worker so both speak protocol v4"),
+  PROTOCOL_BAD_VERSION: createError<[number]>(
+    "CSP_PROTOCOL_BAD_VERSION",
+    "protocol version %s, expected 4",
+    "upgrade the Sentinel or the worker so both speak protocol v4",
+  ),
   PROTOCOL_UNKNOWN_OPCODE: createError<[number]>("CSP_PROTOCOL_UNKNOWN_OPCODE", "unknown opcode %s"),
-  PROTOCOL_FRAME_COUNT: createError<[number]>("CSP_PROTOCOL_FRAME_COUNT", "message has %s frames, expected [header, payload] (or a header alone when payload_len is 0)"),
+  PROTOCOL_FRAME_COUNT: createError<[number]>(
+    "CSP_PROTOCOL_FRAME_COUNT",
+    "message has %s frames, expected [header, payload] (or a header alone when payload_len is 0)",
+  ),
   PROTOCOL_LENGTH_MISMATCH: createError<[number, number]>("CSP_PROTOCOL_LENGTH_MISMATCH", "payload_len says %s bytes but the payload frame has %s"),
   PROTOCOL_BAD_JSON: createError<[string, string]>("CSP_PROTOCOL_BAD_JSON", "%s payload is not valid JSON: %s"),
   PROTOCOL_BAD_PAYLOAD: createError<[string, string]>("CSP_PROTOCOL_BAD_PAYLOAD", "invalid %s payload: %s"),
@@ -94,8 +101,16 @@ export const Errors = {
     "%s payload of %s bytes exceeds the limit of %s bytes",
     "raise limits.maxMessageBytes in the worker's config, or send less (a lockfile or plugin source this large is unusual)",
   ),
-  PROTOCOL_UNEXPECTED_OPCODE: createError<[string]>("CSP_PROTOCOL_UNEXPECTED_OPCODE", "a worker never receives %s", "only DISPATCH, ABORT, RELOAD, PREPARE_ENV and ERR go from the Sentinel to a worker"),
-  WORKER_BAD_ENDPOINT: createError<[string, string]>("CSP_WORKER_BAD_ENDPOINT", "cannot connect to %s: %s", "give --connect an endpoint such as tcp://127.0.0.1:5555"),
+  PROTOCOL_UNEXPECTED_OPCODE: createError<[string]>(
+    "CSP_PROTOCOL_UNEXPECTED_OPCODE",
+    "a worker never receives %s",
+    "only DISPATCH, ABORT, RELOAD, PREPARE_ENV and ERR go from the Sentinel to a worker",
+  ),
+  WORKER_BAD_ENDPOINT: createError<[string, string]>(
+    "CSP_WORKER_BAD_ENDPOINT",
+    "cannot connect to %s: %s",
+    "give --connect an endpoint such as tcp://127.0.0.1:5555",
+  ),
 
   // Configuration
   CONFIG_INVALID: createError<[string, string]>("CSP_CONFIG_INVALID", "invalid config in %s: %s"),
@@ -103,16 +118,36 @@ export const Errors = {
   CLI_USAGE: createError<[string]>("CSP_CLI_USAGE", "%s", "run with --help to see the usage"),
 
   // Environments
-  ENV_HASH_MISMATCH: createError<[string, string]>("CSP_ENV_HASH_MISMATCH", "env_hash %s is not the sha256 of the lockfile content (%s)", "send env_hash = sha256(lockfile_content) in hex"),
+  ENV_HASH_MISMATCH: createError<[string, string]>(
+    "CSP_ENV_HASH_MISMATCH",
+    "env_hash %s is not the sha256 of the lockfile content (%s)",
+    "send env_hash = sha256(lockfile_content) in hex",
+  ),
   ENV_NOT_PROVISIONED: createError<[string]>(
     "CSP_ENV_NOT_PROVISIONED",
     "Environment %s not provisioned. Send PREPARE_ENV first.",
     "Sentinels that never send PREPARE_ENV need it built beforehand: casparian-worker prepare <uv.lock | project dir>",
   ),
-  ENV_SYSTEM_DISABLED: createError<[]>("CSP_ENV_SYSTEM_DISABLED", 'env_hash "system" (a plugin without a lockfile) is refused by this worker\'s config (environments.systemPython: false)', "publish the plugin with a uv.lock, or set environments.systemPython to a python3"),
-  ENV_SYSTEM_PYTHON_MISSING: createError<[string, string]>("CSP_ENV_SYSTEM_PYTHON_MISSING", 'env_hash "system" needs a system Python, but %s does not run: %s', "install python3, or point environments.systemPython at one"),
-  ENV_NOT_FOUND: createError<[string, string]>("CSP_ENV_NOT_FOUND", "no provisioned environment matches %s under %s", "list them with: casparian-worker prepare --list"),
-  ENV_UV_MISSING: createError<[]>("CSP_ENV_UV_MISSING", "uv was not found on PATH, in $UV or in the usual install places", "install it with `python3 -m pip install uv` (or set UV=/path/to/uv)"),
+  ENV_SYSTEM_DISABLED: createError<[]>(
+    "CSP_ENV_SYSTEM_DISABLED",
+    'env_hash "system" (a plugin without a lockfile) is refused by this worker\'s config (environments.systemPython: false)',
+    "publish the plugin with a uv.lock, or set environments.systemPython to a python3",
+  ),
+  ENV_SYSTEM_PYTHON_MISSING: createError<[string, string]>(
+    "CSP_ENV_SYSTEM_PYTHON_MISSING",
+    'env_hash "system" needs a system Python, but %s does not run: %s',
+    "install python3, or point environments.systemPython at one",
+  ),
+  ENV_NOT_FOUND: createError<[string, string]>(
+    "CSP_ENV_NOT_FOUND",
+    "no provisioned environment matches %s under %s",
+    "list them with: casparian-worker prepare --list",
+  ),
+  ENV_UV_MISSING: createError<[]>(
+    "CSP_ENV_UV_MISSING",
+    "uv was not found on PATH, in $UV or in the usual install places",
+    "install it with `python3 -m pip install uv` (or set UV=/path/to/uv)",
+  ),
   ENV_BAD_PYTHON_VERSION: createError<[string]>(
     "CSP_ENV_BAD_PYTHON_VERSION",
     "python_version %s is not a Python version",
@@ -122,7 +157,11 @@ export const Errors = {
 
   // Bridge / guest
   GUEST_FAILED: createError<[string]>("CSP_GUEST_FAILED", "Guest process error: %s"),
-  GUEST_TIMEOUT: createError<[string, number]>("CSP_GUEST_TIMEOUT", "%s timeout after %s ms", "raise the timeout in the config (bridge.timeouts) if the plugin is legitimately slow"),
+  GUEST_TIMEOUT: createError<[string, number]>(
+    "CSP_GUEST_TIMEOUT",
+    "%s timeout after %s ms",
+    "raise the timeout in the config (bridge.timeouts) if the plugin is legitimately slow",
+  ),
   GUEST_PROTOCOL: createError<[string]>("CSP_GUEST_PROTOCOL", "bridge protocol error: %s"),
   BRIDGE_BAD_FRAME: createError<[bigint, number, number, string]>(
     "CSP_BRIDGE_BAD_FRAME",
@@ -130,15 +169,34 @@ export const Errors = {
     "the plugin sent corrupt bytes on the bridge socket; publish through the SDK (ctx.publish) instead of writing to the socket",
   ),
   JOB_ABORTED: createError<[string]>("CSP_JOB_ABORTED", "aborted by %s"),
-  PLUGIN_SOURCE_TOO_LARGE: createError<[number, number]>("CSP_PLUGIN_SOURCE_TOO_LARGE", "the plugin source is %s bytes, above the limit of %s", "move data out of the plugin source into files it reads, or split the plugin into modules installed in its environment"),
+  PLUGIN_SOURCE_TOO_LARGE: createError<[number, number]>(
+    "CSP_PLUGIN_SOURCE_TOO_LARGE",
+    "the plugin source is %s bytes, above the limit of %s",
+    "move data out of the plugin source into files it reads, or split the plugin into modules installed in its environment",
+  ),
 
   // Sinks
-  SINK_UNKNOWN_SCHEME: createError<[string, string]>("CSP_SINK_UNKNOWN_SCHEME", "no sink handles the scheme of %s; known schemes: %s", "register a sink for this scheme in casparian.config.ts (sinks: [...])"),
+  SINK_UNKNOWN_SCHEME: createError<[string, string]>(
+    "CSP_SINK_UNKNOWN_SCHEME",
+    "no sink handles the scheme of %s; known schemes: %s",
+    "register a sink for this scheme in casparian.config.ts (sinks: [...])",
+  ),
   SINK_BAD_URI: createError<[string, string]>("CSP_SINK_BAD_URI", "invalid sink URI %s: %s"),
-  SINK_PATH_ESCAPE: createError<[string, string]>("CSP_SINK_PATH_ESCAPE", "sink URI %s resolves outside the output root %s", "use a path relative to --output, without '..'"),
-  SINK_TARGET_EXISTS: createError<[string]>("CSP_SINK_TARGET_EXISTS", "target %s exists and the sink mode is 'error'", "use mode 'append' or 'replace', or remove the target"),
+  SINK_PATH_ESCAPE: createError<[string, string]>(
+    "CSP_SINK_PATH_ESCAPE",
+    "sink URI %s resolves outside the output root %s",
+    "use a path relative to --output, without '..'",
+  ),
+  SINK_TARGET_EXISTS: createError<[string]>(
+    "CSP_SINK_TARGET_EXISTS",
+    "target %s exists and the sink mode is 'error'",
+    "use mode 'append' or 'replace', or remove the target",
+  ),
   SINK_SCHEMA_MISMATCH: createError<[string, string]>("CSP_SINK_SCHEMA_MISMATCH", "batch for topic '%s' does not match its schema: %s"),
-  SCHEMA_CONFLICT: createError<[string, string, string, string, string]>("CSP_SCHEMA_CONFLICT", "topic '%s': column '%s' is %s in one part of the data and %s in another (%s)"),
+  SCHEMA_CONFLICT: createError<[string, string, string, string, string]>(
+    "CSP_SCHEMA_CONFLICT",
+    "topic '%s': column '%s' is %s in one part of the data and %s in another (%s)",
+  ),
   SINK_INVALID: createError<[string, string]>("CSP_SINK_INVALID", "invalid sink plugin %s: %s"),
   SINK_WRITE_FAILED: createError<[string, string]>("CSP_SINK_WRITE_FAILED", "sink %s failed: %s"),
   SINK_DUPLICATE_CONFLICT: createError<[string, string]>(
@@ -146,18 +204,42 @@ export const Errors = {
     "the DISPATCH lists sink %s more than once with different settings: %s",
     "a URI can be listed twice only as the identical SinkConfig (Sentinels repeat their sink table); give each topic its own URI",
   ),
-  SINK_BAD_SCHEMA_DEF: createError<[string, string]>("CSP_SINK_BAD_SCHEMA_DEF", "schema_def for topic '%s' is not a valid contract: %s", 'send JSON like {"columns":[{"name":"id","type":"int64","nullable":false}]}'),
+  SINK_BAD_SCHEMA_DEF: createError<[string, string]>(
+    "CSP_SINK_BAD_SCHEMA_DEF",
+    "schema_def for topic '%s' is not a valid contract: %s",
+    'send JSON like {"columns":[{"name":"id","type":"int64","nullable":false}]}',
+  ),
 
   // Hooks and plugins
   HOOK_REJECTED: createError<[string, string]>("CSP_HOOK_REJECTED", "job rejected by %s: %s"),
-  HOOK_CALLBACK_TAP: createError<[string, string]>("CSP_HOOK_CALLBACK_TAP", "plugin %s taps %s with tapAsync (a callback)", "use tapPromise (an async function) or tap (a plain function)"),
+  HOOK_CALLBACK_TAP: createError<[string, string]>(
+    "CSP_HOOK_CALLBACK_TAP",
+    "plugin %s taps %s with tapAsync (a callback)",
+    "use tapPromise (an async function) or tap (a plain function)",
+  ),
 
   // casparian run
   RUN_PLUGIN_INVALID: createError<[string, string]>("CSP_RUN_PLUGIN_INVALID", "plugin %s cannot run:\n%s", "fix the plugin; no input was processed"),
-  RUN_PYTHON_MISSING: createError<[string]>("CSP_RUN_PYTHON_MISSING", "%s was not found; casparian run needs Python 3 to check the plugin", "install Python 3.11+ (or set PYTHON=/path/to/python3)"),
-  RUN_LOCK_FAILED: createError<[string, string]>("CSP_RUN_LOCK_FAILED", "uv could not lock the dependencies declared in %s:\n%s", "check the package names and versions in the '# /// script' block"),
+  RUN_PYTHON_MISSING: createError<[string]>(
+    "CSP_RUN_PYTHON_MISSING",
+    "%s was not found; casparian run needs Python 3 to check the plugin",
+    "install Python 3.11+ (or set PYTHON=/path/to/python3)",
+  ),
+  RUN_LOCK_FAILED: createError<[string, string]>(
+    "CSP_RUN_LOCK_FAILED",
+    "uv could not lock the dependencies declared in %s:\n%s",
+    "check the package names and versions in the '# /// script' block",
+  ),
   RUN_ENV_FAILED: createError<[string, string]>("CSP_RUN_ENV_FAILED", "the environment for plugin %s could not be prepared: %s"),
-  RUN_WORKERS_FAILED: createError<[string]>("CSP_RUN_WORKERS_FAILED", "worker processes keep failing: %s", "run with --log-level debug to see the workers' logs"),
+  RUN_WORKERS_FAILED: createError<[string]>(
+    "CSP_RUN_WORKERS_FAILED",
+    "worker processes keep failing: %s",
+    "run with --log-level debug to see the workers' logs",
+  ),
   RUN_SINK_MODE: createError<[string, string, string]>("CSP_RUN_SINK_MODE", "sink %s cannot be used in mode %s: %s"),
-  RUN_PLUGIN_FAILS_EVERYWHERE: createError<[number]>("CSP_RUN_PLUGIN_FAILS_EVERYWHERE", "the plugin failed the same way on its first %s inputs, so the rest were not run", "fix the plugin (the error is below) and run again"),
+  RUN_PLUGIN_FAILS_EVERYWHERE: createError<[number]>(
+    "CSP_RUN_PLUGIN_FAILS_EVERYWHERE",
+    "the plugin failed the same way on its first %s inputs, so the rest were not run",
+    "fix the plugin (the error is below) and run again",
+  ),
 } as const;

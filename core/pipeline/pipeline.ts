@@ -190,7 +190,10 @@ async function waitForWrite(writing: Promise<void> | null, logger: Logger): Prom
   );
   const slow = new Promise<void>((resolve) => {
     timer = setTimeout(() => {
-      logger.warn({ waited_ms: SLOW_WRITE_WARNING_MS }, "a sink is still writing a batch of the failed job; its abort waits for the write (sinks should stop on job.signal)");
+      logger.warn(
+        { waited_ms: SLOW_WRITE_WARNING_MS },
+        "a sink is still writing a batch of the failed job; its abort waits for the write (sinks should stop on job.signal)",
+      );
       resolve();
     }, SLOW_WRITE_WARNING_MS);
   });

@@ -46,7 +46,8 @@ function isReference(entry: unknown): entry is SinkReference {
 
 async function fromModule(use: string, options: Record<string, unknown>, baseDir: string, label: string): Promise<unknown> {
   if (typeof use !== "string" || use === "") throw Errors.SINK_INVALID([label, '"use" must name a module (a path or a package)']);
-  if (typeof options !== "object" || options === null || Array.isArray(options)) throw Errors.SINK_INVALID([`${label} (${use})`, '"options" must be an object']);
+  if (typeof options !== "object" || options === null || Array.isArray(options))
+    throw Errors.SINK_INVALID([`${label} (${use})`, '"options" must be an object']);
   const isPath = use.startsWith(".") || isAbsolute(use);
   const id = isPath ? resolve(baseDir, use) : use;
   let mod: unknown;
@@ -86,9 +87,11 @@ export function validateSinkPlugin(value: unknown, label: string): SinkPlugin {
     }
   }
   if (typeof p.create !== "function") throw failNamed(`"create" must be a function, got ${describe(p.create)}`);
-  if (p.inputScopedModes !== undefined && typeof p.inputScopedModes !== "boolean") throw failNamed(`"inputScopedModes" must be true or false when given, got ${describe(p.inputScopedModes)}`);
+  if (p.inputScopedModes !== undefined && typeof p.inputScopedModes !== "boolean")
+    throw failNamed(`"inputScopedModes" must be true or false when given, got ${describe(p.inputScopedModes)}`);
   for (const optional of ["recover", "close", "checkTarget"] as const) {
-    if (p[optional] !== undefined && typeof p[optional] !== "function") throw failNamed(`"${optional}" must be a function when given, got ${describe(p[optional])}`);
+    if (p[optional] !== undefined && typeof p[optional] !== "function")
+      throw failNamed(`"${optional}" must be a function when given, got ${describe(p[optional])}`);
   }
   return value as SinkPlugin;
 }
@@ -99,7 +102,9 @@ function assertUniqueSchemes(loaded: LoadedSink[]): void {
     for (const scheme of plugin.schemes) {
       const owner = owners.get(scheme);
       if (owner !== undefined) {
-        throw Errors.SINK_INVALID([`"${plugin.name}"`, `scheme "${scheme}" is already handled by sink plugin "${owner}"`], { hint: "each URI scheme may have one sink plugin" });
+        throw Errors.SINK_INVALID([`"${plugin.name}"`, `scheme "${scheme}" is already handled by sink plugin "${owner}"`], {
+          hint: "each URI scheme may have one sink plugin",
+        });
       }
       owners.set(scheme, plugin.name);
     }

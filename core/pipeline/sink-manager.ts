@@ -83,7 +83,9 @@ export class SinkManager implements WorkerPlugin {
         const key = scheme.toLowerCase();
         const other = this.#byScheme.get(key);
         if (other !== undefined) {
-          throw Errors.SINK_INVALID([loaded.plugin.name, `scheme "${key}" is already handled by sink plugin "${other.plugin.name}"`], { context: { plugin: loaded.plugin.name } });
+          throw Errors.SINK_INVALID([loaded.plugin.name, `scheme "${key}" is already handled by sink plugin "${other.plugin.name}"`], {
+            context: { plugin: loaded.plugin.name },
+          });
         }
         this.#byScheme.set(key, loaded);
       }
@@ -156,7 +158,9 @@ export class SinkManager implements WorkerPlugin {
     }
     const loaded = this.#byScheme.get(parsed.scheme);
     if (loaded === undefined) {
-      throw Errors.SINK_UNKNOWN_SCHEME([config.uri, [...this.#byScheme.keys()].map((s) => `${s}://`).join(", ")], { context: { ...context, topic: config.topic } });
+      throw Errors.SINK_UNKNOWN_SCHEME([config.uri, [...this.#byScheme.keys()].map((s) => `${s}://`).join(", ")], {
+        context: { ...context, topic: config.topic },
+      });
     }
     const contract = parseSchemaDef(config.topic, config.schemaDef, context);
     return { target: Object.freeze({ topic: config.topic, uri: config.uri, parsed, mode: config.mode ?? "append", contract, config }), loaded };
@@ -299,7 +303,11 @@ export class SinkManager implements WorkerPlugin {
         for (const [key, value] of Object.entries(context)) if (err.context[key] === undefined) err.context[key] = value;
         throw err;
       }
-      throw Errors.SINK_WRITE_FAILED([`"${active.loaded.plugin.name}" (${active.target.uri}) in ${step}`, errorMessage(err)], { context, cause: err, hint: systemErrorHint(err) });
+      throw Errors.SINK_WRITE_FAILED([`"${active.loaded.plugin.name}" (${active.target.uri}) in ${step}`, errorMessage(err)], {
+        context,
+        cause: err,
+        hint: systemErrorHint(err),
+      });
     }
   }
 }
@@ -310,4 +318,3 @@ function forTopic(config: SinkSpec, topic: string): SinkSpec {
   const escaped = topic.replace(/%/g, "%25").replace(/\?/g, "%3F").replace(/#/g, "%23");
   return { ...config, topic, uri: config.uri.split(TOPIC_PLACEHOLDER).join(escaped) };
 }
-

@@ -141,9 +141,13 @@ export function parseRunFlags(argv: readonly string[]): RunFlags | "help" {
     if (!Number.isInteger(workers) || workers < 1) throw Errors.CLI_USAGE([`--workers expects a whole number ≥ 1, got "${values.workers}"`]);
   }
   const logLevel = values["log-level"] as LevelWithSilent | undefined;
-  if (logLevel !== undefined && !LOG_LEVELS.includes(logLevel)) throw Errors.CLI_USAGE([`--log-level expects one of ${LOG_LEVELS.join(", ")}, got "${logLevel}"`]);
+  if (logLevel !== undefined && !LOG_LEVELS.includes(logLevel))
+    throw Errors.CLI_USAGE([`--log-level expects one of ${LOG_LEVELS.join(", ")}, got "${logLevel}"`]);
   const mode = values.mode === undefined ? undefined : parseMode(values.mode, "--mode");
-  if (mode !== undefined && (values.sink ?? []).length === 0) throw Errors.CLI_USAGE(["--mode applies to --sink sinks, and none was given"], { hint: "give the mode of a config or MANIFEST sink in its own entry: { uri, mode }" });
+  if (mode !== undefined && (values.sink ?? []).length === 0)
+    throw Errors.CLI_USAGE(["--mode applies to --sink sinks, and none was given"], {
+      hint: "give the mode of a config or MANIFEST sink in its own entry: { uri, mode }",
+    });
   return {
     plugin,
     inputs,
@@ -209,7 +213,16 @@ export interface CheckedRun {
   config: LoadedConfig;
 }
 
-export async function checkRun(options: { plugin: string; output?: string; sinks: string[]; mode?: SinkMode; pluginConfig?: string; config?: string; cwd: string; createOutput: boolean }): Promise<CheckedRun> {
+export async function checkRun(options: {
+  plugin: string;
+  output?: string;
+  sinks: string[];
+  mode?: SinkMode;
+  pluginConfig?: string;
+  config?: string;
+  cwd: string;
+  createOutput: boolean;
+}): Promise<CheckedRun> {
   const { cwd } = options;
   const pluginPath = resolve(cwd, options.plugin);
   const pluginStat = await stat(pluginPath).catch(() => null);
@@ -218,9 +231,16 @@ export async function checkRun(options: { plugin: string; output?: string; sinks
   const outputRoot = options.output !== undefined ? resolve(cwd, options.output) : resolve(loaded.dir, loaded.config.output ?? "./output");
   const pluginConfig = await readPluginConfig(options.pluginConfig, cwd);
   const plugin = await inspectPlugin(pluginPath);
-  const sinks = planSinks({ cliSinks: options.sinks.map((flag) => parseSinkFlag(flag, options.mode)), manifest: plugin.manifest, configSinks: loaded.config.run?.sinks });
+  const sinks = planSinks({
+    cliSinks: options.sinks.map((flag) => parseSinkFlag(flag, options.mode)),
+    manifest: plugin.manifest,
+    configSinks: loaded.config.run?.sinks,
+  });
   await checkOutputRoot(outputRoot, false);
-  await checkSinkPlan(sinks.sinks.map((s) => ({ ...s, label: describeSink(s) })), { config: loaded.config, configDir: loaded.dir, outputRoot });
+  await checkSinkPlan(
+    sinks.sinks.map((s) => ({ ...s, label: describeSink(s) })),
+    { config: loaded.config, configDir: loaded.dir, outputRoot },
+  );
   // Created only once everything else is known to be right.
   if (options.createOutput) await checkOutputRoot(outputRoot, true);
   return { plugin, sinks, outputRoot, pluginConfig, config: loaded };
@@ -228,16 +248,19 @@ export async function checkRun(options: { plugin: string; output?: string; sinks
 
 async function readPluginConfig(value: string | undefined, cwd: string): Promise<unknown> {
   if (value === undefined) return null;
-  const text = value.trimStart().startsWith("{") ? value : await readFile(resolve(cwd, value), "utf8").catch((err: NodeJS.ErrnoException) => {
-    throw Errors.CLI_USAGE([`--plugin-config ${value}: not a JSON object and not a readable file (${err.code ?? err.message})`]);
-  });
+  const text = value.trimStart().startsWith("{")
+    ? value
+    : await readFile(resolve(cwd, value), "utf8").catch((err: NodeJS.ErrnoException) => {
+        throw Errors.CLI_USAGE([`--plugin-config ${value}: not a JSON object and not a readable file (${err.code ?? err.message})`]);
+      });
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (err) {
     throw Errors.CLI_USAGE([`--plugin-config ${value.length > 60 ? `${value.slice(0, 60)}…` : value}: invalid JSON: ${(err as Error).message}`]);
   }
-  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw Errors.CLI_USAGE([`--plugin-config must be a JSON object, got ${Array.isArray(parsed) ? "an array" : typeof parsed}`]);
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed))
+    throw Errors.CLI_USAGE([`--plugin-config must be a JSON object, got ${Array.isArray(parsed) ? "an array" : typeof parsed}`]);
   return parsed;
 }
 
@@ -259,12 +282,39 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
 
   const state = RunState.open(outputRoot);
   try {
-    if (state.recovered > 0) process.stderr.write(`casparian run: finished publishing ${state.recovered} input(s) that an interrupted run had left half published\n`);
+    if (state.recovered > 0)
+      process.stderr.write(`casparian run: finished publishing ${state.recovered} input(s) that an interrupted run had left half published\n`);
     await removeStaleStaging(outputRoot);
     const recipeFor = (input: NamedInput) => recipeOf({ pluginSource: plugin.source, envHash: env.envHash, sinks: sinks.forInput(input.name), pluginConfig });
     const plan = await planInputs(inputs, state, { inputRoot: dirname(outputRoot), all: flags.all, recipeFor });
-    logger.info({ plugin: plugin.name, env: env.source, env_hash: env.envHash, lock: env.lockPath, sinks: sinks.source, inputs: inputs.length, to_run: plan.toRun.length, workers }, "run planned");
-    return await execute({ flags, logger, cwd, home, workers, outputRoot, plugin, env, sinks, pluginConfig, state, plan, configFile: checked.config.filepath ?? undefined });
+    logger.info(
+      {
+        plugin: plugin.name,
+        env: env.source,
+        env_hash: env.envHash,
+        lock: env.lockPath,
+        sinks: sinks.source,
+        inputs: inputs.length,
+        to_run: plan.toRun.length,
+        workers,
+      },
+      "run planned",
+    );
+    return await execute({
+      flags,
+      logger,
+      cwd,
+      home,
+      workers,
+      outputRoot,
+      plugin,
+      env,
+      sinks,
+      pluginConfig,
+      state,
+      plan,
+      configFile: checked.config.filepath ?? undefined,
+    });
   } finally {
     state.close();
   }
@@ -300,7 +350,15 @@ async function execute(x: Execution): Promise<number> {
     pluginConfig: x.pluginConfig === null ? undefined : JSON.stringify(x.pluginConfig),
     publish: (job, receipt, workerRoot) => {
       const entry = planned.get(job.input.path)!;
-      return promote(state, { input: job.input, contentSha256: entry.contentSha256, recipe: entry.recipe, jobId: job.jobId!, receipt, sinks: job.sinks, workerRoot });
+      return promote(state, {
+        input: job.input,
+        contentSha256: entry.contentSha256,
+        recipe: entry.recipe,
+        jobId: job.jobId!,
+        receipt,
+        sinks: job.sinks,
+        workerRoot,
+      });
     },
     keepGoing: flags.keepGoing,
     workers: x.workers,
@@ -362,21 +420,23 @@ async function execute(x: Execution): Promise<number> {
   }
 
   // Files of one topic from different inputs get one schema (a null column in one file, int64 in another).
-  const widening = result.interrupted ? null : await unifyRunOutputs(
-    result.jobs.flatMap((job) => job.artifacts),
-    outputRoot,
-  ).then(
-    async (dirs) => {
-      for (const { dir, rewritten } of dirs) {
-        if (rewritten.length === 0) continue;
-        // The state counts what the output holds: a rewritten file has a new size.
-        for (const file of rewritten) state.recordRewrittenFile(relative(outputRoot, file).split(sep).join("/"), (await stat(file)).size);
-        process.stderr.write(`casparian run: ${relative(cwd, dir) || "."}: ${rewritten.length} file(s) rewritten so that the directory has one schema\n`);
-      }
-      return null;
-    },
-    (err: unknown) => err,
-  );
+  const widening = result.interrupted
+    ? null
+    : await unifyRunOutputs(
+        result.jobs.flatMap((job) => job.artifacts),
+        outputRoot,
+      ).then(
+        async (dirs) => {
+          for (const { dir, rewritten } of dirs) {
+            if (rewritten.length === 0) continue;
+            // The state counts what the output holds: a rewritten file has a new size.
+            for (const file of rewritten) state.recordRewrittenFile(relative(outputRoot, file).split(sep).join("/"), (await stat(file)).size);
+            process.stderr.write(`casparian run: ${relative(cwd, dir) || "."}: ${rewritten.length} file(s) rewritten so that the directory has one schema\n`);
+          }
+          return null;
+        },
+        (err: unknown) => err,
+      );
   const seconds = (performance.now() - started) / 1000;
   const summary = summarize(result.jobs, { unchanged: plan.unchanged.length, totals: state.totals(), outputRoot });
   const sharedError = result.fatal !== null && Errors.RUN_PLUGIN_FAILS_EVERYWHERE.is(result.fatal);
@@ -387,7 +447,16 @@ async function execute(x: Execution): Promise<number> {
     process.stderr.write(`casparian run: ${result.fatal.code}: ${result.fatal.message}${hint}\n`);
   }
   if (flags.report !== undefined) {
-    await writeReport(resolve(cwd, flags.report), { seconds, workers: x.workers, result, plugin: plugin.name, env: env.source, unchanged: plan.unchanged, state, outputRoot });
+    await writeReport(resolve(cwd, flags.report), {
+      seconds,
+      workers: x.workers,
+      result,
+      plugin: plugin.name,
+      env: env.source,
+      unchanged: plan.unchanged,
+      state,
+      outputRoot,
+    });
   }
   if (summary.failed.length > 0 || result.fatal !== null) process.stderr.write(`casparian run: worker logs: ${workerLog.path}\n`);
   if (result.interrupted) {
@@ -413,10 +482,21 @@ function isInside(path: string, dir: string): boolean {
  */
 async function writeReport(
   path: string,
-  run: { seconds: number; workers: number; result: RunResult; plugin: string; env: string; unchanged: readonly NamedInput[]; state: RunState; outputRoot: string },
+  run: {
+    seconds: number;
+    workers: number;
+    result: RunResult;
+    plugin: string;
+    env: string;
+    unchanged: readonly NamedInput[];
+    state: RunState;
+    outputRoot: string;
+  },
 ): Promise<void> {
   const outputsOf = (inputPath: string) =>
-    run.state.outputsOf(inputPath).map((o) => ({ topic: o.topic, uri: o.uri, file: o.file === null ? null : join(run.outputRoot, o.file), rows: o.rows, bytes: o.bytes }));
+    run.state
+      .outputsOf(inputPath)
+      .map((o) => ({ topic: o.topic, uri: o.uri, file: o.file === null ? null : join(run.outputRoot, o.file), rows: o.rows, bytes: o.bytes }));
   const report = {
     plugin: run.plugin,
     environment: run.env,

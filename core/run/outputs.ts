@@ -94,7 +94,9 @@ export function planSinks(options: { cliSinks: PlannedSink[]; manifest: PluginMa
     named = Object.entries(configSinks).map(([topic, sink]) => entrySink(topic, sink, "config", `run.sinks.${topic}`));
     source = "config";
   }
-  const sinks = named.some((s) => s.topic === ANY_TOPIC) ? named : [...named, { topic: ANY_TOPIC, uri: DEFAULT_SINK_URI, mode: "replace" as const, schema_def: null, source: "default" as const }];
+  const sinks = named.some((s) => s.topic === ANY_TOPIC)
+    ? named
+    : [...named, { topic: ANY_TOPIC, uri: DEFAULT_SINK_URI, mode: "replace" as const, schema_def: null, source: "default" as const }];
   return {
     source,
     sinks,

@@ -23,7 +23,9 @@ export interface InputPlan {
 /** What makes an input's outputs: the same recipe on the same content gives the same outputs. */
 export function recipeOf(parts: { pluginSource: string; envHash: string; sinks: unknown; pluginConfig: unknown }): string {
   const plugin = createHash("sha256").update(parts.pluginSource).digest("hex");
-  return createHash("sha256").update(JSON.stringify({ plugin, env: parts.envHash, sinks: parts.sinks, config: parts.pluginConfig ?? null })).digest("hex");
+  return createHash("sha256")
+    .update(JSON.stringify({ plugin, env: parts.envHash, sinks: parts.sinks, config: parts.pluginConfig ?? null }))
+    .digest("hex");
 }
 
 const HASH_CONCURRENCY = 4;

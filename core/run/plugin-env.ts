@@ -43,10 +43,7 @@ export function sha256Hex(text: string): string {
   return createHash("sha256").update(text, "utf8").digest("hex");
 }
 
-export async function resolvePluginEnvironment(
-  plugin: PluginInfo,
-  options: { home: string; logger: Logger; uv?: string },
-): Promise<PluginEnvironment> {
+export async function resolvePluginEnvironment(plugin: PluginInfo, options: { home: string; logger: Logger; uv?: string }): Promise<PluginEnvironment> {
   const besideLock = join(dirname(plugin.path), "uv.lock");
   const projectLock = await readFile(besideLock, "utf8").catch(() => null);
   if (projectLock !== null) return environment("uv.lock", projectLock, besideLock);
@@ -115,11 +112,17 @@ async function lockScriptMetadata(plugin: PluginInfo, options: { home: string; l
 }
 
 async function exists(path: string): Promise<boolean> {
-  return access(path).then(() => true, () => false);
+  return access(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 async function isExecutable(path: string): Promise<boolean> {
-  return access(path, constants.X_OK).then(() => true, () => false);
+  return access(path, constants.X_OK).then(
+    () => true,
+    () => false,
+  );
 }
 
 /**
@@ -131,17 +134,25 @@ async function isExecutable(path: string): Promise<boolean> {
  * Returns true when it built one; throws ENV_UV_MISSING when uv is missing and
  * the plugin has dependencies.
  */
-export async function provideBareEnvWithoutUv(env: PluginEnvironment, options: { home: string; logger: Logger; uv?: string; python?: string }): Promise<boolean> {
+export async function provideBareEnvWithoutUv(
+  env: PluginEnvironment,
+  options: { home: string; logger: Logger; uv?: string; python?: string },
+): Promise<boolean> {
   const venvs = join(options.home, "venvs");
   const final = join(venvs, env.envHash);
   if (await isExecutable(join(final, "bin", "python"))) return false;
-  const uvMissing = await findUv(options.uv).then(() => null, (err: unknown) => err);
+  const uvMissing = await findUv(options.uv).then(
+    () => null,
+    (err: unknown) => err,
+  );
   if (uvMissing === null) return false;
   // Dependencies need uv: say so now, with the install hint, rather than from every worker.
   if (env.source !== "bare") throw uvMissing;
   const python = options.python ?? process.env.PYTHON ?? "python3";
   options.logger.warn({ python, venv: final }, "uv not found; the plugin declares no dependencies, so its bare environment is made with `python3 -m venv`");
-  process.stderr.write(`casparian run: uv not found; making the plugin's bare environment with \`${python} -m venv\` (install uv for environments with dependencies)\n`);
+  process.stderr.write(
+    `casparian run: uv not found; making the plugin's bare environment with \`${python} -m venv\` (install uv for environments with dependencies)\n`,
+  );
   await mkdir(venvs, { recursive: true });
   const build = join(venvs, `.build-${env.envHash.slice(0, 16)}-${process.pid}-${randomBytes(4).toString("hex")}`);
   try {

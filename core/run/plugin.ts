@@ -137,7 +137,7 @@ export async function inspectPlugin(pluginPath: string, python = process.env.PYT
     const found = out.classes.length > 0 ? `classes found: ${out.classes.join(", ")}` : "it defines no class";
     throw Errors.RUN_PLUGIN_INVALID([pluginPath, `no class Handler or Plugin at module level (${found})`], {
       context,
-      hint: "define `class Handler` with consume(event) or execute(path), or `class Plugin` with consume(file_path, context); see README \"Writing a plugin\"",
+      hint: 'define `class Handler` with consume(event) or execute(path), or `class Plugin` with consume(file_path, context); see README "Writing a plugin"',
     });
   }
   if (out.script_error !== null) throw Errors.RUN_PLUGIN_INVALID([pluginPath, out.script_error], { context });

@@ -68,7 +68,13 @@ export async function promote(state: RunState, request: PromoteRequest): Promise
     if (local !== null && staged !== null) {
       const target = join(outputRoot, staged);
       const bytes = (await stat(local)).size;
-      if (mode === "error" && (await stat(target).then(() => true, () => false))) {
+      if (
+        mode === "error" &&
+        (await stat(target).then(
+          () => true,
+          () => false,
+        ))
+      ) {
         throw Errors.SINK_TARGET_EXISTS([target], { context: { sinkUri: artifact.uri } });
       }
       moves.push({ from: local, to: staged });
@@ -79,16 +85,24 @@ export async function promote(state: RunState, request: PromoteRequest): Promise
     }
     // Written in place (a database, or a file sink writing into --output itself).
     const inPlace = local === null ? null : insideRoot(local, outputRoots);
-    const bytes = local === null ? null : await stat(local).then((s) => (s.isFile() ? s.size : null), () => null);
+    const bytes =
+      local === null
+        ? null
+        : await stat(local).then(
+            (s) => (s.isFile() ? s.size : null),
+            () => null,
+          );
     const file = inPlace !== null && bytes !== null ? inPlace.split(sep).join("/") : null;
     fresh.push({ topic: artifact.topic, sink: key, mode, uri: artifact.uri, file, fileVersionId, rows, bytes });
     published.push({ topic: artifact.topic, uri: artifact.uri, path: file === null ? null : local, bytes, rows });
   }
 
-  const appendSinks = new Set(previous.flatMap((o) => {
-    const sink = sinkFor(sinks, o.topic);
-    return sink !== undefined && sink.mode === "append" ? [sinkKey(sink, o.topic)] : [];
-  }));
+  const appendSinks = new Set(
+    previous.flatMap((o) => {
+      const sink = sinkFor(sinks, o.topic);
+      return sink !== undefined && sink.mode === "append" ? [sinkKey(sink, o.topic)] : [];
+    }),
+  );
   const kept = previous.filter((o) => o.mode === "append" && appendSinks.has(o.sink) && o.fileVersionId !== fileVersionId);
   const targets = new Set(fresh.flatMap((o) => (o.file === null ? [] : [o.file])));
   const removals = previous.filter((o) => !kept.includes(o) && o.file !== null && !targets.has(o.file)).map((o) => o.file!);
@@ -97,7 +111,14 @@ export async function promote(state: RunState, request: PromoteRequest): Promise
     input: input.path,
     moves,
     removals,
-    record: { size: input.size, mtimeNs: input.mtimeNs.toString(), contentSha256: request.contentSha256, fileVersionId, recipe: request.recipe, jobId: request.jobId.toString() },
+    record: {
+      size: input.size,
+      mtimeNs: input.mtimeNs.toString(),
+      contentSha256: request.contentSha256,
+      fileVersionId,
+      recipe: request.recipe,
+      jobId: request.jobId.toString(),
+    },
     outputs: [...kept, ...fresh],
   });
   return published;

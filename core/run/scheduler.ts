@@ -19,7 +19,7 @@ import { mkdir, rm } from "node:fs/promises";
 import { performance } from "node:perf_hooks";
 import type { WriteStream } from "node:fs";
 import { join } from "node:path";
-import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
+import { type CasparianError, Errors, errorMessage } from "../kernel/errors.js";
 import type { Logger } from "../kernel/logger.js";
 import { Opcode, type JobReceipt, type Message, type PayloadByOpcode, type SinkConfig } from "../protocol/messages.js";
 import type { NamedInput } from "./inputs.js";
@@ -139,7 +139,6 @@ export class Scheduler {
   #stopping = false;
   #interrupted = false;
   #fatal: CasparianError | null = null;
-  #finishedCount = 0;
   #succeededAny = false;
   #firstFailures: string[] = [];
   #pendingPromotions = new Set<Promise<void>>();
@@ -151,7 +150,18 @@ export class Scheduler {
   constructor(options: SchedulerOptions) {
     this.#options = { heartbeatSeconds: 1, livenessTimeoutMs: 20_000, startTimeoutMs: 60_000, abortWaitMs: 3_000, ...options };
     this.#logger = options.logger;
-    this.#jobs = options.inputs.map((input) => ({ input, state: "queued", attempts: 0, jobId: null, sinks: options.sinksFor(input), error: null, receipt: null, artifacts: [], roundTripMs: null, dispatchedAt: null }));
+    this.#jobs = options.inputs.map((input) => ({
+      input,
+      state: "queued",
+      attempts: 0,
+      jobId: null,
+      sinks: options.sinksFor(input),
+      error: null,
+      receipt: null,
+      artifacts: [],
+      roundTripMs: null,
+      dispatchedAt: null,
+    }));
     this.#queue = [...this.#jobs];
     this.#respawnBudget = Math.max(2, options.workers * 2);
     // Ids unique per run and, in practice, across runs (time in the high bits), so
@@ -440,7 +450,6 @@ export class Scheduler {
   #finishJob(job: JobRecord, state: "succeeded" | "failed" | "skipped" | "not-run", error: string | null): void {
     job.state = state;
     job.error = error;
-    this.#finishedCount++;
     if (state === "succeeded") this.#succeededAny = true;
     this.#options.events?.jobFinished?.(job);
     if (state === "failed") this.#watchForSystemicFailure(job);
@@ -453,7 +462,8 @@ export class Scheduler {
    * printing it once per file. Input paths are masked before comparing.
    */
   #watchForSystemicFailure(job: JobRecord): void {
-    if (this.#options.keepGoing === true || this.#succeededAny || this.#jobs.length <= SYSTEMIC_FAILURES || this.#firstFailures.length >= SYSTEMIC_FAILURES) return;
+    if (this.#options.keepGoing === true || this.#succeededAny || this.#jobs.length <= SYSTEMIC_FAILURES || this.#firstFailures.length >= SYSTEMIC_FAILURES)
+      return;
     this.#firstFailures.push(normaliseError(job.error ?? "", job.input.path));
     if (this.#firstFailures.length < SYSTEMIC_FAILURES) return;
     if (this.#firstFailures.every((e) => e === this.#firstFailures[0])) {
@@ -509,5 +519,11 @@ export class Scheduler {
 
 function normaliseError(message: string, inputPath: string): string {
   const name = inputPath.slice(inputPath.lastIndexOf("/") + 1);
-  return message.split(inputPath).join("<input>").split(name).join("<input>").replace(/job \d+/g, "job <id>").replace(/\d{6,}/g, "<n>");
+  return message
+    .split(inputPath)
+    .join("<input>")
+    .split(name)
+    .join("<input>")
+    .replace(/job \d+/g, "job <id>")
+    .replace(/\d{6,}/g, "<n>");
 }

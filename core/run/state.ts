@@ -146,7 +146,9 @@ export class RunState {
       .transaction(() => {
         const held = this.#db.prepare("SELECT pid FROM lock WHERE id = 1").get() as { pid: number } | undefined;
         if (held !== undefined && held.pid !== process.pid && isProcessAlive(held.pid)) {
-          throw Errors.CLI_USAGE([`another casparian run (pid ${held.pid}) is writing to ${this.outputRoot}`], { hint: "wait for it to finish, or use another --output" });
+          throw Errors.CLI_USAGE([`another casparian run (pid ${held.pid}) is writing to ${this.outputRoot}`], {
+            hint: "wait for it to finish, or use another --output",
+          });
         }
         this.#db.prepare("INSERT INTO lock (id, pid) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET pid = excluded.pid").run(process.pid);
       })
@@ -206,7 +208,9 @@ export class RunState {
 
   /** Steps 1 to 3 of a promotion (see the module comment). */
   promote(promotion: Promotion): void {
-    this.#db.prepare("INSERT INTO promotions (input, plan) VALUES (?, ?) ON CONFLICT (input) DO UPDATE SET plan = excluded.plan").run(promotion.input, encodePromotion(promotion));
+    this.#db
+      .prepare("INSERT INTO promotions (input, plan) VALUES (?, ?) ON CONFLICT (input) DO UPDATE SET plan = excluded.plan")
+      .run(promotion.input, encodePromotion(promotion));
     this.#promotions++;
     if (KILL_AT === `promote-logged:${this.#promotions}`) process.kill(process.pid, "SIGKILL");
     this.#apply(promotion);
@@ -215,7 +219,9 @@ export class RunState {
   }
 
   recordFailure(path: string, jobId: bigint | null, error: string): void {
-    this.#db.prepare("UPDATE inputs SET last_outcome = 'failed', last_error = ?, last_job_id = ?, last_at = ? WHERE path = ?").run(error, jobId?.toString() ?? null, new Date().toISOString(), path);
+    this.#db
+      .prepare("UPDATE inputs SET last_outcome = 'failed', last_error = ?, last_job_id = ?, last_at = ? WHERE path = ?")
+      .run(error, jobId?.toString() ?? null, new Date().toISOString(), path);
   }
 
   /** A file the run rewrote after promoting it (one schema per topic directory): its size changed. */
@@ -225,11 +231,19 @@ export class RunState {
 
   /** Per topic, what the output holds: every input's current outputs. */
   totals(): TopicTotals[] {
-    const rows = this.#db.prepare("SELECT input, topic, file, uri, rows, bytes FROM outputs ORDER BY topic").all() as Array<{ input: string; topic: string; file: string | null; uri: string; rows: number; bytes: number | null }>;
+    const rows = this.#db.prepare("SELECT input, topic, file, uri, rows, bytes FROM outputs ORDER BY topic").all() as Array<{
+      input: string;
+      topic: string;
+      file: string | null;
+      uri: string;
+      rows: number;
+      bytes: number | null;
+    }>;
     const byTopic = new Map<string, TopicTotals & { inputSet: Set<string> }>();
     for (const row of rows) {
       let entry = byTopic.get(row.topic);
-      if (entry === undefined) byTopic.set(row.topic, (entry = { topic: row.topic, inputs: 0, files: 0, rows: 0, bytes: null, dirs: [], uris: [], inputSet: new Set() }));
+      if (entry === undefined)
+        byTopic.set(row.topic, (entry = { topic: row.topic, inputs: 0, files: 0, rows: 0, bytes: null, dirs: [], uris: [], inputSet: new Set() }));
       entry.inputSet.add(row.input);
       entry.rows += row.rows;
       if (row.bytes !== null) entry.bytes = (entry.bytes ?? 0) + row.bytes;
@@ -291,7 +305,9 @@ export class RunState {
         )
         .run(record.size, record.mtimeNs, record.contentSha256, record.fileVersionId, record.recipe, record.jobId, record.jobId, at, input);
       this.#db.prepare("DELETE FROM outputs WHERE input = ?").run(input);
-      const insert = this.#db.prepare("INSERT INTO outputs (input, topic, sink, mode, uri, file, file_version_id, rows, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+      const insert = this.#db.prepare(
+        "INSERT INTO outputs (input, topic, sink, mode, uri, file, file_version_id, rows, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      );
       for (const o of outputs) insert.run(input, o.topic, o.sink, o.mode, o.uri, o.file, o.fileVersionId, o.rows, o.bytes);
       this.#db.prepare("DELETE FROM promotions WHERE input = ?").run(input);
     })();
@@ -338,7 +354,16 @@ function toRecord(row: InputRow): InputRecord {
 }
 
 function toOutput(row: OutputRow): OutputRecord {
-  return { topic: row.topic, sink: row.sink, mode: row.mode, uri: row.uri, file: row.file, fileVersionId: row.file_version_id, rows: row.rows, bytes: row.bytes };
+  return {
+    topic: row.topic,
+    sink: row.sink,
+    mode: row.mode,
+    uri: row.uri,
+    file: row.file,
+    fileVersionId: row.file_version_id,
+    rows: row.rows,
+    bytes: row.bytes,
+  };
 }
 
 function migrate(db: Database.Database, path: string): void {
@@ -376,7 +401,9 @@ function migrate(db: Database.Database, path: string): void {
   const version = (db.prepare("SELECT value FROM meta WHERE key = 'schema'").get() as { value: string } | undefined)?.value;
   if (version === undefined) db.prepare("INSERT INTO meta (key, value) VALUES ('schema', ?)").run(SCHEMA_VERSION);
   else if (version !== SCHEMA_VERSION) {
-    throw Errors.CLI_USAGE([`the run state ${path} has schema version ${version}; this casparian-flow reads version ${SCHEMA_VERSION}`], { hint: "use another --output, or remove its .casparian directory to start over" });
+    throw Errors.CLI_USAGE([`the run state ${path} has schema version ${version}; this casparian-flow reads version ${SCHEMA_VERSION}`], {
+      hint: "use another --output, or remove its .casparian directory to start over",
+    });
   }
 }
 

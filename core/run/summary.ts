@@ -85,7 +85,11 @@ function display(path: string, cwd: string): string {
  * Python printed it (the "guest failed" wrapper adds nothing for a person).
  */
 export function firstLine(message: string | null): string {
-  const line = (message ?? "unknown error").split("\n").map((l) => l.trim()).find((l) => l !== "") ?? "unknown error";
+  const line =
+    (message ?? "unknown error")
+      .split("\n")
+      .map((l) => l.trim())
+      .find((l) => l !== "") ?? "unknown error";
   return line.replace(/^CSP_GUEST_FAILED: Guest process error: /, "");
 }
 
@@ -95,7 +99,10 @@ export function renderSummary(summary: RunSummary, options: { seconds: number; i
   const rate = options.seconds > 0 && succeeded > 0 ? ` (${(succeeded / options.seconds).toFixed(1)} files/s)` : "";
   const head = options.interrupted ? "interrupted: " : "";
   const ran = total - unchanged;
-  const parts = ran === 0 && !options.interrupted ? ["nothing to do"] : [`${head}${succeeded} of ${total} input${total === 1 ? "" : "s"} succeeded`, `${failed.length} failed`];
+  const parts =
+    ran === 0 && !options.interrupted
+      ? ["nothing to do"]
+      : [`${head}${succeeded} of ${total} input${total === 1 ? "" : "s"} succeeded`, `${failed.length} failed`];
   if (unchanged > 0) parts.push(`${unchanged} unchanged, skipped`);
   if (skipped.length > 0) parts.push(`${skipped.length} declined, skipped`);
   if (notRun.length > 0) parts.push(`${notRun.length} not run`);
@@ -103,7 +110,16 @@ export function renderSummary(summary: RunSummary, options: { seconds: number; i
 
   if (summary.topics.length > 0) {
     lines.push("", "in the output now:");
-    const rows = [["topic", "files", "rows", "bytes", "output"], ...summary.topics.map((t) => [t.topic, t.files === 0 ? "-" : String(t.files), formatCount(t.rows), t.bytes === null ? "-" : formatBytes(t.bytes), displayLocation(t.location, options.cwd)])];
+    const rows = [
+      ["topic", "files", "rows", "bytes", "output"],
+      ...summary.topics.map((t) => [
+        t.topic,
+        t.files === 0 ? "-" : String(t.files),
+        formatCount(t.rows),
+        t.bytes === null ? "-" : formatBytes(t.bytes),
+        displayLocation(t.location, options.cwd),
+      ]),
+    ];
     const widths = rows[0]!.map((_, col) => Math.max(...rows.map((r) => r[col]!.length)));
     for (const row of rows) lines.push(`  ${row.map((cell, col) => (col === row.length - 1 ? cell : cell.padEnd(widths[col]!))).join("  ")}`.trimEnd());
   }
@@ -117,7 +133,10 @@ export function renderSummary(summary: RunSummary, options: { seconds: number; i
     for (const job of skipped) lines.push(`  ${display(job.input.path, options.cwd)}: ${firstLine(job.error).replace(/^CSP_HOOK_REJECTED: /, "")}`);
   }
   for (const [topic, count] of summary.nulled) {
-    lines.push("", `note: ${formatCount(count)} value${count === 1 ? "" : "s"} of topic "${topic}" did not fit their column and became null (on_bad_value="null")`);
+    lines.push(
+      "",
+      `note: ${formatCount(count)} value${count === 1 ? "" : "s"} of topic "${topic}" did not fit their column and became null (on_bad_value="null")`,
+    );
   }
 
   if (failed.length > 0) {

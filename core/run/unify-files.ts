@@ -53,7 +53,15 @@ export async function unifyTopicDirectory(dir: string, topic: string): Promise<U
   let unified = schemas[0]!;
   for (let i = 1; i < files.length; i++) {
     try {
-      unified = unifySchemas(topic, unified, schemas[i]!, `file ${relative(dir, files[i]!)} against ${files.slice(0, i).map((f) => relative(dir, f)).join(", ")}`);
+      unified = unifySchemas(
+        topic,
+        unified,
+        schemas[i]!,
+        `file ${relative(dir, files[i]!)} against ${files
+          .slice(0, i)
+          .map((f) => relative(dir, f))
+          .join(", ")}`,
+      );
     } catch (err) {
       if (err instanceof CasparianError) err.context.file = files[i];
       throw err;
@@ -119,7 +127,10 @@ function withMetadata(schema: Schema, metadata: Map<string, string>): Schema {
  * when all of a topic's files are under it (the default layout, inputs in subdirectories
  * included), else each file's own directory.
  */
-export async function unifyRunOutputs(artifacts: ReadonlyArray<{ topic: string; uri: string; path: string | null }>, outputRoot: string): Promise<UnifiedDirectory[]> {
+export async function unifyRunOutputs(
+  artifacts: ReadonlyArray<{ topic: string; uri: string; path: string | null }>,
+  outputRoot: string,
+): Promise<UnifiedDirectory[]> {
   const byTopic = new Map<string, string[]>();
   for (const artifact of artifacts) {
     if (artifact.path === null || !artifact.uri.startsWith("parquet://")) continue;

@@ -46,16 +46,24 @@ export class WorkerProcess {
     this.outputRoot = options.outputRoot;
     const args = [
       // Stop with the run even when it is killed too hard to stop us itself.
-      "--import", new URL("./parent-watch.js", import.meta.url).href,
+      "--import",
+      new URL("./parent-watch.js", import.meta.url).href,
       join(packageRoot(), "bin", "casparian-worker.js"),
-      "--connect", options.endpoint,
-      "--output", options.outputRoot,
-      "--worker-id", options.workerId,
-      "--heartbeat-interval", String(options.heartbeatSeconds),
+      "--connect",
+      options.endpoint,
+      "--output",
+      options.outputRoot,
+      "--worker-id",
+      options.workerId,
+      "--heartbeat-interval",
+      String(options.heartbeatSeconds),
       // Ctrl-C in a terminal reaches the workers too: they abort at once, as the run does.
-      "--grace", "0",
-      "--log-level", options.logLevel,
-      "--progress-interval", "1",
+      "--grace",
+      "0",
+      "--log-level",
+      options.logLevel,
+      "--progress-interval",
+      "1",
     ];
     if (options.configFile !== undefined) args.push("--config", options.configFile);
     this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CASPARIAN_RUN_PARENT_PID: String(process.pid) } });
@@ -125,7 +133,8 @@ export class WorkerProcess {
 function readProgress(line: string, onProgress: NonNullable<WorkerProcessOptions["onProgress"]>): void {
   try {
     const record = JSON.parse(line) as { job_id?: unknown; rows?: unknown; ipc_bytes?: unknown };
-    if (typeof record.job_id === "string" && typeof record.rows === "number" && typeof record.ipc_bytes === "number") onProgress(BigInt(record.job_id), record.rows, record.ipc_bytes);
+    if (typeof record.job_id === "string" && typeof record.rows === "number" && typeof record.ipc_bytes === "number")
+      onProgress(BigInt(record.job_id), record.rows, record.ipc_bytes);
   } catch {
     // Not a log record of ours: only counts for the log file.
   }

@@ -14,7 +14,15 @@ import { Dealer } from "zeromq";
 import type { EnvironmentProvider } from "../env/types.js";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
 import type { Logger } from "../kernel/logger.js";
-import { Opcode, type DispatchCommand, type Header, type JobReceipt, type Message, type PayloadByOpcode, type PrepareEnvCommand } from "../protocol/messages.js";
+import {
+  Opcode,
+  type DispatchCommand,
+  type Header,
+  type JobReceipt,
+  type Message,
+  type PayloadByOpcode,
+  type PrepareEnvCommand,
+} from "../protocol/messages.js";
 import type { WorkerMetrics } from "./metrics.js";
 import { routingIdFor } from "./routing-id.js";
 import { decodeHeader, decodeMessage, encodeMessage, opcodeName } from "../protocol/codec.js";
@@ -196,7 +204,8 @@ export class Worker {
     try {
       const payloadBytes = frames[1]?.byteLength ?? 0;
       // Checked before parsing: a 100 MB payload must not block the event loop for a minute.
-      if (payloadBytes > this.#maxMessageBytes) throw Errors.PROTOCOL_TOO_LARGE([opcodeName(header.opcode), payloadBytes, this.#maxMessageBytes], { context: { jobId: header.jobId } });
+      if (payloadBytes > this.#maxMessageBytes)
+        throw Errors.PROTOCOL_TOO_LARGE([opcodeName(header.opcode), payloadBytes, this.#maxMessageBytes], { context: { jobId: header.jobId } });
       message = decodeMessage(frames);
     } catch (err) {
       this.#malformed(err, frames, header);
@@ -282,7 +291,14 @@ export class Worker {
         );
       } else {
         this.#log.warn(
-          { code: "CSP_WORKER_SENTINEL_SILENT", connect: this.#o.connect, seconds, routing_id: this.#routingId, capabilities: this.#capabilities(), likely_causes: SILENT_CAUSES },
+          {
+            code: "CSP_WORKER_SENTINEL_SILENT",
+            connect: this.#o.connect,
+            seconds,
+            routing_id: this.#routingId,
+            capabilities: this.#capabilities(),
+            likely_causes: SILENT_CAUSES,
+          },
           "the Sentinel has sent nothing in %ss since IDENTIFY: fine if no job is queued; if jobs are queued, see likely_causes",
           seconds,
         );
@@ -375,14 +391,20 @@ export class Worker {
       this.#log.warn({ job_id: job.jobId }, "duplicate DISPATCH for a job this worker already has; refused");
       void this.#send(Opcode.ERR, () => ({
         jobId: job.jobId,
-        payload: { message: `duplicate DISPATCH: job ${job.jobId} is already ${this.#current?.jobId === job.jobId ? "running" : "queued"} on this worker`, traceback: null },
+        payload: {
+          message: `duplicate DISPATCH: job ${job.jobId} is already ${this.#current?.jobId === job.jobId ? "running" : "queued"} on this worker`,
+          traceback: null,
+        },
       }));
       return;
     }
     const maxQueued = this.#o.maxQueuedJobs ?? DEFAULT_MAX_QUEUED_JOBS;
     if (this.#current && this.#queue.length >= maxQueued) {
       this.#log.warn({ job_id: job.jobId, queued: this.#queue.length }, "DISPATCH while the queue is full; concluding FAILED");
-      void this.#conclude(job.jobId, failedReceipt(`worker busy: ${this.#queue.length} jobs already queued behind job ${this.#current.jobId} (limits.maxQueuedJobs)`));
+      void this.#conclude(
+        job.jobId,
+        failedReceipt(`worker busy: ${this.#queue.length} jobs already queued behind job ${this.#current.jobId} (limits.maxQueuedJobs)`),
+      );
       return;
     }
     this.#queue.push(job);
@@ -422,7 +444,13 @@ export class Worker {
     this.#o.metrics?.jobsTotal.inc({ status: receipt.status });
     this.#o.metrics?.jobDuration.observe(seconds);
     logger.info(
-      { status: receipt.status, seconds: Math.round(seconds * 1000) / 1000, error: receipt.error_message ?? undefined, metrics: receipt.metrics, artifacts: receipt.artifacts },
+      {
+        status: receipt.status,
+        seconds: Math.round(seconds * 1000) / 1000,
+        error: receipt.error_message ?? undefined,
+        metrics: receipt.metrics,
+        artifacts: receipt.artifacts,
+      },
       "job concluded",
     );
     await this.#conclude(jobId, receipt);
@@ -530,7 +558,7 @@ const UNREACHABLE_CAUSES = [
 
 const SILENT_CAUSES = [
   "the Sentinel dropped IDENTIFY: upstream's Python Sentinel needs a UTF-8 routing id (this worker sends an ASCII one) and valid JSON",
-  "capability mismatch: upstream's Python Sentinel matches the plugin name literally and never matches \"*\"; list the plugin names with --capabilities",
+  'capability mismatch: upstream\'s Python Sentinel matches the plugin name literally and never matches "*"; list the plugin names with --capabilities',
   "the peer is not a protocol v4 Sentinel (wrong port, or another version that drops our frames)",
   "no job is queued for a plugin this worker can run (then nothing is wrong)",
 ];
@@ -550,7 +578,13 @@ async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boo
     timer = setTimeout(() => resolve(false), ms);
   });
   try {
-    return await Promise.race([promise.then(() => true, () => true), timeout]);
+    return await Promise.race([
+      promise.then(
+        () => true,
+        () => true,
+      ),
+      timeout,
+    ]);
   } finally {
     clearTimeout(timer);
   }

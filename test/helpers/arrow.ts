@@ -27,7 +27,7 @@ export function batchOf(topic: string, table: Table, index = 0): Batch {
   return { topic, index, ipc, table: decoded, numRows: decoded.numRows };
 }
 
-const WORDS = ["Zürich", "東京", "naïve café", "emoji 🚀", "", "plain", "Ελληνικά", "line\nbreak", "quote\"d", "tab\tbed"];
+const WORDS = ["Zürich", "東京", "naïve café", "emoji 🚀", "", "plain", "Ελληνικά", "line\nbreak", 'quote"d', "tab\tbed"];
 
 /**
  * `rows` rows starting at `start`: int64 ids beyond 2^53, float64 with nulls, unicode
@@ -125,7 +125,12 @@ export type SinkEvent = string;
  * A real sink plugin for lifecycle tests: it keeps rows in memory per target and logs
  * each call. `failOn` makes one step of one topic throw, to test the two-phase commit.
  */
-export function recordingSinkPlugin(opts: { name?: string; scheme?: string; events: SinkEvent[]; failOn?: { topic: string; step: "open" | "write" | "prepare" | "commit" } }): SinkPlugin {
+export function recordingSinkPlugin(opts: {
+  name?: string;
+  scheme?: string;
+  events: SinkEvent[];
+  failOn?: { topic: string; step: "open" | "write" | "prepare" | "commit" };
+}): SinkPlugin {
   const scheme = opts.scheme ?? "mem";
   return defineSink({
     name: opts.name ?? "recording",

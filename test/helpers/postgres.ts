@@ -45,7 +45,9 @@ export function findPostgresBinaries(): PostgresBinaries {
   if (process.env.PG_BIN) candidates.push(process.env.PG_BIN);
   const versioned = "/usr/lib/postgresql";
   if (existsSync(versioned)) {
-    const versions = readdirSync(versioned).filter((v) => /^\d+(\.\d+)?$/.test(v)).sort((a, b) => Number(b) - Number(a));
+    const versions = readdirSync(versioned)
+      .filter((v) => /^\d+(\.\d+)?$/.test(v))
+      .sort((a, b) => Number(b) - Number(a));
     candidates.push(...versions.map((v) => join(versioned, v, "bin")));
   }
   candidates.push(...(process.env.PATH ?? "").split(delimiter).filter((d) => d !== ""));
@@ -73,7 +75,12 @@ export async function startPostgres(): Promise<PostgresServer> {
   const logFile = join(dir, "server.log");
   let running = false;
   const cleanupOnExit = () => {
-    if (running) spawnSync(owner ? "runuser" : binaries.pgCtl, [...(owner ? ["-u", "postgres", "--", binaries.pgCtl] : []), "-D", dataDir, "-m", "immediate", "-w", "stop"], { stdio: "ignore" });
+    if (running)
+      spawnSync(
+        owner ? "runuser" : binaries.pgCtl,
+        [...(owner ? ["-u", "postgres", "--", binaries.pgCtl] : []), "-D", dataDir, "-m", "immediate", "-w", "stop"],
+        { stdio: "ignore" },
+      );
     rmSync(dir, { recursive: true, force: true });
   };
   process.once("exit", cleanupOnExit);
@@ -86,7 +93,20 @@ export async function startPostgres(): Promise<PostgresServer> {
     let port = 0;
     for (let attempt = 1; ; attempt++) {
       port = await freePort();
-      const settings = ["-k", dir, "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"];
+      const settings = [
+        "-k",
+        dir,
+        "-p",
+        String(port),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
+        "-c",
+        "synchronous_commit=off",
+        "-c",
+        "full_page_writes=off",
+      ];
       try {
         await exec(binaries.pgCtl, ["-D", dataDir, "-l", logFile, "-w", "-t", "60", "-o", settings.join(" "), "start"]);
         running = true;
@@ -138,7 +158,9 @@ async function postgresUser(): Promise<{ uid: number; gid: number }> {
     const [uid, gid] = await Promise.all([run("id", ["-u", "postgres"]), run("id", ["-g", "postgres"])]);
     return { uid: Number(uid.stdout.trim()), gid: Number(gid.stdout.trim()) };
   } catch {
-    throw new Error("running as root, but there is no 'postgres' OS user to run the server as (PostgreSQL refuses root); install the postgresql package, which creates it");
+    throw new Error(
+      "running as root, but there is no 'postgres' OS user to run the server as (PostgreSQL refuses root); install the postgresql package, which creates it",
+    );
   }
 }
 

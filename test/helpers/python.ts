@@ -24,7 +24,10 @@ let pyenvPython: Promise<string> | null = null;
 export function testPython(): Promise<string> {
   pyenvPython ??= (async () => {
     const project = join(packageRoot(), "test", "fixtures", "pyenv");
-    const hash = createHash("sha256").update(readFileSync(join(project, "uv.lock"))).digest("hex").slice(0, 16);
+    const hash = createHash("sha256")
+      .update(readFileSync(join(project, "uv.lock")))
+      .digest("hex")
+      .slice(0, 16);
     const venv = join(tmpdir(), `casparian-test-pyenv-${hash}`);
     const python = join(venv, "bin", "python");
     if (existsSync(python)) return python;
@@ -42,4 +45,3 @@ export function testPython(): Promise<string> {
   })();
   return pyenvPython;
 }
-

@@ -123,7 +123,10 @@ export class TestSentinel {
   }
 
   /** The next message with this opcode (and job id, when given). */
-  async expect<O extends Opcode>(opcode: O, options: { jobId?: bigint; timeoutMs?: number } = {}): Promise<Received & { message: Extract<Message, { opcode: O }> }> {
+  async expect<O extends Opcode>(
+    opcode: O,
+    options: { jobId?: bigint; timeoutMs?: number } = {},
+  ): Promise<Received & { message: Extract<Message, { opcode: O }> }> {
     const found = await this.waitFor(
       (r) => r.message?.opcode === opcode && (options.jobId === undefined || r.message.jobId === options.jobId),
       options.timeoutMs,

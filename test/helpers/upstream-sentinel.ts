@@ -200,7 +200,11 @@ export class UpstreamSentinel {
 
   #onMessage(identity: Buffer, frames: Buffer[]): void {
     if (frames.length < 2) {
-      this.#say(this.dialect === "python" ? `Failed to unpack message: Expected at least 2 frames, got ${frames.length}` : `Expected 3 frames [identity, header, payload], got ${frames.length + 1}`);
+      this.#say(
+        this.dialect === "python"
+          ? `Failed to unpack message: Expected at least 2 frames, got ${frames.length}`
+          : `Expected 3 frames [identity, header, payload], got ${frames.length + 1}`,
+      );
       return;
     }
     const [head, body] = frames as [Buffer, Buffer];
@@ -267,8 +271,7 @@ export class UpstreamSentinel {
       this.#say("Error handling message: invalid IDENTIFY payload");
       return;
     }
-    const workerId =
-      typeof payload.worker_id === "string" ? payload.worker_id : `worker-${createHash("sha256").update(identity).digest("hex").slice(0, 8)}`;
+    const workerId = typeof payload.worker_id === "string" ? payload.worker_id : `worker-${createHash("sha256").update(identity).digest("hex").slice(0, 8)}`;
     this.#workers.set(key, { identity, workerId, capabilities: payload.capabilities as string[], status: "IDLE", lastSeen: Date.now() });
     this.#say(`Worker registered: ${workerId}`);
   }
@@ -388,7 +391,8 @@ export class UpstreamSentinel {
   dispatchFrames(job: QueuedJob): Buffer[] {
     const rows = [...(this.#topicMap.get(job.plugin_name) ?? [])];
     const sinks = rows.map((r) => ({ topic: r.topic, uri: r.uri, mode: r.mode || "append", schema_def: r.schema_json ?? null }));
-    if (!sinks.some((s) => s.topic === "output")) sinks.push({ topic: "output", uri: `parquet://${job.plugin_name}_output.parquet`, mode: "append", schema_def: null });
+    if (!sinks.some((s) => s.topic === "output"))
+      sinks.push({ topic: "output", uri: `parquet://${job.plugin_name}_output.parquet`, mode: "append", schema_def: null });
     let body: Record<string, unknown>;
     if (this.dialect === "python") {
       body = {
@@ -439,8 +443,10 @@ function header(opcode: number, jobId: bigint, length: number): Buffer {
 /** pydantic JobReceipt: status str, metrics dict[str, int], artifacts list[dict[str, str]], error_message str | None. */
 function pydanticReceiptProblem(p: Record<string, unknown>): string | null {
   if (typeof p.status !== "string") return "status: Input should be a valid string";
-  if (!isObject(p.metrics) || Object.values(p.metrics).some((v) => typeof v !== "number" || !Number.isInteger(v))) return "metrics: Input should be a valid integer";
-  if (!Array.isArray(p.artifacts) || p.artifacts.some((a) => !isObject(a) || Object.values(a).some((v) => typeof v !== "string"))) return "artifacts: Input should be a valid dictionary of strings";
+  if (!isObject(p.metrics) || Object.values(p.metrics).some((v) => typeof v !== "number" || !Number.isInteger(v)))
+    return "metrics: Input should be a valid integer";
+  if (!Array.isArray(p.artifacts) || p.artifacts.some((a) => !isObject(a) || Object.values(a).some((v) => typeof v !== "string")))
+    return "artifacts: Input should be a valid dictionary of strings";
   if (p.error_message !== undefined && p.error_message !== null && typeof p.error_message !== "string") return "error_message: Input should be a valid string";
   return null;
 }
