@@ -11,6 +11,7 @@ import { describe, test, type TestContext } from "node:test";
 import { Errors } from "../core/kernel/errors.js";
 import { Opcode, type DispatchCommand } from "../core/protocol/messages.js";
 import { packageRoot } from "../core/kernel/paths.js";
+import { opcodeName } from "../core/protocol/codec.js";
 import { rawHeader, rawJsonFrames, TestSentinel, vectorNamed, type Received } from "./helpers/sentinel.js";
 import { spawnWorker, type SpawnedWorker, type SpawnOptions } from "./helpers/spawn-worker.js";
 
@@ -234,6 +235,7 @@ function command(envHash: string, source: string): DispatchCommand {
 }
 
 const QUICK = "class Handler:\n    def execute(self, path):\n        return []\n";
+const NAPPING = "import time\n\nclass Handler:\n    def execute(self, path):\n        time.sleep(1.5)\n        return []\n";
 const SLEEPY = "import time\n\nclass Handler:\n    def execute(self, path):\n        time.sleep(60)\n        return []\n";
 
 function busyHeartbeat(jobId: bigint) {
@@ -275,6 +277,35 @@ describe("worker running jobs", () => {
     assert.equal(next.message.payload.status, "SUCCESS", next.message.payload.error_message ?? "");
     assert.ok(next.at >= aborted.at, "the queued job ran after the running one");
     assert.equal(sentinel.count(Opcode.CONCLUDE), 3);
+  });
+
+  test("Sentinel restart while a job runs: after the rebind IDENTIFY comes first, then the CONCLUDE finished meanwhile, then fresh heartbeats", async (t) => {
+    const { sentinel, peer } = await setup(t);
+    const envHash = await provision(sentinel, peer);
+    await sentinel.send(peer, Opcode.DISPATCH, 30n, command(envHash, NAPPING));
+    await sentinel.waitFor(busyHeartbeat(30n), 30_000, "BUSY heartbeat for job 30");
+    await sentinel.goAway();
+    // The job ends while nobody listens (it naps 1.5 s); heartbeats fall due meanwhile (every 0.2 s).
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    const first = await sentinel.comeBack();
+    await sentinel.expect(Opcode.CONCLUDE, { jobId: 30n, timeoutMs: 15_000 });
+    await sentinel.waitFor((r) => r.message?.opcode === Opcode.HEARTBEAT && sentinel.received.indexOf(r) > first, 5_000, "a heartbeat after the rebind");
+    const after = sentinel.received.slice(first);
+    const order = after.map((r) => (r.message ? opcodeName(r.message.opcode) : "malformed"));
+    assert.equal(order[0], "IDENTIFY", `first message after the rebind: ${order.join(",")}`);
+    assert.equal(order.filter((o) => o === "IDENTIFY").length, 1, order.join(","));
+    assert.equal(order.filter((o) => o === "CONCLUDE").length, 1, order.join(","));
+    assert.ok(order.indexOf("CONCLUDE") < order.indexOf("HEARTBEAT"), `answers before heartbeats: ${order.join(",")}`);
+    const conclude = after.find((r) => r.message?.opcode === Opcode.CONCLUDE)!;
+    assert.equal(conclude.message!.jobId, 30n);
+    assert.equal((conclude.message as Extract<typeof conclude.message, { opcode: typeof Opcode.CONCLUDE }>).payload.status, "SUCCESS");
+    // Heartbeats say how things are now (the job is over), not how they were when the Sentinel left.
+    for (const r of after) {
+      if (r.message?.opcode === Opcode.HEARTBEAT) assert.deepEqual(r.message.payload, { status: "IDLE", current_job_id: null }, order.join(","));
+    }
+    // And the new Sentinel can use the worker.
+    await sentinel.send(after[0]!.identity, Opcode.DISPATCH, 31n, command(envHash, QUICK));
+    assert.equal((await sentinel.expect(Opcode.CONCLUDE, { jobId: 31n, timeoutMs: 60_000 })).message.payload.status, "SUCCESS");
   });
 
   test("SIGTERM while a job runs: the job gets --grace, is then aborted, its answer is sent, exit 0", async (t) => {

@@ -6,8 +6,22 @@
  *  - every DISPATCH gets exactly one answer (CONCLUDE, or ERR when the payload is unreadable);
  *  - jobs run one at a time, in arrival order;
  *  - no inbound message can stop it: malformed ones are logged, counted and dropped;
- *  - after the Sentinel restarts on the same address it IDENTIFYs again (socket events);
+ *  - after the Sentinel restarts on the same address it IDENTIFYs again, before anything
+ *    else: answers of jobs that finished meanwhile follow, then a heartbeat built then;
  *  - all sends go through one queue, because a zeromq v6 socket rejects concurrent sends.
+ *
+ * Why the worker keeps its own outbox: a DEALER queues messages for a peer that went away
+ * and flushes them into the new connection as soon as it is up, so a restarted Sentinel
+ * got stale heartbeats and CONCLUDEs from a worker it had never seen IDENTIFY. With
+ * ZMQ_IMMEDIATE ZeroMQ queues only to completed connections, and with a zero send
+ * timeout a send while no connection is up fails with EAGAIN instead of waiting; the
+ * message then stays in the outbox, and the next successful send on any connection is a
+ * new IDENTIFY. Residual window: a message handed to ZeroMQ just before the connection
+ * broke is lost with it (the protocol has no acknowledgements; it may equally have died
+ * in the old Sentinel's buffers), and if the event loop is blocked for longer than the
+ * reconnect interval exactly across a disconnect, the first message on the new
+ * connection can precede its IDENTIFY (the disconnect is only known from the socket's
+ * event monitor, which runs on the event loop).
  */
 import { performance } from "node:perf_hooks";
 import { Dealer } from "zeromq";
@@ -78,16 +92,37 @@ interface QueuedJob {
 
 interface RunningJob extends QueuedJob {
   controller: AbortController;
+  /** Its CONCLUDE is queued: heartbeats built after it say IDLE, never BUSY with a job the Sentinel saw end. */
+  concluded: boolean;
 }
 
 type Frames = Buffer[];
+
+interface Outbound {
+  opcode: Opcode;
+  build: () => { jobId: bigint; payload: unknown };
+  /** Encoded at its first send attempt; a retry sends the same bytes. */
+  frames: Frames | null;
+  jobId: bigint;
+  done: () => void;
+}
+
+/** How soon a send that found no connection is tried again (connect/handshake events try sooner). */
+const RETRY_MS = 100;
 
 export class Worker {
   readonly #o: WorkerOptions;
   readonly #log: Logger;
   #socket: Dealer | null = null;
-  #sendTail: Promise<void> = Promise.resolve();
-  #heartbeatQueued = false;
+  /** Answers (CONCLUDE, ERR, ENV_READY) not yet handed to ZeroMQ, oldest first. */
+  readonly #outbox: Outbound[] = [];
+  /** Resolves once the newest answer in the outbox has been sent (or dropped at close). */
+  #lastAnswer: Promise<void> = Promise.resolve();
+  /** True once IDENTIFY went out on the connection in use; false again when it may have changed. */
+  #identified = false;
+  #heartbeatDue = false;
+  #pumping = false;
+  #retryTimer: NodeJS.Timeout | null = null;
   #heartbeatTimer: NodeJS.Timeout | null = null;
   readonly #queue: QueuedJob[] = [];
   #current: RunningJob | null = null;
@@ -142,6 +177,9 @@ export class Worker {
       linger: FLUSH_MS,
       reconnectInterval: 100,
       reconnectMaxInterval: 2_000,
+      // See the module comment: queue only to a live connection, and never wait in send().
+      immediate: true,
+      sendTimeout: 0,
       maxMessageSize: HARD_MESSAGE_FACTOR * this.#maxMessageBytes + 1024,
     });
     this.#socket = socket;
@@ -169,10 +207,13 @@ export class Worker {
       for await (const event of events) {
         if (event.type === "connect") {
           this.#log.info({ address: event.address }, "connected to sentinel; identifying");
-          this.#identify();
           this.#heardFromSentinel = false;
           this.#armSilenceWarning("identify");
+          this.#kick();
+        } else if (event.type === "handshake") {
+          this.#kick();
         } else if (event.type === "disconnect") {
+          this.#identified = false;
           this.#log.warn({ address: event.address }, "sentinel disconnected; reconnecting");
         }
       }
@@ -316,34 +357,114 @@ export class Worker {
   // Outbound messages: one serialized send path
   // -------------------------------------------------------------------------
 
-  /** Queue a message; the payload is built when its turn comes, so heartbeats report the state at send time. */
+  /** Queue an answer; it leaves after IDENTIFY on the current connection, in order. */
   #send<O extends Opcode>(opcode: O, build: () => { jobId: bigint; payload: PayloadByOpcode[O] }): Promise<void> {
-    const next = this.#sendTail.then(async () => {
-      const socket = this.#socket;
-      if (!socket || socket.closed) return;
-      let frames: Frames;
-      let jobId = 0n;
-      try {
-        const message = build();
-        jobId = message.jobId;
-        frames = encodeMessage(opcode, jobId, message.payload);
-      } catch (err) {
-        this.#log.error({ err, opcode: opcodeName(opcode), job_id: jobId }, "could not encode an outbound message (bug)");
-        return;
-      }
-      try {
-        await socket.send(frames);
-        this.#o.metrics?.messagesOut.inc({ opcode: opcodeName(opcode) });
-      } catch (err) {
-        if (!socket.closed) this.#log.warn({ err, opcode: opcodeName(opcode), job_id: jobId }, "send failed");
-      }
+    const sent = new Promise<void>((resolve) => {
+      this.#outbox.push({ opcode, build: build as Outbound["build"], frames: null, jobId: 0n, done: resolve });
     });
-    this.#sendTail = next;
-    return next;
+    this.#lastAnswer = sent;
+    this.#kick();
+    return sent;
   }
 
-  #identify(): void {
-    void this.#send(Opcode.IDENTIFY, () => ({ jobId: 0n, payload: { capabilities: this.#capabilities(), worker_id: this.#o.workerId } }));
+  /** Start the send loop unless it runs or waits for a retry. */
+  #kick(): void {
+    if (this.#pumping) return;
+    if (this.#retryTimer) {
+      clearTimeout(this.#retryTimer);
+      this.#retryTimer = null;
+    }
+    this.#pumping = true;
+    void this.#sendLoop().finally(() => {
+      this.#pumping = false;
+      if (this.#retryTimer === null && !this.#socket?.closed && (this.#outbox.length > 0 || this.#heartbeatDue || !this.#identified)) this.#kick();
+    });
+  }
+
+  /**
+   * Sends IDENTIFY when this connection has not had one, then the answers, then a due
+   * heartbeat (its payload built at send time, so it says how things are now). Returns
+   * when there is nothing to send, or when ZeroMQ has no connection to send on (EAGAIN):
+   * then it retries after RETRY_MS, or at once on the next connect/handshake event.
+   */
+  async #sendLoop(): Promise<void> {
+    for (;;) {
+      const socket = this.#socket;
+      if (!socket || socket.closed) {
+        this.#dropOutbox();
+        return;
+      }
+      const kind = !this.#identified ? "identify" : this.#outbox.length > 0 ? "answer" : this.#heartbeatDue ? "heartbeat" : null;
+      if (kind === null) return;
+      const item = kind === "identify" ? this.#identifyMessage() : kind === "heartbeat" ? this.#heartbeatMessage() : this.#outbox[0]!;
+      if (item.frames === null) {
+        try {
+          const message = item.build();
+          item.jobId = message.jobId;
+          item.frames = encodeMessage(item.opcode, message.jobId, message.payload as never);
+        } catch (err) {
+          this.#log.error({ err, opcode: opcodeName(item.opcode), job_id: item.jobId }, "could not encode an outbound message (bug)");
+          this.#settle(kind, item);
+          continue;
+        }
+      }
+      try {
+        await socket.send(item.frames);
+        this.#o.metrics?.messagesOut.inc({ opcode: opcodeName(item.opcode) });
+      } catch (err) {
+        if (socket.closed) continue;
+        if (errnoCode(err) === "EAGAIN") {
+          // No live connection: when one is up it may be a new Sentinel, which must hear IDENTIFY first.
+          this.#identified = false;
+          this.#retryTimer = setTimeout(() => {
+            this.#retryTimer = null;
+            this.#kick();
+          }, RETRY_MS);
+          this.#retryTimer.unref();
+          return;
+        }
+        this.#log.warn({ err, opcode: opcodeName(item.opcode), job_id: item.jobId }, "send failed");
+      }
+      this.#settle(kind, item);
+    }
+  }
+
+  #settle(kind: "identify" | "answer" | "heartbeat", item: Outbound): void {
+    if (kind === "identify") this.#identified = true;
+    else if (kind === "heartbeat") this.#heartbeatDue = false;
+    else {
+      this.#outbox.shift();
+      item.done();
+    }
+  }
+
+  #dropOutbox(): void {
+    for (const item of this.#outbox.splice(0)) item.done();
+    this.#heartbeatDue = false;
+  }
+
+  #identifyMessage(): Outbound {
+    return {
+      opcode: Opcode.IDENTIFY,
+      build: () => ({ jobId: 0n, payload: { capabilities: this.#capabilities(), worker_id: this.#o.workerId } }),
+      frames: null,
+      jobId: 0n,
+      done: () => undefined,
+    };
+  }
+
+  #heartbeatMessage(): Outbound {
+    return {
+      opcode: Opcode.HEARTBEAT,
+      build: () => {
+        const current = this.#current !== null && !this.#current.concluded ? this.#current.jobId : null;
+        // Like the Python implementation: the header carries the job too (0 when idle).
+        return { jobId: current ?? 0n, payload: { status: current === null ? "IDLE" : "BUSY", current_job_id: current } };
+      },
+      frames: null,
+      jobId: 0n,
+      done: () => undefined,
+    };
   }
 
   #capabilities(): string[] {
@@ -351,17 +472,9 @@ export class Worker {
   }
 
   #heartbeat(): void {
-    // While the Sentinel is away sends wait in the queue; one pending heartbeat says all there is to say.
-    if (this.#heartbeatQueued) return;
-    this.#heartbeatQueued = true;
-    void this.#send(Opcode.HEARTBEAT, () => {
-      this.#heartbeatQueued = false;
-      const current = this.#current?.jobId ?? null;
-      // Like the Python implementation: the header carries the job too (0 when idle).
-      return { jobId: current ?? 0n, payload: { status: current === null ? "IDLE" : "BUSY", current_job_id: current } };
-    }).finally(() => {
-      this.#heartbeatQueued = false;
-    });
+    // While the Sentinel is away one due heartbeat says all there is to say; it is built when it leaves.
+    this.#heartbeatDue = true;
+    this.#kick();
   }
 
   /** CONCLUDE, falling back to a FAILED receipt when the pipeline's receipt cannot be encoded. */
@@ -409,19 +522,19 @@ export class Worker {
     }
     this.#queue.push(job);
     if (this.#current) this.#log.info({ job_id: job.jobId, queued: this.#queue.length }, "DISPATCH while busy; queued");
-    this.#pump();
+    this.#nextJob();
   }
 
-  #pump(): void {
+  #nextJob(): void {
     if (this.#current || this.#stopping) return;
     const next = this.#queue.shift();
     if (!next) return;
-    const job: RunningJob = { ...next, controller: new AbortController() };
+    const job: RunningJob = { ...next, controller: new AbortController(), concluded: false };
     this.#current = job;
     this.#running = this.#run(job).finally(() => {
       this.#current = null;
       this.#running = null;
-      this.#pump();
+      this.#nextJob();
     });
   }
 
@@ -453,6 +566,7 @@ export class Worker {
       },
       "job concluded",
     );
+    job.concluded = true;
     await this.#conclude(jobId, receipt);
   }
 
@@ -534,8 +648,9 @@ export class Worker {
       if (!(await settlesWithin(running, ABORT_SETTLE_MS))) this.#log.error("the aborted job did not finish; closing anyway");
     }
     if (this.#heartbeatTimer) clearInterval(this.#heartbeatTimer);
+    this.#heartbeatDue = false;
     this.#disarmSilenceWarning();
-    await settlesWithin(this.#sendTail, FLUSH_MS);
+    await settlesWithin(this.#lastAnswer, FLUSH_MS);
     await settlesWithin(this.#reloadTail, FLUSH_MS);
 
     // Resolves after the last shutdown tap: nothing a sink still flushes is cut off by the close.
@@ -562,6 +677,10 @@ const SILENT_CAUSES = [
   "the peer is not a protocol v4 Sentinel (wrong port, or another version that drops our frames)",
   "no job is queued for a plugin this worker can run (then nothing is wrong)",
 ];
+
+function errnoCode(err: unknown): string | undefined {
+  return typeof err === "object" && err !== null && "code" in err && typeof err.code === "string" ? err.code : undefined;
+}
 
 function failedReceipt(message: string): JobReceipt {
   return { status: "FAILED", metrics: {}, artifacts: [], error_message: message };

@@ -155,8 +155,19 @@ export class TestSentinel {
 
   /** Close the ROUTER (the worker sees a disconnect) and bind a new one on the same address. */
   async restart(): Promise<void> {
+    await this.goAway();
+    await this.comeBack();
+  }
+
+  /** Close the ROUTER, as a crashed Sentinel would: every peer identity it knew is gone. */
+  async goAway(): Promise<void> {
     this.#router.close();
     await this.#loop;
+  }
+
+  /** Bind a new ROUTER on the same address (after goAway); returns the index in `received` of the first message it gets. */
+  async comeBack(): Promise<number> {
+    const first = this.received.length;
     // The port is free again once close() has gone through; retry briefly in case it has not yet.
     for (let attempt = 0; ; attempt++) {
       const router = TestSentinel.#newRouter();
@@ -164,7 +175,7 @@ export class TestSentinel {
         await router.bind(this.endpoint);
         this.#router = router;
         this.#loop = this.#receive(router);
-        return;
+        return first;
       } catch (err) {
         router.close();
         if (attempt >= 50) throw err;
