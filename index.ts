@@ -1,45 +1,43 @@
 /**
  * Public API of casparian-flow: what config files, user sinks and worker plugins import.
+ * Everything here follows semver; the worker's own machinery (the wire codec, the
+ * pipeline, environments, the bridge) is in `casparian-flow/internals` (internals.ts),
+ * for embedding, and may change in any release.
  */
+
+// The config file.
 export { defineConfig } from "./core/config/config.js";
 export type {
+  BridgeConfig,
   CasparianConfig,
   ConfigEnv,
-  UserConfigExport,
-  SinkReference,
-  BridgeConfig,
+  ConfigTaps,
   EnvironmentsConfig,
+  LimitsConfig,
   ParquetConfig,
   RunConfig,
+  SinkReference,
+  UserConfigExport,
+  WarmGuestsConfig,
 } from "./core/config/config.js";
+
+// Writing a sink: the lifecycle, and the helpers that keep its output inside the root and never partial.
 export { defineSink } from "./sinks/api.js";
-export type { Sink, SinkPlugin, SinkTarget, SinkContext, RecoverContext, CheckContext, ParsedSinkUri, SchemaContract } from "./sinks/api.js";
-export { createHooks, Stage } from "./hooks/index.js";
-export type { WorkerHooks, TapOnlyHooks, WorkerPlugin, WorkerInfo, DispatchRequest } from "./hooks/index.js";
-export type { Artifact, Batch, EnvReady, JobCommand, JobContext, JobInfo, JobOutcome, JobStatus, Receipt, SinkMode, SinkSpec } from "./core/kernel/job.js";
-export type { DispatchCommand, JobReceipt, SinkConfig } from "./core/protocol/messages.js";
-export { CasparianError, Errors } from "./core/kernel/errors.js";
-export type { Logger } from "./core/kernel/logger.js";
-// Sinks: the bundled Parquet sink, and the URI and staging helpers user sinks build on.
-export { parquetSink } from "./sinks/parquet.js";
-export { parseSinkUri, resolveInsideRoot } from "./sinks/uri.js";
+export type { CheckContext, ParsedSinkUri, RecoverContext, SchemaContract, Sink, SinkContext, SinkPlugin, SinkTarget } from "./sinks/api.js";
+export { resolveInsideRoot } from "./sinks/uri.js";
 export { assertTargetFree, finalPathFor, fsyncDirectory, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./sinks/files.js";
-export { dataReader, decimalText, epochTicks, exactReader, type ExactValue } from "./sinks/values.js";
-export { TopicSchema, castTable, unifySchemas, widenType } from "./sinks/schema.js";
 export { isProcessAlive } from "./core/kernel/process.js";
-// Protocol v4 codec and the worker itself, for embedding (a Sentinel in tests, a custom launcher).
-export { Opcode } from "./core/protocol/messages.js";
-export type { Header, Message, PayloadByOpcode } from "./core/protocol/messages.js";
-export { decodeHeader, decodeMessage, encodeHeader, encodeMessage, parseJson, stringifyJson } from "./core/protocol/codec.js";
-export { Worker } from "./core/worker/worker.js";
-export type { WorkerOptions } from "./core/worker/worker.js";
-export { Pipeline } from "./core/pipeline/pipeline.js";
-export type { PipelineOptions, JobRequest, GuestRunner } from "./core/pipeline/pipeline.js";
-export { loadConfig } from "./core/config/loader.js";
-export type { LoadedConfig } from "./core/config/loader.js";
-// Environments and the bridge: provision uv venvs from lockfiles, run a plugin as a guest process.
-export { EnvManager, findUv } from "./core/env/manager.js";
-export type { EnvManagerOptions } from "./core/env/manager.js";
-export type { EnvironmentProvider, EnvLease } from "./core/env/types.js";
-export { runGuest, shimPath, TOPIC_METADATA_KEY, DEFAULT_TOPIC } from "./core/bridge/host.js";
-export type { GuestRunOptions, GuestResult, GuestTimeouts } from "./core/bridge/types.js";
+// Reading a Batch's values exactly (int64 as bigint, timestamps as text, decimals unrounded).
+export { dataReader, decimalText, epochTicks, exactReader, type ExactValue } from "./sinks/values.js";
+
+// Worker plugins: the hooks' types and the stages that order their taps.
+export { Stage } from "./hooks/index.js";
+export type { DispatchRequest, HookName, TapOnlyHooks, WorkerHooks, WorkerInfo, WorkerPlugin } from "./hooks/index.js";
+
+// The job as hooks and sinks see it (camelCase, independent of the wire format).
+export type { Artifact, Batch, EnvReady, JobCommand, JobContext, JobInfo, JobOutcome, JobStatus, Receipt, SinkMode, SinkSpec } from "./core/kernel/job.js";
+
+// Errors: stable codes, a message and a hint.
+export { CasparianError, Errors } from "./core/kernel/errors.js";
+export type { ErrorCode, ErrorContext, ErrorFactory } from "./core/kernel/errors.js";
+export type { Logger } from "./core/kernel/logger.js";

@@ -116,8 +116,15 @@ export interface ConfigEnv {
 
 export type UserConfigExport = CasparianConfig | ((env: ConfigEnv) => CasparianConfig | Promise<CasparianConfig>);
 
-/** Identity function that types a config file. */
-export function defineConfig<C extends UserConfigExport>(config: C): C {
+/**
+ * Identity function that types a config file. Overloads rather than a generic, so that an
+ * object literal is checked against CasparianConfig itself: a misspelt key is a type error.
+ */
+export function defineConfig(config: CasparianConfig): CasparianConfig;
+export function defineConfig(
+  config: (env: ConfigEnv) => CasparianConfig | Promise<CasparianConfig>,
+): (env: ConfigEnv) => CasparianConfig | Promise<CasparianConfig>;
+export function defineConfig(config: UserConfigExport): UserConfigExport {
   return config;
 }
 

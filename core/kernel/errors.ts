@@ -243,3 +243,6 @@ export const Errors = {
     "fix the plugin (the error is below) and run again",
   ),
 } as const;
+
+/** Every catalogue code: `CSP_` + the entry's name (test/public-api.test.ts holds each factory to it). */
+export type ErrorCode = `CSP_${keyof typeof Errors}`;
