@@ -98,7 +98,7 @@ export class ParquetFileWriter {
       this.#onTaken(token);
       return;
     }
-    batches.forEach((batch, i) => this.#queue.push({ batch, token: i === batches.length - 1 ? token : null }));
+    for (const [i, batch] of batches.entries()) this.#queue.push({ batch, token: i === batches.length - 1 ? token : null });
     this.#notify();
   }
 

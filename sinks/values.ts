@@ -102,7 +102,7 @@ function valueReader(data: Data): (index: number) => ExactValue {
       const children = data.children.map((c) => dataReader(c));
       return (i) => {
         const out: { [key: string]: ExactValue } = {};
-        names.forEach((name, k) => (out[name] = children[k]!(i)));
+        for (const [k, name] of names.entries()) out[name] = children[k]!(i);
         return out;
       };
     }

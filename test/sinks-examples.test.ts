@@ -84,8 +84,8 @@ describe("example JSON Lines sink", () => {
     assert.equal((await readFile(join(root, "t.jsonl"), "utf8")).trimEnd().split("\n").length, 4);
     assert.deepEqual(await readdir(root), ["t.jsonl"]);
 
-    const escape = await run([sinkSpec("t", "jsonl://../out.jsonl")]);
-    assert.equal(code(escape.error), "CSP_SINK_PATH_ESCAPE");
+    const escaped = await run([sinkSpec("t", "jsonl://../out.jsonl")]);
+    assert.equal(code(escaped.error), "CSP_SINK_PATH_ESCAPE");
   });
 });
 

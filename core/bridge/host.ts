@@ -485,7 +485,13 @@ class GuestRun {
     this.#exit = child.exit.then((exit) => (this.#exited = exit));
     const [stdout, stderr] = outputs.map(({ connection }) =>
       // A child that dies before connecting its output has none to read.
-      Promise.race([connection.then((socket) => (this.#outputSockets.push(socket), socket)), this.#exit!.then(() => delay(250)).then(() => null)]),
+      Promise.race([
+        connection.then((socket) => {
+          this.#outputSockets.push(socket);
+          return socket;
+        }),
+        this.#exit!.then(() => delay(250)).then(() => null),
+      ]),
     );
     this.#outputDone = Promise.all([stderr!.then((socket) => this.#readStderr(socket)), stdout!.then((socket) => this.#readStdout(socket))]);
     this.#log.debug({ pid: child.pid, warm: child.warm }, "guest forked from a warm parent");

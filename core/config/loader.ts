@@ -181,7 +181,7 @@ const arrayOf =
       problems.push({ path, expected: "an array", got: v });
       return;
     }
-    v.forEach((x, i) => item(x, `${path}[${i}]`, problems));
+    for (const [i, x] of v.entries()) item(x, `${path}[${i}]`, problems);
   };
 
 const hookNames = Object.keys(createHooks());

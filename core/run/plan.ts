@@ -52,7 +52,10 @@ export async function planInputs(
   });
   const toRun: PlannedInput[] = [];
   const unchanged: NamedInput[] = [];
-  decisions.forEach((decision, i) => (decision === null ? unchanged.push(named[i]!) : toRun.push(decision)));
+  for (const [i, decision] of decisions.entries()) {
+    if (decision === null) unchanged.push(named[i]!);
+    else toRun.push(decision);
+  }
   return { toRun, unchanged };
 }
 

@@ -324,12 +324,15 @@ export class Scheduler {
       case Opcode.HEARTBEAT:
         return;
       case Opcode.ENV_READY:
-        return this.#onEnvReady(slot, message.payload.cached, message.payload.interpreter_path);
+        this.#onEnvReady(slot, message.payload.cached, message.payload.interpreter_path);
+        return;
       case Opcode.ERR:
-        if (message.jobId === 0n) return this.#onWorkerError(slot, message.payload.message);
-        return this.#onJobAnswer(slot, message.jobId, null, message.payload.message);
+        if (message.jobId === 0n) this.#onWorkerError(slot, message.payload.message);
+        else this.#onJobAnswer(slot, message.jobId, null, message.payload.message);
+        return;
       case Opcode.CONCLUDE:
-        return this.#onJobAnswer(slot, message.jobId, message.payload, null);
+        this.#onJobAnswer(slot, message.jobId, message.payload, null);
+        return;
       default:
         this.#logger.debug({ worker_id: slot.process.id, opcode: message.opcode }, "unexpected message from a worker; ignored");
     }
@@ -403,7 +406,10 @@ export class Scheduler {
   }
 
   #pump(): void {
-    if (this.#stopping) return this.#maybeFinish();
+    if (this.#stopping) {
+      this.#maybeFinish();
+      return;
+    }
     for (const slot of this.#slots.values()) {
       if (this.#queue.length === 0) break;
       if (slot.state !== "ready") continue;
