@@ -438,6 +438,10 @@ describe("volume and isolation", () => {
         "PYTHONUNBUFFERED",
         "PYTHONDONTWRITEBYTECODE",
         "PYTHONUTF8",
+        // The job's own: its cgroup (or, without one, its marker) and its resource limits.
+        "CASPARIAN_JOB_CGROUP",
+        "CASPARIAN_JOB_MARKER",
+        "CASPARIAN_GUEST_LIMITS",
       ]);
       // Python itself may add a few (e.g. LC_CTYPE coercion); nothing else of the worker's.
       const unexpected = names.filter((n) => !expected.has(n) && !n.startsWith("LC_"));

@@ -10,7 +10,13 @@
  *
  * With a warm pool (warm-pool.ts) the guest is instead forked from a warm parent of the
  * same env and source; its stdout and stderr then arrive over two more sockets in the
- * same directory. Everything else (timeouts, abort, the group kill) is the same.
+ * same directory. Everything else (timeouts, abort, the kill at the end) is the same.
+ *
+ * A job owns its processes (job-scope.ts): the guest leads a session of its own and, where
+ * the system allows, runs in a cgroup of the job's own. When the guest's main process is
+ * done, whatever it left running is killed, so a daemon or a child holding its stderr
+ * neither survives the job nor delays its answer. Resource limits (limits.ts) are set by the
+ * guest on itself before plugin code runs; running into one fails the job with CSP_GUEST_LIMIT.
  *
  * Data plane (frames.ts): each data frame is one Arrow IPC stream. Topic routing: the
  * stream's schema metadata key `casparian.topic` names the topic; a frame without it (a
@@ -20,7 +26,7 @@
  *
  * Failure: every way a guest can go wrong ends in a thrown CasparianError (GUEST_FAILED,
  * GUEST_TIMEOUT naming connect/idle/job, GUEST_PROTOCOL, JOB_ABORTED) whose message
- * carries the guest's own last error lines; the process group is killed (TERM, then KILL
+ * carries the guest's own last error lines; the job's processes are killed (TERM, then KILL
  * after 2 s) and the directory removed on every path.
  */
 import { chmod, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
@@ -37,6 +43,8 @@ import { packageRoot } from "../kernel/paths.js";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
 import { FrameTopics, type DecodedFrame } from "./topic.js";
 import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
+import { openJobScope, type JobScope } from "./job-scope.js";
+import { effectiveLimits, isLimitKey, limitExceeded, limitsEnv } from "./limits.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
 import type { ExitInfo, WarmChild, WarmLaunch } from "./warm-pool.js";
 
@@ -177,8 +185,13 @@ class GuestRun {
   #droppedReported = false;
   #socket: Socket | undefined;
   #child: ResultPromise | undefined;
-  /** The guest's pid, which is also its process group. */
+  /** The guest's pid, which is also its process group and session. */
   #pid: number | undefined;
+  /** Every process of the job: the guest and what it starts. */
+  #scope: JobScope | undefined;
+  /** Settles once the processes the guest left behind at its exit are killed. */
+  #leftoversKilled: Promise<void> = Promise.resolve();
+  readonly #limits: ReturnType<typeof effectiveLimits>;
   /** The accepted stdout/stderr sockets of a warm child. */
   readonly #outputSockets: Socket[] = [];
   #warmChild: WarmChild | undefined;
@@ -199,6 +212,7 @@ class GuestRun {
     this.#dir = dir;
     this.#log = options.job.logger.child({ component: "guest" });
     this.#context = { jobId: options.job.jobId, plugin: options.job.command.pluginName };
+    this.#limits = effectiveLimits(options.limits);
   }
 
   #fail(err: CasparianError): void {
@@ -255,6 +269,10 @@ class GuestRun {
     if (sourceBytes > MAX_PLUGIN_SOURCE_BYTES) throw Errors.PLUGIN_SOURCE_TOO_LARGE([sourceBytes, MAX_PLUGIN_SOURCE_BYTES], { context: this.#context });
     const socketPath = join(this.#dir, "bridge.sock");
     const { connection } = await this.#listen(socketPath);
+    this.#scope = await openJobScope({
+      useCgroup: this.#options.cgroup,
+      onFallback: (reason) => this.#log.info({ reason }, "no cgroup for jobs: a job's processes are its guest's session, process group and marked environment"),
+    });
     if (this.#failure) throw this.#failure; // aborted already: no guest to start
     if (!(this.#options.warm && (await this.#race(this.#fork(socketPath, source))))) await this.#spawn(socketPath, source);
 
@@ -339,8 +357,13 @@ class GuestRun {
     }
 
     const exit = await this.#race(this.#exit!);
-    // A grandchild that inherited stderr could keep it open forever: wait briefly, then move on.
+    // The main process is done, and so is the job: what it left running was killed at its exit
+    // and held its stdout/stderr at most until then. One that escaped the job (no cgroup, see
+    // job-scope.ts) could keep them open forever: wait briefly, then move on.
+    await this.#race(this.#leftoversKilled);
     await this.#race(Promise.race([this.#outputDone, delay(1000)]));
+    const limit = this.#limitHit(exit, guestError);
+    if (limit) throw limit;
     if (guestError !== undefined) throw this.#guestFailed(errorText(guestError), guestError);
     if (!decoder.ended) {
       const where = decoder.midFrame ? "in the middle of a frame" : "without end-of-stream";
@@ -438,10 +461,12 @@ class GuestRun {
     return { connection };
   }
 
-  /** The variables of this job's guest: §3 (with the source as a file) plus the plugin's name. */
+  /** The variables of this job's guest: §3 (with the source as a file) plus the plugin's name, its scope and limits. */
   #jobEnv(socketPath: string): Record<string, string> {
     const { job } = this.#options;
     return {
+      ...this.#scope?.env,
+      ...limitsEnv(this.#limits),
       BRIDGE_SOCKET: socketPath,
       BRIDGE_FILE_PATH: job.command.filePath,
       BRIDGE_JOB_ID: job.jobId.toString(),
@@ -483,6 +508,7 @@ class GuestRun {
     this.#warmChild = child;
     this.#pid = child.pid;
     this.#exit = child.exit.then((exit) => (this.#exited = exit));
+    this.#adopt(child.pid);
     const [stdout, stderr] = outputs.map(({ connection }) =>
       // A child that dies before connecting its output has none to read.
       Promise.race([
@@ -537,12 +563,48 @@ class GuestRun {
     });
     this.#child = child;
     this.#pid = child.pid;
-    this.#exit = child.then(
-      (result) => (this.#exited = { code: result.exitCode ?? null, signal: result.signal ?? null }),
-      (err: unknown) => (this.#exited = { code: null, signal: String((err as Error).message ?? err) }),
-    );
+    this.#exit = new Promise<ExitInfo>((resolve) => {
+      // The process's own exit, not execa's result: that waits for stdout and stderr to close,
+      // which a child of the plugin holding them would put off for as long as it lives.
+      child.once("exit", (code, signal) => resolve({ code, signal }));
+      // A guest that could not start never exits: execa's result says why.
+      child.then(
+        (result) => resolve({ code: result.exitCode ?? null, signal: result.signal ?? null }),
+        (err: unknown) => resolve({ code: null, signal: String((err as Error).message ?? err) }),
+      );
+    }).then((exit) => (this.#exited = exit));
+    if (child.pid !== undefined) this.#adopt(child.pid);
     this.#outputDone = Promise.all([this.#readStderr(child.stderr), this.#readStdout(child.stdout)]);
     this.#log.debug({ pid: child.pid, interpreter: interpreterPath }, "guest started");
+  }
+
+  /**
+   * Put the guest (just started, not yet running plugin code: it waits for this) into the job's
+   * scope, and have whatever it leaves running killed the moment it exits.
+   */
+  #adopt(pid: number): void {
+    const scope = this.#scope!;
+    try {
+      scope.adopt(pid);
+    } catch (err) {
+      killGroup(pid, "SIGKILL");
+      throw this.#guestFailed(`could not move the guest into its cgroup: ${(err as Error).message}; set bridge.cgroup: false to track jobs by session instead`);
+    }
+    this.#leftoversKilled = this.#exit!.then(() => scope.killAll()).catch((err: unknown) =>
+      this.#log.warn({ err }, "killing the job's leftover processes failed"),
+    );
+  }
+
+  /** CSP_GUEST_LIMIT when the guest ran into one of its resource limits (it says which, or its death does). */
+  #limitHit(exit: ExitInfo, guestError: string | undefined): CasparianError | undefined {
+    const reported = guestError === undefined ? undefined : parseGuestError(guestError);
+    const key = reported?.limit;
+    if (isLimitKey(key)) return limitExceeded(key, this.#limits, firstLines(reported?.error ?? "", 1), this.#context);
+    if (exit.signal === "SIGXCPU" && this.#limits.cpuSeconds !== false)
+      return limitExceeded("cpuSeconds", this.#limits, "the guest was stopped by SIGXCPU", this.#context);
+    if (exit.signal === "SIGXFSZ" && this.#limits.fileSizeMb !== false)
+      return limitExceeded("fileSizeMb", this.#limits, "the guest was stopped by SIGXFSZ", this.#context);
+    return undefined;
   }
 
   /** GUEST_FAILED whose message ends with the guest's last stderr lines (when it said anything). */
@@ -621,19 +683,23 @@ class GuestRun {
     await Promise.all(this.#servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
   }
 
-  /** TERM the guest's process group, KILL it 2 s later if the guest is still there. */
+  /** TERM the job's processes, KILL them 2 s later if the guest is still there. */
   async #killGroup(): Promise<void> {
     const pid = this.#pid;
-    if (pid === undefined || !this.#exit) return;
-    const signalGroup = (signal: NodeJS.Signals) => killGroup(pid, signal);
+    const scope = this.#scope;
+    if (pid === undefined || !this.#exit) {
+      await scope?.close();
+      return;
+    }
     if (!this.#exited) {
-      signalGroup("SIGTERM");
+      scope?.terminate();
       const timer = new Promise<void>((resolve) => setTimeout(resolve, KILL_GRACE_MS).unref());
       await Promise.race([this.#exit, timer]);
       if (!this.#exited) this.#log.warn({ pid }, "guest ignored SIGTERM; sending SIGKILL");
     }
-    // The leader may be gone while its children linger in the group: they go too.
-    signalGroup("SIGKILL");
+    // The leader may be gone while its children linger: they go too.
+    killGroup(pid, "SIGKILL");
+    await scope?.close();
     await Promise.race([this.#exit, new Promise<void>((resolve) => setTimeout(resolve, KILL_GRACE_MS).unref())]);
     this.#child?.stdout?.destroy();
     this.#child?.stderr?.destroy();
@@ -673,14 +739,18 @@ function describeExit(exit: ExitInfo): string {
  * traceback lines. Accepts the later upstream guest's JSON payload ({"error": ...}) too.
  */
 function errorText(message: string): string {
+  const parsed = parseGuestError(message);
+  return firstLines(parsed?.error ?? message.trim());
+}
+
+/** A JSON error frame: {"error": text} (the later upstream guest), plus "limit" (ours, on a resource limit). */
+function parseGuestError(message: string): { error?: string; limit?: unknown } | undefined {
   const trimmed = message.trim();
-  if (trimmed.startsWith("{")) {
-    try {
-      const parsed = JSON.parse(trimmed) as { error?: unknown };
-      if (typeof parsed.error === "string") return firstLines(parsed.error);
-    } catch {
-      // not JSON after all: plain text
-    }
+  if (!trimmed.startsWith("{")) return undefined;
+  try {
+    const parsed = JSON.parse(trimmed) as { error?: unknown; limit?: unknown };
+    return typeof parsed.error === "string" ? { error: parsed.error, limit: parsed.limit } : undefined;
+  } catch {
+    return undefined; // not JSON after all: plain text
   }
-  return firstLines(trimmed);
 }

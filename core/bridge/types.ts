@@ -3,6 +3,7 @@
  * guest process per job and streams its Arrow output back, batch by batch.
  */
 import type { Batch, JobContext } from "../kernel/job.js";
+import type { GuestLimits } from "./limits.js";
 import type { WarmPool } from "./warm-pool.js";
 
 export interface GuestTimeouts {
@@ -31,6 +32,10 @@ export interface GuestRunOptions {
    * runs in a fresh interpreter.
    */
   warm?: WarmPool;
+  /** Resource limits of the guest (limits.ts); defaults for the keys left out. */
+  limits?: GuestLimits;
+  /** false: track the job's processes by session even where a cgroup is possible (job-scope.ts). Default true. */
+  cgroup?: boolean;
 }
 
 export interface GuestResult {

@@ -12,6 +12,7 @@ import { parseArgs } from "node:util";
 import type { LevelWithSilent } from "pino";
 import { loadConfig } from "../config/loader.js";
 import { CasparianError, Errors } from "../kernel/errors.js";
+import { makeUndumpable } from "../kernel/dumpable.js";
 import { createLogger, type Logger } from "../kernel/logger.js";
 import { packageRoot } from "../kernel/paths.js";
 import { casparianHome, resolveWorkerId } from "../worker/worker-id.js";
@@ -262,6 +263,9 @@ async function workerCommand(argv: string[], program: string): Promise<number> {
   const outputRoot = flags.output !== undefined ? resolve(cwd, flags.output) : resolve(loaded.dir, config.output ?? DEFAULTS.output);
   const home = config.home !== undefined ? resolve(loaded.dir, config.home) : casparianHome();
   const logger = createLogger({ level: flags.logLevel ?? config.logLevel ?? DEFAULTS.logLevel, fd: 1 });
+  // Before any plugin runs: a same-uid plugin must not read this process's environment or ptrace it.
+  const undumpable = makeUndumpable();
+  if (!undumpable.ok) logger.warn({ reason: undumpable.reason }, "the worker stays dumpable: processes of its uid can read its environment");
   // A stray rejection in a plugin or sink tap is a bug to log, not a reason to drop the jobs of a whole worker.
   process.on("unhandledRejection", (reason) => logger.error({ err: reason }, "unhandled promise rejection (bug)"));
   const workerId = await resolveWorkerId({ explicit: flags.workerId ?? config.workerId, home });

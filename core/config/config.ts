@@ -30,6 +30,22 @@ export interface BridgeConfig {
   maxFrameBytes?: number;
   /** Warm guests: jobs forked from a Python that already imported the plugin's modules. On by default. */
   warm?: WarmGuestsConfig;
+  /** Resource limits of each guest; a job that runs into one fails with CSP_GUEST_LIMIT. */
+  limits?: GuestLimitsConfig;
+  /** false: never put a job in a cgroup of its own, track its processes by session. Default true (where the system allows). */
+  cgroup?: boolean;
+}
+
+/** Each in its unit; false: not limited. Defaults: 32768 MiB, 14400 s, 4096 files, 65536 MiB. */
+export interface GuestLimitsConfig {
+  /** Virtual memory of the guest process (RLIMIT_AS), MiB. Default 32768. */
+  addressSpaceMb?: number | false;
+  /** CPU time of the guest process (RLIMIT_CPU), seconds. Default 14400. */
+  cpuSeconds?: number | false;
+  /** Open file descriptors of the guest (RLIMIT_NOFILE). Default 4096. */
+  openFiles?: number | false;
+  /** Largest file the guest may write (RLIMIT_FSIZE), MiB. Default 65536. */
+  fileSizeMb?: number | false;
 }
 
 export interface WarmGuestsConfig {

@@ -121,6 +121,10 @@ const nonEmptyString = rule("a non-empty string", (v) => typeof v === "string" &
 const positiveNumber = (unit: string) => rule(`a positive number of ${unit}`, (v) => typeof v === "number" && Number.isFinite(v) && v > 0);
 const nonNegativeNumber = (unit: string) => rule(`a number of ${unit} >= 0`, (v) => typeof v === "number" && Number.isFinite(v) && v >= 0);
 const positiveInteger = rule("a positive integer", (v) => typeof v === "number" && Number.isSafeInteger(v) && v > 0);
+const positiveIntegerOrFalse = rule(
+  "a positive integer, or false for no limit",
+  (v) => v === false || (typeof v === "number" && Number.isSafeInteger(v) && v > 0),
+);
 const nonNegativeInteger = rule("an integer >= 0", (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0);
 const stringArray = rule("an array of strings", (v) => Array.isArray(v) && v.every((x) => typeof x === "string"));
 const oneOf = (values: readonly string[]) =>
@@ -224,6 +228,8 @@ const configRule = shape({
     jobTimeout: positiveNumber("seconds"),
     env: stringArray,
     maxFrameBytes: positiveInteger,
+    limits: shape(Object.fromEntries(["addressSpaceMb", "cpuSeconds", "openFiles", "fileSizeMb"].map((key) => [key, positiveIntegerOrFalse]))),
+    cgroup: rule("true or false", (v) => typeof v === "boolean"),
     warm: shape({
       enabled: rule("true or false", (v) => typeof v === "boolean"),
       maxParents: positiveInteger,

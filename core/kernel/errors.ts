@@ -163,6 +163,11 @@ export const Errors = {
     "raise the timeout in the config (bridge.timeouts) if the plugin is legitimately slow",
   ),
   GUEST_PROTOCOL: createError<[string]>("CSP_GUEST_PROTOCOL", "bridge protocol error: %s"),
+  GUEST_LIMIT: createError<[string, string, string, string]>(
+    "CSP_GUEST_LIMIT",
+    "the plugin ran into its %s limit (%s, bridge.limits.%s): %s",
+    "raise the limit under bridge.limits in the config if the plugin legitimately needs more",
+  ),
   BRIDGE_BAD_FRAME: createError<[bigint, number, number, string]>(
     "CSP_BRIDGE_BAD_FRAME",
     "job %s: data frame %s (%s bytes) is not a valid Arrow IPC stream: %s",

@@ -144,6 +144,8 @@ export class Pipeline {
         timeouts: this.#timeouts,
         allowEnv: this.#options.bridge?.env,
         maxFrameBytes: this.#options.bridge?.maxFrameBytes,
+        limits: this.#options.bridge?.limits,
+        cgroup: this.#options.bridge?.cgroup,
         warm: this.#options.bridge?.warm?.enabled === false ? undefined : this.#options.warm,
         onBatch: (batch: Batch) => (writing = this.#hooks.onBatch.promise(batch, job)),
       });

@@ -16,6 +16,7 @@ import { parseArgs } from "node:util";
 import type { LevelWithSilent } from "pino";
 import { loadConfig, type LoadedConfig } from "../config/loader.js";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
+import { makeUndumpable } from "../kernel/dumpable.js";
 import { createLogger, type Logger } from "../kernel/logger.js";
 import type { SinkMode } from "../protocol/messages.js";
 import { checkSinkPlan } from "../worker/sink-preflight.js";
@@ -174,6 +175,9 @@ export async function runCommand(argv: string[]): Promise<number> {
       return RunExit.OK;
     }
     logger = createLogger({ level: flags.logLevel ?? "warn", fd: 2 });
+    // It holds the same environment as its workers: plugins must not read it here either.
+    const undumpable = makeUndumpable();
+    if (!undumpable.ok) logger.warn({ reason: undumpable.reason }, "casparian run stays dumpable: processes of its uid can read its environment");
     return await run(flags, logger);
   } catch (err) {
     return reportError("casparian run", err);

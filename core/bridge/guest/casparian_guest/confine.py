@@ -1,6 +1,10 @@
 """Confines the guest process before any plugin code runs (Linux; elsewhere a no-op).
 
 Applied in order, in the job's own process (fresh guest or warm fork child), before the plugin loads:
+  * when the worker gave the job a cgroup (CASPARIAN_JOB_CGROUP), wait until the worker has moved
+    this process into it, so nothing the plugin starts can escape the kill at the job's end;
+  * the resource limits the worker passes in CASPARIAN_GUEST_LIMITS (bridge.limits: address space,
+    CPU seconds, open files, file size), soft and hard, so the plugin cannot raise them again;
   * PR_SET_NO_NEW_PRIVS, so nothing the plugin executes gains privileges (setuid binaries, file
     capabilities);
   * when running as root: every capability dropped (bounding set, then effective/permitted/
@@ -8,16 +12,100 @@ Applied in order, in the job's own process (fresh guest or warm fork child), bef
     override file permissions;
   * PR_SET_DUMPABLE 0, so other plugins (same uid) cannot read this guest's environment or
     memory either.
-A step the kernel refuses is reported on stderr and the job goes on.
+A step the kernel refuses is reported on stderr and the job goes on; a guest left outside its
+cgroup refuses to run the plugin.
 """
 
+import errno
+import json
 import os
 import sys
+import time
 
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 _CAP_VERSION_3 = 0x20080522
+CGROUP_ENV = "CASPARIAN_JOB_CGROUP"
+LIMITS_ENV = "CASPARIAN_GUEST_LIMITS"
+CGROUP_WAIT_SECONDS = 10
+# Past the CPU limit the kernel sends SIGXCPU (which ends the guest); a plugin that catches it
+# gets SIGKILL this many seconds later.
+CPU_HARD_GRACE_SECONDS = 2
+# bridge.limits key -> (resource name, bytes per unit)
+LIMITS = {
+    "addressSpaceMb": ("RLIMIT_AS", 1024 * 1024),
+    "cpuSeconds": ("RLIMIT_CPU", 1),
+    "openFiles": ("RLIMIT_NOFILE", 1),
+    "fileSizeMb": ("RLIMIT_FSIZE", 1024 * 1024),
+}
+# The limits this process runs under (key -> configured value), for exceeded_limit().
+applied = {}
+
+
+def _warn(message):
+    print("casparian guest: %s" % message, file=sys.stderr)
+
+
+def wait_for_cgroup(name):
+    """Block until /proc/self/cgroup names the job's cgroup: the worker moves us in right after
+    starting us. Compares the last path component only, so a cgroup namespace does not matter."""
+    deadline = time.monotonic() + CGROUP_WAIT_SECONDS
+    while True:
+        try:
+            with open("/proc/self/cgroup") as handle:
+                paths = [line[3:].strip() for line in handle if line.startswith("0::")]
+        except OSError:
+            paths = []
+        if paths and paths[0].rstrip("/").rsplit("/", 1)[-1] == name:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker did not move this guest into its cgroup %s within %d s; not running the plugin outside it" % (name, CGROUP_WAIT_SECONDS))
+        time.sleep(0.001)
+
+
+def apply_limits(text):
+    """setrlimit each configured limit (soft = hard), never above the hard limit we inherited."""
+    import resource
+
+    try:
+        wanted = json.loads(text)
+    except ValueError:
+        _warn("unreadable %s: %r" % (LIMITS_ENV, text[:200]))
+        return
+    for key, value in wanted.items():
+        if key not in LIMITS or not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            continue
+        name, unit = LIMITS[key]
+        resource_id = getattr(resource, name)
+        soft = value * unit
+        hard = soft + CPU_HARD_GRACE_SECONDS if key == "cpuSeconds" else soft
+        _, inherited = resource.getrlimit(resource_id)
+        if inherited != resource.RLIM_INFINITY:
+            hard = min(hard, inherited)
+            soft = min(soft, hard)
+        try:
+            resource.setrlimit(resource_id, (soft, hard))
+            applied[key] = value
+        except (OSError, ValueError) as exc:
+            _warn("could not set %s to %d: %s" % (name, soft, exc))
+
+
+def exceeded_limit(exc):
+    """The bridge.limits key a failure comes from (the exception or one it was raised from), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError) and "addressSpaceMb" in applied:
+            return "addressSpaceMb"
+        if isinstance(exc, OSError):
+            if exc.errno == errno.EFBIG and "fileSizeMb" in applied:
+                return "fileSizeMb"
+            if exc.errno == errno.EMFILE and "openFiles" in applied:
+                return "openFiles"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
 
 def _drop_capabilities(libc):
     import ctypes
@@ -39,6 +127,12 @@ def _drop_capabilities(libc):
 def confine():
     if not sys.platform.startswith("linux"):
         return
+    cgroup = os.environ.get(CGROUP_ENV)
+    if cgroup:
+        wait_for_cgroup(cgroup)
+    limits = os.environ.get(LIMITS_ENV)
+    if limits:
+        apply_limits(limits)
     import ctypes
 
     try:

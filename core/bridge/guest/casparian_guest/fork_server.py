@@ -15,8 +15,9 @@ process's own log. Stdin closing (the worker is gone) ends the parent and its ch
     <- {"event": "started", "id": 1, "pid": ...}
     <- {"event": "exited", "id": 1, "pid": ..., "code": 0, "signal": null}
 
-A child joins a process group of its own (the worker kills the job by killing that
-group), connects its stdout and stderr to ``stdout.sock`` / ``stderr.sock`` in the job's
+A child leads a session and process group of its own before its pid is announced (the
+worker kills the job by that group, or by the job's cgroup, which it moves the child into
+on "started"; the child waits for that before plugin code runs, confine.py), connects its stdout and stderr to ``stdout.sock`` / ``stderr.sock`` in the job's
 directory, takes the job's directory as cwd and the job's variables, and then runs
 exactly what a fresh guest runs (runner.main).
 """
@@ -247,20 +248,25 @@ class Server:
 
     def fork(self, request):
         sys.stderr.flush()
+        led_r, led_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
-                self.become_job(request)
+                os.close(led_r)
+                self.become_job(request, led_w)
             except BaseException:  # noqa: BLE001 - the child must never return into the server loop
                 try:
                     traceback.print_exc()
                 finally:
                     os._exit(CHILD_SETUP_FAILED)
             os._exit(CHILD_SETUP_FAILED)
+        os.close(led_w)
+        # The child's session (= process group) must exist before the host hears the pid: the
+        # host kills the job by it. One byte once the child called setsid(), or EOF if it died.
         try:
-            os.setpgid(pid, pid)  # also done by the child: whichever runs first, the group exists before the host hears the pid
-        except OSError:
-            pass
+            os.read(led_r, 1)
+        finally:
+            os.close(led_r)
         pidfd = None
         if self.pidfds:
             try:
@@ -311,9 +317,13 @@ class Server:
         shutil.rmtree(self.home, ignore_errors=True)
         os._exit(0)
 
-    def become_job(self, request):
+    def become_job(self, request, led):
         """In the child: leave the server behind, then run the job exactly as a fresh guest does."""
-        os.setpgid(0, 0)
+        # A session of its own, as a fresh guest has: the plugin's children are told apart
+        # from the other jobs of this parent, which share its session otherwise.
+        os.setsid()
+        os.write(led, b"1")
+        os.close(led)
         self.selector.close()
         for _, pidfd in self.children.values():
             if pidfd is not None:

@@ -11,7 +11,7 @@ import time
 import traceback
 
 from .arrow_out import declare_from_manifest, is_publishable, typing_metrics
-from .confine import confine
+from .confine import confine, exceeded_limit
 from .channel import DEFAULT_TOPIC, Channel
 from .sdk import BridgeContext, FileEvent, install_sdk
 
@@ -146,6 +146,12 @@ def main(source=None, code=None):
     file_path = env["BRIDGE_FILE_PATH"]
     plugin_name = env.get("BRIDGE_PLUGIN_NAME", "plugin")
 
+    # The metrics line goes out on a copy of stdout: a plugin that closes fd 1 (or reopens it
+    # as one of its own files) neither fails the job nor gets the line in its file.
+    try:
+        metrics_fd = os.dup(1)
+    except OSError:
+        metrics_fd = None
     channel = Channel(env["BRIDGE_SOCKET"])
     ctx = BridgeContext(channel, job_id, file_version_id, file_path)
     real_stdout = sys.stdout
@@ -168,8 +174,10 @@ def main(source=None, code=None):
         exit_code = 1
         text = describe_exception(exc)
         log.error("plugin failed: %s", text)
+        limit = exceeded_limit(exc)
         try:
-            channel.send_error(text)
+            # A resource limit is named, so the host can say which bridge.limits key to raise.
+            channel.send_error(text if limit is None else json.dumps({"error": text, "limit": limit}))
             channel.send_end()
         except OSError as send_exc:
             log.error("could not report the failure to the host: %s", send_exc)
@@ -183,9 +191,20 @@ def main(source=None, code=None):
             "guest_ms": int((time.monotonic() - started) * 1000),
         }
         metrics.update(typing_metrics())
-        real_stdout.write(json.dumps(metrics) + "\n")
-        real_stdout.flush()
+        write_metrics(metrics_fd, metrics)
     return exit_code
+
+
+def write_metrics(fd, metrics):
+    if fd is None:
+        return
+    data = (json.dumps(metrics) + "\n").encode("utf-8")
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+        os.close(fd)
+    except OSError:
+        pass  # nobody reads our stdout any more: the metrics are optional
 
 
 def exit_now(code):

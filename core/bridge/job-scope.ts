@@ -1,0 +1,293 @@
+/**
+ * A job's processes, all of them: the guest and whatever it starts, killed together when the job ends.
+ *
+ * With a cgroup v2 hierarchy the worker may write to (it is root, or its own cgroup is
+ * delegated to it), each job gets a cgroup of its own, `casparian-<worker pid>-<n>` beside
+ * nothing but other jobs' under the worker's own cgroup. The host moves the guest in right
+ * after starting it, and the guest runs no plugin code before it sees itself there
+ * (casparian_guest/confine.py). Nothing started inside can leave: setsid, a double fork, a new
+ * process group all stay in, and `cgroup.kill` ends every one of them at once.
+ *
+ * Without one (no cgroup2 mount, a hierarchy the worker may not write, `bridge.cgroup: false`)
+ * the job is its guest's session and process group (the guest leads both), plus every process
+ * whose environment still carries the job's marker variable. That misses a process that leaves
+ * the session (setsid) and also drops or hides the marker: one that clears its environment, or,
+ * when the worker is not root, one forked (not exec'd) from the non-dumpable guest, whose
+ * environment the worker may not read. Such a process outlives its job; a cgroup is the fix.
+ */
+import { randomBytes } from "node:crypto";
+import { existsSync, writeFileSync } from "node:fs";
+import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { isProcessAlive } from "../kernel/process.js";
+
+/** Set in the guest when it has a cgroup: the guest waits until it is in the cgroup of this name. */
+export const JOB_CGROUP_ENV = "CASPARIAN_JOB_CGROUP";
+/** Set in the guest when it has none: the job's processes are found by this marker too. */
+export const JOB_MARKER_ENV = "CASPARIAN_JOB_MARKER";
+const CGROUP_PREFIX = "casparian-";
+/** How long the end of a job waits for its killed processes to be gone. */
+const KILL_WAIT_MS = 2000;
+const POLL_MS = 10;
+/** Without a cgroup, processes can fork while we kill: scan again until a scan finds nothing. */
+const MAX_KILL_ROUNDS = 20;
+
+export interface JobScope {
+  /** "cgroup": a cgroup of the job's own; "session": the guest's session, process group and marker. */
+  readonly kind: "cgroup" | "session";
+  /** Variables the guest must get. */
+  readonly env: Readonly<Record<string, string>>;
+  /**
+   * Track `pid`, the guest (leader of its own session and process group). A cgroup scope moves
+   * it in now, synchronously, so no plugin code runs outside (the guest waits for it). Throws
+   * when the kernel refuses; the guest then never starts the plugin.
+   */
+  adopt(pid: number): void;
+  /** SIGTERM every process of the job: a chance to clean up before killAll. */
+  terminate(): void;
+  /** SIGKILL every process of the job; resolves once none is left (or after a bounded wait). */
+  killAll(): Promise<void>;
+  /** killAll, then remove the cgroup. */
+  close(): Promise<void>;
+}
+
+export type CgroupRoot = { dir: string } | { unavailable: string };
+let cgroupRoot: Promise<CgroupRoot> | undefined;
+let nextCgroup = 1;
+
+/** Where this process puts job cgroups, or why it has none (looked up once per process). */
+export function jobCgroupRoot(): Promise<CgroupRoot> {
+  cgroupRoot ??= findCgroupRoot();
+  return cgroupRoot;
+}
+
+/**
+ * The job scope of one run: a cgroup when `useCgroup` and the system allow it, else the
+ * session. `onFallback` hears, once per process, why there is no cgroup.
+ */
+export async function openJobScope(options: { useCgroup?: boolean; onFallback?: (reason: string) => void } = {}): Promise<JobScope> {
+  if (options.useCgroup === false) return new SessionScope();
+  const root = await jobCgroupRoot();
+  if ("unavailable" in root) {
+    if (!fallbackReported) options.onFallback?.(root.unavailable);
+    fallbackReported = true;
+    return new SessionScope();
+  }
+  const dir = join(root.dir, `${CGROUP_PREFIX}${process.pid}-${nextCgroup++}`);
+  try {
+    await mkdir(dir);
+    return new CgroupScope(dir);
+  } catch (err) {
+    const reason = `cannot create ${dir} (${(err as NodeJS.ErrnoException).code ?? String(err)})`;
+    cgroupRoot = Promise.resolve({ unavailable: reason });
+    options.onFallback?.(reason);
+    fallbackReported = true;
+    return new SessionScope();
+  }
+}
+let fallbackReported = false;
+
+/** Where this process may create job cgroups: its own cgroup v2 directory, if writable. */
+async function findCgroupRoot(): Promise<CgroupRoot> {
+  if (process.platform !== "linux") return { unavailable: "cgroups are Linux only" };
+  let own: string | undefined;
+  let mount: { root: string; point: string } | undefined;
+  try {
+    own = (await readFile("/proc/self/cgroup", "utf8"))
+      .split("\n")
+      .find((line) => line.startsWith("0::"))
+      ?.slice(3);
+    for (const line of (await readFile("/proc/self/mountinfo", "utf8")).split("\n")) {
+      const [left, right] = line.split(" - ");
+      if (!right?.startsWith("cgroup2 ") || !left) continue;
+      const fields = left.split(" ");
+      mount = { root: unescapeMountPath(fields[3] ?? "/"), point: unescapeMountPath(fields[4] ?? "") };
+      break;
+    }
+  } catch (err) {
+    return { unavailable: `cannot read /proc (${(err as Error).message})` };
+  }
+  if (!mount) return { unavailable: "no cgroup v2 hierarchy is mounted" };
+  if (own === undefined || own.endsWith(" (deleted)")) return { unavailable: "this process is in no cgroup v2 group" };
+  if (mount.root !== "/" && own !== mount.root && !own.startsWith(`${mount.root}/`))
+    return { unavailable: `the cgroup2 mount at ${mount.point} does not show this process's cgroup ${own}` };
+  const dir = join(mount.point, mount.root === "/" ? own : own.slice(mount.root.length));
+  if (!existsSync(join(dir, "cgroup.procs"))) return { unavailable: `${dir} is not a cgroup directory` };
+  // A probe, named like a job's cgroup, so a worker killed right here leaves nothing behind.
+  const probe = join(dir, `${CGROUP_PREFIX}${process.pid}-0`);
+  try {
+    await mkdir(probe);
+    await rmdir(probe);
+  } catch (err) {
+    return { unavailable: `cannot create cgroups under ${dir} (${(err as NodeJS.ErrnoException).code ?? String(err)})` };
+  }
+  await sweepStaleCgroups(dir);
+  return { dir };
+}
+
+/** mountinfo escapes space, tab, newline and backslash as octal. */
+function unescapeMountPath(path: string): string {
+  return path.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(Number.parseInt(octal, 8)));
+}
+
+/** Job cgroups of workers that died (SIGKILL skips every cleanup): their processes go, then the cgroups. */
+async function sweepStaleCgroups(dir: string): Promise<void> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    const match = /^casparian-(\d+)-\d+$/.exec(name);
+    if (!match || Number(match[1]) === process.pid || isProcessAlive(Number(match[1]))) continue;
+    await new CgroupScope(join(dir, name)).close().catch(() => undefined);
+  }
+}
+
+class CgroupScope implements JobScope {
+  readonly kind = "cgroup";
+  readonly env: Record<string, string>;
+  readonly #dir: string;
+  #closed = false;
+
+  constructor(dir: string) {
+    this.#dir = dir;
+    this.env = { [JOB_CGROUP_ENV]: dir.slice(dir.lastIndexOf("/") + 1) };
+  }
+
+  adopt(pid: number): void {
+    writeFileSync(join(this.#dir, "cgroup.procs"), String(pid));
+  }
+
+  terminate(): void {
+    void this.#members().then((pids) => {
+      for (const pid of pids) signal(pid, "SIGTERM");
+    });
+  }
+
+  async killAll(): Promise<void> {
+    if (this.#closed) return;
+    const deadline = Date.now() + KILL_WAIT_MS;
+    // cgroup.kill (Linux 5.14) kills every member atomically, forks in flight included.
+    const killed = await writeFile(join(this.#dir, "cgroup.kill"), "1").then(
+      () => true,
+      () => false,
+    );
+    while (Date.now() < deadline) {
+      if (!(await this.#populated())) return;
+      if (!killed) {
+        // Older kernels: freeze the group so nothing forks, kill each member, thaw to let them die.
+        await writeFile(join(this.#dir, "cgroup.freeze"), "1").catch(() => undefined);
+        for (const pid of await this.#members()) signal(pid, "SIGKILL");
+        await writeFile(join(this.#dir, "cgroup.freeze"), "0").catch(() => undefined);
+      }
+      await delay(POLL_MS);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await this.killAll();
+    this.#closed = true;
+    for (let attempt = 0; attempt < 50; attempt++) {
+      try {
+        await rmdir(this.#dir);
+        return;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === "ENOENT") return;
+        if (code !== "EBUSY") throw err;
+        await delay(POLL_MS);
+      }
+    }
+  }
+
+  async #populated(): Promise<boolean> {
+    try {
+      return /^populated 1$/m.test(await readFile(join(this.#dir, "cgroup.events"), "utf8"));
+    } catch {
+      return false; // the cgroup is gone
+    }
+  }
+
+  async #members(): Promise<number[]> {
+    const text = await readFile(join(this.#dir, "cgroup.procs"), "utf8").catch(() => "");
+    return text.split("\n").filter(Boolean).map(Number);
+  }
+}
+
+class SessionScope implements JobScope {
+  readonly kind = "session";
+  readonly env: Record<string, string>;
+  readonly #marker: string;
+  #leader: number | undefined;
+  /** Set when a kill found nothing left: nothing of the job can start anything any more. */
+  #clean = false;
+
+  constructor() {
+    this.#marker = randomBytes(16).toString("hex");
+    this.env = { [JOB_MARKER_ENV]: this.#marker };
+  }
+
+  adopt(pid: number): void {
+    this.#leader = pid;
+  }
+
+  terminate(): void {
+    if (this.#leader !== undefined) signal(-this.#leader, "SIGTERM");
+  }
+
+  async killAll(): Promise<void> {
+    const leader = this.#leader;
+    if (leader === undefined || this.#clean) return;
+    signal(-leader, "SIGKILL");
+    const deadline = Date.now() + KILL_WAIT_MS;
+    let survivors: number[];
+    for (let round = 0; round < MAX_KILL_ROUNDS && Date.now() < deadline; round++) {
+      survivors = await this.#find(leader);
+      if (survivors.length === 0) {
+        this.#clean = true;
+        return;
+      }
+      for (const pid of survivors) signal(pid, "SIGKILL");
+      await delay(POLL_MS);
+    }
+  }
+
+  close(): Promise<void> {
+    return this.killAll();
+  }
+
+  /**
+   * Live processes of the job: in the guest's session or process group (a pid stays taken
+   * while any process uses it as its session or group id, so these cannot be strangers), or
+   * carrying the marker in an environment we may read.
+   */
+  async #find(leader: number): Promise<number[]> {
+    const needle = Buffer.from(`\0${JOB_MARKER_ENV}=${this.#marker}\0`);
+    const found: number[] = [];
+    const entries = await readdir("/proc").catch(() => [] as string[]);
+    for (const entry of entries) {
+      if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+      const stat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
+      // pid (comm) state ppid pgrp session ...: comm may hold spaces and parentheses.
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (fields[0] === "Z" || fields.length < 4) continue;
+      if (Number(fields[2]) === leader || Number(fields[3]) === leader) {
+        found.push(Number(entry));
+        continue;
+      }
+      const environ = await readFile(`/proc/${entry}/environ`).catch(() => undefined);
+      if (environ && Buffer.concat([Buffer.from([0]), environ]).includes(needle)) found.push(Number(entry));
+    }
+    return found;
+  }
+}
+
+function signal(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch {
+    // ESRCH: already gone.
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

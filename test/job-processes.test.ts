@@ -1,0 +1,187 @@
+/**
+ * A job owns its processes (core/bridge/job-scope.ts), with real guests, fresh and warm: what
+ * a plugin leaves running is killed when its job ends, a child holding the plugin's stderr
+ * does not hold the answer, a `setsid` daemon does not survive the job, and a plugin that
+ * closes its stdout still completes.
+ */
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { runGuest } from "../core/bridge/host.js";
+import { jobCgroupRoot } from "../core/bridge/job-scope.js";
+import type { GuestRunOptions } from "../core/bridge/types.js";
+import { WarmPool } from "../core/bridge/warm-pool.js";
+import { EnvManager } from "../core/env/manager.js";
+import type { Batch } from "../core/kernel/job.js";
+import { silentLogger } from "../core/kernel/logger.js";
+import { bareEnvironment, testJob } from "./helpers/pyenv.js";
+
+// The orphans sleep far longer than the job may take: a job they held would time out.
+const TIMEOUTS = { connectMs: 30_000, idleMs: 60_000, jobMs: 60_000 };
+
+let home: string;
+let python: string;
+let pool: WarmPool;
+
+before(async () => {
+  home = await mkdtemp(join(tmpdir(), "casparian-job-processes-"));
+  python = await bareEnvironment(new EnvManager({ home: join(home, "casparian"), logger: silentLogger() }));
+  pool = new WarmPool({ logger: silentLogger() });
+});
+
+after(async () => {
+  await pool?.close();
+  if (home) await rm(home, { recursive: true, force: true });
+});
+
+/** Running (not a zombie waiting for its parent to reap it). */
+function isRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+async function runRows(source: string, options: Partial<GuestRunOptions> = {}) {
+  const input = join(home, `input-${Math.random().toString(36).slice(2)}.txt`);
+  await writeFile(input, "x\n");
+  const { job } = testJob(source, { filePath: input });
+  const batches: Batch[] = [];
+  const started = Date.now();
+  const result = await runGuest({ interpreterPath: python, job, timeouts: TIMEOUTS, onBatch: async (b) => void batches.push(b), ...options });
+  const rows = batches.flatMap((b) =>
+    b.table.toArray().map((row) => Object.fromEntries(Object.entries(row.toJSON()).map(([k, v]) => [k, typeof v === "bigint" ? Number(v) : v]))),
+  );
+  return { result, rows, ms: Date.now() - started };
+}
+
+const ORPHAN_HOLDING_STDERR = `
+import os, sys, time
+class Handler:
+    def execute(self, path):
+        pid = os.fork()
+        if pid == 0:
+            print("child keeps stderr open", file=sys.stderr, flush=True)
+            time.sleep(600)
+            os._exit(0)
+        return [{"child": pid}]
+`;
+
+// Double fork + setsid: the daemon leads a session of its own, reparented away from the guest,
+// its stdio on /dev/null. It reports its pid and session, and the guest's session, then sleeps.
+const SETSID_DAEMON = `
+import os, time
+class Handler:
+    def execute(self, path):
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                os.write(w, ("%d %d" % (os.getpid(), os.getsid(0))).encode())
+                os.close(w)
+                time.sleep(600)
+                os._exit(0)
+            os._exit(0)
+        os.close(w)
+        daemon, daemon_sid = map(int, os.read(r, 64).split())
+        return [{"daemon": daemon, "daemon_sid": daemon_sid, "guest_sid": os.getsid(0)}]
+`;
+
+// An exec'd daemon (subprocess with a new session): found without a cgroup by its marker variable.
+const EXECED_DAEMON = `
+import os, subprocess, sys
+class Handler:
+    def execute(self, path):
+        daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return [{"daemon": daemon.pid, "daemon_sid": os.getsid(daemon.pid), "guest_sid": os.getsid(0)}]
+`;
+
+const CLOSES_STDOUT = `
+import os
+class Handler:
+    def execute(self, path):
+        os.close(1)
+        # The next file opened gets fd 1: the guest's metrics line must not land in it.
+        with open(path + ".mine", "w") as mine:
+            assert mine.fileno() == 1
+        return [{"n": 1}, {"n": 2}, {"n": 3}]
+`;
+
+const MODES: Array<{ name: string; options: () => Partial<GuestRunOptions> }> = [
+  { name: "fresh guest", options: () => ({}) },
+  { name: "warm guest", options: () => ({ warm: pool }) },
+];
+
+for (const mode of MODES) {
+  describe(`${mode.name}: the job's processes end with the job`, () => {
+    test("a child that keeps the plugin's stderr open neither delays the answer nor outlives the job", async () => {
+      const { rows, ms, result } = await runRows(ORPHAN_HOLDING_STDERR, mode.options());
+      assert.equal(rows.length, 1);
+      assert.equal(result.rows, 1);
+      // Held until the child's 600 s sleep ends, the job would hit its 60 s timeout instead.
+      assert.ok(ms < 30_000, `answered after ${ms} ms`);
+      assert.equal(isRunning(rows[0]!.child as number), false, "the child was killed with its job");
+    });
+
+    test("a setsid daemon does not survive the job", async () => {
+      const { rows } = await runRows(SETSID_DAEMON, mode.options());
+      const { daemon, daemon_sid, guest_sid } = rows[0] as { daemon: number; daemon_sid: number; guest_sid: number };
+      assert.notEqual(daemon_sid, guest_sid, "the daemon left the guest's session");
+      assert.equal(isRunning(daemon), false, `daemon ${daemon} was killed with its job`);
+    });
+
+    test("a plugin that closes its stdout completes with its rows", async () => {
+      const input = join(home, `closes-stdout-${mode.name.replace(" ", "-")}.txt`);
+      await writeFile(input, "x\n");
+      const { job } = testJob(CLOSES_STDOUT, { filePath: input });
+      const batches: Batch[] = [];
+      const result = await runGuest({ interpreterPath: python, job, timeouts: TIMEOUTS, onBatch: async (b) => void batches.push(b), ...mode.options() });
+      assert.equal(result.rows, 3);
+      assert.deepEqual(
+        batches.flatMap((b) => b.table.toArray().map((r) => Number(r.n))),
+        [1, 2, 3],
+      );
+      assert.equal(readFileSync(`${input}.mine`, "utf8"), "", "the metrics line did not go into the plugin's file");
+    });
+  });
+}
+
+describe("without a cgroup (bridge.cgroup: false)", () => {
+  test("an exec'd setsid daemon is found by its marker and killed with the job", async () => {
+    const { rows } = await runRows(EXECED_DAEMON, { cgroup: false });
+    const { daemon, daemon_sid, guest_sid } = rows[0] as { daemon: number; daemon_sid: number; guest_sid: number };
+    assert.notEqual(daemon_sid, guest_sid, "the daemon left the guest's session");
+    assert.equal(isRunning(daemon), false, `daemon ${daemon} was killed with its job`);
+  });
+
+  test("a child that keeps the plugin's stderr open is killed by session, the answer not delayed", async () => {
+    const { rows, ms } = await runRows(ORPHAN_HOLDING_STDERR, { cgroup: false, warm: pool });
+    assert.ok(ms < 30_000, `answered after ${ms} ms`);
+    assert.equal(isRunning(rows[0]!.child as number), false);
+  });
+});
+
+describe("job cgroups", () => {
+  test("each job's cgroup is removed when the job ends (or, without cgroup v2, why there is none is known)", async (t) => {
+    const root = await jobCgroupRoot();
+    if ("unavailable" in root) {
+      // Not a skip: the session fallback above is what runs here, and this says why.
+      t.diagnostic(`no job cgroups on this system: ${root.unavailable}`);
+      assert.ok(root.unavailable.length > 0);
+      return;
+    }
+    const ours = async () => (await readdir(root.dir)).filter((name) => name.startsWith(`casparian-${process.pid}-`));
+    const { rows } = await runRows(SETSID_DAEMON, { warm: pool });
+    assert.equal(isRunning(rows[0]!.daemon as number), false);
+    assert.deepEqual(await ours(), []);
+  });
+});
