@@ -330,6 +330,31 @@ def parse(path):
 });
 
 describe("the shim's encoder on its own", () => {
+  test("a list of dicts: rows with the first row's keys take the fast path, rows with other keys the general one, same columns", () => {
+    const script = `
+import sys
+sys.path.insert(0, sys.argv[1])
+from casparian_guest.pure_ipc import _uniform_rows, columns_of
+cases = [
+    ([{"a": 1, "b": "x"}, {"a": 2, "b": None}], [("a", [1, 2]), ("b", ["x", None])], True),
+    ([{"a": 1, "b": "x"}, {"b": "y", "a": 2}], [("a", [1, 2]), ("b", ["x", "y"])], True),
+    ([{"a": 1, "b": "x"}, {"a": 2}], [("a", [1, 2]), ("b", ["x", None])], False),
+    ([{"a": 1}, {"a": 2, "c": True}], [("a", [1, 2]), ("c", [None, True])], False),
+    ([{"a": 1, "b": 2}, {"a": 3, "c": 4}], [("a", [1, 3]), ("b", [2, None]), ("c", [None, 4])], False),
+    ([{1: "one"}, {1: "uno"}], [("1", ["one", "uno"])], True),
+    ([{}, {}], [], True),
+    ([], [], True),
+]
+for rows, expected, fast in cases:
+    assert columns_of(rows) == expected, (rows, columns_of(rows))
+    assert (_uniform_rows(rows) is not None) == fast, rows
+print(len(cases))
+`;
+    const out = spawnSync(bare, ["-c", script, shimPath()], { encoding: "utf8" });
+    assert.equal(out.status, 0, out.stderr);
+    assert.equal(out.stdout.trim(), "8");
+  });
+
   test("a large dict of lists is split into frames below the limit, rows in order", () => {
     const script = `
 import sys
