@@ -24,21 +24,38 @@
  * timestamps → ISO 8601 TEXT with every digit of their unit, dates → 'YYYY-MM-DD',
  * decimals → exact TEXT ('12.30'), binary → BLOB, lists and structs → JSON TEXT. Values
  * are read with `exactReader` (apache-arrow's `get` would round timestamps to ms).
+ *
+ * Types follow the topic's schema unification (README "Types you can trust"), as the
+ * Parquet sink does: a column that is all null so far (Arrow type null) is a placeholder,
+ * declared without a type (no affinity), and takes the first real type that arrives,
+ * whether in a later batch of the job or in a later job writing the same table (the
+ * table is then rebuilt with the column typed, as SQLite's ALTER TABLE documentation
+ * describes, indexes and triggers recreated, in the commit's transaction, after checking
+ * that the column holds only NULLs). Other legal widenings (int32 → int64, int → float64,
+ * a column that appears later) are applied; a real conflict (int64 vs string) fails the
+ * commit with CSP_SCHEMA_CONFLICT naming the table, the column and both types, and the
+ * table stays as it was. The table's Arrow schema, which SQLite's declared types cannot
+ * tell (TEXT holds strings, timestamps and decimals alike), is recorded in
+ * `_casparian_schemas` (target, arrow_schema: an Arrow IPC stream with no rows), in the
+ * same transaction. A table that has no recorded schema (made by someone else) is
+ * written as it is, SQLite's own type rules only.
  */
 import { mkdir } from "node:fs/promises";
 import { dirname, isAbsolute } from "node:path";
+import { Field, Schema, Table, Type, tableFromIPC, tableToIPC, type DataType, type Dictionary } from "apache-arrow";
 import Database from "better-sqlite3";
-import type { DataType, Table } from "apache-arrow";
-import { Errors, defineSink, exactReader, resolveInsideRoot, type Batch, type SinkPlugin } from "casparian-flow";
+import { Errors, TopicSchema, defineSink, exactReader, resolveInsideRoot, unifySchemas, type Batch, type ExactValue, type SinkPlugin } from "casparian-flow";
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const LEDGER = "_casparian_inputs";
+const SCHEMAS = "_casparian_schemas";
 const LINEAGE = "_file_version_id";
 
-interface Column {
+interface TableColumn {
   name: string;
-  sqlType: string;
-  convert(value: unknown): unknown;
+  type: string;
+  notnull: number;
+  dflt_value: string | null;
 }
 
 export default function sqliteSink(): SinkPlugin {
@@ -55,19 +72,31 @@ export default function sqliteSink(): SinkPlugin {
       const filePath = job.command.filePath;
       const fileVersionId = BigInt(job.command.fileVersionId);
       const inputHasRows = (d: Database.Database) =>
-        ledgerExists(d) && d.prepare(`SELECT 1 FROM main.${LEDGER} WHERE target = ? AND file_path = ?`).get(table, filePath) !== undefined;
+        tableExists(d, LEDGER) && d.prepare(`SELECT 1 FROM main.${LEDGER} WHERE target = ? AND file_path = ?`).get(table, filePath) !== undefined;
       const refuse = () =>
         Errors.SINK_TARGET_EXISTS([`${database} table ${table} (rows of ${filePath})`], {
           context,
           hint: "use mode replace or append, or delete that input's rows",
         });
       let db: Database.Database | null = null;
-      let columns: Column[] | null = null;
+      // The job's schema so far (its batches unified); the staging table has its columns.
+      const jobSchema = new TopicSchema(target.topic);
+      let staged: string[] | null = null;
       let insert: Database.Statement | null = null;
 
       const close = () => {
         db?.close();
         db = null;
+      };
+
+      /** The staging table follows the job's schema: its columns are untyped, so every value is kept as converted. */
+      const stageColumns = (d: Database.Database, schema: Schema) => {
+        const names = schema.fields.map((f) => f.name);
+        if (names.includes(LINEAGE)) throw Errors.SINK_SCHEMA_MISMATCH([target.topic, `column "${LINEAGE}" is reserved for lineage`], { context });
+        if (staged === null) d.exec(`CREATE TEMP TABLE staging (${[...names.map(quote), `${LINEAGE} INTEGER NOT NULL`].join(", ")})`);
+        else for (const name of names.filter((n) => !staged!.includes(n))) d.exec(`ALTER TABLE temp.staging ADD COLUMN ${quote(name)}`);
+        staged = names;
+        insert = d.prepare(`INSERT INTO temp.staging (${[...names, LINEAGE].map(quote).join(", ")}) VALUES (${[...names, LINEAGE].map(() => "?").join(", ")})`);
       };
 
       return {
@@ -79,25 +108,26 @@ export default function sqliteSink(): SinkPlugin {
         },
         write(batch: Batch) {
           const d = db!;
-          if (columns === null) {
-            columns = columnsOf(batch.table);
-            if (columns.some((c) => c.name === LINEAGE))
-              throw Errors.SINK_SCHEMA_MISMATCH([target.topic, `column "${LINEAGE}" is reserved for lineage`], { context });
-            columns.push({ name: LINEAGE, sqlType: "INTEGER NOT NULL", convert: (v) => v });
-            d.exec(`CREATE TEMP TABLE staging (${columns.map((c) => `${quote(c.name)} ${c.sqlType}`).join(", ")})`);
-            insert = d.prepare(`INSERT INTO temp.staging VALUES (${columns.map(() => "?").join(", ")})`);
-          }
-          const cols = columns;
-          const data = cols.length - 1;
-          const readers = cols.slice(0, data).map((_, i) => exactReader(batch.table.getChildAt(i)!));
+          const { schema, changed } = jobSchema.accept(logicalSchema(batch.table.schema), `batch ${batch.index} of job ${job.jobId}`);
+          if (changed) stageColumns(d, schema);
+          // Each batch's own types say how its values convert; the table's types come at commit.
+          const byName = new Map(batch.table.schema.fields.map((f, i) => [f.name, i] as const));
+          const readers = staged!.map((name) => {
+            const index = byName.get(name);
+            if (index === undefined) return () => null;
+            const read = exactReader(batch.table.getChildAt(index)!);
+            const convert = converter(batch.table.schema.fields[index]!.type);
+            return (row: number) => {
+              const value = read(row);
+              return value === null ? null : convert(value);
+            };
+          });
+          const width = readers.length;
           d.transaction(() => {
-            const values = new Array<unknown>(cols.length);
-            values[data] = fileVersionId;
+            const values = new Array<unknown>(width + 1);
+            values[width] = fileVersionId;
             for (let row = 0; row < batch.numRows; row++) {
-              for (let c = 0; c < data; c++) {
-                const value = readers[c]!(row);
-                values[c] = value === null ? null : cols[c]!.convert(value);
-              }
+              for (let c = 0; c < width; c++) values[c] = readers[c]!(row);
               insert!.run(values);
             }
           })();
@@ -107,22 +137,37 @@ export default function sqliteSink(): SinkPlugin {
         },
         commit() {
           const d = db!;
-          if (columns === null) {
+          const schema = jobSchema.schema;
+          if (schema === null) {
             logger.warn("no batch for this topic: nothing published");
             close();
             return [];
           }
-          const definition = columns.map((c) => `${quote(c.name)} ${c.sqlType}`).join(", ");
-          const names = columns.map((c) => quote(c.name)).join(", ");
+          const names = schema.fields.map((f) => quote(f.name)).join(", ");
           d.transaction(() => {
             if (target.mode === "error" && inputHasRows(d)) throw refuse();
-            d.exec(`CREATE TABLE IF NOT EXISTS main.${quote(table)} (${definition})`);
-            const existing = d.prepare(`SELECT name FROM pragma_table_info(?)`).all(table) as Array<{ name: string }>;
-            if (!existing.some((c) => c.name === LINEAGE)) {
-              throw Errors.SINK_WRITE_FAILED(
-                [target.uri, `table ${table} in ${database} has no ${LINEAGE} column, so this input's rows cannot be told from others'`],
-                { context, hint: "write to a new table, or add the column to that one" },
+            d.exec(`CREATE TABLE IF NOT EXISTS main.${SCHEMAS} (target TEXT PRIMARY KEY, arrow_schema BLOB NOT NULL)`);
+            if (!tableExists(d, table)) {
+              d.exec(
+                `CREATE TABLE main.${quote(table)} (${[...schema.fields.map((f) => columnDefinition(f.name, f.type)), `${LINEAGE} INTEGER NOT NULL`].join(", ")})`,
               );
+              recordSchema(d, table, schema);
+            } else {
+              const existing = d.prepare("SELECT name FROM pragma_table_info(?)").all(table) as Array<{ name: string }>;
+              if (!existing.some((c) => c.name === LINEAGE)) {
+                throw Errors.SINK_WRITE_FAILED(
+                  [target.uri, `table ${table} in ${database} has no ${LINEAGE} column, so this input's rows cannot be told from others'`],
+                  { context, hint: "write to a new table, or add the column to that one" },
+                );
+              }
+              const recorded = recordedSchema(d, table);
+              if (recorded !== null) {
+                const unified = unifySchemas(target.topic, recorded, schema, `table ${table} in ${database}, as earlier jobs wrote it`);
+                widenTable(d, table, recorded, unified, (why) =>
+                  Errors.SINK_WRITE_FAILED([target.uri, why], { context, hint: "write to a new table, or clear that column" }),
+                );
+                recordSchema(d, table, unified);
+              }
             }
             d.exec(
               `CREATE TABLE IF NOT EXISTS main.${LEDGER} (target TEXT NOT NULL, file_path TEXT NOT NULL, file_version_id INTEGER NOT NULL, job_id TEXT NOT NULL, rows INTEGER NOT NULL, PRIMARY KEY (target, file_path, file_version_id))`,
@@ -143,7 +188,7 @@ export default function sqliteSink(): SinkPlugin {
               remove.run(version);
               forget.run(table, filePath, version);
             }
-            const inserted = d.prepare(`INSERT INTO main.${quote(table)} (${names}) SELECT ${names} FROM temp.staging`).run().changes;
+            const inserted = d.prepare(`INSERT INTO main.${quote(table)} (${names}, ${LINEAGE}) SELECT ${names}, ${LINEAGE} FROM temp.staging`).run().changes;
             d.prepare(`INSERT INTO main.${LEDGER} (target, file_path, file_version_id, job_id, rows) VALUES (?, ?, ?, ?, ?)`).run(
               table,
               filePath,
@@ -165,36 +210,142 @@ export default function sqliteSink(): SinkPlugin {
   });
 }
 
-function ledgerExists(d: Database.Database): boolean {
-  return d.prepare("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?").get(LEDGER) !== undefined;
+function tableExists(d: Database.Database, name: string): boolean {
+  return d.prepare("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?").get(name) !== undefined;
 }
 
 function parseLocation(location: string, uri: string, outputRoot: string, jobId: bigint | undefined): { database: string; table: string } {
   const slash = location.lastIndexOf("/");
   const table = location.slice(slash + 1);
   const file = location.slice(0, Math.max(slash, 0));
-  if (slash <= 0 || file === "" || !IDENTIFIER.test(table) || table === LEDGER) {
+  if (slash <= 0 || file === "" || !IDENTIFIER.test(table) || table === LEDGER || table === SCHEMAS) {
     throw Errors.SINK_BAD_URI([uri, "expected sqlite://<database path>/<table>, the table a plain identifier"], { context: { jobId, sinkUri: uri } });
   }
   // Absolute database paths are part of the URI vocabulary (PROTOCOL.md §5); relative ones stay inside the output root.
   return { database: isAbsolute(file) ? file : resolveInsideRoot(outputRoot, file, uri), table };
 }
 
-function columnsOf(table: Table): Column[] {
-  return table.schema.fields.map((field) => ({ name: field.name, ...mapping(field.type) }));
+// ---------------------------------------------------------------------------
+// The table's Arrow schema, and widening the table to a unified one
+// ---------------------------------------------------------------------------
+
+/** The schema as SQL sees it: dictionary columns hold their decoded values. */
+function logicalSchema(schema: Schema): Schema {
+  if (!schema.fields.some((f) => f.type.typeId === Type.Dictionary)) return schema;
+  const fields = schema.fields.map((f) =>
+    f.type.typeId === Type.Dictionary ? new Field(f.name, (f.type as Dictionary).dictionary, f.nullable, f.metadata) : f,
+  );
+  return new Schema(fields, schema.metadata);
 }
 
-/** SQLite column types, and conversions of exact values (sinks/values.ts) to what SQLite stores. */
-function mapping(type: DataType): Omit<Column, "name"> {
-  const name = String(type);
-  if (name === "Bool") return { sqlType: "INTEGER", convert: (v) => (v ? 1 : 0) };
-  if (/^U?Int/.test(name)) return { sqlType: "INTEGER", convert: (v) => (typeof v === "bigint" ? v : BigInt(v as number)) };
-  if (name.startsWith("Float")) return { sqlType: "REAL", convert: (v) => v };
-  if (name.includes("Binary")) return { sqlType: "BLOB", convert: (v) => Buffer.from(v as Uint8Array) };
-  if (name.startsWith("Struct") || name.startsWith("List"))
-    return { sqlType: "TEXT", convert: (v) => JSON.stringify(v, (_key, x: unknown) => (typeof x === "bigint" ? x.toString() : x)) };
-  // Strings, dictionaries, timestamps, dates, times and decimals are exact text already.
-  return { sqlType: "TEXT", convert: (v) => String(v) };
+function recordedSchema(d: Database.Database, table: string): Schema | null {
+  const row = d.prepare(`SELECT arrow_schema FROM main.${SCHEMAS} WHERE target = ?`).get(table) as { arrow_schema: Buffer } | undefined;
+  return row === undefined ? null : tableFromIPC(row.arrow_schema).schema;
+}
+
+function recordSchema(d: Database.Database, table: string, schema: Schema): void {
+  const bytes = Buffer.from(tableToIPC(new Table(schema), "stream"));
+  d.prepare(`INSERT INTO main.${SCHEMAS} (target, arrow_schema) VALUES (?, ?) ON CONFLICT (target) DO UPDATE SET arrow_schema = excluded.arrow_schema`).run(
+    table,
+    bytes,
+  );
+}
+
+/**
+ * Gives `table` (whose columns are `recorded`) the columns of `unified`: new columns are
+ * added; columns whose declared type changes (a placeholder that got its type, integers
+ * that became float64) are retyped by rebuilding the table.
+ */
+function widenTable(d: Database.Database, table: string, recorded: Schema, unified: Schema, refuse: (why: string) => Error): void {
+  const columns = d.prepare('SELECT name, type, "notnull", dflt_value FROM pragma_table_info(?) ORDER BY cid').all(table) as TableColumn[];
+  const before = new Map(recorded.fields.map((f) => [f.name, f.type] as const));
+  const retyped = new Map<string, string>();
+  for (const field of unified.fields) {
+    const column = columns.find((c) => c.name === field.name);
+    if (column === undefined) {
+      d.exec(`ALTER TABLE main.${quote(table)} ADD COLUMN ${columnDefinition(field.name, field.type)}`);
+      continue;
+    }
+    const wanted = sqlType(field.type);
+    const had = before.get(field.name);
+    if (had === undefined || column.type.toUpperCase() === wanted) continue;
+    if (had.typeId === Type.Null && d.prepare(`SELECT 1 FROM main.${quote(table)} WHERE ${quote(field.name)} IS NOT NULL LIMIT 1`).get() !== undefined) {
+      throw refuse(`column "${field.name}" of table ${table} is recorded as all-null (Arrow type null) but holds values, so it cannot take type ${wanted}`);
+    }
+    retyped.set(field.name, wanted);
+  }
+  if (retyped.size === 0) return;
+  // SQLite cannot change a column's type in place: a new table, the rows copied, renamed into place.
+  const rebuilt = `_casparian_rebuild_${table}`;
+  const definitions = columns.map(
+    (c) => `${quote(c.name)} ${retyped.get(c.name) ?? c.type}${c.notnull ? " NOT NULL" : ""}${c.dflt_value !== null ? ` DEFAULT ${c.dflt_value}` : ""}`,
+  );
+  const dependents = d
+    .prepare("SELECT sql FROM main.sqlite_master WHERE tbl_name = ? AND type IN ('index', 'trigger') AND sql IS NOT NULL")
+    .all(table) as Array<{ sql: string }>;
+  const names = columns.map((c) => quote(c.name)).join(", ");
+  d.exec(`CREATE TABLE main.${quote(rebuilt)} (${definitions.join(", ")})`);
+  d.exec(`INSERT INTO main.${quote(rebuilt)} (${names}) SELECT ${names} FROM main.${quote(table)}`);
+  d.exec(`DROP TABLE main.${quote(table)}`);
+  d.exec(`ALTER TABLE main.${quote(rebuilt)} RENAME TO ${quote(table)}`);
+  for (const { sql } of dependents) d.exec(sql);
+}
+
+// ---------------------------------------------------------------------------
+// Arrow → SQLite
+// ---------------------------------------------------------------------------
+
+function columnDefinition(name: string, type: DataType): string {
+  const declared = sqlType(type);
+  return declared === "" ? quote(name) : `${quote(name)} ${declared}`;
+}
+
+/** The declared type of a column; "" (no type, no affinity) for a null placeholder. */
+function sqlType(type: DataType): string {
+  switch (type.typeId) {
+    case Type.Null:
+      return "";
+    case Type.Bool:
+    case Type.Int:
+      return "INTEGER";
+    case Type.Float:
+      return "REAL";
+    case Type.Binary:
+    case Type.LargeBinary:
+    case Type.FixedSizeBinary:
+      return "BLOB";
+    case Type.Dictionary:
+      return sqlType((type as Dictionary).dictionary);
+    default:
+      // Strings, timestamps, dates, times and decimals are exact text; lists and structs JSON text.
+      return "TEXT";
+  }
+}
+
+/** Conversions of exact values (sinks/values.ts) to what SQLite stores. */
+function converter(type: DataType): (value: ExactValue) => unknown {
+  switch (type.typeId) {
+    case Type.Bool:
+      return (v) => (v ? 1 : 0);
+    case Type.Int:
+      return (v) => (typeof v === "bigint" ? v : BigInt(v as number));
+    case Type.Float:
+      return (v) => v;
+    case Type.Binary:
+    case Type.LargeBinary:
+    case Type.FixedSizeBinary:
+      return (v) => Buffer.from(v as Uint8Array);
+    case Type.Dictionary:
+      return converter((type as Dictionary).dictionary);
+    case Type.List:
+    case Type.LargeList:
+    case Type.FixedSizeList:
+    case Type.Struct:
+    case Type.Map:
+      return (v) => JSON.stringify(v, (_key, x: unknown) => (typeof x === "bigint" ? x.toString() : x));
+    default:
+      return (v) => String(v);
+  }
 }
 
 function quote(identifier: string): string {

@@ -7,6 +7,7 @@ import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
+import { Int32, Int64, Table, Utf8, vectorFromArray, type Vector } from "apache-arrow";
 import Database from "better-sqlite3";
 import { parse } from "lossless-json";
 import { pino } from "pino";
@@ -17,7 +18,7 @@ import type { SinkSpec } from "../core/kernel/job.js";
 import type { JobOutcome } from "../core/kernel/job.js";
 import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
-import { batchOf, sampleTable } from "./helpers/arrow.js";
+import { batchOf, decimalColumn, nullColumn, sampleTable, timestampColumn } from "./helpers/arrow.js";
 import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 
 const logger = pino({ level: "silent" });
@@ -161,11 +162,106 @@ describe("example SQLite sink", () => {
     const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all();
     const ledger = db.prepare("SELECT file_path, file_version_id AS v, rows FROM _casparian_inputs ORDER BY file_path").all();
     db.close();
-    assert.deepEqual(tables, [{ name: "_casparian_inputs" }, { name: "t" }]);
+    assert.deepEqual(tables, [{ name: "_casparian_inputs" }, { name: "_casparian_schemas" }, { name: "t" }]);
     assert.deepEqual(ledger, [
       { file_path: "/data/a.csv", v: 13, rows: 2 },
       { file_path: "/data/b.csv", v: 21, rows: 6 },
       { file_path: "/data/c.csv", v: 31, rows: 3 },
+    ]);
+  });
+
+  const declaredTypes = (file: string, table: string) => {
+    const db = new Database(file, { readonly: true });
+    try {
+      return Object.fromEntries(
+        (db.prepare("SELECT name, type FROM pragma_table_info(?)").all(table) as Array<{ name: string; type: string }>).map((c) => [c.name, c.type]),
+      );
+    } finally {
+      db.close();
+    }
+  };
+
+  test("a column all null in the first chunk takes the type of a later chunk: int64, µs timestamps and decimals arrive exactly", async () => {
+    const { root, pipeline } = await withExample("sqlite-sink.config.ts");
+    const nulls = (ids: bigint[]) =>
+      new Table({ id: vectorFromArray(ids, new Int64()), q: nullColumn(ids.length), ts: nullColumn(ids.length), price: nullColumn(ids.length) });
+    const real = new Table({
+      id: vectorFromArray([3n, 4n], new Int64()),
+      q: vectorFromArray([9_007_199_254_740_993n, -5n], new Int64()),
+      ts: timestampColumn([1_704_067_200_000_001n, null]),
+      price: decimalColumn([1230n, -5n], 12, 2),
+    });
+    const chunks = [nulls([1n, 2n]), real, nulls([5n])].map((table, i) => batchOf("t", table, i));
+    const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("t", "sqlite://w.db/t")], jobId: 3n }), chunks);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const file = join(root, "w.db");
+    assert.deepEqual(declaredTypes(file, "t"), { id: "INTEGER", q: "INTEGER", ts: "TEXT", price: "TEXT", _file_version_id: "INTEGER" });
+    const rows = readTable(file, "t");
+    assert.deepEqual(
+      rows.map((r) => [r.id, r.q, r.ts, r.price]),
+      [
+        [1n, null, null, null],
+        [2n, null, null, null],
+        [3n, 9_007_199_254_740_993n, "2024-01-01T00:00:00.000001Z", "12.30"],
+        [4n, -5n, null, "-0.05"],
+        [5n, null, null, null],
+      ],
+    );
+  });
+
+  test("across jobs: a table whose column was all null takes the type another input brings; a conflict fails naming table, column and types", async () => {
+    const { root, pipeline } = await withExample("sqlite-sink.config.ts");
+    const file = join(root, "w.db");
+    const job = (jobId: bigint, filePath: string, fileVersionId: bigint, q: Vector) =>
+      runJob(pipeline, makeJob({ sinks: [sinkSpec("t", "sqlite://w.db/t", "replace")], jobId, filePath, fileVersionId }), [
+        batchOf(
+          "t",
+          new Table({
+            id: vectorFromArray(
+              Array.from({ length: q.length }, (_, i) => BigInt(i)),
+              new Int64(),
+            ),
+            q,
+          }),
+        ),
+      ]);
+    assert.equal((await job(1n, "/data/a.csv", 11n, nullColumn(2))).status, "SUCCESS");
+    assert.equal(declaredTypes(file, "t").q, "", "a placeholder: no declared type");
+    // Someone indexes the table: the rebuild that types the column keeps the index.
+    const admin = new Database(file);
+    admin.exec("CREATE INDEX t_q ON t (q)");
+    admin.close();
+
+    const b = await job(2n, "/data/b.csv", 21n, vectorFromArray([9_007_199_254_740_993n, 7n], new Int64()));
+    assert.equal(b.status, "SUCCESS", String(b.error));
+    assert.equal(declaredTypes(file, "t").q, "INTEGER");
+    assert.equal((await job(3n, "/data/b.csv", 21n, vectorFromArray([9_007_199_254_740_993n, 7n], new Int64()))).status, "SUCCESS", "a rerun");
+    assert.equal((await job(4n, "/data/c.csv", 31n, vectorFromArray([1, -2], new Int32()))).status, "SUCCESS", "int32 widens to the table's int64");
+    assert.equal((await job(5n, "/data/d.csv", 41n, nullColumn(1))).status, "SUCCESS", "a null column is a placeholder again");
+    const expected = [
+      ["/data/a.csv", null],
+      ["/data/a.csv", null],
+      ["/data/b.csv", 9_007_199_254_740_993n],
+      ["/data/b.csv", 7n],
+      ["/data/c.csv", 1n],
+      ["/data/c.csv", -2n],
+      ["/data/d.csv", null],
+    ];
+    const byVersion: Record<string, string> = { "11": "/data/a.csv", "21": "/data/b.csv", "31": "/data/c.csv", "41": "/data/d.csv" };
+    const contents = () => readTable(file, "t").map((r) => [byVersion[String(r._file_version_id)], r.q]);
+    assert.deepEqual(contents(), expected);
+
+    const conflict = await job(6n, "/data/e.csv", 51n, vectorFromArray(["n/a"], new Utf8()));
+    assert.equal(code(conflict.error), "CSP_SCHEMA_CONFLICT");
+    assert.match(conflict.error!.message, /column 'q' is int64 .* and string .*table t in /);
+    assert.match((conflict.error as CasparianError).hint ?? "", /declare it in the plugin/);
+    assert.deepEqual(contents(), expected, "the table is as it was");
+    const db = new Database(file, { readonly: true });
+    const objects = db.prepare("SELECT type, name FROM sqlite_master WHERE tbl_name = 't' ORDER BY name").all();
+    db.close();
+    assert.deepEqual(objects, [
+      { type: "table", name: "t" },
+      { type: "index", name: "t_q" },
     ]);
   });
 

@@ -4,6 +4,8 @@
  */
 import {
   Bool,
+  Decimal,
+  Null,
   Float64,
   Int64,
   Table,
@@ -103,6 +105,39 @@ export function canonicalColumns(table: Table): Record<string, unknown[]> {
     out[field.name] = values;
   });
   return out;
+}
+
+/** A column of `rows` nulls of Arrow type null (what a plugin's all-None column becomes). */
+export function nullColumn(rows: number): Vector {
+  return vectorFromArray(new Array<null>(rows).fill(null), new Null());
+}
+
+/** Microsecond timestamps (UTC unless `timezone` is null), built from their raw ticks. */
+export function timestampColumn(micros: Array<bigint | null>, timezone: string | null = "UTC"): Vector {
+  const { valid, nullCount } = validity(micros);
+  const data = BigInt64Array.from(micros, (v) => v ?? 0n);
+  return makeVector(makeData({ type: new TimestampMicrosecond(timezone), length: micros.length, nullCount, nullBitmap: nullCount > 0 ? valid : null, data }));
+}
+
+/** decimal128(precision, scale) from unscaled integers (1230n at scale 2 is 12.30). */
+export function decimalColumn(unscaled: Array<bigint | null>, precision: number, scale: number): Vector {
+  const { valid, nullCount } = validity(unscaled);
+  const words = new Uint32Array(unscaled.length * 4);
+  unscaled.forEach((v, i) => {
+    let x = BigInt.asUintN(128, v ?? 0n);
+    for (let w = 0; w < 4; w++, x >>= 32n) words[i * 4 + w] = Number(x & 0xffff_ffffn);
+  });
+  return makeVector(
+    makeData({ type: new Decimal(scale, precision, 128), length: unscaled.length, nullCount, nullBitmap: nullCount > 0 ? valid : null, data: words }),
+  );
+}
+
+function validity(values: unknown[]): { valid: Uint8Array; nullCount: number } {
+  const valid = new Uint8Array(Math.ceil(values.length / 8));
+  values.forEach((v, i) => {
+    if (v !== null) valid[i >> 3]! |= 1 << (i & 7);
+  });
+  return { valid, nullCount: values.filter((v) => v === null).length };
 }
 
 function countBits(bytes: Uint8Array, length: number): number {
