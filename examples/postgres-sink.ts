@@ -52,6 +52,22 @@
  * jsonb. 64-bit integers and decimals travel as exact decimal text (`exactReader`), so
  * every digit arrives. Duration and interval columns are refused with a hint to cast them.
  *
+ * Types follow the topic's schema unification (README "Types you can trust"), as the
+ * Parquet sink does: a column that is all null so far (Arrow type null, a `text`
+ * placeholder) takes the first real type that arrives, whether in a later batch of the
+ * job (the staging column is retyped) or in a later job writing the same table: the
+ * commit checks that the table's column holds only NULLs and retypes it with ALTER TABLE
+ * … ALTER COLUMN … TYPE … USING, in the commit's transaction, so readers see the table
+ * either before or after, never between. Other legal widenings are applied the same way
+ * (int32 → int64: integer → bigint; int → float64; decimals to more digits; columns that
+ * appear later are added); a real conflict (int64 vs string) fails the commit with
+ * CSP_SCHEMA_CONFLICT naming the table, the column and both types, and nothing changes.
+ * The table's Arrow schema, which PostgreSQL's types cannot tell (a placeholder is
+ * `text`, like a string column), is recorded in `_casparian_schemas` (target,
+ * arrow_schema bytea: an Arrow IPC stream with no rows) in the target's schema, in the
+ * same transaction. A table without a recorded schema (made by someone else) is
+ * written as it is, PostgreSQL's own assignment rules only.
+ *
  * Lineage: `_file_version_id bigint` (int64 on the wire) on every row; with `lineage:
  * true` also `_job_id numeric(20)` (job ids are uint64; bigint stops at 2^63 - 1, and
  * numeric keeps them exact and comparable as numbers).
@@ -60,8 +76,20 @@ import { createHash } from "node:crypto";
 import { hostname } from "node:os";
 import pg from "pg";
 import { stringify } from "lossless-json";
-import { Type, type DataType, type Table, type Vector } from "apache-arrow";
-import { Errors, defineSink, exactReader, isProcessAlive, type Batch, type ExactValue, type Logger, type SinkPlugin, type SinkTarget } from "casparian-flow";
+import { Field, Schema, Table, Type, tableFromIPC, tableToIPC, type DataType, type Dictionary, type Vector } from "apache-arrow";
+import {
+  Errors,
+  TopicSchema,
+  defineSink,
+  exactReader,
+  isProcessAlive,
+  unifySchemas,
+  type Batch,
+  type ExactValue,
+  type Logger,
+  type SinkPlugin,
+  type SinkTarget,
+} from "casparian-flow";
 
 export interface PostgresSinkOptions {
   /** Defaults for every target, URL form: `postgres://user:password@host:port/database?host=/socket/dir`. */
@@ -89,6 +117,7 @@ interface ConnectionFields {
 
 interface Column {
   name: string;
+  type: DataType;
   sqlType: string;
   /** Cell values of one column of one batch, in row order; null for SQL NULL. */
   values(vector: Vector): unknown[];
@@ -105,6 +134,7 @@ const URI_PARAMS = ["host", "port", "user"] as const;
 const MAX_PARAMETERS = 65_535;
 const STAGING_PREFIX = "_casparian_stg_";
 const LEDGER = "_casparian_inputs";
+const SCHEMAS = "_casparian_schemas";
 const STAGING_PATTERN = /^_casparian_stg_(\d+)_([0-9a-f]{8})_(\d+)_(\d+)$/;
 // The host tag tells this host's leftovers from another host's live staging in a shared database.
 const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
@@ -145,8 +175,13 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
       let broken: Error | null = null;
       let schema = "";
       let staging: string | null = null;
+      // The job's schema so far (its batches unified) and the staging table's data columns, which follow it.
+      const jobSchema = new TopicSchema(target.topic);
       let columns: Column[] | null = null;
+      // Bumped when the staging table's columns change: prepared INSERTs are named after it.
+      let generation = 0;
       let rowsWritten = 0;
+      const lineageNames = [...(jobIdText !== null ? ["_job_id"] : []), "_file_version_id"];
 
       const targetSql = () => `${quote(schema)}.${quote(name.table)}`;
       const stagingSql = () => `${quote(schema)}.${quote(staging!)}`;
@@ -162,6 +197,7 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
       const targetExists = async (c: pg.Client) =>
         (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [targetSql()])).rows[0]!.oid !== null;
       const ledgerSql = () => `${quote(schema)}.${quote(LEDGER)}`;
+      const schemasSql = () => `${quote(schema)}.${quote(SCHEMAS)}`;
       const inputHasRows = async (c: pg.Client) => {
         const ledger = (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [ledgerSql()])).rows[0]!.oid !== null;
         return ledger && ((await c.query(`SELECT 1 FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2`, [name.table, filePath])).rowCount ?? 0) > 0;
@@ -201,21 +237,40 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
 
         async write(batch: Batch) {
           const c = connected();
-          if (columns === null) {
-            columns = columnsOf(batch.table, jobIdText !== null, safeUri, context);
-            staging = `${STAGING_PREFIX}${job.jobId}_${HOST_TAG}_${process.pid}_${registry.next++}`;
-            // Registered before it exists: a concurrent recovery must never see it unclaimed.
-            registry.live.add(staging);
-            try {
-              await c.query(`CREATE UNLOGGED TABLE ${stagingSql()} (${columns.map((col) => `${quote(col.name)} ${col.sqlType}`).join(", ")})`);
-            } catch (err) {
-              throw fail("cannot create the staging table", err, "the user needs CREATE on the target schema");
+          const { schema: unified, changed } = jobSchema.accept(logicalSchema(batch.table.schema), `batch ${batch.index} of job ${job.jobId}`);
+          if (changed) {
+            const next = columnsOf(unified, jobIdText !== null, safeUri, context);
+            if (staging === null) {
+              staging = `${STAGING_PREFIX}${job.jobId}_${HOST_TAG}_${process.pid}_${registry.next++}`;
+              // Registered before it exists: a concurrent recovery must never see it unclaimed.
+              registry.live.add(staging);
+              const lineage = [...(jobIdText !== null ? ['"_job_id" numeric(20) NOT NULL'] : []), '"_file_version_id" bigint NOT NULL'];
+              try {
+                await c.query(`CREATE UNLOGGED TABLE ${stagingSql()} (${[...next.map((col) => `${quote(col.name)} ${col.sqlType}`), ...lineage].join(", ")})`);
+              } catch (err) {
+                throw fail("cannot create the staging table", err, "the user needs CREATE on the target schema");
+              }
+            } else {
+              try {
+                await c.query(retypeStatement(stagingSql(), columns!, next));
+              } catch (err) {
+                throw fail(`cannot widen the staging table for batch ${batch.index}`, err);
+              }
             }
+            columns = next;
+            generation++;
           }
-          const cols = columns;
-          const rowsPerStatement = Math.max(1, Math.min(insertRows, Math.floor(MAX_PARAMETERS / cols.length)));
+          const cols = columns!;
+          const width = cols.length + lineageNames.length;
+          const rowsPerStatement = Math.max(1, Math.min(insertRows, Math.floor(MAX_PARAMETERS / width)));
           try {
-            const cells = batch.table.schema.fields.map((_, i) => cols[i]!.values(batch.table.getChildAt(i)!));
+            // Each batch's own types say how its values convert (the pipeline already gave it the topic's).
+            const byName = new Map(batch.table.schema.fields.map((f, i) => [f.name, i] as const));
+            const cells = cols.map((col) => {
+              const index = byName.get(col.name);
+              if (index === undefined) return new Array<unknown>(batch.numRows).fill(null);
+              return mapping(batch.table.schema.fields[index]!.type)!.values(batch.table.getChildAt(index)!);
+            });
             for (let first = 0; first < batch.numRows; first += rowsPerStatement) {
               const count = Math.min(rowsPerStatement, batch.numRows - first);
               const values: unknown[] = [];
@@ -225,8 +280,8 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
                 values.push(fileVersionId);
               }
               // Full-size statements are prepared once per connection; the last, shorter one is not.
-              const text = insertStatement(stagingSql(), cols.length, count);
-              await c.query(count === rowsPerStatement ? { name: `casparian_insert_${count}`, text, values } : { text, values });
+              const text = insertStatement(stagingSql(), [...cols.map((col) => col.name), ...lineageNames], count);
+              await c.query(count === rowsPerStatement ? { name: `casparian_insert_${generation}_${count}`, text, values } : { text, values });
             }
           } catch (err) {
             throw fail(`cannot write batch ${batch.index}`, err);
@@ -249,7 +304,8 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
             return [];
           }
           const c = connected();
-          const names = columns!.map((col) => quote(col.name)).join(", ");
+          const written = jobSchema.schema!;
+          const names = [...columns!.map((col) => col.name), ...lineageNames].map(quote).join(", ");
           await c.query("BEGIN");
           try {
             // Concurrent commits to one table (e.g. two jobs creating it) take turns.
@@ -257,8 +313,10 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
             await c.query(
               `CREATE TABLE IF NOT EXISTS ${ledgerSql()} (target text NOT NULL, file_path text NOT NULL, file_version_id bigint NOT NULL, job_id numeric(20) NOT NULL, rows bigint NOT NULL, PRIMARY KEY (target, file_path, file_version_id))`,
             );
+            await c.query(`CREATE TABLE IF NOT EXISTS ${schemasSql()} (target text PRIMARY KEY, arrow_schema bytea NOT NULL)`);
             if (target.mode === "error" && (await inputHasRows(c))) throw refuseExisting();
             let inserted: number;
+            let recorded: Schema | null = written;
             if (await targetExists(c)) {
               const lineage = await c.query(
                 "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = '_file_version_id' AND NOT attisdropped",
@@ -266,6 +324,19 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
               );
               if (lineage.rowCount === 0)
                 throw new Error(`${schema}.${name.table} has no _file_version_id column, so this input's rows cannot be told from others'`);
+              let select = names;
+              const before = await recordedSchema(c, schemasSql(), name.table);
+              recorded = before;
+              if (before !== null) {
+                recorded = unifySchemas(target.topic, before, written, `table ${schema}.${name.table}, as earlier jobs wrote it`);
+                await widenTarget(c, targetSql(), before, recorded);
+                // Staging columns narrower than the table's (a placeholder, int32) are cast: PostgreSQL assigns text to nothing else.
+                const wanted = new Map(recorded.fields.map((f) => [f.name, sqlTypeOf(f.type)] as const));
+                const casts = columns!.map((col) =>
+                  wanted.get(col.name) === col.sqlType ? quote(col.name) : `CAST(${quote(col.name)} AS ${wanted.get(col.name)})`,
+                );
+                select = [...casts, ...lineageNames.map(quote)].join(", ");
+              }
               // append replaces this version's rows only; replace every version's of this input.
               const versions = target.mode === "append" ? "AND file_version_id = $3" : "";
               const params = target.mode === "append" ? [name.table, filePath, fileVersionId] : [name.table, filePath];
@@ -275,13 +346,14 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
                 params,
               );
               await c.query(`DELETE FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions}`, params);
-              inserted = (await c.query(`INSERT INTO ${targetSql()} (${names}) SELECT ${names} FROM ${stagingSql()}`)).rowCount ?? 0;
+              inserted = (await c.query(`INSERT INTO ${targetSql()} (${names}) SELECT ${select} FROM ${stagingSql()}`)).rowCount ?? 0;
               await c.query(`DROP TABLE ${stagingSql()}`);
             } else {
               await c.query(`ALTER TABLE ${stagingSql()} SET LOGGED`);
               await c.query(`ALTER TABLE ${stagingSql()} RENAME TO ${quote(name.table)}`);
               inserted = rowsWritten;
             }
+            if (recorded !== null) await recordSchema(c, schemasSql(), name.table, recorded);
             await c.query(
               `INSERT INTO ${ledgerSql()} (target, file_path, file_version_id, job_id, rows) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target, file_path, file_version_id) DO UPDATE SET job_id = excluded.job_id, rows = excluded.rows`,
               [name.table, filePath, fileVersionId, job.jobId.toString(), inserted],
@@ -289,7 +361,7 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
             await c.query("COMMIT");
           } catch (err) {
             await c.query("ROLLBACK").catch(() => {});
-            if (Errors.SINK_TARGET_EXISTS.is(err)) throw err;
+            if (Errors.SINK_TARGET_EXISTS.is(err) || Errors.SCHEMA_CONFLICT.is(err)) throw err;
             throw fail("cannot commit", err, "the existing table's columns must accept the batch's columns (and include _file_version_id)");
           }
           registry.live.delete(staging);
@@ -476,20 +548,96 @@ function describeError(err: unknown): string {
 // Arrow → PostgreSQL
 // ---------------------------------------------------------------------------
 
-function insertStatement(table: string, columnCount: number, rows: number): string {
+function insertStatement(table: string, names: string[], rows: number): string {
   const tuples: string[] = [];
   let n = 1;
   for (let r = 0; r < rows; r++) {
     const placeholders: string[] = [];
-    for (let c = 0; c < columnCount; c++) placeholders.push(`$${n++}`);
+    for (let c = 0; c < names.length; c++) placeholders.push(`$${n++}`);
     tuples.push(`(${placeholders.join(", ")})`);
   }
-  return `INSERT INTO ${table} VALUES ${tuples.join(", ")}`;
+  return `INSERT INTO ${table} (${names.map(quote).join(", ")}) VALUES ${tuples.join(", ")}`;
 }
 
-function columnsOf(table: Table, jobId: boolean, uri: string, context: Record<string, unknown>): Column[] {
-  if (table.schema.fields.length === 0) throw Errors.SINK_WRITE_FAILED([uri, "the batch has no columns"], { context, hint: "publish at least one column" });
-  const columns = table.schema.fields.map((field) => {
+// ---------------------------------------------------------------------------
+// The table's Arrow schema, and widening a table to a unified one
+// ---------------------------------------------------------------------------
+
+/** The schema as SQL sees it: dictionary columns hold their decoded values. */
+function logicalSchema(schema: Schema): Schema {
+  if (!schema.fields.some((f) => f.type.typeId === Type.Dictionary)) return schema;
+  const fields = schema.fields.map((f) =>
+    f.type.typeId === Type.Dictionary ? new Field(f.name, (f.type as Dictionary).dictionary, f.nullable, f.metadata) : f,
+  );
+  return new Schema(fields, schema.metadata);
+}
+
+async function recordedSchema(c: pg.Client, schemas: string, table: string): Promise<Schema | null> {
+  const { rows } = await c.query<{ arrow_schema: Buffer }>(`SELECT arrow_schema FROM ${schemas} WHERE target = $1`, [table]);
+  return rows.length === 0 ? null : tableFromIPC(rows[0]!.arrow_schema).schema;
+}
+
+async function recordSchema(c: pg.Client, schemas: string, table: string, schema: Schema): Promise<void> {
+  const bytes = Buffer.from(tableToIPC(new Table(schema), "stream"));
+  await c.query(`INSERT INTO ${schemas} (target, arrow_schema) VALUES ($1, $2) ON CONFLICT (target) DO UPDATE SET arrow_schema = excluded.arrow_schema`, [
+    table,
+    bytes,
+  ]);
+}
+
+/**
+ * One ALTER TABLE giving `table` (whose data columns are `from`) the columns `to`: new
+ * ones added, changed types retyped (a placeholder's NULLs become NULLs of the new type).
+ */
+function retypeStatement(table: string, from: Column[], to: Column[]): string {
+  const actions: string[] = [];
+  for (const col of to) {
+    const before = from.find((c) => c.name === col.name);
+    if (before === undefined) actions.push(`ADD COLUMN ${quote(col.name)} ${col.sqlType}`);
+    else if (before.sqlType !== col.sqlType) {
+      const using = before.type.typeId === Type.Null ? "NULL" : quote(col.name);
+      actions.push(`ALTER COLUMN ${quote(col.name)} TYPE ${col.sqlType} USING ${using}::${col.sqlType}`);
+    }
+  }
+  return actions.length === 0 ? "SELECT 1" : `ALTER TABLE ${table} ${actions.join(", ")}`;
+}
+
+/**
+ * Gives the existing target the unified schema's columns, inside the commit's
+ * transaction: a column the recorded schema has as null may hold only NULLs (checked),
+ * a column it lacks is added.
+ */
+async function widenTarget(c: pg.Client, target: string, recorded: Schema, unified: Schema): Promise<void> {
+  const existing = new Set(
+    (
+      await c.query<{ name: string }>("SELECT attname AS name FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped", [target])
+    ).rows.map((r) => r.name),
+  );
+  const from = recorded.fields.filter((f) => existing.has(f.name)).map((f) => ({ name: f.name, type: f.type, sqlType: sqlTypeOf(f.type), values: () => [] }));
+  // Columns of the table the recorded schema does not know (added by hand) are left as they are.
+  const to = unified.fields
+    .filter((f) => !existing.has(f.name) || from.some((c) => c.name === f.name))
+    .map((f) => ({ name: f.name, type: f.type, sqlType: sqlTypeOf(f.type), values: () => [] }));
+  for (const col of to) {
+    const before = from.find((c) => c.name === col.name);
+    if (before === undefined || before.type.typeId !== Type.Null || before.sqlType === col.sqlType) continue;
+    const { rows } = await c.query(`SELECT 1 FROM ${target} WHERE ${quote(col.name)} IS NOT NULL LIMIT 1`);
+    if (rows.length > 0)
+      throw new Error(`column "${col.name}" of ${target} is recorded as all-null (Arrow type null) but holds values, so it cannot become ${col.sqlType}`);
+  }
+  await c.query(retypeStatement(target, from, to));
+}
+
+function sqlTypeOf(type: DataType): string {
+  const mapped = mapping(type);
+  if (mapped === null) throw new Error(`Arrow type ${String(type)} has no PostgreSQL type here`);
+  return mapped.sqlType;
+}
+
+/** The data columns of `schema` (lineage columns are the staging table's own), checked. */
+function columnsOf(schema: Schema, jobId: boolean, uri: string, context: Record<string, unknown>): Column[] {
+  if (schema.fields.length === 0) throw Errors.SINK_WRITE_FAILED([uri, "the batch has no columns"], { context, hint: "publish at least one column" });
+  const columns = schema.fields.map((field) => {
     if (Buffer.byteLength(field.name) > MAX_IDENTIFIER_BYTES || field.name.includes("\0") || field.name === "") {
       throw Errors.SINK_WRITE_FAILED([uri, `column name ${JSON.stringify(field.name)} is not a PostgreSQL identifier (1 to 63 bytes, no NUL)`], { context });
     }
@@ -500,7 +648,7 @@ function columnsOf(table: Table, jobId: boolean, uri: string, context: Record<st
         hint: "cast it before publishing (decimals to string or float64, times and durations to int64)",
       });
     }
-    return { name: field.name, ...mapped };
+    return { name: field.name, type: field.type, ...mapped };
   });
   const lineageColumns = [...(jobId ? ["_job_id"] : []), "_file_version_id"];
   for (const name of lineageColumns) {
@@ -510,14 +658,10 @@ function columnsOf(table: Table, jobId: boolean, uri: string, context: Record<st
         hint: jobId ? "rename the column or set lineage: false" : "rename the column",
       });
   }
-  // Values are added per row by write(); these only define the columns.
-  const none = () => [];
-  if (jobId) columns.push({ name: "_job_id", sqlType: "numeric(20) NOT NULL", values: none });
-  columns.push({ name: "_file_version_id", sqlType: "bigint NOT NULL", values: none });
   return columns;
 }
 
-function mapping(type: DataType): Omit<Column, "name"> | null {
+function mapping(type: DataType): Omit<Column, "name" | "type"> | null {
   switch (type.typeId) {
     case Type.Timestamp:
       return timestampMapping(type);
@@ -532,7 +676,7 @@ function mapping(type: DataType): Omit<Column, "name"> | null {
 }
 
 /** Types whose cells convert one by one from what apache-arrow's `get` returns. */
-function valueMapping(type: DataType): Omit<Column, "name"> | null {
+function valueMapping(type: DataType): Omit<Column, "name" | "type"> | null {
   const byValue = (sqlType: string, convert: (value: unknown) => unknown) => ({ sqlType, values: cellsOf(convert) });
   switch (type.typeId) {
     case Type.Int: {
@@ -604,7 +748,7 @@ function cellsOf(convert: (value: unknown) => unknown): (vector: Vector) => unkn
  * Timestamps are read from the raw int64 values, not through `get` (which rounds to
  * milliseconds), and written as ISO 8601 text with microseconds.
  */
-function timestampMapping(type: DataType): Omit<Column, "name"> {
+function timestampMapping(type: DataType): Omit<Column, "name" | "type"> {
   const { unit, timezone } = type as unknown as { unit: number; timezone: string | null };
   // TimeUnit: SECOND 0, MILLISECOND 1, MICROSECOND 2, NANOSECOND 3.
   const toMicros = [(v: bigint) => v * 1_000_000n, (v: bigint) => v * 1000n, (v: bigint) => v, (v: bigint) => floorDiv(v, 1000n)][unit]!;

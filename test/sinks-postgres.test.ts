@@ -30,6 +30,7 @@ import {
   makeData,
   makeVector,
   vectorFromArray,
+  type Vector,
 } from "apache-arrow";
 import { pino } from "pino";
 import type { SinkReference } from "../core/config/config.js";
@@ -41,7 +42,7 @@ import { packageRoot } from "../core/kernel/paths.js";
 import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { Stage } from "../hooks/index.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
-import { batchOf, canonicalColumns, sampleTable } from "./helpers/arrow.js";
+import { batchOf, canonicalColumns, decimalColumn, nullColumn, sampleTable, timestampColumn } from "./helpers/arrow.js";
 import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 import { startPostgres, type PostgresServer } from "./helpers/postgres.js";
 
@@ -273,12 +274,124 @@ describe("example PostgreSQL sink", () => {
     assert.equal(failed.status, "FAILED");
     assert.equal(await count("modes"), 11);
 
-    // An append whose columns the existing table cannot take fails at commit, atomically.
+    // An append whose types conflict with the table's fails at commit, atomically.
     const wrongTypes = new Table({ id: vectorFromArray(["not a number"], new Utf8()) });
     const mismatch = await runJob(pipeline, makeJob({ sinks: t("append"), jobId: 9n, ...b1 }), [batchOf("t", wrongTypes)]);
-    assert.equal(code(mismatch.error), "CSP_SINK_WRITE_FAILED");
-    assert.match(mismatch.error!.message, /cannot commit/);
+    assert.equal(code(mismatch.error), "CSP_SCHEMA_CONFLICT");
+    assert.match(mismatch.error!.message, /column 'id' is int64 .* and string .*table public\.modes/);
     assert.equal(await count("modes"), 11);
+    assert.deepEqual(await stagingTables(), []);
+  });
+
+  test("a column all null in the first chunk takes the type of a later chunk: int64, µs timestamps and decimals arrive exactly", async () => {
+    // One row per statement: the first chunk's INSERTs are prepared before the staging table widens.
+    const { pipeline } = await withSinks([{ use: EXAMPLE, options: { insertRows: 1, lineage: true } }]);
+    const nulls = (ids: bigint[]) =>
+      new Table({ id: vectorFromArray(ids, new Int64()), q: nullColumn(ids.length), ts: nullColumn(ids.length), price: nullColumn(ids.length) });
+    const real = new Table({
+      id: vectorFromArray([3n, 4n], new Int64()),
+      q: vectorFromArray([9_007_199_254_740_993n, -5n], new Int64()),
+      ts: timestampColumn([1_704_067_200_000_001n, null]),
+      price: decimalColumn([1230n, -5n], 12, 2),
+    });
+    const chunks = [nulls([1n, 2n]), real, nulls([5n])].map((table, i) => batchOf("t", table, i));
+    const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("t", tcp("chunks_widen"))], jobId: 3n }), chunks);
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    assert.deepEqual(await columnTypes("chunks_widen"), {
+      id: "bigint",
+      q: "bigint",
+      ts: "timestamp with time zone",
+      price: "numeric",
+      _job_id: "numeric",
+      _file_version_id: "bigint",
+    });
+    const rows = await query(
+      "SELECT id::text AS id, q::text AS q, ((extract(epoch FROM ts) * 1000000)::bigint)::text AS ts, price::text AS price FROM public.chunks_widen ORDER BY id",
+    );
+    assert.deepEqual(rows, [
+      { id: "1", q: null, ts: null, price: null },
+      { id: "2", q: null, ts: null, price: null },
+      { id: "3", q: "9007199254740993", ts: "1704067200000001", price: "12.30" },
+      { id: "4", q: "-5", ts: null, price: "-0.05" },
+      { id: "5", q: null, ts: null, price: null },
+    ]);
+    assert.deepEqual(await stagingTables(), []);
+  });
+
+  test("across jobs: a column all null so far is retyped (only NULLs, checked) when another input brings its type; int32 widens to int64; a conflict fails naming table, column and types", async () => {
+    const { pipeline } = await withSinks(null);
+    const job = (table: string, jobId: bigint, filePath: string, fileVersionId: bigint, q: Vector) =>
+      runJob(pipeline, makeJob({ sinks: [sinkSpec("t", tcp(table), "replace")], jobId, filePath, fileVersionId }), [
+        batchOf(
+          "t",
+          new Table({
+            id: vectorFromArray(
+              Array.from({ length: q.length }, (_, i) => BigInt(i)),
+              new Int64(),
+            ),
+            q,
+          }),
+        ),
+      ]);
+    const contents = async (table: string) =>
+      (
+        await query<{ f: string; q: string | null }>(
+          `SELECT l.file_path AS f, t.q::text AS q FROM public."${table}" t JOIN public._casparian_inputs l ON l.target = '${table}' AND l.file_version_id = t._file_version_id ORDER BY f, t.id`,
+        )
+      ).map((r) => [r.f, r.q]);
+
+    assert.equal((await job("across", 1n, "/data/a.csv", 11n, nullColumn(2))).status, "SUCCESS");
+    assert.equal((await columnTypes("across")).q, "text", "a placeholder");
+    const b = await job("across", 2n, "/data/b.csv", 21n, vectorFromArray([9_007_199_254_740_993n, 7n], new Int64()));
+    assert.equal(b.status, "SUCCESS", String(b.error));
+    assert.equal((await columnTypes("across")).q, "bigint");
+    assert.equal((await job("across", 3n, "/data/b.csv", 21n, vectorFromArray([9_007_199_254_740_993n, 7n], new Int64()))).status, "SUCCESS", "a rerun");
+    assert.equal((await job("across", 4n, "/data/c.csv", 31n, vectorFromArray([1, -2], new Int32()))).status, "SUCCESS", "int32 into int64");
+    assert.equal((await job("across", 5n, "/data/d.csv", 41n, nullColumn(1))).status, "SUCCESS", "a null column is a placeholder again");
+    const expected = [
+      ["/data/a.csv", null],
+      ["/data/a.csv", null],
+      ["/data/b.csv", "9007199254740993"],
+      ["/data/b.csv", "7"],
+      ["/data/c.csv", "1"],
+      ["/data/c.csv", "-2"],
+      ["/data/d.csv", null],
+    ];
+    assert.deepEqual(await contents("across"), expected);
+
+    const conflict = await job("across", 6n, "/data/e.csv", 51n, vectorFromArray(["n/a"], new Utf8()));
+    assert.equal(code(conflict.error), "CSP_SCHEMA_CONFLICT");
+    assert.match(conflict.error!.message, /column 'q' is int64 .* and string .*table public\.across/);
+    assert.match((conflict.error as CasparianError).hint ?? "", /declare it in the plugin/);
+    assert.deepEqual(await contents("across"), expected, "the table is as it was");
+    assert.equal((await columnTypes("across")).q, "bigint");
+
+    // int32 rows already there: integer → bigint keeps them.
+    assert.equal((await job("narrow", 7n, "/data/a.csv", 11n, vectorFromArray([2147483647, null], new Int32()))).status, "SUCCESS");
+    assert.equal((await columnTypes("narrow")).q, "integer");
+    assert.equal((await job("narrow", 8n, "/data/b.csv", 21n, vectorFromArray([-9_223_372_036_854_775_808n], new Int64()))).status, "SUCCESS");
+    assert.equal((await columnTypes("narrow")).q, "bigint");
+    assert.deepEqual(await contents("narrow"), [
+      ["/data/a.csv", "2147483647"],
+      ["/data/a.csv", null],
+      ["/data/b.csv", "-9223372036854775808"],
+    ]);
+
+    // A placeholder someone wrote into by hand is not retyped: the commit fails, nothing changes.
+    assert.equal((await job("tampered", 9n, "/data/a.csv", 11n, nullColumn(1))).status, "SUCCESS");
+    await query(`UPDATE public.tampered SET q = 'hand-written'`);
+    const tampered = await job("tampered", 10n, "/data/b.csv", 21n, vectorFromArray([1n], new Int64()));
+    assert.equal(code(tampered.error), "CSP_SINK_WRITE_FAILED");
+    assert.match(tampered.error!.message, /recorded as all-null .* but holds values/);
+    assert.deepEqual(await contents("tampered"), [["/data/a.csv", "hand-written"]]);
+
+    // A table made by someone else has no recorded schema: PostgreSQL's own rules decide.
+    await query('CREATE TABLE public.byhand (id bigint, q bigint, "_job_id" numeric(20), "_file_version_id" bigint NOT NULL)');
+    assert.equal((await job("byhand", 11n, "/data/a.csv", 11n, vectorFromArray([5n], new Int64()))).status, "SUCCESS");
+    const refused = await job("byhand", 12n, "/data/b.csv", 21n, vectorFromArray(["n/a"], new Utf8()));
+    assert.equal(code(refused.error), "CSP_SINK_WRITE_FAILED");
+    assert.match(refused.error!.message, /cannot commit/);
+    assert.deepEqual(await contents("byhand"), [["/data/a.csv", "5"]]);
     assert.deepEqual(await stagingTables(), []);
   });
 
