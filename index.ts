@@ -29,6 +29,8 @@ export { assertTargetFree, finalPathFor, fsyncDirectory, publishStaged, removeIf
 export { isProcessAlive } from "./core/kernel/process.js";
 // Reading a Batch's values exactly (int64 as bigint, timestamps as text, decimals unrounded).
 export { dataReader, decimalText, epochTicks, exactReader, type ExactValue } from "./sinks/values.js";
+// A topic's schema across batches and jobs: a null column is a placeholder, legal widenings, CSP_SCHEMA_CONFLICT.
+export { castTable, TopicSchema, unifySchemas, widenType } from "./sinks/schema.js";
 
 // Worker plugins: the hooks' types and the stages that order their taps.
 export { Stage } from "./hooks/index.js";

@@ -28,7 +28,6 @@ export type { EnvironmentProvider, EnvLease } from "./core/env/types.js";
 export { DEFAULT_TOPIC, runGuest, shimPath, TOPIC_METADATA_KEY } from "./core/bridge/host.js";
 export type { GuestResult, GuestRunOptions, GuestTimeouts } from "./core/bridge/types.js";
 
-// Sinks: the bundled Parquet sink, URI parsing, and schema unification across batches and files.
+// Sinks: the bundled Parquet sink and URI parsing (schema unification is public: sinks widen with it).
 export { parquetSink } from "./sinks/parquet.js";
 export { parseSinkUri } from "./sinks/uri.js";
-export { castTable, TopicSchema, unifySchemas, widenType } from "./sinks/schema.js";

@@ -149,7 +149,9 @@ const PUBLIC_VALUES = [
   "CasparianError",
   "Errors",
   "Stage",
+  "TopicSchema",
   "assertTargetFree",
+  "castTable",
   "dataReader",
   "decimalText",
   "defineConfig",
@@ -164,6 +166,8 @@ const PUBLIC_VALUES = [
   "removeStaleStaging",
   "resolveInsideRoot",
   "stagingPathFor",
+  "unifySchemas",
+  "widenType",
 ];
 
 test("the main entry exports exactly the public names", async () => {
