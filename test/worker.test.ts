@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
 import { Errors } from "../core/kernel/errors.js";
@@ -238,6 +238,21 @@ const QUICK = "class Handler:\n    def execute(self, path):\n        return []\n
 const NAPPING = "import time\n\nclass Handler:\n    def execute(self, path):\n        time.sleep(1.5)\n        return []\n";
 const SLEEPY = "import time\n\nclass Handler:\n    def execute(self, path):\n        time.sleep(60)\n        return []\n";
 
+/** The Python processes among `pid`'s children, with their resident memory (Linux /proc). */
+async function pythonChildren(pid: number): Promise<Array<{ pid: number; rssKb: number }>> {
+  const found: Array<{ pid: number; rssKb: number }> = [];
+  for (const task of await readdir(`/proc/${pid}/task`)) {
+    const children = (await readFile(`/proc/${pid}/task/${task}/children`, "utf8")).trim().split(/\s+/).filter(Boolean);
+    for (const child of children.map(Number)) {
+      const status = await readFile(`/proc/${child}/status`, "utf8").catch(() => "");
+      const name = /^Name:\s+(\S+)/m.exec(status)?.[1] ?? "";
+      const rss = /^VmRSS:\s+(\d+) kB/m.exec(status);
+      if (name.startsWith("python") && rss) found.push({ pid: child, rssKb: Number(rss[1]) });
+    }
+  }
+  return found;
+}
+
 function busyHeartbeat(jobId: bigint) {
   return (r: Received) => r.message?.opcode === Opcode.HEARTBEAT && r.message.payload.status === "BUSY" && r.message.payload.current_job_id === jobId;
 }
@@ -252,6 +267,29 @@ describe("worker running jobs", () => {
     await sentinel.send(peer, Opcode.DISPATCH, 5n, command(envHash, QUICK));
     const conclude = await sentinel.expect(Opcode.CONCLUDE, { jobId: 5n, timeoutMs: 60_000 });
     assert.equal(conclude.message.payload.status, "SUCCESS", conclude.message.payload.error_message ?? "");
+  });
+
+  test("/metrics counts the warm guest parents and their resident memory, read from /proc at scrape time", async (t) => {
+    const { sentinel, peer, worker } = await setup(t, ["--metrics-port", "0"]);
+    const before = await metricsText(worker);
+    assert.equal(metricValue(before, "casparian_warm_guests"), 0);
+    assert.equal(metricValue(before, "casparian_warm_guests_resident_bytes"), 0);
+    assert.match(before, /# TYPE casparian_warm_guests gauge/);
+    const envHash = await provision(sentinel, peer);
+    await sentinel.send(peer, Opcode.DISPATCH, 7n, command(envHash, QUICK));
+    const conclude = await sentinel.expect(Opcode.CONCLUDE, { jobId: 7n, timeoutMs: 60_000 });
+    assert.equal(conclude.message.payload.status, "SUCCESS", conclude.message.payload.error_message ?? "");
+    assert.equal(conclude.message.payload.metrics?.guest_warm, 0, "the first job starts the warm parent");
+
+    // The warm parent is the worker's only Python child once the job's own child has exited.
+    const parents = await pythonChildren(worker.child.pid!);
+    assert.equal(parents.length, 1, `expected one warm parent, found ${JSON.stringify(parents)}`);
+    const after = await metricsText(worker);
+    assert.equal(metricValue(after, "casparian_warm_guests"), 1);
+    const reported = metricValue(after, "casparian_warm_guests_resident_bytes");
+    const actual = parents[0]!.rssKb * 1024;
+    assert.ok(reported > 5 * 1024 * 1024, `a Python interpreter holds more than 5 MiB, reported ${reported}`);
+    assert.ok(Math.abs(reported - actual) < actual * 0.25, `reported ${reported} bytes, /proc says ${actual}`);
   });
 
   test("BUSY heartbeats, ABORT of the running job, and a DISPATCH queued behind it (FIFO, one answer each)", async (t) => {

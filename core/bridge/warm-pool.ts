@@ -16,6 +16,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -126,6 +127,22 @@ class WarmParent {
 
   get alive(): boolean {
     return this.#alive;
+  }
+
+  /**
+   * Resident memory now, in KiB: VmRSS from /proc (children share the parent's pages, so
+   * this is what the warm imports cost); the figure from its ready event where /proc is missing.
+   */
+  residentKb(): number {
+    const pid = this.#child?.pid;
+    if (pid === undefined || !this.isReady) return this.rssKb;
+    try {
+      const match = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+      if (match) return Number(match[1]);
+    } catch {
+      // exited meanwhile, or no procfs
+    }
+    return this.rssKb;
   }
 
   async #start(spec: WarmKey, onExit: () => void): Promise<ReadyEvent> {
@@ -298,10 +315,10 @@ export class WarmPool {
     return hash.update(spec.source, "utf8").digest("hex");
   }
 
-  /** Parents alive now and their total resident memory. */
+  /** Parents alive now (started or starting) and their total resident memory, read now. */
   stats(): { parents: number; rssBytes: number } {
     let rssKb = 0;
-    for (const parent of this.#parents.values()) rssKb += parent.rssKb;
+    for (const parent of this.#parents.values()) rssKb += parent.residentKb();
     return { parents: this.#parents.size, rssBytes: rssKb * 1024 };
   }
 

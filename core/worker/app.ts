@@ -65,6 +65,7 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     idleMs: warmConfig.idleTimeout === undefined ? undefined : warmConfig.idleTimeout * 1000,
     maxParentBytes: warmConfig.maxParentMemory,
   });
+  metrics.observeWarmGuests(() => warm.stats());
   // The metrics counters outlive pipelines: a RELOAD's pipeline taps the same ones.
   const observers = [new MetricsPlugin(metrics), ...(settings.progressIntervalMs === undefined ? [] : [new ProgressLog(settings.progressIntervalMs)])];
   const build = (loaded: LoadedConfig) => pipelineFromConfig(loaded, { logger, outputRoot, workerId, envs, warm, plugins: observers });

@@ -4,7 +4,7 @@
  * Other modules add their own metrics to `metrics.registry`.
  */
 import { createServer, type Server } from "node:http";
-import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../../hooks/index.js";
 
 export class WorkerMetrics {
@@ -55,6 +55,31 @@ export class WorkerMetrics {
       registers,
     });
     this.envsPrepared = new Counter({ name: "casparian_envs_prepared_total", help: "PREPARE_ENV answered, by cache hit", labelNames: ["cached"], registers });
+  }
+
+  /**
+   * Gauges of the warm guest parents (core/bridge/warm-pool.ts), read from `stats` at each
+   * scrape: how many are alive and their total resident memory (a job's child shares its
+   * parent's pages, so this is what keeping the imports warm costs).
+   */
+  observeWarmGuests(stats: () => { parents: number; rssBytes: number }): void {
+    const registers = [this.registry];
+    new Gauge({
+      name: "casparian_warm_guests",
+      help: "Warm guest parents alive (one per environment and plugin source)",
+      registers,
+      collect() {
+        this.set(stats().parents);
+      },
+    });
+    new Gauge({
+      name: "casparian_warm_guests_resident_bytes",
+      help: "Resident memory of all warm guest parents, read from /proc at scrape time",
+      registers,
+      collect() {
+        this.set(stats().rssBytes);
+      },
+    });
   }
 }
 
