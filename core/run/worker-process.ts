@@ -66,7 +66,10 @@ export class WorkerProcess {
       "1",
     ];
     if (options.configFile !== undefined) args.push("--config", options.configFile);
-    this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, CASPARIAN_RUN_PARENT_PID: String(process.pid) } });
+    // The IPC channel carries no messages: it ends when this process does, which is how
+    // the worker learns that the run is gone (parent-watch.ts).
+    this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe", "ipc"] });
+    this.#child.channel?.unref();
     for (const stream of [this.#child.stdout!, this.#child.stderr!]) {
       createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
         this.#tail.push(line);
