@@ -5,11 +5,14 @@
  * closes its stdout still completes.
  */
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdir, mkdtemp, readdir, rm, rmdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { pathToFileURL } from "node:url";
 import { runGuest } from "../core/bridge/host.js";
 import { jobCgroupRoot } from "../core/bridge/job-scope.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
@@ -17,6 +20,7 @@ import { WarmPool } from "../core/bridge/warm-pool.js";
 import { EnvManager } from "../core/env/manager.js";
 import type { Batch } from "../core/kernel/job.js";
 import { silentLogger } from "../core/kernel/logger.js";
+import { packageRoot } from "../core/kernel/paths.js";
 import { bareEnvironment, testJob } from "./helpers/pyenv.js";
 
 // The orphans sleep far longer than the job may take: a job they held would time out.
@@ -183,5 +187,35 @@ describe("job cgroups", () => {
     const { rows } = await runRows(SETSID_DAEMON, { warm: pool });
     assert.equal(isRunning(rows[0]!.daemon as number), false);
     assert.deepEqual(await ours(), []);
+  });
+
+  test("the job cgroups of a worker that was killed go, with their processes, when the next worker starts", async (t) => {
+    const root = await jobCgroupRoot();
+    if ("unavailable" in root) {
+      t.diagnostic(`no job cgroups on this system: ${root.unavailable}`);
+      assert.ok(root.unavailable.length > 0);
+      return;
+    }
+    // A pid whose process is gone, as a worker's is after kill -9.
+    const deadPid = Number(spawnSync(process.execPath, ["-e", "process.stdout.write(String(process.pid))"], { encoding: "utf8" }).stdout);
+    const stale = join(root.dir, `casparian-${deadPid}-1`);
+    await mkdir(stale);
+    const orphan = spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)"], { stdio: "ignore" });
+    const orphanExit = new Promise((resolve) => orphan.once("exit", resolve));
+    t.after(async () => {
+      orphan.kill("SIGKILL");
+      await rmdir(stale).catch(() => undefined);
+    });
+    writeFileSync(join(stale, "cgroup.procs"), String(orphan.pid));
+
+    // The next worker: a fresh process (in the same cgroup) looking for where its job cgroups go.
+    const scope = pathToFileURL(join(packageRoot(), "dist", "core", "bridge", "job-scope.js")).href;
+    const next = spawnSync(process.execPath, ["--input-type=module", "-e", `import { jobCgroupRoot } from ${JSON.stringify(scope)}; await jobCgroupRoot();`], {
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    assert.equal(next.status, 0, next.stderr);
+    assert.equal(existsSync(stale), false, "the stale job cgroup was removed");
+    assert.equal(await Promise.race([orphanExit.then(() => "killed"), sleep(5000).then(() => "still running")]), "killed");
   });
 });

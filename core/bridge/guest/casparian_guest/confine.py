@@ -5,6 +5,11 @@ Applied in order, in the job's own process (fresh guest or warm fork child), bef
     this process into it, so nothing the plugin starts can escape the kill at the job's end;
   * the resource limits the worker passes in CASPARIAN_GUEST_LIMITS (bridge.limits: address space,
     CPU seconds, open files, file size), soft and hard, so the plugin cannot raise them again;
+  * when running as root in a job cgroup: a cgroup namespace of its own, rooted at the job's cgroup.
+    Cgroup files belong to root, so root even without capabilities may write its pid into another
+    cgroup; on a hierarchy mounted with nsdelegate (systemd's default) the namespace refuses that.
+    Without nsdelegate it does not: a root guest could leave its job's cgroup (a guest running as
+    a uid of its own cannot);
   * PR_SET_NO_NEW_PRIVS, so nothing the plugin executes gains privileges (setuid binaries, file
     capabilities);
   * when running as root: every capability dropped (bounding set, then effective/permitted/
@@ -25,6 +30,7 @@ import time
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+CLONE_NEWCGROUP = 0x02000000
 _CAP_VERSION_3 = 0x20080522
 CGROUP_ENV = "CASPARIAN_JOB_CGROUP"
 LIMITS_ENV = "CASPARIAN_GUEST_LIMITS"
@@ -140,6 +146,8 @@ def confine():
     except OSError as exc:
         _warn("no libc for prctl: %s" % exc)
         return
+    if cgroup and os.geteuid() == 0 and libc.unshare(CLONE_NEWCGROUP) != 0:
+        _warn("could not enter a cgroup namespace of the job's own (errno %d)" % ctypes.get_errno())
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         _warn("PR_SET_NO_NEW_PRIVS failed (errno %d)" % ctypes.get_errno())
     if os.geteuid() == 0:
