@@ -29,10 +29,10 @@
  * carries the guest's own last error lines; the job's processes are killed (TERM, then KILL
  * after 2 s) and the directory removed on every path.
  */
-import { chmod, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdtemp, readdir, realpath, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { Readable } from "node:stream";
 import { execa, type ResultPromise } from "execa";
@@ -45,6 +45,8 @@ import { FrameTopics, type DecodedFrame } from "./topic.js";
 import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
 import { openJobScope, type JobScope } from "./job-scope.js";
 import { effectiveLimits, isLimitKey, limitExceeded, limitsEnv } from "./limits.js";
+import { sandboxed, type GuestCommand } from "./sandbox.js";
+import { unreachableFor, type SlotUser } from "./slot-user.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
 import type { ExitInfo, WarmChild, WarmLaunch } from "./warm-pool.js";
 
@@ -94,6 +96,7 @@ export async function runGuest(options: GuestRunOptions): Promise<GuestResult> {
 }
 
 const SOCKET_DIR_PREFIX = "casparian-bridge-";
+let warnedUnreachable = false;
 let sweptStale: Promise<void> | undefined;
 
 /** Socket directories of worker processes that died mid-job (SIGKILL skips every finally). */
@@ -184,6 +187,8 @@ class GuestRun {
   #metricsDropped = 0;
   #droppedReported = false;
   #socket: Socket | undefined;
+  /** The slot user this guest runs as (undefined: the worker's own uid). */
+  #user: SlotUser | undefined;
   #child: ResultPromise | undefined;
   /** The guest's pid, which is also its process group and session. */
   #pid: number | undefined;
@@ -267,6 +272,8 @@ class GuestRun {
     const source = job.command.sourceCode ?? "";
     const sourceBytes = Buffer.byteLength(source, "utf8");
     if (sourceBytes > MAX_PLUGIN_SOURCE_BYTES) throw Errors.PLUGIN_SOURCE_TOO_LARGE([sourceBytes, MAX_PLUGIN_SOURCE_BYTES], { context: this.#context });
+    this.#user = await this.#slotUser();
+    if (this.#user) await chown(this.#dir, this.#user.uid, this.#user.gid);
     const socketPath = join(this.#dir, "bridge.sock");
     const { connection } = await this.#listen(socketPath);
     this.#scope = await openJobScope({
@@ -274,7 +281,8 @@ class GuestRun {
       onFallback: (reason) => this.#log.info({ reason }, "no cgroup for jobs: a job's processes are its guest's session, process group and marked environment"),
     });
     if (this.#failure) throw this.#failure; // aborted already: no guest to start
-    if (!(this.#options.warm && (await this.#race(this.#fork(socketPath, source))))) await this.#spawn(socketPath, source);
+    const pool = this.#options.sandbox ? undefined : this.#options.warm;
+    if (!(pool && (await this.#race(this.#fork(socketPath, source))))) await this.#spawn(socketPath, source);
 
     const connectDog = this.#timeout("connect", timeouts.connectMs);
     connectDog.arm();
@@ -458,7 +466,38 @@ class GuestRun {
     });
     server.on("error", (err) => this.#log.warn({ err }, "bridge server error"));
     await chmod(socketPath, 0o600);
+    if (this.#user) await chown(socketPath, this.#user.uid, this.#user.gid);
     return { connection };
+  }
+
+  /**
+   * The slot user, when the job can run as it: the interpreter, the venv, the guest code and
+   * the input must be reachable by that uid. When they are not, a job that asked for
+   * isolation fails; root's default runs it as the worker, with a warning (once per cause).
+   */
+  async #slotUser(): Promise<SlotUser | undefined> {
+    const user = this.#options.slotUser;
+    if (!user) return undefined;
+    const { interpreterPath } = this.#options;
+    const venv = dirname(dirname(interpreterPath));
+    const problem = await unreachableFor(user, [
+      { path: interpreterPath, need: "rx" },
+      { path: join(venv, "pyvenv.cfg"), need: "r" },
+      { path: shimPath(), need: "rx" },
+      { path: this.#options.job.command.filePath, need: "r" },
+      { path: dirname(this.#dir), need: "x" },
+    ]);
+    if (problem === null) return user;
+    if (user.required) throw Errors.SLOT_USER_UNREACHABLE([user.uid, problem], { context: { ...this.#context } });
+    // Once per worker process: a busy worker would say it for every job.
+    const level = warnedUnreachable ? "debug" : "warn";
+    warnedUnreachable = true;
+    this.#log[level](
+      { uid: user.uid, problem },
+      "the guest runs as the worker's user, not its slot user: %s (set bridge.user or bridge.users to make this an error)",
+      problem,
+    );
+    return undefined;
   }
 
   /** The variables of this job's guest: §3 (with the source as a file) plus the plugin's name, its scope and limits. */
@@ -467,6 +506,8 @@ class GuestRun {
     return {
       ...this.#scope?.env,
       ...limitsEnv(this.#limits),
+      // A slot user cannot use the worker's home or temp: both are its job directory, which goes with the job.
+      ...(this.#user ? { HOME: this.#dir, TMPDIR: this.#dir } : {}),
       BRIDGE_SOCKET: socketPath,
       BRIDGE_FILE_PATH: job.command.filePath,
       BRIDGE_JOB_ID: job.jobId.toString(),
@@ -490,6 +531,7 @@ class GuestRun {
       source,
       pluginName: this.#options.job.command.pluginName,
       env: guestEnv(this.#options.allowEnv),
+      user: this.#user,
     };
     const launching = pool
       .launch(spec, this.#dir, this.#jobEnv(socketPath), () => this.#closing || this.#failure !== undefined)
@@ -546,11 +588,19 @@ class GuestRun {
     const { interpreterPath } = this.#options;
     const sourcePath = join(this.#dir, SOURCE_FILE);
     await writeFile(sourcePath, source, { mode: 0o600 });
+    if (this.#user) await chown(sourcePath, this.#user.uid, this.#user.gid);
     if (this.#failure) throw this.#failure;
     const env = { ...guestEnv(this.#options.allowEnv), ...this.#jobEnv(socketPath), BRIDGE_PLUGIN_FILE: sourcePath };
+    let command: GuestCommand = { file: interpreterPath, args: [shimPath()] };
+    if (this.#options.sandbox) {
+      const prefix = dirname(dirname(await realpath(interpreterPath)));
+      const readOnly = [dirname(dirname(interpreterPath)), prefix, shimPath(), this.#options.job.command.filePath];
+      command = await sandboxed(this.#options.sandbox, command, { jobDir: this.#dir, readOnly });
+    }
 
-    const child = execa(interpreterPath, [shimPath()], {
+    const child = execa(command.file, command.args, {
       env,
+      ...(this.#user ? { uid: this.#user.uid, gid: this.#user.gid } : {}),
       extendEnv: false,
       cwd: this.#dir,
       detached: true, // own process group: ABORT kills the plugin's children too

@@ -4,6 +4,8 @@
  */
 import type { Batch, JobContext } from "../kernel/job.js";
 import type { GuestLimits } from "./limits.js";
+import type { SandboxOptions } from "./sandbox.js";
+import type { SlotUser } from "./slot-user.js";
 import type { WarmPool } from "./warm-pool.js";
 
 export interface GuestTimeouts {
@@ -36,6 +38,13 @@ export interface GuestRunOptions {
   limits?: GuestLimits;
   /** false: track the job's processes by session even where a cgroup is possible (job-scope.ts). Default true. */
   cgroup?: boolean;
+  /**
+   * The slot's own unprivileged user (slot-user.ts): the guest runs as it, in a job
+   * directory only it (and the root worker) can open.
+   */
+  slotUser?: SlotUser;
+  /** Run the guest inside a sandbox tool (sandbox.ts); warm guests are not used then. */
+  sandbox?: SandboxOptions;
 }
 
 export interface GuestResult {

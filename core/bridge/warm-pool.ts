@@ -17,7 +17,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { chmod, chown, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -41,6 +41,8 @@ export interface WarmKey {
   pluginName: string;
   /** The allowlisted environment of the guest, without the job's BRIDGE_* variables. */
   env: Record<string, string>;
+  /** The slot user the parent (and so every job forked from it) runs as; undefined: the worker's uid. */
+  user?: { uid: number; gid: number } | undefined;
 }
 
 export interface ExitInfo {
@@ -167,8 +169,15 @@ class WarmParent {
     const sourcePath = join(dir, "plugin-source.py");
     this.sourcePath = sourcePath;
     await writeFile(sourcePath, spec.source, { mode: 0o600 });
+    const user = spec.user;
+    if (user) {
+      await chown(dir, user.uid, user.gid);
+      await chown(sourcePath, user.uid, user.gid);
+    }
     const child = spawn(spec.interpreterPath, [spec.guestPath, "--serve", sourcePath, spec.pluginName], {
-      env: spec.env,
+      // A slot user's home and temp are its own directory (each job then gets its job directory).
+      env: user ? { ...spec.env, HOME: dir, TMPDIR: dir } : spec.env,
+      ...(user ? { uid: user.uid, gid: user.gid } : {}),
       cwd: dir,
       detached: true,
       stdio: ["pipe", "pipe", "pipe"],
@@ -311,6 +320,7 @@ export class WarmPool {
   static keyOf(spec: WarmKey): string {
     const hash = createHash("sha256");
     hash.update(spec.interpreterPath).update("\0").update(spec.guestPath).update("\0").update(spec.pluginName).update("\0");
+    hash.update(spec.user ? `${spec.user.uid}:${spec.user.gid}` : "worker").update("\0");
     for (const name of Object.keys(spec.env).sort()) hash.update(name).update("=").update(spec.env[name]!).update("\0");
     return hash.update(spec.source, "utf8").digest("hex");
   }

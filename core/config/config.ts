@@ -34,6 +34,18 @@ export interface BridgeConfig {
   limits?: GuestLimitsConfig;
   /** false: never put a job in a cgroup of its own, track its processes by session. Default true (where the system allows). */
   cgroup?: boolean;
+  /**
+   * The unprivileged user this worker's guests run as (a uid, no account needed, or an account
+   * name), so that plugins of different workers cannot reach each other's sockets, sources and
+   * staging. Needs the worker to run as root. A root worker without user/users claims one from
+   * 61000-61183 by itself (and runs a job as itself, with a warning, when the slot user cannot
+   * read its environment); false: guests run as the worker.
+   */
+  user?: number | string | false;
+  /** A pool of slot users for the workers of a host: each claims the first one no other worker holds. */
+  users?: { from: number; count: number } | Array<number | string>;
+  /** Run each guest in a bubblewrap sandbox: no network, read-only filesystem except its job directory and a private /tmp. */
+  sandbox?: SandboxConfig;
 }
 
 /** Each in its unit; false: not limited. Defaults: 32768 MiB, 14400 s, 4096 files, 65536 MiB. */
@@ -46,6 +58,17 @@ export interface GuestLimitsConfig {
   openFiles?: number | false;
   /** Largest file the guest may write (RLIMIT_FSIZE), MiB. Default 65536. */
   fileSizeMb?: number | false;
+}
+
+export interface SandboxConfig {
+  /** The sandbox tool; "bwrap" (bubblewrap, from the OS packages). */
+  tool: "bwrap";
+  /** Let the plugin use the network. Default false. */
+  network?: boolean;
+  /** Mount the host filesystem read-only (the job directory and a private /tmp stay writable). Default true. */
+  readOnlyRoot?: boolean;
+  /** Path to bwrap; default: found on PATH. */
+  path?: string;
 }
 
 export interface WarmGuestsConfig {

@@ -153,6 +153,11 @@ function shape(fields: Record<string, Rule>): Rule {
   };
 }
 
+/** A slot user: a uid above 0 (no account needed) or an account name. */
+function isUserSpec(v: unknown): boolean {
+  return (typeof v === "number" && Number.isInteger(v) && v > 0 && v < 2 ** 32 - 1) || (typeof v === "string" && /^[a-z_][a-z0-9_.-]*\$?$/i.test(v));
+}
+
 const sinkEntry: Rule = (v, path, problems) => {
   if (typeof v === "string") return nonEmptyString(v, path, problems);
   if (!isObject(v)) {
@@ -235,6 +240,18 @@ const configRule = shape({
       maxParents: positiveInteger,
       idleTimeout: positiveNumber("seconds"),
       maxParentMemory: positiveInteger,
+    }),
+    user: rule("a uid above 0, an account name, or false", (v) => v === false || isUserSpec(v)),
+    users: rule("{ from: uid, count } or a list of uids / account names", (v) =>
+      Array.isArray(v)
+        ? v.length > 0 && v.every(isUserSpec)
+        : isObject(v) && isUserSpec(v.from) && typeof v.count === "number" && Number.isInteger(v.count) && v.count > 0 && Object.keys(v).length === 2,
+    ),
+    sandbox: shape({
+      tool: oneOf(["bwrap"]),
+      network: rule("true or false", (v) => typeof v === "boolean"),
+      readOnlyRoot: rule("true or false", (v) => typeof v === "boolean"),
+      path: nonEmptyString,
     }),
   }),
   parquet: shape({ compression: oneOf(PARQUET_COMPRESSIONS), rowGroupSize: positiveInteger, encoderThreads: nonNegativeInteger }),

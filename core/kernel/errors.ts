@@ -173,6 +173,33 @@ export const Errors = {
     "job %s: data frame %s (%s bytes) is not a valid Arrow IPC stream: %s",
     "the plugin sent corrupt bytes on the bridge socket; publish through the SDK (ctx.publish) instead of writing to the socket",
   ),
+  // Guest isolation (core/bridge/slot-user.ts, sandbox.ts)
+  SLOT_USER_NEEDS_ROOT: createError<[number | string]>(
+    "CSP_SLOT_USER_NEEDS_ROOT",
+    "bridge.user / bridge.users need the worker to run as root (it runs as uid %s): only root can start guests as another user",
+    "run the worker as root, or remove bridge.user/users (guests then run as the worker's uid; bridge.sandbox still confines them)",
+  ),
+  SLOT_USER_UNSUPPORTED: createError<[string]>("CSP_SLOT_USER_UNSUPPORTED", "per-slot guest users need Linux (this is %s)", "remove bridge.user/users"),
+  SLOT_USER_UNKNOWN: createError<[string]>(
+    "CSP_SLOT_USER_UNKNOWN",
+    "bridge.user %s is not a usable account or uid (root and unknown names are refused)",
+    "give a uid above 0 (no account needed) or an existing account name",
+  ),
+  SLOT_USERS_EXHAUSTED: createError<[string]>(
+    "CSP_SLOT_USERS_EXHAUSTED",
+    "every slot user (%s) is held by another worker on this host",
+    "give each worker its own user, or a larger bridge.users range ({ from, count })",
+  ),
+  SLOT_USER_UNREACHABLE: createError<[number, string]>(
+    "CSP_SLOT_USER_UNREACHABLE",
+    "the guest cannot run as slot user %s: %s",
+    "keep the environments home, the Python it links to and the input files readable by other users (e.g. home under /var/lib, Python under /opt or /usr), or set bridge.user: false",
+  ),
+  SANDBOX_UNAVAILABLE: createError<[string, string]>(
+    "CSP_SANDBOX_UNAVAILABLE",
+    "bridge.sandbox: %s cannot run: %s",
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) or remove bridge.sandbox",
+  ),
   JOB_ABORTED: createError<[string]>("CSP_JOB_ABORTED", "aborted by %s"),
   PLUGIN_SOURCE_TOO_LARGE: createError<[number, number]>(
     "CSP_PLUGIN_SOURCE_TOO_LARGE",

@@ -16,6 +16,7 @@
  * (interceptor.ts). runJob never throws: every job ends in exactly one receipt.
  */
 import { runGuest } from "../bridge/host.js";
+import type { SlotUser } from "../bridge/slot-user.js";
 import type { WarmPool } from "../bridge/warm-pool.js";
 import type { GuestResult, GuestRunOptions, GuestTimeouts } from "../bridge/types.js";
 import type { BridgeConfig } from "../config/config.js";
@@ -52,6 +53,8 @@ export interface PipelineOptions {
   runGuest?: GuestRunner;
   /** Warm guests (one pool per worker process: it outlives pipelines); unused when bridge.warm.enabled is false. */
   warm?: WarmPool;
+  /** The user this worker's guests run as (claimed once per worker process: slot-user.ts). */
+  slotUser?: SlotUser;
 }
 
 /** One job as the worker hands it over. */
@@ -147,6 +150,8 @@ export class Pipeline {
         limits: this.#options.bridge?.limits,
         cgroup: this.#options.bridge?.cgroup,
         warm: this.#options.bridge?.warm?.enabled === false ? undefined : this.#options.warm,
+        slotUser: this.#options.slotUser,
+        sandbox: this.#options.bridge?.sandbox,
         onBatch: (batch: Batch) => (writing = this.#hooks.onBatch.promise(batch, job)),
       });
       Object.assign(outcome.metrics, guestMetrics(guest));

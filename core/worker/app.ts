@@ -9,6 +9,7 @@ import type { AddressInfo } from "node:net";
 import { loadConfig, type LoadedConfig } from "../config/loader.js";
 import { EnvManager } from "../env/manager.js";
 import { SystemPythonEnvs } from "../env/system.js";
+import { claimSlotUser } from "../bridge/slot-user.js";
 import { WarmPool } from "../bridge/warm-pool.js";
 import type { Logger } from "../kernel/logger.js";
 import { MetricsPlugin, WorkerMetrics, serveMetrics } from "./metrics.js";
@@ -57,8 +58,11 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
 
   // Sinks resolve their targets inside the root (realpath), so it must exist before the first job.
   await mkdir(outputRoot, { recursive: true });
+  // This worker is one job slot: its guests run as a user of their own (a uid no other worker on the host holds).
+  const bridgeConfig = settings.loaded.config.bridge ?? {};
+  const slotUser = (await claimSlotUser({ user: bridgeConfig.user, users: bridgeConfig.users, logger })) ?? undefined;
   // Warm guests outlive pipelines too: a RELOAD keeps the parents already warm.
-  const warmConfig = settings.loaded.config.bridge?.warm ?? {};
+  const warmConfig = bridgeConfig.warm ?? {};
   const warm = new WarmPool({
     logger,
     maxParents: warmConfig.maxParents,
@@ -68,7 +72,7 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
   metrics.observeWarmGuests(() => warm.stats());
   // The metrics counters outlive pipelines: a RELOAD's pipeline taps the same ones.
   const observers = [new MetricsPlugin(metrics), ...(settings.progressIntervalMs === undefined ? [] : [new ProgressLog(settings.progressIntervalMs)])];
-  const build = (loaded: LoadedConfig) => pipelineFromConfig(loaded, { logger, outputRoot, workerId, envs, warm, plugins: observers });
+  const build = (loaded: LoadedConfig) => pipelineFromConfig(loaded, { logger, outputRoot, workerId, envs, warm, slotUser, plugins: observers });
   let pipeline = await build(settings.loaded);
 
   const reload = async (): Promise<void> => {
@@ -102,6 +106,7 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     maxQueuedJobs: settings.loaded.config.limits?.maxQueuedJobs,
     onStopped: async () => {
       await warm.close();
+      await slotUser?.release();
       await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
     },
   });

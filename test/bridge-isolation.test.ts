@@ -1,0 +1,264 @@
+/**
+ * Guest isolation between job slots, against the real bridge host with real Python guests:
+ * each slot's guest runs as its own unprivileged uid (numeric, no account needed), in a job
+ * directory (socket, plugin source, scratch) that is 0700 and owned by that uid.
+ *
+ * The attack from the field: a plugin on one worker connected to another worker's bridge
+ * sockets, read their plugin source and listed their staging. Here two jobs run at once in
+ * two slots; the attacker is told exactly where the victim's socket, source and directory
+ * are, and must get nothing. The same attack without slot users reaches everything (so the
+ * test can tell). Needs root (it creates guests as other uids), as CI runs.
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { runGuest } from "../core/bridge/host.js";
+import { claimSlotUser, type SlotClaim, type SlotUser, unreachableFor } from "../core/bridge/slot-user.js";
+import type { GuestRunOptions } from "../core/bridge/types.js";
+import { WarmPool } from "../core/bridge/warm-pool.js";
+import { EnvManager } from "../core/env/manager.js";
+import { Errors } from "../core/kernel/errors.js";
+import type { Batch } from "../core/kernel/job.js";
+import { silentLogger } from "../core/kernel/logger.js";
+import { rejectsWith } from "./helpers/assert.js";
+import { bareEnvironment, testJob } from "./helpers/pyenv.js";
+
+const TIMEOUTS = { connectMs: 20_000, idleMs: 60_000, jobMs: 120_000 };
+const logger = silentLogger();
+
+let root: string;
+let interpreterPath: string;
+let slotA: SlotClaim;
+let slotB: SlotClaim;
+
+/**
+ * A Python other uids can run: the test's venv links to it, and the usual per-user installs
+ * (pyenv, uv's managed Pythons under root's home) are not reachable by a slot user.
+ */
+async function sharedPython(probe: SlotUser): Promise<string> {
+  const tried: string[] = [];
+  for (const candidate of ["/usr/bin/python3", "/usr/local/bin/python3", "/opt/python/bin/python3"]) {
+    const problem = await unreachableFor(probe, [{ path: candidate, need: "rx" }]);
+    const exists = await stat(candidate).then(
+      () => true,
+      () => false,
+    );
+    if (exists && problem === null) return candidate;
+    tried.push(`${candidate}: ${exists ? problem : "missing"}`);
+  }
+  assert.fail(`no Python 3 that another uid can run (these tests need one):\n${tried.join("\n")}`);
+}
+
+before(async () => {
+  assert.equal(process.geteuid?.(), 0, "these tests start guests as other uids: they must run as root (CI does)");
+  root = await mkdtemp(join(tmpdir(), "casparian-isolation-"));
+  await chmod(root, 0o755); // the slot users must reach the venv inside
+  slotA = (await claimSlotUser({ users: { from: 61000, count: 184 }, logger }))!;
+  slotB = (await claimSlotUser({ users: { from: 61000, count: 184 }, logger }))!;
+  assert.notEqual(slotA.uid, slotB.uid);
+  // uv picks its interpreter from UV_PYTHON (a variable uv is allowed to see) when PREPARE_ENV names no version.
+  process.env.UV_PYTHON = await sharedPython(slotA);
+  const manager = new EnvManager({ home: join(root, "home"), logger });
+  interpreterPath = await bareEnvironment(manager);
+});
+
+after(async () => {
+  await slotA?.release();
+  await slotB?.release();
+  if (root) await rm(root, { recursive: true, force: true });
+});
+
+async function run(source: string, overrides: Partial<GuestRunOptions> = {}, filePath = "/dev/null") {
+  const { job } = testJob(source, { filePath, logger });
+  const batches: Batch[] = [];
+  const result = await runGuest({ interpreterPath, job, timeouts: TIMEOUTS, onBatch: async (b) => void batches.push(b), ...overrides });
+  const rows = batches.flatMap((b) => b.table.toArray().map((row) => row.toJSON() as Record<string, unknown>));
+  // Python ints arrive as int64: numbers here, to compare with uids.
+  return { result, rows: rows.map((row) => Object.fromEntries(Object.entries(row).map(([k, v]) => [k, typeof v === "bigint" ? Number(v) : v]))) };
+}
+
+/** Waits for `path` (written by the other job), up to 60 s. */
+const WAIT_FOR = `
+import json, os, time
+def wait_for(path):
+    for _ in range(600):
+        if os.path.exists(path):
+            return
+        time.sleep(0.1)
+    raise RuntimeError("nobody wrote " + path)
+`;
+
+function victimSource(meet: string): string {
+  return `# VICTIM-SECRET-SOURCE
+${WAIT_FOR}
+class Handler:
+    def execute(self, path):
+        where = {"socket": os.environ["BRIDGE_SOCKET"], "source": os.environ["BRIDGE_PLUGIN_FILE"], "staging": os.getcwd(), "pid": os.getpid()}
+        with open(os.path.join(os.getcwd(), "victim-scratch.txt"), "w") as scratch:
+            scratch.write("victim data")
+        with open(${JSON.stringify(join(meet, "victim.tmp"))}, "w") as out:
+            json.dump(where, out)
+        os.rename(${JSON.stringify(join(meet, "victim.tmp"))}, ${JSON.stringify(join(meet, "victim.json"))})
+        wait_for(${JSON.stringify(join(meet, "attacker.done"))})
+        return [{"victim": "VICTIM-SECRET-SOURCE"}]
+`;
+}
+
+/** Tries each door into the victim's job; each cell says "refused: ..." or what it got. */
+function attackerSource(meet: string): string {
+  return `${WAIT_FOR}
+import socket
+def attempt(action):
+    try:
+        return "got: " + str(action())[:200]
+    except OSError as exc:
+        return "refused: " + (exc.strerror or type(exc).__name__)
+
+def connect(path):
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    client.close()
+    return "connected"
+
+def read(path):
+    with open(path, "rb") as handle:
+        return handle.read().decode("utf-8", "replace")
+
+class Handler:
+    def execute(self, path):
+        wait_for(${JSON.stringify(join(meet, "victim.json"))})
+        with open(${JSON.stringify(join(meet, "victim.json"))}) as handle:
+            where = json.load(handle)
+        try:
+            return [{
+                "socket": attempt(lambda: connect(where["socket"])),
+                "source": attempt(lambda: read(where["source"])),
+                "staging_list": attempt(lambda: sorted(os.listdir(where["staging"]))),
+                "staging_read": attempt(lambda: read(os.path.join(where["staging"], "victim-scratch.txt"))),
+                "staging_write": attempt(lambda: open(os.path.join(where["staging"], "planted.py"), "w").close()),
+                "environ": attempt(lambda: read("/proc/%d/environ" % where["pid"])),
+                "uid": os.getuid(),
+            }]
+        finally:
+            open(${JSON.stringify(join(meet, "attacker.done"))}, "w").close()
+`;
+}
+
+async function attack(users: { attacker?: SlotUser; victim?: SlotUser }) {
+  const meet = await mkdtemp(join(root, "meet-"));
+  await chmod(meet, 0o777); // both slot users leave notes here
+  const victim = run(victimSource(meet), { slotUser: users.victim });
+  const attacker = run(attackerSource(meet), { slotUser: users.attacker });
+  const [v, a] = await Promise.all([victim, attacker]);
+  return { victim: v, attacker: a.rows[0]! };
+}
+
+describe("two job slots on one host", () => {
+  test("a plugin in one slot reaches nothing of another slot's job: socket, plugin source, staging, environment", async () => {
+    const { victim, attacker } = await attack({ attacker: { ...slotA, required: true }, victim: { ...slotB, required: true } });
+    assert.equal(attacker.uid, slotA.uid);
+    for (const door of ["socket", "source", "staging_list", "staging_read", "staging_write", "environ"]) {
+      assert.match(String(attacker[door]), /^refused: /, `${door}: ${String(attacker[door])}`);
+    }
+    assert.deepEqual(victim.rows, [{ victim: "VICTIM-SECRET-SOURCE" }], "the victim's job is undisturbed");
+  });
+
+  test("the same attack without slot users (both guests as the worker's uid) reaches the socket, the source and the staging", async () => {
+    const { attacker } = await attack({});
+    assert.equal(attacker.socket, "got: connected");
+    assert.match(String(attacker.source), /VICTIM-SECRET-SOURCE/);
+    assert.match(String(attacker.staging_list), /plugin-source\.py/);
+    assert.equal(attacker.staging_read, "got: victim data");
+  });
+});
+
+describe("a guest as its slot user", () => {
+  test("runs as the slot's uid and gid, in a 0700 job directory it owns, with HOME and TMPDIR there, and writes its scratch", async () => {
+    const input = join(root, "input.txt");
+    await writeFile(input, "three\nlines\nhere\n");
+    await chmod(input, 0o644);
+    const source = `
+import os, tempfile
+class Handler:
+    def execute(self, path):
+        here = os.stat(".")
+        with tempfile.NamedTemporaryFile(dir=None, delete=False) as scratch:
+            scratch.write(b"x")
+        with open(path) as handle:
+            lines = handle.read().splitlines()
+        return [{"uid": os.getuid(), "gid": os.getgid(), "groups": len(os.getgroups()), "dir_uid": here.st_uid, "dir_mode": here.st_mode & 0o777,
+                 "home_is_cwd": os.environ["HOME"] == os.getcwd(), "tmp_in_cwd": os.path.dirname(scratch.name) == os.getcwd(), "lines": len(lines)}]
+`;
+    const { rows } = await run(source, { slotUser: { ...slotA, required: true } }, input);
+    assert.deepEqual(rows, [{ uid: slotA.uid, gid: slotA.gid, groups: 0, dir_uid: slotA.uid, dir_mode: 0o700, home_is_cwd: true, tmp_in_cwd: true, lines: 3 }]);
+  });
+
+  test("warm guests: the parent runs as the slot user, so every job forked from it does", async () => {
+    const warm = new WarmPool({ logger });
+    try {
+      const source = "import os\nclass Handler:\n    def execute(self, path):\n        return [{'uid': os.getuid(), 'mode': os.stat('.').st_mode & 0o777}]\n";
+      const first = await run(source, { slotUser: { ...slotB, required: true }, warm });
+      const second = await run(source, { slotUser: { ...slotB, required: true }, warm });
+      assert.deepEqual([first.rows, second.rows], [[{ uid: slotB.uid, mode: 0o700 }], [{ uid: slotB.uid, mode: 0o700 }]]);
+      assert.equal(second.result.warm, true, "the second job was forked from the warm parent");
+    } finally {
+      await warm.close();
+    }
+  });
+
+  test("an input the slot user cannot read: CSP_SLOT_USER_UNREACHABLE when isolation was asked for; root's default runs the job as the worker", async () => {
+    const hidden = await mkdtemp(join(root, "private-"));
+    const input = join(hidden, "input.txt");
+    await writeFile(input, "x\n");
+    const source = "import os\nclass Handler:\n    def execute(self, path):\n        return [{'uid': os.getuid()}]\n";
+    const err = await rejectsWith(run(source, { slotUser: { ...slotA, required: true } }, input), Errors.SLOT_USER_UNREACHABLE.code);
+    assert.match(err.message, new RegExp(`${hidden} \\(mode 700, owner 0:0\\) is not searchable for uid ${slotA.uid}`));
+    const fallback = await run(source, { slotUser: { ...slotA, required: false } }, input);
+    assert.deepEqual(fallback.rows, [{ uid: 0 }]);
+  });
+});
+
+describe("claiming slot users", () => {
+  test("a uid held by one worker is not handed to another; a freed uid is taken again with every process left under it killed", async () => {
+    const uid = slotA.uid + 1000; // outside the range the other tests hold
+    const first = (await claimSlotUser({ user: uid, logger }))!;
+    try {
+      await rejectsWith(claimSlotUser({ user: uid, logger }), Errors.SLOT_USERS_EXHAUSTED.code);
+      // A daemon a plugin left behind, still running as the uid when its worker dies.
+      const daemon = spawn("/bin/sleep", ["300"], { uid, gid: uid, detached: true, stdio: "ignore" });
+      const gone = new Promise<string | null>((resolve) => daemon.once("exit", (_code, signal) => resolve(signal)));
+      await first.release();
+      const again = (await claimSlotUser({ user: uid, logger }))!;
+      assert.equal(again.uid, uid);
+      assert.equal(await gone, "SIGKILL");
+      await again.release();
+    } finally {
+      await first.release().catch(() => undefined);
+    }
+  });
+
+  test("a worker that is not root cannot be given a slot user; root's default pool skips uids with an account", async () => {
+    const text = await readFile("/etc/passwd", "utf8");
+    const taken = text
+      .split("\n")
+      .map((line) => Number(line.split(":")[2]))
+      .filter((uid) => uid >= 61000 && uid < 61184);
+    assert.ok(!taken.includes(slotA.uid) && !taken.includes(slotB.uid));
+    const child = spawn(process.execPath, ["--input-type=module", "-e", claimAsNobody()], { uid: 65534, gid: 65534, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (chunk) => (out += chunk));
+    child.stderr.on("data", (chunk) => (out += chunk));
+    await new Promise((resolve) => child.once("exit", resolve));
+    assert.match(out, /CSP_SLOT_USER_NEEDS_ROOT/);
+  });
+});
+
+function claimAsNobody(): string {
+  const module = new URL("../core/bridge/slot-user.js", import.meta.url).href;
+  const kernel = new URL("../core/kernel/logger.js", import.meta.url).href;
+  return `import { claimSlotUser } from ${JSON.stringify(module)}; import { silentLogger } from ${JSON.stringify(kernel)};
+claimSlotUser({ user: 61999, logger: silentLogger() }).then(() => console.log("claimed"), (err) => console.log(err.code));`;
+}
