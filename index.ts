@@ -23,9 +23,34 @@ export type {
 
 // Writing a sink: the lifecycle, and the helpers that keep its output inside the root and never partial.
 export { defineSink } from "./sinks/api.js";
-export type { CheckContext, ParsedSinkUri, RecoverContext, SchemaContract, Sink, SinkContext, SinkPlugin, SinkTarget } from "./sinks/api.js";
+export type {
+  CheckContext,
+  CommitOptions,
+  ParsedSinkUri,
+  RecoverContext,
+  ResolveDecision,
+  SchemaContract,
+  Sink,
+  SinkContext,
+  SinkHandle,
+  SinkPlugin,
+  SinkTarget,
+} from "./sinks/api.js";
 export { resolveInsideRoot } from "./sinks/uri.js";
-export { assertTargetFree, finalPathFor, fsyncDirectory, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./sinks/files.js";
+export {
+  assertTargetFree,
+  backupPathFor,
+  finalPathFor,
+  fsyncDirectory,
+  isPublishHandle,
+  publishHandle,
+  publishStaged,
+  removeIfPresent,
+  removeStaleStaging,
+  resolvePublished,
+  stagingPathFor,
+} from "./sinks/files.js";
+export type { PublishHandle } from "./sinks/files.js";
 export { isProcessAlive } from "./core/kernel/process.js";
 // Reading a Batch's values exactly (int64 as bigint, timestamps as text, decimals unrounded).
 export { dataReader, decimalText, epochTicks, exactReader, type ExactValue } from "./sinks/values.js";

@@ -9,7 +9,9 @@
  * Like the bundled Parquet sink: the path is relative to the output root, rows go to
  * a hidden staging file beside the target, which is fsynced and renamed on commit;
  * modes append (`<stem>_<job id>.jsonl`), replace and error are honoured; a topic that
- * never produced a batch publishes nothing. Values are exact (read with `exactReader`):
+ * never produced a batch publishes nothing. In a job with other sinks, it commits all or
+ * nothing with them: prepare returns a `publishHandle`, commit keeps the replaced file as a
+ * backup when asked (`undo`), and `resolve` hands both to `resolvePublished`. Values are exact (read with `exactReader`):
  * integers keep every digit (int64/uint64 are written as JSON numbers, not rounded through
  * a double); timestamps are ISO 8601 strings with every digit of their unit (microseconds
  * for the shim's and pandas' timestamps); dates and times are ISO 8601 too; decimals are
@@ -21,15 +23,20 @@ import { stringify } from "lossless-json";
 import type { Table } from "apache-arrow";
 import {
   assertTargetFree,
+  backupPathFor,
   defineSink,
   exactReader,
   finalPathFor,
+  isPublishHandle,
+  publishHandle,
   publishStaged,
   removeIfPresent,
   removeStaleStaging,
   resolveInsideRoot,
+  resolvePublished,
   stagingPathFor,
   type Batch,
+  type CommitOptions,
   type ExactValue,
   type SinkPlugin,
 } from "casparian-flow";
@@ -60,16 +67,18 @@ export default function jsonlSink(options: JsonlSinkOptions = {}): SinkPlugin {
           await handle.write(toLines(batch.table, lineage));
         },
         async prepare() {
-          if (handle === null) return;
+          if (handle === null) return undefined;
           await handle.sync();
           await handle.close();
+          return publishHandle(stagingPath, finalPath, job.jobId);
         },
-        async commit() {
+        async commit(options?: CommitOptions) {
           if (handle === null) {
             logger.warn("no batch for this topic: nothing published");
             return [];
           }
-          await publishStaged(stagingPath, finalPath, target.mode, target.uri, job.jobId);
+          const backup = options?.undo === true ? backupPathFor(finalPath, job.jobId) : undefined;
+          await publishStaged(stagingPath, finalPath, target.mode, target.uri, job.jobId, { backup });
           return [{ topic: target.topic, uri: `jsonl://${finalPath}` }];
         },
         async abort() {
@@ -80,6 +89,10 @@ export default function jsonlSink(options: JsonlSinkOptions = {}): SinkPlugin {
     },
     async recover({ outputRoot, logger }) {
       await removeStaleStaging(outputRoot, logger);
+    },
+    async resolve(handle, decision) {
+      if (!isPublishHandle(handle)) throw new Error(`not a JSON Lines sink handle: ${JSON.stringify(handle)}`);
+      await resolvePublished(handle, decision);
     },
   });
 }

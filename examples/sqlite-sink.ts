@@ -19,6 +19,11 @@
  * Which rows belong to which input is kept in a ledger table, `_casparian_inputs`
  * (table, file_path, file_version_id, job_id, rows), written in the same transaction;
  * every row carries `_file_version_id` (int64), by which the rows are deleted.
+ * In a job with other sinks (commit with `undo: true`), the commit's transaction first
+ * copies the rows and ledger entries it is about to replace into `_casparian_undo_<job
+ * id>_<n>` tables; `resolve` puts them back (rollback) or drops them (finish), so the job's
+ * sinks publish all or nothing (README "Writing a sink"). A rollback keeps a widening the
+ * commit made to the table's types (the restored rows fit the wider columns).
  * A topic that never produced a batch publishes nothing. Column types follow the Arrow
  * types: integers → INTEGER (int64 exact), floats → REAL, strings → TEXT, bools → 0/1,
  * timestamps → ISO 8601 TEXT with every digit of their unit, dates → 'YYYY-MM-DD',
@@ -40,16 +45,40 @@
  * same transaction. A table that has no recorded schema (made by someone else) is
  * written as it is, SQLite's own type rules only.
  */
+import { randomBytes } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { dirname, isAbsolute } from "node:path";
 import { Field, Schema, Table, Type, tableFromIPC, tableToIPC, type DataType, type Dictionary } from "apache-arrow";
 import Database from "better-sqlite3";
-import { Errors, TopicSchema, defineSink, exactReader, resolveInsideRoot, unifySchemas, type Batch, type ExactValue, type SinkPlugin } from "casparian-flow";
+import {
+  Errors,
+  TopicSchema,
+  defineSink,
+  exactReader,
+  resolveInsideRoot,
+  unifySchemas,
+  type Batch,
+  type CommitOptions,
+  type ExactValue,
+  type SinkPlugin,
+} from "casparian-flow";
 
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const LEDGER = "_casparian_inputs";
 const SCHEMAS = "_casparian_schemas";
 const LINEAGE = "_file_version_id";
+/** Undo tables of a commit made with `undo: true`: `<prefix><job id>_<random>` (+ `_rows`, `_ledger`). */
+const UNDO_PREFIX = "_casparian_undo_";
+
+/** What `resolve` needs to undo or finish one commit (journaled: strings only). */
+interface UndoHandle {
+  readonly database: string;
+  readonly table: string;
+  readonly filePath: string;
+  readonly fileVersionId: string;
+  readonly undo: string;
+  readonly [key: string]: string;
+}
 
 interface TableColumn {
   name: string;
@@ -63,6 +92,10 @@ export default function sqliteSink(): SinkPlugin {
     name: "sqlite",
     schemes: ["sqlite"],
     inputScopedModes: true,
+    resolve(handle, decision) {
+      if (!isUndoHandle(handle)) throw new Error(`not a SQLite sink handle: ${JSON.stringify(handle)}`);
+      resolveUndo(handle, decision);
+    },
     checkTarget(target, { outputRoot }) {
       parseLocation(target.parsed.location, target.uri, outputRoot, undefined);
     },
@@ -83,6 +116,7 @@ export default function sqliteSink(): SinkPlugin {
       const jobSchema = new TopicSchema(target.topic);
       let staged: string[] | null = null;
       let insert: Database.Statement | null = null;
+      let handle: UndoHandle | null = null;
 
       const close = () => {
         db?.close();
@@ -132,10 +166,13 @@ export default function sqliteSink(): SinkPlugin {
             }
           })();
         },
-        prepare() {
+        prepare(): UndoHandle | undefined {
           // Rows are already in the staging table; nothing is buffered in memory.
+          if (jobSchema.schema === null) return undefined;
+          handle = { database, table, filePath, fileVersionId: fileVersionId.toString(), undo: `${UNDO_PREFIX}${job.jobId}_${randomBytes(4).toString("hex")}` };
+          return handle;
         },
-        commit() {
+        commit(options?: CommitOptions) {
           const d = db!;
           const schema = jobSchema.schema;
           if (schema === null) {
@@ -144,8 +181,10 @@ export default function sqliteSink(): SinkPlugin {
             return [];
           }
           const names = schema.fields.map((f) => quote(f.name)).join(", ");
+          const undo = options?.undo === true && handle !== null ? handle.undo : null;
           d.transaction(() => {
             if (target.mode === "error" && inputHasRows(d)) throw refuse();
+            const created = !tableExists(d, table);
             d.exec(`CREATE TABLE IF NOT EXISTS main.${SCHEMAS} (target TEXT PRIMARY KEY, arrow_schema BLOB NOT NULL)`);
             if (!tableExists(d, table)) {
               d.exec(
@@ -182,6 +221,7 @@ export default function sqliteSink(): SinkPlugin {
                       .all(table, filePath) as Array<{ v: bigint }>
                   ).map((r) => r.v);
             if (!replaced.includes(fileVersionId)) replaced.push(fileVersionId);
+            if (undo !== null) keepUndo(d, undo, table, filePath, replaced, created);
             const remove = d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ?`);
             const forget = d.prepare(`DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ?`);
             for (const version of replaced) {
@@ -212,6 +252,71 @@ export default function sqliteSink(): SinkPlugin {
 
 function tableExists(d: Database.Database, name: string): boolean {
   return d.prepare("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?").get(name) !== undefined;
+}
+
+/**
+ * Inside the commit's transaction, before the input's earlier rows go (after any widening
+ * of the table): those rows, their ledger entries and whether the table is new, in three
+ * tables named after `undo`. Their existence says the commit happened; `resolveUndo`
+ * reads them back.
+ */
+function keepUndo(d: Database.Database, undo: string, table: string, filePath: string, replaced: readonly bigint[], created: boolean): void {
+  const versions = `[${replaced.join(",")}]`;
+  d.exec(`CREATE TABLE main.${quote(`${undo}_rows`)} AS SELECT * FROM main.${quote(table)} WHERE 0`);
+  d.prepare(`INSERT INTO main.${quote(`${undo}_rows`)} SELECT * FROM main.${quote(table)} WHERE ${LINEAGE} IN (SELECT value FROM json_each(?))`).run(versions);
+  d.exec(`CREATE TABLE main.${quote(`${undo}_ledger`)} AS SELECT * FROM main.${LEDGER} WHERE 0`);
+  d.prepare(
+    `INSERT INTO main.${quote(`${undo}_ledger`)} SELECT * FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id IN (SELECT value FROM json_each(?))`,
+  ).run(table, filePath, versions);
+  d.exec(`CREATE TABLE main.${quote(undo)} (created INTEGER NOT NULL)`);
+  d.prepare(`INSERT INTO main.${quote(undo)} VALUES (?)`).run(created ? 1 : 0);
+}
+
+/**
+ * The sink's `resolve`: rollback puts back what `keepUndo` kept (when the commit happened:
+ * the undo tables exist) and removes this version's rows, dropping the table (and its
+ * recorded schema) when the commit created it and nothing else is in it; finish only
+ * drops the undo tables.
+ */
+function resolveUndo(handle: UndoHandle, decision: "rollback" | "finish"): void {
+  let d: Database.Database;
+  try {
+    d = new Database(handle.database, { fileMustExist: true });
+  } catch (err) {
+    // No database: the commit never created it, there is nothing to undo.
+    if ((err as { code?: string }).code === "SQLITE_CANTOPEN") return;
+    throw err;
+  }
+  try {
+    d.pragma("busy_timeout = 10000");
+    d.transaction(() => {
+      if (!tableExists(d, handle.undo)) return;
+      const { table, undo } = handle;
+      if (decision === "rollback") {
+        const fileVersionId = BigInt(handle.fileVersionId);
+        d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ?`).run(fileVersionId);
+        d.prepare(`DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ?`).run(table, handle.filePath, fileVersionId);
+        d.exec(`INSERT INTO main.${quote(table)} SELECT * FROM main.${quote(`${undo}_rows`)}`);
+        d.exec(`INSERT INTO main.${LEDGER} SELECT * FROM main.${quote(`${undo}_ledger`)}`);
+        const created = (d.prepare(`SELECT created FROM main.${quote(undo)}`).get() as { created: number }).created === 1;
+        if (created && d.prepare(`SELECT 1 FROM main.${quote(table)} LIMIT 1`).get() === undefined) {
+          d.exec(`DROP TABLE main.${quote(table)}`);
+          if (tableExists(d, SCHEMAS)) d.prepare(`DELETE FROM main.${SCHEMAS} WHERE target = ?`).run(table);
+        }
+      }
+      for (const name of [undo, `${undo}_rows`, `${undo}_ledger`]) d.exec(`DROP TABLE IF EXISTS main.${quote(name)}`);
+    }).immediate();
+  } finally {
+    d.close();
+  }
+}
+
+function isUndoHandle(value: unknown): value is UndoHandle {
+  if (typeof value !== "object" || value === null) return false;
+  const fields = value as Record<string, unknown>;
+  return (
+    ["database", "table", "filePath", "fileVersionId", "undo"].every((key) => typeof fields[key] === "string") && String(fields.undo).startsWith(UNDO_PREFIX)
+  );
 }
 
 function parseLocation(location: string, uri: string, outputRoot: string, jobId: bigint | undefined): { database: string; table: string } {

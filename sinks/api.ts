@@ -5,6 +5,11 @@
  *   open → write(batch)* → prepare → commit      (the job succeeded everywhere)
  *                                  ↘ abort       (anything failed, before or after prepare)
  *
+ * A job with several sinks commits them all or none (README "Writing a sink"): a sink
+ * that can undo its commit returns a handle from prepare and its plugin implements
+ * `resolve`; the core journals the handles before the first commit, and on a failure
+ * part-way (now, or a crash found at the next start) rolls back what was committed.
+ *
  * A sink plugin is a plain object (Vite style) made by a factory; it names the URI
  * schemes it handles and creates one Sink per (job, SinkSpec). It never sees
  * sockets or the guest: the core maps this lifecycle onto the worker hooks.
@@ -53,13 +58,38 @@ export interface Sink {
   open?(): Promise<void> | void;
   /** One batch, in order. Awaited: backpressure reaches the guest. */
   write(batch: Batch): Promise<void> | void;
-  /** Phase one: flush everything to staging so that commit cannot fail for lack of data or space. */
-  prepare(): Promise<void> | void;
-  /** Phase two: make the output visible under its final name; return what was published. */
-  commit(): Promise<Artifact[]> | Artifact[];
+  /**
+   * Phase one: flush everything to staging so that commit cannot fail for lack of data or space.
+   * Return a handle (JSON) to take part in the all-or-nothing commit of a job's sinks: what
+   * the plugin's `resolve` needs, in this process or a later one, to undo or finish the commit.
+   */
+  // biome-ignore lint/suspicious/noConfusingVoidType: sinks written before handles declare `async prepare(): Promise<void>`, which must stay valid
+  prepare(): Promise<SinkHandle | void> | SinkHandle | void;
+  /**
+   * Phase two: make the output visible under its final name; return what was published.
+   * With `undo: true`, keep what `resolve(handle, "rollback")` needs to bring the previous
+   * output back, until `resolve(handle, "finish")`.
+   */
+  commit(options?: CommitOptions): Promise<Artifact[]> | Artifact[];
   /** Discard staging. Called on any failure, before or after prepare; must be idempotent. */
   abort(reason: Error): Promise<void> | void;
 }
+
+/** A sink's prepared commit, as `resolve` reads it back: JSON only (strings for bigints), it is journaled. */
+export type SinkHandle = string | number | boolean | null | readonly SinkHandle[] | { readonly [key: string]: SinkHandle };
+
+export interface CommitOptions {
+  /** True when other sinks of the job commit too: keep what a rollback needs until "finish". */
+  readonly undo: boolean;
+}
+
+/**
+ * What `resolve` does with a sink's commit: "rollback" undoes it if it happened (the
+ * previous output comes back) and discards its staging; "finish" keeps it and drops
+ * what a rollback would have needed. Both must be idempotent: either may run twice,
+ * and "rollback" may run for a commit that never started.
+ */
+export type ResolveDecision = "rollback" | "finish";
 
 /** Passed to a sink plugin's `checkTarget`. */
 export interface CheckContext {
@@ -96,8 +126,15 @@ export interface SinkPlugin {
    * `{input}` for sinks that do not say so.
    */
   readonly inputScopedModes?: boolean;
-  /** Remove staging left by a worker that crashed mid-job. Runs once at worker start. */
+  /** Remove staging left by a worker that crashed mid-job. Runs once at worker start, after interrupted commits are resolved. */
   recover?(context: RecoverContext): Promise<void> | void;
+  /**
+   * Undo ("rollback") or finish a commit made with `undo: true`, from the handle its
+   * sink's prepare returned: after another sink of the job failed to commit, after every
+   * sink committed, and at worker start for a commit a crash interrupted. A plugin
+   * without it is committed after those that have it (see README "Writing a sink").
+   */
+  resolve?(handle: SinkHandle, decision: ResolveDecision, context: RecoverContext): Promise<void> | void;
   /** Release what the plugin holds across jobs (thread pools, connections). Runs once at worker shutdown. */
   close?(): Promise<void> | void;
 }

@@ -6,10 +6,15 @@
  * Staging names are `.<final name>.stg-<job id>-<host tag>-<pid>`: hidden from globs,
  * and they say who wrote them, so `removeStaleStaging` can tell the leftovers of a
  * crashed process from the staging of a live worker sharing the same output root.
+ *
+ * For the all-or-nothing commit of a job's sinks (sinks/api.ts `resolve`), a publish can
+ * keep the file it replaces as a backup, `.<final name>.bak-<job id>-<host tag>-<pid>`,
+ * and `resolvePublished` puts it back (rollback) or deletes it (finish). Backups are not
+ * staging: only the commit journal that names them removes them.
  */
 import { createHash } from "node:crypto";
 import { constants as fsConstants } from "node:fs";
-import { link, open, readdir, rename, rm, stat, unlink } from "node:fs/promises";
+import { copyFile, link, open, readdir, rename, rm, stat, unlink } from "node:fs/promises";
 import { hostname } from "node:os";
 import { basename, dirname, extname, join } from "node:path";
 import { Errors } from "../core/kernel/errors.js";
@@ -17,7 +22,8 @@ import type { Logger } from "../core/kernel/logger.js";
 import type { SinkMode } from "../core/kernel/job.js";
 import { isProcessAlive } from "../core/kernel/process.js";
 
-const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
+/** This host's tag in staging names: tells this host's files from those of other hosts sharing a root. */
+export const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
 const STAGING_PATTERN = /^\.(.+)\.stg-(\d+)-([0-9a-f]{8})-(\d+)$/;
 const PROCESS_STARTED_MS = Date.now() - process.uptime() * 1000;
 
@@ -46,6 +52,65 @@ export function stagingPathFor(finalPath: string, jobId: bigint): string {
   return join(dirname(finalPath), `.${basename(finalPath)}.stg-${jobId}-${HOST_TAG}-${process.pid}`);
 }
 
+/** Where a publish with undo keeps the file it replaces (same directory: renamed back on rollback). */
+export function backupPathFor(finalPath: string, jobId: bigint): string {
+  return join(dirname(finalPath), `.${basename(finalPath)}.bak-${jobId}-${HOST_TAG}-${process.pid}`);
+}
+
+/**
+ * A staged file's publish, as `resolvePublished` reads it back: JSON, journaled before the
+ * publish. The staged file's identity (device, inode) tells, after a crash, whether the
+ * final name already holds it.
+ */
+export interface PublishHandle {
+  readonly staging: string;
+  readonly final: string;
+  readonly backup: string;
+  readonly dev: string;
+  readonly ino: string;
+  // An index signature makes it a SinkHandle (sinks/api.ts) as it is.
+  readonly [key: string]: string;
+}
+
+/** The handle of a staged, fsynced file that `publishStaged(..., { backup })` will publish. */
+export async function publishHandle(stagingPath: string, finalPath: string, jobId: bigint): Promise<PublishHandle> {
+  const info = await stat(stagingPath, { bigint: true });
+  return { staging: stagingPath, final: finalPath, backup: backupPathFor(finalPath, jobId), dev: info.dev.toString(), ino: info.ino.toString() };
+}
+
+/** True when `value` has the shape of a PublishHandle (a journal is read back from disk). */
+export function isPublishHandle(value: unknown): value is PublishHandle {
+  if (typeof value !== "object" || value === null) return false;
+  const fields = value as Record<string, unknown>;
+  return ["staging", "final", "backup", "dev", "ino"].every((key) => typeof fields[key] === "string");
+}
+
+/**
+ * Undoes or finishes a publish made with a backup (idempotent, also for a publish that
+ * never started). rollback: when the final name holds the staged file, the backup is
+ * renamed back over it (or, with none, the file is removed); staging and backup go.
+ * finish: the backup goes.
+ */
+export async function resolvePublished(handle: PublishHandle, decision: "rollback" | "finish"): Promise<void> {
+  if (decision === "rollback") {
+    const current = await stat(handle.final, { bigint: true }).catch((err: unknown) => {
+      if (errnoCode(err) === "ENOENT") return null;
+      throw err;
+    });
+    if (current !== null && current.dev.toString() === handle.dev && current.ino.toString() === handle.ino) {
+      try {
+        await rename(handle.backup, handle.final);
+      } catch (err) {
+        if (errnoCode(err) !== "ENOENT") throw err;
+        await unlink(handle.final);
+      }
+      await fsyncDirectory(dirname(handle.final));
+    }
+    await rm(handle.staging, { force: true });
+  }
+  await rm(handle.backup, { force: true });
+}
+
 /** Fails with SINK_TARGET_EXISTS when mode is "error" and the target is there. */
 export async function assertTargetFree(finalPath: string, mode: SinkMode, uri: string, jobId: bigint): Promise<void> {
   if (mode !== "error") return;
@@ -58,7 +123,16 @@ export async function assertTargetFree(finalPath: string, mode: SinkMode, uri: s
  * Mode "error" links instead of renaming: link fails atomically if the target
  * appeared since open, where rename would silently replace it.
  */
-export async function publishStaged(stagingPath: string, finalPath: string, mode: SinkMode, uri: string, jobId: bigint): Promise<void> {
+export async function publishStaged(
+  stagingPath: string,
+  finalPath: string,
+  mode: SinkMode,
+  uri: string,
+  jobId: bigint,
+  options: { backup?: string } = {},
+): Promise<void> {
+  // Mode "error" never replaces a file, so only the others need a backup to undo.
+  if (options.backup !== undefined && mode !== "error") await keepBackup(finalPath, options.backup);
   if (mode === "error") {
     try {
       await link(stagingPath, finalPath);
@@ -74,6 +148,31 @@ export async function publishStaged(stagingPath: string, finalPath: string, mode
     await unlink(stagingPath);
   } else {
     await rename(stagingPath, finalPath);
+  }
+  await fsyncDirectory(dirname(finalPath));
+}
+
+/** A second name for the file a publish is about to replace (a copy where hard links fail), made durable first. */
+async function keepBackup(finalPath: string, backupPath: string): Promise<void> {
+  await rm(backupPath, { force: true });
+  try {
+    await link(finalPath, backupPath);
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === "ENOENT") return;
+    if (!["EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV"].includes(code ?? "")) throw err;
+    try {
+      await copyFile(finalPath, backupPath);
+    } catch (copyErr) {
+      if (errnoCode(copyErr) === "ENOENT") return;
+      throw copyErr;
+    }
+    const handle = await open(backupPath, fsConstants.O_RDONLY);
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
   }
   await fsyncDirectory(dirname(finalPath));
 }
@@ -111,16 +210,12 @@ export async function removeStaleStaging(root: string, logger: Logger): Promise<
     const match = STAGING_PATTERN.exec(basename(entry));
     if (match === null) continue;
     const [, , , hostTag, pidText] = match;
-    if (hostTag !== HOST_TAG) continue;
     const pid = Number(pidText);
-    if (pid !== process.pid && isProcessAlive(pid)) continue;
+    if (hostTag !== HOST_TAG || (pid !== process.pid && isProcessAlive(pid))) continue;
     const path = join(root, entry);
     try {
       const info = await stat(path);
-      if (!info.isFile()) continue;
-      // Our own pid: stale only if written before this process started (a restarted
-      // container reuses pids); recovery may run again on RELOAD while a job is staging.
-      if (pid === process.pid && info.mtimeMs >= PROCESS_STARTED_MS) continue;
+      if (!info.isFile() || !writerIsGone(hostTag!, pid, info.mtimeMs)) continue;
       await unlink(path);
       removed.push(path);
       logger.warn({ file: path }, "removed staging file left by a crashed run");
@@ -129,6 +224,18 @@ export async function removeStaleStaging(root: string, logger: Logger): Promise<
     }
   }
   return removed;
+}
+
+/**
+ * True when a file tagged with (host tag, pid) and last modified at `mtimeMs` was left
+ * by a process that is gone: one of this host that no longer runs, or an earlier process
+ * that had our pid (a restarted container) and wrote before this one started. Our own
+ * files (recovery runs again on RELOAD while a job may be staging) and other hosts' stay.
+ */
+export function writerIsGone(hostTag: string, pid: number, mtimeMs: number): boolean {
+  if (hostTag !== HOST_TAG) return false;
+  if (pid === process.pid) return mtimeMs < PROCESS_STARTED_MS;
+  return !isProcessAlive(pid);
 }
 
 /** True when `name` (a file name, not a path) is a staging name made by stagingPathFor. */

@@ -6,7 +6,9 @@
  *    (append: `<dir>/data_<job id>.parquet`), as upstream wrote `parquet://./output/<topic>`.
  *  - append → `<stem>_<job id>.parquet` (one file per job); replace → atomically replaces
  *    the target; error → fails if the target exists (checked at open, and atomically at commit).
- *  - Written under a staging name beside the target, fsynced, renamed on commit.
+ *  - Written under a staging name beside the target, fsynced, renamed on commit. In a job
+ *    with other sinks, the file a commit replaces is kept as a backup until every sink
+ *    has committed, so that `resolve` can put it back (sinks/files.ts resolvePublished).
  *  - Written as batches arrive by parquet-wasm's public streaming writer (parquet-engine.ts)
  *    in a writer thread (parquet-writers.ts), beside the main thread that reads the guest:
  *    memory is bounded by the row group being filled plus the IPC streams in flight.
@@ -21,8 +23,20 @@ import { availableParallelism } from "node:os";
 import { mkdir, realpath, rename } from "node:fs/promises";
 import { dirname, relative, isAbsolute } from "node:path";
 import { Errors, systemErrorHint } from "../core/kernel/errors.js";
-import { defineSink, type Artifact, type Batch, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
-import { assertTargetFree, fileLocationFor, finalPathFor, publishStaged, removeIfPresent, removeStaleStaging, stagingPathFor } from "./files.js";
+import { defineSink, type Artifact, type Batch, type CommitOptions, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
+import {
+  assertTargetFree,
+  fileLocationFor,
+  finalPathFor,
+  isPublishHandle,
+  publishHandle,
+  publishStaged,
+  removeIfPresent,
+  removeStaleStaging,
+  resolvePublished,
+  stagingPathFor,
+  type PublishHandle,
+} from "./files.js";
 import { DataType, tableFromIPC, type RecordBatch, type Schema } from "apache-arrow";
 import { highCardinalityColumns } from "./dictionary.js";
 import {
@@ -94,6 +108,10 @@ export function parquetSink(options: ParquetConfig = {}): SinkPlugin {
     },
     async recover({ outputRoot, logger }) {
       await removeStaleStaging(outputRoot, logger);
+    },
+    async resolve(handle, decision) {
+      if (!isPublishHandle(handle)) throw new Error(`not a Parquet sink handle: ${JSON.stringify(handle)}`);
+      await resolvePublished(handle, decision);
     },
     async close() {
       const closing = pool;
@@ -172,6 +190,7 @@ class ParquetTopicSink implements Sink {
   #pendingBytes = 0;
   #rows = 0;
   #report: WriteReport | null = null;
+  #handle: PublishHandle | null = null;
 
   constructor(target: SinkTarget, context: SinkContext, config: ResolvedParquetConfig, getPool: () => ParquetWriterPool) {
     this.#target = target;
@@ -237,22 +256,25 @@ class ParquetTopicSink implements Sink {
     }
   }
 
-  async prepare(): Promise<void> {
-    if (this.#stream === null) return;
+  async prepare(): Promise<PublishHandle | undefined> {
+    if (this.#stream === null) return undefined;
     // No rows at all still sends one (empty) stream: the file gets its schema.
     if (this.#pendingRows > 0 || this.#rows === 0) await this.#flush();
     this.#report = await this.#failed(this.#stream.finish());
     this.#context.logger.debug({ file: this.#stagingPath, ...this.#report }, "Parquet file written");
+    this.#handle = await publishHandle(this.#stagingPath, this.#finalPath, this.#context.job.jobId);
+    return this.#handle;
   }
 
-  async commit(): Promise<Artifact[]> {
+  async commit(options?: CommitOptions): Promise<Artifact[]> {
     const { job, logger } = this.#context;
     if (this.#stream === null) {
       logger.warn({ file: this.#finalPath }, "topic produced no batch: no Parquet file published");
       return [];
     }
     if (this.#report === null) throw new Error("commit before prepare");
-    await publishStaged(this.#stagingPath, this.#finalPath, this.#target.mode, this.#target.uri, job.jobId);
+    const backup = options?.undo === true ? this.#handle?.backup : undefined;
+    await publishStaged(this.#stagingPath, this.#finalPath, this.#target.mode, this.#target.uri, job.jobId, { backup });
     logger.debug({ file: this.#finalPath }, "Parquet file published");
     return [{ topic: this.#target.topic, uri: `parquet://${this.#finalPath}` }];
   }

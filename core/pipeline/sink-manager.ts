@@ -1,14 +1,16 @@
 /**
  * Maps the Sink lifecycle onto the worker hooks; the only code that calls sink methods.
  *
- *   start          → plugin.recover()      (staging left by a crashed run)
+ *   start          → commits a crash interrupted are rolled back or forward (sink-commit.ts),
+ *                    then plugin.recover()      (staging left by a crashed run)
  *   jobStart       → create + open one sink per SinkSpec (identical repeats are one sink;
  *                    an unknown scheme or a conflicting repeat fails the job before any opens)
  *   onBatch        → unify the batch with its topic's schema (sinks/schema.ts), check the
  *                    schemaDef contract, then write to every sink of the batch's topic
  *   prepareCommit  → every sink prepares (phase one); the first failure fails the job
  *   onConclude     → at Stage.COMMIT (after default-stage taps, which may still veto):
- *                    SUCCESS: every sink commits (phase two), artifacts and metrics;
+ *                    SUCCESS: every sink commits (phase two), all or nothing (sink-commit.ts),
+ *                    artifacts and metrics;
  *                    FAILED: every sink aborts
  *   shutdown       → plugin.close()
  *
@@ -31,10 +33,11 @@ import type { Batch, JobContext, JobOutcome, SinkSpec } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
 import { ANY_TOPIC, TOPIC_PLACEHOLDER } from "../protocol/messages.js";
 import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../../hooks/index.js";
-import type { Sink, SinkPlugin, SinkTarget } from "../../sinks/api.js";
+import type { Sink, SinkHandle, SinkPlugin, SinkTarget } from "../../sinks/api.js";
 import { contractDifferences, parseSchemaDef } from "../../sinks/contract.js";
 import { TopicSchema, castTable, conformsTo } from "../../sinks/schema.js";
 import { parseSinkUri } from "../../sinks/uri.js";
+import { commitAll, resolveInterruptedCommits, type Participant } from "./sink-commit.js";
 import { dedupeSinkSpecs } from "./sink-dedupe.js";
 
 export interface LoadedSink {
@@ -49,6 +52,8 @@ interface ActiveSink {
   readonly loaded: LoadedSink;
   readonly logger: Logger;
   sink: Sink | null;
+  /** What prepare returned (sinks/api.ts SinkHandle), null for nothing. */
+  handle: SinkHandle | null;
   batches: number;
   rows: number;
   done: boolean;
@@ -104,6 +109,11 @@ export class SinkManager implements WorkerPlugin {
   }
 
   async #recover(): Promise<void> {
+    try {
+      await resolveInterruptedCommits(this.#plugins, this.#outputRoot, this.#logger);
+    } catch (err) {
+      this.#logger.error({ err }, "could not resolve interrupted commits: %s", errorMessage(err));
+    }
     for (const { plugin, options } of this.#plugins) {
       if (plugin.recover === undefined) continue;
       const logger = this.#logger.child({ sink_plugin: plugin.name });
@@ -132,7 +142,7 @@ export class SinkManager implements WorkerPlugin {
 
   async #start(target: SinkTarget, loaded: LoadedSink, job: JobContext, state: JobSinks): Promise<ActiveSink> {
     const logger = job.logger.child({ topic: target.topic, sink: target.uri });
-    const active: ActiveSink = { target, loaded, logger, sink: null, batches: 0, rows: 0, done: false };
+    const active: ActiveSink = { target, loaded, logger, sink: null, handle: null, batches: 0, rows: 0, done: false };
     state.sinks.push(active);
     const list = state.byTopic.get(target.topic) ?? [];
     list.push(active);
@@ -234,7 +244,9 @@ export class SinkManager implements WorkerPlugin {
     if (state === undefined) return;
     for (const active of state.sinks) {
       if (active.batches === 0) active.logger.warn("topic %s produced no batch for sink %s", active.target.topic, active.target.uri);
-      await this.#call(active, job, "prepare", () => active.sink!.prepare());
+      await this.#call(active, job, "prepare", async () => {
+        active.handle = (await active.sink!.prepare()) ?? null;
+      });
     }
   }
 
@@ -251,20 +263,22 @@ export class SinkManager implements WorkerPlugin {
     }
 
     if (outcome.status === "SUCCESS") {
+      const participants = new Map<Participant, ActiveSink>();
       for (const active of state.sinks) {
-        try {
-          await this.#call(active, job, "commit", async () => {
-            const artifacts = await active.sink!.commit();
-            active.done = true;
-            outcome.artifacts.push(...artifacts);
-          });
-        } catch (err) {
-          outcome.status = "FAILED";
-          outcome.error = err instanceof Error ? err : new Error(String(err));
-          const published = state.sinks.filter((s) => s.done).map((s) => s.target.uri);
-          if (published.length > 0) job.logger.error({ published }, "commit failed after other sinks had published; those outputs stay");
-          break;
-        }
+        if (active.sink === null) continue;
+        const { plugin, options } = active.loaded;
+        participants.set(
+          { plugin, options, sink: active.sink, topic: active.target.topic, uri: active.target.uri, handle: active.handle, logger: active.logger },
+          active,
+        );
+      }
+      const result = await commitAll([...participants.keys()], job, (participant, step, fn) => this.#call(participants.get(participant)!, job, step, fn));
+      for (const participant of result.committed) participants.get(participant)!.done = true;
+      if (result.rolledBack > 0) outcome.metrics.sinks_rolled_back = result.rolledBack;
+      if (result.error === null) outcome.artifacts.push(...result.artifacts);
+      else {
+        outcome.status = "FAILED";
+        outcome.error = result.error;
       }
     }
     if (outcome.status === "FAILED") {

@@ -1,0 +1,164 @@
+/**
+ * All or nothing across a job's sinks, in one process: the real Parquet and SQLite sinks
+ * (the SQLite one loaded from its example config), real files, a real database. A commit
+ * that really fails part-way undoes the commits made before it; the retry writes once.
+ * The crash cases (kill -9 between two commits) are in commit-crash.test.ts.
+ */
+import assert from "node:assert/strict";
+import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import { tableFromIPC } from "apache-arrow";
+import Database from "better-sqlite3";
+import { pino } from "pino";
+import { loadConfig } from "../core/config/loader.js";
+import { Errors } from "../core/kernel/errors.js";
+import { packageRoot } from "../core/kernel/paths.js";
+import type { SinkSpec } from "../core/kernel/job.js";
+import type { Pipeline } from "../core/pipeline/pipeline.js";
+import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
+import { readRowGroups } from "../sinks/parquet-engine.js";
+import { batchOf, recordingSinkPlugin, sampleTable, type SinkEvent } from "./helpers/arrow.js";
+import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
+
+const logger = pino({ level: "silent" });
+const roots: string[] = [];
+after(() => Promise.all(roots.map((r) => rm(r, { recursive: true, force: true }))));
+
+async function setup(): Promise<{ root: string; pipeline: Pipeline }> {
+  const { config, dir } = await loadConfig({ explicitPath: join("examples", "sqlite-sink.config.ts"), cwd: packageRoot(), command: "worker" });
+  const root = await mkdtemp(join(tmpdir(), "casparian-commit-"));
+  roots.push(root);
+  const plugins = await loadSinkPlugins(config.sinks, dir, { encoderThreads: 0 });
+  const events: SinkEvent[] = [];
+  plugins.push({ plugin: recordingSinkPlugin({ events, failOn: { topic: "mem-fails", step: "commit" } }), options: {} });
+  const pipeline = scriptedPipeline({ outputRoot: root, sinks: plugins, logger, workerId: "w" });
+  await pipeline.start();
+  return { root, pipeline };
+}
+
+/** Rows and the job ids in them, of one Parquet file (read back with parquet-wasm). */
+async function parquetJobs(file: string): Promise<{ rows: number; jobs: string[] }> {
+  let rows = 0;
+  const jobs = new Set<string>();
+  for await (const ipc of readRowGroups(file)) {
+    const table = tableFromIPC(ipc);
+    rows += table.numRows;
+    for (const id of table.getChild("_job_id")!) jobs.add(String(id));
+  }
+  return { rows, jobs: [...jobs] };
+}
+
+/** Rows of a SQLite table by _file_version_id, and its ledger (job ids per input version). */
+function sqliteState(file: string, table: string): { rows: number; ledger: string[] } | null {
+  const db = new Database(file, { readonly: true });
+  try {
+    if (db.prepare("SELECT 1 FROM sqlite_master WHERE name = ?").get(table) === undefined) return null;
+    const rows = (db.prepare(`SELECT count(*) AS n FROM "${table}"`).get() as { n: number }).n;
+    const ledger = (
+      db
+        .prepare("SELECT file_path || '@' || file_version_id || ':' || job_id || '=' || rows AS e FROM _casparian_inputs WHERE target = ? ORDER BY e")
+        .all(table) as Array<{ e: string }>
+    ).map((r) => r.e);
+    return { rows, ledger };
+  } finally {
+    db.close();
+  }
+}
+
+function tablesOf(file: string): string[] {
+  const db = new Database(file, { readonly: true });
+  try {
+    return (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as Array<{ name: string }>).map((r) => r.name);
+  } finally {
+    db.close();
+  }
+}
+
+function run(pipeline: Pipeline, sinks: SinkSpec[], jobId: bigint, rows: number, opts: { beforeEnd?: () => Promise<void> } = {}) {
+  const job = makeJob({ sinks, jobId, filePath: "/data/in.csv", fileVersionId: 5n });
+  return runJob(pipeline, job, async (publish) => {
+    for (const spec of sinks) await publish(batchOf(spec.topic, sampleTable(rows), 0));
+    await opts.beforeEnd?.();
+  });
+}
+
+const hidden = async (root: string) => (await readdir(root)).filter((name) => name.startsWith("."));
+
+describe("all or nothing across a job's sinks", () => {
+  test("the second sink's commit fails: the first sink's commit is undone (the file it replaced is back); the retry writes each output once", async () => {
+    const { root, pipeline } = await setup();
+    const db = join(root, "w.db");
+    const sinks = (table: string) => [sinkSpec("a", "parquet://a.parquet", "replace"), sinkSpec("b", `sqlite://w.db/${table}`, "append")];
+    const first = await run(pipeline, sinks("t"), 1n, 3);
+    assert.equal(first.status, "SUCCESS", String(first.error));
+    assert.deepEqual(await parquetJobs(join(root, "a.parquet")), { rows: 3, jobs: ["1"] });
+
+    // A real commit failure: a table that exists without the lineage column.
+    const setupDb = new Database(db);
+    setupDb.exec('CREATE TABLE "bad" (id INTEGER)');
+    setupDb.close();
+    const failed = await run(pipeline, sinks("bad"), 2n, 7);
+    assert.equal(failed.status, "FAILED");
+    assert.match(String(failed.error), /has no _file_version_id column/);
+    assert.equal(failed.metrics.sinks_rolled_back, 1);
+    assert.deepEqual(await parquetJobs(join(root, "a.parquet")), { rows: 3, jobs: ["1"] }, "the Parquet file job 2 had published is rolled back to job 1's");
+    assert.equal(sqliteState(db, "bad")!.rows, 0);
+    assert.deepEqual(await hidden(root), [], "no staging, backup or journal is left");
+
+    // The Sentinel retries (a new job id) once the table is fixed: each output once.
+    const fix = new Database(db);
+    fix.exec('DROP TABLE "bad"');
+    fix.close();
+    const retry = await run(pipeline, sinks("bad"), 3n, 7);
+    assert.equal(retry.status, "SUCCESS", String(retry.error));
+    assert.deepEqual(await parquetJobs(join(root, "a.parquet")), { rows: 7, jobs: ["3"] });
+    assert.deepEqual(sqliteState(db, "bad"), { rows: 7, ledger: ["/data/in.csv@5:3=7"] });
+    assert.deepEqual(await hidden(root), []);
+    assert.deepEqual(tablesOf(db), ["_casparian_inputs", "bad", "t"], "no undo table is left");
+  });
+
+  test("the Parquet commit fails after the SQLite one: the input's earlier rows and ledger come back", async () => {
+    const { root, pipeline } = await setup();
+    const db = join(root, "w.db");
+    const first = await run(pipeline, [sinkSpec("b", "sqlite://w.db/t", "replace")], 1n, 4);
+    assert.equal(first.status, "SUCCESS", String(first.error));
+    assert.deepEqual(sqliteState(db, "t"), { rows: 4, ledger: ["/data/in.csv@5:1=4"] });
+
+    // Mode error: the target appears while the job runs, so the Parquet sink's link at commit fails.
+    const sinks = [sinkSpec("b", "sqlite://w.db/t", "replace"), sinkSpec("a", "parquet://a.parquet", "error")];
+    const failed = await run(pipeline, sinks, 2n, 9, { beforeEnd: () => writeFile(join(root, "a.parquet"), "someone else's") });
+    assert.equal(failed.status, "FAILED");
+    assert.ok(Errors.SINK_TARGET_EXISTS.is(failed.error), String(failed.error));
+    assert.deepEqual(sqliteState(db, "t"), { rows: 4, ledger: ["/data/in.csv@5:1=4"] }, "job 2's rows are rolled back, job 1's are back");
+    assert.deepEqual(tablesOf(db), ["_casparian_inputs", "t"]);
+    assert.deepEqual(await hidden(root), []);
+  });
+
+  test("a table the rolled-back commit created is dropped again", async () => {
+    const { root, pipeline } = await setup();
+    const sinks = [sinkSpec("b", "sqlite://w.db/fresh", "append"), sinkSpec("a", "parquet://a.parquet", "error")];
+    const failed = await run(pipeline, sinks, 4n, 2, { beforeEnd: () => writeFile(join(root, "a.parquet"), "taken") });
+    assert.equal(failed.status, "FAILED");
+    assert.deepEqual(tablesOf(join(root, "w.db")), ["_casparian_inputs"]);
+  });
+
+  test("a sink that cannot undo commits last: when it fails, the sinks before it are undone", async () => {
+    const { root, pipeline } = await setup();
+    // Configured first, it still commits after the Parquet and SQLite sinks.
+    const sinks = [sinkSpec("mem-fails", "mem://x"), sinkSpec("a", "parquet://a.parquet", "append"), sinkSpec("b", "sqlite://w.db/t", "append")];
+    const failed = await run(pipeline, sinks, 6n, 3);
+    assert.equal(failed.status, "FAILED");
+    assert.match(String(failed.error), /commit failed on purpose/);
+    assert.equal(failed.metrics.sinks_rolled_back, 2);
+    assert.deepEqual(await readdir(root), ["w.db"]);
+    assert.deepEqual(tablesOf(join(root, "w.db")), ["_casparian_inputs"]);
+  });
+
+  test("a job with one sink writes no journal and keeps no backup", async () => {
+    const { root, pipeline } = await setup();
+    for (const jobId of [1n, 2n]) assert.equal((await run(pipeline, [sinkSpec("a", "parquet://a.parquet", "replace")], jobId, 2)).status, "SUCCESS");
+    assert.deepEqual(await readdir(root), ["a.parquet"]);
+  });
+});
