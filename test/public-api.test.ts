@@ -23,7 +23,10 @@ import {
   type JobContext,
   type JobOutcome,
   type Receipt,
+  type CommitOptions,
+  type RecoverContext,
   type Sink,
+  type SinkHandle,
   type SinkContext,
   type SinkPlugin,
   type SinkTarget,
@@ -73,6 +76,12 @@ const jsonl = defineSink({
 expectTypeOf(jsonl).toExtend<SinkPlugin>();
 expectTypeOf(jsonl.name).toEqualTypeOf<string>();
 expectTypeOf<Sink["commit"]>().returns.toEqualTypeOf<Promise<import("casparian-flow").Artifact[]> | import("casparian-flow").Artifact[]>();
+// Sinks written before handles (async prepare returning nothing) still are sinks; prepare may return a JSON handle.
+expectTypeOf<{ write(): void; prepare(): Promise<void>; commit(): []; abort(): void }>().toExtend<Sink>();
+expectTypeOf<{ write(): void; prepare(): Promise<{ file: string }>; commit(options?: CommitOptions): []; abort(): void }>().toExtend<Sink>();
+expectTypeOf<SinkPlugin["resolve"]>().toEqualTypeOf<
+  ((handle: SinkHandle, decision: "rollback" | "finish", context: RecoverContext) => Promise<void> | void) | undefined
+>();
 // @ts-expect-error a sink without commit cannot keep the two-phase promise
 defineSink({ name: "half", schemes: ["half"], create: () => ({ write() {}, prepare() {}, abort() {} }) });
 // @ts-expect-error a plugin names the schemes it handles
@@ -151,6 +160,7 @@ const PUBLIC_VALUES = [
   "Stage",
   "TopicSchema",
   "assertTargetFree",
+  "backupPathFor",
   "castTable",
   "dataReader",
   "decimalText",
@@ -161,10 +171,13 @@ const PUBLIC_VALUES = [
   "finalPathFor",
   "fsyncDirectory",
   "isProcessAlive",
+  "isPublishHandle",
+  "publishHandle",
   "publishStaged",
   "removeIfPresent",
   "removeStaleStaging",
   "resolveInsideRoot",
+  "resolvePublished",
   "stagingPathFor",
   "unifySchemas",
   "widenType",
