@@ -116,7 +116,7 @@ describe("all or nothing across a job's sinks", () => {
     assert.deepEqual(await parquetJobs(join(root, "a.parquet")), { rows: 7, jobs: ["3"] });
     assert.deepEqual(sqliteState(db, "bad"), { rows: 7, ledger: ["/data/in.csv@5:3=7"] });
     assert.deepEqual(await hidden(root), []);
-    assert.deepEqual(tablesOf(db), ["_casparian_inputs", "bad", "t"], "no undo table is left");
+    assert.deepEqual(tablesOf(db), ["_casparian_inputs", "_casparian_schemas", "bad", "t"], "no undo table is left");
   });
 
   test("the Parquet commit fails after the SQLite one: the input's earlier rows and ledger come back", async () => {
@@ -132,7 +132,7 @@ describe("all or nothing across a job's sinks", () => {
     assert.equal(failed.status, "FAILED");
     assert.ok(Errors.SINK_TARGET_EXISTS.is(failed.error), String(failed.error));
     assert.deepEqual(sqliteState(db, "t"), { rows: 4, ledger: ["/data/in.csv@5:1=4"] }, "job 2's rows are rolled back, job 1's are back");
-    assert.deepEqual(tablesOf(db), ["_casparian_inputs", "t"]);
+    assert.deepEqual(tablesOf(db), ["_casparian_inputs", "_casparian_schemas", "t"]);
     assert.deepEqual(await hidden(root), []);
   });
 
@@ -141,7 +141,10 @@ describe("all or nothing across a job's sinks", () => {
     const sinks = [sinkSpec("b", "sqlite://w.db/fresh", "append"), sinkSpec("a", "parquet://a.parquet", "error")];
     const failed = await run(pipeline, sinks, 4n, 2, { beforeEnd: () => writeFile(join(root, "a.parquet"), "taken") });
     assert.equal(failed.status, "FAILED");
-    assert.deepEqual(tablesOf(join(root, "w.db")), ["_casparian_inputs"]);
+    assert.deepEqual(tablesOf(join(root, "w.db")), ["_casparian_inputs", "_casparian_schemas"]);
+    const db = new Database(join(root, "w.db"), { readonly: true });
+    assert.deepEqual(db.prepare("SELECT target FROM _casparian_schemas").all(), [], "nor is its schema recorded");
+    db.close();
   });
 
   test("a sink that cannot undo commits last: when it fails, the sinks before it are undone", async () => {
@@ -153,7 +156,7 @@ describe("all or nothing across a job's sinks", () => {
     assert.match(String(failed.error), /commit failed on purpose/);
     assert.equal(failed.metrics.sinks_rolled_back, 2);
     assert.deepEqual(await readdir(root), ["w.db"]);
-    assert.deepEqual(tablesOf(join(root, "w.db")), ["_casparian_inputs"]);
+    assert.deepEqual(tablesOf(join(root, "w.db")), ["_casparian_inputs", "_casparian_schemas"]);
   });
 
   test("a job with one sink writes no journal and keeps no backup", async () => {
