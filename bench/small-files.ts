@@ -8,6 +8,7 @@
  *
  *   npm run bench            (all benchmarks)
  *   node dist/bench/small-files.js [--files N] [--cold-files N] [--cold-pandas-files N] [--ratio-files N]
+ *                                  [--only stdlib-warm]   (just the stdlib plugin, warm, 1 and 2 workers)
  *
  * Cold pandas jobs take seconds each, so the cold pandas runs use fewer files
  * (--cold-pandas-files); jobs/s is a rate, comparable across file counts.
@@ -17,6 +18,8 @@
  *   guest start  cold: interpreter start, imports, socket connect; warm: the fork and connect (guest_start_ms)
  *   plugin       the guest's own run time, plugin and Arrow encoding: guest.guest_ms
  *   sink commit  prepare + commit of the sinks and the receipt: commit_ms
+ *   gap          from a job's answer at the Sentinel to the next DISPATCH to that worker
+ *                (report fields dispatched_at_ms, round_trip_ms and worker)
  * plus the promotion of the files into --output by `casparian run` (after CONCLUDE, not per job above).
  *
  * Last, the ratio that must hold on any machine: `casparian run` over --ratio-files tiny
@@ -24,7 +27,7 @@
  */
 import { execFile } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs, promisify } from "node:util";
@@ -35,6 +38,8 @@ const execFileAsync = promisify(execFile);
 interface ReportInput {
   state: string;
   round_trip_ms: number | null;
+  dispatched_at_ms: number | null;
+  worker: string | null;
   metrics: Record<string, number>;
 }
 
@@ -103,7 +108,7 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
   const ok = report.inputs.filter((i) => i.state === "succeeded");
   if (ok.length !== files) throw new Error(`${label}: only ${ok.length} of ${files} inputs succeeded:\n${run.stdout}`);
 
-  const stages: Record<string, number[]> = { dispatch: [], "guest start": [], plugin: [], "sink commit": [], "job total": [] };
+  const stages: Record<string, number[]> = { dispatch: [], "guest start": [], plugin: [], "sink commit": [], "job total": [], gap: [] };
   const missing = new Set<string>();
   let warmJobs = 0;
   let parentRssKb = 0;
@@ -119,13 +124,32 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
     warmJobs += m.guest_warm === 1 ? 1 : 0;
     parentRssKb = Math.max(parentRssKb, m.guest_parent_rss_kb ?? 0);
   }
+  stages.gap = gapsBetweenJobs(ok);
   await rm(data, { recursive: true, force: true });
   await rm(join(root, `out-${tag}`), { recursive: true, force: true });
   return { label, files, workers, wallSeconds: run.ms / 1000, jobsPerSecond: files / report.seconds, stages, warmJobs, parentRssKb, missing };
 }
 
+/**
+ * Per worker, the time from one job's answer reaching the Sentinel to the next DISPATCH
+ * to the same worker: what the run's scheduling costs between jobs.
+ */
+function gapsBetweenJobs(inputs: ReportInput[]): number[] {
+  const byWorker = new Map<string, ReportInput[]>();
+  for (const input of inputs) {
+    if (input.worker === null || input.dispatched_at_ms === null || input.round_trip_ms === null) continue;
+    byWorker.set(input.worker, [...(byWorker.get(input.worker) ?? []), input]);
+  }
+  const gaps: number[] = [];
+  for (const jobs of byWorker.values()) {
+    jobs.sort((a, b) => a.dispatched_at_ms! - b.dispatched_at_ms!);
+    for (let i = 1; i < jobs.length; i++) gaps.push(jobs[i]!.dispatched_at_ms! - jobs[i - 1]!.dispatched_at_ms! - jobs[i - 1]!.round_trip_ms!);
+  }
+  return gaps;
+}
+
 function row(o: Outcome): string {
-  const cells = ["dispatch", "guest start", "plugin", "sink commit", "job total"].map((s) => median(o.stages[s]!).toFixed(0).padStart(7));
+  const cells = ["dispatch", "guest start", "plugin", "sink commit", "job total", "gap"].map((s) => median(o.stages[s]!).toFixed(0).padStart(7));
   return `  ${o.label.padEnd(12)} ${String(o.workers).padStart(7)} ${String(o.files).padStart(6)} ${o.jobsPerSecond.toFixed(1).padStart(8)} ${o.wallSeconds.toFixed(1).padStart(7)} ${`${o.warmJobs}/${o.files}`.padStart(9)}  ${cells.join(" ")}`;
 }
 
@@ -162,8 +186,11 @@ async function main(): Promise<void> {
       "cold-files": { type: "string", default: "100" },
       "cold-pandas-files": { type: "string", default: "16" },
       "ratio-files": { type: "string", default: "100" },
+      only: { type: "string" },
     },
   });
+  if (values.only !== undefined && values.only !== "stdlib-warm") throw new Error(`--only takes stdlib-warm, not ${values.only}`);
+  const onlyStdlibWarm = values.only === "stdlib-warm";
   const files = Number(values.files);
   const coldFiles = Number(values["cold-files"]);
   const coldPandasFiles = Number(values["cold-pandas-files"]);
@@ -185,13 +212,17 @@ async function main(): Promise<void> {
     await writeFile(join(root, "cold.config.json"), JSON.stringify({ bridge: { warm: { enabled: false } } }));
 
     // Warm-up: builds both environments (and locks the pandas plugin's inline dependencies) once.
-    for (const c of [stdlib, pandas]) {
+    for (const c of onlyStdlibWarm ? [stdlib] : [stdlib, pandas]) {
       const one = await inputsDir(root, `warmup-${c.name}`, c.samples, 1);
       await runCli([c.plugin, one, "--workers", "1", "--config", join(root, "cold.config.json"), "--output", join(root, `warmup-out-${c.name}`)], root, home);
     }
 
     const outcomes: Outcome[] = [];
     for (const workers of [1, 2]) {
+      if (onlyStdlibWarm) {
+        outcomes.push(await scenario(root, home, stdlib, true, workers, files));
+        continue;
+      }
       outcomes.push(await scenario(root, home, stdlib, false, workers, coldFiles));
       outcomes.push(await scenario(root, home, stdlib, true, workers, files));
       outcomes.push(await scenario(root, home, pandas, false, workers, coldPandasFiles));
@@ -200,12 +231,25 @@ async function main(): Promise<void> {
 
     console.log(`small files: casparian run, warm guests (default) vs cold (bridge.warm.enabled: false)`);
     console.log(`  jobs/s from first to last job; wall = the whole command; per-job medians in ms`);
+    console.log(`  gap = from a job's answer at the Sentinel to the next DISPATCH to the same worker`);
     console.log(
-      `  ${"plugin".padEnd(12)} ${"workers".padStart(7)} ${"files".padStart(6)} ${"jobs/s".padStart(8)} ${"wall s".padStart(7)} ${"warm".padStart(9)}  ${["dispatch", "start", "plugin", "commit", "total"].map((s) => s.padStart(7)).join(" ")}`,
+      `  ${"plugin".padEnd(12)} ${"workers".padStart(7)} ${"files".padStart(6)} ${"jobs/s".padStart(8)} ${"wall s".padStart(7)} ${"warm".padStart(9)}  ${["dispatch", "start", "plugin", "commit", "total", "gap"].map((s) => s.padStart(7)).join(" ")}`,
     );
     for (const o of outcomes) console.log(row(o));
 
     const find = (label: string, workers: number) => outcomes.find((o) => o.label === label && o.workers === workers)!;
+    if (onlyStdlibWarm) {
+      for (const workers of [1, 2])
+        console.log(
+          `  ${workers} worker${workers > 1 ? "s" : ""}: stdlib warm ${(find("stdlib warm", workers).jobsPerSecond / workers).toFixed(1)} jobs/s per worker (target >= 100)`,
+        );
+      console.log(
+        `  load average: ${loadavg()
+          .map((l) => l.toFixed(1))
+          .join(" ")}`,
+      );
+      return;
+    }
     for (const workers of [1, 2]) {
       const pandasRatio = find("pandas warm", workers).jobsPerSecond / find("pandas cold", workers).jobsPerSecond;
       const stdlibRatio = find("stdlib warm", workers).jobsPerSecond / find("stdlib cold", workers).jobsPerSecond;

@@ -311,8 +311,16 @@ describe("warm guests", () => {
     const report = join(dir, "report.json");
     const exit = await runCli([plugin, data, "--workers", "1", "--output", join(dir, "out"), "--report", report], { cwd: dir, home: join(dir, "home") });
     assert.equal(exit.code, 0, exit.stderr);
-    const parsed = JSON.parse(await readFile(report, "utf8")) as { inputs: { metrics: Record<string, number> }[] };
+    const parsed = JSON.parse(await readFile(report, "utf8")) as {
+      inputs: { metrics: Record<string, number>; worker: string | null; dispatched_at_ms: number | null; round_trip_ms: number | null }[];
+    };
     const warm = parsed.inputs.map((i) => i.metrics.guest_warm).sort();
     assert.deepEqual(warm, [0, 1, 1, 1]);
+    // The report says when each job went to which worker: one worker, one job at a time.
+    assert.equal(new Set(parsed.inputs.map((i) => i.worker)).size, 1);
+    assert.match(parsed.inputs[0]!.worker ?? "", /^run-/);
+    const jobs = [...parsed.inputs].sort((a, b) => a.dispatched_at_ms! - b.dispatched_at_ms!);
+    assert.ok(jobs[0]!.dispatched_at_ms! > 0);
+    for (let i = 1; i < jobs.length; i++) assert.ok(jobs[i]!.dispatched_at_ms! >= jobs[i - 1]!.dispatched_at_ms! + jobs[i - 1]!.round_trip_ms!);
   });
 });

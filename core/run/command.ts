@@ -453,6 +453,7 @@ async function execute(x: Execution): Promise<number> {
   if (flags.report !== undefined) {
     await writeReport(resolve(cwd, flags.report), {
       seconds,
+      startedAt: started,
       workers: x.workers,
       result,
       plugin: plugin.name,
@@ -488,6 +489,8 @@ async function writeReport(
   path: string,
   run: {
     seconds: number;
+    /** performance.now() when the run started. */
+    startedAt: number;
     workers: number;
     result: RunResult;
     plugin: string;
@@ -520,6 +523,9 @@ async function writeReport(
         attempts: job.attempts,
         error: job.error,
         round_trip_ms: job.roundTripMs,
+        // When the last attempt was dispatched (ms since the run started) and to which worker: the gaps between jobs.
+        dispatched_at_ms: job.dispatchedAt === null ? null : job.dispatchedAt - run.startedAt,
+        worker: job.workerId,
         metrics: Object.fromEntries(Object.entries(job.receipt?.metrics ?? {}).map(([k, v]) => [k, Number(v)])),
         artifacts: job.artifacts.map((a) => ({ topic: a.topic, uri: a.uri, bytes: a.bytes, rows: a.rows })),
         outputs: job.state === "succeeded" ? outputsOf(job.input.path) : [],
@@ -533,6 +539,8 @@ async function writeReport(
         attempts: 0,
         error: null,
         round_trip_ms: null,
+        dispatched_at_ms: null,
+        worker: null,
         metrics: {},
         artifacts: [],
         outputs: outputsOf(input.path),

@@ -51,6 +51,8 @@ export interface JobRecord {
   roundTripMs: number | null;
   /** performance.now() at the last DISPATCH. */
   dispatchedAt: number | null;
+  /** The worker that ran the last attempt. */
+  workerId: string | null;
 }
 
 export interface SchedulerOptions {
@@ -161,6 +163,7 @@ export class Scheduler {
       artifacts: [],
       roundTripMs: null,
       dispatchedAt: null,
+      workerId: null,
     }));
     this.#queue = [...this.#jobs];
     this.#respawnBudget = Math.max(2, options.workers * 2);
@@ -424,6 +427,7 @@ export class Scheduler {
     job.attempts++;
     job.state = "running";
     job.dispatchedAt = performance.now();
+    job.workerId = slot.process.id;
     slot.job = job;
     slot.state = "busy";
     const { plugin, env } = this.#options;
