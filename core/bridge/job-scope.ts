@@ -16,7 +16,7 @@
  * environment the worker may not read. Such a process outlives its job; a cgroup is the fix.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { isProcessAlive } from "../kernel/process.js";
@@ -219,6 +219,8 @@ class SessionScope implements JobScope {
   #leader: number | undefined;
   /** Set when a kill found nothing left: nothing of the job can start anything any more. */
   #clean = false;
+  /** The guest's start time: a process of the job cannot be older. */
+  #since = 0;
 
   constructor() {
     this.#marker = randomBytes(16).toString("hex");
@@ -227,6 +229,7 @@ class SessionScope implements JobScope {
 
   adopt(pid: number): void {
     this.#leader = pid;
+    this.#since = startTime(pid) ?? 0;
   }
 
   terminate(): void {
@@ -257,27 +260,56 @@ class SessionScope implements JobScope {
   /**
    * Live processes of the job: in the guest's session or process group (a pid stays taken
    * while any process uses it as its session or group id, so these cannot be strangers), or
-   * carrying the marker in an environment we may read.
+   * started after the guest and carrying the marker in an environment we may read. Read
+   * synchronously (a few µs a file; an async read costs a thread-pool round trip each),
+   * yielding to the event loop every few hundred processes.
    */
   async #find(leader: number): Promise<number[]> {
     const needle = Buffer.from(`\0${JOB_MARKER_ENV}=${this.#marker}\0`);
     const found: number[] = [];
-    const entries = await readdir("/proc").catch(() => [] as string[]);
-    for (const entry of entries) {
+    let entries: string[];
+    try {
+      entries = readdirSync("/proc");
+    } catch {
+      return found;
+    }
+    for (let i = 0; i < entries.length; i++) {
+      if (i % 256 === 255) await new Promise((resolve) => setImmediate(resolve));
+      const entry = entries[i]!;
       if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
-      const stat = await readFile(`/proc/${entry}/stat`, "utf8").catch(() => "");
-      // pid (comm) state ppid pgrp session ...: comm may hold spaces and parentheses.
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (fields[0] === "Z" || fields.length < 4) continue;
+      const fields = statFields(entry);
+      if (!fields || fields[0] === "Z") continue;
       if (Number(fields[2]) === leader || Number(fields[3]) === leader) {
         found.push(Number(entry));
         continue;
       }
-      const environ = await readFile(`/proc/${entry}/environ`).catch(() => undefined);
-      if (environ && Buffer.concat([Buffer.from([0]), environ]).includes(needle)) found.push(Number(entry));
+      if (Number(fields[19]) < this.#since) continue;
+      let environ: Buffer;
+      try {
+        environ = readFileSync(`/proc/${entry}/environ`);
+      } catch {
+        continue; // gone, or not ours to read
+      }
+      if (Buffer.concat([Buffer.from([0]), environ]).includes(needle)) found.push(Number(entry));
     }
     return found;
   }
+}
+
+/** /proc/<pid>/stat after "pid (comm) ": state ppid pgrp session ... (index 19: start time). comm may hold spaces and parentheses. */
+function statFields(pid: string | number): string[] | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return fields.length > 19 ? fields : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function startTime(pid: number): number | undefined {
+  const fields = statFields(pid);
+  return fields ? Number(fields[19]) : undefined;
 }
 
 function signal(pid: number, name: NodeJS.Signals): void {
