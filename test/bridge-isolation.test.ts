@@ -14,7 +14,7 @@ import { spawn } from "node:child_process";
 import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test, type TestContext } from "node:test";
 import { runGuest } from "../core/bridge/host.js";
 import { claimSlotUser, type SlotClaim, type SlotUser, unreachableFor } from "../core/bridge/slot-user.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
@@ -23,7 +23,11 @@ import { EnvManager } from "../core/env/manager.js";
 import { Errors } from "../core/kernel/errors.js";
 import type { Batch } from "../core/kernel/job.js";
 import { silentLogger } from "../core/kernel/logger.js";
+import { createHash } from "node:crypto";
+import { Opcode, type DispatchCommand } from "../core/protocol/messages.js";
 import { rejectsWith } from "./helpers/assert.js";
+import { TestSentinel } from "./helpers/sentinel.js";
+import { spawnWorker } from "./helpers/spawn-worker.js";
 import { bareEnvironment, testJob } from "./helpers/pyenv.js";
 
 const TIMEOUTS = { connectMs: 20_000, idleMs: 60_000, jobMs: 120_000 };
@@ -262,3 +266,74 @@ function claimAsNobody(): string {
   return `import { claimSlotUser } from ${JSON.stringify(module)}; import { silentLogger } from ${JSON.stringify(kernel)};
 claimSlotUser({ user: 61999, logger: silentLogger() }).then(() => console.log("claimed"), (err) => console.log(err.code));`;
 }
+
+describe("two real workers on one host", () => {
+  const BARE_LOCK = 'version = 1\nrequires-python = ">=3.11"\n';
+
+  /** A worker process (root, bridge.users from the default range) with its own Sentinel, its env prepared. */
+  async function startWorker(t: TestContext, name: string) {
+    const sentinel = await TestSentinel.bind();
+    const configDir = await mkdtemp(join(root, `config-${name}-`));
+    await writeFile(join(configDir, ".casparianrc.json"), JSON.stringify({ bridge: { users: { from: 61000, count: 184 } } }));
+    const worker = await spawnWorker({
+      args: ["--connect", sentinel.endpoint, "--heartbeat-interval", "0.2", "--config", join(configDir, ".casparianrc.json")],
+      env: { UV_PYTHON: process.env.UV_PYTHON },
+    });
+    t.after(async () => {
+      await worker.dispose();
+      await sentinel.close();
+    });
+    await chmod(worker.dir, 0o755); // its home (venvs) must be reachable by its slot user
+    const peer = (await sentinel.expect(Opcode.IDENTIFY, { timeoutMs: 15_000 })).identity;
+    const claimed = await worker.waitForLog((line) => line.msg === "guests run as this slot's own user", 15_000);
+    const envHash = createHash("sha256").update(BARE_LOCK).digest("hex");
+    await sentinel.send(peer, Opcode.PREPARE_ENV, 0n, { env_hash: envHash, lockfile_content: BARE_LOCK, python_version: null });
+    await sentinel.expect(Opcode.ENV_READY, { timeoutMs: 120_000 });
+    const dispatch = (jobId: bigint, source: string) => {
+      const command: DispatchCommand = {
+        plugin_name: name,
+        file_path: "/dev/null",
+        sinks: [],
+        file_version_id: 1n,
+        env_hash: envHash,
+        source_code: source,
+        artifact_hash: null,
+      };
+      return sentinel.send(peer, Opcode.DISPATCH, jobId, command);
+    };
+    return { sentinel, worker, uid: Number(claimed.uid), dispatch };
+  }
+
+  test("each worker claims its own slot user; a plugin on one gets nothing of the other's socket, source, staging or environment", {
+    timeout: 300_000,
+  }, async (t) => {
+    const a = await startWorker(t, "attacker");
+    const b = await startWorker(t, "victim");
+    assert.notEqual(a.uid, b.uid);
+    const meet = await mkdtemp(join(root, "meet-workers-"));
+    await chmod(meet, 0o777);
+    // The attacker's findings go to a file (the job has no sink); its job must still succeed.
+    const attacker = `${attackerSource(meet)}
+Attack = Handler
+class Handler(Attack):
+    def execute(self, path):
+        rows = super().execute(path)
+        with open(${JSON.stringify(join(meet, "findings.json"))}, "w") as out:
+            json.dump(rows[0], out)
+        return rows
+`;
+    await b.dispatch(1n, victimSource(meet));
+    await a.dispatch(2n, attacker);
+    const [concludeB, concludeA] = await Promise.all([
+      b.sentinel.expect(Opcode.CONCLUDE, { jobId: 1n, timeoutMs: 120_000 }),
+      a.sentinel.expect(Opcode.CONCLUDE, { jobId: 2n, timeoutMs: 120_000 }),
+    ]);
+    assert.equal((concludeA.message!.payload as { status: string }).status, "SUCCESS", JSON.stringify(concludeA.message!.payload));
+    assert.equal((concludeB.message!.payload as { status: string }).status, "SUCCESS", JSON.stringify(concludeB.message!.payload));
+    const findings = JSON.parse(await readFile(join(meet, "findings.json"), "utf8")) as Record<string, unknown>;
+    assert.equal(findings.uid, a.uid);
+    for (const door of ["socket", "source", "staging_list", "staging_read", "staging_write", "environ"]) {
+      assert.match(String(findings[door]), /^refused: /, `${door}: ${String(findings[door])}`);
+    }
+  });
+});
