@@ -263,6 +263,19 @@ describe("example SQLite sink", () => {
       { type: "table", name: "t" },
       { type: "index", name: "t_q" },
     ]);
+
+    // A column that appears in a later input is added; the earlier rows have NULL there.
+    const later = await runJob(
+      pipeline,
+      makeJob({ sinks: [sinkSpec("t", "sqlite://w.db/t", "replace")], jobId: 7n, filePath: "/data/f.csv", fileVersionId: 61n }),
+      [batchOf("t", new Table({ id: vectorFromArray([0n], new Int64()), q: vectorFromArray([8n], new Int64()), note: vectorFromArray(["new"], new Utf8()) }))],
+    );
+    assert.equal(later.status, "SUCCESS", String(later.error));
+    assert.equal(declaredTypes(file, "t").note, "TEXT");
+    assert.deepEqual(
+      readTable(file, "t").map((r) => r.note),
+      [null, null, null, null, null, null, null, "new"],
+    );
   });
 
   test("a bad location fails with SINK_BAD_URI", async () => {

@@ -366,6 +366,19 @@ describe("example PostgreSQL sink", () => {
     assert.deepEqual(await contents("across"), expected, "the table is as it was");
     assert.equal((await columnTypes("across")).q, "bigint");
 
+    // A column that appears in a later input is added; the earlier rows have NULL there.
+    const later = await runJob(
+      pipeline,
+      makeJob({ sinks: [sinkSpec("t", tcp("across"), "replace")], jobId: 13n, filePath: "/data/f.csv", fileVersionId: 61n }),
+      [batchOf("t", new Table({ id: vectorFromArray([0n], new Int64()), q: vectorFromArray([8n], new Int64()), note: vectorFromArray(["new"], new Utf8()) }))],
+    );
+    assert.equal(later.status, "SUCCESS", String(later.error));
+    assert.equal((await columnTypes("across")).note, "text");
+    assert.deepEqual(
+      (await query<{ note: string | null }>("SELECT note FROM public.across ORDER BY note NULLS FIRST")).map((r) => r.note),
+      [null, null, null, null, null, null, null, "new"],
+    );
+
     // int32 rows already there: integer → bigint keeps them.
     assert.equal((await job("narrow", 7n, "/data/a.csv", 11n, vectorFromArray([2147483647, null], new Int32()))).status, "SUCCESS");
     assert.equal((await columnTypes("narrow")).q, "integer");
