@@ -41,6 +41,13 @@
  * schema and written in the same transaction; every row carries `_file_version_id
  * bigint`, by which the rows are deleted.
  * abort drops the staging table. A topic that never produced a batch publishes nothing.
+ * In a job with other sinks (commit with `undo: true`), the commit's transaction also
+ * copies the rows and ledger entries it replaces into `_casparian_undo_<job id>_<n>`
+ * tables (`_rows`, `_ledger`) in the target schema; `resolve` puts them back (rollback:
+ * the job's rows go, a table the commit created is dropped) or drops them (finish), so a
+ * job's sinks publish all or nothing (README "Writing a sink"). `resolve` connects with
+ * the host, port, user and database the commit used and the password of the options or
+ * PG* variables (a password in the sink URI is never journaled).
  * recover (worker start) drops, in the database of the options / PG* variables, the
  * staging tables written on this host by processes that no longer run.
  *
@@ -72,7 +79,7 @@
  * true` also `_job_id numeric(20)` (job ids are uint64; bigint stops at 2^63 - 1, and
  * numeric keeps them exact and comparable as numbers).
  */
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import pg from "pg";
 import { stringify } from "lossless-json";
@@ -85,6 +92,7 @@ import {
   isProcessAlive,
   unifySchemas,
   type Batch,
+  type CommitOptions,
   type ExactValue,
   type Logger,
   type SinkPlugin,
@@ -135,6 +143,8 @@ const MAX_PARAMETERS = 65_535;
 const STAGING_PREFIX = "_casparian_stg_";
 const LEDGER = "_casparian_inputs";
 const SCHEMAS = "_casparian_schemas";
+/** Undo tables of a commit made with `undo: true`: `<prefix><job id>_<random>` (+ `_rows`, `_ledger`), at most 52 bytes. */
+const UNDO_PREFIX = "_casparian_undo_";
 const STAGING_PATTERN = /^_casparian_stg_(\d+)_([0-9a-f]{8})_(\d+)_(\d+)$/;
 // The host tag tells this host's leftovers from another host's live staging in a shared database.
 const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
@@ -181,6 +191,7 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
       // Bumped when the staging table's columns change: prepared INSERTs are named after it.
       let generation = 0;
       let rowsWritten = 0;
+      let handle: UndoHandle | null = null;
       const lineageNames = [...(jobIdText !== null ? ["_job_id"] : []), "_file_version_id"];
 
       const targetSql = () => `${quote(schema)}.${quote(name.table)}`;
@@ -289,15 +300,28 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
           rowsWritten += batch.numRows;
         },
 
-        async prepare() {
-          if (staging === null) return;
+        async prepare(): Promise<UndoHandle | undefined> {
+          if (staging === null) return undefined;
           // Inserts are awaited, so nothing is buffered here; make sure the staging table is whole.
           const result = await connected().query<{ n: string }>(`SELECT count(*) AS n FROM ${stagingSql()}`);
           const found = Number(result.rows[0]!.n);
           if (found !== rowsWritten) throw fail("staging is incomplete", new Error(`${found} rows in ${staging} but ${rowsWritten} written`));
+          const c = connected();
+          handle = {
+            host: c.host,
+            port: String(c.port),
+            user: c.user ?? "",
+            database: c.database ?? "",
+            schema,
+            table: name.table,
+            filePath,
+            fileVersionId,
+            undo: `${UNDO_PREFIX}${job.jobId}_${randomBytes(4).toString("hex")}`,
+          };
+          return handle;
         },
 
-        async commit() {
+        async commit(options?: CommitOptions) {
           if (staging === null) {
             logger.warn("no batch for this topic: nothing published");
             await disconnect();
@@ -306,6 +330,7 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
           const c = connected();
           const written = jobSchema.schema!;
           const names = [...columns!.map((col) => col.name), ...lineageNames].map(quote).join(", ");
+          const undo = options?.undo === true && handle !== null ? (table: string) => `${quote(schema)}.${quote(`${handle!.undo}${table}`)}` : null;
           await c.query("BEGIN");
           try {
             // Concurrent commits to one table (e.g. two jobs creating it) take turns.
@@ -317,7 +342,18 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
             if (target.mode === "error" && (await inputHasRows(c))) throw refuseExisting();
             let inserted: number;
             let recorded: Schema | null = written;
-            if (await targetExists(c)) {
+            const exists = await targetExists(c);
+            if (undo !== null) {
+              // What this commit replaces, kept in its own transaction: the ledger entries now, the rows below (after any widening).
+              await c.query(`CREATE TABLE ${undo("")} (created boolean NOT NULL)`);
+              await c.query(`INSERT INTO ${undo("")} VALUES ($1)`, [!exists]);
+              await c.query(`CREATE TABLE ${undo("_ledger")} (LIKE ${ledgerSql()})`);
+              await c.query(
+                `INSERT INTO ${undo("_ledger")} SELECT * FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND ($3 OR file_version_id = $4)`,
+                [name.table, filePath, target.mode !== "append", fileVersionId],
+              );
+            }
+            if (exists) {
               const lineage = await c.query(
                 "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = '_file_version_id' AND NOT attisdropped",
                 [targetSql()],
@@ -340,6 +376,13 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
               // append replaces this version's rows only; replace every version's of this input.
               const versions = target.mode === "append" ? "AND file_version_id = $3" : "";
               const params = target.mode === "append" ? [name.table, filePath, fileVersionId] : [name.table, filePath];
+              if (undo !== null) {
+                await c.query(`CREATE TABLE ${undo("_rows")} (LIKE ${targetSql()})`);
+                await c.query(
+                  `INSERT INTO ${undo("_rows")} SELECT * FROM ${targetSql()} WHERE _file_version_id = $${params.length + 1} OR _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions})`,
+                  [...params, fileVersionId],
+                );
+              }
               await c.query(`DELETE FROM ${targetSql()} WHERE _file_version_id = $1`, [fileVersionId]);
               await c.query(
                 `DELETE FROM ${targetSql()} WHERE _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions})`,
@@ -388,6 +431,26 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
       };
     },
 
+    async resolve(handle, decision) {
+      if (!isUndoHandle(handle)) throw new Error(`not a PostgreSQL sink handle: ${JSON.stringify(handle)}`);
+      const c = new pg.Client({
+        ...defaults,
+        host: handle.host,
+        port: Number(handle.port),
+        user: handle.user || defaults.user,
+        database: handle.database || defaults.database,
+        connectionTimeoutMillis: connectTimeoutMs,
+        application_name: "casparian-flow",
+      });
+      c.on("error", () => {});
+      await c.connect();
+      try {
+        await resolveUndo(c, handle, decision);
+      } finally {
+        await c.end().catch(() => {});
+      }
+    },
+
     async recover({ logger }) {
       const configured =
         Object.keys(defaults).length > 0 || ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"].some((v) => process.env[v] !== undefined);
@@ -406,6 +469,71 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
       }
     },
   });
+}
+
+/** What `resolve` needs to undo or finish one commit (journaled: strings only, never a password). */
+interface UndoHandle {
+  readonly host: string;
+  readonly port: string;
+  readonly user: string;
+  readonly database: string;
+  readonly schema: string;
+  readonly table: string;
+  readonly filePath: string;
+  readonly fileVersionId: string;
+  readonly undo: string;
+  readonly [key: string]: string;
+}
+
+function isUndoHandle(value: unknown): value is UndoHandle {
+  if (typeof value !== "object" || value === null) return false;
+  const fields = value as Record<string, unknown>;
+  const keys = ["host", "port", "user", "database", "schema", "table", "filePath", "fileVersionId", "undo"];
+  return keys.every((key) => typeof fields[key] === "string") && String(fields.undo).startsWith(UNDO_PREFIX);
+}
+
+/**
+ * The sink's `resolve`, in one transaction serialized with commits to the table: when the
+ * commit happened (its undo tables exist), rollback deletes this version's rows and puts
+ * back the rows and ledger entries the commit replaced, dropping the table (and its
+ * recorded schema) when the commit created it and nothing else is in it; then, for both
+ * decisions, the undo tables go.
+ */
+async function resolveUndo(c: pg.Client, handle: UndoHandle, decision: "rollback" | "finish"): Promise<void> {
+  const qualified = (table: string) => `${quote(handle.schema)}.${quote(table)}`;
+  const target = qualified(handle.table);
+  const ledger = qualified(LEDGER);
+  const undo = (suffix: string) => qualified(`${handle.undo}${suffix}`);
+  await c.query("BEGIN");
+  try {
+    await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [target]);
+    const kept = (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [undo("")])).rows[0]!.oid !== null;
+    if (kept && decision === "rollback") {
+      const created = (await c.query<{ created: boolean }>(`SELECT created FROM ${undo("")}`)).rows[0]!.created;
+      await c.query(`DELETE FROM ${target} WHERE _file_version_id = $1`, [handle.fileVersionId]);
+      await c.query(`DELETE FROM ${ledger} WHERE target = $1 AND file_path = $2 AND file_version_id = $3`, [
+        handle.table,
+        handle.filePath,
+        handle.fileVersionId,
+      ]);
+      if ((await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [undo("_rows")])).rows[0]!.oid !== null) {
+        await c.query(`INSERT INTO ${target} SELECT * FROM ${undo("_rows")}`);
+      }
+      await c.query(`INSERT INTO ${ledger} SELECT * FROM ${undo("_ledger")} ON CONFLICT DO NOTHING`);
+      if (created && ((await c.query(`SELECT 1 FROM ${target} LIMIT 1`)).rowCount ?? 0) === 0) {
+        await c.query(`DROP TABLE ${target}`);
+        const schemas = qualified(SCHEMAS);
+        if ((await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [schemas])).rows[0]!.oid !== null) {
+          await c.query(`DELETE FROM ${schemas} WHERE target = $1`, [handle.table]);
+        }
+      }
+    }
+    for (const suffix of ["", "_rows", "_ledger"]) await c.query(`DROP TABLE IF EXISTS ${undo(suffix)}`);
+    await c.query("COMMIT");
+  } catch (err) {
+    await c.query("ROLLBACK").catch(() => {});
+    throw err;
+  }
 }
 
 /**

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, describe, test } from "node:test";
+import { after, before, describe, test } from "node:test";
 import { tableFromIPC } from "apache-arrow";
 import Database from "better-sqlite3";
 import { pino } from "pino";
@@ -21,6 +21,7 @@ import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { readRowGroups } from "../sinks/parquet-engine.js";
 import { batchOf, recordingSinkPlugin, sampleTable, type SinkEvent } from "./helpers/arrow.js";
 import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
+import { startPostgres, type PostgresServer } from "./helpers/postgres.js";
 
 const logger = pino({ level: "silent" });
 const roots: string[] = [];
@@ -30,7 +31,7 @@ async function setup(): Promise<{ root: string; pipeline: Pipeline }> {
   const { config, dir } = await loadConfig({ explicitPath: join("examples", "sqlite-sink.config.ts"), cwd: packageRoot(), command: "worker" });
   const root = await mkdtemp(join(tmpdir(), "casparian-commit-"));
   roots.push(root);
-  const plugins = await loadSinkPlugins(config.sinks, dir, { encoderThreads: 0 });
+  const plugins = await loadSinkPlugins([...(config.sinks ?? []), { use: join(packageRoot(), "examples", "postgres-sink.ts") }], dir, { encoderThreads: 0 });
   const events: SinkEvent[] = [];
   plugins.push({ plugin: recordingSinkPlugin({ events, failOn: { topic: "mem-fails", step: "commit" } }), options: {} });
   const pipeline = scriptedPipeline({ outputRoot: root, sinks: plugins, logger, workerId: "w" });
@@ -163,5 +164,65 @@ describe("all or nothing across a job's sinks", () => {
     const { root, pipeline } = await setup();
     for (const jobId of [1n, 2n]) assert.equal((await run(pipeline, [sinkSpec("a", "parquet://a.parquet", "replace")], jobId, 2)).status, "SUCCESS");
     assert.deepEqual(await readdir(root), ["a.parquet"]);
+  });
+});
+
+describe("all or nothing with the PostgreSQL sink", () => {
+  let server: PostgresServer;
+  before(async () => {
+    server = await startPostgres();
+  });
+  after(() => server?.stop());
+  const pg = (table: string) => `postgres://postgres@127.0.0.1:${server.port}/postgres/public.${table}`;
+  const state = async (table: string) => {
+    const found = await server.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [`public.${table}`]);
+    if (found[0]!.oid === null) return null;
+    const rows = Number((await server.query<{ n: string }>(`SELECT count(*) AS n FROM public."${table}"`))[0]!.n);
+    const ledger = await server.query<{ e: string }>(
+      "SELECT file_version_id || ':' || job_id || '=' || rows AS e FROM public._casparian_inputs WHERE target = $1 ORDER BY 1",
+      [table],
+    );
+    return { rows, ledger: ledger.map((r) => r.e) };
+  };
+  const undoTables = async () =>
+    (await server.query<{ name: string }>("SELECT relname AS name FROM pg_class WHERE relname LIKE '\\_casparian\\_undo%'")).map((r) => r.name);
+
+  test("the Parquet commit fails after the PostgreSQL one: the input's earlier rows and ledger come back; a table the commit created is dropped", async () => {
+    const { root, pipeline } = await setup();
+    assert.equal((await run(pipeline, [sinkSpec("b", pg("t"), "replace")], 1n, 4)).status, "SUCCESS");
+    assert.deepEqual(await state("t"), { rows: 4, ledger: ["5:1=4"] });
+
+    const failed = await run(pipeline, [sinkSpec("b", pg("t"), "replace"), sinkSpec("a", "parquet://a.parquet", "error")], 2n, 9, {
+      beforeEnd: () => writeFile(join(root, "a.parquet"), "taken"),
+    });
+    assert.ok(Errors.SINK_TARGET_EXISTS.is(failed.error), String(failed.error));
+    assert.equal(failed.metrics.sinks_rolled_back, 1);
+    assert.deepEqual(await state("t"), { rows: 4, ledger: ["5:1=4"] }, "job 2's rows are rolled back, job 1's are back");
+
+    const fresh = await run(pipeline, [sinkSpec("b", pg("fresh"), "append"), sinkSpec("a", "parquet://a.parquet", "error")], 3n, 2);
+    assert.equal(fresh.status, "FAILED");
+    assert.equal(await state("fresh"), null, "the table the rolled-back commit created is gone");
+    assert.deepEqual(await undoTables(), []);
+    assert.deepEqual(await hidden(root), []);
+  });
+
+  test("the PostgreSQL commit fails after the Parquet one: the Parquet file is rolled back; the retry writes both once, and leaves no undo table", async () => {
+    const { root, pipeline } = await setup();
+    await server.query('CREATE TABLE public."nolineage" (id bigint)');
+    const sinks = (table: string) => [sinkSpec("a", "parquet://a.parquet", "append"), sinkSpec("b", pg(table), "append")];
+    const failed = await run(pipeline, sinks("nolineage"), 7n, 3);
+    assert.equal(failed.status, "FAILED");
+    assert.match(String(failed.error), /has no _file_version_id column/);
+    assert.deepEqual(await readdir(root), [], "the Parquet file job 7 had published is gone");
+
+    const retry = await run(pipeline, sinks("withlineage"), 8n, 3);
+    assert.equal(retry.status, "SUCCESS", String(retry.error));
+    assert.deepEqual(await parquetJobs(join(root, "a_8.parquet")), { rows: 3, jobs: ["8"] });
+    assert.deepEqual(await state("withlineage"), { rows: 3, ledger: ["5:8=3"] });
+    const again = await run(pipeline, sinks("withlineage"), 8n, 3);
+    assert.equal(again.status, "SUCCESS", String(again.error));
+    assert.deepEqual(await state("withlineage"), { rows: 3, ledger: ["5:8=3"] }, "a retry with the same job id replaces, never duplicates");
+    assert.deepEqual(await readdir(root), ["a_8.parquet"]);
+    assert.deepEqual(await undoTables(), []);
   });
 });
