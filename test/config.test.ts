@@ -149,6 +149,9 @@ describe("config errors", () => {
       [{ run: { workers: 0 } }, /run\.workers: expected a positive integer/],
       [{ run: { sinks: { output: 3 } } }, /run\.sinks\.output: expected a non-empty string/],
       [{ bridge: { idle: 3 } }, /bridge\.idle: unknown key/],
+      [{ bridge: { limits: { cpuSeconds: -1 } } }, /bridge\.limits\.cpuSeconds: expected a positive integer, or false for no limit/],
+      [{ bridge: { limits: { addressSpaceMB: 512 } } }, /bridge\.limits\.addressSpaceMB: unknown key/],
+      [{ bridge: { cgroup: "yes" } }, /bridge\.cgroup: expected true or false/],
     ];
     for (const [config, pattern] of cases) {
       assert.throws(
@@ -177,7 +180,15 @@ describe("config errors", () => {
       plugins: [{ name: "audit", apply: () => {} }],
       hooks: { afterConclude: async () => {} },
       environments: { maxEnvBytes: 10_000_000_000, maxEnvs: 20, uv: "/usr/bin/uv" },
-      bridge: { connectTimeout: 10, idleTimeout: 60, jobTimeout: 600, env: ["AWS_REGION"], maxFrameBytes: 1 << 20 },
+      bridge: {
+        connectTimeout: 10,
+        idleTimeout: 60,
+        jobTimeout: 600,
+        env: ["AWS_REGION"],
+        maxFrameBytes: 1 << 20,
+        limits: { addressSpaceMb: 8192, cpuSeconds: 600, openFiles: false, fileSizeMb: 1024 },
+        cgroup: false,
+      },
       parquet: { compression: "zstd", rowGroupSize: 65536 },
       run: { workers: 4, sinks: { output: "parquet://out.parquet" } },
     };

@@ -14,8 +14,9 @@ import type { GuestRunOptions } from "../core/bridge/types.js";
 import { WarmPool } from "../core/bridge/warm-pool.js";
 import { EnvManager } from "../core/env/manager.js";
 import { Errors } from "../core/kernel/errors.js";
-import type { Batch } from "../core/kernel/job.js";
+import type { Batch, JobCommand } from "../core/kernel/job.js";
 import { silentLogger } from "../core/kernel/logger.js";
+import { Pipeline } from "../core/pipeline/pipeline.js";
 import { rejectsWith } from "./helpers/assert.js";
 import { bareEnvironment, testJob } from "./helpers/pyenv.js";
 
@@ -151,6 +152,27 @@ for (const mode of MODES) {
     });
   });
 }
+
+describe("from the config", () => {
+  test("bridge.limits reaches the guest through the pipeline: the receipt fails with CSP_GUEST_LIMIT", async () => {
+    const envs = { acquire: async (envHash: string) => ({ envHash, interpreterPath: python, release: () => undefined }) };
+    const pipeline = new Pipeline({ logger: silentLogger(), outputRoot: home, workerId: "w", envs, bridge: { limits: { fileSizeMb: 1 } }, warm: pool });
+    const input = join(home, "from-config.txt");
+    await writeFile(input, "x\n");
+    const command: JobCommand = {
+      pluginName: "big",
+      filePath: input,
+      sinks: [],
+      fileVersionId: 1n,
+      envHash: "0".repeat(64),
+      sourceCode: WRITES_4_MIB,
+      artifactHash: null,
+    };
+    const receipt = await pipeline.runJob({ jobId: 7n, command, logger: silentLogger(), signal: new AbortController().signal });
+    assert.equal(receipt.status, "FAILED");
+    assert.match(receipt.errorMessage ?? "", /CSP_GUEST_LIMIT.*file size limit \(1 MiB, bridge\.limits\.fileSizeMb\)/);
+  });
+});
 
 describe("limits off", () => {
   test("false lifts a limit: the same file-writing plugin succeeds", async () => {
