@@ -8,11 +8,14 @@ import { createHash } from "node:crypto";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { execa } from "execa";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { Opcode, type DispatchCommand } from "../core/protocol/messages.js";
 import { packageRoot } from "../core/kernel/paths.js";
 import { TestSentinel } from "./helpers/sentinel.js";
 import { spawnWorker, type SpawnedWorker } from "./helpers/spawn-worker.js";
+
+const execFileAsync = promisify(execFile);
 
 const LOCK = join(packageRoot(), "test", "fixtures", "worker-env", "uv.lock");
 
@@ -46,7 +49,7 @@ describe("a full disk under the output root", () => {
     await worker.dispose();
     disk = join(worker.dir, "disk");
     await mkdir(disk, { recursive: true });
-    await execa("mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", disk]).catch((err: unknown) => {
+    await execFileAsync("mount", ["-t", "tmpfs", "-o", "size=2m", "tmpfs", disk]).catch((err: unknown) => {
       throw new Error(`this test needs to mount a tmpfs (run as root): ${String(err)}`);
     });
     worker = await spawnWorker({ args: ["--connect", sentinel.endpoint, "--output", disk, "--config", join(packageRoot(), "casparian.config.ts")] });
@@ -59,7 +62,7 @@ describe("a full disk under the output root", () => {
 
   after(async () => {
     await worker.dispose().catch(() => undefined);
-    await execa("umount", [disk]).catch(() => undefined);
+    await execFileAsync("umount", [disk]).catch(() => undefined);
     await sentinel.close();
   });
 

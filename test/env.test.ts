@@ -7,7 +7,8 @@ import { access, mkdir, mkdtemp, readdir, readFile, rm, stat } from "node:fs/pro
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { execa } from "execa";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { pino } from "pino";
 import { Errors } from "../core/kernel/errors.js";
 import { EnvManager, findUv } from "../core/env/manager.js";
@@ -15,6 +16,8 @@ import { planFromLock, synthesizePyproject } from "../core/env/lockfile.js";
 import { silentLogger, type Logger } from "../core/kernel/logger.js";
 import { fixturePath, prepareCommand, sha256, testEnvironment, type TestEnvironment } from "./helpers/pyenv.js";
 import { rejectsWith } from "./helpers/assert.js";
+
+const execFileAsync = promisify(execFile);
 
 let shared: TestEnvironment;
 const homes: string[] = [];
@@ -52,7 +55,7 @@ function recordingLogger(): { logger: Logger; messages: string[] } {
 }
 
 async function python(interpreter: string, code: string): Promise<string> {
-  const { stdout } = await execa(interpreter, ["-c", code]);
+  const { stdout } = await execFileAsync(interpreter, ["-c", code]);
   return stdout.trim();
 }
 

@@ -10,11 +10,14 @@ import { mkdtemp, readFile, readdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { execa } from "execa";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { tableFromIPC, tableToIPC, tableFromArrays } from "apache-arrow";
 import { checkIpcStream, IpcCheckError, MAX_DEPTH } from "../core/bridge/ipc-check.js";
 import { fixturePath, testEnvironment, type TestEnvironment } from "./helpers/pyenv.js";
 import { seededRandom } from "./helpers/random.js";
+
+const execFileAsync = promisify(execFile);
 
 let env: TestEnvironment;
 let dir: string;
@@ -49,7 +52,7 @@ write("empty", pa.table({"a": pa.array([], pa.int64())}))
 before(async () => {
   env = await testEnvironment();
   dir = await mkdtemp(join(tmpdir(), "casparian-ipc-check-"));
-  await execa(env.interpreterPath, ["-c", WRITE_BASES, dir]);
+  await execFileAsync(env.interpreterPath, ["-c", WRITE_BASES, dir]);
   for (const name of await readdir(dir)) bases.set(name.replace(/\.arrow$/, ""), new Uint8Array(await readFile(join(dir, name))));
 });
 
@@ -104,7 +107,7 @@ describe("crafted frames are refused before decoding", () => {
 
   test(`nesting deeper than ${MAX_DEPTH} levels`, async () => {
     const out = join(dir, "deep.arrow");
-    await execa(env.interpreterPath, [
+    await execFileAsync(env.interpreterPath, [
       "-c",
       `import sys, pyarrow as pa
 t = pa.int8()

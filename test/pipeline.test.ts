@@ -11,12 +11,15 @@ import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { execa } from "execa";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { Opcode, type DispatchCommand, type SinkConfig } from "../core/protocol/messages.js";
 import { packageRoot } from "../core/kernel/paths.js";
 import { TestSentinel, type Received } from "./helpers/sentinel.js";
 import { spawnWorker, type SpawnedWorker } from "./helpers/spawn-worker.js";
 import { isProcessAlive } from "../core/kernel/process.js";
+
+const execFileAsync = promisify(execFile);
 
 const ROOT = packageRoot();
 const CONFIG = join(ROOT, "casparian.config.ts");
@@ -133,7 +136,7 @@ describe("worker pipeline (sentinel → worker → uv env → guest → sinks)",
     );
 
     // Read the Parquet file back with pyarrow from the job's own environment.
-    const read = await execa(interpreter, [
+    const read = await execFileAsync(interpreter, [
       "-c",
       "import json,sys,pyarrow.parquet as pq; t=pq.read_table(sys.argv[1]); print(json.dumps({k:[str(x) for x in v] for k,v in t.to_pydict().items()}))",
       parquetPath,

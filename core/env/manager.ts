@@ -15,7 +15,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { mkdir, readdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { execa } from "execa";
 import { CasparianError, Errors } from "../kernel/errors.js";
 import type { Logger } from "../kernel/logger.js";
 import type { EnvReadyPayload, PrepareEnvCommand } from "../protocol/messages.js";
@@ -23,7 +22,7 @@ import { planFromLock, synthesizePyproject, synthesizeScript } from "./lockfile.
 import { directorySize, readMetadata, writeMetadata, type EnvMetadata, type MetadataFile } from "./metadata.js";
 import type { EnvironmentProvider, EnvLease } from "./types.js";
 import { findUv, isExecutable, runUv } from "./uv.js";
-import { isProcessAlive } from "../kernel/process.js";
+import { describeFailure, isProcessAlive, runCommand } from "../kernel/process.js";
 
 export { findUv } from "./uv.js";
 
@@ -190,13 +189,12 @@ export class EnvManager implements EnvironmentProvider {
         });
       }
 
-      const probe = await execa(join(venvDir, "bin", "python"), ["-c", "import sys; print(sys.prefix)"], {
-        reject: false,
-        timeout: 30_000,
-        extendEnv: false,
+      const probe = await runCommand(join(venvDir, "bin", "python"), ["-c", "import sys; print(sys.prefix)"], {
+        timeoutMs: 30_000,
         env: { PATH: process.env.PATH ?? "" },
       });
-      if (probe.exitCode !== 0) throw new Error(`the new interpreter does not start: ${String(probe.stderr).trim().split("\n").slice(-3).join(" ")}`);
+      if (!probe.ok)
+        throw new Error(`the new interpreter does not start: ${(probe.stderr.trim() || describeFailure(probe, 30_000)).split("\n").slice(-3).join(" ")}`);
 
       const finalDir = this.venvPath(hash);
       try {

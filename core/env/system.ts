@@ -7,9 +7,9 @@
  * binary (not a pyenv or Debian alternatives shim), and a missing Python fails the job with
  * a coded error instead of a spawn ENOENT deep in the bridge.
  */
-import { execa } from "execa";
 import { Errors } from "../kernel/errors.js";
 import type { Logger } from "../kernel/logger.js";
+import { describeFailure, runCommand } from "../kernel/process.js";
 import type { EnvReadyPayload, PrepareEnvCommand } from "../protocol/messages.js";
 import type { EnvironmentProvider, EnvLease } from "./types.js";
 
@@ -41,17 +41,13 @@ export class SystemPythonEnvs implements EnvironmentProvider {
 
   #interpreter(python: string): Promise<string> {
     this.#resolved ??= (async () => {
-      const probe = await execa(python, ["-c", "import sys; print(sys.executable)"], { reject: false, timeout: 15_000 });
-      const executable = String(probe.stdout ?? "").trim();
-      if (probe.failed || probe.exitCode !== 0 || executable === "") {
+      const probe = await runCommand(python, ["-c", "import sys; print(sys.executable)"], { timeoutMs: 15_000 });
+      const executable = probe.stdout.trim();
+      if (!probe.ok || executable === "") {
         const why =
-          probe.code === "ENOENT"
+          probe.error?.code === "ENOENT"
             ? "not found on PATH"
-            : String(probe.stderr || probe.shortMessage || "no output")
-                .trim()
-                .split("\n")
-                .slice(-2)
-                .join(" ");
+            : (probe.stderr || (probe.ok ? "no output" : describeFailure(probe, 15_000))).trim().split("\n").slice(-2).join(" ");
         throw Errors.ENV_SYSTEM_PYTHON_MISSING([python, why]);
       }
       this.#logger.info({ python, executable }, 'env_hash "system" runs with this interpreter');

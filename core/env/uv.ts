@@ -5,8 +5,8 @@
 import { access, constants } from "node:fs/promises";
 import { homedir } from "node:os";
 import { delimiter, join } from "node:path";
-import { execa } from "execa";
 import { Errors } from "../kernel/errors.js";
+import { describeFailure, runCommand } from "../kernel/process.js";
 
 /** True when `path` exists and this process may execute it. */
 export async function isExecutable(path: string): Promise<boolean> {
@@ -30,12 +30,8 @@ function usualPlaces(): string[] {
 
 /** `python3 -m site --user-base`/bin: where `python3 -m pip install --user uv` puts it. */
 async function pythonUserBin(): Promise<string | null> {
-  try {
-    const { stdout } = await execa("python3", ["-m", "site", "--user-base"], { timeout: 5000 });
-    return stdout.trim() ? join(stdout.trim(), "bin", "uv") : null;
-  } catch {
-    return null;
-  }
+  const { ok, stdout } = await runCommand("python3", ["-m", "site", "--user-base"], { timeoutMs: 5000 });
+  return ok && stdout.trim() ? join(stdout.trim(), "bin", "uv") : null;
 }
 
 /**
@@ -95,23 +91,10 @@ export async function runUv(uvPath: string, args: readonly string[], options: Uv
     if (value === undefined) delete env[name];
     else env[name] = value;
   }
-  const result = await execa(uvPath, args, {
-    cwd: options.cwd,
-    env,
-    extendEnv: false,
-    reject: false,
-    stdin: "ignore",
-    timeout: options.timeoutMs ?? 15 * 60_000,
-    cancelSignal: options.signal,
-    all: true,
-  });
-  if (result.failed) {
-    const why = result.timedOut
-      ? `timed out after ${options.timeoutMs ?? 15 * 60_000} ms`
-      : result.exitCode !== undefined
-        ? `exit code ${result.exitCode}`
-        : result.shortMessage;
-    throw new Error(`\`uv ${args.join(" ")}\` failed (${why}): ${tail(String(result.stderr ?? "")) || tail(String(result.all ?? ""))}`);
+  const timeoutMs = options.timeoutMs ?? 15 * 60_000;
+  const result = await runCommand(uvPath, args, { cwd: options.cwd, env, timeoutMs, signal: options.signal });
+  if (!result.ok) {
+    throw new Error(`\`uv ${args.join(" ")}\` failed (${describeFailure(result, timeoutMs)}): ${tail(result.stderr) || tail(result.stdout)}`);
   }
-  return String(result.stdout ?? "");
+  return result.stdout;
 }

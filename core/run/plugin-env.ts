@@ -10,18 +10,15 @@
  * A project lock (not `uv lock --script`) because the worker's environment manager
  * rebuilds a pyproject.toml from the lock's root package and runs `uv sync --frozen`.
  */
-import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { constants } from "node:fs";
 import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { promisify } from "node:util";
 import { Errors } from "../kernel/errors.js";
 import { findUv } from "../env/uv.js";
+import { describeFailure, runCommand } from "../kernel/process.js";
 import type { Logger } from "../kernel/logger.js";
 import type { PluginInfo } from "./plugin.js";
-
-const execFileAsync = promisify(execFile);
 
 export type EnvSource = "uv.lock" | "script-metadata" | "bare";
 
@@ -95,12 +92,9 @@ async function lockScriptMetadata(plugin: PluginInfo, options: { home: string; l
   try {
     await writeFile(join(work, "pyproject.toml"), pyproject);
     options.logger.info({ plugin: plugin.name, dependencies: meta.dependencies }, "locking the plugin's inline script dependencies with uv");
-    try {
-      await execFileAsync(uv, ["lock", "--quiet", "--directory", work], { env: process.env, maxBuffer: 16 * 1024 * 1024 });
-    } catch (err) {
-      const e = err as Error & { stderr?: string };
-      throw Errors.RUN_LOCK_FAILED([plugin.path, (e.stderr || e.message).trim()], { context: { plugin: plugin.path } });
-    }
+    // The user's own run: uv sees the user's whole environment (index certificates, proxies), as it does in a shell.
+    const locked = await runCommand(uv, ["lock", "--quiet", "--directory", work], { env: process.env });
+    if (!locked.ok) throw Errors.RUN_LOCK_FAILED([plugin.path, locked.stderr.trim() || describeFailure(locked)], { context: { plugin: plugin.path } });
     await rename(work, cacheDir).catch(async (err: NodeJS.ErrnoException) => {
       // Another run locked the same metadata meanwhile: its lock is as good as ours.
       if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
@@ -156,13 +150,13 @@ export async function provideBareEnvWithoutUv(
   await mkdir(venvs, { recursive: true });
   const build = join(venvs, `.build-${env.envHash.slice(0, 16)}-${process.pid}-${randomBytes(4).toString("hex")}`);
   try {
-    await execFileAsync(python, ["-m", "venv", "--without-pip", join(build, "venv")]);
+    const made = await runCommand(python, ["-m", "venv", "--without-pip", join(build, "venv")], { timeoutMs: 5 * 60_000 });
+    if (!made.ok) throw new Error(made.stderr.trim() || describeFailure(made, 5 * 60_000));
     await rename(join(build, "venv"), final).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
     });
   } catch (err) {
-    const e = err as Error & { stderr?: string };
-    throw Errors.ENV_BUILD_FAILED([env.envHash.slice(0, 12), `${python} -m venv failed: ${(e.stderr || e.message).trim()}`]);
+    throw Errors.ENV_BUILD_FAILED([env.envHash.slice(0, 12), `${python} -m venv failed: ${(err as Error).message}`]);
   } finally {
     await rm(build, { recursive: true, force: true });
   }

@@ -8,13 +8,10 @@
  * `PluginMetadata(...)` call by its literal keywords: name, version, sinks, topic(s)) and PEP 723
  * inline script metadata (`# /// script` … `# ///`).
  */
-import { execFile } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { basename, extname } from "node:path";
-import { promisify } from "node:util";
 import { Errors } from "../kernel/errors.js";
-
-const execFileAsync = promisify(execFile);
+import { describeFailure, runCommand } from "../kernel/process.js";
 
 export interface ManifestSink {
   uri: string;
@@ -122,15 +119,12 @@ export async function inspectPlugin(pluginPath: string, python = process.env.PYT
   const source = await readFile(pluginPath, "utf8").catch((err: NodeJS.ErrnoException) => {
     throw Errors.CLI_USAGE([`plugin ${pluginPath} cannot be read: ${err.code ?? err.message}`]);
   });
-  let stdout: string;
-  try {
-    ({ stdout } = await execFileAsync(python, ["-c", INSPECT_PY, pluginPath], { maxBuffer: 64 * 1024 * 1024 }));
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException & { stderr?: string };
-    if (e.code === "ENOENT") throw Errors.RUN_PYTHON_MISSING([python]);
-    throw Errors.RUN_PLUGIN_INVALID([pluginPath, (e.stderr ?? e.message).trim()], { context: { plugin: pluginPath } });
+  const inspected = await runCommand(python, ["-c", INSPECT_PY, pluginPath]);
+  if (!inspected.ok) {
+    if (inspected.error?.code === "ENOENT") throw Errors.RUN_PYTHON_MISSING([python]);
+    throw Errors.RUN_PLUGIN_INVALID([pluginPath, inspected.stderr.trim() || describeFailure(inspected)], { context: { plugin: pluginPath } });
   }
-  const out = JSON.parse(stdout) as InspectOutput;
+  const out = JSON.parse(inspected.stdout) as InspectOutput;
   const context = { plugin: pluginPath };
   if (out.error !== null) throw Errors.RUN_PLUGIN_INVALID([pluginPath, out.error], { context });
   if (!ENTRY_CLASSES.some((name) => out.classes.includes(name))) {
