@@ -152,6 +152,11 @@ describe("config errors", () => {
       [{ bridge: { limits: { cpuSeconds: -1 } } }, /bridge\.limits\.cpuSeconds: expected a positive integer, or false for no limit/],
       [{ bridge: { limits: { addressSpaceMB: 512 } } }, /bridge\.limits\.addressSpaceMB: unknown key/],
       [{ bridge: { cgroup: "yes" } }, /bridge\.cgroup: expected true or false/],
+      [{ bridge: { user: 0 } }, /bridge\.user: expected a uid above 0, an account name, or false/],
+      [{ bridge: { users: { from: 61000 } } }, /bridge\.users: expected \{ from: uid, count \}/],
+      [{ bridge: { users: [] } }, /bridge\.users: expected \{ from: uid, count \}/],
+      [{ bridge: { sandbox: { tool: "firejail" } } }, /bridge\.sandbox\.tool: expected one of "bwrap"/],
+      [{ bridge: { sandbox: { tool: "bwrap", net: false } } }, /bridge\.sandbox\.net: unknown key/],
     ];
     for (const [config, pattern] of cases) {
       assert.throws(
@@ -188,6 +193,8 @@ describe("config errors", () => {
         maxFrameBytes: 1 << 20,
         limits: { addressSpaceMb: 8192, cpuSeconds: 600, openFiles: false, fileSizeMb: 1024 },
         cgroup: false,
+        users: { from: 61000, count: 8 },
+        sandbox: { tool: "bwrap", network: false, readOnlyRoot: true },
       },
       parquet: { compression: "zstd", rowGroupSize: 65536 },
       run: { workers: 4, sinks: { output: "parquet://out.parquet" } },
