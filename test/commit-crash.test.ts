@@ -2,7 +2,7 @@
  * All or nothing across a job's sinks when the worker is killed (SIGKILL) between two
  * commits: real worker processes (node bin/casparian-worker.js) behind a test Sentinel,
  * a real Python guest in a real uv env, the bundled Parquet sink and the example SQLite
- * sink (loaded from its config) in one job. The kill comes from the test-only fault point
+ * sink (loaded from its config) in one job, or the example PostgreSQL sink on a real server. The kill comes from the test-only fault point
  * CASPARIAN_TEST_KILL_AT (core/pipeline/sink-commit.ts). The next worker to start on the
  * same output root rolls the commit back (or forward, once the journal said "committed"),
  * and the Sentinel's retry of the job (same job id, as upstream's requeue does) writes
@@ -10,15 +10,16 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, test, type TestContext } from "node:test";
+import { after, before, describe, test, type TestContext } from "node:test";
 import { tableFromIPC } from "apache-arrow";
 import Database from "better-sqlite3";
 import { packageRoot } from "../core/kernel/paths.js";
 import { Opcode, type DispatchCommand } from "../core/protocol/messages.js";
 import { readRowGroups } from "../sinks/parquet-engine.js";
+import { startPostgres, type PostgresServer } from "./helpers/postgres.js";
 import { TestSentinel } from "./helpers/sentinel.js";
 import { spawnWorker, type SpawnedWorker } from "./helpers/spawn-worker.js";
 
@@ -43,13 +44,13 @@ function plugin(rows: number): string {
   ].join("\n");
 }
 
-function command(envHash: string, rows: number): DispatchCommand {
+function command(envHash: string, rows: number, second = "sqlite://w.db/t"): DispatchCommand {
   return {
     plugin_name: "two_sinks",
     file_path: ENV_LOCK,
     sinks: [
       { topic: "a", uri: "parquet://a.parquet", mode: "replace", schema_def: null },
-      { topic: "b", uri: "sqlite://w.db/t", mode: "replace", schema_def: null },
+      { topic: "b", uri: second, mode: "replace", schema_def: null },
     ],
     file_version_id: 5n,
     env_hash: envHash,
@@ -67,7 +68,7 @@ interface Rig {
   start(env?: NodeJS.ProcessEnv): Promise<{ worker: SpawnedWorker; peer: Buffer }>;
 }
 
-async function rig(t: TestContext): Promise<Rig> {
+async function rig(t: TestContext, config = SQLITE_CONFIG): Promise<Rig> {
   const base = await mkdtemp(join(tmpdir(), "casparian-commit-crash-"));
   const sentinel = await TestSentinel.bind();
   const workers: SpawnedWorker[] = [];
@@ -84,7 +85,7 @@ async function rig(t: TestContext): Promise<Rig> {
     const worker = await spawnWorker({
       home,
       env,
-      args: ["--connect", sentinel.endpoint, "--heartbeat-interval", "0.2", "--output", output, "--config", SQLITE_CONFIG],
+      args: ["--connect", sentinel.endpoint, "--heartbeat-interval", "0.2", "--output", output, "--config", config],
     });
     workers.push(worker);
     const identify = await sentinel.expect(Opcode.IDENTIFY, { timeoutMs: 20_000 });
@@ -128,8 +129,8 @@ async function leftovers(output: string): Promise<string[]> {
   }
 }
 
-async function conclude(r: Rig, peer: Buffer, jobId: bigint, rows: number): Promise<void> {
-  await r.sentinel.send(peer, Opcode.DISPATCH, jobId, command(r.envHash, rows));
+async function conclude(r: Rig, peer: Buffer, jobId: bigint, rows: number, second?: string): Promise<void> {
+  await r.sentinel.send(peer, Opcode.DISPATCH, jobId, command(r.envHash, rows, second));
   const answer = await r.sentinel.expect(Opcode.CONCLUDE, { jobId, timeoutMs: 60_000 });
   assert.equal(answer.message.payload.status, "SUCCESS", answer.message.payload.error_message ?? "");
 }
@@ -190,5 +191,48 @@ describe("kill -9 between a job's sink commits", { timeout: 300_000 }, () => {
     assert.deepEqual(afterKill, state(5, 2n));
     assert.deepEqual(afterRecovery, state(5, 2n));
     assert.match(String(resolved.msg), /finished/);
+  });
+});
+
+describe("kill -9 between a job's sink commits, PostgreSQL beside Parquet", { timeout: 300_000 }, () => {
+  let server: PostgresServer;
+  before(async () => {
+    server = await startPostgres();
+  });
+  after(() => server?.stop());
+
+  test("killed after both commits: the next worker rolls both back, connecting as the sink options say; the retry writes once", async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), "casparian-commit-crash-pg-"));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const config = join(dir, "casparian.config.mjs");
+    const options = { connectionString: `postgres://postgres@127.0.0.1:${server.port}/postgres` };
+    await writeFile(config, `export default ${JSON.stringify({ sinks: [{ use: join(packageRoot(), "examples", "postgres-sink.ts"), options }] })};\n`);
+    const table = `postgres://postgres@127.0.0.1:${server.port}/postgres/public.t`;
+    const r = await rig(t, config);
+    const seen = async () => {
+      let rows = 0;
+      for await (const ipc of readRowGroups(join(r.output, "a.parquet"))) rows += tableFromIPC(ipc).numRows;
+      const count = Number((await server.query<{ n: string }>('SELECT count(*) AS n FROM public."t"'))[0]!.n);
+      const ledger = await server.query<{ e: string }>("SELECT job_id || ':' || rows AS e FROM public._casparian_inputs WHERE target = 't'");
+      const undo = await server.query("SELECT relname FROM pg_class WHERE relname LIKE '\\_casparian\\_undo%'");
+      return `parquet ${rows}, table ${count}, ledger ${ledger.map((l) => l.e).join(",")}, undo tables ${undo.length}`;
+    };
+
+    const first = await r.start();
+    await conclude(r, first.peer, 1n, 3, table);
+    await first.worker.dispose();
+    const doomed = await r.start({ CASPARIAN_TEST_KILL_AT: "commit-sink:2" });
+    await r.sentinel.send(doomed.peer, Opcode.DISPATCH, 2n, command(r.envHash, 5, table));
+    assert.deepEqual(await doomed.worker.exit(60_000), { code: null, signal: "SIGKILL" });
+    assert.equal(await seen(), "parquet 5, table 5, ledger 2:5, undo tables 3", "both sinks had committed job 2 when it was killed");
+
+    const recovering = await r.start();
+    assert.equal(await seen(), "parquet 3, table 3, ledger 1:3, undo tables 0");
+    assert.deepEqual(
+      (await readdir(r.output)).filter((n) => n.startsWith(".")),
+      [],
+    );
+    await conclude(r, recovering.peer, 2n, 5, table);
+    assert.equal(await seen(), "parquet 5, table 5, ledger 2:5, undo tables 0");
   });
 });

@@ -5,7 +5,7 @@
  * The crash cases (kill -9 between two commits) are in commit-crash.test.ts.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -31,7 +31,11 @@ async function setup(): Promise<{ root: string; pipeline: Pipeline }> {
   const { config, dir } = await loadConfig({ explicitPath: join("examples", "sqlite-sink.config.ts"), cwd: packageRoot(), command: "worker" });
   const root = await mkdtemp(join(tmpdir(), "casparian-commit-"));
   roots.push(root);
-  const plugins = await loadSinkPlugins([...(config.sinks ?? []), { use: join(packageRoot(), "examples", "postgres-sink.ts") }], dir, { encoderThreads: 0 });
+  const plugins = await loadSinkPlugins(
+    [...(config.sinks ?? []), { use: join(packageRoot(), "examples", "postgres-sink.ts") }, { use: join(packageRoot(), "examples", "jsonl-sink.ts") }],
+    dir,
+    { encoderThreads: 0 },
+  );
   const events: SinkEvent[] = [];
   plugins.push({ plugin: recordingSinkPlugin({ events, failOn: { topic: "mem-fails", step: "commit" } }), options: {} });
   const pipeline = scriptedPipeline({ outputRoot: root, sinks: plugins, logger, workerId: "w" });
@@ -158,6 +162,22 @@ describe("all or nothing across a job's sinks", () => {
     assert.equal(failed.metrics.sinks_rolled_back, 2);
     assert.deepEqual(await readdir(root), ["w.db"]);
     assert.deepEqual(tablesOf(join(root, "w.db")), ["_casparian_inputs", "_casparian_schemas"]);
+  });
+
+  test("the example JSON Lines sink is rolled back too: the file it replaced is back", async () => {
+    const { root, pipeline } = await setup();
+    assert.equal((await run(pipeline, [sinkSpec("a", "jsonl://t.jsonl", "replace")], 1n, 2)).status, "SUCCESS");
+    const before = await readFile(join(root, "t.jsonl"), "utf8");
+    const failed = await run(
+      pipeline,
+      [sinkSpec("a", "jsonl://t.jsonl", "replace"), sinkSpec("b", "sqlite://w.db/t", "append"), sinkSpec("mem-fails", "mem://x")],
+      2n,
+      6,
+    );
+    assert.equal(failed.status, "FAILED");
+    assert.equal(failed.metrics.sinks_rolled_back, 2);
+    assert.equal(await readFile(join(root, "t.jsonl"), "utf8"), before);
+    assert.deepEqual(await hidden(root), []);
   });
 
   test("a job with one sink writes no journal and keeps no backup", async () => {
