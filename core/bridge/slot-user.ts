@@ -19,12 +19,12 @@
  * Numeric uids need no /etc/passwd entry; the gid is the uid's own number unless a named
  * account gives its primary group. Supplementary groups are dropped at spawn (libuv).
  */
-import { execa } from "execa";
 import { stat } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { dirname, sep } from "node:path";
 import { realpath } from "node:fs/promises";
 import { Errors } from "../kernel/errors.js";
+import { runCommand } from "../kernel/process.js";
 import type { Logger } from "../kernel/logger.js";
 
 /** The identity a slot's guests run as. */
@@ -112,9 +112,9 @@ async function unassigned(uid: number): Promise<{ uid: number; gid: number } | n
 }
 
 async function getent(key: string): Promise<{ uid: number; gid: number } | null> {
-  const result = await execa("getent", ["passwd", key], { reject: false, extendEnv: false, env: { PATH: process.env.PATH ?? "/usr/bin:/bin" } });
-  if (result.exitCode !== 0) return null;
-  const fields = String(result.stdout).split(":");
+  const result = await runCommand("getent", ["passwd", key], { env: { PATH: process.env.PATH ?? "/usr/bin:/bin" }, timeoutMs: 10_000 });
+  if (!result.ok) return null;
+  const fields = result.stdout.split(":");
   return { uid: Number(fields[2]), gid: Number(fields[3]) };
 }
 
@@ -132,7 +132,7 @@ function tryLock(uid: number): Promise<Server | null> {
 
 /** SIGKILL every process running as `ids.uid`: kill(-1) from that uid reaches all of them (and not itself). */
 async function killEverythingOf(ids: { uid: number; gid: number }): Promise<void> {
-  await execa("/bin/sh", ["-c", "kill -KILL -1 2>/dev/null; exit 0"], { uid: ids.uid, gid: ids.gid, reject: false, extendEnv: false, env: {}, cwd: "/" });
+  await runCommand("/bin/sh", ["-c", "kill -KILL -1 2>/dev/null; exit 0"], { uid: ids.uid, gid: ids.gid, env: {}, cwd: "/", timeoutMs: 10_000 });
 }
 
 /** What access a path needs for the slot user. */

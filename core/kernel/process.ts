@@ -28,6 +28,9 @@ export interface RunCommandOptions {
   signal?: AbortSignal;
   /** Bytes kept of stdout and of stderr; a command printing more is killed. Default 64 MiB. */
   maxBuffer?: number;
+  /** Run as this user and group (the caller must be root); supplementary groups are dropped. */
+  uid?: number;
+  gid?: number;
 }
 
 export interface CommandResult {
@@ -62,6 +65,8 @@ export function runCommand(file: string, args: readonly string[], options: RunCo
         signal: options.signal,
         maxBuffer: options.maxBuffer ?? DEFAULT_MAX_BUFFER,
         encoding: "utf8",
+        ...(options.uid === undefined ? {} : { uid: options.uid }),
+        ...(options.gid === undefined ? {} : { gid: options.gid }),
       },
       (error: ExecFileException | null, stdout: string, stderr: string) => {
         if (error === null) return resolve({ ok: true, code: 0, signal: null, stdout, stderr, timedOut: false, error: null });
