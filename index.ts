@@ -37,6 +37,7 @@ export type {
   SinkTarget,
 } from "./sinks/api.js";
 export { resolveInsideRoot } from "./sinks/uri.js";
+export { assertInsideRoot, makeDirectoryInsideRoot } from "./core/kernel/inside-root.js";
 export {
   assertTargetFree,
   backupPathFor,

@@ -17,7 +17,7 @@
  * for the shim's and pandas' timestamps); dates and times are ISO 8601 too; decimals are
  * exact strings ("12.30"); binary is base64.
  */
-import { mkdir, open, type FileHandle } from "node:fs/promises";
+import { open, type FileHandle } from "node:fs/promises";
 import { dirname } from "node:path";
 import { stringify } from "lossless-json";
 import type { Table } from "apache-arrow";
@@ -28,6 +28,7 @@ import {
   exactReader,
   finalPathFor,
   isPublishHandle,
+  makeDirectoryInsideRoot,
   publishHandle,
   publishStaged,
   removeIfPresent,
@@ -59,7 +60,8 @@ export default function jsonlSink(options: JsonlSinkOptions = {}): SinkPlugin {
 
       return {
         async open() {
-          await mkdir(dirname(finalPath), { recursive: true });
+          // Level by level, so a symlink under the root that leads out of it is refused before anything is made there.
+          await makeDirectoryInsideRoot(job.outputRoot, dirname(finalPath), { uri: target.uri, jobId: job.jobId });
           await assertTargetFree(finalPath, target.mode, target.uri, job.jobId);
         },
         async write(batch: Batch) {
@@ -78,7 +80,7 @@ export default function jsonlSink(options: JsonlSinkOptions = {}): SinkPlugin {
             return [];
           }
           const backup = options?.undo === true ? backupPathFor(finalPath, job.jobId) : undefined;
-          await publishStaged(stagingPath, finalPath, target.mode, target.uri, job.jobId, { backup });
+          await publishStaged(stagingPath, finalPath, target.mode, target.uri, job.jobId, { backup, outputRoot: job.outputRoot });
           return [{ topic: target.topic, uri: `jsonl://${finalPath}` }];
         },
         async abort() {

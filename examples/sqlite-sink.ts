@@ -55,6 +55,7 @@ import {
   TopicSchema,
   defineSink,
   exactReader,
+  makeDirectoryInsideRoot,
   resolveInsideRoot,
   unifySchemas,
   type Batch,
@@ -100,7 +101,7 @@ export default function sqliteSink(): SinkPlugin {
       parseLocation(target.parsed.location, target.uri, outputRoot, undefined);
     },
     create(target, { job, logger }) {
-      const { database, table } = parseLocation(target.parsed.location, target.uri, job.outputRoot, job.jobId);
+      const { database, table, inRoot } = parseLocation(target.parsed.location, target.uri, job.outputRoot, job.jobId);
       const context = { jobId: job.jobId, sinkUri: target.uri };
       const filePath = job.command.filePath;
       const fileVersionId = BigInt(job.command.fileVersionId);
@@ -135,7 +136,9 @@ export default function sqliteSink(): SinkPlugin {
 
       return {
         async open() {
-          await mkdir(dirname(database), { recursive: true });
+          // A relative database stays inside the output root, symlinks under it included; an absolute one is where the URI says.
+          if (!inRoot) await mkdir(dirname(database), { recursive: true });
+          else await makeDirectoryInsideRoot(job.outputRoot, dirname(database), { uri: target.uri, jobId: job.jobId });
           db = new Database(database);
           db.pragma("busy_timeout = 10000");
           if (target.mode === "error" && inputHasRows(db)) throw refuse();
@@ -319,7 +322,7 @@ function isUndoHandle(value: unknown): value is UndoHandle {
   );
 }
 
-function parseLocation(location: string, uri: string, outputRoot: string, jobId: bigint | undefined): { database: string; table: string } {
+function parseLocation(location: string, uri: string, outputRoot: string, jobId: bigint | undefined): { database: string; table: string; inRoot: boolean } {
   const slash = location.lastIndexOf("/");
   const table = location.slice(slash + 1);
   const file = location.slice(0, Math.max(slash, 0));
@@ -327,7 +330,7 @@ function parseLocation(location: string, uri: string, outputRoot: string, jobId:
     throw Errors.SINK_BAD_URI([uri, "expected sqlite://<database path>/<table>, the table a plain identifier"], { context: { jobId, sinkUri: uri } });
   }
   // Absolute database paths are part of the URI vocabulary (PROTOCOL.md §5); relative ones stay inside the output root.
-  return { database: isAbsolute(file) ? file : resolveInsideRoot(outputRoot, file, uri), table };
+  return isAbsolute(file) ? { database: file, table, inRoot: false } : { database: resolveInsideRoot(outputRoot, file, uri), table, inRoot: true };
 }
 
 // ---------------------------------------------------------------------------

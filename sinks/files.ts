@@ -21,6 +21,7 @@ import { Errors } from "../core/kernel/errors.js";
 import type { Logger } from "../core/kernel/logger.js";
 import type { SinkMode } from "../core/kernel/job.js";
 import { isProcessAlive } from "../core/kernel/process.js";
+import { assertInsideRoot } from "../core/kernel/inside-root.js";
 
 /** This host's tag in staging names: tells this host's files from those of other hosts sharing a root. */
 export const HOST_TAG = createHash("sha256").update(hostname()).digest("hex").slice(0, 8);
@@ -122,6 +123,9 @@ export async function assertTargetFree(finalPath: string, mode: SinkMode, uri: s
  * writer; here the rename itself is made durable by fsyncing the directory.
  * Mode "error" links instead of renaming: link fails atomically if the target
  * appeared since open, where rename would silently replace it.
+ * With `options.outputRoot`, the directory's real path is checked against the root's right before
+ * the rename (SINK_PATH_ESCAPE): a directory swapped for a symlink during the job must not
+ * carry the output out of the root (core/kernel/inside-root.ts says what window remains).
  */
 export async function publishStaged(
   stagingPath: string,
@@ -129,8 +133,9 @@ export async function publishStaged(
   mode: SinkMode,
   uri: string,
   jobId: bigint,
-  options: { backup?: string } = {},
+  options: { backup?: string; outputRoot?: string } = {},
 ): Promise<void> {
+  if (options.outputRoot !== undefined) await assertInsideRoot(options.outputRoot, dirname(finalPath), { uri, jobId });
   // Mode "error" never replaces a file, so only the others need a backup to undo.
   if (options.backup !== undefined && mode !== "error") await keepBackup(finalPath, options.backup);
   if (mode === "error") {

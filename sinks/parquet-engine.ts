@@ -10,8 +10,8 @@
  * Memory: the writer holds the row group being filled; the input queue holds at most the
  * IPC streams the sink lets be in flight.
  */
-import { openAsBlob, readFileSync } from "node:fs";
-import { open } from "node:fs/promises";
+import { constants as fsConstants, openAsBlob, readFileSync } from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as wasm from "parquet-wasm";
@@ -143,7 +143,7 @@ export class ParquetFileWriter {
       },
       { highWaterMark: 0 },
     );
-    const handle = await open(path, "w");
+    const handle = await openStaged(path);
     let bytes = 0;
     try {
       const output = (await wasm.transformParquetStream(input, properties)) as ReadableStream<Uint8Array>;
@@ -165,6 +165,16 @@ export class ParquetFileWriter {
     }
     return bytes;
   }
+}
+
+/**
+ * Opens the staging file the sink created (sinks/parquet.ts createStagingFile) for writing:
+ * never creating one (a directory swapped for a symlink since then makes this fail with
+ * ENOENT instead of creating a file where the symlink points) and never following a
+ * symlink put in its place (ELOOP).
+ */
+async function openStaged(path: string): Promise<FileHandle> {
+  return await open(path, fsConstants.O_WRONLY | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW);
 }
 
 /**

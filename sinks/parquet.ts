@@ -20,8 +20,10 @@
  *  - A topic that never produced a batch publishes nothing (there is no schema to write).
  */
 import { availableParallelism } from "node:os";
-import { mkdir, realpath, rename } from "node:fs/promises";
-import { dirname, relative, isAbsolute } from "node:path";
+import { rename } from "node:fs/promises";
+import { dirname } from "node:path";
+import { closeSync, constants as fsConstants, openSync, unlinkSync } from "node:fs";
+import { assertInsideRoot, assertInsideRootSync, type EscapeContext, isInsideRoot, makeDirectoryInsideRoot } from "../core/kernel/inside-root.js";
 import { Errors, systemErrorHint } from "../core/kernel/errors.js";
 import { defineSink, type Artifact, type Batch, type CommitOptions, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
 import {
@@ -177,6 +179,26 @@ function targetSettings(
   return { compression, rowGroupSize, targetPath: resolveInsideRoot(outputRoot, fileLocationFor(parsed.location, ".parquet", DIRECTORY_FILE), uri) };
 }
 
+/**
+ * Creates the (empty) staging file here, on the main thread, right after checking that its
+ * directory is inside the root: the writer thread opens it later, without O_CREAT and
+ * without following a symlink, so a directory swapped in between makes that open fail
+ * instead of creating a file wherever the swap points. A file already at the name (a
+ * leftover of a dead process with our pid, or a planted symlink) is unlinked, never
+ * written through.
+ */
+function createStagingFile(outputRoot: string, stagingPath: string, where: EscapeContext): void {
+  assertInsideRootSync(outputRoot, dirname(stagingPath), where);
+  const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
+  try {
+    closeSync(openSync(stagingPath, flags, 0o644));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    unlinkSync(stagingPath);
+    closeSync(openSync(stagingPath, flags, 0o644));
+  }
+}
+
 class ParquetTopicSink implements Sink {
   readonly #target: SinkTarget;
   readonly #context: SinkContext;
@@ -226,17 +248,8 @@ class ParquetTopicSink implements Sink {
 
   async open(): Promise<void> {
     const { job } = this.#context;
-    const dir = dirname(this.#finalPath);
-    await mkdir(dir, { recursive: true });
-    // The lexical check in resolveInsideRoot cannot see symlinks; the real path can.
-    const [realRoot, realDir] = await Promise.all([realpath(job.outputRoot), realpath(dir)]);
-    const rel = relative(realRoot, realDir);
-    if (rel.startsWith("..") || isAbsolute(rel)) {
-      throw Errors.SINK_PATH_ESCAPE([this.#target.uri, realRoot], {
-        context: { jobId: job.jobId, sinkUri: this.#target.uri },
-        hint: `a symlink under the output root leads to ${realDir}`,
-      });
-    }
+    // The lexical check in resolveInsideRoot cannot see symlinks; this walks the real paths, level by level.
+    await makeDirectoryInsideRoot(job.outputRoot, dirname(this.#finalPath), { uri: this.#target.uri, jobId: job.jobId });
     await assertTargetFree(this.#finalPath, this.#target.mode, this.#target.uri, job.jobId);
   }
 
@@ -281,7 +294,7 @@ class ParquetTopicSink implements Sink {
     }
     if (this.#report === null) throw new Error("commit before prepare");
     const backup = options?.undo === true ? this.#handle?.backup : undefined;
-    await publishStaged(this.#stagingPath, this.#finalPath, this.#target.mode, this.#target.uri, job.jobId, { backup });
+    await publishStaged(this.#stagingPath, this.#finalPath, this.#target.mode, this.#target.uri, job.jobId, { backup, outputRoot: job.outputRoot });
     logger.debug({ file: this.#finalPath }, "Parquet file published");
     return [{ topic: this.#target.topic, uri: `parquet://${this.#finalPath}` }];
   }
@@ -289,7 +302,9 @@ class ParquetTopicSink implements Sink {
   async abort(reason: Error): Promise<void> {
     this.#pending = [];
     await this.#stream?.abort(reason.message);
-    await removeIfPresent(this.#stagingPath);
+    // A directory swapped for a symlink to elsewhere: its files are not ours to delete.
+    if (await isInsideRoot(this.#context.job.outputRoot, dirname(this.#stagingPath))) await removeIfPresent(this.#stagingPath);
+    else this.#context.logger.warn({ file: this.#stagingPath }, "staging directory now leads outside the output root; staging file left alone");
   }
 
   #begin(schema: Schema, batch: Batch): void {
@@ -320,6 +335,7 @@ class ParquetTopicSink implements Sink {
 
   #open(schema: Schema): void {
     const { job } = this.#context;
+    createStagingFile(job.outputRoot, this.#stagingPath, { uri: this.#target.uri, jobId: job.jobId });
     this.#schema = schema;
     this.#serializer = new LineageSerializer(
       schema,
@@ -380,6 +396,11 @@ class ParquetTopicSink implements Sink {
     } catch (err) {
       const { job } = this.#context;
       const message = err instanceof Error ? err.message : String(err);
+      // The writer could not open its staging file because its directory now leads elsewhere: say that.
+      if (/ENOENT|ELOOP/.test(message))
+        await assertInsideRoot(job.outputRoot, dirname(this.#stagingPath), { uri: this.#target.uri, jobId: job.jobId }).catch((refused: unknown) => {
+          if (Errors.SINK_PATH_ESCAPE.is(refused)) throw refused;
+        });
       const cause = /ENOSPC/.test(message) ? "no space left on the device" : message;
       throw Errors.SINK_WRITE_FAILED([this.#target.uri, cause], {
         context: { jobId: job.jobId, sinkUri: this.#target.uri, file: this.#stagingPath },

@@ -365,6 +365,8 @@ print(json.dumps(out))`;
     const pool = new ParquetWriterPool(1);
     const settings = { compression: "snappy" as const, rowGroupSize: 100, metadata: [], plainColumns: [] };
     const ipcOf = (rows: number) => batchOf("t", sampleTable(rows)).ipc.slice();
+    // The pool writes files its caller created (the sink creates its staging file after its containment check).
+    for (const name of ["broken", "beside", "later"]) await writeFile(join(root, `${name}.parquet`), "");
     try {
       const broken = pool.open(join(root, "broken.parquet"), settings, 2);
       const beside = pool.open(join(root, "beside.parquet"), settings, 2);

@@ -26,6 +26,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { Errors } from "../kernel/errors.js";
+import { assertInsideRootSync, makeDirectoryInsideRootSync } from "../kernel/inside-root.js";
 import { isProcessAlive } from "../kernel/process.js";
 
 export const STATE_DIR = ".casparian";
@@ -208,6 +209,9 @@ export class RunState {
 
   /** Steps 1 to 3 of a promotion (see the module comment). */
   promote(promotion: Promotion): void {
+    // Refused before the intent is recorded: a target directory leading out of the output root
+    // fails this input with SINK_PATH_ESCAPE, and nothing is created outside the root.
+    for (const move of promotion.moves) makeDirectoryInsideRootSync(this.outputRoot, dirname(join(this.outputRoot, move.to)), { uri: move.to });
     this.#db
       .prepare("INSERT INTO promotions (input, plan) VALUES (?, ?) ON CONFLICT (input) DO UPDATE SET plan = excluded.plan")
       .run(promotion.input, encodePromotion(promotion));
@@ -277,7 +281,9 @@ export class RunState {
     const dirs = new Set<string>();
     for (const move of promotion.moves) {
       const target = join(this.outputRoot, move.to);
-      mkdirSync(dirname(target), { recursive: true });
+      makeDirectoryInsideRootSync(this.outputRoot, dirname(target), { uri: move.to });
+      // Again right before the rename: the directory may have been swapped for a symlink since.
+      assertInsideRootSync(this.outputRoot, dirname(target), { uri: move.to });
       try {
         renameSync(move.from, target);
       } catch (err) {
@@ -288,6 +294,8 @@ export class RunState {
     }
     for (const file of promotion.removals) {
       const path = join(this.outputRoot, file);
+      // An earlier output whose directory now leads out of the root is not ours to delete there.
+      if (exists(dirname(path)) && !staysInside(this.outputRoot, dirname(path))) continue;
       rmSync(path, { force: true });
       dirs.add(dirname(path));
     }
@@ -428,6 +436,15 @@ function fsyncDirectorySync(dir: string): void {
 function exists(path: string): boolean {
   try {
     statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function staysInside(root: string, dir: string): boolean {
+  try {
+    assertInsideRootSync(root, dir, { uri: dir });
     return true;
   } catch {
     return false;
