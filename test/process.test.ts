@@ -44,6 +44,13 @@ test("a command that is not there: not started, ENOENT, never a rejection", asyn
   assert.equal(result.error?.code, "ENOENT");
 });
 
+test("a command Node refuses to start at once (here an impossible uid) is not started, never a rejection", async () => {
+  const result = await runCommand("true", [], { uid: 2 ** 40 });
+  assert.equal(result.ok, false);
+  assert.equal(result.code, null);
+  assert.ok(result.error !== null);
+});
+
 test("a command past its timeout is killed and says so; one killed by a signal of its own says which", async () => {
   const slow = await runCommand("sh", ["-c", "sleep 30"], { timeoutMs: 200 });
   assert.equal(slow.timedOut, true);

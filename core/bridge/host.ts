@@ -29,13 +29,13 @@
  * carries the guest's own last error lines; the job's processes are killed (TERM, then KILL
  * after 2 s) and the directory removed on every path.
  */
+import { type ChildProcess, spawn } from "node:child_process";
 import { chmod, chown, mkdtemp, readdir, realpath, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { Readable } from "node:stream";
-import { execa, type ResultPromise } from "execa";
 import { CasparianError, Errors } from "../kernel/errors.js";
 import type { Batch } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
@@ -189,7 +189,7 @@ class GuestRun {
   #socket: Socket | undefined;
   /** The slot user this guest runs as (undefined: the worker's own uid). */
   #user: SlotUser | undefined;
-  #child: ResultPromise | undefined;
+  #child: ChildProcess | undefined;
   /** The guest's pid, which is also its process group and session. */
   #pid: number | undefined;
   /** Every process of the job: the guest and what it starts. */
@@ -598,30 +598,27 @@ class GuestRun {
       command = await sandboxed(this.#options.sandbox, command, { jobDir: this.#dir, readOnly });
     }
 
-    const child = execa(command.file, command.args, {
-      env,
-      ...(this.#user ? { uid: this.#user.uid, gid: this.#user.gid } : {}),
-      extendEnv: false,
-      cwd: this.#dir,
-      detached: true, // own process group: ABORT kills the plugin's children too
-      stdin: "ignore",
-      stdout: "pipe",
-      stderr: "pipe",
-      buffer: false,
-      reject: false,
-      stripFinalNewline: false,
-    });
+    let child: ChildProcess;
+    try {
+      child = spawn(command.file, command.args, {
+        env, // the whole environment: nothing of the worker's is inherited
+        ...(this.#user ? { uid: this.#user.uid, gid: this.#user.gid } : {}),
+        cwd: this.#dir,
+        detached: true, // own process group: ABORT kills the plugin's children too
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+    } catch (err) {
+      // Node throws at once for what the kernel refuses before exec (EPERM switching to the slot user).
+      throw this.#guestFailed(`the guest could not be started (${command.file}): ${(err as Error).message}`);
+    }
     this.#child = child;
     this.#pid = child.pid;
     this.#exit = new Promise<ExitInfo>((resolve) => {
-      // The process's own exit, not execa's result: that waits for stdout and stderr to close,
+      // The process's own exit, not "close": that waits for stdout and stderr to close,
       // which a child of the plugin holding them would put off for as long as it lives.
       child.once("exit", (code, signal) => resolve({ code, signal }));
-      // A guest that could not start never exits: execa's result says why.
-      child.then(
-        (result) => resolve({ code: result.exitCode ?? null, signal: result.signal ?? null }),
-        (err: unknown) => resolve({ code: null, signal: String((err as Error).message ?? err) }),
-      );
+      // A guest that could not start (ENOENT, EACCES) never exits: the error says why.
+      child.once("error", (err) => resolve({ code: null, signal: err.message }));
     }).then((exit) => (this.#exited = exit));
     if (child.pid !== undefined) this.#adopt(child.pid);
     this.#outputDone = Promise.all([this.#readStderr(child.stderr), this.#readStdout(child.stdout)]);

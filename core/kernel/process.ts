@@ -6,7 +6,7 @@
  * crash recovery (staging files and tables, env build directories, run staging) needs
  * it to tell a dead writer from a live one.
  */
-import { type ExecFileException, execFile } from "node:child_process";
+import { type ChildProcess, type ExecFileException, execFile } from "node:child_process";
 
 /** True when `pid` exists, including when it belongs to another user (EPERM). */
 export function isProcessAlive(pid: number): boolean {
@@ -55,29 +55,36 @@ const DEFAULT_MAX_BUFFER = 64 * 1024 * 1024;
  */
 export function runCommand(file: string, args: readonly string[], options: RunCommandOptions = {}): Promise<CommandResult> {
   return new Promise((resolve) => {
-    const child = execFile(
-      file,
-      args,
-      {
-        cwd: options.cwd,
-        env: options.env,
-        timeout: options.timeoutMs ?? 0,
-        signal: options.signal,
-        maxBuffer: options.maxBuffer ?? DEFAULT_MAX_BUFFER,
-        encoding: "utf8",
-        ...(options.uid === undefined ? {} : { uid: options.uid }),
-        ...(options.gid === undefined ? {} : { gid: options.gid }),
-      },
-      (error: ExecFileException | null, stdout: string, stderr: string) => {
-        if (error === null) return resolve({ ok: true, code: 0, signal: null, stdout, stderr, timedOut: false, error: null });
-        // execFile puts the exit code in `code` when the command ran, the errno name when it did not start.
-        const code = typeof error.code === "number" ? error.code : null;
-        const signal = (error.signal as NodeJS.Signals | undefined) ?? null;
-        // Killed by us with no error code of its own (too much output, aborted): the timeout did it.
-        const timedOut = error.killed === true && error.code == null && options.signal?.aborted !== true;
-        resolve({ ok: false, code, signal, stdout, stderr, timedOut, error: code === null ? error : null });
-      },
-    );
+    const notStarted = (error: ExecFileException) => resolve({ ok: false, code: null, signal: null, stdout: "", stderr: "", timedOut: false, error });
+    let child: ChildProcess;
+    try {
+      child = execFile(
+        file,
+        args,
+        {
+          cwd: options.cwd,
+          uid: options.uid,
+          gid: options.gid,
+          env: options.env,
+          timeout: options.timeoutMs ?? 0,
+          signal: options.signal,
+          maxBuffer: options.maxBuffer ?? DEFAULT_MAX_BUFFER,
+          encoding: "utf8",
+        },
+        (error: ExecFileException | null, stdout: string, stderr: string) => {
+          if (error === null) return resolve({ ok: true, code: 0, signal: null, stdout, stderr, timedOut: false, error: null });
+          // execFile puts the exit code in `code` when the command ran, the errno name when it did not start.
+          const code = typeof error.code === "number" ? error.code : null;
+          const signal = (error.signal as NodeJS.Signals | undefined) ?? null;
+          // Killed by us with no error code of its own (too much output, aborted): the timeout did it.
+          const timedOut = error.killed === true && error.code == null && options.signal?.aborted !== true;
+          resolve({ ok: false, code, signal, stdout, stderr, timedOut, error: code === null ? error : null });
+        },
+      );
+    } catch (err) {
+      // Thrown at once for what the kernel refuses before exec (EPERM switching user): not started either.
+      return notStarted(err as ExecFileException);
+    }
     // Nothing is ever written to a command's stdin: close it, so one that reads it sees EOF instead of waiting.
     child.stdin?.end();
   });
