@@ -425,7 +425,7 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
   test("chunks larger than one writer stream are cut into slices at odd offsets (nulls, bools, timestamps): every value lands, in full row groups", async () => {
     const ws = await workspace({ encoderThreads: 1, rowGroupSize: 10_000 });
     const job = makeJob({ sinks: [sinkSpec("t", "parquet://sliced.parquet", "replace")] });
-    // 1,001 rows, then 40,000: the streams to the writer cut the second chunk at rows 15,383 and 31,767 of it.
+    // 1,001 rows, then 40,000: the streams to the writer (32,768 rows each) cut the second chunk at its row 31,767.
     const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(1001, 0), 0), batchOf("t", sampleTable(40_000, 1001), 1)]);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
