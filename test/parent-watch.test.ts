@@ -7,25 +7,19 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { test } from "node:test";
 import { packageRoot } from "../core/kernel/paths.js";
 import { isProcessAlive } from "../core/kernel/process.js";
+import { tempRoot } from "./helpers/temp-root.js";
 
 const WORKER_BIN = join(packageRoot(), "bin", "casparian-worker.js");
 const PARENT_WATCH = new URL("../core/run/parent-watch.js", import.meta.url).href;
 const WORKER_PROCESS = new URL("../core/run/worker-process.js", import.meta.url).href;
 /** Bounded waits only; how fast the worker goes is the benchmark's business, not a test's. */
 const GONE_WITHIN_MS = 20_000;
-
-async function tempRoot(t: { after(fn: () => Promise<void>): void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "casparian-parent-watch-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** Alive and not a zombie: an orphan that exited stays in the table until init reaps it. */
 async function running(pid: number): Promise<boolean> {
@@ -48,7 +42,7 @@ function workerArgs(dir: string): string[] {
 }
 
 test("the channel ending while the parent lives stops the worker: it is the channel, not the parent's pid, that tells", async (t) => {
-  const dir = await tempRoot(t);
+  const dir = await tempRoot(t, "parent-watch");
   const child = spawn(process.execPath, ["--import", PARENT_WATCH, WORKER_BIN, ...workerArgs(dir)], {
     env: { ...process.env, CASPARIAN_HOME: join(dir, "home") },
     stdio: ["ignore", "pipe", "pipe", "ipc"],
@@ -77,7 +71,7 @@ test("the channel ending while the parent lives stops the worker: it is the chan
 });
 
 test("the run's process killed with SIGKILL: the worker it started stops on its own", async (t) => {
-  const dir = await tempRoot(t);
+  const dir = await tempRoot(t, "parent-watch");
   // A stand-in for `casparian run`: starts one worker exactly as the run does (WorkerProcess), then idles.
   const launcher = join(dir, "launcher.mjs");
   await writeFile(

@@ -5,8 +5,7 @@
  * texts built from it: a missing system Python, a uv that fails.
  */
 import assert from "node:assert/strict";
-import { chmod, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { EnvManager } from "../core/env/manager.js";
@@ -16,12 +15,7 @@ import { Errors } from "../core/kernel/errors.js";
 import { silentLogger } from "../core/kernel/logger.js";
 import { describeFailure, runCommand } from "../core/kernel/process.js";
 import { rejectsWith } from "./helpers/assert.js";
-
-async function tempRoot(t: { after(fn: () => Promise<void>): void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "casparian-process-"));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { tempRoot } from "./helpers/temp-root.js";
 
 test("a command that succeeds: exit 0, both streams, stdin at end-of-file (cat returns at once)", async () => {
   const result = await runCommand("sh", ["-c", "echo out; echo err >&2; cat"], { timeoutMs: 20_000 });
@@ -89,7 +83,7 @@ test("the environment given is the whole environment: nothing of the worker's is
 });
 
 test('env_hash "system" with a Python that is not there: ENV_SYSTEM_PYTHON_MISSING, not found', async (t) => {
-  const dir = await tempRoot(t);
+  const dir = await tempRoot(t, "process");
   const inner = new EnvManager({ home: dir, logger: silentLogger() });
   const envs = new SystemPythonEnvs(inner, { systemPython: join(dir, "no-python3"), logger: silentLogger() });
   const err = await rejectsWith(envs.acquire(SYSTEM_ENV_HASH), Errors.ENV_SYSTEM_PYTHON_MISSING.code);
@@ -97,7 +91,7 @@ test('env_hash "system" with a Python that is not there: ENV_SYSTEM_PYTHON_MISSI
 });
 
 test("a failing uv: the error names the command, how it ended and uv's last stderr lines", async (t) => {
-  const dir = await tempRoot(t);
+  const dir = await tempRoot(t, "process");
   const fakeUv = join(dir, "uv");
   await writeFile(fakeUv, '#!/bin/sh\necho "resolving..." >&2\necho "error: No solution found" >&2\nexit 1\n');
   await chmod(fakeUv, 0o755);
