@@ -4,9 +4,16 @@
  *
  * Build: `uv venv --relocatable` then `uv sync --frozen --no-dev --compile-bytecode` (or
  * `uv sync --script` for locks made by `uv lock --script`) inside `<home>/venvs/.build-<hash>-<pid>-<rand>/`,
- * then one rename into place. A directory named by a bare hash is therefore always a
- * complete env; a crash leaves only a `.build-*` directory, which the next manager
- * (any process) removes once its owner pid is gone.
+ * then it is sealed (seal.ts: interpreter, digest) and renamed into place in one step. A
+ * directory named by a bare hash is used only while its seal matches; anything else
+ * there is rebuilt and replaced, never trusted. A crash leaves only a `.build-*`
+ * directory, which the next manager (any process) removes once its owner pid is gone.
+ *
+ * python_version is part of the cache check: an env built with 3.11 does not answer a
+ * PREPARE_ENV for 3.12; it is rebuilt with 3.12 and replaces the 3.11 one (there is one
+ * env per lockfile hash, because a DISPATCH names only the hash). A job already running
+ * in the replaced env keeps the modules it imported; what it imports later comes from
+ * the new env, so replace envs between jobs.
  *
  * Leases pin envs against LRU eviction. Leases are per process: two workers sharing a
  * home cannot see each other's, so give each worker fleet member its own home if
@@ -21,8 +28,9 @@ import type { EnvReadyPayload, PrepareEnvCommand } from "../protocol/messages.js
 import { planFromLock, synthesizePyproject, synthesizeScript } from "./lockfile.js";
 import { directorySize, readMetadata, writeMetadata, type EnvMetadata, type MetadataFile } from "./metadata.js";
 import type { EnvironmentProvider, EnvLease } from "./types.js";
-import { findUv, isExecutable, runUv } from "./uv.js";
-import { describeFailure, isProcessAlive, runCommand } from "../kernel/process.js";
+import { checkSeal, probeInterpreter, replaceEnvDirectory, sealEnv, servesPythonRequest } from "./seal.js";
+import { findUv, runUv } from "./uv.js";
+import { isProcessAlive } from "../kernel/process.js";
 
 export { findUv } from "./uv.js";
 
@@ -109,7 +117,12 @@ export class EnvManager implements EnvironmentProvider {
     if (building) await building.catch(() => undefined);
     return this.#exclusive(async () => {
       const interpreterPath = this.interpreterPath(hash);
-      if (!(await isExecutable(interpreterPath))) return null;
+      const check = await checkSeal(this.venvPath(hash), hash);
+      if (!check.trusted) {
+        if (check.reason !== "no such directory")
+          this.#logger.warn({ env_hash: hash, reason: check.reason }, "env directory not trusted; it is rebuilt on the next PREPARE_ENV");
+        return null;
+      }
       this.#leases.set(hash, (this.#leases.get(hash) ?? 0) + 1);
       await this.#touch(hash).catch((err: unknown) => this.#logger.warn({ err, env_hash: hash }, "could not update env metadata"));
       let released = false;
@@ -134,10 +147,17 @@ export class EnvManager implements EnvironmentProvider {
 
   async #prepareOnce(hash: string, command: PrepareEnvCommand): Promise<EnvReadyPayload> {
     const interpreterPath = this.interpreterPath(hash);
-    if (await isExecutable(interpreterPath)) {
+    const check = await checkSeal(this.venvPath(hash), hash);
+    const requested = command.python_version ?? null;
+    if (check.trusted && servesPythonRequest(check.seal.python, requested)) {
       await this.#exclusive(() => this.#touch(hash)).catch((err: unknown) => this.#logger.warn({ err, env_hash: hash }, "could not update env metadata"));
       this.#logger.debug({ env_hash: hash }, "env cache hit");
       return { env_hash: hash, interpreter_path: interpreterPath, cached: true };
+    }
+    if (check.trusted) {
+      this.#logger.info({ env_hash: hash, built_with: check.seal.python.version, requested }, "env was built for another python_version; rebuilding it");
+    } else if (check.reason !== "no such directory") {
+      this.#logger.warn({ env_hash: hash, reason: check.reason }, "env directory not trusted; rebuilding it");
     }
     const began = Date.now();
     try {
@@ -189,21 +209,21 @@ export class EnvManager implements EnvironmentProvider {
         });
       }
 
-      const probe = await runCommand(join(venvDir, "bin", "python"), ["-c", "import sys; print(sys.prefix)"], {
-        timeoutMs: 30_000,
-        env: { PATH: process.env.PATH ?? "" },
-      });
-      if (!probe.ok)
-        throw new Error(`the new interpreter does not start: ${(probe.stderr.trim() || describeFailure(probe, 30_000)).split("\n").slice(-3).join(" ")}`);
+      const interpreter = await probeInterpreter(venvDir);
+      if (!servesPythonRequest(interpreter, command.python_version)) {
+        throw new Error(
+          `uv made a ${interpreter.implementation} ${interpreter.version}${interpreter.freeThreaded ? " (free-threaded)" : ""} env, but python_version ${command.python_version} was asked for`,
+        );
+      }
+      await sealEnv(venvDir, hash, command.python_version ?? null, interpreter);
 
       const finalDir = this.venvPath(hash);
-      try {
-        await rename(venvDir, finalDir);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
+      const existing = await checkSeal(finalDir, hash);
+      if (existing.trusted && servesPythonRequest(existing.seal.python, command.python_version)) {
         // Another process finished the same hash first: its env is as good as ours.
-        if (code !== "ENOTEMPTY" && code !== "EEXIST") throw err;
         this.#logger.info({ env_hash: hash }, "env was built concurrently by another process; using it");
+      } else {
+        await replaceEnvDirectory(venvDir, finalDir, join(this.#venvsDir, `.evict-${hash.slice(0, 16)}-${process.pid}-${randomBytes(4).toString("hex")}`));
       }
     } finally {
       await rm(buildRoot, { recursive: true, force: true });

@@ -1,7 +1,10 @@
 /**
  * `<home>/venvs/.metadata.json`: one entry per environment (env_hash, created_at,
- * last_used, size_bytes), in the layout the earlier Python worker used
- * (`{"venvs": {<hash>: {...}}}`), so an old cache directory stays readable.
+ * last_used, size_bytes), in both layouts of the earlier workers at once: the Python
+ * worker's `{"venvs": {<hash>: {...}}}` and the Rust worker's `{"entries": [{...}]}` (its
+ * serde reader ignores the other key), so a home shared with either keeps its
+ * bookkeeping readable by both; a file either of them wrote is read here too. Whether an
+ * env may be used is not decided here but by its seal (seal.ts).
  *
  * Written atomically (temp file + rename), so a crash leaves the old file or the new
  * one, never half of one. The directory listing is the truth about which envs exist;
@@ -27,8 +30,14 @@ export const METADATA_FILE = ".metadata.json";
 export async function readMetadata(venvsDir: string): Promise<MetadataFile> {
   try {
     const parsed = JSON.parse(await readFile(join(venvsDir, METADATA_FILE), "utf8")) as unknown;
-    if (typeof parsed === "object" && parsed !== null && typeof (parsed as MetadataFile).venvs === "object" && (parsed as MetadataFile).venvs !== null) {
-      return parsed as MetadataFile;
+    if (typeof parsed === "object" && parsed !== null) {
+      const { venvs, entries } = parsed as { venvs?: unknown; entries?: unknown };
+      if (typeof venvs === "object" && venvs !== null && !Array.isArray(venvs)) return { venvs: venvs as MetadataFile["venvs"] };
+      if (Array.isArray(entries)) {
+        const fromRust: MetadataFile = { venvs: {} };
+        for (const entry of entries as EnvMetadata[]) if (typeof entry?.env_hash === "string") fromRust.venvs[entry.env_hash] = entry;
+        return fromRust;
+      }
     }
   } catch {
     // Missing or corrupt: start over; sizes are recomputed from disk on demand.
@@ -40,7 +49,8 @@ export async function writeMetadata(venvsDir: string, data: MetadataFile): Promi
   const target = join(venvsDir, METADATA_FILE);
   const temp = `${target}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`;
   try {
-    await writeFile(temp, `${JSON.stringify(data, null, 2)}\n`, { mode: 0o644 });
+    const both = { venvs: data.venvs, entries: Object.values(data.venvs) };
+    await writeFile(temp, `${JSON.stringify(both, null, 2)}\n`, { mode: 0o644 });
     await rename(temp, target);
   } catch (err) {
     await rm(temp, { force: true });

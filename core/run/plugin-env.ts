@@ -11,10 +11,10 @@
  * rebuilds a pyproject.toml from the lock's root package and runs `uv sync --frozen`.
  */
 import { createHash, randomBytes } from "node:crypto";
-import { constants } from "node:fs";
 import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Errors } from "../kernel/errors.js";
+import { checkSeal, replaceEnvDirectory, sealEnv } from "../env/seal.js";
 import { findUv } from "../env/uv.js";
 import { describeFailure, runCommand } from "../kernel/process.js";
 import type { Logger } from "../kernel/logger.js";
@@ -112,13 +112,6 @@ async function exists(path: string): Promise<boolean> {
   );
 }
 
-async function isExecutable(path: string): Promise<boolean> {
-  return access(path, constants.X_OK).then(
-    () => true,
-    () => false,
-  );
-}
-
 /**
  * A plugin without dependencies must run on a machine with Python 3 and no uv:
  * then the bare environment is made here with `python3 -m venv`, exactly where
@@ -134,7 +127,7 @@ export async function provideBareEnvWithoutUv(
 ): Promise<boolean> {
   const venvs = join(options.home, "venvs");
   const final = join(venvs, env.envHash);
-  if (await isExecutable(join(final, "bin", "python"))) return false;
+  if ((await checkSeal(final, env.envHash)).trusted) return false;
   const uvMissing = await findUv(options.uv).then(
     () => null,
     (err: unknown) => err,
@@ -152,9 +145,11 @@ export async function provideBareEnvWithoutUv(
   try {
     const made = await runCommand(python, ["-m", "venv", "--without-pip", join(build, "venv")], { timeoutMs: 5 * 60_000 });
     if (!made.ok) throw new Error(made.stderr.trim() || describeFailure(made, 5 * 60_000));
-    await rename(join(build, "venv"), final).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
-    });
+    // Sealed like the manager's builds (core/env/seal.ts), or the workers would not trust it.
+    await sealEnv(join(build, "venv"), env.envHash, null);
+    if (!(await checkSeal(final, env.envHash)).trusted) {
+      await replaceEnvDirectory(join(build, "venv"), final, join(venvs, `.evict-${env.envHash.slice(0, 16)}-${process.pid}-${randomBytes(4).toString("hex")}`));
+    }
   } catch (err) {
     throw Errors.ENV_BUILD_FAILED([env.envHash.slice(0, 12), `${python} -m venv failed: ${(err as Error).message}`]);
   } finally {
