@@ -161,6 +161,8 @@ async function withParquet(pipeline: Pipeline, outputRoot: string, logger: Logge
 /** Runs inside a forked child: `reps` worker runs of the generator, reporting times and peak RSS. */
 async function childMain(request: ChildRequest): Promise<ChildReport> {
   const logger = pino({ level: "warn" }) as unknown as Logger;
+  // As a worker process does at start: sinks resolve their targets inside the root's real path.
+  await mkdir(request.outputRoot, { recursive: true });
   let peak = process.memoryUsage();
   const sampler = setInterval(() => {
     const now = process.memoryUsage();
