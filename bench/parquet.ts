@@ -11,7 +11,7 @@
  * Each side runs once to warm up, then REPS times; the median counts.
  */
 import { execFile } from "node:child_process";
-import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -126,6 +126,8 @@ function concatenatedStream(batches: Batch[]): Uint8Array {
 
 async function timeOurs(batches: Batch[], root: string, parquet: ParquetConfig): Promise<{ seconds: number; bytes: number; threads: number }> {
   const logger = pino({ level: "warn" });
+  // As a worker process does at start: sinks resolve their targets inside the root's real path.
+  await mkdir(root, { recursive: true });
   // The real pipeline, sink manager and Parquet sink; the "guest" hands over batches made in advance, so only the sink side is timed.
   const pipeline = new Pipeline({
     logger,
