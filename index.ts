@@ -33,11 +33,15 @@ export type {
   Sink,
   SinkContext,
   SinkHandle,
+  SinkOptions,
+  SinkOptionsSchema,
   SinkPlugin,
   SinkTarget,
 } from "./sinks/api.js";
 export { resolveInsideRoot } from "./sinks/uri.js";
 export { assertInsideRoot, makeDirectoryInsideRoot } from "./core/kernel/inside-root.js";
+// valibot, for a sink's options schema: the same copy the worker checks them with.
+export * as v from "valibot";
 export {
   assertTargetFree,
   backupPathFor,

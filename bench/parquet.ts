@@ -25,7 +25,7 @@ import { packageRoot } from "../core/kernel/paths.js";
 import { Pipeline } from "../core/pipeline/pipeline.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { SinkManager } from "../core/pipeline/sink-manager.js";
-import { defaultEncoderThreads } from "../sinks/parquet.js";
+import { defaultEncoderThreads } from "../sinks/parquet-settings.js";
 
 const run = promisify(execFile);
 const BATCH_ROWS = 65_536;

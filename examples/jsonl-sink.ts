@@ -4,7 +4,10 @@
  *
  * Register it in casparian.config.ts (see jsonl-sink.config.ts):
  *
- *   export default defineConfig({ sinks: ["./examples/jsonl-sink.ts"] });
+ *   export default defineConfig({ sinks: [{ use: "./examples/jsonl-sink.ts", options: { lineage: true } }] });
+ *
+ * Its one option, `lineage`, is declared as a schema: checked when the sink is registered,
+ * typed in `create`, and settable per target in the URI (`jsonl://events.jsonl?lineage=false`).
  *
  * Like the bundled Parquet sink: the path is relative to the output root, rows go to
  * a hidden staging file beside the target, which is fsynced and renamed on commit;
@@ -39,19 +42,22 @@ import {
   type Batch,
   type CommitOptions,
   type ExactValue,
-  type SinkPlugin,
+  v,
 } from "casparian-flow";
 
-export interface JsonlSinkOptions {
+const jsonlOptions = v.object({
   /** Add `_job_id` and `_file_version_id` to every line (as the Parquet sink does). Default false. */
-  lineage?: boolean;
-}
+  lineage: v.optional(v.boolean(), false),
+});
+export type JsonlSinkOptions = v.InferInput<typeof jsonlOptions>;
 
-export default function jsonlSink(options: JsonlSinkOptions = {}): SinkPlugin {
+export default function jsonlSink() {
   return defineSink({
     name: "jsonl",
     schemes: ["jsonl"],
-    create(target, { job, logger }) {
+    options: jsonlOptions,
+    uriOptions: ["lineage"],
+    create(target, { job, logger, options }) {
       const path = resolveInsideRoot(job.outputRoot, target.parsed.location, target.uri);
       const finalPath = finalPathFor(path, target.mode, job.jobId);
       const stagingPath = stagingPathFor(finalPath, job.jobId);

@@ -95,25 +95,30 @@ import {
   type CommitOptions,
   type ExactValue,
   type Logger,
-  type SinkPlugin,
   type SinkTarget,
+  v,
 } from "casparian-flow";
 
-export interface PostgresSinkOptions {
+const port = v.pipe(v.union([v.number(), v.pipe(v.string(), v.regex(/^\d+$/))]), v.transform(Number), v.integer(), v.minValue(1), v.maxValue(65_535));
+const positive = v.pipe(v.number(), v.safeInteger(), v.minValue(1));
+
+/** The sink's options (`{ use: "./postgres-sink.ts", options: {...} }`), checked when it is registered. */
+const postgresOptions = v.object({
   /** Defaults for every target, URL form: `postgres://user:password@host:port/database?host=/socket/dir`. */
-  connectionString?: string;
-  host?: string;
-  port?: number | string;
-  user?: string;
-  password?: string;
-  database?: string;
+  connectionString: v.optional(v.pipe(v.string(), v.check(URL.canParse, "expected a URL like postgres://user@host:5432/database"))),
+  host: v.optional(v.string()),
+  port: v.optional(port),
+  user: v.optional(v.string()),
+  password: v.optional(v.string()),
+  database: v.optional(v.string()),
   /** Add `_job_id numeric(20)` to every row (`_file_version_id bigint` is always there). Default false. */
-  lineage?: boolean;
+  lineage: v.optional(v.boolean(), false),
   /** Rows per INSERT statement (also capped by PostgreSQL's 65 535 parameters). Default 1000. */
-  insertRows?: number;
+  insertRows: v.optional(positive, 1000),
   /** Connection timeout in milliseconds. Default 10 000. */
-  connectTimeoutMs?: number;
-}
+  connectTimeoutMs: v.optional(positive, 10_000),
+});
+export type PostgresSinkOptions = v.InferInput<typeof postgresOptions>;
 
 interface ConnectionFields {
   host?: string;
@@ -159,20 +164,19 @@ const registry = ((globalThis as Record<symbol, unknown>)[Symbol.for("casparian-
   next: 0,
 }) as { live: Set<string>; next: number };
 
-export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlugin {
-  const defaults = connectionDefaults(options);
-  const insertRows = positiveInteger(options.insertRows, 1000, "insertRows");
-  const connectTimeoutMs = positiveInteger(options.connectTimeoutMs, 10_000, "connectTimeoutMs");
-
+export default function postgresSink() {
   return defineSink({
     name: "postgres",
     schemes: ["postgres", "postgresql"],
+    options: postgresOptions,
     inputScopedModes: true,
     checkTarget(target) {
       parseTarget(target, undefined);
     },
-    create(target, { job, logger }) {
+    create(target, { job, logger, options }) {
       const { fields, name } = parseTarget(target, job.jobId);
+      const defaults = connectionDefaults(options);
+      const { insertRows, connectTimeoutMs } = options;
       const safeUri = redact(target.uri);
       const context = { jobId: job.jobId, sinkUri: safeUri };
       const fail = (what: string, cause: unknown, hint?: string) =>
@@ -431,15 +435,16 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
       };
     },
 
-    async resolve(handle, decision) {
+    async resolve(handle, decision, { options }) {
       if (!isUndoHandle(handle)) throw new Error(`not a PostgreSQL sink handle: ${JSON.stringify(handle)}`);
+      const defaults = connectionDefaults(options);
       const c = new pg.Client({
         ...defaults,
         host: handle.host,
         port: Number(handle.port),
         user: handle.user || defaults.user,
         database: handle.database || defaults.database,
-        connectionTimeoutMillis: connectTimeoutMs,
+        connectionTimeoutMillis: options.connectTimeoutMs,
         application_name: "casparian-flow",
       });
       c.on("error", () => {});
@@ -451,7 +456,8 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
       }
     },
 
-    async recover({ logger }) {
+    async recover({ logger, options }) {
+      const defaults = connectionDefaults(options);
       const configured =
         Object.keys(defaults).length > 0 || ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"].some((v) => process.env[v] !== undefined);
       if (!configured) {
@@ -459,7 +465,7 @@ export default function postgresSink(options: PostgresSinkOptions = {}): SinkPlu
         logger.info("no default database (sink options or PG* variables): stale staging is dropped when sinks open");
         return;
       }
-      const c = new pg.Client({ ...defaults, connectionTimeoutMillis: connectTimeoutMs, application_name: "casparian-flow" });
+      const c = new pg.Client({ ...defaults, connectionTimeoutMillis: options.connectTimeoutMs, application_name: "casparian-flow" });
       c.on("error", (err) => logger.warn({ err }, "PostgreSQL connection lost during recovery"));
       try {
         await c.connect();
@@ -604,15 +610,10 @@ function parseTarget(target: SinkTarget, jobId: bigint | undefined): { fields: C
 }
 
 /** Options over connectionString; fields left undefined fall through to node-postgres's PG* variables. */
-function connectionDefaults(options: PostgresSinkOptions): ConnectionFields {
+function connectionDefaults(options: v.InferOutput<typeof postgresOptions>): ConnectionFields {
   const fields: ConnectionFields = {};
   if (options.connectionString !== undefined) {
-    let url: URL;
-    try {
-      url = new URL(options.connectionString);
-    } catch {
-      throw Errors.CONFIG_INVALID(["postgres sink options.connectionString", "expected a URL like postgres://user@host:5432/database"]);
-    }
+    const url = new URL(options.connectionString);
     const host = url.hostname.replace(/^\[(.*)\]$/, "$1") || url.searchParams.get("host");
     if (host) fields.host = decode(host);
     const port = url.port || url.searchParams.get("port");
@@ -624,7 +625,7 @@ function connectionDefaults(options: PostgresSinkOptions): ConnectionFields {
   for (const key of ["host", "user", "password", "database"] as const) {
     if (options[key] !== undefined) fields[key] = String(options[key]);
   }
-  if (options.port !== undefined) fields.port = Number(options.port);
+  if (options.port !== undefined) fields.port = options.port;
   return fields;
 }
 
@@ -656,14 +657,6 @@ function isIdentifier(name: string): boolean {
 
 function quote(identifier: string): string {
   return `"${identifier.replace(/"/g, '""')}"`;
-}
-
-function positiveInteger(value: unknown, fallback: number, label: string): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== "number" || !Number.isSafeInteger(value) || value <= 0) {
-    throw Errors.CONFIG_INVALID([`postgres sink options.${label}`, `expected a positive integer, got ${JSON.stringify(value)}`]);
-  }
-  return value;
 }
 
 function describeError(err: unknown): string {

@@ -15,6 +15,7 @@
  * sockets or the guest: the core maps this lifecycle onto the worker hooks.
  */
 import type { Schema } from "apache-arrow";
+import type * as v from "valibot";
 import type { Artifact, Batch, JobContext, SinkMode, SinkSpec } from "../core/kernel/job.js";
 import type { Logger } from "../core/kernel/logger.js";
 
@@ -43,13 +44,25 @@ export interface SchemaContract {
   readonly columns: ReadonlyArray<{ name: string; type: string; nullable?: boolean }>;
 }
 
+/** A sink's options when it declares none of its own. */
+export type SinkOptions = Readonly<Record<string, unknown>>;
+
+/**
+ * The options a sink takes, a valibot object schema (`v.object({ lineage: v.optional(v.boolean(), false) })`).
+ * The schema's output type is what `create`, `checkTarget` and `recover` get as `options`.
+ */
+export type SinkOptionsSchema =
+  | v.ObjectSchema<v.ObjectEntries, v.ErrorMessage<v.ObjectIssue> | undefined>
+  | v.StrictObjectSchema<v.ObjectEntries, v.ErrorMessage<v.StrictObjectIssue> | undefined>
+  | v.LooseObjectSchema<v.ObjectEntries, v.ErrorMessage<v.LooseObjectIssue> | undefined>;
+
 /** What a sink instance gets besides its target. */
-export interface SinkContext {
+export interface SinkContext<O = SinkOptions> {
   readonly job: JobContext;
   /** Child logger with job_id, topic and sink URI bound. */
   readonly logger: Logger;
-  /** Options given to this sink plugin in casparian.config.ts. */
-  readonly options: Readonly<Record<string, unknown>>;
+  /** This target's options: the config entry's, with the URI's `uriOptions` over them, checked by the plugin's schema. */
+  readonly options: Readonly<O>;
 }
 
 /** One sink instance: one target of one job. */
@@ -92,32 +105,48 @@ export interface CommitOptions {
 export type ResolveDecision = "rollback" | "finish";
 
 /** Passed to a sink plugin's `checkTarget`. */
-export interface CheckContext {
+export interface CheckContext<O = SinkOptions> {
   readonly outputRoot: string;
-  readonly options: Readonly<Record<string, unknown>>;
+  /** The target's options, as `create` would get them. */
+  readonly options: Readonly<O>;
 }
 
 /** Passed to a sink plugin's `recover` at worker start. */
-export interface RecoverContext {
+export interface RecoverContext<O = SinkOptions> {
   readonly outputRoot: string;
   readonly logger: Logger;
-  readonly options: Readonly<Record<string, unknown>>;
+  /** The config entry's options, checked by the plugin's schema. */
+  readonly options: Readonly<O>;
 }
 
 /** A sink plugin: what `defineSink` returns and what config lists under `sinks`. */
-export interface SinkPlugin {
+export interface SinkPlugin<O = SinkOptions> {
   /** Unique, for logs and errors: "parquet", "jsonl", "my-company-s3". */
   readonly name: string;
   /** URI schemes this plugin handles, without "://". */
   readonly schemes: readonly string[];
+  /**
+   * The options this sink takes. They are checked when the sink is registered (a bad or
+   * unknown one fails `casparian validate`, `casparian run` and the worker's start with
+   * CSP_SINK_BAD_OPTIONS), and again per target when its URI sets some (`uriOptions`).
+   * A sink without a schema takes no options.
+   */
+  readonly options?: SinkOptionsSchema;
+  /**
+   * Options a sink URI's query may set for one target, over the config's:
+   * `rowGroupSize` is written `?row_group_size=N` (snake_case), its text converted to the
+   * schema's number or boolean. Any other query parameter is refused (CSP_SINK_BAD_URI).
+   * Without `uriOptions` the query is the sink's own to read.
+   */
+  readonly uriOptions?: readonly (keyof O & string)[];
   /** Create the sink for one target of one job. Throw to fail the job before the guest starts. */
-  create(target: SinkTarget, context: SinkContext): Sink | Promise<Sink>;
+  create(target: SinkTarget, context: SinkContext<O>): Sink | Promise<Sink>;
   /**
    * Check a target without writing anything (URI parameters, names): throw a catalogue
    * error (`Errors.SINK_BAD_URI`) for one that `create` would refuse. `casparian run`
    * and `casparian validate` call it for every sink before any job runs.
    */
-  checkTarget?(target: SinkTarget, context: CheckContext): Promise<void> | void;
+  checkTarget?(target: SinkTarget, context: CheckContext<O>): Promise<void> | void;
   /**
    * True when modes replace and error act on the rows of the job's input inside a
    * target that every input shares (one table): replace deletes that input's earlier
@@ -127,20 +156,28 @@ export interface SinkPlugin {
    */
   readonly inputScopedModes?: boolean;
   /** Remove staging left by a worker that crashed mid-job. Runs once at worker start, after interrupted commits are resolved. */
-  recover?(context: RecoverContext): Promise<void> | void;
+  recover?(context: RecoverContext<O>): Promise<void> | void;
   /**
    * Undo ("rollback") or finish a commit made with `undo: true`, from the handle its
    * sink's prepare returned: after another sink of the job failed to commit, after every
    * sink committed, and at worker start for a commit a crash interrupted. A plugin
    * without it is committed after those that have it (see README "Writing a sink").
    */
-  resolve?(handle: SinkHandle, decision: ResolveDecision, context: RecoverContext): Promise<void> | void;
+  resolve?(handle: SinkHandle, decision: ResolveDecision, context: RecoverContext<O>): Promise<void> | void;
   /** Release what the plugin holds across jobs (thread pools, connections). Runs once at worker shutdown. */
   close?(): Promise<void> | void;
 }
 
-/** Identity function that gives a sink plugin its types (like Vite's defineConfig). */
-export function defineSink<P extends SinkPlugin>(plugin: P): P {
+/** The options type of a sink that declares `schema` (none declared: SinkOptions, always empty at run time). */
+export type OptionsOf<S extends SinkOptionsSchema | undefined> = S extends SinkOptionsSchema ? v.InferOutput<S> : SinkOptions;
+
+/**
+ * Identity function that gives a sink plugin its types (like Vite's defineConfig): the
+ * `options` schema types what `create`, `checkTarget` and `recover` get.
+ */
+export function defineSink<S extends SinkOptionsSchema | undefined = undefined>(
+  plugin: SinkPlugin<OptionsOf<S>> & { readonly options?: S },
+): SinkPlugin<OptionsOf<S>> {
   return plugin;
 }
 

@@ -19,7 +19,6 @@
  *    row; key-value metadata carries the job id, plugin name, env hash and worker id.
  *  - A topic that never produced a batch publishes nothing (there is no schema to write).
  */
-import { availableParallelism } from "node:os";
 import { rename } from "node:fs/promises";
 import { dirname } from "node:path";
 import { closeSync, constants as fsConstants, openSync, unlinkSync } from "node:fs";
@@ -42,71 +41,44 @@ import {
 import { DataType, tableFromIPC, type RecordBatch, type Schema } from "apache-arrow";
 import { highCardinalityColumns } from "./dictionary.js";
 import {
-  COMPRESSION_NAMES,
   LINEAGE_FILE_VERSION_ID,
   LINEAGE_JOB_ID,
-  isCompressionName,
+  parquetOptions,
   type CompressionName,
+  type ParquetConfig,
+  type ParquetOptions,
   type WriterSettings,
 } from "./parquet-settings.js";
 import { LineageSerializer } from "./parquet-lineage.js";
 import { ParquetWriterPool, type ParquetFileStream, type WriteReport } from "./parquet-writers.js";
 import { castTable, conformsTo } from "./schema.js";
-import { positiveIntParam, rejectUnknownParams, resolveInsideRoot } from "./uri.js";
+import { resolveInsideRoot } from "./uri.js";
 
-/**
- * 64 Ki rows (a multiple of pyarrow's batch sizes). The writer holds the row group being
- * filled in wasm memory, which grows to the largest one and never shrinks: this bounds
- * the worker's memory.
- */
-export const DEFAULT_ROW_GROUP_SIZE = 65_536;
-
-/**
- * One core fewer than the machine has (at least 1, at most 8): the plugin's own process
- * keeps a core busy producing the data. One file is written by one thread; more threads
- * write more files at once (several topics, overlapping jobs), each costing an isolate
- * plus its wasm memory.
- */
-export function defaultEncoderThreads(): number {
-  return Math.max(1, Math.min(8, availableParallelism() - 1));
-}
 /** The file inside a directory location (append mode adds `_<job id>`). */
 const DIRECTORY_FILE = "data.parquet";
-const URI_PARAMS = ["compression", "row_group_size"] as const;
 const INT64_MAX = (1n << 63n) - 1n;
 const INT64_MIN = -(1n << 63n);
 
-export interface ParquetConfig {
-  /** "snappy" (default), "zstd", "gzip", "lz4", "brotli" or "uncompressed". */
-  compression?: string;
-  /** Rows per row group; default 65536 (a multiple of the Arrow batch sizes pyarrow emits; bounds the writer's memory). */
-  rowGroupSize?: number;
-  /** Writer threads (each writes whole files, several at once); default: available cores minus one (min 1, max 8). 0 writes on the main thread. */
-  encoderThreads?: number;
-}
+export type { ParquetConfig, ParquetOptions };
 
-interface ResolvedParquetConfig {
-  compression: CompressionName;
-  rowGroupSize: number;
-  encoderThreads: number;
-}
-
-export function parquetSink(options: ParquetConfig = {}): SinkPlugin {
-  const config = resolveConfig(options);
+export function parquetSink(): SinkPlugin<ParquetOptions> {
   // Shared by every job of this plugin instance; started on first use, closed at shutdown.
   let pool: ParquetWriterPool | null = null;
-  const getPool = () => (pool ??= new ParquetWriterPool(config.encoderThreads));
+  const getPool = (threads: number) => (pool ??= new ParquetWriterPool(threads));
 
   return defineSink({
     name: "parquet",
     schemes: ["parquet"],
-    create(target: SinkTarget, context: SinkContext): Sink {
+    options: parquetOptions,
+    uriOptions: ["compression", "rowGroupSize"],
+    create(target, context) {
+      const writers = getPool(context.options.encoderThreads);
       // Threads instantiate parquet-wasm while the guest is still starting up.
-      getPool().prestart();
-      return new ParquetTopicSink(target, context, config, getPool);
+      writers.prestart();
+      return new ParquetTopicSink(target, context, () => writers);
     },
     checkTarget(target, { outputRoot }) {
-      targetSettings(target, config, outputRoot, undefined);
+      targetPath(target, outputRoot);
     },
     async recover({ outputRoot, logger }) {
       await removeStaleStaging(outputRoot, logger);
@@ -121,22 +93,6 @@ export function parquetSink(options: ParquetConfig = {}): SinkPlugin {
       await closing?.close();
     },
   });
-}
-
-function resolveConfig(options: ParquetConfig): ResolvedParquetConfig {
-  const compression = (options.compression ?? "snappy").toLowerCase();
-  if (!isCompressionName(compression)) {
-    throw Errors.CONFIG_INVALID(["parquet.compression", `unknown codec ${JSON.stringify(options.compression)} (known: ${COMPRESSION_NAMES.join(", ")})`]);
-  }
-  const rowGroupSize = options.rowGroupSize ?? DEFAULT_ROW_GROUP_SIZE;
-  if (!Number.isSafeInteger(rowGroupSize) || rowGroupSize <= 0) {
-    throw Errors.CONFIG_INVALID(["parquet.rowGroupSize", `expected a positive integer, got ${String(options.rowGroupSize)}`]);
-  }
-  const encoderThreads = options.encoderThreads ?? defaultEncoderThreads();
-  if (!Number.isSafeInteger(encoderThreads) || encoderThreads < 0) {
-    throw Errors.CONFIG_INVALID(["parquet.encoderThreads", `expected an integer >= 0, got ${String(options.encoderThreads)}`]);
-  }
-  return { compression, rowGroupSize, encoderThreads };
 }
 
 /** Rows gathered before they cross to the writer: enough that tiny chunks cost little per row. */
@@ -161,23 +117,9 @@ const STREAM_ROWS = 32_768;
 /** IPC streams queued for the writer per file: one being encoded, one ready. */
 const MAX_IN_FLIGHT = 2;
 
-/** What a target's URI says (parameters, path inside the root); throws CSP_SINK_BAD_URI / CSP_SINK_PATH_ESCAPE. */
-function targetSettings(
-  target: SinkTarget,
-  config: ResolvedParquetConfig,
-  outputRoot: string,
-  jobId: bigint | undefined,
-): { compression: CompressionName; rowGroupSize: number; targetPath: string } {
-  const { parsed, uri } = target;
-  rejectUnknownParams(parsed, URI_PARAMS, uri);
-  const compression = (parsed.params.get("compression") ?? config.compression).toLowerCase();
-  if (!isCompressionName(compression)) {
-    throw Errors.SINK_BAD_URI([uri, `unknown compression ${JSON.stringify(compression)} (known: ${COMPRESSION_NAMES.join(", ")})`], {
-      context: { jobId, sinkUri: uri },
-    });
-  }
-  const rowGroupSize = positiveIntParam(parsed, "row_group_size", uri) ?? config.rowGroupSize;
-  return { compression, rowGroupSize, targetPath: resolveInsideRoot(outputRoot, fileLocationFor(parsed.location, ".parquet", DIRECTORY_FILE), uri) };
+/** The file a target's URI names inside the output root; throws CSP_SINK_BAD_URI / CSP_SINK_PATH_ESCAPE. */
+function targetPath(target: SinkTarget, outputRoot: string): string {
+  return resolveInsideRoot(outputRoot, fileLocationFor(target.parsed.location, ".parquet", DIRECTORY_FILE), target.uri);
 }
 
 /**
@@ -202,7 +144,7 @@ function createStagingFile(outputRoot: string, stagingPath: string, where: Escap
 
 class ParquetTopicSink implements Sink {
   readonly #target: SinkTarget;
-  readonly #context: SinkContext;
+  readonly #context: SinkContext<ParquetOptions>;
   readonly #getPool: () => ParquetWriterPool;
   readonly #targetPath: string;
   readonly #finalPath: string;
@@ -222,16 +164,15 @@ class ParquetTopicSink implements Sink {
   #report: WriteReport | null = null;
   #handle: PublishHandle | null = null;
 
-  constructor(target: SinkTarget, context: SinkContext, config: ResolvedParquetConfig, getPool: () => ParquetWriterPool) {
+  constructor(target: SinkTarget, context: SinkContext<ParquetOptions>, getPool: () => ParquetWriterPool) {
     this.#target = target;
     this.#context = context;
     this.#getPool = getPool;
     const { uri, mode } = target;
     const job = context.job;
-    const settings = targetSettings(target, config, job.outputRoot, job.jobId);
-    this.#compression = settings.compression;
-    this.#rowGroupSize = settings.rowGroupSize;
-    this.#targetPath = settings.targetPath;
+    this.#compression = context.options.compression;
+    this.#rowGroupSize = context.options.rowGroupSize;
+    this.#targetPath = targetPath(target, job.outputRoot);
     this.#finalPath = finalPathFor(this.#targetPath, mode, job.jobId);
     this.#stagingPath = stagingPathFor(this.#finalPath, job.jobId);
     const fileVersionId = job.command.fileVersionId;

@@ -43,23 +43,3 @@ export function resolveInsideRoot(root: string, relativePath: string, uri: strin
   }
   return target;
 }
-
-/** Reads an optional positive integer query parameter, with the URI in the error. */
-export function positiveIntParam(parsed: ParsedSinkUri, name: string, uri: string): number | undefined {
-  const raw = parsed.params.get(name);
-  if (raw === null) return undefined;
-  const value = Number(raw);
-  if (!/^\d+$/.test(raw) || !Number.isSafeInteger(value) || value <= 0) {
-    throw Errors.SINK_BAD_URI([uri, `${name} must be a positive integer, got ${JSON.stringify(raw)}`], { context: { sinkUri: uri } });
-  }
-  return value;
-}
-
-/** Refuses query parameters a sink does not know: a typo must not be silently ignored. */
-export function rejectUnknownParams(parsed: ParsedSinkUri, known: readonly string[], uri: string): void {
-  for (const key of parsed.params.keys()) {
-    if (!known.includes(key)) {
-      throw Errors.SINK_BAD_URI([uri, `unknown parameter "${key}" (known: ${known.join(", ") || "none"})`], { context: { sinkUri: uri } });
-    }
-  }
-}

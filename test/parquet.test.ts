@@ -215,8 +215,9 @@ print(json.dumps(out))`;
   test("bad URI options fail the job before anything is written", async () => {
     const ws = await workspace();
     for (const [uri, pattern] of [
-      ["parquet://x.parquet?compression=lzma", /unknown compression "lzma"/],
-      ["parquet://x.parquet?row_group_size=0", /row_group_size must be a positive integer/],
+      ["parquet://x.parquet?compression=lzma", /compression: expected one of "snappy", .*, got "lzma"/],
+      ["parquet://x.parquet?row_group_size=0", /row_group_size: expected a positive integer, got number 0/],
+      ["parquet://x.parquet?row_group_size=1e9x", /row_group_size: expected a positive integer, got "1e9x"/],
       ["parquet://x.parquet?rowgroups=5", /unknown parameter "rowgroups"/],
     ] as const) {
       const job = makeJob({ sinks: [sinkSpec("t", uri)] });

@@ -288,12 +288,15 @@ describe("casparian run: problems found before any worker starts", () => {
       { args: ["--config", "broken.config.ts"], stderr: /CSP_SINK_INVALID: .*broken-sink\.ts.*cannot load module/ },
       { args: ["--config", "missing.config.ts"], stderr: /CSP_SINK_INVALID: .*no-such-sink\.ts/ },
       { args: ["--config", "package.config.ts"], stderr: /CSP_SINK_INVALID: .*casparian-no-such-sink-package/ },
-      { args: ["--config", "shape.config.ts"], stderr: /CSP_SINK_INVALID: .*"shapeless": "schemes" must be a non-empty array/ },
+      { args: ["--config", "shape.config.ts"], stderr: /CSP_SINK_INVALID: .*"shapeless": schemes: required field is missing/ },
       {
         args: ["--sink", "output=s3://bucket/x"],
         stderr: /CSP_SINK_UNKNOWN_SCHEME: no sink handles the scheme of output=s3:\/\/bucket\/x .*known schemes: parquet:\/\//,
       },
-      { args: ["--sink", "output=parquet://sales/{input}.parquet?compression=zip"], stderr: /CSP_SINK_BAD_URI: .*unknown compression "zip"/ },
+      {
+        args: ["--sink", "output=parquet://sales/{input}.parquet?compression=zip"],
+        stderr: /CSP_SINK_BAD_URI: .*compression: expected one of "snappy", .*, got "zip"/,
+      },
       { args: ["--sink", "output=parquet://sales/{input}.parquet?rows=5"], stderr: /CSP_SINK_BAD_URI: .*unknown parameter "rows"/ },
       { args: ["--sink", "output=parquet://../up/{input}.parquet"], stderr: /CSP_SINK_PATH_ESCAPE/ },
       { args: ["--sink", "output=sqlite://just-a-table", "--config", sqliteConfig, "--output", "output"], stderr: /CSP_SINK_BAD_URI/ },

@@ -93,15 +93,25 @@ describe("sink plugins from config", () => {
       const dir = await mkdtemp(join(tmpdir(), "casparian-badsink-"));
       roots.push(dir);
       await writeFile(join(dir, "sink.mjs"), source);
+      await mkdir(join(dir, "node_modules"));
+      await symlink(packageRoot(), join(dir, "node_modules", "casparian-flow"), "dir");
       return loadSinkPlugins([entry], dir);
     }
     const cases: Array<[string, string, RegExp]> = [
       ["a number", "export default 42;", /expected a sink plugin object, got number 42/],
-      ["no name", "export default { schemes: ['x'], create() {} };", /"name" must be a non-empty string/],
-      ["no schemes", "export default { name: 'x', schemes: [], create() {} };", /"x".*"schemes" must be a non-empty array/],
-      ["a scheme with ://", "export default { name: 'x', schemes: ['jsonl://'], create() {} };", /scheme "jsonl:\/\/" is not a lower-case URI scheme/],
-      ["no create", "export default { name: 'x', schemes: ['x'] };", /"create" must be a function, got undefined/],
-      ["recover not a function", "export default { name: 'x', schemes: ['x'], create() {}, recover: 1 };", /"recover" must be a function/],
+      ["no name", "export default { schemes: ['x'], create() {} };", /name: required field is missing/],
+      ["no schemes", "export default { name: 'x', schemes: [], create() {} };", /"x": schemes: expected a non-empty array of URI schemes, got an array/],
+      [
+        "a scheme with ://",
+        "export default { name: 'x', schemes: ['jsonl://'], create() {} };",
+        /schemes\[0\]: expected a lower-case URI scheme \(give "jsonl", not "jsonl:\/\/"\), got "jsonl:\/\/"/,
+      ],
+      ["no create", "export default { name: 'x', schemes: ['x'] };", /create: required field is missing/],
+      [
+        "recover not a function",
+        "export default { name: 'x', schemes: ['x'], create() {}, recover: 1 };",
+        /recover: expected a function when given, got number 1/,
+      ],
       ["a throwing factory", "export default () => { throw new Error('missing API key'); };", /its factory threw: missing API key/],
       [
         "a scheme taken by the bundled sink",
@@ -140,13 +150,53 @@ describe("sink plugins from config", () => {
       );
     });
 
-    test("options reach a factory", async () => {
-      const plugins = await loadOne("export default (options) => ({ name: 'opt-' + options.flavour, schemes: ['opt'], create() {} });", {
-        use: "./sink.mjs",
-        options: { flavour: "mint" },
-      });
-      assert.equal(plugins[1]!.plugin.name, "opt-mint");
+    test("a factory is called with no arguments; its options come through the schema it declares", async () => {
+      const source = `import { v } from "casparian-flow";
+export default (...args) => ({ name: "opt-" + args.length, schemes: ["opt"], options: v.object({ flavour: v.picklist(["mint", "lime"]) }), create() {} });`;
+      const plugins = await loadOne(source, { use: "./sink.mjs", options: { flavour: "mint" } });
+      assert.equal(plugins[1]!.plugin.name, "opt-0");
       assert.deepEqual(plugins[1]!.options, { flavour: "mint" });
+    });
+
+    test("bad options fail at load with CSP_SINK_BAD_OPTIONS naming the sink, the option, the value and a hint", async () => {
+      const source = `import { v } from "casparian-flow";
+export default { name: "flavoured", schemes: ["opt"], options: v.object({ flavour: v.picklist(["mint", "lime"]), scoops: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1))) }), create() {} };`;
+      const cases: Array<[Record<string, unknown>, RegExp, RegExp]> = [
+        [{ flavour: "tar" }, /flavour: expected one of "mint", "lime", got "tar"/, /the flavoured sink takes: flavour, scoops/],
+        [{ flavour: "mint", scoops: 0 }, /scoops: expected a value >=1, got number 0/, /takes: flavour, scoops/],
+        [{ flavour: "mint", scops: 2 }, /scops: unknown key/, /did you mean "scoops" instead of "scops"\?/],
+        [{}, /flavour: required field is missing/, /takes: flavour, scoops/],
+      ];
+      for (const [options, message, hint] of cases) {
+        await assert.rejects(loadOne(source, { use: "./sink.mjs", options }), (err: unknown) => {
+          assert.ok(Errors.SINK_BAD_OPTIONS.is(err), String(err));
+          assert.match(err.message, /^invalid options for sink plugin "flavoured" \(sinks\[0\] \.\/sink\.mjs\): /);
+          assert.match(err.message, message);
+          assert.match(err.hint ?? "", hint);
+          return true;
+        });
+      }
+    });
+
+    test("options for a sink that declares none are refused, not ignored", async () => {
+      await assert.rejects(
+        loadOne("export default { name: 'plain', schemes: ['plain'], create() {} };", { use: "./sink.mjs", options: { verbose: true } }),
+        (err: unknown) => {
+          assert.ok(Errors.SINK_BAD_OPTIONS.is(err), String(err));
+          assert.match(err.message, /"plain".*verbose: unknown key/);
+          assert.match(err.hint ?? "", /takes no options \(it declares no options schema\)/);
+          return true;
+        },
+      );
+    });
+
+    test("uriOptions must be options the schema declares", async () => {
+      const source = `import { v } from "casparian-flow";
+export default { name: "u", schemes: ["u"], options: v.object({ a: v.optional(v.string()) }), uriOptions: ["a", "b"], create() {} };`;
+      await assert.rejects(
+        loadOne(source),
+        (err: unknown) => Errors.SINK_INVALID.is(err) && /uriOptions: expected names the options schema declares, got "b"/.test(err.message),
+      );
     });
   });
 });

@@ -443,7 +443,7 @@ describe("example PostgreSQL sink", () => {
 
     await assert.rejects(
       withSinks([{ use: EXAMPLE, options: { insertRows: 0 } }]),
-      (err: unknown) => code(err as Error) === "CSP_SINK_INVALID" && /insertRows/.test((err as Error).message),
+      (err: unknown) => code(err as Error) === "CSP_SINK_BAD_OPTIONS" && /insertRows: expected a value >=1, got number 0/.test((err as Error).message),
     );
   });
 

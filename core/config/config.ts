@@ -1,39 +1,109 @@
 /**
- * The shape of casparian.config.ts, and `defineConfig`, the identity function that
- * gives it types (Vite's defineConfig). Loading and validation: config-loader.ts.
+ * The shape of casparian.config.ts: one valibot schema, from which the types are derived,
+ * and `defineConfig`, the identity function that gives a config file those types (Vite's
+ * defineConfig). Loading: loader.ts, which checks every file against this schema.
  *
- * Precedence everywhere: command-line flags > config file > defaults.
+ * The schema checks; it does not fill in defaults (each is applied where it is used, and
+ * documented on its key). Precedence everywhere: command-line flags > config file > defaults.
  */
 import type { LevelWithSilent } from "pino";
+import * as v from "valibot";
+import { claiming, expected, isNonArrayObject, nonNegativeInteger, positiveInteger, strictObject } from "../kernel/schema.js";
 import type { SinkPlugin } from "../../sinks/api.js";
-import type { ParquetConfig } from "../../sinks/parquet.js";
-import type { WorkerHooks, WorkerPlugin } from "../../hooks/index.js";
-
-/** A sink plugin named by module: a path (relative to the config file) or a package name. */
-export type SinkReference = string | { use: string; options?: Record<string, unknown> };
+import { parquetOptions, type ParquetConfig } from "../../sinks/parquet-settings.js";
+import { sinkPluginShape } from "../../sinks/plugin-shape.js";
+import { createHooks, type WorkerHooks, type WorkerPlugin } from "../../hooks/index.js";
 
 /** A tap given directly in config: `hooks: { onBatch: async (batch, job) => {...} }`. */
 export type ConfigTaps = {
   [K in keyof WorkerHooks]?: WorkerHooks[K] extends { promise: (...args: infer A) => Promise<infer R> } ? (...args: A) => Promise<R> | R : never;
 };
 
-export interface BridgeConfig {
+const nonEmptyString = v.pipe(
+  v.string(expected("a non-empty string")),
+  v.check((text) => text.trim() !== "", expected("a non-empty string")),
+);
+const stringArray = v.array(v.string(expected("a string")), expected("an array of strings"));
+
+function seconds(what: "positive" | "non-negative") {
+  const message = expected(what === "positive" ? "a positive number of seconds" : "a number of seconds >= 0");
+  return v.pipe(v.number(message), v.finite(message), what === "positive" ? v.gtValue(0, message) : v.minValue(0, message));
+}
+
+const limit = v.union([v.literal(false), positiveInteger()], expected("a positive integer, or false for no limit"));
+
+/** A slot user: a uid above 0 (no account needed) or an account name. */
+const uid = v.pipe(v.number(), v.integer(), v.gtValue(0), v.ltValue(2 ** 32 - 1));
+const userSpec = v.union([uid, v.pipe(v.string(), v.regex(/^[a-z_][a-z0-9_.-]*\$?$/i))]);
+
+const ENDPOINT = /^(tcp|ipc|inproc|ws|wss|pgm|epgm):\/\/.+/;
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const satisfies readonly LevelWithSilent[];
+
+/** A sink plugin named by module: a path (relative to the config file) or a package name, as text or with options. */
+const sinkReference = strictObject({
+  /** The module: "./sinks/s3.ts" or "casparian-sink-s3". Its default export is a sink plugin or a factory returning one. */
+  use: nonEmptyString,
+  /** Checked against the options schema the sink declares, when it is registered. */
+  options: v.optional(v.custom<Record<string, unknown>>(isNonArrayObject, expected("an object"))),
+});
+export type SinkReference = string | v.InferInput<typeof sinkReference>;
+
+const sinkEntry = v.lazy((entry: unknown): v.GenericSchema<SinkPlugin | SinkReference> => {
+  if (typeof entry === "string") return nonEmptyString;
+  if (!isNonArrayObject(entry)) return v.custom<SinkPlugin>(() => false, expected("a sink plugin object, a module path or { use, options }"));
+  return "use" in entry && !("create" in entry) ? sinkReference : sinkPluginShape;
+});
+
+const workerPlugin = claiming<WorkerPlugin>(
+  v.pipe(
+    v.custom(isNonArrayObject, expected("a worker plugin { name, apply(hooks) }")),
+    v.looseObject({ name: nonEmptyString, apply: v.function(expected("a function")) }),
+  ),
+);
+
+const taps = claiming<ConfigTaps>(
+  strictObject(Object.fromEntries(Object.keys(createHooks()).map((name) => [name, v.optional(v.function(expected("a function (the tap)")))]))),
+);
+
+const bridgeSchema = strictObject({
   /** Seconds the guest has to connect to the socket. Default 30. */
-  connectTimeout?: number;
+  connectTimeout: v.optional(seconds("positive")),
   /** Seconds without a frame before the job fails. Default 300. */
-  idleTimeout?: number;
+  idleTimeout: v.optional(seconds("positive")),
   /** Seconds for the whole job. Default 3600. */
-  jobTimeout?: number;
+  jobTimeout: v.optional(seconds("positive")),
   /** Extra environment variable names passed to the guest (PATH, LANG, TZ, TMPDIR, HOME always are). */
-  env?: string[];
+  env: v.optional(stringArray),
   /** Largest accepted data frame in bytes. Default 256 MiB. */
-  maxFrameBytes?: number;
+  maxFrameBytes: v.optional(positiveInteger()),
   /** Warm guests: jobs forked from a Python that already imported the plugin's modules. On by default. */
-  warm?: WarmGuestsConfig;
-  /** Resource limits of each guest; a job that runs into one fails with CSP_GUEST_LIMIT. */
-  limits?: GuestLimitsConfig;
+  warm: v.optional(
+    strictObject({
+      /** false: every job starts a fresh interpreter (as a plugin with MANIFEST["fork"] = False always does). Default true. */
+      enabled: v.optional(v.boolean(expected("true or false"))),
+      /** Warm parents kept at once, one per (environment, plugin source). Default 4. */
+      maxParents: v.optional(positiveInteger()),
+      /** Seconds a warm parent without jobs is kept. Default 300. */
+      idleTimeout: v.optional(seconds("positive")),
+      /** Bytes of resident memory above which a warm parent is not kept (its plugin then runs cold). Default 2 GiB. */
+      maxParentMemory: v.optional(positiveInteger()),
+    }),
+  ),
+  /** Resource limits of each guest; a job that runs into one fails with CSP_GUEST_LIMIT. Each in its unit; false: not limited. */
+  limits: v.optional(
+    strictObject({
+      /** Virtual memory of the guest process (RLIMIT_AS), MiB. Default 32768. */
+      addressSpaceMb: v.optional(limit),
+      /** CPU time of the guest process (RLIMIT_CPU), seconds. Default 14400. */
+      cpuSeconds: v.optional(limit),
+      /** Open file descriptors of the guest (RLIMIT_NOFILE). Default 4096. */
+      openFiles: v.optional(limit),
+      /** Largest file the guest may write (RLIMIT_FSIZE), MiB. Default 65536. */
+      fileSizeMb: v.optional(limit),
+    }),
+  ),
   /** false: never put a job in a cgroup of its own, track its processes by session. Default true (where the system allows). */
-  cgroup?: boolean;
+  cgroup: v.optional(v.boolean(expected("true or false"))),
   /**
    * The unprivileged user this worker's guests run as (a uid, no account needed, or an account
    * name), so that plugins of different workers cannot reach each other's sockets, sources and
@@ -41,112 +111,118 @@ export interface BridgeConfig {
    * 61000-61183 by itself (and runs a job as itself, with a warning, when the slot user cannot
    * read its environment); false: guests run as the worker.
    */
-  user?: number | string | false;
+  user: v.optional(v.union([v.literal(false), userSpec], expected("a uid above 0, an account name, or false"))),
   /** A pool of slot users for the workers of a host: each claims the first one no other worker holds. */
-  users?: { from: number; count: number } | Array<number | string>;
+  users: v.optional(
+    v.union(
+      [v.pipe(v.array(userSpec), v.nonEmpty()), v.strictObject({ from: uid, count: v.pipe(v.number(), v.integer(), v.minValue(1)) })],
+      expected("{ from: uid, count } or a list of uids / account names"),
+    ),
+  ),
   /** Run each guest in a bubblewrap sandbox: no network, read-only filesystem except its job directory and a private /tmp. */
-  sandbox?: SandboxConfig;
-}
+  sandbox: v.optional(
+    strictObject({
+      /** The sandbox tool; "bwrap" (bubblewrap, from the OS packages). */
+      tool: v.picklist(["bwrap"], expected('"bwrap"')),
+      /** Let the plugin use the network. Default false. */
+      network: v.optional(v.boolean(expected("true or false"))),
+      /** Mount the host filesystem read-only (the job directory and a private /tmp stay writable). Default true. */
+      readOnlyRoot: v.optional(v.boolean(expected("true or false"))),
+      /** Path to bwrap; default: found on PATH. */
+      path: v.optional(nonEmptyString),
+    }),
+  ),
+});
 
-/** Each in its unit; false: not limited. Defaults: 32768 MiB, 14400 s, 4096 files, 65536 MiB. */
-export interface GuestLimitsConfig {
-  /** Virtual memory of the guest process (RLIMIT_AS), MiB. Default 32768. */
-  addressSpaceMb?: number | false;
-  /** CPU time of the guest process (RLIMIT_CPU), seconds. Default 14400. */
-  cpuSeconds?: number | false;
-  /** Open file descriptors of the guest (RLIMIT_NOFILE). Default 4096. */
-  openFiles?: number | false;
-  /** Largest file the guest may write (RLIMIT_FSIZE), MiB. Default 65536. */
-  fileSizeMb?: number | false;
-}
-
-export interface SandboxConfig {
-  /** The sandbox tool; "bwrap" (bubblewrap, from the OS packages). */
-  tool: "bwrap";
-  /** Let the plugin use the network. Default false. */
-  network?: boolean;
-  /** Mount the host filesystem read-only (the job directory and a private /tmp stay writable). Default true. */
-  readOnlyRoot?: boolean;
-  /** Path to bwrap; default: found on PATH. */
-  path?: string;
-}
-
-export interface WarmGuestsConfig {
-  /** false: every job starts a fresh interpreter (as a plugin with MANIFEST["fork"] = False always does). Default true. */
-  enabled?: boolean;
-  /** Warm parents kept at once, one per (environment, plugin source). Default 4. */
-  maxParents?: number;
-  /** Seconds a warm parent without jobs is kept. Default 300. */
-  idleTimeout?: number;
-  /** Bytes of resident memory above which a warm parent is not kept (its plugin then runs cold). Default 2 GiB. */
-  maxParentMemory?: number;
-}
-
-export interface EnvironmentsConfig {
+const environmentsSchema = strictObject({
   /**
    * Interpreter for DISPATCHes with env_hash "system" (upstream's Rust Sentinel sends it for a
    * plugin published without a lockfile): a path or a command on PATH. Default "python3";
    * false refuses such jobs.
    */
-  systemPython?: string | false;
+  systemPython: v.optional(v.union([v.literal(false), nonEmptyString], expected("a python path or command, or false"))),
   /** Evict least recently used environments above this many bytes in total. */
-  maxEnvBytes?: number;
+  maxEnvBytes: v.optional(positiveInteger()),
   /** Evict least recently used environments above this count. */
-  maxEnvs?: number;
+  maxEnvs: v.optional(positiveInteger()),
   /** Path to the uv binary (else $UV, PATH, usual install places). */
-  uv?: string;
+  uv: v.optional(nonEmptyString),
   /** Variables uv may see besides PATH, HOME, TMPDIR, LANG and UV_* (e.g. HTTPS_PROXY, SSL_CERT_FILE); uv never gets the rest. */
-  env?: string[];
-}
+  env: v.optional(stringArray),
+});
 
 /** Bounds on what the Sentinel can make the worker hold. */
-export interface LimitsConfig {
+const limitsSchema = strictObject({
   /** Largest payload accepted from the Sentinel, in bytes; a larger one is answered with ERR unparsed. Default 8 MiB. */
-  maxMessageBytes?: number;
+  maxMessageBytes: v.optional(positiveInteger()),
   /** DISPATCHes held behind the running job; more are answered CONCLUDE FAILED "worker busy". Default 16. */
-  maxQueuedJobs?: number;
-}
+  maxQueuedJobs: v.optional(nonNegativeInteger()),
+});
 
-export interface RunConfig {
+const runSchema = strictObject({
   /** Worker processes for `casparian run`; default: number of cores. */
-  workers?: number;
+  workers: v.optional(positiveInteger()),
   /** topic → sink URI, used when neither --sink nor the plugin MANIFEST says. */
-  sinks?: Record<string, string>;
+  sinks: v.optional(v.record(v.string(), nonEmptyString, expected("an object of topic → sink URI"))),
+});
+
+export const configSchema = strictObject(
+  {
+    /** Sentinel endpoint, e.g. "tcp://127.0.0.1:5555". */
+    connect: v.optional(v.pipe(v.string(endpointText()), v.regex(ENDPOINT, endpointText()))),
+    /** Output root for file sinks; sink paths may not leave it. Default "./output". */
+    output: v.optional(nonEmptyString),
+    workerId: v.optional(nonEmptyString),
+    /** Where venvs and the worker id live. Default $CASPARIAN_HOME or ~/.casparian_flow. */
+    home: v.optional(nonEmptyString),
+    /** Sent in IDENTIFY. Default ["*"]. Upstream's Python Sentinel needs the plugin names: it never matches "*". */
+    capabilities: v.optional(v.array(nonEmptyString, expected("an array"))),
+    /** Seconds before warning that the Sentinel is unreachable or silent since IDENTIFY; 0 turns it off. Default 60. */
+    silenceWarning: v.optional(seconds("non-negative")),
+    /** Seconds between heartbeats. Default 5. */
+    heartbeatInterval: v.optional(seconds("positive")),
+    /** Seconds a running job gets to finish on SIGTERM before it is aborted. Default 30. */
+    grace: v.optional(seconds("non-negative")),
+    logLevel: v.optional(v.picklist(LOG_LEVELS, expected(`one of ${LOG_LEVELS.map((level) => JSON.stringify(level)).join(", ")}`))),
+    /** Serve Prometheus metrics on this port. */
+    metricsPort: v.optional(
+      v.pipe(
+        v.number(expected("a port number 0..65535")),
+        v.integer(expected("a port number 0..65535")),
+        v.minValue(0, expected("a port number 0..65535")),
+        v.maxValue(65535, expected("a port number 0..65535")),
+      ),
+    ),
+    /** Address the metrics endpoint binds to. Default "127.0.0.1" (loopback only); "0.0.0.0" for all interfaces. */
+    metricsHost: v.optional(nonEmptyString),
+    limits: v.optional(limitsSchema),
+    /** Sink plugins, in addition to the bundled Parquet sink: plugin objects, module paths, package names, `{ use, options }`. */
+    sinks: v.optional(v.array(sinkEntry, expected("an array"))),
+    /** Worker plugins (webpack-style objects with apply(hooks)). */
+    plugins: v.optional(v.array(workerPlugin, expected("an array"))),
+    /** Taps given inline, by hook name. */
+    hooks: v.optional(taps),
+    environments: v.optional(environmentsSchema),
+    bridge: v.optional(bridgeSchema),
+    /** The bundled Parquet sink's options: the same schema its URIs' query is checked against. */
+    parquet: v.optional(parquetOptions),
+    run: v.optional(runSchema),
+  },
+  "an object",
+);
+
+function endpointText() {
+  return expected('a ZeroMQ endpoint such as "tcp://127.0.0.1:5555"');
 }
 
-export interface CasparianConfig {
-  /** Sentinel endpoint, e.g. "tcp://127.0.0.1:5555". */
-  connect?: string;
-  /** Output root for file sinks; sink paths may not leave it. Default "./output". */
-  output?: string;
-  workerId?: string;
-  /** Where venvs and the worker id live. Default $CASPARIAN_HOME or ~/.casparian_flow. */
-  home?: string;
-  /** Sent in IDENTIFY. Default ["*"]. Upstream's Python Sentinel needs the plugin names: it never matches "*". */
-  capabilities?: string[];
-  /** Seconds before warning that the Sentinel is unreachable or silent since IDENTIFY; 0 turns it off. Default 60. */
-  silenceWarning?: number;
-  /** Seconds between heartbeats. Default 5. */
-  heartbeatInterval?: number;
-  /** Seconds a running job gets to finish on SIGTERM before it is aborted. Default 30. */
-  grace?: number;
-  logLevel?: LevelWithSilent;
-  /** Serve Prometheus metrics on this port. */
-  metricsPort?: number;
-  /** Address the metrics endpoint binds to. Default "127.0.0.1" (loopback only); "0.0.0.0" for all interfaces. */
-  metricsHost?: string;
-  limits?: LimitsConfig;
-  /** Sink plugins, in addition to the bundled Parquet sink. */
-  sinks?: Array<SinkPlugin | SinkReference>;
-  /** Worker plugins (webpack-style objects with apply(hooks)). */
-  plugins?: WorkerPlugin[];
-  /** Taps given inline, by hook name. */
-  hooks?: ConfigTaps;
-  environments?: EnvironmentsConfig;
-  bridge?: BridgeConfig;
-  parquet?: ParquetConfig;
-  run?: RunConfig;
-}
+export type CasparianConfig = v.InferInput<typeof configSchema>;
+export type BridgeConfig = NonNullable<CasparianConfig["bridge"]>;
+export type WarmGuestsConfig = NonNullable<BridgeConfig["warm"]>;
+export type EnvironmentsConfig = NonNullable<CasparianConfig["environments"]>;
+export type LimitsConfig = NonNullable<CasparianConfig["limits"]>;
+export type RunConfig = NonNullable<CasparianConfig["run"]>;
+export type GuestLimitsConfig = NonNullable<BridgeConfig["limits"]>;
+export type SandboxConfig = NonNullable<BridgeConfig["sandbox"]>;
 
 export interface ConfigEnv {
   /** "worker" or "run": which command is loading the config. */

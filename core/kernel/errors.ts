@@ -230,6 +230,7 @@ export const Errors = {
     "topic '%s': column '%s' is %s in one part of the data and %s in another (%s)",
   ),
   SINK_INVALID: createError<[string, string]>("CSP_SINK_INVALID", "invalid sink plugin %s: %s"),
+  SINK_BAD_OPTIONS: createError<[string, string]>("CSP_SINK_BAD_OPTIONS", "invalid options for sink plugin %s: %s"),
   SINK_WRITE_FAILED: createError<[string, string]>("CSP_SINK_WRITE_FAILED", "sink %s failed: %s"),
   SINK_DUPLICATE_CONFLICT: createError<[string, string]>(
     "CSP_SINK_DUPLICATE_CONFLICT",

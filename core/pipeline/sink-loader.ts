@@ -3,25 +3,27 @@
  *
  * An entry is a SinkPlugin object, or a module reference: a path (relative to the
  * config file's directory) or a package name, as a string or `{ use, options }`.
- * The module's default export is a SinkPlugin or a factory `(options) => SinkPlugin`.
- * TypeScript modules load through jiti. Plugins are validated here, at registration,
- * not at first use; the bundled Parquet sink always comes first.
+ * The module's default export is a SinkPlugin or a factory `() => SinkPlugin`.
+ * TypeScript modules load through jiti. Plugins and their options are checked here, at
+ * registration, not at first use (sinks/plugin-shape.ts, sinks/options.ts); the bundled
+ * Parquet sink always comes first, with the config's `parquet` options.
  */
 import { isAbsolute, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { createJiti } from "jiti";
 import type { CasparianConfig, ParquetConfig, SinkReference } from "../config/config.js";
 import { Errors, errorMessage } from "../kernel/errors.js";
-import type { SinkPlugin } from "../../sinks/api.js";
-import type { LoadedSink } from "./sink-manager.js";
+import { check, problemText } from "../kernel/schema.js";
+import type { SinkOptions, SinkPlugin } from "../../sinks/api.js";
+import { checkSinkOptions } from "../../sinks/options.js";
 import { parquetSink } from "../../sinks/parquet.js";
+import { sinkPluginShape } from "../../sinks/plugin-shape.js";
+import type { LoadedSink } from "./sink-manager.js";
 
 export type { LoadedSink };
 
-const SCHEME_PATTERN = /^[a-z][a-z0-9+.-]*$/;
-
-export async function loadSinkPlugins(entries: CasparianConfig["sinks"] | undefined, baseDir: string, parquet?: ParquetConfig): Promise<LoadedSink[]> {
-  const loaded: LoadedSink[] = [{ plugin: parquetSink(parquet), options: { ...(parquet ?? {}) } }];
+export async function loadSinkPlugins(entries: CasparianConfig["sinks"] | undefined, baseDir: string, parquet: ParquetConfig = {}): Promise<LoadedSink[]> {
+  const loaded: LoadedSink[] = [registered(parquetSink(), parquet, "the config's parquet options")];
   if (entries !== undefined && !Array.isArray(entries)) {
     throw Errors.CONFIG_INVALID(["sinks", `expected an array, got ${describe(entries)}`]);
   }
@@ -29,14 +31,20 @@ export async function loadSinkPlugins(entries: CasparianConfig["sinks"] | undefi
     const label = `sinks[${index}]`;
     if (isReference(entry)) {
       const { use, options } = typeof entry === "string" ? { use: entry, options: {} } : { use: entry.use, options: entry.options ?? {} };
-      const plugin = await fromModule(use, options, baseDir, label);
-      loaded.push({ plugin: validateSinkPlugin(plugin, `${label} (${use})`), options });
+      const plugin = validateSinkPlugin(await fromModule(use, baseDir, label), `${label} (${use})`);
+      loaded.push(registered(plugin, options, `${label} ${use}`));
     } else {
-      loaded.push({ plugin: validateSinkPlugin(entry, label), options: {} });
+      loaded.push(registered(validateSinkPlugin(entry, label), {}, label));
     }
   }
   assertUniqueSchemes(loaded);
   return loaded;
+}
+
+/** A plugin with its config options, which its schema has accepted (else CSP_SINK_BAD_OPTIONS). */
+function registered(plugin: SinkPlugin, options: SinkOptions, where: string): LoadedSink {
+  checkSinkOptions(plugin, options, `"${plugin.name}" (${where})`);
+  return { plugin, options };
 }
 
 function isReference(entry: unknown): entry is SinkReference {
@@ -44,10 +52,8 @@ function isReference(entry: unknown): entry is SinkReference {
   return typeof entry === "object" && entry !== null && "use" in entry && !("create" in entry);
 }
 
-async function fromModule(use: string, options: Record<string, unknown>, baseDir: string, label: string): Promise<unknown> {
+async function fromModule(use: string, baseDir: string, label: string): Promise<unknown> {
   if (typeof use !== "string" || use === "") throw Errors.SINK_INVALID([label, '"use" must name a module (a path or a package)']);
-  if (typeof options !== "object" || options === null || Array.isArray(options))
-    throw Errors.SINK_INVALID([`${label} (${use})`, '"options" must be an object']);
   const isPath = use.startsWith(".") || isAbsolute(use);
   const id = isPath ? resolve(baseDir, use) : use;
   let mod: unknown;
@@ -64,7 +70,7 @@ async function fromModule(use: string, options: Record<string, unknown>, baseDir
   const exported = typeof mod === "object" && mod !== null && "default" in mod ? (mod as { default: unknown }).default : mod;
   if (typeof exported === "function") {
     try {
-      return await (exported as (options: Record<string, unknown>) => unknown)(options);
+      return await (exported as () => unknown)();
     } catch (err) {
       throw Errors.SINK_INVALID([`${label} (${use})`, `its factory threw: ${errorMessage(err)}`], { cause: err });
     }
@@ -72,28 +78,15 @@ async function fromModule(use: string, options: Record<string, unknown>, baseDir
   return exported;
 }
 
-/** Checks the shape of a sink plugin and says exactly what is wrong. */
+/** Checks the shape of a sink plugin (sinks/plugin-shape.ts) and says exactly what is wrong; returns the object itself. */
 export function validateSinkPlugin(value: unknown, label: string): SinkPlugin {
-  const fail = (what: string) => Errors.SINK_INVALID([label, what], { hint: "export defineSink({ name, schemes, create }) or a factory returning it" });
-  if (typeof value !== "object" || value === null) throw fail(`expected a sink plugin object, got ${describe(value)}`);
-  const p = value as Partial<Record<keyof SinkPlugin, unknown>>;
-  if (typeof p.name !== "string" || p.name.trim() === "") throw fail(`"name" must be a non-empty string, got ${describe(p.name)}`);
-  const named = `${label} "${p.name}"`;
-  const failNamed = (what: string) => Errors.SINK_INVALID([named, what], { hint: "see sinks/api.ts for the SinkPlugin shape" });
-  if (!Array.isArray(p.schemes) || p.schemes.length === 0) throw failNamed(`"schemes" must be a non-empty array of URI schemes, got ${describe(p.schemes)}`);
-  for (const scheme of p.schemes) {
-    if (typeof scheme !== "string" || !SCHEME_PATTERN.test(scheme)) {
-      throw failNamed(`scheme ${JSON.stringify(scheme)} is not a lower-case URI scheme (give "jsonl", not "jsonl://")`);
-    }
-  }
-  if (typeof p.create !== "function") throw failNamed(`"create" must be a function, got ${describe(p.create)}`);
-  if (p.inputScopedModes !== undefined && typeof p.inputScopedModes !== "boolean")
-    throw failNamed(`"inputScopedModes" must be true or false when given, got ${describe(p.inputScopedModes)}`);
-  for (const optional of ["recover", "close", "checkTarget"] as const) {
-    if (p[optional] !== undefined && typeof p[optional] !== "function")
-      throw failNamed(`"${optional}" must be a function when given, got ${describe(p[optional])}`);
-  }
-  return value as SinkPlugin;
+  const checked = check(sinkPluginShape, value, "");
+  if (checked.ok) return value as SinkPlugin;
+  const name = (value as { name?: unknown } | null)?.name;
+  const named = typeof name === "string" && name.trim() !== "" ? `${label} "${name}"` : label;
+  throw Errors.SINK_INVALID([named, checked.problems.map(problemText).join("; ")], {
+    hint: "export defineSink({ name, schemes, create }) or a factory returning it (see SinkPlugin in sinks/api.ts)",
+  });
 }
 
 function assertUniqueSchemes(loaded: LoadedSink[]): void {

@@ -33,16 +33,18 @@ import type { Batch, JobContext, JobOutcome, SinkSpec } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
 import { ANY_TOPIC, TOPIC_PLACEHOLDER } from "../protocol/messages.js";
 import { Stage, type TapOnlyHooks, type WorkerPlugin } from "../../hooks/index.js";
-import type { Sink, SinkHandle, SinkPlugin, SinkTarget } from "../../sinks/api.js";
+import type { Sink, SinkHandle, SinkOptions, SinkPlugin, SinkTarget } from "../../sinks/api.js";
 import { contractDifferences, parseSchemaDef } from "../../sinks/contract.js";
 import { TopicSchema, castTable, conformsTo } from "../../sinks/schema.js";
+import { checkSinkOptions, targetOptions } from "../../sinks/options.js";
 import { parseSinkUri } from "../../sinks/uri.js";
 import { commitAll, resolveInterruptedCommits, type Participant } from "./sink-commit.js";
 import { dedupeSinkSpecs } from "./sink-dedupe.js";
 
 export interface LoadedSink {
   plugin: SinkPlugin;
-  options: Record<string, unknown>;
+  /** The options of its config entry, as given; each use gets them checked by the plugin's schema (sinks/options.ts). */
+  options: SinkOptions;
 }
 
 const PLUGIN_NAME = "SinkManager";
@@ -50,6 +52,8 @@ const PLUGIN_NAME = "SinkManager";
 interface ActiveSink {
   readonly target: SinkTarget;
   readonly loaded: LoadedSink;
+  /** The target's options (sinks/options.ts targetOptions), as create got them. */
+  readonly options: SinkOptions;
   readonly logger: Logger;
   sink: Sink | null;
   /** What prepare returned (sinks/api.ts SinkHandle), null for nothing. */
@@ -110,7 +114,8 @@ export class SinkManager implements WorkerPlugin {
 
   async #recover(): Promise<void> {
     try {
-      await resolveInterruptedCommits(this.#plugins, this.#outputRoot, this.#logger);
+      const configured = this.#plugins.map(({ plugin, options }) => ({ plugin, options: checkSinkOptions(plugin, options, `"${plugin.name}"`) }));
+      await resolveInterruptedCommits(configured, this.#outputRoot, this.#logger);
     } catch (err) {
       this.#logger.error({ err }, "could not resolve interrupted commits: %s", errorMessage(err));
     }
@@ -118,7 +123,7 @@ export class SinkManager implements WorkerPlugin {
       if (plugin.recover === undefined) continue;
       const logger = this.#logger.child({ sink_plugin: plugin.name });
       try {
-        await plugin.recover({ outputRoot: this.#outputRoot, logger, options });
+        await plugin.recover({ outputRoot: this.#outputRoot, logger, options: checkSinkOptions(plugin, options, `"${plugin.name}"`) });
       } catch (err) {
         // Leftover staging is untidy, not dangerous: never refuse to start over it.
         logger.error({ err }, "sink recovery failed: %s", errorMessage(err));
@@ -137,18 +142,18 @@ export class SinkManager implements WorkerPlugin {
     if (catchAll !== null) this.#target(forTopic(catchAll, "output"), job);
     const state: JobSinks = { sinks: [], byTopic: new Map(), schemas: new Map(), unroutedTopics: new Set(), unroutedBatches: 0, unroutedRows: 0, catchAll };
     this.#jobs.set(job, state);
-    for (const { target, loaded } of targets) await this.#start(target, loaded, job, state);
+    for (const { target, loaded, options } of targets) await this.#start(target, loaded, options, job, state);
   }
 
-  async #start(target: SinkTarget, loaded: LoadedSink, job: JobContext, state: JobSinks): Promise<ActiveSink> {
+  async #start(target: SinkTarget, loaded: LoadedSink, options: SinkOptions, job: JobContext, state: JobSinks): Promise<ActiveSink> {
     const logger = job.logger.child({ topic: target.topic, sink: target.uri });
-    const active: ActiveSink = { target, loaded, logger, sink: null, handle: null, batches: 0, rows: 0, done: false };
+    const active: ActiveSink = { target, loaded, options, logger, sink: null, handle: null, batches: 0, rows: 0, done: false };
     state.sinks.push(active);
     const list = state.byTopic.get(target.topic) ?? [];
     list.push(active);
     state.byTopic.set(target.topic, list);
     await this.#call(active, job, "create", async () => {
-      active.sink = await loaded.plugin.create(target, { job, logger, options: loaded.options });
+      active.sink = await loaded.plugin.create(target, { job, logger, options });
       if (active.sink === null || typeof active.sink !== "object" || typeof active.sink.write !== "function") {
         throw Errors.SINK_INVALID([loaded.plugin.name, "create() must return an object with write, prepare, commit and abort"]);
       }
@@ -157,7 +162,8 @@ export class SinkManager implements WorkerPlugin {
     return active;
   }
 
-  #target(config: SinkSpec, job: JobContext): { target: SinkTarget; loaded: LoadedSink } {
+  /** The target of a spec, its plugin and its options; throws before anything opens when the URI is bad. */
+  #target(config: SinkSpec, job: JobContext): { target: SinkTarget; loaded: LoadedSink; options: SinkOptions } {
     const context = { jobId: job.jobId, sinkUri: config.uri };
     let parsed;
     try {
@@ -173,7 +179,8 @@ export class SinkManager implements WorkerPlugin {
       });
     }
     const contract = parseSchemaDef(config.topic, config.schemaDef, context);
-    return { target: Object.freeze({ topic: config.topic, uri: config.uri, parsed, mode: config.mode ?? "append", contract, config }), loaded };
+    const options = targetOptions(loaded.plugin, loaded.options, { uri: config.uri, parsed }, job.jobId);
+    return { target: Object.freeze({ topic: config.topic, uri: config.uri, parsed, mode: config.mode ?? "append", contract, config }), loaded, options };
   }
 
   async #write(batch: Batch, job: JobContext): Promise<void> {
@@ -181,8 +188,8 @@ export class SinkManager implements WorkerPlugin {
     if (state === undefined) return;
     let sinks = state.byTopic.get(batch.topic);
     if (sinks === undefined && state.catchAll !== null) {
-      const { target, loaded } = this.#target(forTopic(state.catchAll, batch.topic), job);
-      sinks = [await this.#start(target, loaded, job, state)];
+      const { target, loaded, options } = this.#target(forTopic(state.catchAll, batch.topic), job);
+      sinks = [await this.#start(target, loaded, options, job, state)];
     }
     if (sinks === undefined) {
       state.unroutedBatches++;
@@ -266,9 +273,16 @@ export class SinkManager implements WorkerPlugin {
       const participants = new Map<Participant, ActiveSink>();
       for (const active of state.sinks) {
         if (active.sink === null) continue;
-        const { plugin, options } = active.loaded;
         participants.set(
-          { plugin, options, sink: active.sink, topic: active.target.topic, uri: active.target.uri, handle: active.handle, logger: active.logger },
+          {
+            plugin: active.loaded.plugin,
+            options: active.options,
+            sink: active.sink,
+            topic: active.target.topic,
+            uri: active.target.uri,
+            handle: active.handle,
+            logger: active.logger,
+          },
           active,
         );
       }

@@ -1,8 +1,8 @@
 /**
  * What a worker would do with a set of sink configs, checked without a job: the sink
  * modules of the config load (a broken one fails with its own error), every URI
- * parses, its scheme has a sink (else the known schemes are listed), the sink accepts
- * its parameters (`SinkPlugin.checkTarget`), and its mode fits its URI. `casparian run`
+ * parses, its scheme has a sink (else the known schemes are listed), the sink's options
+ * schema accepts the URI's options, the sink accepts its location (`SinkPlugin.checkTarget`), and its mode fits its URI. `casparian run`
  * calls this before any worker starts; `casparian validate` calls little else.
  */
 import type { CasparianConfig } from "../config/config.js";
@@ -11,6 +11,7 @@ import { ANY_TOPIC, INPUT_PLACEHOLDER, TOPIC_PLACEHOLDER, type SinkConfig } from
 import { loadSinkPlugins, type LoadedSink } from "../pipeline/sink-loader.js";
 import type { SinkTarget } from "../../sinks/api.js";
 import { parseSchemaDef } from "../../sinks/contract.js";
+import { targetOptions } from "../../sinks/options.js";
 import { parseSinkUri } from "../../sinks/uri.js";
 
 export interface SinkToCheck extends SinkConfig {
@@ -51,7 +52,8 @@ async function checkOne(sink: SinkToCheck, loaded: readonly LoadedSink[], output
   const contract = parseSchemaDef(topic, sink.schema_def, { jobId: 0n, sinkUri: sink.uri });
   const config = { topic, uri, mode: sink.mode, schemaDef: sink.schema_def };
   const target: SinkTarget = Object.freeze({ topic, uri, parsed, mode: sink.mode, contract, config });
-  await entry.plugin.checkTarget?.(target, { outputRoot, options: entry.options });
+  const options = targetOptions(entry.plugin, entry.options, { uri, parsed });
+  await entry.plugin.checkTarget?.(target, { outputRoot, options });
 }
 
 /** `parquet://all/sales.parquet?x=1` → `parquet://all/sales/{input}.parquet?x=1`. */
