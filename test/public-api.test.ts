@@ -182,6 +182,7 @@ const PUBLIC_VALUES = [
   "resolvePublished",
   "stagingPathFor",
   "unifySchemas",
+  "v",
   "widenType",
 ];
 
