@@ -16,7 +16,9 @@
  * column (a pandas categorical) matches the type of its values.
  */
 import { Type, type DataType, type Field, type Table } from "apache-arrow";
+import * as v from "valibot";
 import { Errors } from "../core/kernel/errors.js";
+import { check, expected, object, problemText } from "../core/kernel/schema.js";
 import type { SchemaContract } from "./api.js";
 
 const TIME_UNITS = ["s", "ms", "us", "ns"] as const;
@@ -112,7 +114,28 @@ function typeMatches(contractType: string, actual: string): boolean {
   );
 }
 
-/** Parses schema_def text; null/empty means no contract. Errors name the topic. */
+const nonEmpty = v.pipe(v.string(expected("a non-empty string")), v.nonEmpty(expected("a non-empty string")));
+
+/** `{"columns":[{"name","type","nullable"?}]}`, each name once. */
+const contractSchema = object(
+  {
+    columns: v.pipe(
+      v.array(object({ name: nonEmpty, type: nonEmpty, nullable: v.optional(v.boolean(expected("true or false"))) }), expected("an array")),
+      v.check(
+        (columns) => new Set(columns.map((c) => c.name)).size === columns.length,
+        (issue) => `expected each column once, got ${duplicateNames(issue.input as Array<{ name: string }>)} more than once`,
+      ),
+    ),
+  },
+  'an object with a "columns" array',
+);
+
+function duplicateNames(columns: ReadonlyArray<{ name: string }>): string {
+  const names = columns.map((c) => c.name);
+  return [...new Set(names.filter((name, i) => names.indexOf(name) !== i))].map((name) => JSON.stringify(name)).join(", ");
+}
+
+/** Parses schema_def text; null/empty means no contract. Errors name the topic, and each bad field. */
 export function parseSchemaDef(topic: string, schemaDef: string | null, context: { jobId: bigint; sinkUri: string }): SchemaContract | null {
   if (schemaDef === null || schemaDef.trim() === "") return null;
   let parsed: unknown;
@@ -121,25 +144,9 @@ export function parseSchemaDef(topic: string, schemaDef: string | null, context:
   } catch (err) {
     throw Errors.SINK_BAD_SCHEMA_DEF([topic, `not JSON (${(err as Error).message})`], { context });
   }
-  const columns = (parsed as { columns?: unknown } | null)?.columns;
-  if (typeof parsed !== "object" || parsed === null || !Array.isArray(columns)) {
-    throw Errors.SINK_BAD_SCHEMA_DEF([topic, 'expected an object with a "columns" array'], { context });
-  }
-  const seen = new Set<string>();
-  const result: Array<{ name: string; type: string; nullable?: boolean }> = [];
-  columns.forEach((column: unknown, i: number) => {
-    const c = column as { name?: unknown; type?: unknown; nullable?: unknown } | null;
-    if (typeof c !== "object" || c === null || typeof c.name !== "string" || c.name === "" || typeof c.type !== "string" || c.type === "") {
-      throw Errors.SINK_BAD_SCHEMA_DEF([topic, `columns[${i}] needs a non-empty string "name" and "type"`], { context });
-    }
-    if (c.nullable !== undefined && typeof c.nullable !== "boolean") {
-      throw Errors.SINK_BAD_SCHEMA_DEF([topic, `columns[${i}].nullable must be true or false`], { context });
-    }
-    if (seen.has(c.name)) throw Errors.SINK_BAD_SCHEMA_DEF([topic, `column "${c.name}" is listed twice`], { context });
-    seen.add(c.name);
-    result.push(c.nullable === undefined ? { name: c.name, type: c.type } : { name: c.name, type: c.type, nullable: c.nullable });
-  });
-  return { columns: result };
+  const checked = check(contractSchema, parsed, "");
+  if (!checked.ok) throw Errors.SINK_BAD_SCHEMA_DEF([topic, checked.problems.map(problemText).join("; ")], { context });
+  return checked.value;
 }
 
 /** Every way `table` breaks `contract`, one line each; empty when it complies. */
