@@ -30,11 +30,16 @@ function seconds(what: "positive" | "non-negative") {
   return v.pipe(v.number(message), v.finite(message), what === "positive" ? v.gtValue(0, message) : v.minValue(0, message));
 }
 
-const limit = v.union([v.literal(false), positiveInteger()], expected("a positive integer, or false for no limit"));
+const limit = v.union([v.literal(false), positiveInteger("a positive integer, or false for no limit")], expected("a positive integer, or false for no limit"));
 
 /** A slot user: a uid above 0 (no account needed) or an account name. */
-const uid = v.pipe(v.number(), v.integer(), v.gtValue(0), v.ltValue(2 ** 32 - 1));
-const userSpec = v.union([uid, v.pipe(v.string(), v.regex(/^[a-z_][a-z0-9_.-]*\$?$/i))]);
+function userSpecs(what: string) {
+  const message = expected(what);
+  const uid = v.pipe(v.number(message), v.integer(message), v.gtValue(0, message), v.ltValue(2 ** 32 - 1, message));
+  return { uid, userSpec: v.union([uid, v.pipe(v.string(message), v.regex(/^[a-z_][a-z0-9_.-]*\$?$/i, message))], message) };
+}
+const USER_TEXT = "a uid above 0, an account name, or false";
+const USERS_TEXT = "{ from: uid, count } or a list of uids / account names";
 
 const ENDPOINT = /^(tcp|ipc|inproc|ws|wss|pgm|epgm):\/\/.+/;
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const satisfies readonly LevelWithSilent[];
@@ -111,19 +116,22 @@ const bridgeSchema = strictObject({
    * 61000-61183 by itself (and runs a job as itself, with a warning, when the slot user cannot
    * read its environment); false: guests run as the worker.
    */
-  user: v.optional(v.union([v.literal(false), userSpec], expected("a uid above 0, an account name, or false"))),
+  user: v.optional(v.union([v.literal(false), userSpecs(USER_TEXT).userSpec], expected(USER_TEXT))),
   /** A pool of slot users for the workers of a host: each claims the first one no other worker holds. */
   users: v.optional(
     v.union(
-      [v.pipe(v.array(userSpec), v.nonEmpty()), v.strictObject({ from: uid, count: v.pipe(v.number(), v.integer(), v.minValue(1)) })],
-      expected("{ from: uid, count } or a list of uids / account names"),
+      [
+        v.pipe(v.array(userSpecs(USERS_TEXT).userSpec, expected(USERS_TEXT)), v.nonEmpty(expected(USERS_TEXT))),
+        v.strictObject({ from: userSpecs(USERS_TEXT).uid, count: positiveInteger(USERS_TEXT) }, expected(USERS_TEXT)),
+      ],
+      expected(USERS_TEXT),
     ),
   ),
   /** Run each guest in a bubblewrap sandbox: no network, read-only filesystem except its job directory and a private /tmp. */
   sandbox: v.optional(
     strictObject({
       /** The sandbox tool; "bwrap" (bubblewrap, from the OS packages). */
-      tool: v.picklist(["bwrap"], expected('"bwrap"')),
+      tool: v.picklist(["bwrap"], expected('one of "bwrap"')),
       /** Let the plugin use the network. Default false. */
       network: v.optional(v.boolean(expected("true or false"))),
       /** Mount the host filesystem read-only (the job directory and a private /tmp stay writable). Default true. */
