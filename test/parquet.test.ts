@@ -426,13 +426,13 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
   test("chunks larger than one writer stream are cut into slices at odd offsets (nulls, bools, timestamps): every value lands, in full row groups", async () => {
     const ws = await workspace({ encoderThreads: 1, rowGroupSize: 10_000 });
     const job = makeJob({ sinks: [sinkSpec("t", "parquet://sliced.parquet", "replace")] });
-    // 1,001 rows, then 40,000: the streams to the writer (32,768 rows each) cut the second chunk at its row 31,767.
-    const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(1001, 0), 0), batchOf("t", sampleTable(40_000, 1001), 1)]);
+    // 1,001 rows, then 80,000: the streams to the writer (65,536 rows each) cut the second chunk at its row 64,535.
+    const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(1001, 0), 0), batchOf("t", sampleTable(80_000, 1001), 1)]);
     await ws.close();
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const read = await readParquet(py, "pyarrow", join(ws.root, "sliced.parquet"));
-    assert.deepEqual(read.row_group_rows, [10_000, 10_000, 10_000, 10_000, 1_001]);
-    const rows = 41_001;
+    assert.deepEqual(read.row_group_rows, [10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 10_000, 1_001]);
+    const rows = 81_001;
     const lineage = { _job_id: Array(rows).fill(job.jobId.toString()), _file_version_id: Array(rows).fill(job.command.fileVersionId.toString()) };
     assert.deepEqual(columnValues(read), { ...canonicalColumns(sampleTable(rows, 0)), ...lineage });
   });
