@@ -562,7 +562,7 @@ class GuestRun {
       ]),
     );
     this.#outputDone = Promise.all([stderr!.then((socket) => this.#readStderr(socket)), stdout!.then((socket) => this.#readStdout(socket))]);
-    this.#log.debug({ pid: child.pid, warm: child.warm }, "guest forked from a warm parent");
+    this.#log.debug({ guest_pid: child.pid, warm: child.warm }, "guest forked from a warm parent");
     return true;
   }
 
@@ -622,7 +622,7 @@ class GuestRun {
     }).then((exit) => (this.#exited = exit));
     if (child.pid !== undefined) this.#adopt(child.pid);
     this.#outputDone = Promise.all([this.#readStderr(child.stderr), this.#readStdout(child.stdout)]);
-    this.#log.debug({ pid: child.pid, interpreter: interpreterPath }, "guest started");
+    this.#log.debug({ guest_pid: child.pid, interpreter: interpreterPath }, "guest started");
   }
 
   /**

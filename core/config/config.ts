@@ -155,7 +155,7 @@ const environmentsSchema = strictObject({
   maxEnvs: v.optional(positiveInteger()),
   /** Path to the uv binary (else $UV, PATH, usual install places). */
   uv: v.optional(nonEmptyString),
-  /** Variables uv may see besides PATH, HOME, TMPDIR, LANG and UV_* (e.g. HTTPS_PROXY, SSL_CERT_FILE); uv never gets the rest. */
+  /** Variables uv may see besides PATH, HOME, TMPDIR, LANG, SSL_CERT_FILE, SSL_CERT_DIR and UV_* (e.g. HTTPS_PROXY); uv never gets the rest. */
   env: v.optional(stringArray),
 });
 

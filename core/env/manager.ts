@@ -42,7 +42,7 @@ export interface EnvManagerOptions {
   /** Evict least recently used envs while there are more than this many. */
   maxEnvs?: number;
   uvPath?: string;
-  /** Variables passed to uv besides PATH, HOME, TMPDIR, LANG and UV_* (e.g. HTTPS_PROXY, SSL_CERT_FILE). */
+  /** Variables passed to uv besides PATH, HOME, TMPDIR, LANG, SSL_CERT_FILE, SSL_CERT_DIR and UV_* (e.g. HTTPS_PROXY). */
   uvEnv?: readonly string[];
 }
 

@@ -66,8 +66,13 @@ function tail(text: string, lines = 15, maxChars = 4000): string {
   return kept.length > maxChars ? kept.slice(-maxChars) : kept;
 }
 
-/** The worker's variables uv always sees (with every UV_* one): what it needs to find tools, its cache and a temp dir. */
-export const UV_BASE_ENV = ["PATH", "HOME", "TMPDIR", "LANG"] as const;
+/**
+ * The worker's variables uv always sees (with every UV_* one): what it needs to find tools, its
+ * cache, a temp dir, and the site's CA certificates (paths to public certificates, never secrets;
+ * without them uv cannot download anything behind a TLS-inspecting proxy). Proxy URLs can carry
+ * credentials, so they pass only when environments.env names them.
+ */
+export const UV_BASE_ENV = ["PATH", "HOME", "TMPDIR", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR"] as const;
 
 /**
  * uv's environment: UV_BASE_ENV, UV_*, and `passEnv`, nothing else. uv runs build backends

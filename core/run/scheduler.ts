@@ -235,7 +235,7 @@ export class Scheduler {
     const now = Date.now();
     const slot: WorkerSlot = { process, state: "starting", peer: null, job: null, startedAt: now, lastSeen: now };
     this.#slots.set(workerId, slot);
-    this.#logger.debug({ worker_id: workerId, pid: process.pid }, "worker started");
+    this.#logger.debug({ worker_id: workerId, worker_pid: process.pid }, "worker started");
     void process.exited.then((exit) => this.#onExit(slot, exit));
   }
 
