@@ -27,19 +27,23 @@
  * in the target schema; batches arrive as multi-row parameterized INSERTs (at most
  * `insertRows` rows per statement, so memory stays bounded by the batch). prepare
  * checks that the staging table holds every row written. commit promotes in ONE
- * transaction, serialized per target by an advisory lock. Modes act on the rows of the
- * job's input (its file_path), never on other inputs' rows, so one table can collect
- * every input of a run (`inputScopedModes`):
+ * transaction, serialized per target by an advisory lock. Modes act on the rows the
+ * sink's topic wrote for the job's input (its file_path), never on other inputs' rows
+ * nor on other topics' (several topics of a job may share a table, e.g. through a
+ * catch-all sink), so one table can collect every input of a run (`inputScopedModes`):
  *   replace → the input's earlier rows (every version) are deleted, the new ones inserted;
  *   append  → rows of the input's earlier versions stay, those of this version are
  *             replaced (a retried or rerun job never adds a second copy);
  *   error   → fails with CSP_SINK_TARGET_EXISTS if the table already holds rows of this
- *             input (checked at open and again inside the commit transaction).
+ *             input and topic (checked at open and again inside the commit transaction).
  * When the target does not exist yet, the staging table is made LOGGED and renamed into
- * its place. Which rows belong to which input is kept in a ledger table,
- * `_casparian_inputs` (target, file_path, file_version_id, job_id, rows), in the target's
- * schema and written in the same transaction; every row carries `_file_version_id
- * bigint`, by which the rows are deleted.
+ * its place. Which rows belong to which input and topic is kept in a ledger table,
+ * `_casparian_inputs` (target, file_path, file_version_id, topic, job_id, rows), in the
+ * target's schema and written in the same transaction; every row carries
+ * `_file_version_id bigint` and `_topic text`, by which the rows are deleted. Rows and
+ * ledger entries written before rows carried their topic get topic '' (the ledger's
+ * primary key is widened to include it) and are replaced by whichever topic next
+ * writes their input version.
  * abort drops the staging table. A topic that never produced a batch publishes nothing.
  * In a job with other sinks (commit with `undo: true`), the commit's transaction also
  * copies the rows and ledger entries it replaces into `_casparian_undo_<job id>_<n>`
@@ -75,7 +79,7 @@
  * same transaction. A table without a recorded schema (made by someone else) is
  * written as it is, PostgreSQL's own assignment rules only.
  *
- * Lineage: `_file_version_id bigint` (int64 on the wire) on every row; with `lineage:
+ * Lineage: `_file_version_id bigint` (int64 on the wire) and `_topic text` on every row; with `lineage:
  * true` also `_job_id numeric(20)` (job ids are uint64; bigint stops at 2^63 - 1, and
  * numeric keeps them exact and comparable as numbers).
  */
@@ -147,6 +151,12 @@ const URI_PARAMS = ["host", "port", "user"] as const;
 const MAX_PARAMETERS = 65_535;
 const STAGING_PREFIX = "_casparian_stg_";
 const LEDGER = "_casparian_inputs";
+/** Which topic wrote a row: topics of one job (a catch-all sink) may share a table. */
+const TOPIC = "_topic";
+/** The topic of rows and ledger entries written before rows carried one: they belong to any topic. */
+const UNKNOWN_TOPIC = "";
+const LEDGER_COLUMNS =
+  "target text NOT NULL, file_path text NOT NULL, file_version_id bigint NOT NULL, topic text NOT NULL, job_id numeric(20) NOT NULL, rows bigint NOT NULL, PRIMARY KEY (target, file_path, file_version_id, topic)";
 const SCHEMAS = "_casparian_schemas";
 /** Undo tables of a commit made with `undo: true`: `<prefix><job id>_<random>` (+ `_rows`, `_ledger`), at most 52 bytes. */
 const UNDO_PREFIX = "_casparian_undo_";
@@ -183,6 +193,7 @@ export default function postgresSink() {
         Errors.SINK_WRITE_FAILED([safeUri, `${what}: ${describeError(cause)}`], { context, cause, hint });
       const fileVersionId = job.command.fileVersionId.toString();
       const filePath = job.command.filePath;
+      const topic = target.topic;
       const jobIdText = options.lineage ? job.jobId.toString() : null;
 
       let client: pg.Client | null = null;
@@ -215,10 +226,13 @@ export default function postgresSink() {
       const schemasSql = () => `${quote(schema)}.${quote(SCHEMAS)}`;
       const inputHasRows = async (c: pg.Client) => {
         const ledger = (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [ledgerSql()])).rows[0]!.oid !== null;
-        return ledger && ((await c.query(`SELECT 1 FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2`, [name.table, filePath])).rowCount ?? 0) > 0;
+        if (!ledger) return false;
+        const topics = (await hasColumn(c, ledgerSql(), "topic")) ? "AND topic IN ($3, $4)" : "";
+        const params = topics === "" ? [name.table, filePath] : [name.table, filePath, topic, UNKNOWN_TOPIC];
+        return ((await c.query(`SELECT 1 FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${topics}`, params)).rowCount ?? 0) > 0;
       };
       const refuseExisting = () =>
-        Errors.SINK_TARGET_EXISTS([`${schema}.${name.table} (rows of ${filePath})`], {
+        Errors.SINK_TARGET_EXISTS([`${schema}.${name.table} (rows of ${filePath}, topic ${topic})`], {
           context,
           hint: "use mode replace or append, or delete that input's rows",
         });
@@ -320,6 +334,7 @@ export default function postgresSink() {
             table: name.table,
             filePath,
             fileVersionId,
+            topic,
             undo: `${UNDO_PREFIX}${job.jobId}_${randomBytes(4).toString("hex")}`,
           };
           return handle;
@@ -339,9 +354,7 @@ export default function postgresSink() {
           try {
             // Concurrent commits to one table (e.g. two jobs creating it) take turns.
             await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [targetSql()]);
-            await c.query(
-              `CREATE TABLE IF NOT EXISTS ${ledgerSql()} (target text NOT NULL, file_path text NOT NULL, file_version_id bigint NOT NULL, job_id numeric(20) NOT NULL, rows bigint NOT NULL, PRIMARY KEY (target, file_path, file_version_id))`,
-            );
+            await ensureLedger(c, ledgerSql());
             await c.query(`CREATE TABLE IF NOT EXISTS ${schemasSql()} (target text PRIMARY KEY, arrow_schema bytea NOT NULL)`);
             if (target.mode === "error" && (await inputHasRows(c))) throw refuseExisting();
             let inserted: number;
@@ -353,8 +366,8 @@ export default function postgresSink() {
               await c.query(`INSERT INTO ${undo("")} VALUES ($1)`, [!exists]);
               await c.query(`CREATE TABLE ${undo("_ledger")} (LIKE ${ledgerSql()})`);
               await c.query(
-                `INSERT INTO ${undo("_ledger")} SELECT * FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND ($3 OR file_version_id = $4)`,
-                [name.table, filePath, target.mode !== "append", fileVersionId],
+                `INSERT INTO ${undo("_ledger")} SELECT * FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND ($3 OR file_version_id = $4) AND topic IN ($5, $6)`,
+                [name.table, filePath, target.mode !== "append", fileVersionId, topic, UNKNOWN_TOPIC],
               );
             }
             if (exists) {
@@ -364,6 +377,8 @@ export default function postgresSink() {
               );
               if (lineage.rowCount === 0)
                 throw new Error(`${schema}.${name.table} has no _file_version_id column, so this input's rows cannot be told from others'`);
+              // Rows written before rows carried their topic belong to any topic (UNKNOWN_TOPIC).
+              if (!(await hasColumn(c, targetSql(), TOPIC))) await c.query(`ALTER TABLE ${targetSql()} ADD COLUMN ${TOPIC} text NOT NULL DEFAULT ''`);
               let select = names;
               const before = await recordedSchema(c, schemasSql(), name.table);
               recorded = before;
@@ -377,33 +392,31 @@ export default function postgresSink() {
                 );
                 select = [...casts, ...lineageNames.map(quote)].join(", ");
               }
-              // append replaces this version's rows only; replace every version's of this input.
-              const versions = target.mode === "append" ? "AND file_version_id = $3" : "";
-              const params = target.mode === "append" ? [name.table, filePath, fileVersionId] : [name.table, filePath];
+              // The rows replaced are this topic's (and rows of no known topic) of this input: of this version (append) or of every version (replace).
+              const versions = target.mode === "append" ? "AND file_version_id = $5" : "";
+              const params = [name.table, filePath, topic, UNKNOWN_TOPIC, fileVersionId];
+              const replaced = `_topic IN ($3, $4) AND (_file_version_id = $5 OR _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND topic IN ($3, $4) ${versions}))`;
               if (undo !== null) {
                 await c.query(`CREATE TABLE ${undo("_rows")} (LIKE ${targetSql()})`);
-                await c.query(
-                  `INSERT INTO ${undo("_rows")} SELECT * FROM ${targetSql()} WHERE _file_version_id = $${params.length + 1} OR _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions})`,
-                  [...params, fileVersionId],
-                );
+                await c.query(`INSERT INTO ${undo("_rows")} SELECT * FROM ${targetSql()} WHERE ${replaced}`, params);
               }
-              await c.query(`DELETE FROM ${targetSql()} WHERE _file_version_id = $1`, [fileVersionId]);
-              await c.query(
-                `DELETE FROM ${targetSql()} WHERE _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions})`,
-                params,
-              );
-              await c.query(`DELETE FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${versions}`, params);
-              inserted = (await c.query(`INSERT INTO ${targetSql()} (${names}) SELECT ${select} FROM ${stagingSql()}`)).rowCount ?? 0;
+              await c.query(`DELETE FROM ${targetSql()} WHERE ${replaced}`, params);
+              const forget = `DELETE FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND topic IN ($3, $4) ${versions}`;
+              await c.query(forget, target.mode === "append" ? params : params.slice(0, 4));
+              inserted = (await c.query(`INSERT INTO ${targetSql()} (${names}, ${TOPIC}) SELECT ${select}, $1 FROM ${stagingSql()}`, [topic])).rowCount ?? 0;
               await c.query(`DROP TABLE ${stagingSql()}`);
             } else {
+              // A constant default fills the column without rewriting the table (PostgreSQL 11+); later rows name their topic.
+              await c.query(`ALTER TABLE ${stagingSql()} ADD COLUMN ${TOPIC} text NOT NULL DEFAULT ${literal(topic)}`);
+              await c.query(`ALTER TABLE ${stagingSql()} ALTER COLUMN ${TOPIC} DROP DEFAULT`);
               await c.query(`ALTER TABLE ${stagingSql()} SET LOGGED`);
               await c.query(`ALTER TABLE ${stagingSql()} RENAME TO ${quote(name.table)}`);
               inserted = rowsWritten;
             }
             if (recorded !== null) await recordSchema(c, schemasSql(), name.table, recorded);
             await c.query(
-              `INSERT INTO ${ledgerSql()} (target, file_path, file_version_id, job_id, rows) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (target, file_path, file_version_id) DO UPDATE SET job_id = excluded.job_id, rows = excluded.rows`,
-              [name.table, filePath, fileVersionId, job.jobId.toString(), inserted],
+              `INSERT INTO ${ledgerSql()} (target, file_path, file_version_id, topic, job_id, rows) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (target, file_path, file_version_id, topic) DO UPDATE SET job_id = excluded.job_id, rows = excluded.rows`,
+              [name.table, filePath, fileVersionId, topic, job.jobId.toString(), inserted],
             );
             await c.query("COMMIT");
           } catch (err) {
@@ -487,15 +500,53 @@ interface UndoHandle {
   readonly table: string;
   readonly filePath: string;
   readonly fileVersionId: string;
+  readonly topic: string;
   readonly undo: string;
   readonly [key: string]: string;
 }
 
-function isUndoHandle(value: unknown): value is UndoHandle {
+/** A handle as journaled: those of commits made before rows carried their topic have none. */
+interface JournaledHandle {
+  readonly host: string;
+  readonly port: string;
+  readonly user: string;
+  readonly database: string;
+  readonly schema: string;
+  readonly table: string;
+  readonly filePath: string;
+  readonly fileVersionId: string;
+  readonly topic?: string;
+  readonly undo: string;
+}
+
+function isUndoHandle(value: unknown): value is JournaledHandle {
   if (typeof value !== "object" || value === null) return false;
   const fields = value as Record<string, unknown>;
   const keys = ["host", "port", "user", "database", "schema", "table", "filePath", "fileVersionId", "undo"];
-  return keys.every((key) => typeof fields[key] === "string") && String(fields.undo).startsWith(UNDO_PREFIX);
+  return (
+    keys.every((key) => typeof fields[key] === "string") &&
+    (fields.topic === undefined || typeof fields.topic === "string") &&
+    String(fields.undo).startsWith(UNDO_PREFIX)
+  );
+}
+
+async function hasColumn(c: pg.Client, table: string, column: string): Promise<boolean> {
+  const found = await c.query("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 AND NOT attisdropped", [table, column]);
+  return (found.rowCount ?? 0) > 0;
+}
+
+/**
+ * The ledger, one entry per (table, input, version, topic). A ledger made before entries
+ * had a topic gets one (its entries' topic unknown: UNKNOWN_TOPIC) and the primary key
+ * with it, which would otherwise let only one topic of an input version in.
+ */
+async function ensureLedger(c: pg.Client, ledger: string): Promise<void> {
+  await c.query(`CREATE TABLE IF NOT EXISTS ${ledger} (${LEDGER_COLUMNS})`);
+  if (await hasColumn(c, ledger, "topic")) return;
+  await c.query(`ALTER TABLE ${ledger} ADD COLUMN topic text NOT NULL DEFAULT ${literal(UNKNOWN_TOPIC)}`);
+  const key = await c.query<{ name: string }>("SELECT conname AS name FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'p'", [ledger]);
+  for (const { name } of key.rows) await c.query(`ALTER TABLE ${ledger} DROP CONSTRAINT ${quote(name)}`);
+  await c.query(`ALTER TABLE ${ledger} ADD PRIMARY KEY (target, file_path, file_version_id, topic)`);
 }
 
 /**
@@ -505,7 +556,7 @@ function isUndoHandle(value: unknown): value is UndoHandle {
  * recorded schema) when the commit created it and nothing else is in it; then, for both
  * decisions, the undo tables go.
  */
-async function resolveUndo(c: pg.Client, handle: UndoHandle, decision: "rollback" | "finish"): Promise<void> {
+async function resolveUndo(c: pg.Client, handle: JournaledHandle, decision: "rollback" | "finish"): Promise<void> {
   const qualified = (table: string) => `${quote(handle.schema)}.${quote(table)}`;
   const target = qualified(handle.table);
   const ledger = qualified(LEDGER);
@@ -516,12 +567,23 @@ async function resolveUndo(c: pg.Client, handle: UndoHandle, decision: "rollback
     const kept = (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [undo("")])).rows[0]!.oid !== null;
     if (kept && decision === "rollback") {
       const created = (await c.query<{ created: boolean }>(`SELECT created FROM ${undo("")}`)).rows[0]!.created;
-      await c.query(`DELETE FROM ${target} WHERE _file_version_id = $1`, [handle.fileVersionId]);
-      await c.query(`DELETE FROM ${ledger} WHERE target = $1 AND file_path = $2 AND file_version_id = $3`, [
-        handle.table,
-        handle.filePath,
-        handle.fileVersionId,
-      ]);
+      // A handle without a topic was journaled by a commit that wrote no topics (nor a ledger with them).
+      if (handle.topic === undefined) {
+        await c.query(`DELETE FROM ${target} WHERE _file_version_id = $1`, [handle.fileVersionId]);
+        await c.query(`DELETE FROM ${ledger} WHERE target = $1 AND file_path = $2 AND file_version_id = $3`, [
+          handle.table,
+          handle.filePath,
+          handle.fileVersionId,
+        ]);
+      } else {
+        await c.query(`DELETE FROM ${target} WHERE _file_version_id = $1 AND ${TOPIC} = $2`, [handle.fileVersionId, handle.topic]);
+        await c.query(`DELETE FROM ${ledger} WHERE target = $1 AND file_path = $2 AND file_version_id = $3 AND topic = $4`, [
+          handle.table,
+          handle.filePath,
+          handle.fileVersionId,
+          handle.topic,
+        ]);
+      }
       if ((await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [undo("_rows")])).rows[0]!.oid !== null) {
         await c.query(`INSERT INTO ${target} SELECT * FROM ${undo("_rows")}`);
       }
@@ -659,6 +721,11 @@ function quote(identifier: string): string {
   return `"${identifier.replace(/"/g, '""')}"`;
 }
 
+/** A string constant for DDL, which takes no parameters: an escape string, so standard_conforming_strings does not matter. */
+function literal(text: string): string {
+  return `E'${text.replace(/\\/g, "\\\\").replace(/'/g, "''")}'`;
+}
+
 function describeError(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
   const sqlState = (err as { code?: unknown }).code;
@@ -771,7 +838,7 @@ function columnsOf(schema: Schema, jobId: boolean, uri: string, context: Record<
     }
     return { name: field.name, type: field.type, ...mapped };
   });
-  const lineageColumns = [...(jobId ? ["_job_id"] : []), "_file_version_id"];
+  const lineageColumns = [...(jobId ? ["_job_id"] : []), "_file_version_id", TOPIC];
   for (const name of lineageColumns) {
     if (columns.some((c) => c.name === name))
       throw Errors.SINK_WRITE_FAILED([uri, `column "${name}" collides with the lineage column`], {

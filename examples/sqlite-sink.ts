@@ -10,15 +10,20 @@
  *
  * Rows go to a staging table (a TEMP table of this job's connection, so a crashed
  * worker leaves nothing behind), and are promoted in one transaction on commit. Modes
- * act on the rows of the job's input (its file_path), never on other inputs' rows, so
- * one table can collect every input of a run (`inputScopedModes`):
+ * act on the rows the sink's topic wrote for the job's input (its file_path), never on
+ * other inputs' rows nor on other topics' (several topics of a job may share a table,
+ * e.g. through a catch-all sink), so one table can collect every input of a run
+ * (`inputScopedModes`):
  *   replace → delete the input's earlier rows (every version), insert the new ones;
  *   append  → keep the rows of the input's earlier versions, replace those of this
  *             version (a retried or rerun job never adds a second copy);
- *   error   → fail if the table already holds rows of this input.
- * Which rows belong to which input is kept in a ledger table, `_casparian_inputs`
- * (table, file_path, file_version_id, job_id, rows), written in the same transaction;
- * every row carries `_file_version_id` (int64), by which the rows are deleted.
+ *   error   → fail if the table already holds rows of this input and topic.
+ * Which rows belong to which input and topic is kept in a ledger table,
+ * `_casparian_inputs` (target, file_path, file_version_id, topic, job_id, rows), written
+ * in the same transaction; every row carries `_file_version_id` (int64) and `_topic`
+ * (text), by which the rows are deleted. Rows and ledger entries written before rows
+ * carried their topic get topic '' (a ledger without the column is rebuilt with it)
+ * and are replaced by whichever topic next writes their input version.
  * In a job with other sinks (commit with `undo: true`), the commit's transaction first
  * copies the rows and ledger entries it is about to replace into `_casparian_undo_<job
  * id>_<n>` tables; `resolve` puts them back (rollback) or drops them (finish), so the job's
@@ -68,6 +73,10 @@ const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const LEDGER = "_casparian_inputs";
 const SCHEMAS = "_casparian_schemas";
 const LINEAGE = "_file_version_id";
+/** Which topic wrote a row: topics of one job (a catch-all sink) may share a table. */
+const TOPIC = "_topic";
+/** The topic of rows and ledger entries written before rows carried one: they belong to any topic. */
+const UNKNOWN_TOPIC = "";
 /** Undo tables of a commit made with `undo: true`: `<prefix><job id>_<random>` (+ `_rows`, `_ledger`). */
 const UNDO_PREFIX = "_casparian_undo_";
 
@@ -77,8 +86,19 @@ interface UndoHandle {
   readonly table: string;
   readonly filePath: string;
   readonly fileVersionId: string;
+  readonly topic: string;
   readonly undo: string;
   readonly [key: string]: string;
+}
+
+/** A handle as journaled: those of commits made before rows carried their topic have none. */
+interface JournaledHandle {
+  readonly database: string;
+  readonly table: string;
+  readonly filePath: string;
+  readonly fileVersionId: string;
+  readonly topic?: string;
+  readonly undo: string;
 }
 
 interface TableColumn {
@@ -105,10 +125,16 @@ export default function sqliteSink(): SinkPlugin {
       const context = { jobId: job.jobId, sinkUri: target.uri };
       const filePath = job.command.filePath;
       const fileVersionId = BigInt(job.command.fileVersionId);
-      const inputHasRows = (d: Database.Database) =>
-        tableExists(d, LEDGER) && d.prepare(`SELECT 1 FROM main.${LEDGER} WHERE target = ? AND file_path = ?`).get(table, filePath) !== undefined;
+      const topic = target.topic;
+      const inputHasRows = (d: Database.Database) => {
+        if (!tableExists(d, LEDGER)) return false;
+        if (!hasColumn(d, LEDGER, "topic"))
+          return d.prepare(`SELECT 1 FROM main.${LEDGER} WHERE target = ? AND file_path = ?`).get(table, filePath) !== undefined;
+        const query = `SELECT 1 FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND topic IN (?, ?)`;
+        return d.prepare(query).get(table, filePath, topic, UNKNOWN_TOPIC) !== undefined;
+      };
       const refuse = () =>
-        Errors.SINK_TARGET_EXISTS([`${database} table ${table} (rows of ${filePath})`], {
+        Errors.SINK_TARGET_EXISTS([`${database} table ${table} (rows of ${filePath}, topic ${topic})`], {
           context,
           hint: "use mode replace or append, or delete that input's rows",
         });
@@ -127,7 +153,9 @@ export default function sqliteSink(): SinkPlugin {
       /** The staging table follows the job's schema: its columns are untyped, so every value is kept as converted. */
       const stageColumns = (d: Database.Database, schema: Schema) => {
         const names = schema.fields.map((f) => f.name);
-        if (names.includes(LINEAGE)) throw Errors.SINK_SCHEMA_MISMATCH([target.topic, `column "${LINEAGE}" is reserved for lineage`], { context });
+        for (const reserved of [LINEAGE, TOPIC]) {
+          if (names.includes(reserved)) throw Errors.SINK_SCHEMA_MISMATCH([target.topic, `column "${reserved}" is reserved for lineage`], { context });
+        }
         if (staged === null) d.exec(`CREATE TEMP TABLE staging (${[...names.map(quote), `${LINEAGE} INTEGER NOT NULL`].join(", ")})`);
         else for (const name of names.filter((n) => !staged!.includes(n))) d.exec(`ALTER TABLE temp.staging ADD COLUMN ${quote(name)}`);
         staged = names;
@@ -172,7 +200,14 @@ export default function sqliteSink(): SinkPlugin {
         prepare(): UndoHandle | undefined {
           // Rows are already in the staging table; nothing is buffered in memory.
           if (jobSchema.schema === null) return undefined;
-          handle = { database, table, filePath, fileVersionId: fileVersionId.toString(), undo: `${UNDO_PREFIX}${job.jobId}_${randomBytes(4).toString("hex")}` };
+          handle = {
+            database,
+            table,
+            filePath,
+            fileVersionId: fileVersionId.toString(),
+            topic,
+            undo: `${UNDO_PREFIX}${job.jobId}_${randomBytes(4).toString("hex")}`,
+          };
           return handle;
         },
         commit(options?: CommitOptions) {
@@ -191,7 +226,7 @@ export default function sqliteSink(): SinkPlugin {
             d.exec(`CREATE TABLE IF NOT EXISTS main.${SCHEMAS} (target TEXT PRIMARY KEY, arrow_schema BLOB NOT NULL)`);
             if (!tableExists(d, table)) {
               d.exec(
-                `CREATE TABLE main.${quote(table)} (${[...schema.fields.map((f) => columnDefinition(f.name, f.type)), `${LINEAGE} INTEGER NOT NULL`].join(", ")})`,
+                `CREATE TABLE main.${quote(table)} (${[...schema.fields.map((f) => columnDefinition(f.name, f.type)), `${LINEAGE} INTEGER NOT NULL`, `${TOPIC} TEXT NOT NULL`].join(", ")})`,
               );
               recordSchema(d, table, schema);
             } else {
@@ -202,6 +237,8 @@ export default function sqliteSink(): SinkPlugin {
                   { context, hint: "write to a new table, or add the column to that one" },
                 );
               }
+              // Rows written before rows carried their topic belong to any topic (UNKNOWN_TOPIC).
+              if (!existing.some((c) => c.name === TOPIC)) d.exec(`ALTER TABLE main.${quote(table)} ADD COLUMN ${TOPIC} TEXT NOT NULL DEFAULT ''`);
               const recorded = recordedSchema(d, table);
               if (recorded !== null) {
                 const unified = unifySchemas(target.topic, recorded, schema, `table ${table} in ${database}, as earlier jobs wrote it`);
@@ -211,31 +248,33 @@ export default function sqliteSink(): SinkPlugin {
                 recordSchema(d, table, unified);
               }
             }
-            d.exec(
-              `CREATE TABLE IF NOT EXISTS main.${LEDGER} (target TEXT NOT NULL, file_path TEXT NOT NULL, file_version_id INTEGER NOT NULL, job_id TEXT NOT NULL, rows INTEGER NOT NULL, PRIMARY KEY (target, file_path, file_version_id))`,
-            );
+            ensureLedger(d);
+            // The rows this commit replaces are this topic's (and rows of no known topic) of this input: of this version (append) or of every version.
             const replaced =
               target.mode === "append"
                 ? [fileVersionId]
                 : (
                     d
-                      .prepare(`SELECT file_version_id AS v FROM main.${LEDGER} WHERE target = ? AND file_path = ?`)
+                      .prepare(`SELECT file_version_id AS v FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND topic IN (?, ?)`)
                       .safeIntegers(true)
-                      .all(table, filePath) as Array<{ v: bigint }>
+                      .all(table, filePath, topic, UNKNOWN_TOPIC) as Array<{ v: bigint }>
                   ).map((r) => r.v);
             if (!replaced.includes(fileVersionId)) replaced.push(fileVersionId);
-            if (undo !== null) keepUndo(d, undo, table, filePath, replaced, created);
-            const remove = d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ?`);
-            const forget = d.prepare(`DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ?`);
+            if (undo !== null) keepUndo(d, undo, table, filePath, topic, replaced, created);
+            const remove = d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ? AND ${TOPIC} IN (?, ?)`);
+            const forget = d.prepare(`DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ? AND topic IN (?, ?)`);
             for (const version of replaced) {
-              remove.run(version);
-              forget.run(table, filePath, version);
+              remove.run(version, topic, UNKNOWN_TOPIC);
+              forget.run(table, filePath, version, topic, UNKNOWN_TOPIC);
             }
-            const inserted = d.prepare(`INSERT INTO main.${quote(table)} (${names}, ${LINEAGE}) SELECT ${names}, ${LINEAGE} FROM temp.staging`).run().changes;
-            d.prepare(`INSERT INTO main.${LEDGER} (target, file_path, file_version_id, job_id, rows) VALUES (?, ?, ?, ?, ?)`).run(
+            const inserted = d
+              .prepare(`INSERT INTO main.${quote(table)} (${names}, ${LINEAGE}, ${TOPIC}) SELECT ${names}, ${LINEAGE}, ? FROM temp.staging`)
+              .run(topic).changes;
+            d.prepare(`INSERT INTO main.${LEDGER} (target, file_path, file_version_id, topic, job_id, rows) VALUES (?, ?, ?, ?, ?, ?)`).run(
               table,
               filePath,
               fileVersionId,
+              topic,
               job.jobId.toString(),
               inserted,
             );
@@ -263,14 +302,16 @@ function tableExists(d: Database.Database, name: string): boolean {
  * tables named after `undo`. Their existence says the commit happened; `resolveUndo`
  * reads them back.
  */
-function keepUndo(d: Database.Database, undo: string, table: string, filePath: string, replaced: readonly bigint[], created: boolean): void {
+function keepUndo(d: Database.Database, undo: string, table: string, filePath: string, topic: string, replaced: readonly bigint[], created: boolean): void {
   const versions = `[${replaced.join(",")}]`;
   d.exec(`CREATE TABLE main.${quote(`${undo}_rows`)} AS SELECT * FROM main.${quote(table)} WHERE 0`);
-  d.prepare(`INSERT INTO main.${quote(`${undo}_rows`)} SELECT * FROM main.${quote(table)} WHERE ${LINEAGE} IN (SELECT value FROM json_each(?))`).run(versions);
+  d.prepare(
+    `INSERT INTO main.${quote(`${undo}_rows`)} SELECT * FROM main.${quote(table)} WHERE ${LINEAGE} IN (SELECT value FROM json_each(?)) AND ${TOPIC} IN (?, ?)`,
+  ).run(versions, topic, UNKNOWN_TOPIC);
   d.exec(`CREATE TABLE main.${quote(`${undo}_ledger`)} AS SELECT * FROM main.${LEDGER} WHERE 0`);
   d.prepare(
-    `INSERT INTO main.${quote(`${undo}_ledger`)} SELECT * FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id IN (SELECT value FROM json_each(?))`,
-  ).run(table, filePath, versions);
+    `INSERT INTO main.${quote(`${undo}_ledger`)} SELECT * FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id IN (SELECT value FROM json_each(?)) AND topic IN (?, ?)`,
+  ).run(table, filePath, versions, topic, UNKNOWN_TOPIC);
   d.exec(`CREATE TABLE main.${quote(undo)} (created INTEGER NOT NULL)`);
   d.prepare(`INSERT INTO main.${quote(undo)} VALUES (?)`).run(created ? 1 : 0);
 }
@@ -281,7 +322,7 @@ function keepUndo(d: Database.Database, undo: string, table: string, filePath: s
  * recorded schema) when the commit created it and nothing else is in it; finish only
  * drops the undo tables.
  */
-function resolveUndo(handle: UndoHandle, decision: "rollback" | "finish"): void {
+function resolveUndo(handle: JournaledHandle, decision: "rollback" | "finish"): void {
   let d: Database.Database;
   try {
     d = new Database(handle.database, { fileMustExist: true });
@@ -297,8 +338,15 @@ function resolveUndo(handle: UndoHandle, decision: "rollback" | "finish"): void 
       const { table, undo } = handle;
       if (decision === "rollback") {
         const fileVersionId = BigInt(handle.fileVersionId);
-        d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ?`).run(fileVersionId);
-        d.prepare(`DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ?`).run(table, handle.filePath, fileVersionId);
+        // A handle without a topic was journaled by a commit that wrote no topics (nor a ledger with them).
+        if (handle.topic === undefined) {
+          d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ?`).run(fileVersionId);
+          d.prepare(`DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ?`).run(table, handle.filePath, fileVersionId);
+        } else {
+          d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ? AND ${TOPIC} = ?`).run(fileVersionId, handle.topic);
+          const forget = `DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ? AND topic = ?`;
+          d.prepare(forget).run(table, handle.filePath, fileVersionId, handle.topic);
+        }
         d.exec(`INSERT INTO main.${quote(table)} SELECT * FROM main.${quote(`${undo}_rows`)}`);
         d.exec(`INSERT INTO main.${LEDGER} SELECT * FROM main.${quote(`${undo}_ledger`)}`);
         const created = (d.prepare(`SELECT created FROM main.${quote(undo)}`).get() as { created: number }).created === 1;
@@ -314,12 +362,41 @@ function resolveUndo(handle: UndoHandle, decision: "rollback" | "finish"): void 
   }
 }
 
-function isUndoHandle(value: unknown): value is UndoHandle {
+function isUndoHandle(value: unknown): value is JournaledHandle {
   if (typeof value !== "object" || value === null) return false;
   const fields = value as Record<string, unknown>;
   return (
-    ["database", "table", "filePath", "fileVersionId", "undo"].every((key) => typeof fields[key] === "string") && String(fields.undo).startsWith(UNDO_PREFIX)
+    ["database", "table", "filePath", "fileVersionId", "undo"].every((key) => typeof fields[key] === "string") &&
+    (fields.topic === undefined || typeof fields.topic === "string") &&
+    String(fields.undo).startsWith(UNDO_PREFIX)
   );
+}
+
+function hasColumn(d: Database.Database, table: string, column: string): boolean {
+  return d.prepare("SELECT 1 FROM pragma_table_info(?) WHERE name = ?").get(table, column) !== undefined;
+}
+
+/**
+ * The ledger, one entry per (table, input, version, topic). A ledger made before entries
+ * had a topic is rebuilt with one (its entries' topic unknown: UNKNOWN_TOPIC), since its
+ * primary key would let only one topic of an input version in.
+ */
+function ensureLedger(d: Database.Database): void {
+  const columns =
+    "target TEXT NOT NULL, file_path TEXT NOT NULL, file_version_id INTEGER NOT NULL, topic TEXT NOT NULL, job_id TEXT NOT NULL, rows INTEGER NOT NULL";
+  const key = "PRIMARY KEY (target, file_path, file_version_id, topic)";
+  if (!tableExists(d, LEDGER)) {
+    d.exec(`CREATE TABLE main.${LEDGER} (${columns}, ${key})`);
+    return;
+  }
+  if (hasColumn(d, LEDGER, "topic")) return;
+  const rebuilt = `${LEDGER}_with_topics`;
+  d.exec(`CREATE TABLE main.${rebuilt} (${columns}, ${key})`);
+  d.prepare(
+    `INSERT INTO main.${rebuilt} (target, file_path, file_version_id, topic, job_id, rows) SELECT target, file_path, file_version_id, ?, job_id, rows FROM main.${LEDGER}`,
+  ).run(UNKNOWN_TOPIC);
+  d.exec(`DROP TABLE main.${LEDGER}`);
+  d.exec(`ALTER TABLE main.${rebuilt} RENAME TO ${LEDGER}`);
 }
 
 function parseLocation(location: string, uri: string, outputRoot: string, jobId: bigint | undefined): { database: string; table: string; inRoot: boolean } {

@@ -164,6 +164,37 @@ describe("all or nothing across a job's sinks", () => {
     assert.deepEqual(tablesOf(join(root, "w.db")), ["_casparian_inputs", "_casparian_schemas"]);
   });
 
+  test("topics sharing one SQLite table (a catch-all sink) are rolled back each to its own earlier rows", async () => {
+    const { root, pipeline } = await setup();
+    const db = join(root, "w.db");
+    const job = (jobId: bigint, sinks: SinkSpec[], rows: number) =>
+      runJob(pipeline, makeJob({ sinks, jobId, filePath: "/data/in.csv", fileVersionId: 5n }), async (publish) => {
+        await publish(batchOf("sales", sampleTable(rows), 0));
+        await publish(batchOf("rejects", sampleTable(rows + 1), 1));
+        if (sinks.length > 1) await publish(batchOf("mem-fails", sampleTable(1), 2));
+      });
+    const topics = () => {
+      const d = new Database(db, { readonly: true });
+      try {
+        return d
+          .prepare("SELECT _topic || '=' || count(*) AS e FROM t GROUP BY _topic ORDER BY 1")
+          .all()
+          .map((r) => (r as { e: string }).e);
+      } finally {
+        d.close();
+      }
+    };
+    const first = await job(1n, [sinkSpec("*", "sqlite://w.db/t", "replace")], 2);
+    assert.equal(first.status, "SUCCESS", String(first.error));
+    assert.deepEqual(topics(), ["rejects=3", "sales=2"]);
+    const failed = await job(2n, [sinkSpec("*", "sqlite://w.db/t", "replace"), sinkSpec("mem-fails", "mem://x")], 6);
+    assert.equal(failed.status, "FAILED");
+    assert.equal(failed.metrics.sinks_rolled_back, 2);
+    assert.deepEqual(topics(), ["rejects=3", "sales=2"], "each topic's rows of job 1 are back, once");
+    assert.deepEqual(sqliteState(db, "t")!.ledger, ["/data/in.csv@5:1=2", "/data/in.csv@5:1=3"]);
+    assert.deepEqual(tablesOf(db), ["_casparian_inputs", "_casparian_schemas", "t"], "no undo table is left");
+  });
+
   test("the example JSON Lines sink is rolled back too: the file it replaced is back", async () => {
     const { root, pipeline } = await setup();
     assert.equal((await run(pipeline, [sinkSpec("a", "jsonl://t.jsonl", "replace")], 1n, 2)).status, "SUCCESS");

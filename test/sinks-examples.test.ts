@@ -170,6 +170,83 @@ describe("example SQLite sink", () => {
     ]);
   });
 
+  test("topics sharing one table (a catch-all sink): each keeps its rows; a rerun or a replace swaps exactly one (input version, topic)'s rows", async () => {
+    const { root, pipeline } = await withExample("sqlite-sink.config.ts");
+    const file = join(root, "w.db");
+    const a1 = { filePath: "/data/a.csv", fileVersionId: 11n };
+    const b1 = { filePath: "/data/b.csv", fileVersionId: 21n };
+    // Every topic the guest publishes goes to table t: rows of topics "sales" and "rejects" of one input meet there.
+    const job = (mode: SinkSpec["mode"], jobId: bigint, input: Input, sales: number, rejects: number) =>
+      runJob(pipeline, makeJob({ sinks: [sinkSpec("*", "sqlite://w.db/t", mode)], jobId, ...input }), [
+        batchOf("sales", sampleTable(sales, 0), 0),
+        batchOf("rejects", sampleTable(rejects, 100), 1),
+      ]);
+    const contents = () => {
+      const db = new Database(file, { readonly: true });
+      try {
+        const groups = db.prepare("SELECT _file_version_id || '/' || _topic AS k, count(*) AS n FROM t GROUP BY 1").all() as Array<{ k: string; n: number }>;
+        return Object.fromEntries(groups.map((g) => [g.k, g.n]));
+      } finally {
+        db.close();
+      }
+    };
+    for (const mode of ["append", "replace"] as const) {
+      await rm(file, { force: true });
+      const first = await job(mode, 1n, a1, 3, 2);
+      assert.equal(first.status, "SUCCESS", String(first.error));
+      assert.deepEqual(contents(), { "11/sales": 3, "11/rejects": 2 }, `${mode}: the second topic's commit keeps the first topic's rows`);
+      assert.equal((await job(mode, 2n, b1, 4, 1)).status, "SUCCESS");
+      assert.equal((await job(mode, 3n, a1, 3, 2)).status, "SUCCESS", "a rerun of a.csv");
+      assert.deepEqual(contents(), { "11/sales": 3, "11/rejects": 2, "21/sales": 4, "21/rejects": 1 }, `${mode}: a rerun replaces exactly its own rows`);
+    }
+    // A new version of a.csv: replace swaps both of its topics' rows, b.csv's stay.
+    assert.equal((await job("replace", 4n, { filePath: "/data/a.csv", fileVersionId: 12n }, 1, 1)).status, "SUCCESS");
+    assert.deepEqual(contents(), { "12/sales": 1, "12/rejects": 1, "21/sales": 4, "21/rejects": 1 });
+    const db = new Database(file, { readonly: true });
+    const ledger = db.prepare("SELECT file_path || '@' || file_version_id || '/' || topic || '=' || rows AS e FROM _casparian_inputs ORDER BY e").all();
+    db.close();
+    assert.deepEqual(
+      ledger.map((r) => (r as { e: string }).e),
+      ["/data/a.csv@12/rejects=1", "/data/a.csv@12/sales=1", "/data/b.csv@21/rejects=1", "/data/b.csv@21/sales=4"],
+    );
+    // Mode error acts per (input, topic) too: both topics of a new input commit, a second run of it is refused.
+    const c1 = { filePath: "/data/c.csv", fileVersionId: 31n };
+    const fresh = await job("error", 5n, c1, 2, 2);
+    assert.equal(fresh.status, "SUCCESS", String(fresh.error));
+    assert.equal(code((await job("error", 6n, c1, 2, 2)).error), "CSP_SINK_TARGET_EXISTS");
+    assert.equal(readTable(file, "t").length, 11);
+  });
+
+  test("a table and ledger written before rows carried their topic: the next commit of an input version replaces its old rows once, no duplicates", async () => {
+    const { root, run } = await withExample("sqlite-sink.config.ts");
+    const file = join(root, "w.db");
+    const first = await run([sinkSpec("t", "sqlite://w.db/t", "append")], 5, 1n, { filePath: "/data/a.csv", fileVersionId: 11n });
+    assert.equal(first.status, "SUCCESS", String(first.error));
+    // The earlier shape: no _topic on rows, a ledger keyed by (target, file_path, file_version_id) without topic.
+    const old = new Database(file);
+    old.exec(`ALTER TABLE t DROP COLUMN _topic;
+      CREATE TABLE legacy (target TEXT NOT NULL, file_path TEXT NOT NULL, file_version_id INTEGER NOT NULL, job_id TEXT NOT NULL, rows INTEGER NOT NULL, PRIMARY KEY (target, file_path, file_version_id));
+      INSERT INTO legacy SELECT target, file_path, file_version_id, job_id, rows FROM _casparian_inputs;
+      DROP TABLE _casparian_inputs; ALTER TABLE legacy RENAME TO _casparian_inputs;`);
+    old.close();
+    const rerun = await run([sinkSpec("t", "sqlite://w.db/t", "append")], 4, 2n, { filePath: "/data/a.csv", fileVersionId: 11n });
+    assert.equal(rerun.status, "SUCCESS", String(rerun.error));
+    assert.deepEqual(
+      readTable(file, "t").map((r) => r._topic),
+      ["t", "t", "t", "t"],
+    );
+    const other = await run([sinkSpec("u", "sqlite://w.db/t", "append")], 2, 3n, { filePath: "/data/a.csv", fileVersionId: 11n });
+    assert.equal(other.status, "SUCCESS", String(other.error));
+    const db = new Database(file, { readonly: true });
+    const ledger = db.prepare("SELECT topic || '=' || rows AS e FROM _casparian_inputs ORDER BY e").all();
+    db.close();
+    assert.deepEqual(
+      ledger.map((r) => (r as { e: string }).e),
+      ["t=4", "u=2"],
+    );
+    assert.equal(readTable(file, "t").length, 6);
+  });
+
   const declaredTypes = (file: string, table: string) => {
     const db = new Database(file, { readonly: true });
     try {
@@ -195,7 +272,7 @@ describe("example SQLite sink", () => {
     const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("t", "sqlite://w.db/t")], jobId: 3n }), chunks);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const file = join(root, "w.db");
-    assert.deepEqual(declaredTypes(file, "t"), { id: "INTEGER", q: "INTEGER", ts: "TEXT", price: "TEXT", _file_version_id: "INTEGER" });
+    assert.deepEqual(declaredTypes(file, "t"), { id: "INTEGER", q: "INTEGER", ts: "TEXT", price: "TEXT", _file_version_id: "INTEGER", _topic: "TEXT" });
     const rows = readTable(file, "t");
     assert.deepEqual(
       rows.map((r) => [r.id, r.q, r.ts, r.price]),

@@ -135,6 +135,7 @@ describe("example PostgreSQL sink", () => {
       ts: "timestamp with time zone",
       _job_id: "numeric",
       _file_version_id: "bigint",
+      _topic: "text",
     });
     const rows = await query<Record<string, unknown>>(
       "SELECT id::text AS id, amount, label, flag, ((extract(epoch FROM ts) * 1000000)::bigint)::text AS ts, _job_id::text AS job, _file_version_id::text AS fv FROM public.sales ORDER BY id",
@@ -185,6 +186,7 @@ describe("example PostgreSQL sink", () => {
       list: "jsonb",
       _job_id: "numeric",
       _file_version_id: "bigint",
+      _topic: "text",
     });
     const rows = await query<Record<string, unknown>>(
       "SELECT i8, i16, i32, u32::text AS u32, u64::text AS u64, f32::text AS f32, day::text AS day, ts::text AS ts, nothing, encode(bytes, 'hex') AS bytes, city, list::text AS list FROM public.types_t ORDER BY i8 NULLS LAST",
@@ -283,6 +285,78 @@ describe("example PostgreSQL sink", () => {
     assert.deepEqual(await stagingTables(), []);
   });
 
+  test("topics sharing one table (a catch-all sink): each keeps its rows; a rerun or a replace swaps exactly one (input version, topic)'s rows", async () => {
+    const { pipeline } = await withSinks(null);
+    const a1 = { filePath: "/data/a.csv", fileVersionId: 11n };
+    const b1 = { filePath: "/data/b.csv", fileVersionId: 21n };
+    // Every topic the guest publishes goes to one table: rows of topics "sales" and "rejects" of one input meet there.
+    const job = (table: string, mode: SinkSpec["mode"], jobId: bigint, input: Input, sales: number, rejects: number) =>
+      runJob(pipeline, makeJob({ sinks: [sinkSpec("*", tcp(table), mode)], jobId, ...input }), [
+        batchOf("sales", sampleTable(sales, 0), 0),
+        batchOf("rejects", sampleTable(rejects, 100), 1),
+      ]);
+    const contents = async (table: string) =>
+      Object.fromEntries(
+        (
+          await query<{ k: string; n: number }>(
+            `SELECT _file_version_id || '/' || _topic AS k, count(*)::int AS n FROM public."${table}" GROUP BY 1 ORDER BY 1`,
+          )
+        ).map((r) => [r.k, r.n]),
+      );
+    for (const mode of ["append", "replace"] as const) {
+      const table = `shared_${mode}`;
+      const first = await job(table, mode, 1n, a1, 3, 2);
+      assert.equal(first.status, "SUCCESS", String(first.error));
+      assert.deepEqual(await contents(table), { "11/rejects": 2, "11/sales": 3 }, `${mode}: the second topic's commit keeps the first topic's rows`);
+      assert.equal((await job(table, mode, 2n, b1, 4, 1)).status, "SUCCESS");
+      assert.equal((await job(table, mode, 3n, a1, 3, 2)).status, "SUCCESS", "a rerun of a.csv");
+      assert.deepEqual(
+        await contents(table),
+        { "11/rejects": 2, "11/sales": 3, "21/rejects": 1, "21/sales": 4 },
+        `${mode}: a rerun replaces exactly its own rows`,
+      );
+    }
+    assert.equal((await job("shared_replace", "replace", 4n, { filePath: "/data/a.csv", fileVersionId: 12n }, 1, 1)).status, "SUCCESS");
+    assert.deepEqual(await contents("shared_replace"), { "12/rejects": 1, "12/sales": 1, "21/rejects": 1, "21/sales": 4 });
+    assert.deepEqual(
+      (
+        await query<{ e: string }>(
+          "SELECT file_path || '@' || file_version_id || '/' || topic || '=' || rows AS e FROM public._casparian_inputs WHERE target = 'shared_replace' ORDER BY 1",
+        )
+      ).map((r) => r.e),
+      ["/data/a.csv@12/rejects=1", "/data/a.csv@12/sales=1", "/data/b.csv@21/rejects=1", "/data/b.csv@21/sales=4"],
+    );
+    const c1 = { filePath: "/data/c.csv", fileVersionId: 31n };
+    const fresh = await job("shared_replace", "error", 5n, c1, 2, 2);
+    assert.equal(fresh.status, "SUCCESS", String(fresh.error));
+    assert.equal(code((await job("shared_replace", "error", 6n, c1, 2, 2)).error), "CSP_SINK_TARGET_EXISTS");
+    assert.equal(await count("shared_replace"), 11);
+    assert.deepEqual(await stagingTables(), []);
+  });
+
+  test("a table and ledger written before rows carried their topic: the next commit of an input version replaces its old rows once, no duplicates", async () => {
+    const { run } = await withSinks(null);
+    await query("CREATE SCHEMA legacy");
+    const uri = tcp("legacy.t");
+    const first = await run([sinkSpec("t", uri, "append")], 5, 1n, { filePath: "/data/a.csv", fileVersionId: 11n });
+    assert.equal(first.status, "SUCCESS", String(first.error));
+    // The earlier shape: no _topic on rows, a ledger keyed by (target, file_path, file_version_id) without topic.
+    await query(`ALTER TABLE legacy.t DROP COLUMN _topic;
+      ALTER TABLE legacy._casparian_inputs DROP CONSTRAINT _casparian_inputs_pkey;
+      ALTER TABLE legacy._casparian_inputs DROP COLUMN topic;
+      ALTER TABLE legacy._casparian_inputs ADD PRIMARY KEY (target, file_path, file_version_id)`);
+    const rerun = await run([sinkSpec("t", uri, "append")], 4, 2n, { filePath: "/data/a.csv", fileVersionId: 11n });
+    assert.equal(rerun.status, "SUCCESS", String(rerun.error));
+    assert.deepEqual(await query("SELECT _topic AS topic, count(*)::int AS n FROM legacy.t GROUP BY 1"), [{ topic: "t", n: 4 }]);
+    const other = await run([sinkSpec("u", uri, "append")], 2, 3n, { filePath: "/data/a.csv", fileVersionId: 11n });
+    assert.equal(other.status, "SUCCESS", String(other.error));
+    assert.deepEqual(
+      (await query<{ e: string }>("SELECT topic || '=' || rows AS e FROM legacy._casparian_inputs ORDER BY 1")).map((r) => r.e),
+      ["t=4", "u=2"],
+    );
+    assert.deepEqual(await query("SELECT count(*)::int AS n FROM legacy.t"), [{ n: 6 }]);
+  });
+
   test("a column all null in the first chunk takes the type of a later chunk: int64, µs timestamps and decimals arrive exactly", async () => {
     // One row per statement: the first chunk's INSERTs are prepared before the staging table widens.
     const { pipeline } = await withSinks([{ use: EXAMPLE, options: { insertRows: 1, lineage: true } }]);
@@ -304,6 +378,7 @@ describe("example PostgreSQL sink", () => {
       price: "numeric",
       _job_id: "numeric",
       _file_version_id: "bigint",
+      _topic: "text",
     });
     const rows = await query(
       "SELECT id::text AS id, q::text AS q, ((extract(epoch FROM ts) * 1000000)::bigint)::text AS ts, price::text AS price FROM public.chunks_widen ORDER BY id",
@@ -416,7 +491,9 @@ describe("example PostgreSQL sink", () => {
     // Between the sink's prepare and its commit, another writer records rows of the same input.
     pipeline.hooks.prepareCommit.tapPromise({ name: "Racer", stage: Stage.OBSERVE }, async () => {
       staged = (await stagingTables()).length;
-      await query("INSERT INTO public._casparian_inputs (target, file_path, file_version_id, job_id, rows) VALUES ('race', '/data/race.csv', 40, 9, 0)");
+      await query(
+        "INSERT INTO public._casparian_inputs (target, file_path, file_version_id, topic, job_id, rows) VALUES ('race', '/data/race.csv', 40, 't', 9, 0)",
+      );
     });
     const outcome = await runJob(pipeline, job, [batchOf("t", sampleTable(4))]);
     assert.equal(staged, 1);
@@ -433,13 +510,13 @@ describe("example PostgreSQL sink", () => {
     assert.deepEqual(await query("SELECT to_regclass('public.never') AS t"), [{ t: null }]);
   });
 
-  test("writes in statements of insertRows rows; only _file_version_id unless lineage is asked; bad options are refused at load", async () => {
+  test("writes in statements of insertRows rows; only _file_version_id and _topic unless lineage is asked; bad options are refused at load", async () => {
     const { run } = await withSinks([{ use: EXAMPLE, options: { insertRows: 7 } }]);
     const outcome = await run([sinkSpec("t", tcp("chunks"), "append")], 25);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const ids = (await query<{ id: string }>("SELECT id::text AS id FROM public.chunks ORDER BY id")).map((r) => r.id);
     assert.deepEqual(ids, canonicalColumns(sampleTable(25)).id);
-    assert.deepEqual(Object.keys(await columnTypes("chunks")), ["id", "amount", "label", "flag", "ts", "_file_version_id"]);
+    assert.deepEqual(Object.keys(await columnTypes("chunks")), ["id", "amount", "label", "flag", "ts", "_file_version_id", "_topic"]);
 
     await assert.rejects(
       withSinks([{ use: EXAMPLE, options: { insertRows: 0 } }]),
