@@ -11,15 +11,13 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test, type TestContext } from "node:test";
 import { runGuest } from "../core/bridge/host.js";
 import { claimSlotUser, type SlotClaim, type SlotUser, unreachableFor } from "../core/bridge/slot-user.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
 import { WarmPool } from "../core/bridge/warm-pool.js";
-import { EnvManager } from "../core/env/manager.js";
 import { Errors } from "../core/kernel/errors.js";
 import type { Batch } from "../core/kernel/job.js";
 import { silentLogger } from "../core/kernel/logger.js";
@@ -28,11 +26,13 @@ import { Opcode, type DispatchCommand } from "../core/protocol/messages.js";
 import { rejectsWith } from "./helpers/assert.js";
 import { TestSentinel } from "./helpers/sentinel.js";
 import { spawnWorker } from "./helpers/spawn-worker.js";
-import { bareEnvironment, testJob } from "./helpers/pyenv.js";
+import { bareGuests, type BareGuests } from "./helpers/guests.js";
+import { testJob } from "./helpers/pyenv.js";
 
 const TIMEOUTS = { connectMs: 20_000, idleMs: 60_000, jobMs: 120_000 };
 const logger = silentLogger();
 
+let guests: BareGuests;
 let root: string;
 let interpreterPath: string;
 let slotA: SlotClaim;
@@ -58,21 +58,20 @@ async function sharedPython(probe: SlotUser): Promise<string> {
 
 before(async () => {
   assert.equal(process.geteuid?.(), 0, "these tests start guests as other uids: they must run as root (CI does)");
-  root = await mkdtemp(join(tmpdir(), "casparian-isolation-"));
-  await chmod(root, 0o755); // the slot users must reach the venv inside
   slotA = (await claimSlotUser({ users: { from: 61000, count: 184 }, logger }))!;
   slotB = (await claimSlotUser({ users: { from: 61000, count: 184 }, logger }))!;
   assert.notEqual(slotA.uid, slotB.uid);
   // uv picks its interpreter from UV_PYTHON (a variable uv is allowed to see) when PREPARE_ENV names no version.
   process.env.UV_PYTHON = await sharedPython(slotA);
-  const manager = new EnvManager({ home: join(root, "home"), logger });
-  interpreterPath = await bareEnvironment(manager);
+  // The slot users must reach the venv inside.
+  guests = await bareGuests("isolation", { logger, readableByOthers: true });
+  ({ home: root, python: interpreterPath } = guests);
 });
 
 after(async () => {
   await slotA?.release();
   await slotB?.release();
-  if (root) await rm(root, { recursive: true, force: true });
+  await guests?.close();
 });
 
 async function run(source: string, overrides: Partial<GuestRunOptions> = {}, filePath = "/dev/null") {

@@ -8,24 +8,24 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { chmod, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { runGuest } from "../core/bridge/host.js";
 import type { SandboxOptions } from "../core/bridge/sandbox.js";
 import { claimSlotUser, type SlotClaim } from "../core/bridge/slot-user.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
-import { EnvManager } from "../core/env/manager.js";
 import { Errors } from "../core/kernel/errors.js";
 import type { Batch } from "../core/kernel/job.js";
 import { silentLogger } from "../core/kernel/logger.js";
 import { rejectsWith } from "./helpers/assert.js";
-import { bareEnvironment, testJob } from "./helpers/pyenv.js";
+import { bareGuests, type BareGuests } from "./helpers/guests.js";
+import { testJob } from "./helpers/pyenv.js";
 
 const TIMEOUTS = { connectMs: 20_000, idleMs: 60_000, jobMs: 120_000 };
 const SANDBOX: SandboxOptions = { tool: "bwrap", network: false, readOnlyRoot: true };
 const logger = silentLogger();
 
+let guests: BareGuests;
 let root: string;
 let interpreterPath: string;
 let listener: Server;
@@ -33,11 +33,10 @@ let port: number;
 let slot: SlotClaim;
 
 before(async () => {
-  root = await mkdtemp(join(tmpdir(), "casparian-sandbox-"));
-  await chmod(root, 0o755);
-  // The Python the venv links to must be reachable by a slot user too (last test).
+  // The venv, and the Python it links to, must be reachable by a slot user too (last test).
   process.env.UV_PYTHON = "/usr/bin/python3";
-  interpreterPath = await bareEnvironment(new EnvManager({ home: join(root, "home"), logger }));
+  guests = await bareGuests("sandbox", { logger, readableByOthers: true });
+  ({ home: root, python: interpreterPath } = guests);
   listener = createServer((socket) => socket.end("hello from the host\n"));
   await new Promise<void>((resolve) => listener.listen(0, "127.0.0.1", resolve));
   port = (listener.address() as { port: number }).port;
@@ -47,7 +46,7 @@ before(async () => {
 after(async () => {
   await slot?.release();
   await new Promise((resolve) => listener?.close(resolve));
-  if (root) await rm(root, { recursive: true, force: true });
+  await guests?.close();
 });
 
 async function run(source: string, overrides: Partial<GuestRunOptions> = {}, filePath = "/dev/null") {

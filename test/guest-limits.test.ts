@@ -4,43 +4,35 @@
  * limit and its config key, cannot raise it again, and the next job runs.
  */
 import assert from "node:assert/strict";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { runGuest } from "../core/bridge/host.js";
 import type { GuestLimits } from "../core/bridge/limits.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
-import { WarmPool } from "../core/bridge/warm-pool.js";
-import { EnvManager } from "../core/env/manager.js";
+import type { WarmPool } from "../core/bridge/warm-pool.js";
 import { Errors } from "../core/kernel/errors.js";
 import type { Batch, JobCommand } from "../core/kernel/job.js";
 import { silentLogger } from "../core/kernel/logger.js";
 import { Pipeline } from "../core/pipeline/pipeline.js";
 import { rejectsWith } from "./helpers/assert.js";
-import { bareEnvironment, testJob } from "./helpers/pyenv.js";
+import { bareGuests, guestModes, inputFile, type BareGuests } from "./helpers/guests.js";
+import { testJob } from "./helpers/pyenv.js";
 
 const TIMEOUTS = { connectMs: 30_000, idleMs: 60_000, jobMs: 60_000 };
 
+let guests: BareGuests;
 let home: string;
 let python: string;
 let pool: WarmPool;
 
 before(async () => {
-  home = await mkdtemp(join(tmpdir(), "casparian-guest-limits-"));
-  python = await bareEnvironment(new EnvManager({ home: join(home, "casparian"), logger: silentLogger() }));
-  pool = new WarmPool({ logger: silentLogger() });
+  guests = await bareGuests("guest-limits");
+  ({ home, python, pool } = guests);
 });
 
-after(async () => {
-  await pool?.close();
-  if (home) await rm(home, { recursive: true, force: true });
-});
+after(() => guests?.close());
 
 async function run(source: string, limits: GuestLimits, options: Partial<GuestRunOptions> = {}) {
-  const input = join(home, `input-${Math.random().toString(36).slice(2)}.txt`);
-  await writeFile(input, "x\n");
-  const { job } = testJob(source, { filePath: input });
+  const { job } = testJob(source, { filePath: await inputFile(home) });
   const batches: Batch[] = [];
   const result = await runGuest({ interpreterPath: python, job, timeouts: TIMEOUTS, limits, onBatch: async (b) => void batches.push(b), ...options });
   return { result, rows: batches.flatMap((b) => b.table.toArray().map((row) => row.toJSON() as Record<string, unknown>)) };
@@ -101,10 +93,7 @@ class Handler:
         return [{"ok": 1}]
 `;
 
-const MODES: Array<{ name: string; options: () => Partial<GuestRunOptions> }> = [
-  { name: "fresh guest", options: () => ({}) },
-  { name: "warm guest", options: () => ({ warm: pool }) },
-];
+const MODES = guestModes(() => pool);
 
 for (const mode of MODES) {
   describe(`${mode.name}: bridge.limits`, () => {
@@ -157,8 +146,7 @@ describe("from the config", () => {
   test("bridge.limits reaches the guest through the pipeline: the receipt fails with CSP_GUEST_LIMIT", async () => {
     const envs = { acquire: async (envHash: string) => ({ envHash, interpreterPath: python, release: () => undefined }) };
     const pipeline = new Pipeline({ logger: silentLogger(), outputRoot: home, workerId: "w", envs, bridge: { limits: { fileSizeMb: 1 } }, warm: pool });
-    const input = join(home, "from-config.txt");
-    await writeFile(input, "x\n");
+    const input = await inputFile(home, "x\n", "from-config.txt");
     const command: JobCommand = {
       pluginName: "big",
       filePath: input,

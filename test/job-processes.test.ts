@@ -7,8 +7,7 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, rm, rmdir, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readdir, rmdir } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -16,30 +15,26 @@ import { pathToFileURL } from "node:url";
 import { runGuest } from "../core/bridge/host.js";
 import { jobCgroupRoot } from "../core/bridge/job-scope.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
-import { WarmPool } from "../core/bridge/warm-pool.js";
-import { EnvManager } from "../core/env/manager.js";
+import type { WarmPool } from "../core/bridge/warm-pool.js";
 import type { Batch } from "../core/kernel/job.js";
-import { silentLogger } from "../core/kernel/logger.js";
 import { packageRoot } from "../core/kernel/paths.js";
-import { bareEnvironment, testJob } from "./helpers/pyenv.js";
+import { bareGuests, guestModes, inputFile, type BareGuests } from "./helpers/guests.js";
+import { testJob } from "./helpers/pyenv.js";
 
 // The orphans sleep far longer than the job may take: a job they held would time out.
 const TIMEOUTS = { connectMs: 30_000, idleMs: 60_000, jobMs: 60_000 };
 
+let guests: BareGuests;
 let home: string;
 let python: string;
 let pool: WarmPool;
 
 before(async () => {
-  home = await mkdtemp(join(tmpdir(), "casparian-job-processes-"));
-  python = await bareEnvironment(new EnvManager({ home: join(home, "casparian"), logger: silentLogger() }));
-  pool = new WarmPool({ logger: silentLogger() });
+  guests = await bareGuests("job-processes");
+  ({ home, python, pool } = guests);
 });
 
-after(async () => {
-  await pool?.close();
-  if (home) await rm(home, { recursive: true, force: true });
-});
+after(() => guests?.close());
 
 /** Running (not a zombie waiting for its parent to reap it). */
 function isRunning(pid: number): boolean {
@@ -52,9 +47,7 @@ function isRunning(pid: number): boolean {
 }
 
 async function runRows(source: string, options: Partial<GuestRunOptions> = {}) {
-  const input = join(home, `input-${Math.random().toString(36).slice(2)}.txt`);
-  await writeFile(input, "x\n");
-  const { job } = testJob(source, { filePath: input });
+  const { job } = testJob(source, { filePath: await inputFile(home) });
   const batches: Batch[] = [];
   const started = Date.now();
   const result = await runGuest({ interpreterPath: python, job, timeouts: TIMEOUTS, onBatch: async (b) => void batches.push(b), ...options });
@@ -120,10 +113,7 @@ class Handler:
         return [{"n": 1}, {"n": 2}, {"n": 3}]
 `;
 
-const MODES: Array<{ name: string; options: () => Partial<GuestRunOptions> }> = [
-  { name: "fresh guest", options: () => ({}) },
-  { name: "warm guest", options: () => ({ warm: pool }) },
-];
+const MODES = guestModes(() => pool);
 
 for (const mode of MODES) {
   describe(`${mode.name}: the job's processes end with the job`, () => {
@@ -144,8 +134,7 @@ for (const mode of MODES) {
     });
 
     test("a plugin that closes its stdout completes with its rows", async () => {
-      const input = join(home, `closes-stdout-${mode.name.replace(" ", "-")}.txt`);
-      await writeFile(input, "x\n");
+      const input = await inputFile(home, "x\n", `closes-stdout-${mode.name.replace(" ", "-")}.txt`);
       const { job } = testJob(CLOSES_STDOUT, { filePath: input });
       const batches: Batch[] = [];
       const result = await runGuest({ interpreterPath: python, job, timeouts: TIMEOUTS, onBatch: async (b) => void batches.push(b), ...mode.options() });

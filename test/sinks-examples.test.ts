@@ -18,7 +18,8 @@ import type { SinkSpec } from "../core/kernel/job.js";
 import type { JobOutcome } from "../core/kernel/job.js";
 import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
-import { batchOf, decimalColumn, nullColumn, sampleTable, timestampColumn } from "./helpers/arrow.js";
+import { batchOf, nullColumn, sampleTable } from "./helpers/arrow.js";
+import { idsWith, nullFirstChunks } from "./helpers/null-first.js";
 import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 
 const logger = pino({ level: "silent" });
@@ -260,15 +261,7 @@ describe("example SQLite sink", () => {
 
   test("a column all null in the first chunk takes the type of a later chunk: int64, µs timestamps and decimals arrive exactly", async () => {
     const { root, pipeline } = await withExample("sqlite-sink.config.ts");
-    const nulls = (ids: bigint[]) =>
-      new Table({ id: vectorFromArray(ids, new Int64()), q: nullColumn(ids.length), ts: nullColumn(ids.length), price: nullColumn(ids.length) });
-    const real = new Table({
-      id: vectorFromArray([3n, 4n], new Int64()),
-      q: vectorFromArray([9_007_199_254_740_993n, -5n], new Int64()),
-      ts: timestampColumn([1_704_067_200_000_001n, null]),
-      price: decimalColumn([1230n, -5n], 12, 2),
-    });
-    const chunks = [nulls([1n, 2n]), real, nulls([5n])].map((table, i) => batchOf("t", table, i));
+    const chunks = nullFirstChunks("t");
     const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("t", "sqlite://w.db/t")], jobId: 3n }), chunks);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     const file = join(root, "w.db");
@@ -290,18 +283,7 @@ describe("example SQLite sink", () => {
     const { root, pipeline } = await withExample("sqlite-sink.config.ts");
     const file = join(root, "w.db");
     const job = (jobId: bigint, filePath: string, fileVersionId: bigint, q: Vector) =>
-      runJob(pipeline, makeJob({ sinks: [sinkSpec("t", "sqlite://w.db/t", "replace")], jobId, filePath, fileVersionId }), [
-        batchOf(
-          "t",
-          new Table({
-            id: vectorFromArray(
-              Array.from({ length: q.length }, (_, i) => BigInt(i)),
-              new Int64(),
-            ),
-            q,
-          }),
-        ),
-      ]);
+      runJob(pipeline, makeJob({ sinks: [sinkSpec("t", "sqlite://w.db/t", "replace")], jobId, filePath, fileVersionId }), [batchOf("t", idsWith(q))]);
     assert.equal((await job(1n, "/data/a.csv", 11n, nullColumn(2))).status, "SUCCESS");
     assert.equal(declaredTypes(file, "t").q, "", "a placeholder: no declared type");
     // Someone indexes the table: the rebuild that types the column keeps the index.

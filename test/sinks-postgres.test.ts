@@ -42,7 +42,8 @@ import { packageRoot } from "../core/kernel/paths.js";
 import type { Pipeline } from "../core/pipeline/pipeline.js";
 import { Stage } from "../hooks/index.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
-import { batchOf, canonicalColumns, decimalColumn, nullColumn, sampleTable, timestampColumn } from "./helpers/arrow.js";
+import { batchOf, canonicalColumns, nullColumn, sampleTable } from "./helpers/arrow.js";
+import { idsWith, nullFirstChunks } from "./helpers/null-first.js";
 import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 import { startPostgres, type PostgresServer } from "./helpers/postgres.js";
 
@@ -360,15 +361,7 @@ describe("example PostgreSQL sink", () => {
   test("a column all null in the first chunk takes the type of a later chunk: int64, µs timestamps and decimals arrive exactly", async () => {
     // One row per statement: the first chunk's INSERTs are prepared before the staging table widens.
     const { pipeline } = await withSinks([{ use: EXAMPLE, options: { insertRows: 1, lineage: true } }]);
-    const nulls = (ids: bigint[]) =>
-      new Table({ id: vectorFromArray(ids, new Int64()), q: nullColumn(ids.length), ts: nullColumn(ids.length), price: nullColumn(ids.length) });
-    const real = new Table({
-      id: vectorFromArray([3n, 4n], new Int64()),
-      q: vectorFromArray([9_007_199_254_740_993n, -5n], new Int64()),
-      ts: timestampColumn([1_704_067_200_000_001n, null]),
-      price: decimalColumn([1230n, -5n], 12, 2),
-    });
-    const chunks = [nulls([1n, 2n]), real, nulls([5n])].map((table, i) => batchOf("t", table, i));
+    const chunks = nullFirstChunks("t");
     const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("t", tcp("chunks_widen"))], jobId: 3n }), chunks);
     assert.equal(outcome.status, "SUCCESS", String(outcome.error));
     assert.deepEqual(await columnTypes("chunks_widen"), {
@@ -396,18 +389,7 @@ describe("example PostgreSQL sink", () => {
   test("across jobs: a column all null so far is retyped (only NULLs, checked) when another input brings its type; int32 widens to int64; a conflict fails naming table, column and types", async () => {
     const { pipeline } = await withSinks(null);
     const job = (table: string, jobId: bigint, filePath: string, fileVersionId: bigint, q: Vector) =>
-      runJob(pipeline, makeJob({ sinks: [sinkSpec("t", tcp(table), "replace")], jobId, filePath, fileVersionId }), [
-        batchOf(
-          "t",
-          new Table({
-            id: vectorFromArray(
-              Array.from({ length: q.length }, (_, i) => BigInt(i)),
-              new Int64(),
-            ),
-            q,
-          }),
-        ),
-      ]);
+      runJob(pipeline, makeJob({ sinks: [sinkSpec("t", tcp(table), "replace")], jobId, filePath, fileVersionId }), [batchOf("t", idsWith(q))]);
     const contents = async (table: string) =>
       (
         await query<{ f: string; q: string | null }>(
