@@ -219,7 +219,6 @@ describe("casparian run: write modes", () => {
   test("SQLite on one table: replace swaps each input's rows in one transaction, append keeps versions, error refuses; reruns never duplicate", async () => {
     const dir = await scenario("sqlite-modes");
     await inputs(dir, { "data/a.csv": ["1,x", "2,y"], "data/b.csv": ["3,z"] });
-    // (--output: without it the output would be relative to the config file's directory)
     const sink = (mode: string, table: string) => ["--config", sqliteConfig, "--output", "output", "--sink", `output=sqlite://w.db/${table}`, "--mode", mode];
     const count = (table: string) => {
       const db = new Database(join(dir, "output", "w.db"), { readonly: true });

@@ -3,10 +3,12 @@
  * their config files, loaded by the real config loader through jiti, run end to end.
  */
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
+import { promisify } from "node:util";
 import { Int32, Int64, Table, Utf8, vectorFromArray, type Vector } from "apache-arrow";
 import Database from "better-sqlite3";
 import { parse } from "lossless-json";
@@ -22,6 +24,7 @@ import { batchOf, nullColumn, sampleTable } from "./helpers/arrow.js";
 import { idsWith, nullFirstChunks } from "./helpers/null-first.js";
 import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
 
+const execFileAsync = promisify(execFile);
 const logger = pino({ level: "silent" });
 const roots: string[] = [];
 after(() => Promise.all(roots.map((r) => rm(r, { recursive: true, force: true }))));
@@ -50,6 +53,21 @@ async function withExample(
 }
 
 const code = (err: Error | null) => (err instanceof CasparianError ? err.code : String(err));
+
+describe("example sink config files", () => {
+  test("their output is the current directory's ./output, as without a config, not a directory beside the config file", async (t) => {
+    const cwd = await mkdtemp(join(tmpdir(), "casparian-example-cwd-"));
+    t.after(() => rm(cwd, { recursive: true, force: true }));
+    const plugin = join(packageRoot(), "examples", "hello", "plugin.py");
+    for (const file of ["jsonl-sink.config.ts", "sqlite-sink.config.ts", "postgres-sink.config.ts"]) {
+      const config = join(packageRoot(), "examples", file);
+      const { stdout } = await execFileAsync(process.execPath, [join(packageRoot(), "bin", "casparian.js"), "validate", plugin, "--config", config], { cwd });
+      assert.match(stdout, /^ok: /, file);
+      assert.equal(/^ {2}output {2}(.*)$/m.exec(stdout)?.[1], join(cwd, "output"), `${file}:\n${stdout}`);
+    }
+    assert.deepEqual(await readdir(cwd), [], "validate creates nothing");
+  });
+});
 
 describe("example JSON Lines sink", () => {
   test("writes one JSON object per row with exact int64s, unicode, nulls and lineage", async () => {
