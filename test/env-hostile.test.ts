@@ -10,6 +10,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
 import { EnvManager } from "../core/env/manager.js";
+import { resolvePluginEnvironment } from "../core/run/plugin-env.js";
+import { inspectPlugin } from "../core/run/plugin.js";
 import { Errors } from "../core/kernel/errors.js";
 import { silentLogger } from "../core/kernel/logger.js";
 import { rejectsWith } from "./helpers/assert.js";
@@ -54,6 +56,51 @@ describe("uv's environment", () => {
     assert.equal(seen.get("UV_TEST_DUMP"), dump);
     assert.equal(seen.get("CASPARIAN_TEST_PROXY"), "http://127.0.0.1:3128");
     assert.equal(seen.has("CASPARIAN_TEST_SECRET"), false, "a worker secret reached uv");
+    assert.ok([...seen.values()].every((value) => !value.includes("hunter2")));
+  });
+});
+
+describe("casparian run's own uv lock", () => {
+  test("locking a PEP 723 plugin's dependencies gives uv the same scrubbed environment as the env builds", async (t) => {
+    const dir = await tempDir(t);
+    const dump = join(dir, "env.txt");
+    // Stands in for uv: records the environment it was given, then fails the lock.
+    const uv = join(dir, "uv");
+    await writeFile(uv, `#!/bin/sh\nenv > ${JSON.stringify(dump)}\necho 'no index here' >&2\nexit 3\n`);
+    await chmod(uv, 0o755);
+    const plugin = join(dir, "plugin.py");
+    await writeFile(plugin, '# /// script\n# dependencies = ["six"]\n# ///\nclass Handler:\n    def execute(self, path):\n        return {"a": [1]}\n');
+    const saved = { ...process.env };
+    t.after(() => {
+      for (const name of ["CASPARIAN_TEST_SECRET", "CASPARIAN_TEST_PROXY", "UV_INDEX_URL"]) {
+        if (saved[name] === undefined) delete process.env[name];
+        else process.env[name] = saved[name];
+      }
+    });
+    process.env.CASPARIAN_TEST_SECRET = "hunter2";
+    process.env.CASPARIAN_TEST_PROXY = "http://127.0.0.1:3128";
+    process.env.UV_INDEX_URL = "http://127.0.0.1:9/simple";
+
+    const err = await rejectsWith(
+      resolvePluginEnvironment(await inspectPlugin(plugin), {
+        home: join(dir, "home"),
+        logger: silentLogger(),
+        uv,
+        uvEnv: ["CASPARIAN_TEST_PROXY"],
+      }),
+      Errors.RUN_LOCK_FAILED.code,
+    );
+    assert.match(err.message, /no index here/);
+    const seen = new Map(
+      (await readFile(dump, "utf8"))
+        .trim()
+        .split("\n")
+        .map((line) => [line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1)] as const),
+    );
+    assert.equal(seen.get("PATH"), process.env.PATH);
+    assert.equal(seen.get("UV_INDEX_URL"), "http://127.0.0.1:9/simple", "uv's own settings pass");
+    assert.equal(seen.get("CASPARIAN_TEST_PROXY"), "http://127.0.0.1:3128", "environments.env passes");
+    assert.equal(seen.has("CASPARIAN_TEST_SECRET"), false, "a user secret reached uv");
     assert.ok([...seen.values()].every((value) => !value.includes("hunter2")));
   });
 });

@@ -15,7 +15,7 @@ import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs
 import { dirname, join } from "node:path";
 import { Errors } from "../kernel/errors.js";
 import { checkSeal, replaceEnvDirectory, sealEnv } from "../env/seal.js";
-import { findUv } from "../env/uv.js";
+import { findUv, uvEnvironment } from "../env/uv.js";
 import { describeFailure, runCommand } from "../kernel/process.js";
 import type { Logger } from "../kernel/logger.js";
 import type { PluginInfo } from "./plugin.js";
@@ -40,7 +40,15 @@ export function sha256Hex(text: string): string {
   return createHash("sha256").update(text, "utf8").digest("hex");
 }
 
-export async function resolvePluginEnvironment(plugin: PluginInfo, options: { home: string; logger: Logger; uv?: string }): Promise<PluginEnvironment> {
+export interface ResolveOptions {
+  home: string;
+  logger: Logger;
+  uv?: string;
+  /** environments.env: the user's variables uv may see besides its base set (proxies, index credentials). */
+  uvEnv?: readonly string[];
+}
+
+export async function resolvePluginEnvironment(plugin: PluginInfo, options: ResolveOptions): Promise<PluginEnvironment> {
   const besideLock = join(dirname(plugin.path), "uv.lock");
   const projectLock = await readFile(besideLock, "utf8").catch(() => null);
   if (projectLock !== null) return environment("uv.lock", projectLock, besideLock);
@@ -78,7 +86,7 @@ function scriptProject(dependencies: readonly string[], requiresPython: string |
  * environment (keyed on the lock's hash) is reused too. Written to a temporary
  * directory and renamed, so a crash never leaves a half-written lock in the cache.
  */
-async function lockScriptMetadata(plugin: PluginInfo, options: { home: string; logger: Logger; uv?: string }): Promise<string> {
+async function lockScriptMetadata(plugin: PluginInfo, options: ResolveOptions): Promise<string> {
   const meta = plugin.scriptMetadata!;
   const pyproject = scriptProject(meta.dependencies, meta.requiresPython);
   const cacheRoot = join(options.home, "plugin-locks");
@@ -92,8 +100,11 @@ async function lockScriptMetadata(plugin: PluginInfo, options: { home: string; l
   try {
     await writeFile(join(work, "pyproject.toml"), pyproject);
     options.logger.info({ plugin: plugin.name, dependencies: meta.dependencies }, "locking the plugin's inline script dependencies with uv");
-    // The user's own run: uv sees the user's whole environment (index certificates, proxies), as it does in a shell.
-    const locked = await runCommand(uv, ["lock", "--quiet", "--directory", work], { env: process.env });
+    // The same scrubbed environment the env builds get (core/env/uv.ts): uv may run build
+    // backends while locking, which must not see the user's secrets; what a site needs
+    // (proxies, index credentials) is named in environments.env, as for the builds.
+    const env = uvEnvironment(options.uvEnv ?? []);
+    const locked = await runCommand(uv, ["lock", "--quiet", "--directory", work], { env });
     if (!locked.ok) throw Errors.RUN_LOCK_FAILED([plugin.path, locked.stderr.trim() || describeFailure(locked)], { context: { plugin: plugin.path } });
     await rename(work, cacheDir).catch(async (err: NodeJS.ErrnoException) => {
       // Another run locked the same metadata meanwhile: its lock is as good as ours.
