@@ -8,7 +8,6 @@
  */
 import { dirname, resolve } from "node:path";
 import { cosmiconfig, type Loader } from "cosmiconfig";
-import { createJiti } from "jiti";
 import { type CasparianConfig, type ConfigEnv, configSchema } from "./config.js";
 import { CasparianError, Errors } from "../kernel/errors.js";
 import { check, problemText } from "../kernel/schema.js";
@@ -38,6 +37,8 @@ export const SEARCH_PLACES = [
 
 /** jiti for every JS/TS flavour: TS imports of TS files work, and nothing is cached between loads. */
 const jsLoader: Loader = async (filepath) => {
+  // Loaded only for a JS/TS config: it costs ~200 ms of every start (the run and each worker).
+  const { createJiti } = await import("jiti");
   const jiti = createJiti(import.meta.url, { interopDefault: true, moduleCache: false, fsCache: false });
   const mod = await jiti.import<unknown>(filepath);
   if (mod !== null && typeof mod === "object" && "default" in mod) return (mod as { default: unknown }).default;

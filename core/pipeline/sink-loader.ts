@@ -10,7 +10,6 @@
  */
 import { isAbsolute, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { createJiti } from "jiti";
 import type { CasparianConfig, ParquetConfig, SinkReference } from "../config/config.js";
 import { Errors, errorMessage } from "../kernel/errors.js";
 import { check, problemText } from "../kernel/schema.js";
@@ -58,7 +57,9 @@ async function fromModule(use: string, baseDir: string, label: string): Promise<
   const id = isPath ? resolve(baseDir, use) : use;
   let mod: unknown;
   try {
-    // jiti resolves package names from baseDir and transpiles TypeScript modules.
+    // jiti resolves package names from baseDir and transpiles TypeScript modules. Loaded
+    // here, not at start: it costs ~200 ms of every worker's start, and most configs name no module.
+    const { createJiti } = await import("jiti");
     const jiti = createJiti(pathToFileURL(join(baseDir, "casparian.config.ts")).href, { interopDefault: false, moduleCache: false, fsCache: false });
     mod = await jiti.import<unknown>(id);
   } catch (err) {

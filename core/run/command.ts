@@ -28,11 +28,11 @@ import { provideBareEnvWithoutUv, resolvePluginEnvironment, type PluginEnvironme
 import { inspectPlugin, type PluginInfo } from "./plugin.js";
 import { checkOutputRoot } from "./output-root.js";
 import { Progress } from "./progress.js";
-import { promote } from "./promote.js";
+import { promote, type PublishedArtifact } from "./promote.js";
 import { Scheduler, type RunResult } from "./scheduler.js";
 import { RunState } from "./state.js";
 import { firstLine, renderSummary, summarize } from "./summary.js";
-import { unifyRunOutputs } from "./unify-files.js";
+import type { SchemaCache, UnifiedDirectory } from "./unify-files.js";
 
 export const RunExit = { OK: 0, FAILED: 1, USAGE: 2, INTERRUPTED: 130 } as const;
 
@@ -231,10 +231,14 @@ export async function checkRun(options: {
   const pluginPath = resolve(cwd, options.plugin);
   const pluginStat = await stat(pluginPath).catch(() => null);
   if (pluginStat === null || !pluginStat.isFile()) throw Errors.CLI_USAGE([`plugin ${options.plugin} is not a file`]);
-  const loaded = await loadConfig({ explicitPath: options.config, cwd, command: "run" });
+  // Side by side: the plugin's inspection starts a Python, which takes longer than the rest.
+  // Reported in this order when several are wrong, as when they ran one after the other.
+  const [loaded, pluginConfig, plugin] = await inOrder([
+    loadConfig({ explicitPath: options.config, cwd, command: "run" }),
+    readPluginConfig(options.pluginConfig, cwd),
+    inspectPlugin(pluginPath),
+  ] as const);
   const outputRoot = options.output !== undefined ? resolve(cwd, options.output) : resolve(loaded.dir, loaded.config.output ?? "./output");
-  const pluginConfig = await readPluginConfig(options.pluginConfig, cwd);
-  const plugin = await inspectPlugin(pluginPath);
   const sinks = planSinks({
     cliSinks: options.sinks.map((flag) => parseSinkFlag(flag, options.mode)),
     manifest: plugin.manifest,
@@ -248,6 +252,13 @@ export async function checkRun(options: {
   // Created only once everything else is known to be right.
   if (options.createOutput) await checkOutputRoot(outputRoot, true);
   return { plugin, sinks, outputRoot, pluginConfig, config: loaded };
+}
+
+/** Awaits every promise; throws the first failure in list order (not in time order). */
+async function inOrder<T extends readonly unknown[]>(promises: { readonly [K in keyof T]: Promise<T[K]> }): Promise<T> {
+  const settled = await Promise.allSettled(promises);
+  for (const outcome of settled) if (outcome.status === "rejected") throw outcome.reason;
+  return settled.map((outcome) => (outcome as PromiseFulfilledResult<unknown>).value) as unknown as T;
 }
 
 async function readPluginConfig(value: string | undefined, cwd: string): Promise<unknown> {
@@ -268,21 +279,30 @@ async function readPluginConfig(value: string | undefined, cwd: string): Promise
   return parsed;
 }
 
+/** `--log-level debug`: where the run's fixed costs go, in ms since the process started. */
+function timeline(logger: Logger, phase: string): void {
+  const cpu = process.resourceUsage();
+  logger.debug({ phase, ms: Math.round(performance.now()), cpu_ms: Math.round((cpu.userCPUTime + cpu.systemCPUTime) / 1000) }, "run timeline");
+}
+
 async function run(flags: RunFlags, logger: Logger): Promise<number> {
   const cwd = process.cwd();
+  timeline(logger, "modules loaded");
   // Everything that can be wrong with the plugin, the sinks or the inputs is found before a worker starts.
-  const checked = await checkRun({ ...flags, cwd, createOutput: true });
+  // The inputs are listed (and stat'ed) meanwhile; the checks' errors come first.
+  const [checked, expanded] = await inOrder([checkRun({ ...flags, cwd, createOutput: true }), expandInputs(flags.inputs, cwd)] as const);
+  timeline(logger, "checked, inputs listed");
   const { plugin, sinks, outputRoot, pluginConfig } = checked;
   const config = checked.config.config;
   const workers = flags.workers ?? config.run?.workers ?? availableParallelism();
   const home = resolve(config.home ?? casparianHome());
   for (const warning of plugin.warnings) process.stderr.write(`casparian run: warning: ${warning}\n`);
-  const expanded = await expandInputs(flags.inputs, cwd);
   // A directory argument that holds the output (`casparian run p.py .`) must not read the run's own files.
   const inputs = expanded.filter((input) => !isInside(input.path, outputRoot));
   if (inputs.length === 0) throw Errors.CLI_USAGE([`every input is inside the output directory ${outputRoot}`]);
-  const env = await resolvePluginEnvironment(plugin, { home, logger, uv: config.environments?.uv });
+  const env = await resolvePluginEnvironment(plugin, { home, logger, uv: config.environments?.uv, uvEnv: config.environments?.env });
   await provideBareEnvWithoutUv(env, { home, logger, uv: config.environments?.uv });
+  timeline(logger, "environment known");
 
   const state = RunState.open(outputRoot);
   try {
@@ -290,7 +310,9 @@ async function run(flags: RunFlags, logger: Logger): Promise<number> {
       process.stderr.write(`casparian run: finished publishing ${state.recovered} input(s) that an interrupted run had left half published\n`);
     await removeStaleStaging(outputRoot);
     const recipeFor = (input: NamedInput) => recipeOf({ pluginSource: plugin.source, envHash: env.envHash, sinks: sinks.forInput(input.name), pluginConfig });
+    timeline(logger, "state opened");
     const plan = await planInputs(inputs, state, { inputRoot: dirname(outputRoot), all: flags.all, recipeFor });
+    timeline(logger, "planned");
     logger.info(
       {
         plugin: plugin.name,
@@ -346,15 +368,16 @@ async function execute(x: Execution): Promise<number> {
   const stagingRoot = stagingRootFor(outputRoot);
   const workerLog = await openRunLog(home);
   const progress = new Progress(plan.toRun.length);
+  const schemas = new SchemasAhead();
   const scheduler = new Scheduler({
     inputs: plan.toRun.map((p) => p.input),
     plugin,
     env,
     sinksFor: (input) => sinks.forInput(input.name),
     pluginConfig: x.pluginConfig === null ? undefined : JSON.stringify(x.pluginConfig),
-    publish: (job, receipt, workerRoot) => {
+    publish: async (job, receipt, workerRoot) => {
       const entry = planned.get(job.input.path)!;
-      return promote(state, {
+      const published = await promote(state, {
         input: job.input,
         contentSha256: entry.contentSha256,
         recipe: entry.recipe,
@@ -363,6 +386,8 @@ async function execute(x: Execution): Promise<number> {
         sinks: job.sinks,
         workerRoot,
       });
+      if (plan.toRun.length > 1) schemas.prime(published);
+      return published;
     },
     keepGoing: flags.keepGoing,
     workers: x.workers,
@@ -416,6 +441,7 @@ async function execute(x: Execution): Promise<number> {
   let result;
   try {
     result = await scheduler.run();
+    timeline(logger, "jobs done, workers stopped");
   } finally {
     process.off("SIGINT", onSigint);
     process.off("SIGTERM", onSigint);
@@ -426,21 +452,24 @@ async function execute(x: Execution): Promise<number> {
   // Files of one topic from different inputs get one schema (a null column in one file, int64 in another).
   const widening = result.interrupted
     ? null
-    : await unifyRunOutputs(
-        result.jobs.flatMap((job) => job.artifacts),
-        outputRoot,
-      ).then(
-        async (dirs) => {
-          for (const { dir, rewritten } of dirs) {
-            if (rewritten.length === 0) continue;
-            // The state counts what the output holds: a rewritten file has a new size.
-            for (const file of rewritten) state.recordRewrittenFile(relative(outputRoot, file).split(sep).join("/"), (await stat(file)).size);
-            process.stderr.write(`casparian run: ${relative(cwd, dir) || "."}: ${rewritten.length} file(s) rewritten so that the directory has one schema\n`);
-          }
-          return null;
-        },
-        (err: unknown) => err,
-      );
+    : await schemas
+        .unify(
+          result.jobs.flatMap((job) => job.artifacts),
+          outputRoot,
+        )
+        .then(
+          async (dirs) => {
+            for (const { dir, rewritten } of dirs) {
+              if (rewritten.length === 0) continue;
+              // The state counts what the output holds: a rewritten file has a new size.
+              for (const file of rewritten) state.recordRewrittenFile(relative(outputRoot, file).split(sep).join("/"), (await stat(file)).size);
+              process.stderr.write(`casparian run: ${relative(cwd, dir) || "."}: ${rewritten.length} file(s) rewritten so that the directory has one schema\n`);
+            }
+            return null;
+          },
+          (err: unknown) => err,
+        );
+  timeline(logger, "topic schemas unified");
   const seconds = (performance.now() - started) / 1000;
   const summary = summarize(result.jobs, { unchanged: plan.unchanged.length, totals: state.totals(), outputRoot });
   const sharedError = result.fatal !== null && Errors.RUN_PLUGIN_FAILS_EVERYWHERE.is(result.fatal);
@@ -474,6 +503,35 @@ async function execute(x: Execution): Promise<number> {
     process.stderr.write(`casparian run: ${summary.notRun.length} inputs were not run: ${firstLine(summary.notRun[0]!.error)}\n`);
   }
   return failed ? RunExit.FAILED : RunExit.OK;
+}
+
+/**
+ * The pass that gives each topic directory one schema (unify-files.ts), with the schemas of
+ * the files this run publishes read while the next jobs run. Its module is loaded on first
+ * use, not at start: parquet-wasm takes ~200 ms to load, and a run of one file needs none of it.
+ */
+class SchemasAhead {
+  #cache: Promise<SchemaCache> | undefined;
+
+  #load(): Promise<SchemaCache> {
+    return (this.#cache ??= import("./unify-files.js").then((m) => new m.SchemaCache()));
+  }
+
+  prime(artifacts: readonly PublishedArtifact[]): void {
+    const paths = artifacts.flatMap((a) => (a.path !== null && a.uri.startsWith("parquet://") ? [a.path] : []));
+    // A module that fails to load fails unify() below, with its error.
+    if (paths.length > 0)
+      this.#load().then(
+        (cache) => cache.prime(paths),
+        () => undefined,
+      );
+  }
+
+  async unify(artifacts: readonly PublishedArtifact[], outputRoot: string): Promise<UnifiedDirectory[]> {
+    if (!artifacts.some((a) => a.path !== null && a.uri.startsWith("parquet://"))) return [];
+    const [{ unifyRunOutputs }, cache] = await Promise.all([import("./unify-files.js"), this.#load()]);
+    return unifyRunOutputs(artifacts, outputRoot, cache);
+  }
 }
 
 function isInside(path: string, dir: string): boolean {

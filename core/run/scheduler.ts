@@ -183,6 +183,7 @@ export class Scheduler {
       await mkdir(this.#options.stagingRoot, { recursive: true });
       const count = Math.max(1, Math.min(this.#options.workers, this.#jobs.length));
       for (let i = 0; i < count; i++) this.#spawn();
+      this.#timeline("workers spawned");
       this.#timer = setInterval(() => this.#checkLiveness(), 500);
       this.#maybeFinish();
       await this.#finished;
@@ -356,7 +357,10 @@ export class Scheduler {
     const first = this.#envState !== "ready";
     this.#envState = "ready";
     slot.state = "ready";
-    if (first) this.#options.events?.envReady?.(cached, interpreterPath);
+    if (first) {
+      this.#timeline("environment ready on the first worker");
+      this.#options.events?.envReady?.(cached, interpreterPath);
+    }
     for (const other of this.#slots.values()) if (other.state === "waiting-env") this.#provision(other);
     this.#pump();
   }
@@ -378,6 +382,7 @@ export class Scheduler {
     }
     slot.job = null;
     if (slot.state === "busy") slot.state = "ready";
+    if (this.#answers++ === 0) this.#timeline("first job answered");
     job.receipt = receipt;
     if (job.dispatchedAt !== null) job.roundTripMs = performance.now() - job.dispatchedAt;
 
@@ -512,7 +517,14 @@ export class Scheduler {
     }
   }
 
+  /** `--log-level debug`: the run's phases, in ms since the process started. */
+  #timeline(phase: string): void {
+    this.#logger.debug({ phase, ms: Math.round(performance.now()) }, "run timeline");
+  }
+  #answers = 0;
+
   async #shutdown(): Promise<void> {
+    this.#timeline("every job answered and published");
     this.#stopping = true;
     if (this.#timer !== null) clearInterval(this.#timer);
     if (this.#abortTimer !== null) clearTimeout(this.#abortTimer);

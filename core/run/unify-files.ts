@@ -13,7 +13,7 @@
  * string in another) fails with CSP_SCHEMA_CONFLICT naming both files; nothing is rewritten.
  */
 import { openAsBlob } from "node:fs";
-import { open, readdir, rename, rm } from "node:fs/promises";
+import { open, readdir, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, relative, sep } from "node:path";
 import { tableFromIPC, tableToIPC, type Schema } from "apache-arrow";
 import * as wasm from "parquet-wasm";
@@ -36,6 +36,38 @@ async function parquetFiles(dir: string): Promise<string[]> {
     .map((name) => join(dir, name));
 }
 
+/**
+ * Schemas of Parquet files read ahead: `casparian run` primes it with each file it
+ * publishes, while the next jobs run, so the pass after the run finds them read. An entry
+ * is used only while the file's size, mtime and inode are those it was read with (a file
+ * rewritten since is read again). Files are read one at a time, in the background.
+ */
+export class SchemaCache {
+  readonly #entries = new Map<string, { identity: string; schema: Promise<Schema> }>();
+  #queue: Promise<unknown> = Promise.resolve();
+
+  /** Reads the schemas of `paths` in the background; a file that cannot be read is read again later. */
+  prime(paths: readonly string[]): void {
+    for (const path of paths) {
+      this.#queue = this.#queue.then(() => this.get(path)).catch(() => this.#entries.delete(path));
+    }
+  }
+
+  async get(path: string): Promise<Schema> {
+    const identity = await identityOf(path);
+    const cached = this.#entries.get(path);
+    if (cached !== undefined && cached.identity === identity) return cached.schema;
+    const schema = schemaOf(path);
+    this.#entries.set(path, { identity, schema });
+    return schema;
+  }
+}
+
+async function identityOf(path: string): Promise<string> {
+  const info = await stat(path, { bigint: true });
+  return `${info.ino}:${info.size}:${info.mtimeNs}`;
+}
+
 async function schemaOf(path: string): Promise<Schema> {
   const file = await wasm.ParquetFile.fromFile(await openAsBlob(path));
   try {
@@ -46,10 +78,10 @@ async function schemaOf(path: string): Promise<Schema> {
 }
 
 /** Gives every Parquet file of the topic directory `dir` the topic's unified schema. */
-export async function unifyTopicDirectory(dir: string, topic: string): Promise<UnifiedDirectory> {
+export async function unifyTopicDirectory(dir: string, topic: string, cache: SchemaCache = new SchemaCache()): Promise<UnifiedDirectory> {
   const files = await parquetFiles(dir);
   if (files.length < 2) return { dir, files: files.length, rewritten: [] };
-  const schemas = await Promise.all(files.map(schemaOf));
+  const schemas = await Promise.all(files.map((file) => cache.get(file)));
   let unified = schemas[0]!;
   for (let i = 1; i < files.length; i++) {
     try {
@@ -130,6 +162,7 @@ function withMetadata(schema: Schema, metadata: Map<string, string>): Schema {
 export async function unifyRunOutputs(
   artifacts: ReadonlyArray<{ topic: string; uri: string; path: string | null }>,
   outputRoot: string,
+  cache: SchemaCache = new SchemaCache(),
 ): Promise<UnifiedDirectory[]> {
   const byTopic = new Map<string, string[]>();
   for (const artifact of artifacts) {
@@ -143,6 +176,6 @@ export async function unifyRunOutputs(
     for (const path of paths) dirs.set(underTopicDir ? topicDir : dirname(path), topic);
   }
   const results: UnifiedDirectory[] = [];
-  for (const [dir, topic] of dirs) results.push(await unifyTopicDirectory(dir, topic));
+  for (const [dir, topic] of dirs) results.push(await unifyTopicDirectory(dir, topic, cache));
   return results;
 }
