@@ -37,7 +37,7 @@ import time
 import traceback
 import warnings
 
-from . import arrow_out, runner
+from . import arrow_out, learned_imports, runner
 from .sdk import install_sdk
 
 # Exit statuses of a child that could not become a job (the host reports them as such).
@@ -190,6 +190,8 @@ class Server:
         self.selector = selectors.DefaultSelector()
         self.children = {}  # pid -> (request id, pidfd or None)
         self.pidfds = hasattr(os, "pidfd_open")
+        self.learner = learned_imports.Learner()
+        self.reports = {}  # pid -> read end of the pipe its child reports its new imports on
 
     def prepare(self):
         started = time.monotonic()
@@ -249,10 +251,12 @@ class Server:
     def fork(self, request):
         sys.stderr.flush()
         led_r, led_w = os.pipe()
+        report_r, self.report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(led_r)
+                os.close(report_r)
                 self.become_job(request, led_w)
             except BaseException:  # noqa: BLE001 - the child must never return into the server loop
                 try:
@@ -261,6 +265,8 @@ class Server:
                     os._exit(CHILD_SETUP_FAILED)
             os._exit(CHILD_SETUP_FAILED)
         os.close(led_w)
+        os.close(self.report_w)
+        self.reports[pid] = report_r
         # The child's session (= process group) must exist before the host hears the pid: the
         # host kills the job by it. One byte once the child called setsid(), or EOF if it died.
         try:
@@ -305,6 +311,9 @@ class Server:
             else:
                 code = os.WEXITSTATUS(status)
         emit({"event": "exited", "id": request_id, "pid": pid, "code": code, "signal": signame})
+        report = self.reports.pop(pid, None)
+        if report is not None and self.learner.learn(learned_imports.read_report(report)):
+            gc.freeze()  # the learned modules' objects are shared with the children too
 
     def stop(self):
         """The worker is gone or asked us to go: no job may outlive it."""
@@ -329,6 +338,8 @@ class Server:
             if pidfd is not None:
                 os.close(pidfd)
         self.children = {}
+        for fd in self.reports.values():
+            os.close(fd)
         job_dir = request["dir"]
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
@@ -341,7 +352,10 @@ class Server:
         os.chdir(job_dir)
         os.environ.update({str(k): str(v) for k, v in request.get("env", {}).items()})
         reseed()
-        runner.exit_now(runner.main(source=self.source, code=self.code))
+        known = learned_imports.snapshot()
+        code = runner.main(source=self.source, code=self.code)
+        learned_imports.report(self.report_w, known)
+        runner.exit_now(code)
 
 
 def reseed():
