@@ -7,8 +7,9 @@
  * parents' memory, and where the time of one job goes.
  *
  *   npm run bench            (all benchmarks)
- *   node dist/bench/small-files.js [--files N] [--cold-files N] [--cold-pandas-files N] [--ratio-files N]
+ *   node dist/bench/small-files.js [--files N] [--cold-files N] [--cold-pandas-files N] [--ratio-files N] [--ratio-rounds N]
  *                                  [--only stdlib-warm]   (just the stdlib plugin, warm, 1 and 2 workers)
+ *                                  [--only ratio]         (just the ratio and the run's timeline)
  *
  * Cold pandas jobs take seconds each, so the cold pandas runs use fewer files
  * (--cold-pandas-files); jobs/s is a rate, comparable across file counts.
@@ -23,7 +24,9 @@
  * plus the promotion of the files into --output by `casparian run` (after CONCLUDE, not per job above).
  *
  * Last, the ratio that must hold on any machine: `casparian run` over --ratio-files tiny
- * files with the pandas plugin ÷ `python -c "import pandas, pyarrow"` in the same venv.
+ * files with the pandas plugin ÷ `python -c "import pandas, pyarrow"` in the same venv (with
+ * the bytecode the env build compiled, which the bench counts), taken in turns, and the
+ * timeline of one more such run (its --log-level debug "run timeline" lines).
  */
 import { execFile } from "node:child_process";
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
@@ -168,15 +171,75 @@ async function pandasPython(home: string): Promise<string> {
   throw new Error(`no venv with pandas under ${venvs}`);
 }
 
+/** One `python -c "import pandas, pyarrow"`, with the guest's settings: the env's bytecode, none written. */
 async function timeImports(python: string): Promise<number> {
-  const runs: number[] = [];
-  for (let i = 0; i < 3; i++) {
-    const started = performance.now();
-    // The guest's own settings: bytecode from the env build, none written at run time.
-    await execFileAsync(python, ["-c", "import pandas, pyarrow"], { env: { PATH: process.env.PATH ?? "", PYTHONDONTWRITEBYTECODE: "1" } });
-    runs.push(performance.now() - started);
+  const started = performance.now();
+  await execFileAsync(python, ["-c", "import pandas, pyarrow"], { env: { PATH: process.env.PATH ?? "", PYTHONDONTWRITEBYTECODE: "1" } });
+  return performance.now() - started;
+}
+
+/** How many of pandas' and pyarrow's .py files have their compiled bytecode in the venv (the env build compiles it). */
+async function bytecodeCoverage(python: string): Promise<string> {
+  const script = [
+    "import importlib.util, os, sys",
+    "out = []",
+    "for name in ('pandas', 'pyarrow'):",
+    "    root = os.path.dirname(importlib.util.find_spec(name).origin)",
+    "    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith('.py')]",
+    "    done = sum(os.path.exists(importlib.util.cache_from_source(f)) for f in files)",
+    "    out.append('%s %d/%d .py files' % (name, done, len(files)))",
+    "print(', '.join(out))",
+  ].join("\n");
+  const { stdout } = await execFileAsync(python, ["-c", script], { env: { PATH: process.env.PATH ?? "", PYTHONDONTWRITEBYTECODE: "1" } });
+  return stdout.trim();
+}
+
+/** The phases of one run, from its debug log's "run timeline" lines. */
+async function runTimeline(plugin: string, inputs: string, output: string, config: string, cwd: string, home: string): Promise<string> {
+  const child = await execFileAsync(
+    process.execPath,
+    [join(packageRoot(), "bin", "casparian.js"), "run", plugin, inputs, "--config", config, "--output", output, "--log-level", "debug"],
+    { cwd, env: { ...process.env, CASPARIAN_HOME: home }, maxBuffer: 256 * 1024 * 1024 },
+  );
+  await rm(output, { recursive: true, force: true });
+  const phases: string[] = [];
+  for (const line of child.stderr.split("\n")) {
+    if (!line.startsWith("{") || !line.includes('"run timeline"')) continue;
+    const record = JSON.parse(line) as { phase?: string; ms?: number };
+    if (record.phase !== undefined && record.ms !== undefined) phases.push(`${record.phase} ${record.ms}`);
   }
-  return median(runs);
+  return phases.length > 0 ? phases.join(", ") : "none logged (an older build?)";
+}
+
+/**
+ * The machine-independent ratio: a whole run over tiny files against the imports alone,
+ * in turns (run, imports, run, imports, ...) so that both see the same load.
+ */
+async function ratio(root: string, home: string, pandas: PluginCase, ratioFiles: number, ratioRounds: number): Promise<void> {
+  const tiny = await inputsDir(root, "data-ratio", pandas.samples, ratioFiles);
+  const python = await pandasPython(home);
+  const coverage = await bytecodeCoverage(python);
+  const runs: number[] = [];
+  const imports: number[] = [];
+  for (let round = 0; round < ratioRounds; round++) {
+    const out = join(root, `out-ratio-${round}`);
+    runs.push((await runCli([pandas.plugin, tiny, "--config", join(root, "warm.config.json"), "--output", out], root, home)).ms);
+    await rm(out, { recursive: true, force: true });
+    imports.push(await timeImports(python));
+  }
+  const ratios = runs.map((ms, i) => ms / imports[i]!);
+  console.log(
+    `  ratio: casparian run over ${ratioFiles} tiny files with the pandas plugin ${(median(runs) / 1000).toFixed(2)} s ÷ python -c "import pandas, pyarrow" ${(median(imports) / 1000).toFixed(2)} s = ${median(ratios).toFixed(1)} (median of ${ratioRounds} turns, ${Math.min(...ratios).toFixed(1)}–${Math.max(...ratios).toFixed(1)}; target <= 5)`,
+  );
+  console.log(`  compiled bytecode in that venv: ${coverage}`);
+  // Where one such run's time goes: its own timeline (--log-level debug), ms since its start.
+  const phases = await runTimeline(pandas.plugin, tiny, join(root, "out-timeline"), join(root, "warm.config.json"), root, home);
+  console.log(`  one run's timeline (ms since its start, --log-level debug): ${phases}`);
+  console.log(
+    `  load average: ${loadavg()
+      .map((l) => l.toFixed(1))
+      .join(" ")}`,
+  );
 }
 
 async function main(): Promise<void> {
@@ -186,15 +249,19 @@ async function main(): Promise<void> {
       "cold-files": { type: "string", default: "100" },
       "cold-pandas-files": { type: "string", default: "16" },
       "ratio-files": { type: "string", default: "100" },
+      "ratio-rounds": { type: "string", default: "3" },
       only: { type: "string" },
     },
   });
-  if (values.only !== undefined && values.only !== "stdlib-warm") throw new Error(`--only takes stdlib-warm, not ${values.only}`);
+  if (values.only !== undefined && values.only !== "stdlib-warm" && values.only !== "ratio")
+    throw new Error(`--only takes stdlib-warm or ratio, not ${values.only}`);
   const onlyStdlibWarm = values.only === "stdlib-warm";
+  const onlyRatio = values.only === "ratio";
   const files = Number(values.files);
   const coldFiles = Number(values["cold-files"]);
   const coldPandasFiles = Number(values["cold-pandas-files"]);
   const ratioFiles = Number(values["ratio-files"]);
+  const ratioRounds = Number(values["ratio-rounds"]);
   const root = await mkdtemp(join(tmpdir(), "casparian-bench-small-"));
   const home = join(root, "home");
   const stdlib: PluginCase = {
@@ -212,11 +279,15 @@ async function main(): Promise<void> {
     await writeFile(join(root, "cold.config.json"), JSON.stringify({ bridge: { warm: { enabled: false } } }));
 
     // Warm-up: builds both environments (and locks the pandas plugin's inline dependencies) once.
-    for (const c of onlyStdlibWarm ? [stdlib] : [stdlib, pandas]) {
+    for (const c of onlyStdlibWarm ? [stdlib] : onlyRatio ? [pandas] : [stdlib, pandas]) {
       const one = await inputsDir(root, `warmup-${c.name}`, c.samples, 1);
       await runCli([c.plugin, one, "--workers", "1", "--config", join(root, "cold.config.json"), "--output", join(root, `warmup-out-${c.name}`)], root, home);
     }
 
+    if (onlyRatio) {
+      await ratio(root, home, pandas, ratioFiles, ratioRounds);
+      return;
+    }
     const outcomes: Outcome[] = [];
     for (const workers of [1, 2]) {
       if (onlyStdlibWarm) {
@@ -266,13 +337,7 @@ async function main(): Promise<void> {
     const missing = new Set(outcomes.flatMap((o) => [...o.missing]));
     if (missing.size > 0) console.log(`  receipts lack ${[...missing].join(", ")}: the stages that need them show NaN`);
 
-    // The machine-independent ratio: a whole run over tiny files against the imports alone.
-    const tiny = await inputsDir(root, "data-ratio", pandas.samples, ratioFiles);
-    const run = await runCli([pandas.plugin, tiny, "--config", join(root, "warm.config.json"), "--output", join(root, "out-ratio")], root, home);
-    const imports = await timeImports(await pandasPython(home));
-    console.log(
-      `  ratio: casparian run over ${ratioFiles} tiny files with the pandas plugin ${(run.ms / 1000).toFixed(2)} s ÷ python -c "import pandas, pyarrow" ${(imports / 1000).toFixed(2)} s = ${(run.ms / imports).toFixed(1)} (target <= 5)`,
-    );
+    await ratio(root, home, pandas, ratioFiles, ratioRounds);
   } finally {
     await rm(root, { recursive: true, force: true });
   }
