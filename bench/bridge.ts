@@ -7,6 +7,9 @@
  *                           ParquetWriter (snappy, 65,536-row groups): the baseline
  *   worker → null           the real Pipeline and bridge into a consumer that drops batches
  *   worker → parquet        the real Pipeline into the bundled Parquet sink, as a job does
+ *   casparian-worker        our worker as its own process (bin/casparian-worker.js), driven over
+ *                           protocol v4 by an embedded Sentinel: its RSS before the first job and
+ *                           its peak (VmHWM), the figures the memory targets are about
  *   upstream Rust worker    the same plugin through upstream's Rust worker, driven over
  *                           protocol v4 by an embedded Sentinel (DISPATCH → CONCLUDE timed,
  *                           in the same uv env as ours), when CASPARIAN_UPSTREAM_WORKER names a
@@ -17,7 +20,7 @@
  * 100,000 one-row chunks (target ≤ 200 MB). Each worker run is a fresh child process, so
  * its peak RSS is its own.
  *
- *   npm run bench      or: npx tsc -p . && node dist/bench/bridge.js [rows] [rows2]
+ *   npm run bench      or: npx tsc -p . && node dist/bench/bridge.js [rows] [rows2] [--no-tiny | --tiny-only] [--rss-only]
  */
 import { execFile, fork, spawn } from "node:child_process";
 import { access, constants as fsConstants, copyFile, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
@@ -236,7 +239,25 @@ async function timeAlone(python: string, pluginFile: string, harnessFile: string
   return times;
 }
 
-export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 10_000_000], tinyChunks = true): Promise<void> {
+/** Our casparian-worker process (a fresh one) running the job `reps` times: median time, its RSS before the first job, its peak RSS. */
+async function viaWorkerProcess(scratch: string, home: string, envHash: string, source: string, inputPath: string, reps: number) {
+  await mkdir(scratch, { recursive: true });
+  const worker = await ProtocolWorker.ours(await mkdtemp(join(scratch, "worker-")), home, envHash);
+  if ("unavailable" in worker) return worker;
+  try {
+    const run = await worker.time(source, inputPath, reps);
+    return "unavailable" in run ? run : { ...run, idleRssBytes: worker.idleRssBytes };
+  } finally {
+    await worker.close();
+  }
+}
+
+function processLine(label: string, run: Awaited<ReturnType<typeof viaWorkerProcess>>): string {
+  if ("unavailable" in run) return `  ${label} not measured: ${run.unavailable}`;
+  return `  ${label} ${run.seconds.toFixed(2)} s   RSS before the first job ${mb(run.idleRssBytes)}, peak RSS ${mb(run.peakRssBytes)} (the process's VmHWM)`;
+}
+
+export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 10_000_000], tinyChunks = true, rssOnly = false): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), "casparian-bench-bridge-"));
   try {
     const manager = new EnvManager({ home: join(dir, "home"), logger: pino({ level: "warn" }) as unknown as Logger });
@@ -254,7 +275,7 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
     await writeFile(pluginFile, GENERATOR_PLUGIN);
     await writeFile(harnessFile, ALONE_HARNESS);
     await writeFile(parquetHarnessFile, ALONE_PARQUET_HARNESS);
-    const upstream = await UpstreamWorker.start(process.env.CASPARIAN_UPSTREAM_WORKER, join(dir, "upstream"), ready.interpreter_path, ready.env_hash);
+    const upstream = await ProtocolWorker.upstream(process.env.CASPARIAN_UPSTREAM_WORKER, join(dir, "upstream"), ready.interpreter_path, ready.env_hash);
     if ("unavailable" in upstream) console.log(`upstream Rust worker: not compared: ${upstream.unavailable}`);
     const targets: string[] = [];
 
@@ -263,6 +284,14 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
       const inputPath = join(dir, `rows-${rows}.txt`);
       await writeFile(inputPath, String(rows));
       const reps = i === 0 ? REPS : 1;
+      const ours = await viaWorkerProcess(join(dir, "ours"), join(dir, "home"), ready.env_hash, GENERATOR_PLUGIN, inputPath, reps);
+      const oursLine = processLine("casparian-worker process → Parquet", ours);
+      if (!("unavailable" in ours))
+        targets.push(`${rows.toLocaleString("en-US")} rows, casparian-worker process: peak RSS ${mb(ours.peakRssBytes)} (≤ 150 MB)`);
+      if (rssOnly) {
+        console.log(`\nrows = ${rows.toLocaleString("en-US")} (median of ${reps})\n${oursLine}`);
+        continue;
+      }
       // warm-up: page cache, pyc files, uv-linked wheels
       await timeAlone(ready.interpreter_path, pluginFile, harnessFile, inputPath, 1);
       const alone = median(await timeAlone(ready.interpreter_path, pluginFile, harnessFile, inputPath, reps));
@@ -283,6 +312,7 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
           (viaParquet.parquetBytes === null ? "" : `   (${mb(viaParquet.parquetBytes)} Parquet)`) +
           `\n                                  ${breakdown(viaParquet.peakBreakdown)}`,
       );
+      console.log(oursLine);
       const ratio = tParquet / aloneParquet;
       console.log(`  worker → Parquet / plugin alone → Parquet = ${ratio.toFixed(2)}   (target ≤ 1.3)`);
       targets.push(
@@ -302,6 +332,11 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
     }
 
     if (tinyChunks) {
+      const ours = await viaWorkerProcess(join(dir, "ours"), join(dir, "home"), ready.env_hash, TINY_CHUNKS_PLUGIN, pluginFile, 1);
+      if (!("unavailable" in ours)) targets.push(`100,000 one-row chunks, casparian-worker process: peak RSS ${mb(ours.peakRssBytes)} (≤ 200 MB)`);
+      console.log(`\n100,000 one-row chunks\n${processLine("casparian-worker process → Parquet", ours)}`);
+    }
+    if (tinyChunks && !rssOnly) {
       const tiny = await runChild({
         source: TINY_CHUNKS_PLUGIN,
         interpreterPath: ready.interpreter_path,
@@ -311,7 +346,7 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
         mode: "parquet",
       });
       console.log(
-        `\n100,000 one-row chunks → ${tiny.sink}: ${median(tiny.seconds).toFixed(2)} s, ${tiny.rows.toLocaleString("en-US")} rows, peak RSS ${mb(tiny.peakRssBytes)}   (target ≤ 200 MB)\n  ${breakdown(tiny.peakBreakdown)}`,
+        `100,000 one-row chunks in the bench's process → ${tiny.sink}: ${median(tiny.seconds).toFixed(2)} s, ${tiny.rows.toLocaleString("en-US")} rows, peak RSS ${mb(tiny.peakRssBytes)}   (target ≤ 200 MB)\n  ${breakdown(tiny.peakBreakdown)}`,
       );
       targets.push(`100,000 one-row chunks: peak RSS ${mb(tiny.peakRssBytes)} (≤ 200 MB)`);
     }
@@ -323,12 +358,11 @@ export async function runBridgeBench(rowCounts: readonly number[] = [3_000_000, 
 }
 
 /**
- * Upstream's Rust worker (the commit with crates/casparian_worker and its main.rs), built
- * outside this tree; `root` is that checkout, with target/release/casparian-worker. It finds
- * its guest shim relative to its working directory, so it runs in a scratch directory holding
- * a copy of that shim, with its venvs under a scratch HOME, connected to a private ipc socket.
+ * A worker process driven over protocol v4 by an embedded Sentinel: upstream's Rust worker,
+ * or our own `casparian-worker` exactly as it runs in production (its own process, its own
+ * module graph), whose peak RSS is then the kernel's VmHWM of that process.
  */
-class UpstreamWorker {
+class ProtocolWorker {
   readonly #sentinel: EmbeddedSentinel;
   readonly #child: ReturnType<typeof spawn>;
   readonly #peer: Peer;
@@ -336,15 +370,29 @@ class UpstreamWorker {
   #wake: (() => void) | null = null;
   readonly #envHash: string;
   #nextJob = 1n;
+  /** VmRSS once it had identified, before its first job. */
+  readonly idleRssBytes: number;
 
-  private constructor(sentinel: EmbeddedSentinel, child: ReturnType<typeof spawn>, peer: Peer, envHash: string) {
+  private constructor(sentinel: EmbeddedSentinel, child: ReturnType<typeof spawn>, peer: Peer, envHash: string, idleRssBytes: number) {
     this.#sentinel = sentinel;
     this.#child = child;
     this.#peer = peer;
     this.#envHash = envHash;
+    this.idleRssBytes = idleRssBytes;
   }
 
-  static async start(root: string | undefined, scratch: string, interpreterPath: string, envHash: string): Promise<UpstreamWorker | { unavailable: string }> {
+  /**
+   * Upstream's Rust worker (the commit with crates/casparian_worker and its main.rs), built
+   * outside this tree; `root` is that checkout, with target/release/casparian-worker. It finds
+   * its guest shim relative to its working directory, so it runs in a scratch directory holding
+   * a copy of that shim, with its venvs under a scratch HOME, connected to a private ipc socket.
+   */
+  static async upstream(
+    root: string | undefined,
+    scratch: string,
+    interpreterPath: string,
+    envHash: string,
+  ): Promise<ProtocolWorker | { unavailable: string }> {
     if (!root)
       return {
         unavailable:
@@ -367,6 +415,36 @@ class UpstreamWorker {
     const venvs = join(scratch, "home", ".casparian_flow", "venvs");
     await mkdir(venvs, { recursive: true });
     await symlink(dirname(dirname(interpreterPath)), join(venvs, envHash));
+    return ProtocolWorker.#launch(
+      (endpoint) => ({
+        file: binary,
+        args: ["--connect", endpoint, "--output", join(scratch, "out")],
+        cwd,
+        env: { ...process.env, HOME: join(scratch, "home"), RUST_LOG: "warn" },
+      }),
+      envHash,
+    );
+  }
+
+  /** Our own worker process, `casparian-worker`, with the env already built in `home` (its CASPARIAN_HOME), in a scratch directory without a config file. */
+  static async ours(scratch: string, home: string, envHash: string): Promise<ProtocolWorker | { unavailable: string }> {
+    const cwd = join(scratch, "cwd");
+    await mkdir(cwd, { recursive: true });
+    return ProtocolWorker.#launch(
+      (endpoint) => ({
+        file: process.execPath,
+        args: [join(packageRoot(), "bin", "casparian-worker.js"), "--connect", endpoint, "--output", join(scratch, "out"), "--log-level", "warn"],
+        cwd,
+        env: { ...process.env, CASPARIAN_HOME: home },
+      }),
+      envHash,
+    );
+  }
+
+  static async #launch(
+    command: (endpoint: string) => { file: string; args: string[]; cwd: string; env: NodeJS.ProcessEnv },
+    envHash: string,
+  ): Promise<ProtocolWorker | { unavailable: string }> {
     const logger = pino({ level: "warn" }) as unknown as Logger;
     const sentinel = await EmbeddedSentinel.start(logger);
     const inbox: Array<{ peer: Peer; message: Message }> = [];
@@ -375,11 +453,8 @@ class UpstreamWorker {
       inbox.push({ peer, message });
       wake?.();
     });
-    const child = spawn(binary, ["--connect", sentinel.endpoint, "--output", join(scratch, "out")], {
-      cwd,
-      env: { ...process.env, HOME: join(scratch, "home"), RUST_LOG: "warn" },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
+    const { file, args, cwd, env } = command(sentinel.endpoint);
+    const child = spawn(file, args, { cwd, env, stdio: ["ignore", "ignore", "pipe"] });
     let stderr = "";
     child.stderr!.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-2000)));
     const deadline = Date.now() + 300_000;
@@ -400,7 +475,10 @@ class UpstreamWorker {
       await sentinel.close();
       return { unavailable: `it did not IDENTIFY (${stderr.trim().split("\n").pop() ?? "no output"})` };
     }
-    const worker = new UpstreamWorker(sentinel, child, identified.peer, envHash);
+    // Settled after start-up: what the process holds before any job.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const idle = await procStatus(child.pid!, "VmRSS");
+    const worker = new ProtocolWorker(sentinel, child, identified.peer, envHash, idle);
     sentinel.listen((_peer, message) => {
       worker.#inbox.push(message);
       worker.#wake?.();
@@ -429,9 +507,7 @@ class UpstreamWorker {
         return { unavailable: `its job failed: ${receipt.payload.error_message ?? "?"}` };
       times.push((performance.now() - t0) / 1000);
     }
-    const status = await readFile(`/proc/${this.#child.pid}/status`, "utf8").catch(() => "");
-    const hwm = /VmHWM:\s+(\d+) kB/.exec(status);
-    return { seconds: median(times), peakRssBytes: hwm ? Number(hwm[1]) * 1024 : 0 };
+    return { seconds: median(times), peakRssBytes: await procStatus(this.#child.pid!, "VmHWM") };
   }
 
   async #conclude(jobId: bigint): Promise<Message | null> {
@@ -453,6 +529,13 @@ class UpstreamWorker {
   }
 }
 
+/** A memory figure of a live process from /proc/<pid>/status, in bytes (0 when unreadable). */
+async function procStatus(pid: number, key: "VmRSS" | "VmHWM"): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8").catch(() => "");
+  const match = new RegExp(`${key}:\\s+(\\d+) kB`).exec(status);
+  return match ? Number(match[1]) * 1024 : 0;
+}
+
 if (process.argv.includes("--child")) {
   process.once("message", (request: ChildRequest) => {
     childMain(request).then(
@@ -464,11 +547,13 @@ if (process.argv.includes("--child")) {
     );
   });
 } else if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  // node dist/bench/bridge.js [rows ...] [--no-tiny | --tiny-only]
+  // node dist/bench/bridge.js [rows ...] [--no-tiny | --tiny-only] [--rss-only: only the casparian-worker process runs]
   const args = process.argv.slice(2);
   const counts = args.map(Number).filter((n) => n > 0);
-  runBridgeBench(args.includes("--tiny-only") ? [] : counts.length > 0 ? counts : undefined, !args.includes("--no-tiny")).catch((err: unknown) => {
-    console.error(err);
-    process.exitCode = 1;
-  });
+  runBridgeBench(args.includes("--tiny-only") ? [] : counts.length > 0 ? counts : undefined, !args.includes("--no-tiny"), args.includes("--rss-only")).catch(
+    (err: unknown) => {
+      console.error(err);
+      process.exitCode = 1;
+    },
+  );
 }

@@ -112,7 +112,7 @@ function makeBatches(totalRows: number): Batch[] {
       key: vectorFromArray(keys, new Utf8()),
     });
     const ipc = tableToIPC(table, "stream");
-    batches.push({ topic: "bench", index: batches.length, ipc, table: tableFromIPC(ipc), numRows: n });
+    batches.push({ topic: "bench", index: batches.length, ipc, table: tableFromIPC(ipc), numRows: n, retain: () => () => undefined });
   }
   return batches;
 }

@@ -42,6 +42,12 @@ export interface DispatchRequest {
   command: JobCommand;
 }
 
+/** Tap options of onBatch besides name and stage. */
+export interface BatchTapOptions {
+  /** True: this tap keeps no batch after its promise resolves unless it called `batch.retain()` (and later its release). */
+  usesRetain?: boolean;
+}
+
 /** What one failing tap does to the rest of its hook (see the header). */
 export type FailurePolicy = "stop" | "record" | "settle";
 
@@ -58,8 +64,12 @@ export function createHooks() {
     beforeDispatch: new AsyncSeriesWaterfallHook<[DispatchRequest]>(["request"], "beforeDispatch"),
     /** The job has its environment and is about to start its guest: sinks open. A throw fails the job before the guest starts. Series, stop. */
     jobStart: new AsyncSeriesHook<[JobContext]>(["job"], "jobStart"),
-    /** One batch for one topic. Awaited: a slow tap slows the guest instead of growing memory. Series, stop (fails the job). */
-    onBatch: new AsyncSeriesHook<[Batch, JobContext]>(["batch", "job"], "onBatch"),
+    /**
+     * One batch for one topic. Awaited: a slow tap slows the guest instead of growing memory. Series, stop (fails the job).
+     * Tap with `usesRetain: true` when the tap keeps no batch after it resolves without `batch.retain()`
+     * (core/kernel/job.ts Batch): when every tap says so, the worker reuses frame memory instead of waiting for the collector.
+     */
+    onBatch: new AsyncSeriesHook<[Batch, JobContext], BatchTapOptions>(["batch", "job"], "onBatch"),
     /** The guest ended cleanly: phase one of the commit (sinks flush to staging). A throw fails the job. Series, stop. */
     prepareCommit: new AsyncSeriesHook<[JobContext]>(["job"], "prepareCommit"),
     /**

@@ -69,7 +69,11 @@ export interface SinkContext<O = SinkOptions> {
 export interface Sink {
   /** Called once before the first batch (also when the topic never produces one). */
   open?(): Promise<void> | void;
-  /** One batch, in order. Awaited: backpressure reaches the guest. */
+  /**
+   * One batch, in order. Awaited: backpressure reaches the guest. The batch is valid until
+   * write resolves; a sink of a plugin with `usesRetain` that keeps it longer (coalescing
+   * small batches) calls `batch.retain()` here and the function it returns once done.
+   */
   write(batch: Batch): Promise<void> | void;
   /**
    * Phase one: flush everything to staging so that commit cannot fail for lack of data or space.
@@ -155,6 +159,14 @@ export interface SinkPlugin<O = SinkOptions> {
    * `{input}` for sinks that do not say so.
    */
   readonly inputScopedModes?: boolean;
+  /**
+   * True when this plugin's sinks keep no batch after write() resolves unless they called
+   * `batch.retain()` (and later the function it returned): the worker may then reuse a
+   * batch's memory as soon as every sink let go of it. Without it, every batch written to
+   * one of its sinks is left to the garbage collector (safe, but memory then depends on
+   * when V8 collects).
+   */
+  readonly usesRetain?: boolean;
   /** Remove staging left by a worker that crashed mid-job. Runs once at worker start, after interrupted commits are resolved. */
   recover?(context: RecoverContext<O>): Promise<void> | void;
   /**

@@ -69,6 +69,8 @@ export function parquetSink(): SinkPlugin<ParquetOptions> {
   return defineSink({
     name: "parquet",
     schemes: ["parquet"],
+    // Coalesced batches are retained until serialized (ParquetTopicSink#flush).
+    usesRetain: true,
     options: parquetOptions,
     uriOptions: ["compression", "rowGroupSize"],
     create(target, context) {
@@ -158,6 +160,8 @@ class ParquetTopicSink implements Sink {
   #stream: ParquetFileStream | null = null;
   /** Record batches not yet handed to the writer: views of the guest's frames. */
   #pending: RecordBatch[] = [];
+  /** The releases of the batches whose frames #pending views (Batch.retain()). */
+  #holds: Array<() => void> = [];
   #pendingRows = 0;
   #pendingBytes = 0;
   #rows = 0;
@@ -199,7 +203,8 @@ class ParquetTopicSink implements Sink {
     const table = batch.table;
     if (this.#schema === null) this.#begin(table.schema, batch);
     else if (!sameColumns(table.schema, this.#schema)) await this.#widen(table.schema);
-    // Views only: each frame has an ArrayBuffer of its own, valid after we return.
+    // Views only: the frame stays ours, past this call, until #flush has serialized them.
+    this.#holds.push(batch.retain());
     for (const recordBatch of table.batches) {
       if (recordBatch.numRows === 0) continue;
       const column = nullsInRequired(this.#schema!, recordBatch);
@@ -243,6 +248,7 @@ class ParquetTopicSink implements Sink {
 
   async abort(reason: Error): Promise<void> {
     this.#pending = [];
+    this.#release(this.#holds.splice(0));
     await this.#stream?.abort(reason.message);
     // A directory swapped for a symlink to elsewhere: its files are not ours to delete.
     if (await isInsideRoot(this.#context.job.outputRoot, dirname(this.#stagingPath))) await removeIfPresent(this.#stagingPath);
@@ -319,16 +325,26 @@ class ParquetTopicSink implements Sink {
 
   async #flush(): Promise<void> {
     const batches = this.#pending;
+    const holds = this.#holds.splice(0);
     this.#pending = [];
     this.#rows += this.#pendingRows;
     this.#pendingRows = 0;
     this.#pendingBytes = 0;
     const stream = this.#stream!;
-    for (const piece of streamPieces(batches, STREAM_ROWS)) {
-      const ipc = this.#serializer!.serialize(piece, (size) => stream.takeBuffer(size));
-      // Backpressure: a slow writer slows the guest instead of growing memory.
-      await this.#failed(stream.write(ipc));
+    try {
+      for (const piece of streamPieces(batches, STREAM_ROWS)) {
+        // A copy into the writer's buffer: the frames are not needed after the last piece.
+        const ipc = this.#serializer!.serialize(piece, (size) => stream.takeBuffer(size));
+        // Backpressure: a slow writer slows the guest instead of growing memory.
+        await this.#failed(stream.write(ipc));
+      }
+    } finally {
+      this.#release(holds);
     }
+  }
+
+  #release(holds: Array<() => void>): void {
+    for (const release of holds) release();
   }
 
   /** The writer's failure, as the sink's error: what broke, for which file. */

@@ -40,6 +40,7 @@ export const sinkPluginShape = claiming<SinkPlugin>(
       recover: optionalFunction,
       close: optionalFunction,
       inputScopedModes: v.optional(v.boolean(expected("true or false when given"))),
+      usesRetain: v.optional(v.boolean(expected("true or false when given"))),
       options: v.optional(v.custom<SinkOptionsSchema>(isOptionsSchema, expected("a valibot object schema, e.g. v.object({ ... })"))),
       uriOptions: v.optional(v.array(v.string(expected("an option name")), expected("an array of option names"))),
     }),

@@ -124,7 +124,7 @@ describe("Parquet sink", () => {
       [0, 1].map(async (k) => {
         const ipc = new Uint8Array(await readFile(join(inputs, `b${k}.arrows`)));
         const table = tableFromIPC(ipc);
-        return { topic: "t", index: k, ipc, table, numRows: table.numRows };
+        return { topic: "t", index: k, ipc, table, numRows: table.numRows, retain: () => () => undefined };
       }),
     );
     const job = makeJob({ sinks: [sinkSpec("t", "parquet://pandas.parquet", "replace")] });

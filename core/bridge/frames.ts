@@ -13,8 +13,10 @@
  *   0xFFFFFFFB metrics:      [u32 n][n bytes JSON object]
  * Our own shim sends none of them: topics travel inside the IPC stream (see topic.ts).
  *
- * Memory: a data frame is copied once, into a buffer of exactly its size, as its bytes
- * arrive; nothing else accumulates, because the host stops reading while a batch is consumed.
+ * Memory: a data frame is copied once, into a buffer of its own, as its bytes arrive;
+ * nothing else accumulates, because the host stops reading while a batch is consumed. The
+ * buffer comes from `allocate` when given (the host's FramePool, frame-pool.ts, which reuses
+ * the buffers of batches nobody uses any more), else it is a new one of exactly its size.
  */
 import { Errors } from "../kernel/errors.js";
 
@@ -51,15 +53,23 @@ type Step =
 
 const decoder = new TextDecoder("utf-8");
 
+/** `length` bytes for a data frame, with DATA_HEADROOM free bytes in front of them in the same ArrayBuffer, 8-byte aligned. */
+export type FrameAllocator = (length: number) => Uint8Array;
+
+/** A new ArrayBuffer per frame (consumers may keep views into it), not zero-filled. */
+const ownBuffer: FrameAllocator = (length) => Buffer.allocUnsafeSlow(DATA_HEADROOM + length).subarray(DATA_HEADROOM);
+
 export class FrameDecoder {
   readonly #maxFrameBytes: number;
+  readonly #allocate: FrameAllocator;
   #chunks: Buffer[] = [];
   #buffered = 0;
   #step: Step = { at: "length" };
   #ended = false;
 
-  constructor(maxFrameBytes = DEFAULT_MAX_FRAME_BYTES) {
+  constructor(maxFrameBytes = DEFAULT_MAX_FRAME_BYTES, allocate: FrameAllocator = ownBuffer) {
     this.#maxFrameBytes = maxFrameBytes;
+    this.#allocate = allocate;
   }
 
   /** True once the end-of-stream frame was decoded. */
@@ -74,13 +84,25 @@ export class FrameDecoder {
 
   /** Feed bytes; returns every frame they complete, in order. Throws GUEST_PROTOCOL on garbage. */
   push(chunk: Buffer): Frame[] {
+    return [...this.frames(chunk)];
+  }
+
+  /**
+   * Feed bytes; yields the frames they complete one at a time, each data frame's buffer
+   * allocated only when the one before it has been taken: a consumer that finishes with a
+   * frame before asking for the next lets a pool (frame-pool.ts) reuse its buffer even when
+   * one chunk holds many small frames. Consume it to the end before feeding more bytes.
+   * Throws GUEST_PROTOCOL on garbage, after the frames before it.
+   */
+  *frames(chunk: Buffer): Generator<Frame, void, undefined> {
     const frames: Frame[] = [];
     if (this.#ended) {
       if (chunk.length > 0) throw Errors.GUEST_PROTOCOL([`${chunk.length} bytes after end of stream`]);
-      return frames;
+      return;
     }
     if (this.#step.at === "body") {
       chunk = this.#fillBody(chunk, frames);
+      yield* frames.splice(0);
     }
     if (chunk.length > 0) {
       this.#chunks.push(chunk);
@@ -89,13 +111,15 @@ export class FrameDecoder {
     while (!this.#ended) {
       if (this.#step.at === "body") {
         const rest = this.#drainIntoBody(frames);
+        yield* frames.splice(0);
         if (!rest) break;
         continue;
       }
-      if (!this.#advance(frames)) break;
+      const more = this.#advance(frames);
+      yield* frames.splice(0);
+      if (!more) break;
     }
     if (this.#ended && this.#buffered > 0) throw Errors.GUEST_PROTOCOL([`${this.#buffered} bytes after end of stream`]);
-    return frames;
   }
 
   /** One header-level step; false when more bytes are needed. */
@@ -155,11 +179,10 @@ export class FrameDecoder {
   #beginBody(kind: "data" | "error" | "metrics" | "log", length: number, level?: number): void {
     let buffer: Uint8Array;
     if (kind === "data") {
-      // An ArrayBuffer of its own per frame (consumers may keep views into it), 8-byte aligned so
-      // Arrow views it without copying, not zero-filled, with DATA_HEADROOM free bytes in front
-      // where topic.ts can rewrite the schema message in place.
-      const whole = Buffer.allocUnsafeSlow(DATA_HEADROOM + length);
-      buffer = whole.subarray(DATA_HEADROOM);
+      // 8-byte aligned so Arrow views it without copying, with DATA_HEADROOM free bytes in
+      // front where topic.ts can rewrite the schema message in place. Allocated only once the
+      // length passed the limit check above: a hostile length never reaches the allocator.
+      buffer = this.#allocate(length);
     } else {
       buffer = new Uint8Array(length);
     }

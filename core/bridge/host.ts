@@ -41,6 +41,7 @@ import type { Batch } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
 import { packageRoot } from "../kernel/paths.js";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
+import { FrameLease, FramePool } from "./frame-pool.js";
 import { FrameTopics, type DecodedFrame } from "./topic.js";
 import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
 import { openJobScope, type JobScope } from "./job-scope.js";
@@ -298,7 +299,9 @@ class GuestRun {
     connectDog.disarm();
     this.#socket = socket;
 
-    const decoder = new FrameDecoder(this.#options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
+    // One pool per run: what it keeps for reuse goes with the job.
+    const frames = this.#options.recycleFrames === true ? new FramePool() : undefined;
+    const decoder = new FrameDecoder(this.#options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, frames && ((length) => frames.take(length)));
     const idle = this.#timeout("idle", timeouts.idleMs);
     const topics = new FrameTopics();
     const indexByTopic = new Map<string, number>();
@@ -311,15 +314,25 @@ class GuestRun {
     const handle = async (frame: Frame): Promise<void> => {
       switch (frame.kind) {
         case "data": {
-          const decoded = this.#decodeData(topics, frame.bytes, batches);
+          const lease = frames && new FrameLease(frame.bytes.buffer as ArrayBuffer, (buffer) => frames.give(buffer));
+          let decoded: DecodedFrame;
+          try {
+            decoded = this.#decodeData(topics, frame.bytes, batches);
+          } catch (err) {
+            lease?.release();
+            throw err;
+          }
           const index = indexByTopic.get(decoded.topic) ?? 0;
           indexByTopic.set(decoded.topic, index + 1);
-          const batch: Batch = decoded.toBatch(index);
+          const batch: Batch = decoded.toBatch(index, lease);
           rows += batch.numRows;
           batches += 1;
           ipcBytes += frame.bytes.byteLength;
           rowsByTopic.set(batch.topic, (rowsByTopic.get(batch.topic) ?? 0) + batch.numRows);
-          await this.#race(onBatch(batch));
+          const consumed = onBatch(batch);
+          // Let go when the taps are done with it, not when the run fails: a sink may still be writing it then.
+          if (lease) consumed.then(lease.release.bind(lease), lease.release.bind(lease));
+          await this.#race(consumed);
           return;
         }
         case "error":
@@ -346,13 +359,18 @@ class GuestRun {
         const next = await this.#race(chunks.next());
         idle.disarm();
         if (next.done) break;
-        let frames: Frame[];
-        try {
-          frames = decoder.push(next.value);
-        } catch (err) {
-          throw this.#withStderr(err);
+        // One frame at a time: the next one's buffer is taken after this one's batch was handled.
+        const pending = decoder.frames(next.value);
+        for (;;) {
+          let step: IteratorResult<Frame, void>;
+          try {
+            step = pending.next();
+          } catch (err) {
+            throw this.#withStderr(err);
+          }
+          if (step.done) break;
+          await handle(step.value);
         }
-        for (const frame of frames) await handle(frame);
         if (decoder.ended) break;
       }
       if (decoder.ended) await this.#refuseTrailingBytes(chunks, decoder);
@@ -392,6 +410,7 @@ class GuestRun {
       parentRssKb,
       durationMs: Math.round(performance.now() - started),
       rowsByTopic,
+      frameBuffers: frames === undefined ? batches : frames.stats.allocated,
       guestMetrics: { ...this.#guestMetrics },
     };
   }

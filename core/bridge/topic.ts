@@ -18,6 +18,7 @@
 import { RecordBatch, RecordBatchReader, RecordBatchStreamWriter, Schema, Table } from "apache-arrow";
 import { Errors } from "../kernel/errors.js";
 import type { Batch } from "../kernel/job.js";
+import type { FrameLease } from "./frame-pool.js";
 
 export const TOPIC_METADATA_KEY = "casparian.topic";
 export const DEFAULT_TOPIC = "output";
@@ -49,7 +50,8 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 export interface DecodedFrame {
   readonly topic: string;
   readonly numRows: number;
-  toBatch(index: number): Batch;
+  /** The Batch; with a lease (frame-pool.ts), its retain() holds the frame's buffer and its table is refused once that went back. */
+  toBatch(index: number, lease?: FrameLease): Batch;
 }
 
 /**
@@ -97,14 +99,16 @@ function frame(topic: string, ipc: Uint8Array, schema: Schema, batches: RecordBa
   return {
     topic,
     numRows,
-    toBatch(index: number): Batch {
+    toBatch(index: number, lease?: FrameLease): Batch {
       let table: Table | undefined;
       return {
         topic,
         index,
         ipc,
         numRows,
+        retain: lease?.retain ?? keptAnyway,
         get table(): Table {
+          if (lease?.released) throw Errors.BATCH_RELEASED([`batch ${index} of topic "${topic}": its table was read`]);
           table ??= new Table(
             schema,
             batches.map((batch) => (batch.schema === schema ? batch : new RecordBatch(schema, batch.data))),
@@ -114,6 +118,11 @@ function frame(topic: string, ipc: Uint8Array, schema: Schema, batches: RecordBa
       };
     },
   };
+}
+
+/** retain() of a batch whose frame is not pooled: the collector keeps it as long as it is referenced. */
+function keptAnyway(): () => void {
+  return () => undefined;
 }
 
 /**

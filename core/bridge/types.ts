@@ -29,6 +29,13 @@ export interface GuestRunOptions {
   /** Called once per published chunk, in order, awaited before the next frame is read. */
   onBatch(batch: Batch): Promise<void>;
   /**
+   * Reuse a data frame's buffer for a later frame once `onBatch` has settled for its batch
+   * and every `Batch.retain()` was released (frame-pool.ts). Only for consumers that keep
+   * no batch past onBatch without retain(): the pipeline sets it when every onBatch tap says
+   * so. Default false: each frame gets a buffer of its own, left to the garbage collector.
+   */
+  recycleFrames?: boolean;
+  /**
    * Warm guests (warm-pool.ts): fork the job from a parent that has the plugin's imports
    * loaded. Without it, or when the pool declines (MANIFEST["fork"] = False, ...), the job
    * runs in a fresh interpreter.
@@ -64,6 +71,8 @@ export interface GuestResult {
   /** From spawning the guest to its exit. */
   durationMs: number;
   rowsByTopic: Map<string, number>;
+  /** Buffers allocated for data frames: fewer than `batches` when frames were recycled (recycleFrames). */
+  frameBuffers?: number;
   /** The guest's own stdout metrics line, integer values only. */
   guestMetrics: Record<string, number>;
 }

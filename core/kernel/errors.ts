@@ -173,6 +173,11 @@ export const Errors = {
     "job %s: data frame %s (%s bytes) is not a valid Arrow IPC stream: %s",
     "the plugin sent corrupt bytes on the bridge socket; publish through the SDK (ctx.publish) instead of writing to the socket",
   ),
+  BATCH_RELEASED: createError<[string]>(
+    "CSP_BATCH_RELEASED",
+    "a batch was used after its memory went back to the worker: %s",
+    "a sink or onBatch tap that keeps a batch after its call returns must call batch.retain() during that call, and the function it returns when done",
+  ),
   // Guest isolation (core/bridge/slot-user.ts, sandbox.ts)
   SLOT_USER_NEEDS_ROOT: createError<[number | string]>(
     "CSP_SLOT_USER_NEEDS_ROOT",

@@ -55,7 +55,16 @@ export interface JobContext extends JobInfo {
   readonly signal: AbortSignal;
 }
 
-/** One published chunk: a complete Arrow IPC stream for one topic. */
+/**
+ * One published chunk: a complete Arrow IPC stream for one topic.
+ *
+ * Lifetime: a batch (its `ipc`, its `table` and every view into them) is valid until the
+ * call that received it (an onBatch tap, Sink.write) has resolved. To keep it longer, call
+ * `retain()` during that call and the function it returns once done. Taps that say so
+ * (`usesRetain: true` in their tap options, `usesRetain` on a sink plugin) let the worker
+ * reuse a batch's memory for a later frame as soon as nothing holds it; a batch that also
+ * reaches any other tap or sink is kept for the garbage collector, as if retained forever.
+ */
 export interface Batch {
   readonly topic: string;
   /** Sequence number of this batch within its topic, from 0. */
@@ -65,6 +74,12 @@ export interface Batch {
   /** The same data decoded by apache-arrow (views over `ipc`, no copy). */
   readonly table: Table;
   readonly numRows: number;
+  /**
+   * Keep this batch valid after the call that received it returns; call the function it
+   * returns, once, when done (later calls do nothing). Throws CSP_BATCH_RELEASED when the
+   * batch's memory has already gone back.
+   */
+  retain(): () => void;
 }
 
 /** Something a job published: the topic and where it is now. */

@@ -23,7 +23,7 @@ import type { BridgeConfig } from "../config/config.js";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
 import type { Batch, EnvReady, JobCommand, JobContext, JobOutcome, Receipt } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
-import { createHooks, type TapOnlyHooks, type WorkerHooks, type WorkerInfo, type WorkerPlugin } from "../../hooks/index.js";
+import { createHooks, type BatchTapOptions, type TapOnlyHooks, type WorkerHooks, type WorkerInfo, type WorkerPlugin } from "../../hooks/index.js";
 import { HookInterceptor, failingTap } from "./interceptor.js";
 
 export const DEFAULT_TIMEOUTS_SECONDS = { connect: 30, idle: 300, job: 3600 } as const;
@@ -152,6 +152,7 @@ export class Pipeline {
         warm: this.#options.bridge?.warm?.enabled === false ? undefined : this.#options.warm,
         slotUser: this.#options.slotUser,
         sandbox: this.#options.bridge?.sandbox,
+        recycleFrames: (this.#hooks.onBatch.taps as BatchTapOptions[]).every((tap) => tap.usesRetain === true),
         onBatch: (batch: Batch) => (writing = this.#hooks.onBatch.promise(batch, job)),
       });
       Object.assign(outcome.metrics, guestMetrics(guest));
@@ -226,6 +227,7 @@ function guestMetrics(guest: GuestResult): Record<string, number> {
     plugin_ms: Math.max(0, Math.round(guest.durationMs - guest.startupMs)),
   };
   if (guest.parentRssKb) metrics.guest_parent_rss_kb = guest.parentRssKb;
+  if (guest.frameBuffers !== undefined) metrics.frame_buffers = guest.frameBuffers;
   for (const [topic, rows] of guest.rowsByTopic) metrics[`rows.${topic}`] = rows;
   for (const [name, value] of Object.entries(guest.guestMetrics)) metrics[`guest.${name}`] = value;
   return metrics;

@@ -6,7 +6,9 @@
  *   jobStart       → create + open one sink per SinkSpec (identical repeats are one sink;
  *                    an unknown scheme or a conflicting repeat fails the job before any opens)
  *   onBatch        → unify the batch with its topic's schema (sinks/schema.ts), check the
- *                    schemaDef contract, then write to every sink of the batch's topic
+ *                    schemaDef contract, then write to every sink of the batch's topic;
+ *                    the batch is released when every write resolved and every sink let go
+ *                    of what it retained (a sink plugin without usesRetain keeps it for good)
  *   prepareCommit  → every sink prepares (phase one); the first failure fails the job
  *   onConclude     → at Stage.COMMIT (after default-stage taps, which may still veto):
  *                    SUCCESS: every sink commits (phase two), all or nothing (sink-commit.ts),
@@ -105,7 +107,8 @@ export class SinkManager implements WorkerPlugin {
     const tap = { name: PLUGIN_NAME, stage: Stage.SINK };
     hooks.start.tapPromise(tap, () => this.#recover());
     hooks.jobStart.tapPromise(tap, (job) => this.#open(job));
-    hooks.onBatch.tapPromise(tap, (batch, job) => this.#write(batch, job));
+    // Sinks whose plugin does not use Batch.retain() get batches that are never released (see #write).
+    hooks.onBatch.tapPromise({ ...tap, usesRetain: true }, (batch, job) => this.#write(batch, job));
     hooks.prepareCommit.tapPromise(tap, (job) => this.#prepare(job));
     // Commit at its own stage, after the default one: a quality gate tapped without a stage can still veto.
     hooks.onConclude.tapPromise({ name: PLUGIN_NAME, stage: Stage.COMMIT }, (outcome, job) => this.#conclude(outcome, job));
@@ -203,6 +206,9 @@ export class SinkManager implements WorkerPlugin {
     const unified = this.#unify(batch, job, state);
     this.#checkContracts(unified, job, sinks);
     for (const active of sinks) {
+      // A sink that may keep batches without saying so (no usesRetain) holds this one for good:
+      // its memory is then the collector's to free, never reused under the sink.
+      if (active.loaded.plugin.usesRetain !== true) batch.retain();
       await this.#call(active, job, "write", () => active.sink!.write(unified));
       active.batches++;
       active.rows += batch.numRows;

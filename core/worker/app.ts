@@ -12,7 +12,7 @@ import { SystemPythonEnvs } from "../env/system.js";
 import { claimSlotUser } from "../bridge/slot-user.js";
 import { WarmPool } from "../bridge/warm-pool.js";
 import type { Logger } from "../kernel/logger.js";
-import { MetricsPlugin, WorkerMetrics, serveMetrics } from "./metrics.js";
+import type { WorkerMetrics } from "./metrics.js";
 import { ProgressLog } from "./progress-log.js";
 import { Worker } from "./worker.js";
 import { pipelineFromConfig } from "../pipeline/from-config.js";
@@ -42,7 +42,9 @@ export interface WorkerSettings {
 /** Build everything, start the worker (it connects and identifies), serve metrics if asked. */
 export async function startWorkerProcess(settings: WorkerSettings): Promise<Worker> {
   const { logger, outputRoot, workerId } = settings;
-  const metrics = new WorkerMetrics({ processMetrics: settings.metricsPort !== undefined });
+  // Metrics exist only to be served: without a port, prom-client is never loaded (about 7 MB of RSS).
+  const metricsModule = settings.metricsPort === undefined ? undefined : await import("./metrics.js");
+  const metrics: WorkerMetrics | undefined = metricsModule === undefined ? undefined : new metricsModule.WorkerMetrics({ processMetrics: true });
   const environments = settings.loaded.config.environments ?? {};
   const envs = new SystemPythonEnvs(
     new EnvManager({
@@ -69,9 +71,12 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     idleMs: warmConfig.idleTimeout === undefined ? undefined : warmConfig.idleTimeout * 1000,
     maxParentBytes: warmConfig.maxParentMemory,
   });
-  metrics.observeWarmGuests(() => warm.stats());
+  metrics?.observeWarmGuests(() => warm.stats());
   // The metrics counters outlive pipelines: a RELOAD's pipeline taps the same ones.
-  const observers = [new MetricsPlugin(metrics), ...(settings.progressIntervalMs === undefined ? [] : [new ProgressLog(settings.progressIntervalMs)])];
+  const observers = [
+    ...(metrics === undefined ? [] : [new metricsModule!.MetricsPlugin(metrics)]),
+    ...(settings.progressIntervalMs === undefined ? [] : [new ProgressLog(settings.progressIntervalMs)]),
+  ];
   const build = (loaded: LoadedConfig) => pipelineFromConfig(loaded, { logger, outputRoot, workerId, envs, warm, slotUser, plugins: observers });
   let pipeline = await build(settings.loaded);
 
@@ -111,8 +116,8 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     },
   });
 
-  if (settings.metricsPort !== undefined) {
-    server = await serveMetrics(settings.metricsPort, metrics.registry, settings.loaded.config.metricsHost);
+  if (settings.metricsPort !== undefined && metricsModule !== undefined && metrics !== undefined) {
+    server = await metricsModule.serveMetrics(settings.metricsPort, metrics.registry, settings.loaded.config.metricsHost);
     logger.info({ port: (server.address() as AddressInfo).port }, "serving Prometheus metrics on /metrics");
   }
   await worker.start();

@@ -29,7 +29,7 @@ export class ProgressLog implements WorkerPlugin {
     hooks.jobStart.tapPromise(tap, async (job) => {
       this.#jobs.set(job, { rows: 0, bytes: 0, lastLogged: Date.now() });
     });
-    hooks.onBatch.tapPromise(tap, async (batch, job) => {
+    hooks.onBatch.tapPromise({ ...tap, usesRetain: true }, async (batch, job) => {
       const counts = this.#jobs.get(job);
       if (counts === undefined) return;
       counts.rows += batch.numRows;

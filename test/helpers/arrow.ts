@@ -26,7 +26,7 @@ import { defineSink, type SinkPlugin } from "../../sinks/api.js";
 export function batchOf(topic: string, table: Table, index = 0): Batch {
   const ipc = tableToIPC(table, "stream");
   const decoded = tableFromIPC(ipc);
-  return { topic, index, ipc, table: decoded, numRows: decoded.numRows };
+  return { topic, index, ipc, table: decoded, numRows: decoded.numRows, retain: () => () => undefined };
 }
 
 const WORDS = ["Zürich", "東京", "naïve café", "emoji 🚀", "", "plain", "Ελληνικά", "line\nbreak", 'quote"d', "tab\tbed"];
