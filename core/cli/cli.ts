@@ -38,6 +38,20 @@ export const DEFAULTS = {
 const LOG_LEVELS: readonly LevelWithSilent[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 const ENDPOINT = /^(tcp|ipc|inproc|ws|wss|pgm|epgm):\/\/.+/;
 
+/**
+ * `casparian run`'s plugin inspection starts a Python (plugin.ts): started here, it runs while
+ * the run's modules load. Flags that do not parse are left to the run, which reports them.
+ */
+async function inspectPluginAhead(argv: readonly string[]): Promise<void> {
+  const [{ parseRunFlags }, { inspectAhead }] = await Promise.all([import("../run/flags.js"), import("../run/plugin.js")]);
+  try {
+    const flags = parseRunFlags(argv);
+    if (flags !== "help") inspectAhead(resolve(process.cwd(), flags.plugin));
+  } catch {
+    // reported by the run itself
+  }
+}
+
 export function version(): string {
   const pkg = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version: string };
   return pkg.version;
@@ -109,6 +123,7 @@ export async function main(argv: readonly string[], program = "casparian"): Prom
         return await workerCommand(rest, workerProgram);
       }
       case "run": {
+        await inspectPluginAhead(rest);
         const { runCommand } = (await import("../run/command.js")) as { runCommand(argv: string[]): Promise<number> };
         return await runCommand(rest);
       }

@@ -12,8 +12,6 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises"
 import { availableParallelism } from "node:os";
 import { dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { performance } from "node:perf_hooks";
-import { parseArgs } from "node:util";
-import type { LevelWithSilent } from "pino";
 import { loadConfig, type LoadedConfig } from "../config/loader.js";
 import { CasparianError, Errors, errorMessage } from "../kernel/errors.js";
 import { makeUndumpable } from "../kernel/dumpable.js";
@@ -22,7 +20,8 @@ import type { SinkMode } from "../protocol/messages.js";
 import { checkSinkPlan } from "../worker/sink-preflight.js";
 import { casparianHome } from "../worker/worker-id.js";
 import { expandInputs, type NamedInput } from "./inputs.js";
-import { describeSink, parseMode, parseSinkFlag, planSinks, removeStaleStaging, stagingRootFor, type SinkPlan } from "./outputs.js";
+import { LOG_LEVELS, parseRunFlags, type RunFlags } from "./flags.js";
+import { describeSink, parseSinkFlag, planSinks, removeStaleStaging, stagingRootFor, type SinkPlan } from "./outputs.js";
 import { planInputs, recipeOf, type InputPlan } from "./plan.js";
 import { provideBareEnvWithoutUv, resolvePluginEnvironment, type PluginEnvironment } from "./plugin-env.js";
 import { inspectPlugin, type PluginInfo } from "./plugin.js";
@@ -36,7 +35,6 @@ import type { SchemaCache, UnifiedDirectory } from "./unify-files.js";
 
 export const RunExit = { OK: 0, FAILED: 1, USAGE: 2, INTERRUPTED: 130 } as const;
 
-const LOG_LEVELS: readonly LevelWithSilent[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 /** Run logs kept in $CASPARIAN_HOME/logs. */
 const KEEP_RUN_LOGS = 20;
 
@@ -91,79 +89,6 @@ Exit codes:
        that cannot load or cannot take the URI or mode it was given)
   130  interrupted (Ctrl-C)
 `;
-
-interface RunFlags {
-  plugin: string;
-  inputs: string[];
-  output?: string;
-  workers?: number;
-  sinks: string[];
-  mode?: SinkMode;
-  all: boolean;
-  keepGoing: boolean;
-  pluginConfig?: string;
-  config?: string;
-  report?: string;
-  logLevel?: LevelWithSilent;
-}
-
-export function parseRunFlags(argv: readonly string[]): RunFlags | "help" {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: [...argv],
-      allowPositionals: true,
-      strict: true,
-      options: {
-        output: { type: "string", short: "o" },
-        workers: { type: "string", short: "w" },
-        sink: { type: "string", multiple: true },
-        mode: { type: "string" },
-        all: { type: "boolean" },
-        "keep-going": { type: "boolean" },
-        "plugin-config": { type: "string" },
-        config: { type: "string", short: "c" },
-        "log-level": { type: "string" },
-        report: { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-  } catch (err) {
-    throw Errors.CLI_USAGE([(err as Error).message], { hint: "run `casparian run --help` to see the usage" });
-  }
-  const { values, positionals } = parsed;
-  if (values.help === true) return "help";
-  const [plugin, ...inputs] = positionals;
-  if (plugin === undefined) throw Errors.CLI_USAGE(["missing <plugin.py>"], { hint: "casparian run <plugin.py> <inputs...>" });
-  if (inputs.length === 0) throw Errors.CLI_USAGE(["no inputs given"], { hint: "casparian run <plugin.py> <files, directories or globs...>" });
-  let workers: number | undefined;
-  if (values.workers !== undefined) {
-    workers = Number(values.workers);
-    if (!Number.isInteger(workers) || workers < 1) throw Errors.CLI_USAGE([`--workers expects a whole number ≥ 1, got "${values.workers}"`]);
-  }
-  const logLevel = values["log-level"] as LevelWithSilent | undefined;
-  if (logLevel !== undefined && !LOG_LEVELS.includes(logLevel))
-    throw Errors.CLI_USAGE([`--log-level expects one of ${LOG_LEVELS.join(", ")}, got "${logLevel}"`]);
-  const mode = values.mode === undefined ? undefined : parseMode(values.mode, "--mode");
-  if (mode !== undefined && (values.sink ?? []).length === 0)
-    throw Errors.CLI_USAGE(["--mode applies to --sink sinks, and none was given"], {
-      hint: "give the mode of a config or MANIFEST sink in its own entry: { uri, mode }",
-    });
-  return {
-    plugin,
-    inputs,
-    output: values.output,
-    workers,
-    sinks: values.sink ?? [],
-    mode,
-    all: values.all === true,
-    keepGoing: values["keep-going"] === true,
-    pluginConfig: values["plugin-config"],
-    config: values.config,
-    report: values.report,
-    logLevel,
-  };
-}
 
 /** Entry point, called by the CLI with the arguments after `run`. Never throws. */
 export async function runCommand(argv: string[]): Promise<number> {

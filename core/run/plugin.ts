@@ -115,7 +115,30 @@ const ENTRY_CLASSES = ["Handler", "Plugin"] as const;
  * Compiles and inspects the plugin. Throws CSP_RUN_PLUGIN_INVALID with Python's
  * own error text for a syntax error, a missing entry class or broken metadata.
  */
+/** Inspections started ahead (inspectAhead), by plugin path, until inspectPlugin takes them. */
+const ahead = new Map<string, Promise<PluginInfo>>();
+
+/**
+ * Starts inspecting the plugin now, for inspectPlugin(path) to take later: the CLI calls it
+ * before the run's modules load, so the host Python starts meanwhile.
+ */
+export function inspectAhead(pluginPath: string): void {
+  if (ahead.has(pluginPath)) return;
+  const inspection = inspect(pluginPath);
+  inspection.catch(() => undefined); // its error is reported by the inspectPlugin call that takes it
+  ahead.set(pluginPath, inspection);
+}
+
 export async function inspectPlugin(pluginPath: string, python = process.env.PYTHON ?? "python3"): Promise<PluginInfo> {
+  const early = python === (process.env.PYTHON ?? "python3") ? ahead.get(pluginPath) : undefined;
+  if (early !== undefined) {
+    ahead.delete(pluginPath);
+    return early;
+  }
+  return inspect(pluginPath, python);
+}
+
+async function inspect(pluginPath: string, python = process.env.PYTHON ?? "python3"): Promise<PluginInfo> {
   const source = await readFile(pluginPath, "utf8").catch((err: NodeJS.ErrnoException) => {
     throw Errors.CLI_USAGE([`plugin ${pluginPath} cannot be read: ${err.code ?? err.message}`]);
   });
