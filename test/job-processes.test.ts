@@ -15,8 +15,9 @@ import { pathToFileURL } from "node:url";
 import { runGuest } from "../core/bridge/host.js";
 import { jobCgroupRoot } from "../core/bridge/job-scope.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
-import type { WarmPool } from "../core/bridge/warm-pool.js";
+import { WarmPool } from "../core/bridge/warm-pool.js";
 import type { Batch } from "../core/kernel/job.js";
+import { silentLogger } from "../core/kernel/logger.js";
 import { packageRoot } from "../core/kernel/paths.js";
 import { bareGuests, guestModes, inputFile, type BareGuests } from "./helpers/guests.js";
 import { testJob } from "./helpers/pyenv.js";
@@ -173,9 +174,25 @@ describe("job cgroups", () => {
       return;
     }
     const ours = async () => (await readdir(root.dir)).filter((name) => name.startsWith(`casparian-${process.pid}-`));
-    const { rows } = await runRows(SETSID_DAEMON, { warm: pool });
-    assert.equal(isRunning(rows[0]!.daemon as number), false);
-    assert.deepEqual(await ours(), []);
+    // A warm guest's spare child waits for the next job in that job's cgroup, made ahead: one more, which goes with its guest.
+    const before = await ours();
+    const own = new WarmPool({ logger: silentLogger() });
+    try {
+      let reserved: string | undefined;
+      for (const options of [{ warm: own }, { warm: own }, {}]) {
+        const { rows } = await runRows(SETSID_DAEMON, options);
+        assert.equal(isRunning(rows[0]!.daemon as number), false);
+        const left = await ours();
+        const made = left.filter((name) => !before.includes(name));
+        assert.ok(made.length <= 1, `at most the next job's is there: ${made.join(", ")}`);
+        // The second job ran in the cgroup made for it ahead, after the first job.
+        if (reserved !== undefined && options.warm) assert.equal(left.includes(reserved), false, "the job's cgroup is gone");
+        reserved = made[0];
+      }
+    } finally {
+      await own.close();
+    }
+    assert.deepEqual(await ours(), before, "the spare's cgroup went with its warm guest");
   });
 
   test("the job cgroups of a worker that was killed go, with their processes, when the next worker starts", async (t) => {

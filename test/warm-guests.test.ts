@@ -19,7 +19,7 @@ import { isProcessAlive } from "../core/kernel/process.js";
 import { Pipeline } from "../core/pipeline/pipeline.js";
 import { Opcode, type DispatchCommand } from "../core/protocol/messages.js";
 import { rejectsWith } from "./helpers/assert.js";
-import { bareEnvironment, fixturePath, testJob } from "./helpers/pyenv.js";
+import { bareEnvironment, fixturePath, prepareCommand, testJob } from "./helpers/pyenv.js";
 import { runCli } from "./helpers/run-cli.js";
 import { TestSentinel } from "./helpers/sentinel.js";
 import { spawnWorker } from "./helpers/spawn-worker.js";
@@ -156,6 +156,90 @@ describe("warm guests", () => {
       assert.equal(replaced.result.warm, false);
       assert.notEqual(replaced.seen.ppid, a.seen.ppid);
       assert.equal((await runProbe("look", { warm: pool })).result.warm, true);
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("a warm parent pays the standard library's first-use costs the plugin's source foresees, without running it", async () => {
+    const pool = new WarmPool({ logger: silentLogger() });
+    // Module level runs in the child: what is loaded there came from the parent (or from this job).
+    const source = [
+      "import re, sys",
+      "from datetime import datetime",
+      'LOADED = {name: [name in sys.modules] for name in ("_strptime", "encodings.utf_8_sig")}',
+      'LOADED["plugin_ran_in_parent"] = [hasattr(sys, "PLUGIN_MARK")]',
+      "sys.PLUGIN_MARK = True",
+      "def parse(path):",
+      '    with open(path, encoding="utf-8-sig") as handle:',
+      '        text = re.sub(r"[^a-z]+", "", handle.read())',
+      '    LOADED["date"] = [datetime.strptime("2024-01-02", "%Y-%m-%d").day]',
+      "    return LOADED",
+      "",
+    ].join("\n");
+    try {
+      const rows: Record<string, unknown>[] = [];
+      for (let i = 0; i < 2; i++) {
+        const { job } = testJob(source, { filePath: await input("look"), pluginName: "first_use" });
+        const result = await runGuest({
+          interpreterPath: python,
+          job,
+          timeouts: TIMEOUTS,
+          warm: pool,
+          onBatch: async (batch) => void rows.push(batch.table.get(0)!.toJSON()),
+        });
+        assert.equal(result.warm, i === 1);
+      }
+      for (const row of rows) {
+        assert.deepEqual(row, { _strptime: true, "encodings.utf_8_sig": true, plugin_ran_in_parent: false, date: 2n });
+      }
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("an environment rebuilt at the same path gets a new parent: one started in the old build is never reused", async () => {
+    const manager = new EnvManager({ home: join(home, "rebuilt"), logger: silentLogger() });
+    const prepare = await prepareCommand('version = 1\nrequires-python = ">=3.11"\n');
+    await manager.prepare(prepare);
+    const pool = new WarmPool({ logger: silentLogger() });
+    const pipeline = new Pipeline({ logger: silentLogger(), outputRoot: work, workerId: "w", envs: manager, warm: pool });
+    const seen: number[] = [];
+    pipeline.use({
+      name: "test",
+      apply: (hooks) =>
+        hooks.onBatch.tapPromise("test", async (batch) => {
+          seen.push(Number(batch.table.get(0)!.toJSON().ppid));
+        }),
+    });
+    const job = async (jobId: bigint) => {
+      const command: JobCommand = {
+        pluginName: "probe",
+        filePath: await input("look"),
+        sinks: [],
+        fileVersionId: 1n,
+        envHash: prepare.env_hash,
+        sourceCode: probe,
+        artifactHash: null,
+      };
+      const receipt = await pipeline.runJob({ jobId, command, logger: silentLogger(), signal: new AbortController().signal });
+      assert.equal(receipt.status, "SUCCESS", receipt.errorMessage ?? "");
+      return { warm: receipt.metrics.guest_warm, ppid: seen.at(-1)! };
+    };
+    try {
+      const first = await job(1n);
+      const second = await job(2n);
+      assert.equal(second.warm, 1);
+      assert.equal(second.ppid, first.ppid);
+      // Evicted and built again at the same path (as for another python_version): the same interpreter path, another env.
+      await rm(manager.venvPath(prepare.env_hash), { recursive: true, force: true });
+      assert.equal((await manager.prepare(prepare)).cached, false);
+      const rebuilt = await job(3n);
+      assert.equal(rebuilt.warm, 0, "the rebuilt env's first job starts a parent");
+      assert.notEqual(rebuilt.ppid, first.ppid, "not forked from the parent of the old build");
+      const next = await job(4n);
+      assert.equal(next.warm, 1);
+      assert.equal(next.ppid, rebuilt.ppid);
     } finally {
       await pool.close();
     }

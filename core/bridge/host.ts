@@ -47,7 +47,7 @@ import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
 import { openJobScope, type JobScope } from "./job-scope.js";
 import { effectiveLimits, isLimitKey, limitExceeded, limitsEnv } from "./limits.js";
 import { sandboxed, type GuestCommand } from "./sandbox.js";
-import { unreachableFor, type SlotUser } from "./slot-user.js";
+import { unreachableFor, type Access, type SlotUser } from "./slot-user.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
 import type { ExitInfo, WarmChild, WarmLaunch } from "./warm-pool.js";
 
@@ -98,6 +98,9 @@ export async function runGuest(options: GuestRunOptions): Promise<GuestResult> {
 
 const SOCKET_DIR_PREFIX = "casparian-bridge-";
 let warnedUnreachable = false;
+/** Slot user + env build + job directory parent that a slot user was seen to reach (host.ts #slotUser). */
+const reachableEnvs = new Set<string>();
+const MAX_REACHABLE_ENVS = 256;
 let sweptStale: Promise<void> | undefined;
 
 /** Socket directories of worker processes that died mid-job (SIGKILL skips every finally). */
@@ -277,13 +280,14 @@ class GuestRun {
     if (this.#user) await chown(this.#dir, this.#user.uid, this.#user.gid);
     const socketPath = join(this.#dir, "bridge.sock");
     const { connection } = await this.#listen(socketPath);
-    this.#scope = await openJobScope({
-      useCgroup: this.#options.cgroup,
-      onFallback: (reason) => this.#log.info({ reason }, "no cgroup for jobs: a job's processes are its guest's session, process group and marked environment"),
-    });
     if (this.#failure) throw this.#failure; // aborted already: no guest to start
     const pool = this.#options.sandbox ? undefined : this.#options.warm;
-    if (!(pool && (await this.#race(this.#fork(socketPath, source))))) await this.#spawn(socketPath, source);
+    // A warm child brings its job's scope (its parent forked it ahead, and it was moved in meanwhile).
+    if (!(pool && (await this.#race(this.#fork(socketPath, source))))) {
+      this.#scope = await openJobScope({ useCgroup: this.#options.cgroup, onFallback: reportNoCgroup(this.#log) });
+      if (this.#failure) throw this.#failure;
+      await this.#spawn(socketPath, source);
+    }
 
     const connectDog = this.#timeout("connect", timeouts.connectMs);
     connectDog.arm();
@@ -497,15 +501,24 @@ class GuestRun {
   async #slotUser(): Promise<SlotUser | undefined> {
     const user = this.#options.slotUser;
     if (!user) return undefined;
-    const { interpreterPath } = this.#options;
+    const { interpreterPath, envIdentity } = this.#options;
     const venv = dirname(dirname(interpreterPath));
-    const problem = await unreachableFor(user, [
-      { path: interpreterPath, need: "rx" },
-      { path: join(venv, "pyvenv.cfg"), need: "r" },
-      { path: shimPath(), need: "rx" },
-      { path: this.#options.job.command.filePath, need: "r" },
-      { path: dirname(this.#dir), need: "x" },
-    ]);
+    // What every job of this env shares is looked at once per build of the env (about 30 stats); the input each time.
+    const shared = `${user.uid}:${user.gid}\0${interpreterPath}\0${envIdentity ?? ""}\0${dirname(this.#dir)}`;
+    const paths: Array<{ path: string; need: Access }> = [{ path: this.#options.job.command.filePath, need: "r" }];
+    if (!reachableEnvs.has(shared)) {
+      paths.push(
+        { path: interpreterPath, need: "rx" },
+        { path: join(venv, "pyvenv.cfg"), need: "r" },
+        { path: shimPath(), need: "rx" },
+        { path: dirname(this.#dir), need: "x" },
+      );
+    }
+    const problem = await unreachableFor(user, paths);
+    if (problem === null && paths.length > 1) {
+      if (reachableEnvs.size >= MAX_REACHABLE_ENVS) reachableEnvs.clear();
+      reachableEnvs.add(shared);
+    }
     if (problem === null) return user;
     if (user.required) throw Errors.SLOT_USER_UNREACHABLE([user.uid, problem], { context: { ...this.#context } });
     // Once per worker process: a busy worker would say it for every job.
@@ -546,6 +559,8 @@ class GuestRun {
     const outputs = await Promise.all(["stdout.sock", "stderr.sock"].map((name) => this.#listen(join(this.#dir, name))));
     const spec = {
       interpreterPath: this.#options.interpreterPath,
+      envIdentity: this.#options.envIdentity,
+      cgroup: this.#options.cgroup,
       guestPath: shimPath(),
       source,
       pluginName: this.#options.job.command.pluginName,
@@ -558,7 +573,10 @@ class GuestRun {
     // Abort or a timeout may end this run while the parent is still starting: a child
     // forked after that belongs to nobody, so it goes at once.
     void launching.then((launch: WarmLaunch) => {
-      if (launch.kind === "forked" && this.#closing && this.#pid !== launch.child.pid) killGroup(launch.child.pid, "SIGKILL");
+      if (launch.kind === "forked" && this.#closing && this.#pid !== launch.child.pid) {
+        killGroup(launch.child.pid, "SIGKILL");
+        void launch.child.scope.close().catch(() => undefined);
+      }
     });
     const launch = await launching;
     if (launch.kind === "cold") {
@@ -567,9 +585,10 @@ class GuestRun {
     }
     const child = launch.child;
     this.#warmChild = child;
+    this.#scope = child.scope;
     this.#pid = child.pid;
     this.#exit = child.exit.then((exit) => (this.#exited = exit));
-    this.#adopt(child.pid);
+    await this.#adopt(child.pid, child.adopted);
     const [stdout, stderr] = outputs.map(({ connection }) =>
       // A child that dies before connecting its output has none to read.
       Promise.race([
@@ -639,7 +658,7 @@ class GuestRun {
       // A guest that could not start (ENOENT, EACCES) never exits: the error says why.
       child.once("error", (err) => resolve({ code: null, signal: err.message }));
     }).then((exit) => (this.#exited = exit));
-    if (child.pid !== undefined) this.#adopt(child.pid);
+    if (child.pid !== undefined) await this.#adopt(child.pid);
     this.#outputDone = Promise.all([this.#readStderr(child.stderr), this.#readStdout(child.stdout)]);
     this.#log.debug({ guest_pid: child.pid, interpreter: interpreterPath }, "guest started");
   }
@@ -648,17 +667,17 @@ class GuestRun {
    * Put the guest (just started, not yet running plugin code: it waits for this) into the job's
    * scope, and have whatever it leaves running killed the moment it exits.
    */
-  #adopt(pid: number): void {
+  async #adopt(pid: number, moving?: Promise<void>): Promise<void> {
     const scope = this.#scope!;
+    this.#leftoversKilled = this.#exit!.then(() => scope.killAll()).catch((err: unknown) =>
+      this.#log.warn({ err }, "killing the job's leftover processes failed"),
+    );
     try {
-      scope.adopt(pid);
+      await (moving ?? scope.adopt(pid));
     } catch (err) {
       killGroup(pid, "SIGKILL");
       throw this.#guestFailed(`could not move the guest into its cgroup: ${(err as Error).message}; set bridge.cgroup: false to track jobs by session instead`);
     }
-    this.#leftoversKilled = this.#exit!.then(() => scope.killAll()).catch((err: unknown) =>
-      this.#log.warn({ err }, "killing the job's leftover processes failed"),
-    );
   }
 
   /** CSP_GUEST_LIMIT when the guest ran into one of its resource limits (it says which, or its death does). */
@@ -771,6 +790,11 @@ class GuestRun {
     this.#child?.stderr?.destroy();
     for (const socket of this.#outputSockets) socket.destroy();
   }
+}
+
+/** Says once per process (job-scope.ts) why jobs have no cgroup. */
+function reportNoCgroup(log: Logger): (reason: string) => void {
+  return (reason) => log.info({ reason }, "no cgroup for jobs: a job's processes are its guest's session, process group and marked environment");
 }
 
 /** The environment every guest (and every warm parent) starts with: the allowlist, nothing of the worker's own. */

@@ -16,7 +16,7 @@
  * environment the worker may not read. Such a process outlives its job; a cgroup is the fix.
  */
 import { randomBytes } from "node:crypto";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { isProcessAlive } from "../kernel/process.js";
@@ -39,10 +39,14 @@ export interface JobScope {
   readonly env: Readonly<Record<string, string>>;
   /**
    * Track `pid`, the guest (leader of its own session and process group). A cgroup scope moves
-   * it in now, synchronously, so no plugin code runs outside (the guest waits for it). Throws
-   * when the kernel refuses; the guest then never starts the plugin.
+   * it in (the guest runs no plugin code before it sees itself there). Rejects when the kernel
+   * refuses; the guest then never starts the plugin. Adopting a pid twice moves it once.
+   *
+   * The move is asynchronous (a thread of libuv's pool writes cgroup.procs): the kernel makes a
+   * writer of cgroup.procs wait for an RCU grace period, 5-20 ms on a busy machine, which would
+   * otherwise stall the worker's event loop. Warm guests move their next child in ahead.
    */
-  adopt(pid: number): void;
+  adopt(pid: number): Promise<void>;
   /** SIGTERM every process of the job: a chance to clean up before killAll. */
   terminate(): void;
   /** SIGKILL every process of the job; resolves once none is left (or after a bounded wait). */
@@ -144,15 +148,24 @@ class CgroupScope implements JobScope {
   readonly kind = "cgroup";
   readonly env: Record<string, string>;
   readonly #dir: string;
+  readonly #adopted = new Map<number, Promise<void>>();
   #closed = false;
+  /** Set once killAll found the cgroup empty: nothing of the job is left to start anything. */
+  #empty = false;
 
   constructor(dir: string) {
     this.#dir = dir;
     this.env = { [JOB_CGROUP_ENV]: dir.slice(dir.lastIndexOf("/") + 1) };
   }
 
-  adopt(pid: number): void {
-    writeFileSync(join(this.#dir, "cgroup.procs"), String(pid));
+  adopt(pid: number): Promise<void> {
+    let moved = this.#adopted.get(pid);
+    if (!moved) {
+      this.#empty = false;
+      moved = writeFile(join(this.#dir, "cgroup.procs"), String(pid));
+      this.#adopted.set(pid, moved);
+    }
+    return moved;
   }
 
   terminate(): void {
@@ -162,7 +175,14 @@ class CgroupScope implements JobScope {
   }
 
   async killAll(): Promise<void> {
-    if (this.#closed) return;
+    if (this.#closed || this.#empty) return;
+    // A move still in flight lands first: an empty look before it would not mean "nothing left".
+    await Promise.allSettled(this.#adopted.values());
+    // After a clean exit there is nothing left: one read instead of a kill and a read.
+    if (!(await this.#populated())) {
+      this.#empty = true;
+      return;
+    }
     const deadline = Date.now() + KILL_WAIT_MS;
     // cgroup.kill (Linux 5.14) kills every member atomically, forks in flight included.
     const killed = await writeFile(join(this.#dir, "cgroup.kill"), "1").then(
@@ -170,7 +190,10 @@ class CgroupScope implements JobScope {
       () => false,
     );
     while (Date.now() < deadline) {
-      if (!(await this.#populated())) return;
+      if (!(await this.#populated())) {
+        this.#empty = true;
+        return;
+      }
       if (!killed) {
         // Older kernels: freeze the group so nothing forks, kill each member, thaw to let them die.
         await writeFile(join(this.#dir, "cgroup.freeze"), "1").catch(() => undefined);
@@ -227,9 +250,10 @@ class SessionScope implements JobScope {
     this.env = { [JOB_MARKER_ENV]: this.#marker };
   }
 
-  adopt(pid: number): void {
+  adopt(pid: number): Promise<void> {
     this.#leader = pid;
     this.#since = startTime(pid) ?? 0;
+    return Promise.resolve();
   }
 
   terminate(): void {

@@ -20,6 +20,12 @@ export interface GuestTimeouts {
 export interface GuestRunOptions {
   /** `<venv>/bin/python` of the job's environment. */
   interpreterPath: string;
+  /**
+   * What the environment is, beyond its path (its seal: digest and build time): an env rebuilt
+   * at the same path (another python_version, evicted and built again) is another env, and a
+   * warm guest started in the old one is never used for it.
+   */
+  envIdentity?: string;
   job: JobContext;
   timeouts: GuestTimeouts;
   /** Extra variable names copied from the worker's environment into the guest's. */

@@ -22,6 +22,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Logger } from "../kernel/logger.js";
+import { openJobScope, type JobScope } from "./job-scope.js";
 
 export interface WarmPoolOptions {
   logger: Logger;
@@ -36,6 +37,8 @@ export interface WarmPoolOptions {
 /** What a warm parent needs to start: the same facts a fresh guest is spawned with. */
 export interface WarmKey {
   interpreterPath: string;
+  /** The environment's identity beyond its path (its seal): an env rebuilt at the same path gets new parents. */
+  envIdentity?: string | undefined;
   guestPath: string;
   source: string;
   pluginName: string;
@@ -43,6 +46,8 @@ export interface WarmKey {
   env: Record<string, string>;
   /** The slot user the parent (and so every job forked from it) runs as; undefined: the worker's uid. */
   user?: { uid: number; gid: number } | undefined;
+  /** bridge.cgroup (job-scope.ts): how the job scopes of this parent's children are made. */
+  cgroup?: boolean | undefined;
 }
 
 export interface ExitInfo {
@@ -57,6 +62,10 @@ export interface WarmChild {
   /** True when the parent was ready before this job asked (the job paid no interpreter start). */
   warm: boolean;
   parentRssKb: number;
+  /** The job's scope (job-scope.ts), which the child is in, or is being moved into (`adopted`). */
+  scope: JobScope;
+  /** Settles once the child is in `scope`; rejects when the kernel refused the move. */
+  adopted: Promise<void>;
 }
 
 export type WarmLaunch = { kind: "forked"; child: WarmChild } | { kind: "cold"; reason: string };
@@ -65,6 +74,8 @@ const DEFAULTS = { maxParents: 4, idleMs: 300_000, maxParentBytes: 2 * 1024 ** 3
 /** How long a parent may take to import the plugin's modules. */
 const READY_TIMEOUT_MS = 120_000;
 const STDERR_TAIL_LINES = 20;
+/** How long a job waits for the spare child its parent is forking before it asks for a fork of its own. */
+const SPARE_WAIT_MS = 5_000;
 
 interface ReadyEvent {
   event: "ready";
@@ -92,11 +103,23 @@ class WarmParent {
   #dir: string | undefined;
   #alive = true;
   #nextId = 1;
-  readonly #waiting = new Map<number, { started: (pid: number) => void; failed: (err: Error) => void; exit: (info: ExitInfo) => void }>();
+  readonly #waiting = new Map<
+    number,
+    { started: (pid: number, reserved?: Promise<JobScope | null>) => void; failed: (err: Error) => void; exit: (info: ExitInfo) => void }
+  >();
   readonly #stderrTail: string[] = [];
   readonly #log: Logger;
   #idleTimer: NodeJS.Timeout | undefined;
   #holds = 0;
+  /**
+   * The next job's child, forked ahead by the parent and waiting for its job there, and the
+   * scope it is being moved into meanwhile (null: that failed; the job then makes its own).
+   */
+  #spare: { pid: number; scope: Promise<JobScope | null> } | undefined;
+  /** True while the parent is forking a spare that it has not announced yet. */
+  #spareComing = false;
+  readonly #spareWaiters = new Set<() => void>();
+  readonly #useCgroup: boolean | undefined;
 
   constructor(
     key: string,
@@ -106,6 +129,7 @@ class WarmParent {
   ) {
     this.key = key;
     this.#log = log;
+    this.#useCgroup = spec.cgroup;
     let resolveExited!: () => void;
     this.exited = new Promise((resolve) => (resolveExited = resolve));
     this.ready = this.#start(spec, resolveExited);
@@ -209,10 +233,25 @@ class WarmParent {
         clearTimeout(timer);
         this.rssKb = event.rss_kb ?? 0;
         this.isReady = true;
+        // A parent that forks announces its first spare next.
+        this.#spareComing = event.fork === true;
         this.#hold(-1);
         settle?.resolve(event as ReadyEvent);
+      } else if (event.event === "spare" && event.pid !== undefined) {
+        // A newer spare replaces one the parent discarded (it learned imports since it forked that one).
+        void this.#dropSpare();
+        this.#spare = { pid: event.pid, scope: this.#reserve(event.pid) };
+        this.#spareArrived();
+      } else if (event.event === "spare-exited" || event.event === "spare-failed") {
+        if (this.#spare && this.#spare.pid === event.pid) void this.#dropSpare();
+        this.#spareArrived();
       } else if (event.event === "started" && event.id !== undefined) {
-        this.#waiting.get(event.id)?.started(event.pid!);
+        // The parent forks the next job's spare right after handing this one over.
+        this.#spareComing = true;
+        // A spare this job did not take from us (the parent replaced the one it did): its reservation is the job's to undo.
+        const taken = this.#spare?.pid === event.pid ? this.#spare : undefined;
+        if (taken) this.#spare = undefined;
+        this.#waiting.get(event.id)?.started(event.pid!, taken?.scope);
       } else if (event.event === "exited" && event.id !== undefined) {
         const waiter = this.#waiting.get(event.id);
         this.#waiting.delete(event.id);
@@ -241,17 +280,76 @@ class WarmParent {
         waiter.exit({ code: null, signal: "warm parent exited" });
       }
       this.#waiting.clear();
+      const spareDropped = this.#dropSpare();
+      this.#spareArrived();
       this.onGone(this);
-      void rm(dir, { recursive: true, force: true }).finally(onExit);
+      void Promise.all([rm(dir, { recursive: true, force: true }), spareDropped]).finally(onExit);
     };
     child.once("exit", (code, signal) => gone(`exited (${signal ? `signal ${signal}` : `exit code ${code}`})`));
     child.once("error", (err) => gone(`could not start: ${err.message}`));
     return ready;
   }
 
-  /** Fork a child for one job; resolves once its pid (= its process group) is known. */
-  fork(jobDir: string, jobEnv: Record<string, string>): Promise<{ pid: number; exit: Promise<ExitInfo> }> {
-    if (!this.#alive || !this.#child?.stdin) return Promise.reject(new Error("warm guest is gone"));
+  /**
+   * Move the spare the parent just forked into a scope of its own, the next job's, while the
+   * current job runs: the move costs an RCU grace period (job-scope.ts), which no job then waits for.
+   */
+  async #reserve(pid: number): Promise<JobScope | null> {
+    let scope: JobScope | undefined;
+    try {
+      scope = await openJobScope(this.#scopeOptions());
+      await scope.adopt(pid);
+      return scope;
+    } catch (err) {
+      this.#log.debug({ err, pid }, "could not move the spare child into its job's scope ahead; its job does it");
+      await scope?.close().catch(() => undefined);
+      return null;
+    }
+  }
+
+  #scopeOptions(): { useCgroup: boolean | undefined; onFallback: (reason: string) => void } {
+    return {
+      useCgroup: this.#useCgroup,
+      onFallback: (reason) => this.#log.info({ reason }, "no cgroup for jobs: a job's processes are its guest's session, process group and marked environment"),
+    };
+  }
+
+  /** The spare goes unused (its parent is gone, or it died): its reserved scope is closed, which kills it. */
+  #dropSpare(): Promise<void> {
+    const spare = this.#spare;
+    this.#spare = undefined;
+    if (!spare) return Promise.resolve();
+    return spare.scope.then((scope) => scope?.close()).catch(() => undefined);
+  }
+
+  #spareArrived(): void {
+    this.#spareComing = false;
+    for (const wake of this.#spareWaiters) wake();
+    this.#spareWaiters.clear();
+  }
+
+  /** Resolves once the spare the parent is forking is announced (or will not be), at most after `ms`. */
+  #spareAnnounced(ms: number): Promise<void> {
+    if (!this.#spareComing || this.#spare) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.#spareWaiters.delete(wake);
+        resolve();
+      }, ms);
+      const wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.#spareWaiters.add(wake);
+    });
+  }
+
+  /**
+   * Start one job: hand it to the spare child (already in the job's scope, which it brings), or
+   * have the parent fork one. Resolves once its pid (= its process group) is known.
+   */
+  async fork(jobDir: string, jobEnv: Record<string, string>): Promise<{ pid: number; exit: Promise<ExitInfo>; scope: JobScope; adopted: Promise<void> }> {
+    if (!this.#alive || !this.#child?.stdin) throw new Error("warm guest is gone");
     const id = this.#nextId++;
     this.running += 1;
     this.lastUsed = Date.now();
@@ -263,10 +361,51 @@ class WarmParent {
       this.lastUsed = Date.now();
       this.#hold(-1);
     });
-    return new Promise((resolve, reject) => {
-      this.#waiting.set(id, { started: (pid) => resolve({ pid, exit }), failed: reject, exit: exitResolve });
-      this.#child!.stdin!.write(`${JSON.stringify({ op: "run", id, dir: jobDir, env: jobEnv })}\n`);
+    let scope: JobScope | null = null;
+    let moved: number | undefined;
+    try {
+      await this.#spareAnnounced(SPARE_WAIT_MS);
+      const spare = this.#spare;
+      this.#spare = undefined;
+      scope = spare ? await spare.scope : null;
+      if (scope) moved = spare!.pid;
+      scope ??= await openJobScope(this.#scopeOptions());
+      if (!this.#alive || !this.#child?.stdin) throw new Error("warm guest is gone");
+    } catch (err) {
+      exitResolve({ code: null, signal: "not started" });
+      await scope?.close().catch(() => undefined);
+      throw err;
+    }
+    const jobScope = scope;
+    let reserved: Promise<JobScope | null> | undefined;
+    const pid = await new Promise<number>((resolve, reject) => {
+      let started = false;
+      this.#waiting.set(id, {
+        started: (pid, reservation) => {
+          started = true;
+          reserved = reservation;
+          resolve(pid);
+        },
+        failed: (err) => {
+          // A child that started belongs to its job, which closes the scope; one that never did has nobody else.
+          if (!started) void jobScope.close().catch(() => undefined);
+          reject(err);
+        },
+        exit: exitResolve,
+      });
+      // "pid": the spare that is in the job's scope already; the parent uses another child only if that one died.
+      this.#child!.stdin!.write(`${JSON.stringify({ op: "run", id, pid: moved ?? null, dir: jobDir, env: { ...jobEnv, ...jobScope.env } })}\n`);
     });
+    // A move into another scope may be under way (a spare reserved for a later job): it lands
+    // first, then this one, and that scope goes empty.
+    const adopted = reserved
+      ? reserved.then(async (other) => {
+          await jobScope.adopt(pid);
+          await other?.close();
+        })
+      : jobScope.adopt(pid);
+    adopted.catch(() => undefined);
+    return { pid, exit, scope: jobScope, adopted };
   }
 
   armIdle(idleMs: number): void {
@@ -319,7 +458,8 @@ export class WarmPool {
 
   static keyOf(spec: WarmKey): string {
     const hash = createHash("sha256");
-    hash.update(spec.interpreterPath).update("\0").update(spec.guestPath).update("\0").update(spec.pluginName).update("\0");
+    const facts = [spec.interpreterPath, spec.envIdentity ?? "", spec.guestPath, spec.pluginName, spec.cgroup === false ? "session" : "cgroup"];
+    for (const fact of facts) hash.update(fact).update("\0");
     hash.update(spec.user ? `${spec.user.uid}:${spec.user.gid}` : "worker").update("\0");
     for (const name of Object.keys(spec.env).sort()) hash.update(name).update("=").update(spec.env[name]!).update("\0");
     return hash.update(spec.source, "utf8").digest("hex");
@@ -383,12 +523,12 @@ export class WarmPool {
     }
     if (cancelled()) return { kind: "cold", reason: "the job ended before its warm guest was ready" };
     try {
-      const { pid, exit } = await parent.fork(jobDir, { ...jobEnv, BRIDGE_PLUGIN_FILE: parent.sourcePath });
+      const { pid, exit, scope, adopted } = await parent.fork(jobDir, { ...jobEnv, BRIDGE_PLUGIN_FILE: parent.sourcePath });
       const owner = parent;
       void exit.then(() => {
         if (owner.alive) owner.armIdle(this.#options.idleMs);
       });
-      return { kind: "forked", child: { pid, exit, warm, parentRssKb: parent.rssKb } };
+      return { kind: "forked", child: { pid, exit, warm, parentRssKb: parent.rssKb, scope, adopted } };
     } catch (err) {
       return { kind: "cold", reason: (err as Error).message };
     }

@@ -129,6 +129,7 @@ export class EnvManager implements EnvironmentProvider {
       return {
         envHash: hash,
         interpreterPath,
+        identity: `${check.seal.built_at} ${check.seal.digest}`,
         release: () => {
           if (released) return;
           released = true;

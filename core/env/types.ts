@@ -8,6 +8,11 @@ import type { EnvReadyPayload, PrepareEnvCommand } from "../protocol/messages.js
 export interface EnvLease {
   readonly envHash: string;
   readonly interpreterPath: string;
+  /**
+   * Which build of the env this is (its seal's build time and digest): an env rebuilt at the
+   * same path (another python_version, evicted and built again) has another identity.
+   */
+  readonly identity?: string;
   /** Unpin; the env becomes evictable again once no job holds it. Idempotent. */
   release(): void;
 }

@@ -31,6 +31,8 @@ export const DEFAULT_TIMEOUTS_SECONDS = { connect: 30, idle: 300, job: 3600 } as
 /** A job's environment, pinned until released (core/env's EnvManager is one). */
 export interface EnvLease {
   readonly interpreterPath: string;
+  /** Which build of the env this is (core/env: its seal); warm guests of another build are not used. */
+  readonly identity?: string;
   release(): void;
 }
 
@@ -143,6 +145,7 @@ export class Pipeline {
       await this.#hooks.jobStart.promise(job);
       const guest = await this.#runGuest({
         interpreterPath: lease.interpreterPath,
+        envIdentity: lease.identity,
         job,
         timeouts: this.#timeouts,
         allowEnv: this.#options.bridge?.env,

@@ -47,6 +47,23 @@ LIMITS = {
 }
 # The limits this process runs under (key -> configured value), for exceeded_limit().
 applied = {}
+# libc, loaded by prepare() in a warm guest so that each job's child does not pay for ctypes.
+_libc = None
+
+
+def prepare():
+    """Load what confine() needs (ctypes, resource, libc) ahead, in a warm guest: its children
+    inherit them instead of importing them again (a few ms each job)."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import resource  # noqa: F401
+
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        _libc = None  # confine() says why when it runs
 
 
 def _warn(message):
@@ -141,11 +158,13 @@ def confine():
         apply_limits(limits)
     import ctypes
 
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-    except OSError as exc:
-        _warn("no libc for prctl: %s" % exc)
-        return
+    libc = _libc
+    if libc is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+        except OSError as exc:
+            _warn("no libc for prctl: %s" % exc)
+            return
     if cgroup and os.geteuid() == 0 and libc.unshare(CLONE_NEWCGROUP) != 0:
         _warn("could not enter a cgroup namespace of the job's own (errno %d)" % ctypes.get_errno())
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:

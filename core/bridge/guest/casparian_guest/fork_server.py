@@ -10,16 +10,28 @@ serves fork requests. Each job is still a process of its own: whatever the plugi
 Control channel: JSON lines, requests on stdin, events on stdout; stderr is this
 process's own log. Stdin closing (the worker is gone) ends the parent and its children.
 
-    -> {"op": "run", "id": 1, "dir": ..., "env": {...}}
-    <- {"event": "ready", "fork": true, "pid": ..., "rss_kb": ..., "imported": [...], ...}
+    <- {"event": "ready", "fork": true, "pid": ..., "rss_kb": ..., "imported": [...], "warmed": [...], ...}
+    <- {"event": "spare", "pid": ...}
+    -> {"op": "run", "id": 1, "pid": <the spare's pid, or null>, "dir": ..., "env": {...}}
     <- {"event": "started", "id": 1, "pid": ...}
+    <- {"event": "spare", "pid": ...}
     <- {"event": "exited", "id": 1, "pid": ..., "code": 0, "signal": null}
 
-A child leads a session and process group of its own before its pid is announced (the
-worker kills the job by that group, or by the job's cgroup, which it moves the child into
-on "started"; the child waits for that before plugin code runs, confine.py), connects its stdout and stderr to ``stdout.sock`` / ``stderr.sock`` in the job's
-directory, takes the job's directory as cwd and the job's variables, and then runs
-exactly what a fresh guest runs (runner.main).
+The next job's child is forked ahead (the spare): it leads a session and process group of
+its own before its pid is announced (the worker kills a job by that group, or by the job's
+cgroup), holds nothing of any job, and waits on a pipe for its job. The worker moves the
+spare into the next job's cgroup while the current job runs (a move costs an RCU grace
+period, 5-20 ms); on "run" the spare gets its job over the pipe, and the parent forks the
+next spare. A spare that dies unused is reported ("spare-exited"); the next job then gets a
+child forked on demand, which the worker moves into its cgroup on "started" (the child
+waits for that before plugin code runs, confine.py). The child connects its stdout and
+stderr to ``stdout.sock`` / ``stderr.sock`` in the job's directory, takes the job's
+directory as cwd and the job's variables, and then runs exactly what a fresh guest runs
+(runner.main).
+
+Before the first fork the parent also pays the shim's and the standard library's
+first-use costs (confine.prepare, first_use.py) and compiles the plugin source to a code
+object, which each child executes: no plugin code runs in the parent.
 """
 
 import ast
@@ -37,7 +49,7 @@ import time
 import traceback
 import warnings
 
-from . import arrow_out, learned_imports, runner
+from . import arrow_out, confine, first_use, learned_imports, runner
 from .sdk import install_sdk
 
 # Exit statuses of a child that could not become a job (the host reports them as such).
@@ -94,14 +106,14 @@ def module_level_imports(tree):
 
 
 def plan(source):
-    """(modules to import, None) or (None, why this plugin must not be forked)."""
+    """(modules to import, the parsed source or None, None) or (None, None, why this plugin must not be forked)."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return [], None  # the job's own run reports the error, with the plugin's line
+        return [], None, None  # the job's own run reports the error, with the plugin's line
     manifest = read_manifest(tree)
     if manifest.get("fork") is False:
-        return None, 'the plugin\'s MANIFEST sets "fork": False'
+        return None, None, 'the plugin\'s MANIFEST sets "fork": False'
     declared = manifest.get("preload")
     if isinstance(declared, (list, tuple)) and all(isinstance(n, str) for n in declared):
         modules = list(declared)
@@ -114,7 +126,7 @@ def plan(source):
             continue
         seen.add(name)
         kept.append(name)
-    return kept, None
+    return kept, tree, None
 
 
 def preload(modules):
@@ -188,20 +200,24 @@ class Server:
         self.plugin_name = plugin_name
         self.code = None
         self.selector = selectors.DefaultSelector()
-        self.children = {}  # pid -> (request id, pidfd or None)
+        self.children = {}  # pid -> (request id or None for the spare, pidfd or None)
+        self.spare = None  # (pid, write end of its job pipe): the next job's child, forked ahead
+        self.discarded = set()  # spares replaced by a newer one, until they are reaped
         self.pidfds = hasattr(os, "pidfd_open")
         self.learner = learned_imports.Learner()
         self.reports = {}  # pid -> read end of the pipe its child reports its new imports on
 
     def prepare(self):
         started = time.monotonic()
-        modules, refusal = plan(self.source)
+        modules, tree, refusal = plan(self.source)
         if refusal is not None:
             emit({"event": "ready", "fork": False, "reason": refusal, "pid": os.getpid()})
             return False
         install_sdk()
+        confine.prepare()
         imported, failed = preload(modules)
         warm_shim()
+        warmed = first_use.warm(tree, imported) if tree is not None else []
         try:
             self.code = compile(self.source, runner.plugin_filename(self.plugin_name), "exec")
         except (SyntaxError, ValueError, MemoryError, RecursionError):
@@ -215,12 +231,17 @@ class Server:
         gc.freeze()  # children then share these pages instead of touching them on every collection
         emit({
             "event": "ready", "fork": True, "pid": os.getpid(), "rss_kb": resident_kb(), "threads": os_threads(),
-            "imported": imported, "failed": failed, "ms": int((time.monotonic() - started) * 1000),
+            "imported": imported, "failed": failed, "warmed": warmed, "ms": int((time.monotonic() - started) * 1000),
         })
         return True
 
     def serve(self):
         self.selector.register(0, selectors.EVENT_READ, None)
+        try:
+            self.make_spare()
+        except OSError as exc:  # the first job forks its own
+            print("casparian warm guest: could not fork a spare child: %s" % exc, file=sys.stderr)
+            emit({"event": "spare-failed", "pid": None})
         pending = b""
         while True:
             timeout = None if self.pidfds or not self.children else 0.05
@@ -242,22 +263,51 @@ class Server:
     def handle(self, request):
         op = request.get("op")
         if op == "run":
-            self.fork(request)
+            self.run(request)
         elif op == "stop":
             self.stop()
         else:
             print("casparian warm guest: unknown request %r" % (op,), file=sys.stderr)
 
-    def fork(self, request):
+    def run(self, request):
+        """Hand the job to the spare child (forked ahead, waiting for it), then fork the next spare
+        while this job runs. The host has moved the spare it heard of into the job's cgroup
+        already ("pid" in the request); any other child it moves in on "started"."""
+        # On demand: not announced as a spare, or the worker would move it into another scope.
+        spare = self.spare if self.spare is not None else self.make_spare(announce=False)
+        self.spare = None
+        pid, job_w = spare
+        data = json.dumps(request).encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(job_w, data):]
+        except OSError:
+            pass  # the spare died meanwhile: its exit is reported for this job
+        finally:
+            os.close(job_w)
+        _, pidfd = self.children.get(pid, (None, None))
+        self.children[pid] = (request.get("id"), pidfd)
+        emit({"event": "started", "id": request.get("id"), "pid": pid})
+        try:
+            self.make_spare()
+        except OSError as exc:  # no process to spare now (EAGAIN): the next job forks its own
+            print("casparian warm guest: could not fork a spare child: %s" % exc, file=sys.stderr)
+            emit({"event": "spare-failed", "pid": None})
+
+    def make_spare(self, announce=True):
+        """Fork the next job's child now: it leads a session of its own and waits on a pipe for its
+        job, so a job costs no fork. It holds nothing of any job: it is forked before its job exists."""
         sys.stderr.flush()
         led_r, led_w = os.pipe()
-        report_r, self.report_w = os.pipe()
+        job_r, job_w = os.pipe()
+        report_r, report_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(led_r)
+                os.close(job_w)
                 os.close(report_r)
-                self.become_job(request, led_w)
+                self.become_job(job_r, led_w, report_w)
             except BaseException:  # noqa: BLE001 - the child must never return into the server loop
                 try:
                     traceback.print_exc()
@@ -265,7 +315,8 @@ class Server:
                     os._exit(CHILD_SETUP_FAILED)
             os._exit(CHILD_SETUP_FAILED)
         os.close(led_w)
-        os.close(self.report_w)
+        os.close(job_r)
+        os.close(report_w)
         self.reports[pid] = report_r
         # The child's session (= process group) must exist before the host hears the pid: the
         # host kills the job by it. One byte once the child called setsid(), or EOF if it died.
@@ -280,8 +331,11 @@ class Server:
                 self.selector.register(pidfd, selectors.EVENT_READ, pid)
             except OSError:
                 self.pidfds = False
-        self.children[pid] = (request.get("id"), pidfd)
-        emit({"event": "started", "id": request.get("id"), "pid": pid})
+        self.children[pid] = (None, pidfd)
+        self.spare = (pid, job_w)
+        if announce:
+            emit({"event": "spare", "pid": pid})
+        return self.spare
 
     def reap(self, pid):
         try:
@@ -304,6 +358,19 @@ class Server:
         if pidfd is not None:
             self.selector.unregister(pidfd)
             os.close(pidfd)
+        unused = self.spare is not None and self.spare[0] == pid
+        if unused or pid in self.discarded:
+            # A spare that ended without a job: replaced (renew_spare), or killed from outside,
+            # when the next job forks its own.
+            if unused:
+                os.close(self.spare[1])
+                self.spare = None
+            self.discarded.discard(pid)
+            report = self.reports.pop(pid, None)
+            if report is not None:
+                os.close(report)
+            emit({"event": "spare-exited", "pid": pid})
+            return
         code, signame = None, None
         if status is not None:
             if os.WIFSIGNALED(status):
@@ -314,9 +381,25 @@ class Server:
         report = self.reports.pop(pid, None)
         if report is not None and self.learner.learn(learned_imports.read_report(report)):
             gc.freeze()  # the learned modules' objects are shared with the children too
+            self.renew_spare()
+
+    def renew_spare(self):
+        """The spare was forked before the parent learned new imports: the next job gets one that has them.
+        The old spare reads end-of-file on its job pipe and exits (it holds nothing)."""
+        if self.spare is None:
+            return
+        pid, job_w = self.spare
+        self.spare = None
+        os.close(job_w)
+        self.discarded.add(pid)
+        try:
+            self.make_spare()
+        except OSError as exc:
+            print("casparian warm guest: could not fork a spare child: %s" % exc, file=sys.stderr)
+            emit({"event": "spare-failed", "pid": None})
 
     def stop(self):
-        """The worker is gone or asked us to go: no job may outlive it."""
+        """The worker is gone or asked us to go: no job may outlive it, nor the spare."""
         for pid in self.children:
             try:
                 os.killpg(pid, signal.SIGKILL)
@@ -326,8 +409,8 @@ class Server:
         shutil.rmtree(self.home, ignore_errors=True)
         os._exit(0)
 
-    def become_job(self, request, led):
-        """In the child: leave the server behind, then run the job exactly as a fresh guest does."""
+    def become_job(self, job_r, led, report_w):
+        """In the child: leave the server behind, wait for the job, then run it exactly as a fresh guest does."""
         # A session of its own, as a fresh guest has: the plugin's children are told apart
         # from the other jobs of this parent, which share its session otherwise.
         os.setsid()
@@ -340,10 +423,23 @@ class Server:
         self.children = {}
         for fd in self.reports.values():
             os.close(fd)
-        job_dir = request["dir"]
-        devnull = os.open(os.devnull, os.O_RDONLY)
+        self.reports = {}
+        # Nothing of the control channel stays open here: stdin and stdout are the server's.
+        devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
         os.close(devnull)
+        request = b""
+        while True:
+            chunk = os.read(job_r, 65536)
+            if not chunk:
+                break
+            request += chunk
+        os.close(job_r)
+        if not request:
+            os._exit(0)  # the server went away (or stopped) before this spare got a job
+        request = json.loads(request)
+        job_dir = request["dir"]
         for fd, name in ((1, "stdout.sock"), (2, "stderr.sock")):
             stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             stream.connect(os.path.join(job_dir, name))
@@ -354,7 +450,7 @@ class Server:
         reseed()
         known = learned_imports.snapshot()
         code = runner.main(source=self.source, code=self.code)
-        learned_imports.report(self.report_w, known)
+        learned_imports.report(report_w, known)
         runner.exit_now(code)
 
 
