@@ -44,7 +44,9 @@
  * ledger entries written before rows carried their topic get topic '' (the ledger's
  * primary key is widened to include it) and are replaced by whichever topic next
  * writes their input version.
- * abort drops the staging table. A topic that never produced a batch publishes nothing.
+ * abort drops the staging table. A topic that never produced a batch publishes nothing; in
+ * mode replace its commit still deletes the input's earlier rows of that topic (the input
+ * has none there now: a fixed input's rejects go), undoable like any commit.
  * In a job with other sinks (commit with `undo: true`), the commit's transaction also
  * copies the rows and ledger entries it replaces into `_casparian_undo_<job id>_<n>`
  * tables (`_rows`, `_ledger`) in the target schema; `resolve` puts them back (rollback:
@@ -231,6 +233,42 @@ export default function postgresSink() {
         const params = topics === "" ? [name.table, filePath] : [name.table, filePath, topic, UNKNOWN_TOPIC];
         return ((await c.query(`SELECT 1 FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 ${topics}`, params)).rowCount ?? 0) > 0;
       };
+      /** Mode replace with no batch: the input publishes nothing to this topic now, so its earlier rows there go. */
+      const replacesWithNothing = async (c: pg.Client) => target.mode === "replace" && (await targetExists(c)) && (await inputHasRows(c));
+      const replacedRows = (versions: string) =>
+        `_topic IN ($3, $4) AND (_file_version_id = $5 OR _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND topic IN ($3, $4) ${versions}))`;
+      /** Deletes the input's rows of this topic (every version), and their ledger entries, in one transaction; kept in undo tables first when asked. */
+      const removeWithNothing = async (options: CommitOptions | undefined) => {
+        const c = connected();
+        const undo = options?.undo === true && handle !== null ? (table: string) => `${quote(schema)}.${quote(`${handle!.undo}${table}`)}` : null;
+        const params = [name.table, filePath, topic, UNKNOWN_TOPIC, fileVersionId];
+        await c.query("BEGIN");
+        try {
+          await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [targetSql()]);
+          if (await replacesWithNothing(c)) {
+            await ensureLedger(c, ledgerSql());
+            if (!(await hasColumn(c, targetSql(), TOPIC))) await c.query(`ALTER TABLE ${targetSql()} ADD COLUMN ${TOPIC} text NOT NULL DEFAULT ''`);
+            if (undo !== null) {
+              await c.query(`CREATE TABLE ${undo("")} (created boolean NOT NULL)`);
+              await c.query(`INSERT INTO ${undo("")} VALUES (false)`);
+              await c.query(`CREATE TABLE ${undo("_ledger")} (LIKE ${ledgerSql()})`);
+              await c.query(
+                `INSERT INTO ${undo("_ledger")} SELECT * FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND topic IN ($3, $4)`,
+                params.slice(0, 4),
+              );
+              await c.query(`CREATE TABLE ${undo("_rows")} (LIKE ${targetSql()})`);
+              await c.query(`INSERT INTO ${undo("_rows")} SELECT * FROM ${targetSql()} WHERE ${replacedRows("")}`, params);
+            }
+            await c.query(`DELETE FROM ${targetSql()} WHERE ${replacedRows("")}`, params);
+            await c.query(`DELETE FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND topic IN ($3, $4)`, params.slice(0, 4));
+            logger.info({ table: name.table }, "mode replace: the input's earlier rows of this topic are removed");
+          }
+          await c.query("COMMIT");
+        } catch (err) {
+          await c.query("ROLLBACK").catch(() => {});
+          throw fail("cannot remove the input's earlier rows", err);
+        }
+      };
       const refuseExisting = () =>
         Errors.SINK_TARGET_EXISTS([`${schema}.${name.table} (rows of ${filePath}, topic ${topic})`], {
           context,
@@ -319,12 +357,15 @@ export default function postgresSink() {
         },
 
         async prepare(): Promise<UndoHandle | undefined> {
-          if (staging === null) return undefined;
-          // Inserts are awaited, so nothing is buffered here; make sure the staging table is whole.
-          const result = await connected().query<{ n: string }>(`SELECT count(*) AS n FROM ${stagingSql()}`);
-          const found = Number(result.rows[0]!.n);
-          if (found !== rowsWritten) throw fail("staging is incomplete", new Error(`${found} rows in ${staging} but ${rowsWritten} written`));
           const c = connected();
+          if (staging === null) {
+            if (!(await replacesWithNothing(c))) return undefined;
+          } else {
+            // Inserts are awaited, so nothing is buffered here; make sure the staging table is whole.
+            const result = await c.query<{ n: string }>(`SELECT count(*) AS n FROM ${stagingSql()}`);
+            const found = Number(result.rows[0]!.n);
+            if (found !== rowsWritten) throw fail("staging is incomplete", new Error(`${found} rows in ${staging} but ${rowsWritten} written`));
+          }
           handle = {
             host: c.host,
             port: String(c.port),
@@ -343,6 +384,7 @@ export default function postgresSink() {
         async commit(options?: CommitOptions) {
           if (staging === null) {
             logger.warn("no batch for this topic: nothing published");
+            if (target.mode === "replace") await removeWithNothing(options);
             await disconnect();
             return [];
           }
@@ -395,7 +437,7 @@ export default function postgresSink() {
               // The rows replaced are this topic's (and rows of no known topic) of this input: of this version (append) or of every version (replace).
               const versions = target.mode === "append" ? "AND file_version_id = $5" : "";
               const params = [name.table, filePath, topic, UNKNOWN_TOPIC, fileVersionId];
-              const replaced = `_topic IN ($3, $4) AND (_file_version_id = $5 OR _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND topic IN ($3, $4) ${versions}))`;
+              const replaced = replacedRows(versions);
               if (undo !== null) {
                 await c.query(`CREATE TABLE ${undo("_rows")} (LIKE ${targetSql()})`);
                 await c.query(`INSERT INTO ${undo("_rows")} SELECT * FROM ${targetSql()} WHERE ${replaced}`, params);

@@ -29,7 +29,9 @@
  * id>_<n>` tables; `resolve` puts them back (rollback) or drops them (finish), so the job's
  * sinks publish all or nothing (README "Writing a sink"). A rollback keeps a widening the
  * commit made to the table's types (the restored rows fit the wider columns).
- * A topic that never produced a batch publishes nothing. Column types follow the Arrow
+ * A topic that never produced a batch publishes nothing; in mode replace its commit still
+ * deletes the input's earlier rows of that topic (the input has none there now: a fixed
+ * input's rejects go), undoable like any commit. Column types follow the Arrow
  * types: integers → INTEGER (int64 exact), floats → REAL, strings → TEXT, bools → 0/1,
  * timestamps → ISO 8601 TEXT with every digit of their unit, dates → 'YYYY-MM-DD',
  * decimals → exact TEXT ('12.30'), binary → BLOB, lists and structs → JSON TEXT. Values
@@ -150,6 +152,33 @@ export default function sqliteSink(): SinkPlugin {
         db = null;
       };
 
+      /**
+       * Deletes this topic's rows (and rows of no known topic) of the input, of this version
+       * (append) or of every version (replace), and their ledger entries, keeping them in
+       * the undo tables first when `undo` is given.
+       */
+      const removeEarlier = (d: Database.Database, undo: string | null, created: boolean) => {
+        const replaced =
+          target.mode === "append"
+            ? [fileVersionId]
+            : (
+                d
+                  .prepare(`SELECT file_version_id AS v FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND topic IN (?, ?)`)
+                  .safeIntegers(true)
+                  .all(table, filePath, topic, UNKNOWN_TOPIC) as Array<{ v: bigint }>
+              ).map((r) => r.v);
+        if (!replaced.includes(fileVersionId)) replaced.push(fileVersionId);
+        if (undo !== null) keepUndo(d, undo, table, filePath, topic, replaced, created);
+        const remove = d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ? AND ${TOPIC} IN (?, ?)`);
+        const forget = d.prepare(`DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ? AND topic IN (?, ?)`);
+        for (const version of replaced) {
+          remove.run(version, topic, UNKNOWN_TOPIC);
+          forget.run(table, filePath, version, topic, UNKNOWN_TOPIC);
+        }
+      };
+      /** Mode replace with no batch: the input publishes nothing to this topic now, so its earlier rows there go. */
+      const replacesWithNothing = (d: Database.Database) => target.mode === "replace" && tableExists(d, table) && inputHasRows(d);
+
       /** The staging table follows the job's schema: its columns are untyped, so every value is kept as converted. */
       const stageColumns = (d: Database.Database, schema: Schema) => {
         const names = schema.fields.map((f) => f.name);
@@ -199,7 +228,7 @@ export default function sqliteSink(): SinkPlugin {
         },
         prepare(): UndoHandle | undefined {
           // Rows are already in the staging table; nothing is buffered in memory.
-          if (jobSchema.schema === null) return undefined;
+          if (jobSchema.schema === null && !replacesWithNothing(db!)) return undefined;
           handle = {
             database,
             table,
@@ -213,13 +242,20 @@ export default function sqliteSink(): SinkPlugin {
         commit(options?: CommitOptions) {
           const d = db!;
           const schema = jobSchema.schema;
+          const undo = options?.undo === true && handle !== null ? handle.undo : null;
           if (schema === null) {
             logger.warn("no batch for this topic: nothing published");
+            d.transaction(() => {
+              if (!replacesWithNothing(d)) return;
+              ensureLedger(d);
+              if (!hasColumn(d, table, TOPIC)) d.exec(`ALTER TABLE main.${quote(table)} ADD COLUMN ${TOPIC} TEXT NOT NULL DEFAULT ''`);
+              removeEarlier(d, undo, false);
+              logger.info({ table }, "mode replace: the input's earlier rows of this topic are removed");
+            }).immediate();
             close();
             return [];
           }
           const names = schema.fields.map((f) => quote(f.name)).join(", ");
-          const undo = options?.undo === true && handle !== null ? handle.undo : null;
           d.transaction(() => {
             if (target.mode === "error" && inputHasRows(d)) throw refuse();
             const created = !tableExists(d, table);
@@ -249,24 +285,7 @@ export default function sqliteSink(): SinkPlugin {
               }
             }
             ensureLedger(d);
-            // The rows this commit replaces are this topic's (and rows of no known topic) of this input: of this version (append) or of every version.
-            const replaced =
-              target.mode === "append"
-                ? [fileVersionId]
-                : (
-                    d
-                      .prepare(`SELECT file_version_id AS v FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND topic IN (?, ?)`)
-                      .safeIntegers(true)
-                      .all(table, filePath, topic, UNKNOWN_TOPIC) as Array<{ v: bigint }>
-                  ).map((r) => r.v);
-            if (!replaced.includes(fileVersionId)) replaced.push(fileVersionId);
-            if (undo !== null) keepUndo(d, undo, table, filePath, topic, replaced, created);
-            const remove = d.prepare(`DELETE FROM main.${quote(table)} WHERE ${LINEAGE} = ? AND ${TOPIC} IN (?, ?)`);
-            const forget = d.prepare(`DELETE FROM main.${LEDGER} WHERE target = ? AND file_path = ? AND file_version_id = ? AND topic IN (?, ?)`);
-            for (const version of replaced) {
-              remove.run(version, topic, UNKNOWN_TOPIC);
-              forget.run(table, filePath, version, topic, UNKNOWN_TOPIC);
-            }
+            removeEarlier(d, undo, created);
             const inserted = d
               .prepare(`INSERT INTO main.${quote(table)} (${names}, ${LINEAGE}, ${TOPIC}) SELECT ${names}, ${LINEAGE}, ? FROM temp.staging`)
               .run(topic).changes;

@@ -195,6 +195,24 @@ describe("all or nothing across a job's sinks", () => {
     assert.deepEqual(tablesOf(db), ["_casparian_inputs", "_casparian_schemas", "t"], "no undo table is left");
   });
 
+  test("mode replace with no batch for the topic removes the input's earlier rows there, and a rollback puts them back", async () => {
+    const { root, pipeline } = await setup();
+    const db = join(root, "w.db");
+    assert.equal((await run(pipeline, [sinkSpec("rejects", "sqlite://w.db/rejects", "replace")], 1n, 3)).status, "SUCCESS");
+    const rerun = (jobId: bigint, sinks: SinkSpec[]) =>
+      runJob(pipeline, makeJob({ sinks, jobId, filePath: "/data/in.csv", fileVersionId: 6n }), async (publish) => {
+        for (const spec of sinks.filter((s) => s.topic !== "rejects")) await publish(batchOf(spec.topic, sampleTable(1), 0));
+      });
+    const failed = await rerun(2n, [sinkSpec("rejects", "sqlite://w.db/rejects", "replace"), sinkSpec("mem-fails", "mem://x")]);
+    assert.equal(failed.status, "FAILED");
+    assert.equal(failed.metrics.sinks_rolled_back, 1);
+    assert.deepEqual(sqliteState(db, "rejects"), { rows: 3, ledger: ["/data/in.csv@5:1=3"] }, "the removal is undone");
+    const fixed = await rerun(3n, [sinkSpec("rejects", "sqlite://w.db/rejects", "replace")]);
+    assert.equal(fixed.status, "SUCCESS", String(fixed.error));
+    assert.deepEqual(sqliteState(db, "rejects"), { rows: 0, ledger: [] });
+    assert.deepEqual(tablesOf(db), ["_casparian_inputs", "_casparian_schemas", "rejects"], "no undo table is left");
+  });
+
   test("the example JSON Lines sink is rolled back too: the file it replaced is back", async () => {
     const { root, pipeline } = await setup();
     assert.equal((await run(pipeline, [sinkSpec("a", "jsonl://t.jsonl", "replace")], 1n, 2)).status, "SUCCESS");
@@ -255,6 +273,23 @@ describe("all or nothing with the PostgreSQL sink", () => {
     assert.equal(await state("fresh"), null, "the table the rolled-back commit created is gone");
     assert.deepEqual(await undoTables(), []);
     assert.deepEqual(await hidden(root), []);
+  });
+
+  test("mode replace with no batch for the topic removes the input's earlier rows, and a rollback puts them back", async () => {
+    const { pipeline } = await setup();
+    assert.equal((await run(pipeline, [sinkSpec("rejects", pg("gone"), "replace")], 1n, 3)).status, "SUCCESS");
+    const rerun = (jobId: bigint, sinks: SinkSpec[]) =>
+      runJob(pipeline, makeJob({ sinks, jobId, filePath: "/data/in.csv", fileVersionId: 6n }), async (publish) => {
+        for (const spec of sinks.filter((s) => s.topic !== "rejects")) await publish(batchOf(spec.topic, sampleTable(1), 0));
+      });
+    const failed = await rerun(2n, [sinkSpec("rejects", pg("gone"), "replace"), sinkSpec("mem-fails", "mem://x")]);
+    assert.equal(failed.status, "FAILED");
+    assert.equal(failed.metrics.sinks_rolled_back, 1);
+    assert.deepEqual(await state("gone"), { rows: 3, ledger: ["5:1=3"] }, "the removal is undone");
+    const fixed = await rerun(3n, [sinkSpec("rejects", pg("gone"), "replace")]);
+    assert.equal(fixed.status, "SUCCESS", String(fixed.error));
+    assert.deepEqual(await state("gone"), { rows: 0, ledger: [] });
+    assert.deepEqual(await undoTables(), []);
   });
 
   test("the PostgreSQL commit fails after the Parquet one: the Parquet file is rolled back; the retry writes both once, and leaves no undo table", async () => {

@@ -236,6 +236,35 @@ describe("example SQLite sink", () => {
     assert.equal(readTable(file, "t").length, 11);
   });
 
+  test("replace: a topic the input no longer publishes to (its rejects, once the input is fixed) loses that input's rows; other inputs' stay", async () => {
+    const { root, pipeline } = await withExample("sqlite-sink.config.ts");
+    const file = join(root, "w.db");
+    const sinks = [sinkSpec("clean", "sqlite://w.db/clean", "replace"), sinkSpec("rejects", "sqlite://w.db/rejects", "replace")];
+    const job = (jobId: bigint, input: Input, rejects: number) =>
+      runJob(pipeline, makeJob({ sinks, jobId, ...input }), [
+        batchOf("clean", sampleTable(3, 0), 0),
+        ...(rejects > 0 ? [batchOf("rejects", sampleTable(rejects, 100), 1)] : []),
+      ]);
+    assert.equal((await job(1n, { filePath: "/data/a.csv", fileVersionId: 11n }, 2)).status, "SUCCESS");
+    assert.equal((await job(2n, { filePath: "/data/b.csv", fileVersionId: 21n }, 1)).status, "SUCCESS");
+    const fixed = await job(3n, { filePath: "/data/a.csv", fileVersionId: 12n }, 0);
+    assert.equal(fixed.status, "SUCCESS", String(fixed.error));
+    assert.deepEqual(fixed.artifacts, [{ topic: "clean", uri: `sqlite://${file}/clean` }], "nothing is published to rejects");
+    assert.deepEqual(
+      readTable(file, "rejects").map((r) => r._file_version_id),
+      [21n],
+      "a.csv's rejects are gone, b.csv's stay",
+    );
+    assert.equal(readTable(file, "clean").length, 6);
+    const db = new Database(file, { readonly: true });
+    const ledger = db.prepare("SELECT target || ':' || file_path || '@' || file_version_id AS e FROM _casparian_inputs ORDER BY e").all();
+    db.close();
+    assert.deepEqual(
+      ledger.map((r) => (r as { e: string }).e),
+      ["clean:/data/a.csv@12", "clean:/data/b.csv@21", "rejects:/data/b.csv@21"],
+    );
+  });
+
   test("a table and ledger written before rows carried their topic: the next commit of an input version replaces its old rows once, no duplicates", async () => {
     const { root, run } = await withExample("sqlite-sink.config.ts");
     const file = join(root, "w.db");

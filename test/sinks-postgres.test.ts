@@ -335,6 +335,35 @@ describe("example PostgreSQL sink", () => {
     assert.deepEqual(await stagingTables(), []);
   });
 
+  test("replace: a topic the input no longer publishes to (its rejects, once the input is fixed) loses that input's rows; other inputs' stay", async () => {
+    const { pipeline } = await withSinks(null);
+    const sinks = [sinkSpec("clean", tcp("fixed_clean"), "replace"), sinkSpec("rejects", tcp("fixed_rejects"), "replace")];
+    const job = (jobId: bigint, input: Input, rejects: number) =>
+      runJob(pipeline, makeJob({ sinks, jobId, ...input }), [
+        batchOf("clean", sampleTable(3, 0), 0),
+        ...(rejects > 0 ? [batchOf("rejects", sampleTable(rejects, 100), 1)] : []),
+      ]);
+    assert.equal((await job(1n, { filePath: "/data/a.csv", fileVersionId: 11n }, 2)).status, "SUCCESS");
+    assert.equal((await job(2n, { filePath: "/data/b.csv", fileVersionId: 21n }, 1)).status, "SUCCESS");
+    const fixed = await job(3n, { filePath: "/data/a.csv", fileVersionId: 12n }, 0);
+    assert.equal(fixed.status, "SUCCESS", String(fixed.error));
+    assert.deepEqual(
+      fixed.artifacts.map((a) => a.topic),
+      ["clean"],
+      "nothing is published to rejects",
+    );
+    assert.deepEqual(await query("SELECT _file_version_id::text AS v FROM public.fixed_rejects"), [{ v: "21" }], "a.csv's rejects are gone, b.csv's stay");
+    assert.equal(await count("fixed_clean"), 6);
+    assert.deepEqual(
+      (
+        await query<{ e: string }>(
+          "SELECT target || ':' || file_path || '@' || file_version_id AS e FROM public._casparian_inputs WHERE target LIKE 'fixed%' ORDER BY 1",
+        )
+      ).map((r) => r.e),
+      ["fixed_clean:/data/a.csv@12", "fixed_clean:/data/b.csv@21", "fixed_rejects:/data/b.csv@21"],
+    );
+  });
+
   test("a table and ledger written before rows carried their topic: the next commit of an input version replaces its old rows once, no duplicates", async () => {
     const { run } = await withSinks(null);
     await query("CREATE SCHEMA legacy");
