@@ -1,7 +1,7 @@
 /**
- * What the Parquet sink and its writers agree on, free of parquet-wasm: the main thread
- * loads the wasm module only when it writes itself (encoderThreads 0) or rewrites a file
- * whose schema widened. And the sink's options schema, the one that decides for the
+ * What the Parquet sink and its engines agree on, free of parquet-wasm and of the native
+ * addon: the main thread loads the wasm module only when it writes itself (wasm engine,
+ * encoderThreads 0) or rewrites a file whose schema widened. And the sink's options schema, the one that decides for the
  * config file's `parquet:` and for a `parquet://` URI's query alike.
  */
 import { availableParallelism } from "node:os";
@@ -13,6 +13,9 @@ export const LINEAGE_FILE_VERSION_ID = "_file_version_id";
 
 export const COMPRESSION_NAMES = ["snappy", "zstd", "gzip", "brotli", "lz4", "lz4_raw", "uncompressed", "none"] as const;
 export type CompressionName = (typeof COMPRESSION_NAMES)[number];
+
+export const ENGINE_NAMES = ["native", "wasm"] as const;
+export type EngineName = (typeof ENGINE_NAMES)[number];
 
 /**
  * 64 Ki rows (a multiple of pyarrow's batch sizes). The writer holds the row group being
@@ -39,7 +42,12 @@ export const parquetOptions = v.object({
   compression: v.optional(v.pipe(v.string(compressionText), v.toLowerCase(), v.picklist(COMPRESSION_NAMES, compressionText)), "snappy"),
   /** Rows per row group; default 65536 (a multiple of the Arrow batch sizes pyarrow emits; bounds the writer's memory). */
   rowGroupSize: v.optional(positiveInteger(), DEFAULT_ROW_GROUP_SIZE),
-  /** Writer threads (each writes whole files, several at once); default: available cores minus one (min 1, max 8). 0 writes on the main thread. */
+  /**
+   * "native" (default): the addon built at install (sinks/parquet-native.ts), every core encoding each file;
+   * falls back to "wasm" with a warning when it was not built. "wasm": parquet-wasm in writer threads.
+   */
+  engine: v.optional(v.picklist(ENGINE_NAMES, expected(`one of ${ENGINE_NAMES.map((name) => JSON.stringify(name)).join(", ")}`)), "native"),
+  /** parquet-wasm writer threads (each writes whole files, several at once); default: available cores minus one (min 1, max 8). 0 writes on the main thread. */
   encoderThreads: v.optional(nonNegativeInteger(), defaultEncoderThreads),
 });
 /** What the config file's `parquet:` may say. */
@@ -58,8 +66,6 @@ export interface WriterSettings {
 }
 
 /** Which engine wrote a file: the sink's tests check that it is the pinned fast path. */
-export interface EngineInfo {
-  library: "parquet-wasm";
-  version: string;
-  api: "transformParquetStream";
-}
+export type EngineInfo =
+  | { library: "parquet-rs"; version: string; api: "ArrowColumnWriter" }
+  | { library: "parquet-wasm"; version: string; api: "transformParquetStream" };

@@ -9,12 +9,15 @@
  *  - Written under a staging name beside the target, fsynced, renamed on commit. In a job
  *    with other sinks, the file a commit replaces is kept as a backup until every sink
  *    has committed, so that `resolve` can put it back (sinks/files.ts resolvePublished).
- *  - Written as batches arrive by parquet-wasm's public streaming writer (parquet-engine.ts)
- *    in a writer thread (parquet-writers.ts), beside the main thread that reads the guest:
- *    memory is bounded by the row group being filled plus the IPC streams in flight.
- *    Tiny chunks are coalesced before they cross to the thread (at most COALESCE_ROWS rows,
- *    COALESCE_BYTES of retained frames or COALESCE_BATCHES record batches), so a million
- *    one-row chunks cost no more memory than a few big ones.
+ *  - Written as batches arrive by the native engine (parquet-native.ts: arrow-rs built at
+ *    install, each batch's IPC bytes handed over as the host holds them, lineage added and
+ *    columns encoded on every core, off the JS thread), beside the main thread that reads
+ *    the guest: memory is bounded by the row group being filled plus the batches in flight.
+ *  - Without the addon (or with engine "wasm"): parquet-wasm's public streaming writer
+ *    (parquet-engine.ts) in a writer thread (parquet-writers.ts). Tiny chunks are coalesced
+ *    before they cross to the thread (at most COALESCE_ROWS rows, COALESCE_BYTES of
+ *    retained frames or COALESCE_BATCHES record batches), so a million one-row chunks cost
+ *    no more memory than a few big ones.
  *  - Lineage columns `_job_id` (uint64) and `_file_version_id` (int64) are appended to every
  *    row; key-value metadata carries the job id, plugin name, env hash and worker id.
  *  - A topic that never produced a batch publishes nothing (there is no schema to write).
@@ -38,7 +41,7 @@ import {
   stagingPathFor,
   type PublishHandle,
 } from "./files.js";
-import { DataType, tableFromIPC, type RecordBatch, type Schema } from "apache-arrow";
+import { DataType, tableFromIPC, tableToIPC, type RecordBatch, type Schema } from "apache-arrow";
 import { highCardinalityColumns } from "./dictionary.js";
 import {
   LINEAGE_FILE_VERSION_ID,
@@ -50,6 +53,7 @@ import {
   type WriterSettings,
 } from "./parquet-settings.js";
 import { LineageSerializer } from "./parquet-lineage.js";
+import { loadNativeEngine, NativeParquetFile, type NativeFileReport } from "./parquet-native.js";
 import { ParquetWriterPool, type ParquetFileStream, type WriteReport } from "./parquet-writers.js";
 import { castTable, conformsTo } from "./schema.js";
 import { resolveInsideRoot } from "./uri.js";
@@ -61,10 +65,13 @@ const INT64_MIN = -(1n << 63n);
 
 export type { ParquetConfig, ParquetOptions };
 
+type NativeAddon = Extract<ReturnType<typeof loadNativeEngine>, { addon: unknown }>["addon"];
+
 export function parquetSink(): SinkPlugin<ParquetOptions> {
   // Shared by every job of this plugin instance; started on first use, closed at shutdown.
   let pool: ParquetWriterPool | null = null;
   const getPool = (threads: number) => (pool ??= new ParquetWriterPool(threads));
+  let warned = false;
 
   return defineSink({
     name: "parquet",
@@ -74,10 +81,19 @@ export function parquetSink(): SinkPlugin<ParquetOptions> {
     options: parquetOptions,
     uriOptions: ["compression", "rowGroupSize"],
     create(target, context) {
+      if (context.options.engine === "native") {
+        const native = loadNativeEngine();
+        if ("addon" in native) return new ParquetTopicSink(target, context, { native: native.addon });
+        if (!warned) {
+          warned = true;
+          const unavailable = Errors.PARQUET_NATIVE_UNAVAILABLE([native.error.message]);
+          context.logger.warn({ code: unavailable.code, hint: unavailable.hint }, unavailable.message);
+        }
+      }
       const writers = getPool(context.options.encoderThreads);
       // Threads instantiate parquet-wasm while the guest is still starting up.
       writers.prestart();
-      return new ParquetTopicSink(target, context, () => writers);
+      return new ParquetTopicSink(target, context, { wasm: () => writers });
     },
     checkTarget(target, { outputRoot }) {
       targetPath(target, outputRoot);
@@ -119,6 +135,9 @@ const STREAM_ROWS = 65_536;
 /** IPC streams queued for the writer per file: one being encoded, one ready. */
 const MAX_IN_FLIGHT = 2;
 
+/** Which engine writes a topic's file: the native addon, or parquet-wasm's writer threads. */
+type Engine = { native: NativeAddon } | { wasm: () => ParquetWriterPool };
+
 /** The file a target's URI names inside the output root; throws CSP_SINK_BAD_URI / CSP_SINK_PATH_ESCAPE. */
 function targetPath(target: SinkTarget, outputRoot: string): string {
   return resolveInsideRoot(outputRoot, fileLocationFor(target.parsed.location, ".parquet", DIRECTORY_FILE), target.uri);
@@ -147,7 +166,7 @@ function createStagingFile(outputRoot: string, stagingPath: string, where: Escap
 class ParquetTopicSink implements Sink {
   readonly #target: SinkTarget;
   readonly #context: SinkContext<ParquetOptions>;
-  readonly #getPool: () => ParquetWriterPool;
+  readonly #engine: Engine;
   readonly #targetPath: string;
   readonly #finalPath: string;
   readonly #stagingPath: string;
@@ -158,6 +177,7 @@ class ParquetTopicSink implements Sink {
   #settings: WriterSettings | null = null;
   #serializer: LineageSerializer | null = null;
   #stream: ParquetFileStream | null = null;
+  #native: NativeParquetFile | null = null;
   /** Record batches not yet handed to the writer: views of the guest's frames. */
   #pending: RecordBatch[] = [];
   /** The releases of the batches whose frames #pending views (Batch.retain()). */
@@ -165,13 +185,13 @@ class ParquetTopicSink implements Sink {
   #pendingRows = 0;
   #pendingBytes = 0;
   #rows = 0;
-  #report: WriteReport | null = null;
+  #report: WriteReport | NativeFileReport | null = null;
   #handle: PublishHandle | null = null;
 
-  constructor(target: SinkTarget, context: SinkContext<ParquetOptions>, getPool: () => ParquetWriterPool) {
+  constructor(target: SinkTarget, context: SinkContext<ParquetOptions>, engine: Engine) {
     this.#target = target;
     this.#context = context;
-    this.#getPool = getPool;
+    this.#engine = engine;
     const { uri, mode } = target;
     const job = context.job;
     this.#compression = context.options.compression;
@@ -188,7 +208,7 @@ class ParquetTopicSink implements Sink {
   }
 
   /** Which engine wrote the file, once it is prepared (null before). */
-  get report(): WriteReport | null {
+  get report(): WriteReport | NativeFileReport | null {
     return this.#report;
   }
 
@@ -214,8 +234,16 @@ class ParquetTopicSink implements Sink {
           hint: "declare the column nullable in the plugin's first batch",
         });
       }
-      this.#pending.push(recordBatch);
-      this.#pendingRows += recordBatch.numRows;
+      if (this.#native === null) {
+        this.#pending.push(recordBatch);
+        this.#pendingRows += recordBatch.numRows;
+      }
+    }
+    if (this.#native !== null) {
+      // The frame's bytes as the host holds them: the native side decodes them and adds lineage.
+      if (batch.numRows > 0) await this.#failed(this.#native.write(batch.ipc));
+      this.#rows += batch.numRows;
+      return;
     }
     this.#pendingBytes += batch.ipc.buffer.byteLength;
     if (this.#pendingRows >= Math.min(COALESCE_ROWS, this.#rowGroupSize) || this.#pendingBytes >= COALESCE_BYTES || this.#pending.length >= COALESCE_BATCHES) {
@@ -224,10 +252,14 @@ class ParquetTopicSink implements Sink {
   }
 
   async prepare(): Promise<PublishHandle | undefined> {
-    if (this.#stream === null) return undefined;
-    // No rows at all still sends one (empty) stream: the file gets its schema.
-    if (this.#pendingRows > 0 || this.#rows === 0) await this.#flush();
-    this.#report = await this.#failed(this.#stream.finish());
+    if (this.#native !== null) {
+      this.#report = await this.#failed(this.#native.finish());
+    } else {
+      if (this.#stream === null) return undefined;
+      // No rows at all still sends one (empty) stream: the file gets its schema.
+      if (this.#pendingRows > 0 || this.#rows === 0) await this.#flush();
+      this.#report = await this.#failed(this.#stream.finish());
+    }
     this.#context.logger.debug({ file: this.#stagingPath, ...this.#report }, "Parquet file written");
     this.#handle = await publishHandle(this.#stagingPath, this.#finalPath, this.#context.job.jobId);
     return this.#handle;
@@ -235,7 +267,7 @@ class ParquetTopicSink implements Sink {
 
   async commit(options?: CommitOptions): Promise<Artifact[]> {
     const { job, logger } = this.#context;
-    if (this.#stream === null) {
+    if (this.#stream === null && this.#native === null) {
       logger.warn({ file: this.#finalPath }, "topic produced no batch: no Parquet file published");
       return [];
     }
@@ -250,6 +282,7 @@ class ParquetTopicSink implements Sink {
     this.#pending = [];
     this.#release(this.#holds.splice(0));
     await this.#stream?.abort(reason.message);
+    await this.#native?.abort();
     // A directory swapped for a symlink to elsewhere: its files are not ours to delete.
     if (await isInsideRoot(this.#context.job.outputRoot, dirname(this.#stagingPath))) await removeIfPresent(this.#stagingPath);
     else this.#context.logger.warn({ file: this.#stagingPath }, "staging directory now leads outside the output root; staging file left alone");
@@ -285,13 +318,22 @@ class ParquetTopicSink implements Sink {
     const { job } = this.#context;
     createStagingFile(job.outputRoot, this.#stagingPath, { uri: this.#target.uri, jobId: job.jobId });
     this.#schema = schema;
+    if ("native" in this.#engine) {
+      const lineage = { jobId: job.jobId, fileVersionId: job.command.fileVersionId };
+      try {
+        this.#native = new NativeParquetFile(this.#engine.native, this.#stagingPath, schema, this.#settings!, lineage, MAX_IN_FLIGHT);
+      } catch (err) {
+        throw this.#writeFailed(err);
+      }
+      return;
+    }
     this.#serializer = new LineageSerializer(
       schema,
       schema.fields.map((f) => f.nullable),
       job.jobId,
       job.command.fileVersionId,
     );
-    this.#stream = this.#getPool().open(this.#stagingPath, this.#settings!, MAX_IN_FLIGHT);
+    this.#stream = this.#engine.wasm().open(this.#stagingPath, this.#settings!, MAX_IN_FLIGHT);
   }
 
   /**
@@ -302,17 +344,28 @@ class ParquetTopicSink implements Sink {
    * batches), and its memory is one row group.
    */
   async #widen(schema: Schema): Promise<void> {
-    if (this.#pendingRows > 0) await this.#flush();
-    await this.#failed(this.#stream!.finish());
+    if (this.#native !== null) {
+      await this.#failed(this.#native.finish());
+      this.#native = null;
+    } else {
+      if (this.#pendingRows > 0) await this.#flush();
+      await this.#failed(this.#stream!.finish());
+    }
     const previous = stagingPathFor(`${this.#finalPath}.narrower`, this.#context.job.jobId);
     await rename(this.#stagingPath, previous);
     try {
       this.#open(schema);
+      // #open set it again (the compiler still sees the null assigned above).
+      const native = this.#native as NativeParquetFile | null;
       const columns = schema.fields.map((f) => f.name);
       const { readRowGroups } = await import("./parquet-engine.js");
       for await (const ipc of readRowGroups(previous)) {
         const written = tableFromIPC(ipc);
         const data = castTable(written.select(written.schema.fields.map((f) => f.name).filter((name) => columns.includes(name))), schema);
+        if (native !== null) {
+          if (data.numRows > 0) await this.#failed(native.write(tableToIPC(data, "stream")));
+          continue;
+        }
         this.#pending = [...data.batches];
         this.#pendingRows = data.numRows;
         this.#rows -= data.numRows; // counted once already
@@ -359,13 +412,21 @@ class ParquetTopicSink implements Sink {
         await assertInsideRoot(job.outputRoot, dirname(this.#stagingPath), { uri: this.#target.uri, jobId: job.jobId }).catch((refused: unknown) => {
           if (Errors.SINK_PATH_ESCAPE.is(refused)) throw refused;
         });
-      const cause = /ENOSPC/.test(message) ? "no space left on the device" : message;
-      throw Errors.SINK_WRITE_FAILED([this.#target.uri, cause], {
-        context: { jobId: job.jobId, sinkUri: this.#target.uri, file: this.#stagingPath },
-        cause: err,
-        hint: systemErrorHint(err),
-      });
+      throw this.#writeFailed(err);
     }
+  }
+
+  #writeFailed(err: unknown): Error {
+    const { job } = this.#context;
+    const message = err instanceof Error ? err.message : String(err);
+    const cause = /ENOSPC/.test(message) ? "no space left on the device" : message;
+    return Errors.SINK_WRITE_FAILED([this.#target.uri, cause], {
+      context: { jobId: job.jobId, sinkUri: this.#target.uri, file: this.#stagingPath },
+      cause: err,
+      hint:
+        systemErrorHint(err) ??
+        (/malformed Arrow IPC/.test(message) ? "the batch is not a valid Arrow IPC stream: a bug in the guest's encoder or in the host's framing" : undefined),
+    });
   }
 }
 

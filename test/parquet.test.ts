@@ -18,6 +18,7 @@ import { Stage } from "../hooks/index.js";
 import { isStagingName, removeStaleStaging, stagingPathFor } from "../sinks/files.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { ENGINE } from "../sinks/parquet-engine.js";
+import { loadNativeEngine, NATIVE_ADDON_PATH, NATIVE_ENGINE, NativeParquetFile } from "../sinks/parquet-native.js";
 import { ParquetWriterPool } from "../sinks/parquet-writers.js";
 import { batchOf, canonicalColumns, capturingLogger, sampleTable } from "./helpers/arrow.js";
 import { makeJob, runJob, scriptedPipeline, sinkSpec } from "./helpers/pipeline.js";
@@ -387,12 +388,12 @@ print(json.dumps(out))`;
     }
   });
 
-  test("the fast path is the one in use: pinned parquet-wasm, its streaming writer on a thread, plain and delta encodings where they pay, page indexes", async () => {
+  test("the wasm fallback (engine: wasm, or no addon): pinned parquet-wasm, its streaming writer on a thread, plain and delta encodings where they pay, page indexes", async () => {
     const manifest = JSON.parse(await readFile(join(packageRoot(), "package.json"), "utf8")) as { dependencies: Record<string, string> };
     assert.equal(manifest.dependencies["parquet-wasm"], ENGINE.version, "parquet-wasm is pinned to exactly the installed version");
     assert.deepEqual(ENGINE, { library: "parquet-wasm", version: "0.8.0", api: "transformParquetStream" });
 
-    const ws = await workspace({ encoderThreads: 1 });
+    const ws = await workspace({ engine: "wasm", encoderThreads: 1 });
     const { logger: captured, records } = capturingLogger();
     const job = makeJob({ logger: captured, sinks: [sinkSpec("t", "parquet://fast.parquet", "replace")] });
     const outcome = await runJob(ws.pipeline, job, [batchOf("t", sampleTable(3000))]);
@@ -421,6 +422,173 @@ print(json.dumps({"created_by": md.created_by, "id": sorted(cols["id"].encodings
     assert.ok(facts.job.includes("DELTA_BINARY_PACKED"), `lineage is delta-encoded: ${facts.job.join(",")}`);
     assert.equal(facts.indexes, true, "every column chunk has a column index and an offset index");
     assert.equal(facts.stats, true, "every column chunk has min/max statistics");
+  });
+
+  test("the native engine is the one in use, and what it writes round-trips through pyarrow: int64 beyond 2^53, timestamps, decimals, nulls, dictionaries; statistics, page indexes, casparian.* metadata", async () => {
+    const native = loadNativeEngine();
+    assert.ok(
+      "addon" in native,
+      `the native engine must be built in the test environment (npm ci builds it): ${"error" in native ? native.error.message : ""}`,
+    );
+    const cargo = await readFile(join(packageRoot(), "sinks", "parquet-native", "Cargo.toml"), "utf8");
+    assert.match(
+      cargo,
+      new RegExp(`^parquet = \\{ version = "=${NATIVE_ENGINE.version.replaceAll(".", "\\.")}"`, "m"),
+      "the parquet crate is pinned to exactly the version the engine reports",
+    );
+
+    // The batches pyarrow itself makes (as a guest would), and pyarrow's own reading of the file we write.
+    const inputs = await mkdtemp(join(tmpdir(), "casparian-native-"));
+    roots.push(inputs);
+    const make = `import sys, decimal, datetime, pyarrow as pa
+def table(start, n):
+    ids = [2**53 + 1 + start + i for i in range(n)]
+    return pa.table({
+        "id": pa.array(ids, pa.int64()),
+        "big": pa.array([None if i % 5 == 0 else 2**63 - 1 - i for i in range(n)], pa.int64()),
+        "ts": pa.array([None if i % 7 == 3 else datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(microseconds=1_000_001 * (start + i)) for i in range(n)], pa.timestamp("us", tz="UTC")),
+        "ns": pa.array([1_700_000_000_123_456_789 + start + i for i in range(n)], pa.timestamp("ns")),
+        "price": pa.array([None if i % 4 == 1 else decimal.Decimal(start + i).scaleb(-2) + decimal.Decimal("12345678901234.5") for i in range(n)], pa.decimal128(20, 4)),
+        "cat": pa.array([["north", "south", None, "east"][(start + i) % 4] for i in range(n)]).dictionary_encode(),
+        "label": pa.array([None if i % 11 == 5 else f"row {start + i} ü" for i in range(n)], pa.string()),
+    })
+for k, (start, n) in enumerate([(0, 5000), (5000, 3000)]):
+    with pa.ipc.new_stream(f"{sys.argv[1]}/b{k}.arrows", table(start, n).schema) as w:
+        w.write_table(table(start, n))
+`;
+    await runPython(py, make, [inputs]);
+    const batches = await Promise.all(
+      [0, 1].map(async (k) => {
+        const ipc = new Uint8Array(await readFile(join(inputs, `b${k}.arrows`)));
+        const table = tableFromIPC(ipc);
+        return { topic: "t", index: k, ipc, table, numRows: table.numRows };
+      }),
+    );
+    const ws = await workspace({ rowGroupSize: 3000 });
+    const { logger: captured, records } = capturingLogger();
+    const job = makeJob({ logger: captured, sinks: [sinkSpec("t", "parquet://native.parquet", "replace")] });
+    const outcome = await runJob(ws.pipeline, job, batches);
+    await ws.close();
+    assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+    const written = records.find((r) => r.msg === "Parquet file written");
+    assert.ok(written, "the sink reports which engine wrote the file");
+    assert.deepEqual(written.engine, NATIVE_ENGINE, "the native engine wrote the file");
+    assert.ok(typeof written.threads === "number" && written.threads >= 1);
+
+    const check = `import sys, json, glob, pyarrow as pa, pyarrow.parquet as pq
+source = pa.concat_tables([pa.ipc.open_stream(open(f, "rb").read()).read_all() for f in sorted(glob.glob(sys.argv[1] + "/b*.arrows"))])
+f = pq.ParquetFile(sys.argv[2])
+md = f.metadata
+read = f.read()
+data = read.drop_columns(["_job_id", "_file_version_id"])
+chunks = [md.row_group(g).column(c) for g in range(md.num_row_groups) for c in range(md.num_columns)]
+print(json.dumps({
+  "equal": data.equals(source.cast(data.schema)) and data.schema == source.schema,
+  "types": {n: str(t) for n, t in zip(read.schema.names, read.schema.types)},
+  "row_groups": [md.row_group(g).num_rows for g in range(md.num_row_groups)],
+  "created_by": md.created_by,
+  "kv": {k.decode(): v.decode() for k, v in md.metadata.items() if k.decode().startswith("casparian.")},
+  "indexes": all(c.has_column_index and c.has_offset_index for c in chunks),
+  "stats": all(c.statistics is not None and c.statistics.has_min_max for c in chunks if c.path_in_schema != "cat" or True),
+  "id_min": str(md.row_group(0).column(0).statistics.min),
+  "lineage": sorted(set(read.column("_job_id").to_pylist())) + sorted(set(read.column("_file_version_id").to_pylist())),
+  "id_encodings": sorted(md.row_group(0).column(0).encodings),
+  "job_encodings": sorted(md.row_group(0).column(7).encodings),
+}))`;
+    const facts = JSON.parse(await runPython(py, check, [inputs, join(ws.root, "native.parquet")])) as {
+      equal: boolean;
+      types: Record<string, string>;
+      row_groups: number[];
+      created_by: string;
+      kv: Record<string, string>;
+      indexes: boolean;
+      stats: boolean;
+      id_min: string;
+      lineage: number[];
+      id_encodings: string[];
+      job_encodings: string[];
+    };
+    assert.deepEqual(facts.types, {
+      id: "int64",
+      big: "int64",
+      ts: "timestamp[us, tz=UTC]",
+      ns: "timestamp[ns]",
+      price: "decimal128(20, 4)",
+      cat: "dictionary<values=string, indices=int32, ordered=0>",
+      label: "string",
+      _job_id: "uint64",
+      _file_version_id: "int64",
+    });
+    assert.equal(facts.equal, true, "every value and type reads back as pyarrow wrote it");
+    assert.deepEqual(facts.row_groups, [3000, 3000, 2000]);
+    assert.match(facts.created_by, /^casparian-flow via parquet-rs 60\.1\.0 \(native\)/);
+    assert.deepEqual(facts.kv, {
+      "casparian.job_id": job.jobId.toString(),
+      "casparian.plugin_name": job.command.pluginName,
+      "casparian.env_hash": job.command.envHash,
+      "casparian.worker_id": "worker-test",
+      "casparian.file_version_id": job.command.fileVersionId.toString(),
+      "casparian.topic": "t",
+    });
+    assert.equal(facts.indexes, true, "every column chunk has a column index and an offset index");
+    assert.equal(facts.stats, true, "every column chunk has min/max statistics");
+    assert.equal(facts.id_min, "9007199254740993");
+    assert.deepEqual(facts.lineage, [Number(job.jobId), Number(job.command.fileVersionId)]);
+    assert.ok(!facts.id_encodings.includes("RLE_DICTIONARY"), `unique ids are written plain, as the sink decided: ${facts.id_encodings.join(",")}`);
+    assert.ok(facts.job_encodings.includes("DELTA_BINARY_PACKED"), `lineage is delta-encoded: ${facts.job_encodings.join(",")}`);
+  });
+
+  test("the native engine turns a malformed IPC stream into an error, never a crash, and the job fails with the catalogue's error", async () => {
+    const native = loadNativeEngine();
+    assert.ok("addon" in native, "the native engine is built");
+    const root = await mkdtemp(join(tmpdir(), "casparian-native-bad-"));
+    roots.push(root);
+    const good = batchOf("t", sampleTable(50));
+    const settings = { compression: "snappy" as const, rowGroupSize: 100, metadata: [], plainColumns: [] };
+    const lineage = { jobId: 1n, fileVersionId: 2n };
+    // Garbage, a stream cut short, and a stream whose strings are not UTF-8.
+    const corrupt = good.ipc.slice();
+    const at = Buffer.from(corrupt.buffer, corrupt.byteOffset, corrupt.byteLength).indexOf("plain #15");
+    assert.ok(at > 0);
+    corrupt.fill(0xff, at, at + 5);
+    for (const [name, bytes] of [
+      ["garbage", new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])],
+      ["truncated", good.ipc.slice(0, Math.floor(good.ipc.length / 2))],
+      ["corrupt", corrupt],
+    ] as const) {
+      const path = join(root, `${name}.parquet`);
+      await writeFile(path, "");
+      const file = new NativeParquetFile(native.addon, path, good.table.schema, settings, lineage, 2);
+      await file.write(bytes).catch(() => {});
+      await assert.rejects(file.finish(), (err: Error) => /malformed Arrow IPC|column|panicked|Invalid/i.test(err.message), name);
+    }
+    // The process is alive and the engine still writes.
+    const path = join(root, "after.parquet");
+    await writeFile(path, "");
+    const file = new NativeParquetFile(native.addon, path, good.table.schema, settings, lineage, 2);
+    await file.write(good.ipc);
+    const report = await file.finish();
+    assert.equal(report.rows, 50);
+    assert.equal((await readParquet(py, "pyarrow", path)).num_rows, 50);
+
+    // Through the sink: a batch whose bytes are not what its table says fails the job with CSP_SINK_WRITE_FAILED and a hint.
+    const ws = await workspace();
+    const job = makeJob({ sinks: [sinkSpec("t", "parquet://bad.parquet", "replace")] });
+    const outcome = await runJob(ws.pipeline, job, [
+      { ...good, ipc: new Uint8Array([255, 255, 255, 255, 16, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]) },
+    ]);
+    await ws.close();
+    assert.equal(outcome.status, "FAILED");
+    assert.ok(Errors.SINK_WRITE_FAILED.is(outcome.error), String(outcome.error));
+    assert.match((outcome.error as { hint?: string }).hint ?? "", /not a valid Arrow IPC stream/);
+    assert.deepEqual(await listFiles(ws.root), []);
+  });
+
+  test("without the addon the engine says why, and the fallback's warning names a code and a fix", async () => {
+    assert.ok(NATIVE_ADDON_PATH.endsWith(join("sinks", "parquet-native", "casparian_parquet.node")));
+    const unavailable = Errors.PARQUET_NATIVE_UNAVAILABLE(["not built"]);
+    assert.equal(unavailable.code, "CSP_PARQUET_NATIVE_UNAVAILABLE");
+    assert.match(unavailable.hint ?? "", /Rust toolchain.*npm run build:native/);
   });
 
   test("chunks larger than one writer stream are cut into slices at odd offsets (nulls, bools, timestamps): every value lands, in full row groups", async () => {

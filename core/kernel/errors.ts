@@ -237,6 +237,11 @@ export const Errors = {
   SINK_INVALID: createError<[string, string]>("CSP_SINK_INVALID", "invalid sink plugin %s: %s"),
   SINK_BAD_OPTIONS: createError<[string, string]>("CSP_SINK_BAD_OPTIONS", "invalid options for sink plugin %s: %s"),
   SINK_WRITE_FAILED: createError<[string, string]>("CSP_SINK_WRITE_FAILED", "sink %s failed: %s"),
+  PARQUET_NATIVE_UNAVAILABLE: createError<[string]>(
+    "CSP_PARQUET_NATIVE_UNAVAILABLE",
+    "the native Parquet engine cannot be used (%s); writing with parquet-wasm, which is slower",
+    'install a Rust toolchain (cargo, https://rustup.rs), then run `npm run build:native` in casparian-flow\'s directory; or set parquet.engine to "wasm" to choose the fallback knowingly',
+  ),
   SINK_DUPLICATE_CONFLICT: createError<[string, string]>(
     "CSP_SINK_DUPLICATE_CONFLICT",
     "the DISPATCH lists sink %s more than once with different settings: %s",
