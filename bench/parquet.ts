@@ -1,18 +1,21 @@
 /**
  * Parquet write throughput: the same Arrow batches through our Parquet sink (driven
- * through the hooks, as a job would) and through pyarrow's ParquetWriter, in one run.
+ * through the hooks, as a job would) with its native engine (the default) and with the
+ * parquet-wasm fallback, and through pyarrow's ParquetWriter, in one run.
  *
- *   npm run bench            (or: npx tsc -p . && node dist/bench/parquet.js [rows] [encoderThreads])
+ *   npm run bench            (or: npx tsc -p . && node dist/bench/parquet.js [rows] [rounds])
  *
  * Data: ≥ 3 M rows in 64 Ki-row batches: int64, float64, a low-cardinality string
- * (12 values) and a high-cardinality string (unique per row). Both writers use Snappy
+ * (12 values) and a high-cardinality string (unique per row). All writers use Snappy
  * and 65 536-row row groups. pyarrow reads the same batches from an IPC file first;
  * only its writing is timed. Ours includes the lineage columns and the fsync + rename.
- * Each side runs once to warm up, then REPS times; the median counts.
+ * Each writer warms up once, then the three take turns for `rounds` rounds (interleaved,
+ * so that a load change on a shared machine hits all of them alike); medians count, and
+ * each round's ratio is printed too.
  */
 import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
-import { availableParallelism, tmpdir } from "node:os";
+import { availableParallelism, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { pathToFileURL } from "node:url";
@@ -25,18 +28,19 @@ import { packageRoot } from "../core/kernel/paths.js";
 import { Pipeline } from "../core/pipeline/pipeline.js";
 import { loadSinkPlugins } from "../core/pipeline/sink-loader.js";
 import { SinkManager } from "../core/pipeline/sink-manager.js";
+import { loadNativeEngine } from "../sinks/parquet-native.js";
 import { defaultEncoderThreads } from "../sinks/parquet-settings.js";
 
 const run = promisify(execFile);
 const BATCH_ROWS = 65_536;
 const ROW_GROUP_SIZE = 65_536;
-const REPS = 3;
+const ROUNDS = 5;
 const CATEGORIES = ["north", "south", "east", "west", "central", "online", "retail", "wholesale", "partner", "export", "import", "other"];
 
 const PYARROW_WRITER = `
-import json, statistics, sys, time
+import json, sys, time
 import pyarrow as pa, pyarrow.parquet as pq
-source, target, reps, row_group_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+source, target, row_group_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with pa.ipc.open_stream(pa.memory_map(source)) as reader:
     table = reader.read_all()  # not timed: pyarrow starts from batches in memory, as the sink does
 batches = table.to_batches()
@@ -46,19 +50,26 @@ def write():
         for batch in batches:
             writer.write_batch(batch, row_group_size=row_group_size)
     return time.perf_counter() - t0
-write()  # warm-up
-times = [write() for _ in range(reps)]
-print(json.dumps({"seconds": statistics.median(times), "rows": table.num_rows, "version": pa.__version__}))
+for line in sys.stdin:  # one write per line the bench sends: the rounds interleave with ours
+    print(json.dumps({"seconds": write(), "rows": table.num_rows, "version": pa.__version__}), flush=True)
 `;
 
 export interface ParquetBenchResult {
   rows: number;
-  oursRowsPerSecond: number;
+  nativeRowsPerSecond: number | null;
+  wasmRowsPerSecond: number;
   pyarrowRowsPerSecond: number;
-  ratio: number;
+  /** native / pyarrow throughput (null when the native engine is not built). */
+  ratio: number | null;
 }
 
-export async function runParquetBench(totalRows = 3_000_000, parquet: ParquetConfig = {}): Promise<ParquetBenchResult> {
+interface Side {
+  name: string;
+  times: number[];
+  bytes: number;
+}
+
+export async function runParquetBench(totalRows = 3_000_000, rounds = ROUNDS): Promise<ParquetBenchResult> {
   const dir = await mkdtemp(join(tmpdir(), "casparian-bench-"));
   try {
     process.stdout.write(`generating ${totalRows.toLocaleString()} rows in ${BATCH_ROWS}-row batches...\n`);
@@ -67,24 +78,53 @@ export async function runParquetBench(totalRows = 3_000_000, parquet: ParquetCon
     await writeFile(ipcFile, concatenatedStream(batches));
     const python = await pythonEnv(dir);
 
-    const ours = await timeOurs(batches, join(dir, "ours"), parquet);
-    const theirs = await timePyarrow(python, ipcFile, join(dir, "pyarrow.parquet"));
-    const oursRate = totalRows / ours.seconds;
-    const theirRate = totalRows / theirs.seconds;
-    const ratio = oursRate / theirRate;
-    const line = (name: string, seconds: number, rate: number, bytes: number) =>
-      `${name.padEnd(28)} ${(seconds * 1000).toFixed(0).padStart(7)} ms  ${(rate / 1e6).toFixed(2).padStart(6)} M rows/s  ${(bytes / 1e6).toFixed(1).padStart(7)} MB`;
-    process.stdout.write(
-      [
-        "",
-        `Parquet write, ${totalRows.toLocaleString()} rows (int64, float64, low- and high-cardinality strings), snappy, ${ROW_GROUP_SIZE}-row row groups, ${availableParallelism()} cores`,
-        line(`casparian parquet sink (${ours.threads} writer thread${ours.threads === 1 ? "" : "s"})`, ours.seconds, oursRate, ours.bytes),
-        line(`pyarrow ${theirs.version} ParquetWriter`, theirs.seconds, theirRate, theirs.bytes),
-        `throughput ratio = ours / pyarrow = ${ratio.toFixed(2)}   (target ≥ 1.2)`,
-        "",
-      ].join("\n"),
+    const native = loadNativeEngine();
+    if ("error" in native) process.stdout.write(`native engine unavailable, its column is left out: ${native.error.message}\n`);
+    const wasmThreads = defaultEncoderThreads();
+    const writers: Array<{ side: Side; write: () => Promise<number>; close: () => Promise<void> }> = [];
+    if ("addon" in native) writers.push(await oursWriter(`casparian sink, native engine`, batches, join(dir, "native"), { engine: "native" }));
+    writers.push(
+      await oursWriter(`casparian sink, parquet-wasm (${wasmThreads} thread${wasmThreads === 1 ? "" : "s"})`, batches, join(dir, "wasm"), { engine: "wasm" }),
     );
-    return { rows: totalRows, oursRowsPerSecond: oursRate, pyarrowRowsPerSecond: theirRate, ratio };
+    const pyarrow = await pyarrowWriter(python, ipcFile, join(dir, "pyarrow.parquet"));
+    writers.push(pyarrow);
+    try {
+      for (const writer of writers) await writer.write(); // warm-up
+      const load = [loadavg()[0]!];
+      for (let round = 0; round < rounds; round++) {
+        for (const writer of writers) writer.side.times.push(await writer.write());
+        load.push(loadavg()[0]!);
+      }
+      const rate = (side: Side) => totalRows / median(side.times);
+      const line = (side: Side) =>
+        `${side.name.padEnd(44)} ${(median(side.times) * 1000).toFixed(0).padStart(7)} ms  ${(rate(side) / 1e6).toFixed(2).padStart(6)} M rows/s  ${(side.bytes / 1e6).toFixed(1).padStart(7)} MB   rounds: ${side.times.map((t) => (t * 1000).toFixed(0)).join(" ")}`;
+      const theirs = pyarrow.side;
+      const ratioOf = (side: Side) => rate(side) / rate(theirs);
+      const perRound = (side: Side) => side.times.map((t, i) => (theirs.times[i]! / t).toFixed(2)).join(" ");
+      const nativeSide = "addon" in native ? writers[0]!.side : null;
+      const wasmSide = writers["addon" in native ? 1 : 0]!.side;
+      process.stdout.write(
+        [
+          "",
+          `Parquet write, ${totalRows.toLocaleString()} rows (int64, float64, low- and high-cardinality strings), snappy, ${ROW_GROUP_SIZE}-row row groups, ${availableParallelism()} cores, ${rounds} interleaved rounds, load average ${Math.min(...load).toFixed(1)}–${Math.max(...load).toFixed(1)}`,
+          ...writers.map((w) => line(w.side)),
+          ...(nativeSide === null
+            ? ["native engine: not built (see above)"]
+            : [`throughput ratio native / pyarrow = ${ratioOf(nativeSide).toFixed(2)} (median times; per round ${perRound(nativeSide)})   (target ≥ 1.2)`]),
+          `throughput ratio wasm / pyarrow   = ${ratioOf(wasmSide).toFixed(2)} (per round ${perRound(wasmSide)})`,
+          "",
+        ].join("\n"),
+      );
+      return {
+        rows: totalRows,
+        nativeRowsPerSecond: nativeSide === null ? null : rate(nativeSide),
+        wasmRowsPerSecond: rate(wasmSide),
+        pyarrowRowsPerSecond: rate(theirs),
+        ratio: nativeSide === null ? null : ratioOf(nativeSide),
+      };
+    } finally {
+      for (const writer of writers) await writer.close();
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -124,7 +164,12 @@ function concatenatedStream(batches: Batch[]): Uint8Array {
   return writer.toUint8Array(true);
 }
 
-async function timeOurs(batches: Batch[], root: string, parquet: ParquetConfig): Promise<{ seconds: number; bytes: number; threads: number }> {
+async function oursWriter(
+  name: string,
+  batches: Batch[],
+  root: string,
+  parquet: ParquetConfig,
+): Promise<{ side: Side; write: () => Promise<number>; close: () => Promise<void> }> {
   const logger = pino({ level: "warn" });
   // As a worker process does at start: sinks resolve their targets inside the root's real path.
   await mkdir(root, { recursive: true });
@@ -142,7 +187,9 @@ async function timeOurs(batches: Batch[], root: string, parquet: ParquetConfig):
   pipeline.use(new SinkManager({ plugins: await loadSinkPlugins([], root, parquet), logger, outputRoot: root }));
   await pipeline.start();
   const file = join(root, "bench.parquet");
-  const once = async (jobId: bigint) => {
+  const side: Side = { name, times: [], bytes: 0 };
+  let jobId = 0n;
+  const write = async () => {
     const command = {
       pluginName: "bench",
       filePath: "/dev/null",
@@ -153,26 +200,54 @@ async function timeOurs(batches: Batch[], root: string, parquet: ParquetConfig):
       artifactHash: null,
     };
     const t0 = performance.now();
-    const receipt = await pipeline.runJob({ jobId, command, logger, signal: new AbortController().signal });
+    const receipt = await pipeline.runJob({ jobId: ++jobId, command, logger, signal: new AbortController().signal });
     const seconds = (performance.now() - t0) / 1000;
     if (receipt.status !== "SUCCESS") throw new Error(`bench job failed: ${receipt.errorMessage}`);
+    side.bytes = (await stat(file)).size;
     return seconds;
   };
-  try {
-    await once(1n); // warm-up: encoder threads start, wasm compiles
-    const times: number[] = [];
-    for (let rep = 0; rep < REPS; rep++) times.push(await once(BigInt(rep + 2)));
-    const threads = parquet.encoderThreads ?? defaultEncoderThreads();
-    return { seconds: median(times), bytes: (await stat(file)).size, threads };
-  } finally {
-    await pipeline.shutdown();
-  }
+  return { side, write, close: () => pipeline.shutdown() };
 }
 
-async function timePyarrow(python: string, ipcFile: string, target: string): Promise<{ seconds: number; bytes: number; version: string }> {
-  const { stdout } = await run(python, ["-c", PYARROW_WRITER, ipcFile, target, String(REPS), String(ROW_GROUP_SIZE)], { maxBuffer: 1 << 20 });
-  const result = JSON.parse(stdout) as { seconds: number; rows: number; version: string };
-  return { seconds: result.seconds, bytes: (await stat(target)).size, version: result.version };
+/** pyarrow in one long-lived process that writes once per request, so its rounds interleave with ours. */
+async function pyarrowWriter(
+  python: string,
+  ipcFile: string,
+  target: string,
+): Promise<{ side: Side; write: () => Promise<number>; close: () => Promise<void> }> {
+  const child = execFile(python, ["-c", PYARROW_WRITER, ipcFile, target, String(ROW_GROUP_SIZE)], { maxBuffer: 1 << 20 });
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const lines: string[] = [];
+  let waiting: (() => void) | null = null;
+  let pending = "";
+  child.stdout!.on("data", (chunk: Buffer) => {
+    pending += chunk.toString();
+    for (let at = pending.indexOf("\n"); at >= 0; at = pending.indexOf("\n")) {
+      lines.push(pending.slice(0, at));
+      pending = pending.slice(at + 1);
+    }
+    waiting?.();
+  });
+  const side: Side = { name: "pyarrow ParquetWriter", times: [], bytes: 0 };
+  const write = async () => {
+    child.stdin!.write("write\n");
+    while (lines.length === 0) {
+      const ended = await Promise.race([new Promise<boolean>((resolve) => (waiting = () => resolve(false))), exited.then(() => true)]);
+      if (ended && lines.length === 0) throw new Error("the pyarrow writer exited");
+    }
+    const result = JSON.parse(lines.shift()!) as { seconds: number; rows: number; version: string };
+    side.name = `pyarrow ${result.version} ParquetWriter`;
+    side.bytes = (await stat(target)).size;
+    return result.seconds;
+  };
+  return {
+    side,
+    write,
+    close: async () => {
+      child.stdin!.end();
+      await exited;
+    },
+  };
 }
 
 /** pyarrow from the test suite's locked environment (test/fixtures/pyenv). */
@@ -191,10 +266,10 @@ function median(values: number[]): number {
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
-  // node dist/bench/parquet.js [rows] [encoderThreads]
+  // node dist/bench/parquet.js [rows] [rounds]
   const rows = Number(process.argv[2] ?? 3_000_000);
-  const threads = process.argv[3] === undefined ? undefined : Number(process.argv[3]);
-  runParquetBench(rows, threads === undefined ? {} : { encoderThreads: threads }).catch((err: unknown) => {
+  const rounds = Number(process.argv[3] ?? ROUNDS);
+  runParquetBench(rows, rounds).catch((err: unknown) => {
     console.error(err);
     process.exitCode = 1;
   });

@@ -122,16 +122,19 @@ export class NativeParquetFile {
     this.#maxInFlight = maxInFlight;
     const fd = openSync(path, fsConstants.O_WRONLY | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW);
     try {
-      this.#writer = new addon.ParquetFileWriter(fd, schemaStream(schema), {
-        compression: settings.compression,
-        rowGroupSize: settings.rowGroupSize,
-        metadata: settings.metadata.map(([key, value]) => ({ key, value })),
-        plainColumns: settings.plainColumns,
-        createdBy: `casparian-flow via ${NATIVE_ENGINE.library} ${NATIVE_ENGINE.version} (native)`,
-        jobId: lineage.jobId.toString(),
-        fileVersionId: lineage.fileVersionId.toString(),
-        threads: 0,
-      });
+      this.#writer = construct(
+        () =>
+          new addon.ParquetFileWriter(fd, schemaStream(schema), {
+            compression: settings.compression,
+            rowGroupSize: settings.rowGroupSize,
+            metadata: settings.metadata.map(([key, value]) => ({ key, value })),
+            plainColumns: settings.plainColumns,
+            createdBy: `casparian-flow via ${NATIVE_ENGINE.library} ${NATIVE_ENGINE.version} (native)`,
+            jobId: lineage.jobId.toString(),
+            fileVersionId: lineage.fileVersionId.toString(),
+            threads: 0,
+          }),
+      );
     } finally {
       closeSync(fd);
     }
@@ -139,7 +142,7 @@ export class NativeParquetFile {
 
   async write(ipc: Uint8Array): Promise<void> {
     if (this.#closed) throw new Error("Parquet file is closed");
-    const written = this.#writer.write(ipc);
+    const written = this.#writer.write(ipc).catch(rethrow);
     written.catch(() => {}); // awaited below or by finish; this only keeps an early failure from going unhandled
     this.#inFlight.push(written);
     while (this.#inFlight.length >= this.#maxInFlight) await this.#inFlight.shift();
@@ -154,7 +157,7 @@ export class NativeParquetFile {
       await this.#writer.abort();
       throw err;
     }
-    const report = await this.#writer.finish();
+    const report = await this.#writer.finish().catch(rethrow);
     return { ...report, engine: NATIVE_ENGINE };
   }
 
@@ -163,5 +166,22 @@ export class NativeParquetFile {
     this.#closed = true;
     await Promise.allSettled(this.#inFlight.splice(0));
     await this.#writer.abort();
+  }
+}
+
+/**
+ * The addon's error as a plain Error with its message: napi sets `code` to its own status
+ * ("GenericFailure"), which would hide the errno name the message starts with (ENOSPC...)
+ * from systemErrorHint.
+ */
+function rethrow(err: unknown): never {
+  throw new Error(err instanceof Error ? err.message : String(err), { cause: err });
+}
+
+function construct<T>(make: () => T): T {
+  try {
+    return make();
+  } catch (err) {
+    rethrow(err);
   }
 }

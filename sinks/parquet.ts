@@ -261,7 +261,12 @@ class ParquetTopicSink implements Sink {
       this.#report = await this.#failed(this.#stream.finish());
     }
     this.#context.logger.debug({ file: this.#stagingPath, ...this.#report }, "Parquet file written");
-    this.#handle = await publishHandle(this.#stagingPath, this.#finalPath, this.#context.job.jobId);
+    // The staging file gone from its directory since it was opened (the native engine keeps
+    // writing through its descriptor): that directory may now lead elsewhere, and if so, say that.
+    this.#handle = await publishHandle(this.#stagingPath, this.#finalPath, this.#context.job.jobId).catch(async (err: unknown) => {
+      await this.#refuseEscape(err);
+      throw err;
+    });
     return this.#handle;
   }
 
@@ -405,15 +410,20 @@ class ParquetTopicSink implements Sink {
     try {
       return await work;
     } catch (err) {
-      const { job } = this.#context;
-      const message = err instanceof Error ? err.message : String(err);
       // The writer could not open its staging file because its directory now leads elsewhere: say that.
-      if (/ENOENT|ELOOP/.test(message))
-        await assertInsideRoot(job.outputRoot, dirname(this.#stagingPath), { uri: this.#target.uri, jobId: job.jobId }).catch((refused: unknown) => {
-          if (Errors.SINK_PATH_ESCAPE.is(refused)) throw refused;
-        });
+      await this.#refuseEscape(err);
       throw this.#writeFailed(err);
     }
+  }
+
+  /** Throws CSP_SINK_PATH_ESCAPE when `err` is a missing file or a symlink because the staging directory now leads outside the root. */
+  async #refuseEscape(err: unknown): Promise<void> {
+    const { job } = this.#context;
+    const message = err instanceof Error ? err.message : String(err);
+    if (!/ENOENT|ELOOP/.test(message)) return;
+    await assertInsideRoot(job.outputRoot, dirname(this.#stagingPath), { uri: this.#target.uri, jobId: job.jobId }).catch((refused: unknown) => {
+      if (Errors.SINK_PATH_ESCAPE.is(refused)) throw refused;
+    });
   }
 
   #writeFailed(err: unknown): Error {
