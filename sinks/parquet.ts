@@ -76,7 +76,8 @@ export function parquetSink(): SinkPlugin<ParquetOptions> {
   return defineSink({
     name: "parquet",
     schemes: ["parquet"],
-    // Coalesced batches are retained until serialized (ParquetTopicSink#flush).
+    // Coalesced batches are retained until serialized (ParquetTopicSink#flush); the native
+    // engine copies each batch before write resolves.
     usesRetain: true,
     options: parquetOptions,
     uriOptions: ["compression", "rowGroupSize"],
@@ -224,7 +225,8 @@ class ParquetTopicSink implements Sink {
     if (this.#schema === null) this.#begin(table.schema, batch);
     else if (!sameColumns(table.schema, this.#schema)) await this.#widen(table.schema);
     // Views only: the frame stays ours, past this call, until #flush has serialized them.
-    this.#holds.push(batch.retain());
+    // The native engine copies the bytes before its write returns: it holds nothing.
+    if (this.#native === null) this.#holds.push(batch.retain());
     for (const recordBatch of table.batches) {
       if (recordBatch.numRows === 0) continue;
       const column = nullsInRequired(this.#schema!, recordBatch);

@@ -461,7 +461,7 @@ for k, (start, n) in enumerate([(0, 5000), (5000, 3000)]):
       [0, 1].map(async (k) => {
         const ipc = new Uint8Array(await readFile(join(inputs, `b${k}.arrows`)));
         const table = tableFromIPC(ipc);
-        return { topic: "t", index: k, ipc, table, numRows: table.numRows };
+        return { topic: "t", index: k, ipc, table, numRows: table.numRows, retain: () => () => undefined };
       }),
     );
     const ws = await workspace({ rowGroupSize: 3000 });
