@@ -27,7 +27,9 @@
  * in the target schema; batches arrive as multi-row parameterized INSERTs (at most
  * `insertRows` rows per statement, so memory stays bounded by the batch). prepare
  * checks that the staging table holds every row written. commit promotes in ONE
- * transaction, serialized per target by an advisory lock. Modes act on the rows the
+ * transaction, serialized per target by an advisory lock (the ledger and schemas tables
+ * are made before, in a short transaction of their own serialized per schema: concurrent
+ * CREATE TABLE IF NOT EXISTS of one name would fail). Modes act on the rows the
  * sink's topic wrote for the job's input (its file_path), never on other inputs' rows
  * nor on other topics' (several topics of a job may share a table, e.g. through a
  * catch-all sink), so one table can collect every input of a run (`inputScopedModes`):
@@ -237,16 +239,37 @@ export default function postgresSink() {
       const replacesWithNothing = async (c: pg.Client) => target.mode === "replace" && (await targetExists(c)) && (await inputHasRows(c));
       const replacedRows = (versions: string) =>
         `_topic IN ($3, $4) AND (_file_version_id = $5 OR _file_version_id IN (SELECT file_version_id FROM ${ledgerSql()} WHERE target = $1 AND file_path = $2 AND topic IN ($3, $4) ${versions}))`;
+      /**
+       * The ledger and the schemas table, made (or the ledger given its topic column) in their
+       * own short transaction, serialized per schema: concurrent CREATE TABLE IF NOT EXISTS of
+       * one name fail (pg_type_typname_nsp_index), e.g. the first commits of a run's jobs into
+       * a fresh schema.
+       */
+      const makeBookkeeping = async (c: pg.Client) => {
+        const schemasExist = (await c.query<{ oid: string | null }>("SELECT to_regclass($1) AS oid", [schemasSql()])).rows[0]!.oid !== null;
+        if (schemasExist && (await hasColumn(c, ledgerSql(), "topic"))) return;
+        await c.query("BEGIN");
+        try {
+          await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [ledgerSql()]);
+          await ensureLedger(c, ledgerSql());
+          await c.query(`CREATE TABLE IF NOT EXISTS ${schemasSql()} (target text PRIMARY KEY, arrow_schema bytea NOT NULL)`);
+          await c.query("COMMIT");
+        } catch (err) {
+          await c.query("ROLLBACK").catch(() => {});
+          throw fail("cannot create the ledger", err, "the user needs CREATE on the target schema");
+        }
+      };
       /** Deletes the input's rows of this topic (every version), and their ledger entries, in one transaction; kept in undo tables first when asked. */
       const removeWithNothing = async (options: CommitOptions | undefined) => {
         const c = connected();
+        if (!(await replacesWithNothing(c))) return;
+        await makeBookkeeping(c);
         const undo = options?.undo === true && handle !== null ? (table: string) => `${quote(schema)}.${quote(`${handle!.undo}${table}`)}` : null;
         const params = [name.table, filePath, topic, UNKNOWN_TOPIC, fileVersionId];
         await c.query("BEGIN");
         try {
           await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [targetSql()]);
           if (await replacesWithNothing(c)) {
-            await ensureLedger(c, ledgerSql());
             if (!(await hasColumn(c, targetSql(), TOPIC))) await c.query(`ALTER TABLE ${targetSql()} ADD COLUMN ${TOPIC} text NOT NULL DEFAULT ''`);
             if (undo !== null) {
               await c.query(`CREATE TABLE ${undo("")} (created boolean NOT NULL)`);
@@ -392,12 +415,11 @@ export default function postgresSink() {
           const written = jobSchema.schema!;
           const names = [...columns!.map((col) => col.name), ...lineageNames].map(quote).join(", ");
           const undo = options?.undo === true && handle !== null ? (table: string) => `${quote(schema)}.${quote(`${handle!.undo}${table}`)}` : null;
+          await makeBookkeeping(c);
           await c.query("BEGIN");
           try {
             // Concurrent commits to one table (e.g. two jobs creating it) take turns.
             await c.query("SELECT pg_advisory_xact_lock(hashtext($1))", [targetSql()]);
-            await ensureLedger(c, ledgerSql());
-            await c.query(`CREATE TABLE IF NOT EXISTS ${schemasSql()} (target text PRIMARY KEY, arrow_schema bytea NOT NULL)`);
             if (target.mode === "error" && (await inputHasRows(c))) throw refuseExisting();
             let inserted: number;
             let recorded: Schema | null = written;

@@ -364,6 +364,22 @@ describe("example PostgreSQL sink", () => {
     );
   });
 
+  test("jobs committing at once to different tables of a fresh schema all succeed: the ledger and schema tables are made once", async () => {
+    const { pipeline } = await withSinks(null);
+    for (let round = 0; round < 3; round++) {
+      await query(`CREATE SCHEMA fresh${round}`);
+      const outcomes = await Promise.all(
+        Array.from({ length: 6 }, (_, i) =>
+          runJob(pipeline, makeJob({ sinks: [sinkSpec("t", tcp(`fresh${round}.t${i}`), "replace")], jobId: BigInt(100 + i), filePath: `/data/${i}.csv` }), [
+            batchOf("t", sampleTable(2), 0),
+          ]),
+        ),
+      );
+      for (const outcome of outcomes) assert.equal(outcome.status, "SUCCESS", String(outcome.error));
+      assert.deepEqual(await query(`SELECT count(*)::int AS n FROM fresh${round}._casparian_inputs`), [{ n: 6 }]);
+    }
+  });
+
   test("a table and ledger written before rows carried their topic: the next commit of an input version replaces its old rows once, no duplicates", async () => {
     const { run } = await withSinks(null);
     await query("CREATE SCHEMA legacy");
