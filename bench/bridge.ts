@@ -7,7 +7,8 @@
  *                           ParquetWriter (snappy, 65,536-row groups): the baseline
  *   worker → null           the real Pipeline and bridge into a consumer that drops batches
  *   worker → parquet        the real Pipeline into the bundled Parquet sink, as a job does
- *   casparian-worker        our worker as its own process (bin/casparian-worker.js), driven over
+ *   casparian-worker        our worker as its own process (bin/casparian-worker.js, with the V8
+ *                           flags `casparian run` gives its workers), driven over
  *                           protocol v4 by an embedded Sentinel: its RSS before the first job and
  *                           its peak (VmHWM), the figures the memory targets are about
  *   upstream Rust worker    the same plugin through upstream's Rust worker, driven over
@@ -38,6 +39,7 @@ import { packageRoot } from "../core/kernel/paths.js";
 import { Pipeline } from "../core/pipeline/pipeline.js";
 import { Opcode, type Message } from "../core/protocol/messages.js";
 import { EmbeddedSentinel, type Peer } from "../core/run/sentinel.js";
+import { WORKER_NODE_FLAGS } from "../core/run/worker-process.js";
 
 const execFileAsync = promisify(execFile);
 const REPS = 3;
@@ -433,7 +435,16 @@ class ProtocolWorker {
     return ProtocolWorker.#launch(
       (endpoint) => ({
         file: process.execPath,
-        args: [join(packageRoot(), "bin", "casparian-worker.js"), "--connect", endpoint, "--output", join(scratch, "out"), "--log-level", "warn"],
+        args: [
+          ...WORKER_NODE_FLAGS,
+          join(packageRoot(), "bin", "casparian-worker.js"),
+          "--connect",
+          endpoint,
+          "--output",
+          join(scratch, "out"),
+          "--log-level",
+          "warn",
+        ],
         cwd,
         env: { ...process.env, CASPARIAN_HOME: home },
       }),

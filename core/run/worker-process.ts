@@ -33,6 +33,15 @@ export interface WorkerExit {
 
 const TAIL_LINES = 30;
 
+/**
+ * V8 flags of a worker process. A young generation of 2 MiB semi-spaces instead of 16: the
+ * worker allocates a little per frame, and with 16 MiB V8 kept 32 MiB of new space resident
+ * and collected dead socket reads and one-row batches late. On the bridge bench, 100,000
+ * one-row chunks peaked at 182 MB instead of 210, 3 M rows at 228 instead of 238, with no
+ * measurable slowdown on 64 Ki-row chunks and about 4% more CPU on one-row chunks.
+ */
+export const WORKER_NODE_FLAGS = ["--max-semi-space-size=2"] as const;
+
 export class WorkerProcess {
   readonly id: string;
   readonly outputRoot: string;
@@ -45,6 +54,7 @@ export class WorkerProcess {
     this.id = options.workerId;
     this.outputRoot = options.outputRoot;
     const args = [
+      ...WORKER_NODE_FLAGS,
       // Stop with the run even when it is killed too hard to stop us itself.
       "--import",
       new URL("./parent-watch.js", import.meta.url).href,
