@@ -154,8 +154,12 @@ export async function unreachableFor(user: { uid: number; gid: number }, paths: 
     }
     for (const walked of new Set([path, real])) {
       for (const dir of ancestors(walked)) {
+        const key = `${user.uid}:${user.gid}:${dir}`;
+        if ((searchable.get(key) ?? 0) > Date.now()) continue;
         const problem = await lacks(user, dir, "x");
         if (problem) return `${problem} (on the way to ${path})`;
+        if (searchable.size >= MAX_SEARCHABLE) searchable.clear();
+        searchable.set(key, Date.now() + SEARCHABLE_TTL_MS);
       }
     }
     const problem = await lacks(user, real, need);
@@ -163,6 +167,15 @@ export async function unreachableFor(user: { uid: number; gid: number }, paths: 
   }
   return null;
 }
+
+/**
+ * Directories seen searchable by a uid, until when: every job's input lies below the same few
+ * directories, and a stat each per job is a thread-pool round trip each. A directory made
+ * unsearchable since is then found by the guest itself (its open fails), a few seconds at most.
+ */
+const searchable = new Map<string, number>();
+const SEARCHABLE_TTL_MS = 5_000;
+const MAX_SEARCHABLE = 4096;
 
 function ancestors(path: string): string[] {
   const dirs: string[] = [];

@@ -59,6 +59,8 @@ const HASH_RE = /^[0-9a-f]{64}$/;
  * again: `import pandas, pyarrow` took 3.3 s instead of 1.4 s here.
  */
 const COMPILE_BYTECODE = "--compile-bytecode";
+/** How stale an env's last_used in the metadata file may get while it is in use (LRU across processes is that coarse). */
+const TOUCH_INTERVAL_MS = 30_000;
 const TEMP_RE = /^\.(build|evict)-[0-9a-f]+-(\d+)-[0-9a-f]+$/;
 
 function sha256Hex(text: string): string {
@@ -72,6 +74,9 @@ export class EnvManager implements EnvironmentProvider {
   /** In-flight builds by hash: concurrent PREPARE_ENVs share one. */
   readonly #builds = new Map<string, Promise<EnvReadyPayload>>();
   readonly #leases = new Map<string, number>();
+  /** When each env was last leased here, and when that was last written to the metadata file (ms). */
+  readonly #lastUsed = new Map<string, number>();
+  readonly #lastWritten = new Map<string, number>();
   /** Serialises metadata read-modify-write, eviction and lease checks within this process. */
   #serial: Promise<unknown> = Promise.resolve();
   #uv: Promise<string> | undefined;
@@ -124,7 +129,14 @@ export class EnvManager implements EnvironmentProvider {
         return null;
       }
       this.#leases.set(hash, (this.#leases.get(hash) ?? 0) + 1);
-      await this.#touch(hash).catch((err: unknown) => this.#logger.warn({ err, env_hash: hash }, "could not update env metadata"));
+      // The metadata file (read-modify-write, then rename: about 3 ms) learns of a use at most
+      // every TOUCH_INTERVAL_MS per env; this process's own eviction sees every use (#evict).
+      const now = Date.now();
+      this.#lastUsed.set(hash, now);
+      if (now - (this.#lastWritten.get(hash) ?? 0) >= TOUCH_INTERVAL_MS) {
+        this.#lastWritten.set(hash, now);
+        await this.#touch(hash).catch((err: unknown) => this.#logger.warn({ err, env_hash: hash }, "could not update env metadata"));
+      }
       let released = false;
       return {
         envHash: hash,
@@ -267,6 +279,10 @@ export class EnvManager implements EnvironmentProvider {
       meta.venvs[hash] = { env_hash: hash, created_at: when, last_used: when, size_bytes: await directorySize(this.venvPath(hash)) };
     }
 
+    for (const [hash, at] of this.#lastUsed) {
+      const entry = meta.venvs[hash];
+      if (entry && at > Date.parse(entry.last_used)) entry.last_used = new Date(at).toISOString();
+    }
     const entries: EnvMetadata[] = Object.values(meta.venvs).sort((a, b) => Date.parse(a.last_used) - Date.parse(b.last_used));
     let total = entries.reduce((sum, e) => sum + (e.size_bytes ?? 0), 0);
     let count = entries.length;
