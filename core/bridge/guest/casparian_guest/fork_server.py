@@ -424,6 +424,11 @@ class Server:
         for fd in self.reports.values():
             os.close(fd)
         self.reports = {}
+        # Whatever else the server had open (a pipe an import left behind, ...) is not the job's.
+        keep = sorted({0, 1, 2, job_r, report_w})
+        for low, high in zip(keep, keep[1:] + [os.sysconf("SC_OPEN_MAX")]):
+            if high > low + 1:
+                os.closerange(low + 1, high)
         # Nothing of the control channel stays open here: stdin and stdout are the server's.
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
