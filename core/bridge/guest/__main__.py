@@ -36,9 +36,31 @@ stdout is reserved for one JSON metrics line printed at exit (plugin prints go t
 logs go to stderr.
 """
 
+import os
 import sys
 
-from casparian_guest.runner import exit_now, main
+
+def close_inherited_fds():
+    """Only stdin, stdout and stderr come from the worker on purpose. Node's spawn does not
+    close the other descriptors the worker itself inherited without close-on-exec (from a
+    shell, a supervisor, a test runner), so they would reach plugin code: a pipe or file of
+    whoever started the worker. Closed before any plugin code, and before the shim opens its own."""
+    try:
+        inherited = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        return
+    for fd in inherited:
+        if fd > 2:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, already closed
+
+
+close_inherited_fds()
+
+from casparian_guest.runner import exit_now, main  # noqa: E402 - after the descriptors are closed
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
