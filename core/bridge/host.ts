@@ -675,6 +675,9 @@ class GuestRun {
     try {
       await (moving ?? scope.adopt(pid));
     } catch (err) {
+      // Gone before it could be moved: it exited before the shim ran (the shim runs no plugin
+      // code before the move), and its exit says why.
+      if ((err as NodeJS.ErrnoException).code === "ESRCH") return;
       killGroup(pid, "SIGKILL");
       throw this.#guestFailed(`could not move the guest into its cgroup: ${(err as Error).message}; set bridge.cgroup: false to track jobs by session instead`);
     }
