@@ -554,21 +554,6 @@ export default function postgresSink() {
   });
 }
 
-/** What `resolve` needs to undo or finish one commit (journaled: strings only, never a password). */
-interface UndoHandle {
-  readonly host: string;
-  readonly port: string;
-  readonly user: string;
-  readonly database: string;
-  readonly schema: string;
-  readonly table: string;
-  readonly filePath: string;
-  readonly fileVersionId: string;
-  readonly topic: string;
-  readonly undo: string;
-  readonly [key: string]: string;
-}
-
 /** A handle as journaled: those of commits made before rows carried their topic have none. */
 interface JournaledHandle {
   readonly host: string;
@@ -581,6 +566,12 @@ interface JournaledHandle {
   readonly fileVersionId: string;
   readonly topic?: string;
   readonly undo: string;
+}
+
+/** What `resolve` needs to undo or finish one commit (journaled: strings only, never a password). */
+interface UndoHandle extends JournaledHandle {
+  readonly topic: string;
+  readonly [key: string]: string;
 }
 
 function isUndoHandle(value: unknown): value is JournaledHandle {

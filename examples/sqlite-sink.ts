@@ -82,17 +82,6 @@ const UNKNOWN_TOPIC = "";
 /** Undo tables of a commit made with `undo: true`: `<prefix><job id>_<random>` (+ `_rows`, `_ledger`). */
 const UNDO_PREFIX = "_casparian_undo_";
 
-/** What `resolve` needs to undo or finish one commit (journaled: strings only). */
-interface UndoHandle {
-  readonly database: string;
-  readonly table: string;
-  readonly filePath: string;
-  readonly fileVersionId: string;
-  readonly topic: string;
-  readonly undo: string;
-  readonly [key: string]: string;
-}
-
 /** A handle as journaled: those of commits made before rows carried their topic have none. */
 interface JournaledHandle {
   readonly database: string;
@@ -101,6 +90,12 @@ interface JournaledHandle {
   readonly fileVersionId: string;
   readonly topic?: string;
   readonly undo: string;
+}
+
+/** What `resolve` needs to undo or finish one commit (journaled: strings only). */
+interface UndoHandle extends JournaledHandle {
+  readonly topic: string;
+  readonly [key: string]: string;
 }
 
 interface TableColumn {
