@@ -47,7 +47,7 @@ import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
 import { openJobScope, type JobScope } from "./job-scope.js";
 import { effectiveLimits, isLimitKey, limitExceeded, limitsEnv } from "./limits.js";
 import { sandboxed, type GuestCommand } from "./sandbox.js";
-import { unreachableFor, type Access, type SlotUser } from "./slot-user.js";
+import { unreachableFor, type SlotUser } from "./slot-user.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
 import type { ExitInfo, WarmChild, WarmLaunch } from "./warm-pool.js";
 
@@ -98,9 +98,10 @@ export async function runGuest(options: GuestRunOptions): Promise<GuestResult> {
 
 const SOCKET_DIR_PREFIX = "casparian-bridge-";
 let warnedUnreachable = false;
-/** Slot user + env build + job directory parent that a slot user was seen to reach (host.ts #slotUser). */
-const reachableEnvs = new Set<string>();
-const MAX_REACHABLE_ENVS = 256;
+/** Per slot user + env build + job directories' parent: why the user cannot reach them (null: it can); see #envUnreachable. */
+const envReachability = new Map<string, { problem: string | null; until: number }>();
+const MAX_REACHABILITY_ENTRIES = 256;
+const UNREACHABLE_RECHECK_MS = 60_000;
 let sweptStale: Promise<void> | undefined;
 
 /** Socket directories of worker processes that died mid-job (SIGKILL skips every finally). */
@@ -501,24 +502,7 @@ class GuestRun {
   async #slotUser(): Promise<SlotUser | undefined> {
     const user = this.#options.slotUser;
     if (!user) return undefined;
-    const { interpreterPath, envIdentity } = this.#options;
-    const venv = dirname(dirname(interpreterPath));
-    // What every job of this env shares is looked at once per build of the env (about 30 stats); the input each time.
-    const shared = `${user.uid}:${user.gid}\0${interpreterPath}\0${envIdentity ?? ""}\0${dirname(this.#dir)}`;
-    const paths: Array<{ path: string; need: Access }> = [{ path: this.#options.job.command.filePath, need: "r" }];
-    if (!reachableEnvs.has(shared)) {
-      paths.push(
-        { path: interpreterPath, need: "rx" },
-        { path: join(venv, "pyvenv.cfg"), need: "r" },
-        { path: shimPath(), need: "rx" },
-        { path: dirname(this.#dir), need: "x" },
-      );
-    }
-    const problem = await unreachableFor(user, paths);
-    if (problem === null && paths.length > 1) {
-      if (reachableEnvs.size >= MAX_REACHABLE_ENVS) reachableEnvs.clear();
-      reachableEnvs.add(shared);
-    }
+    const problem = (await this.#envUnreachable(user)) ?? (await unreachableFor(user, [{ path: this.#options.job.command.filePath, need: "r" }]));
     if (problem === null) return user;
     if (user.required) throw Errors.SLOT_USER_UNREACHABLE([user.uid, problem], { context: { ...this.#context } });
     // Once per worker process: a busy worker would say it for every job.
@@ -530,6 +514,31 @@ class GuestRun {
       problem,
     );
     return undefined;
+  }
+
+  /**
+   * Why the slot user cannot reach what every job of this env shares (interpreter, venv, shim,
+   * the job directories' parent), or null. Looked at once per (user, env build, parent) and
+   * remembered either way: the answer is the same for every job of the env, and looking again
+   * is about 30 stats (thread-pool round trips) per job. A "no" is looked at again after
+   * UNREACHABLE_RECHECK_MS, so a fixed permission takes effect without a restart.
+   */
+  async #envUnreachable(user: SlotUser): Promise<string | null> {
+    const { interpreterPath, envIdentity } = this.#options;
+    const jobsParent = tmpdir();
+    const key = `${user.uid}:${user.gid}\0${interpreterPath}\0${envIdentity ?? ""}\0${jobsParent}`;
+    const known = envReachability.get(key);
+    if (known && (known.problem === null || known.until > Date.now())) return known.problem;
+    const venv = dirname(dirname(interpreterPath));
+    const problem = await unreachableFor(user, [
+      { path: interpreterPath, need: "rx" },
+      { path: join(venv, "pyvenv.cfg"), need: "r" },
+      { path: shimPath(), need: "rx" },
+      { path: jobsParent, need: "x" },
+    ]);
+    if (envReachability.size >= MAX_REACHABILITY_ENTRIES) envReachability.clear();
+    envReachability.set(key, { problem, until: Date.now() + UNREACHABLE_RECHECK_MS });
+    return problem;
   }
 
   /** The variables of this job's guest: §3 (with the source as a file) plus the plugin's name, its scope and limits. */
