@@ -43,16 +43,42 @@ ACTS_ON_IMPORT = frozenset(("antigravity", "this", "__hello__", "__phello__", "i
 
 
 def snapshot():
-    """In the child, before any plugin code: the modules it starts with (its parent's)."""
-    return frozenset(sys.modules)
+    """In the child, before any plugin code: where its modules (its parent's) end. sys.modules is a
+    dict, which keeps the order names went in, so the names a job adds are the ones after its last:
+    report() walks only those. Walking them all (a set of every name) would touch every module
+    name's page, each a copy-on-write fault in a forked child: about 0.4 ms per job."""
+    modules = sys.modules
+    return modules, len(modules), next(reversed(modules), None)
 
 
-def report(fd, known):
+def added_since(start):
+    """The names added to sys.modules since snapshot() (sorted), or None when that cannot be told
+    (the job removed modules the child started with, or replaced sys.modules)."""
+    modules, count, last = start
+    if sys.modules is not modules:
+        return None
+    added = []
+    for name in reversed(modules):
+        if name is last:
+            break
+        added.append(name)
+    else:
+        if last is not None:
+            return None  # the job removed the last module its child started with
+    # Every name after `last` is new; if one of the starting names was removed, the counts
+    # disagree (a starting name removed and added again sits after `last`: not new, yet counted).
+    if count + len(added) != len(modules):
+        return None
+    return sorted(name for name in added if isinstance(name, str))
+
+
+def report(fd, start):
     """In the child, after the plugin ran: the names it added to sys.modules, one a line, on
-    `fd` (the parent's end reads them once the child exited). Best effort: never blocks."""
+    `fd` (the parent's end reads them once the child exited). Best effort: never blocks; a job
+    that removed modules (or replaced sys.modules) reports nothing."""
     try:
         names, size = [], 0
-        for name in sorted(n for n in list(sys.modules) if isinstance(n, str) and n not in known):
+        for name in added_since(start) or ():
             size += len(name) + 1
             if len(names) >= MAX_NAMES or size > MAX_REPORT_BYTES:
                 break

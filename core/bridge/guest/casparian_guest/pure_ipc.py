@@ -72,6 +72,9 @@ class TypeNameError(ValueError):
 
 def parse_type(text):
     """A column type from pyarrow's type names ("int64", "decimal128(12, 2)", "list<string>", ...)."""
+    simple = _SIMPLE.get(text)
+    if simple is not None:
+        return simple  # the usual declaration ("int64", "string"): no parser needed
     parser = _TypeParser(text)
     t = parser.parse()
     if parser.rest().strip():
@@ -783,56 +786,80 @@ class _FbStructs:
 _SCALAR = {"u8": ("<B", 1), "bool": ("<?", 1), "i16": ("<h", 2), "i32": ("<i", 4), "i64": ("<q", 8), "off": ("<I", 4)}
 
 
-def _pad(buf, align, extra=0):
-    buf += b"\0" * ((-(len(buf) + extra)) % align)
+def _table_layout(kinds):
+    """How a table with these field kinds (None: absent) is laid out, the same for every table of
+    that shape: its vtable, one struct for its inline part (the soffset to the vtable, then the
+    fields widest first, each aligned to its size: the table starts 8-aligned), and the slots of
+    its offset fields in the order their targets are queued."""
+    slots = len(kinds)
+    order = sorted((i for i, kind in enumerate(kinds) if kind is not None), key=lambda i: -_SCALAR[kinds[i]][1])
+    fmt = "<i"
+    size = 4
+    field_offsets = [0] * slots
+    for slot in order:
+        code, width = _SCALAR[kinds[slot]]
+        pad = (-size) % width
+        fmt += "x" * pad + code[1:]
+        size += pad
+        field_offsets[slot] = size
+        size += width
+    vtable = struct.pack("<HH%dH" % slots, 4 + 2 * slots, size, *field_offsets)
+    refs = [(field_offsets[slot], slot) for slot in order if kinds[slot] == "off"]
+    return vtable, struct.Struct(fmt), order, refs
+
+
+_LAYOUTS = {}
+_ZEROS = [bytes(n) for n in range(8)]
+_U32 = struct.Struct("<I")
 
 
 def flatbuffer(root):
+    """The flatbuffer of `root`, laid out front to back: each table's vtable right before it, the
+    objects a table points to after it, in the order they are reached."""
     buf = bytearray(4)
     queue = [(0, root)]
     head = 0
+    zeros = _ZEROS
+    u32 = _U32
+    layouts = _LAYOUTS
     while head < len(queue):
         at, node = queue[head]
         head += 1
-        if isinstance(node, _FbString):
-            _pad(buf, 4)
+        kind = type(node)
+        if kind is _FbTable:
+            fields = node.fields
+            kinds = tuple(None if f is None else f[0] for f in fields)
+            layout = layouts.get(kinds)
+            if layout is None:
+                layout = layouts[kinds] = _table_layout(kinds)
+            vtable_bytes, inline, order, refs = layout
+            buf += zeros[len(buf) & 1]
+            vtable = len(buf)
+            buf += vtable_bytes
+            buf += zeros[-len(buf) % 8]
             pos = len(buf)
-            buf += struct.pack("<I", len(node.data)) + node.data + b"\0"
-        elif isinstance(node, _FbVector):
-            _pad(buf, 4)
+            buf += inline.pack(pos - vtable, *[0 if fields[slot][0] == "off" else fields[slot][1] for slot in order])
+            for offset, slot in refs:
+                queue.append((pos + offset, fields[slot][1]))
+        elif kind is _FbString:
+            buf += zeros[-len(buf) % 4]
             pos = len(buf)
-            buf += struct.pack("<I", len(node.items))
+            buf += u32.pack(len(node.data))
+            buf += node.data
+            buf += b"\0"
+        elif kind is _FbVector:
+            buf += zeros[-len(buf) % 4]
+            pos = len(buf)
+            buf += u32.pack(len(node.items))
             for item in node.items:
                 queue.append((len(buf), item))
                 buf += b"\0\0\0\0"
-        elif isinstance(node, _FbStructs):
-            _pad(buf, 8, extra=4)
+        else:  # _FbStructs
+            buf += zeros[-(len(buf) + 4) % 8]
             pos = len(buf)
-            buf += struct.pack("<I", node.count) + node.raw
-        else:
-            slots = len(node.fields)
-            _pad(buf, 2)
-            vtable = len(buf)
-            buf += bytes(4 + 2 * slots)
-            _pad(buf, 8)
-            pos = len(buf)
-            buf += struct.pack("<i", pos - vtable)
-            order = sorted((i for i, f in enumerate(node.fields) if f is not None), key=lambda i: -_SCALAR[node.fields[i][0]][1])
-            offsets = {}
-            for slot in order:
-                kind, value = node.fields[slot]
-                fmt, size = _SCALAR[kind]
-                _pad(buf, size)
-                offsets[slot] = len(buf) - pos
-                if kind == "off":
-                    queue.append((len(buf), value))
-                    buf += b"\0\0\0\0"
-                else:
-                    buf += struct.pack(fmt, value)
-            struct.pack_into("<HH", buf, vtable, 4 + 2 * slots, len(buf) - pos)
-            for slot, offset in offsets.items():
-                struct.pack_into("<H", buf, vtable + 4 + 2 * slot, offset)
-        struct.pack_into("<I", buf, at, pos - at)
+            buf += u32.pack(node.count)
+            buf += node.raw
+        u32.pack_into(buf, at, pos - at)
     return bytes(buf)
 
 
@@ -909,6 +936,21 @@ def encode_stream(columns, types, schema_metadata, coercer, row_base=0):
     head = _encapsulate(_message(1, schema, 0)) + _encapsulate(_message(3, batch, offset))
     return b"".join([head] + parts + [_EOS]), offset
 
+
+
+def _learn_layouts():
+    """Lay out one schema with a field of every type and one record batch, when the shim is
+    imported: the table layouts they leave in _LAYOUTS are those of every later message, so a
+    warm guest's children inherit them instead of working each out again."""
+    types = [NULL, BOOL, INT64, FLOAT64, STRING, BINARY, DATE32, TIME64_US, ("time32", "ms"), TIMESTAMP_US, TIMESTAMP_US_UTC, ("decimal", 12, 2)]
+    types += [("large_string",), ("large_binary",), ("list", INT64), ("struct", (("a", INT64),))]
+    kv = _FbVector([_FbTable(("off", _FbString("k")), ("off", _FbString("v")))])
+    schema = _FbTable(("i16", 0), ("off", _FbVector(_field_of_type("c", t) for t in types)), ("off", kv))
+    _message(1, schema, 0)
+    _message(3, _FbTable(("i64", 1), ("off", _FbStructs([(1, 0)])), ("off", _FbStructs([(0, 0)]))), 8)
+
+
+_learn_layouts()
 
 # ---------------------------------------------------------------------------
 # Columns already in Arrow layout (pandas/numpy without pyarrow)

@@ -17,11 +17,21 @@ from .sdk import BridgeContext, FileEvent, install_sdk
 
 log = logging.getLogger("casparian.guest")
 
+
+def log_to_stderr():
+    """The shim's and the plugin's log records go to stderr (the worker's log), INFO and up.
+    Done once, when the shim is imported: a warm guest's children inherit it instead of setting
+    it up again for every job. A plugin's own basicConfig() then changes nothing, as before."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+log_to_stderr()
+
+
 class PluginReportedError(Exception):
     """A plugin returned {"status": "error", ...}."""
-
-
-
 
 
 def plugin_filename(name):
@@ -82,7 +92,8 @@ def run_plugin(namespace, ctx, file_path, file_version_id, job_id):
         log.info("plugin manifest: name=%s version=%s", manifest.get("name"), manifest.get("version"))
         declare_from_manifest(manifest)
     # The run's --plugin-config (a JSON object); {} when none was given.
-    config = json.loads(os.environ.get("BRIDGE_PLUGIN_CONFIG") or "{}")
+    config_text = os.environ.get("BRIDGE_PLUGIN_CONFIG")
+    config = json.loads(config_text) if config_text else {}
 
     if isinstance(namespace.get("Handler"), type):
         handler = namespace["Handler"]()
@@ -131,9 +142,6 @@ def main(source=None, code=None):
     guest's child (fork_server.py) passes the source it already holds, and its compiled code."""
     started = time.monotonic()
     confine()  # before any plugin code: no privileges, no capabilities, not dumpable
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
     env = os.environ
     required = ("BRIDGE_SOCKET", "BRIDGE_FILE_PATH") + (("BRIDGE_PLUGIN_FILE",) if source is None else ())

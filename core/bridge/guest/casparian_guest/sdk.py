@@ -9,6 +9,8 @@ from typing import Any, Dict, Optional
 from .arrow_out import arrow_streams, declare_topic
 
 log = logging.getLogger("casparian.guest")
+# ctx.logger: made once, when the shim is imported (a warm guest's children inherit it).
+plugin_log = logging.getLogger("casparian.plugin")
 
 
 
@@ -70,7 +72,7 @@ class BridgeContext:
         self.file_version_id = file_version_id
         self.file_id = file_version_id
         self.file_path = file_path
-        self.logger = logging.getLogger("casparian.plugin")
+        self.logger = plugin_log
         self._topics = {}
         self._next_handle = 1
         self.rows = 0
