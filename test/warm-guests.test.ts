@@ -198,6 +198,45 @@ describe("warm guests", () => {
     }
   });
 
+  test("the parent's own warm-up publish leaves no topic behind: a plugin's topic of any name types its columns as a fresh guest does", async () => {
+    const pool = new WarmPool({ logger: silentLogger() });
+    // The parent once published {"warm": [1]} to a topic "warm-up" and kept its types: this
+    // plugin's text column "warm" of that topic then failed as "does not fit int64", warm only.
+    const source = ["def parse(path):", '    return [("warm-up", {"warm": ["text"]}), ("casparian.warm-up", {"warm": ["more"]})]', ""].join("\n");
+    try {
+      for (const warm of [undefined, pool, pool]) {
+        const { job } = testJob(source, { filePath: await input("look"), pluginName: "topics" });
+        const rows: string[] = [];
+        await runGuest({
+          interpreterPath: python,
+          job,
+          timeouts: TIMEOUTS,
+          warm,
+          onBatch: async (batch) => void rows.push(`${batch.topic}: ${JSON.stringify(batch.table.get(0)!.toJSON())}`),
+        });
+        assert.deepEqual(rows, ['warm-up: {"warm":"text"}', 'casparian.warm-up: {"warm":"more"}'], warm ? "warm" : "fresh");
+      }
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("a plugin's error carries its traceback with the plugin's own source lines, warm and fresh", async () => {
+    const pool = new WarmPool({ logger: silentLogger() });
+    const source = ["def helper():", '    raise ValueError("no " + "luck")', "", "def parse(path):", "    return helper()", ""].join("\n");
+    try {
+      for (const warm of [undefined, pool, pool]) {
+        const { job } = testJob(source, { filePath: await input("look"), pluginName: "raises" });
+        const err = await rejectsWith(runGuest({ interpreterPath: python, job, timeouts: TIMEOUTS, warm, onBatch: async () => undefined }), "CSP_GUEST_FAILED");
+        assert.match(err.message, /ValueError: no luck/);
+        // The message keeps the traceback's first lines: the shim's frames, then the plugin's, with its source.
+        assert.match(err.message, /File "<plugin raises>", line 5, in parse\n\s+return helper\(\)/, warm ? "warm" : "fresh");
+      }
+    } finally {
+      await pool.close();
+    }
+  });
+
   test("an environment rebuilt at the same path gets a new parent: one started in the old build is never reused", async () => {
     const manager = new EnvManager({ home: join(home, "rebuilt"), logger: silentLogger() });
     const prepare = await prepareCommand('version = 1\nrequires-python = ">=3.11"\n');

@@ -40,6 +40,21 @@ def pyarrow_or_none():
     return _pyarrow
 
 
+# The topic warm_up() publishes to, forgotten afterwards.
+_WARM_UP_TOPIC = "casparian.warm-up"
+
+
+def warm_up(data):
+    """Publish `data` through the real path and keep nothing of it: a warm guest pays the
+    encoders' first-use costs (pyarrow's IPC writer, its lazy import of pandas) once, and its
+    children find no topic of the warm-up's (a plugin's topic of that name starts with no types)."""
+    try:
+        for _ in arrow_streams(data, _WARM_UP_TOPIC):
+            pass
+    finally:
+        _TOPICS.pop(_WARM_UP_TOPIC, None)
+
+
 def topic_typing(topic):
     typing = _TOPICS.get(topic)
     if typing is None:

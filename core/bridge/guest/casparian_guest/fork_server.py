@@ -156,14 +156,12 @@ def warm_shim():
     tiny table through the real path loads pyarrow's IPC writer, and pyarrow's lazy import of
     pandas (about 1 s, on the first table built from Python data, even without pandas code)."""
     try:
-        for _ in arrow_out.arrow_streams({"warm": [1]}, "warm-up"):
-            pass
+        arrow_out.warm_up({"warm": [1]})
         pandas = sys.modules.get("pandas")
         if pandas is not None and arrow_out.pyarrow_or_none() is not None:
             # The DataFrame → Arrow conversion (pyarrow.pandas_compat) has first-call costs of its own.
             frame = pandas.DataFrame({"i": [1], "f": [0.5], "s": ["x"], "t": pandas.to_datetime(["2024-01-01T00:00:00Z"], utc=True)})
-            for _ in arrow_out.arrow_streams(frame, "warm-up"):
-                pass
+            arrow_out.warm_up(frame)
     except Exception as exc:  # noqa: BLE001 - a job would hit the same problem and report it
         print("casparian warm guest: warming the shim failed: %s" % exc, file=sys.stderr)
 
@@ -219,7 +217,7 @@ class Server:
         warm_shim()
         warmed = first_use.warm(tree, imported) if tree is not None else []
         try:
-            self.code = compile(self.source, runner.plugin_filename(self.plugin_name), "exec")
+            self.code = runner.compile_plugin(self.source, self.plugin_name)
         except (SyntaxError, ValueError, MemoryError, RecursionError):
             self.code = None  # each job compiles again and reports the error
         python_threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]

@@ -38,11 +38,32 @@ def plugin_filename(name):
     return "<plugin %s>" % name
 
 
+def plugin_lines(source, filename):
+    """Tracebacks show the plugin's own lines: its source in linecache under its file name.
+    Split once per source: a warm guest's children find the entry their parent made."""
+    global _lines_of
+    entry = linecache.cache.get(filename)
+    if _lines_of is None or _lines_of[0] is not source or entry is not _lines_of[1]:
+        entry = (len(source), None, source.splitlines(True), filename)
+        linecache.cache[filename] = entry
+        _lines_of = (source, entry)
+
+
+# (source, its linecache entry) plugin_lines() made last.
+_lines_of = None
+
+
+def compile_plugin(source, name):
+    """The plugin's code object (a warm guest compiles it once for all its jobs), its lines in linecache."""
+    filename = plugin_filename(name)
+    plugin_lines(source, filename)
+    return compile(source, filename, "exec")
+
+
 def load_plugin(source, name, code=None):
     """Run the plugin module; `code` is its source compiled already (by a warm guest)."""
     filename = plugin_filename(name)
-    # Tracebacks show the plugin's own lines.
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    plugin_lines(source, filename)
     namespace = {"__name__": "__casparian_plugin__", "__file__": filename, "__builtins__": builtins}
     exec(code if code is not None else compile(source, filename, "exec"), namespace)
     return namespace

@@ -152,6 +152,8 @@ class BasePlugin:
 def install_sdk():
     """Make `from casparian_flow.sdk import BasePlugin, PluginMetadata, FileEvent` work when the
     env has no real SDK. An env that ships upstream's casparian_flow package keeps it."""
+    if "casparian_sdk" in sys.modules and "casparian_flow" in sys.modules:
+        return  # installed already (or the env's own), e.g. by a warm guest's parent
     import importlib.util
 
     sdk = types.ModuleType("casparian_sdk")
