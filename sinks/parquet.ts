@@ -25,7 +25,7 @@
 import { rename } from "node:fs/promises";
 import { dirname } from "node:path";
 import { closeSync, constants as fsConstants, openSync, unlinkSync } from "node:fs";
-import { assertInsideRoot, assertInsideRootSync, type EscapeContext, isInsideRoot, makeDirectoryInsideRoot } from "../core/kernel/inside-root.js";
+import { assertInsideRoot, assertInsideRootSync, type EscapeContext, isInsideRoot } from "../core/kernel/inside-root.js";
 import { Errors, systemErrorHint } from "../core/kernel/errors.js";
 import { defineSink, type Artifact, type Batch, type CommitOptions, type Sink, type SinkContext, type SinkPlugin, type SinkTarget } from "./api.js";
 import {
@@ -56,6 +56,7 @@ import { LineageSerializer } from "./parquet-lineage.js";
 import { loadNativeEngine, NativeParquetFile, type NativeFileReport } from "./parquet-native.js";
 import { ParquetWriterPool, type ParquetFileStream, type WriteReport } from "./parquet-writers.js";
 import { castTable, conformsTo } from "./schema.js";
+import { VerifiedDirectories } from "./directories.js";
 import { resolveInsideRoot } from "./uri.js";
 
 /** The file inside a directory location (append mode adds `_<job id>`). */
@@ -72,6 +73,8 @@ export function parquetSink(): SinkPlugin<ParquetOptions> {
   let pool: ParquetWriterPool | null = null;
   const getPool = (threads: number) => (pool ??= new ParquetWriterPool(threads));
   let warned = false;
+  // The output directories of this plugin instance's jobs, verified once (directories.ts).
+  const directories = new VerifiedDirectories();
 
   return defineSink({
     name: "parquet",
@@ -84,7 +87,7 @@ export function parquetSink(): SinkPlugin<ParquetOptions> {
     create(target, context) {
       if (context.options.engine === "native") {
         const native = loadNativeEngine();
-        if ("addon" in native) return new ParquetTopicSink(target, context, { native: native.addon });
+        if ("addon" in native) return new ParquetTopicSink(target, context, { native: native.addon }, directories);
         if (!warned) {
           warned = true;
           const unavailable = Errors.PARQUET_NATIVE_UNAVAILABLE([native.error.message]);
@@ -94,7 +97,7 @@ export function parquetSink(): SinkPlugin<ParquetOptions> {
       const writers = getPool(context.options.encoderThreads);
       // Threads instantiate parquet-wasm while the guest is still starting up.
       writers.prestart();
-      return new ParquetTopicSink(target, context, { wasm: () => writers });
+      return new ParquetTopicSink(target, context, { wasm: () => writers }, directories);
     },
     checkTarget(target, { outputRoot }) {
       targetPath(target, outputRoot);
@@ -146,21 +149,22 @@ function targetPath(target: SinkTarget, outputRoot: string): string {
 
 /**
  * Creates the (empty) staging file here, on the main thread, right after checking that its
- * directory is inside the root: the writer thread opens it later, without O_CREAT and
- * without following a symlink, so a directory swapped in between makes that open fail
+ * directory is inside the root, and returns its descriptor: the native engine writes
+ * through a duplicate of it; the wasm writer thread opens the file later, without O_CREAT
+ * and without following a symlink, so a directory swapped in between makes that open fail
  * instead of creating a file wherever the swap points. A file already at the name (a
  * leftover of a dead process with our pid, or a planted symlink) is unlinked, never
  * written through.
  */
-function createStagingFile(outputRoot: string, stagingPath: string, where: EscapeContext): void {
+function createStagingFile(outputRoot: string, stagingPath: string, where: EscapeContext): number {
   assertInsideRootSync(outputRoot, dirname(stagingPath), where);
   const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
   try {
-    closeSync(openSync(stagingPath, flags, 0o644));
+    return openSync(stagingPath, flags, 0o644);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
     unlinkSync(stagingPath);
-    closeSync(openSync(stagingPath, flags, 0o644));
+    return openSync(stagingPath, flags, 0o644);
   }
 }
 
@@ -168,6 +172,7 @@ class ParquetTopicSink implements Sink {
   readonly #target: SinkTarget;
   readonly #context: SinkContext<ParquetOptions>;
   readonly #engine: Engine;
+  readonly #directories: VerifiedDirectories;
   readonly #targetPath: string;
   readonly #finalPath: string;
   readonly #stagingPath: string;
@@ -189,10 +194,11 @@ class ParquetTopicSink implements Sink {
   #report: WriteReport | NativeFileReport | null = null;
   #handle: PublishHandle | null = null;
 
-  constructor(target: SinkTarget, context: SinkContext<ParquetOptions>, engine: Engine) {
+  constructor(target: SinkTarget, context: SinkContext<ParquetOptions>, engine: Engine, directories: VerifiedDirectories) {
     this.#target = target;
     this.#context = context;
     this.#engine = engine;
+    this.#directories = directories;
     const { uri, mode } = target;
     const job = context.job;
     this.#compression = context.options.compression;
@@ -215,8 +221,9 @@ class ParquetTopicSink implements Sink {
 
   async open(): Promise<void> {
     const { job } = this.#context;
-    // The lexical check in resolveInsideRoot cannot see symlinks; this walks the real paths, level by level.
-    await makeDirectoryInsideRoot(job.outputRoot, dirname(this.#finalPath), { uri: this.#target.uri, jobId: job.jobId });
+    // The lexical check in resolveInsideRoot cannot see symlinks; this walks the real paths, level by level
+    // (or finds them as a walk left them: directories.ts).
+    await this.#directories.make(job.outputRoot, dirname(this.#finalPath), { uri: this.#target.uri, jobId: job.jobId });
     await assertTargetFree(this.#finalPath, this.#target.mode, this.#target.uri, job.jobId);
   }
 
@@ -318,22 +325,26 @@ class ParquetTopicSink implements Sink {
       plainColumns: highCardinalityColumns(batch.table),
     };
     this.#settings = settings;
-    this.#open(schema);
+    this.#open(schema, batch.ipc);
   }
 
-  #open(schema: Schema): void {
+  /** Starts the staging file in `schema`; `schemaIpc`, when given, is an IPC stream that starts with exactly that schema. */
+  #open(schema: Schema, schemaIpc?: Uint8Array): void {
     const { job } = this.#context;
-    createStagingFile(job.outputRoot, this.#stagingPath, { uri: this.#target.uri, jobId: job.jobId });
+    const fd = createStagingFile(job.outputRoot, this.#stagingPath, { uri: this.#target.uri, jobId: job.jobId });
     this.#schema = schema;
     if ("native" in this.#engine) {
       const lineage = { jobId: job.jobId, fileVersionId: job.command.fileVersionId };
       try {
-        this.#native = new NativeParquetFile(this.#engine.native, this.#stagingPath, schema, this.#settings!, lineage, MAX_IN_FLIGHT);
+        this.#native = new NativeParquetFile(this.#engine.native, fd, schema, this.#settings!, lineage, MAX_IN_FLIGHT, schemaIpc);
       } catch (err) {
         throw this.#writeFailed(err);
+      } finally {
+        closeSync(fd);
       }
       return;
     }
+    closeSync(fd);
     this.#serializer = new LineageSerializer(
       schema,
       schema.fields.map((f) => f.nullable),

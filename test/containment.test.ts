@@ -114,6 +114,44 @@ describe("the Parquet sink", () => {
     });
   }
 
+  test("a directory an earlier job verified, then swapped for a symlink out of the root, is refused at the next job's start, before its plugin runs (sinks/directories.ts)", async () => {
+    const { root, outside, pipeline } = await parquetWorkspace();
+    const uri = "parquet://sales/deep/part.parquet";
+    const first = await runJob(pipeline, makeJob({ sinks: [sinkSpec("sales", uri)], jobId: 1n }), [batchOf("sales", sampleTable(5))]);
+    assert.equal(first.status, "SUCCESS", String(first.error));
+    // Each level in turn: the directory itself, then its parent.
+    for (const [n, level] of [join("sales", "deep"), "sales"].entries()) {
+      await rename(join(root, level), join(outside, `moved-${n}`));
+      await mkdir(join(outside, `target-${n}`));
+      await symlink(join(outside, `target-${n}`), join(root, level));
+      let ran = false;
+      const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("sales", uri)], jobId: BigInt(2 + n) }), async (publish) => {
+        ran = true;
+        await publish(batchOf("sales", sampleTable(5)));
+      });
+      assert.equal(outcome.status, "FAILED", level);
+      assertEscape(outcome.error, uri);
+      assert.equal(ran, false, `${level}: the plugin ran although its sink's directory leads outside the root`);
+      assert.deepEqual(await tree(join(outside, `target-${n}`)), [], `${level}: something was made outside the root`);
+      await rm(join(root, level));
+      await rename(join(outside, `moved-${n}`), join(root, level));
+    }
+    // Put back as it was, and then removed: the next job makes it again.
+    const again = await runJob(pipeline, makeJob({ sinks: [sinkSpec("sales", uri)], jobId: 4n }), [batchOf("sales", sampleTable(5))]);
+    assert.equal(again.status, "SUCCESS", String(again.error));
+    await rm(join(root, "sales"), { recursive: true });
+    const remade = await runJob(pipeline, makeJob({ sinks: [sinkSpec("sales", uri)], jobId: 5n }), [batchOf("sales", sampleTable(5))]);
+    assert.equal(remade.status, "SUCCESS", String(remade.error));
+    assert.deepEqual(await readdir(join(root, "sales", "deep")), ["part_5.parquet"]);
+    // A level swapped for a symlink that stays inside the root is followed, as the walk follows it.
+    await rename(join(root, "sales"), join(root, "sales-real"));
+    await symlink(join(root, "sales-real"), join(root, "sales"));
+    const inside = await runJob(pipeline, makeJob({ sinks: [sinkSpec("sales", uri)], jobId: 6n }), [batchOf("sales", sampleTable(5))]);
+    assert.equal(inside.status, "SUCCESS", String(inside.error));
+    assert.deepEqual((await readdir(join(root, "sales-real", "deep"))).sort(), ["part_5.parquet", "part_6.parquet"]);
+    await pipeline.shutdown();
+  });
+
   test("a symlink planted at the staging name is replaced, never written through", async () => {
     const { root, outside, pipeline } = await parquetWorkspace();
     const victim = join(outside, "victim.txt");

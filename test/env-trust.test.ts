@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { appendFile, cp, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { appendFile, cp, mkdir, mkdtemp, readdir, readFile, readlink, rename, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
@@ -12,6 +12,7 @@ import { runCommand } from "../core/kernel/process.js";
 import { EnvManager } from "../core/env/manager.js";
 import { METADATA_FILE, readMetadata } from "../core/env/metadata.js";
 import { checkSeal, SEAL_FILE, servesPythonRequest } from "../core/env/seal.js";
+import { SealCache } from "../core/env/seal-cache.js";
 import { Errors } from "../core/kernel/errors.js";
 import { silentLogger } from "../core/kernel/logger.js";
 import { rejectsWith } from "./helpers/assert.js";
@@ -174,5 +175,71 @@ describe("python_version on a cache hit", () => {
     }
     // Whatever happened, the env under the hash is a trusted one.
     assert.equal((await checkSeal(join(home, "venvs", hash), hash)).trusted, true);
+  });
+});
+
+describe("a job's seal check is remembered only while nothing it read has changed (seal-cache.ts)", () => {
+  test("a remembered env, then tampered with (a planted .pth, pyvenv.cfg edited in place at the same size and mtime, bin/python re-pointed), is refused", async (t) => {
+    const home = await tempHome(t);
+    const { lock, hash } = lockFor("cached");
+    const manager = new EnvManager({ home, logger: silentLogger() });
+    await manager.prepare({ env_hash: hash, lockfile_content: lock, python_version: null });
+    const env = join(home, "venvs", hash);
+
+    // Fresh from its build, the env's timestamps are too recent to vouch for anything.
+    const strict = new SealCache();
+    assert.equal((await strict.check(env, hash)).trusted, true);
+    assert.equal(strict.remembers(env), false, "a check of files changed within RACY_MS was remembered");
+
+    // racyMs 0: remembered at once, so that what follows runs against a remembered check.
+    const cache = new SealCache({ racyMs: 0 });
+    const remember = async () => {
+      const check = await cache.check(env, hash);
+      assert.equal(check.trusted, true);
+      assert.equal(cache.remembers(env), true);
+      assert.equal((await cache.check(env, hash)).trusted, true, "the remembered check no longer answers");
+    };
+    await remember();
+    assert.equal((await cache.check(env, lockFor("other").hash)).trusted, false, "a remembered seal answered for another env hash");
+
+    const version = (await readdir(join(env, "lib")))[0]!;
+    const pth = join(env, "lib", version, "site-packages", "evil.pth");
+    await writeFile(pth, "import os\n");
+    const planted = await cache.check(env, hash);
+    assert.equal(planted.trusted, false, "a .pth planted after the check was remembered was not seen");
+    assert.match((planted as { reason: string }).reason, /digest mismatch/);
+    assert.equal(cache.remembers(env), false);
+    await rm(pth);
+    await remember();
+
+    // Same size, mtime put back (a whole second, so that utimes restores it exactly): only the ctime says it changed.
+    const cfg = join(env, "pyvenv.cfg");
+    const second = Math.floor(Date.now() / 1000) - 60;
+    await utimes(cfg, second, second);
+    await remember();
+    const before = await stat(cfg, { bigint: true });
+    const text = await readFile(cfg, "utf8");
+    const edited = text.replace(/home = /, "home ~ ");
+    assert.notEqual(edited, text);
+    await writeFile(cfg, edited);
+    await utimes(cfg, second, second);
+    const after = await stat(cfg, { bigint: true });
+    assert.deepEqual([after.size, after.mtimeNs, after.ino], [before.size, before.mtimeNs, before.ino]);
+    assert.equal((await cache.check(env, hash)).trusted, false, "pyvenv.cfg edited in place (same size, same mtime) was not seen");
+    await writeFile(cfg, text);
+    await remember();
+
+    const python = join(env, "bin", "python");
+    const target = await readlink(python);
+    await rm(python);
+    await symlink("/bin/sh", python);
+    assert.equal((await cache.check(env, hash)).trusted, false, "a re-pointed bin/python was not seen");
+    await rm(python);
+    await symlink(target, python);
+    await remember();
+
+    // The whole directory replaced by another one at the same path.
+    await rename(env, `${env}.moved`);
+    assert.deepEqual(await cache.check(env, hash), { trusted: false, reason: "no such directory" });
   });
 });

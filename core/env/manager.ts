@@ -29,6 +29,7 @@ import { planFromLock, synthesizePyproject, synthesizeScript } from "./lockfile.
 import { directorySize, readMetadata, writeMetadata, type EnvMetadata, type MetadataFile } from "./metadata.js";
 import type { EnvironmentProvider, EnvLease } from "./types.js";
 import { checkSeal, probeInterpreter, replaceEnvDirectory, sealEnv, servesPythonRequest } from "./seal.js";
+import { SealCache } from "./seal-cache.js";
 import { findUv, runUv } from "./uv.js";
 import { isProcessAlive } from "../kernel/process.js";
 
@@ -79,6 +80,8 @@ export class EnvManager implements EnvironmentProvider {
   readonly #lastWritten = new Map<string, number>();
   /** Serialises metadata read-modify-write, eviction and lease checks within this process. */
   #serial: Promise<unknown> = Promise.resolve();
+  /** Each job's seal check, redone in full only when a file it read has changed (seal-cache.ts). */
+  readonly #seals = new SealCache();
   #uv: Promise<string> | undefined;
   #swept: Promise<void> | undefined;
 
@@ -122,7 +125,7 @@ export class EnvManager implements EnvironmentProvider {
     if (building) await building.catch(() => undefined);
     return this.#exclusive(async () => {
       const interpreterPath = this.interpreterPath(hash);
-      const check = await checkSeal(this.venvPath(hash), hash);
+      const check = await this.#seals.check(this.venvPath(hash), hash);
       if (!check.trusted) {
         if (check.reason !== "no such directory")
           this.#logger.warn({ env_hash: hash, reason: check.reason }, "env directory not trusted; it is rebuilt on the next PREPARE_ENV");

@@ -6,9 +6,10 @@
  * at `venvs/<hash>` (planted, left by another tool, half deleted, changed since the
  * build) is rebuilt, never trusted.
  *
- * The digest is cheap to check on every job: sha256 over pyvenv.cfg, where bin/python
- * points, the names in site-packages, and the sha256 of every installed distribution's
- * RECORD (which lists each installed file with its own hash). It notices a planted or
+ * The digest is sha256 over pyvenv.cfg, where bin/python points, the names in
+ * site-packages, and the sha256 of every installed distribution's RECORD (which lists each
+ * installed file with its own hash); a job's check redoes it only when one of the files it
+ * read has changed (seal-cache.ts). It notices a planted or
  * removed package, a .pth file, an edited RECORD or pyvenv.cfg and a re-pointed
  * interpreter; it does not re-hash every installed file (a plugin that edits a module in
  * place without touching RECORD is not seen: run guests as another uid, bridge.user, so

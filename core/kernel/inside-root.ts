@@ -108,8 +108,9 @@ export async function assertInsideRoot(root: string, dir: string, where: EscapeC
 }
 
 export function assertInsideRootSync(root: string, dir: string, where: EscapeContext): void {
-  const realRoot = realpathSync(root);
-  const realDir = realpathSync(dir);
+  // realpath(3) itself: one call each, where Node's own realpathSync lstats every level from JS.
+  const realRoot = realpathSync.native(root);
+  const realDir = realpathSync.native(dir);
   if (!inside(realRoot, realDir)) throw refusal(where, realRoot, realDir);
 }
 
