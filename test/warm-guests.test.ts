@@ -437,8 +437,9 @@ describe("warm guests", () => {
     const parsed = JSON.parse(await readFile(report, "utf8")) as {
       inputs: { metrics: Record<string, number>; worker: string | null; dispatched_at_ms: number | null; round_trip_ms: number | null }[];
     };
+    // The first job is warm too when the parent the worker started ahead (warm-start.ts) was ready before it.
     const warm = parsed.inputs.map((i) => i.metrics.guest_warm).sort();
-    assert.deepEqual(warm, [0, 1, 1, 1]);
+    assert.ok(warm.join() === "0,1,1,1" || warm.join() === "1,1,1,1", warm.join());
     // The report says when each job went to which worker: one worker, one job at a time.
     assert.equal(new Set(parsed.inputs.map((i) => i.worker)).size, 1);
     assert.match(parsed.inputs[0]!.worker ?? "", /^run-/);

@@ -39,7 +39,6 @@ import type { Readable } from "node:stream";
 import { CasparianError, Errors } from "../kernel/errors.js";
 import type { Batch } from "../kernel/job.js";
 import type { Logger } from "../kernel/logger.js";
-import { packageRoot } from "../kernel/paths.js";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
 import { FrameLease, FramePool } from "./frame-pool.js";
 import { FrameTopics, type DecodedFrame } from "./topic.js";
@@ -50,11 +49,10 @@ import { sandboxed, type GuestCommand } from "./sandbox.js";
 import { unreachableFor, type SlotUser } from "./slot-user.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
 import type { ExitInfo, WarmChild, WarmLaunch } from "./warm-pool.js";
+import { envPathsForSlotUser, guestEnv, shimPath, warmKey } from "./warm-key.js";
 
 export { TOPIC_METADATA_KEY, DEFAULT_TOPIC } from "./topic.js";
-
-/** Variables every guest gets from the worker's environment (when set). */
-export const BASE_ALLOWED_ENV = ["PATH", "LANG", "TZ", "TMPDIR", "HOME"] as const;
+export { BASE_ALLOWED_ENV, shimPath } from "./warm-key.js";
 const KILL_GRACE_MS = 2000;
 const STDERR_TAIL_LINES = 30;
 /**
@@ -71,11 +69,6 @@ const TRAILING_DRAIN_MS = 100;
 /** Largest plugin source a job may carry (it is written to a file, read once by the guest). */
 export const MAX_PLUGIN_SOURCE_BYTES = 64 * 1024 * 1024;
 const SOURCE_FILE = "plugin-source.py";
-
-/** Absolute path of the guest shim shipped in the package: a directory that `python <dir>` runs through its __main__.py. */
-export function shimPath(): string {
-  return join(packageRoot(), "core", "bridge", "guest");
-}
 
 export async function runGuest(options: GuestRunOptions): Promise<GuestResult> {
   const { job } = options;
@@ -529,13 +522,7 @@ class GuestRun {
     const key = `${user.uid}:${user.gid}\0${interpreterPath}\0${envIdentity ?? ""}\0${jobsParent}`;
     const known = envReachability.get(key);
     if (known && (known.problem === null || known.until > Date.now())) return known.problem;
-    const venv = dirname(dirname(interpreterPath));
-    const problem = await unreachableFor(user, [
-      { path: interpreterPath, need: "rx" },
-      { path: join(venv, "pyvenv.cfg"), need: "r" },
-      { path: shimPath(), need: "rx" },
-      { path: jobsParent, need: "x" },
-    ]);
+    const problem = await unreachableFor(user, envPathsForSlotUser(interpreterPath, jobsParent));
     if (envReachability.size >= MAX_REACHABILITY_ENTRIES) envReachability.clear();
     envReachability.set(key, { problem, until: Date.now() + UNREACHABLE_RECHECK_MS });
     return problem;
@@ -566,16 +553,15 @@ class GuestRun {
   async #fork(socketPath: string, source: string): Promise<boolean> {
     const pool = this.#options.warm!;
     const outputs = await Promise.all(["stdout.sock", "stderr.sock"].map((name) => this.#listen(join(this.#dir, name))));
-    const spec = {
+    const spec = warmKey({
       interpreterPath: this.#options.interpreterPath,
       envIdentity: this.#options.envIdentity,
       cgroup: this.#options.cgroup,
-      guestPath: shimPath(),
       source,
       pluginName: this.#options.job.command.pluginName,
-      env: guestEnv(this.#options.allowEnv),
+      allowEnv: this.#options.allowEnv,
       user: this.#user,
-    };
+    });
     const launching = pool
       .launch(spec, this.#dir, this.#jobEnv(socketPath), () => this.#closing || this.#failure !== undefined)
       .catch((err: unknown): WarmLaunch => ({ kind: "cold", reason: `warm pool failed: ${(err as Error).message}` }));
@@ -807,16 +793,6 @@ class GuestRun {
 /** Says once per process (job-scope.ts) why jobs have no cgroup. */
 function reportNoCgroup(log: Logger): (reason: string) => void {
   return (reason) => log.info({ reason }, "no cgroup for jobs: a job's processes are its guest's session, process group and marked environment");
-}
-
-/** The environment every guest (and every warm parent) starts with: the allowlist, nothing of the worker's own. */
-function guestEnv(allowEnv: readonly string[] | undefined): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const name of [...BASE_ALLOWED_ENV, ...(allowEnv ?? [])]) {
-    const value = process.env[name];
-    if (value !== undefined) env[name] = value;
-  }
-  return { ...env, PYTHONUNBUFFERED: "1", PYTHONDONTWRITEBYTECODE: "1", PYTHONUTF8: "1" };
 }
 
 function killGroup(pid: number, signal: NodeJS.Signals): void {

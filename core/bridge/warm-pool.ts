@@ -483,16 +483,8 @@ export class WarmPool {
     const refused = this.#cold.get(key);
     if (refused) return { kind: "cold", reason: refused };
 
-    let parent = this.#parents.get(key);
-    if (!parent?.alive) {
-      this.#makeRoom();
-      if (this.#parents.size >= this.#options.maxParents)
-        return { kind: "cold", reason: `all ${this.#options.maxParents} warm guests are busy (bridge.warm.maxParents)` };
-      parent = new WarmParent(key, spec, this.#log, (gone) => {
-        if (this.#parents.get(gone.key) === gone) this.#parents.delete(gone.key);
-      });
-      this.#parents.set(key, parent);
-    }
+    const parent = this.#parentFor(key, spec);
+    if (parent === undefined) return { kind: "cold", reason: `all ${this.#options.maxParents} warm guests are busy (bridge.warm.maxParents)` };
     const warm = parent.isReady;
     let ready: ReadyEvent;
     try {
@@ -532,6 +524,37 @@ export class WarmPool {
     } catch (err) {
       return { kind: "cold", reason: (err as Error).message };
     }
+  }
+
+  /**
+   * Start the parent of `spec` before its first job (`casparian run` knows the plugin when its
+   * workers start): its imports then overlap the worker's start. Nothing when it exists, may
+   * not start or must run cold; a parent no job comes for is stopped once idle, like any other.
+   * Resolves once it is ready: true when it will fork jobs.
+   */
+  async prestart(spec: WarmKey): Promise<boolean> {
+    if (this.#closed) return false;
+    const key = WarmPool.keyOf(spec);
+    if (this.#cold.has(key) || this.#parents.get(key)?.alive) return false;
+    const parent = this.#parentFor(key, spec);
+    if (parent === undefined) return false;
+    const ready = await parent.ready.catch(() => null);
+    if (ready === null) return false;
+    if (parent.running === 0) parent.armIdle(this.#options.idleMs);
+    return ready.fork;
+  }
+
+  /** The live parent of `key`, started now if needed; undefined when maxParents are all busy. */
+  #parentFor(key: string, spec: WarmKey): WarmParent | undefined {
+    const alive = this.#parents.get(key);
+    if (alive?.alive) return alive;
+    this.#makeRoom();
+    if (this.#parents.size >= this.#options.maxParents) return undefined;
+    const parent = new WarmParent(key, spec, this.#log, (gone) => {
+      if (this.#parents.get(gone.key) === gone) this.#parents.delete(gone.key);
+    });
+    this.#parents.set(key, parent);
+    return parent;
   }
 
   #refuse(key: string, reason: string): void {

@@ -99,6 +99,9 @@ Options:
   --log-level LEVEL           ${LOG_LEVELS.join(", ")} (default ${DEFAULTS.logLevel})
   --metrics-port PORT         serve Prometheus metrics on http://0.0.0.0:PORT/metrics
   --progress-interval S       log a "job progress" line (rows, bytes so far) at most every S seconds per job
+  --warm-start-env HASH, --warm-start-plugin FILE, --warm-start-name NAME
+                              start the warm guest of the plugin the first jobs will run (FILE, named NAME as
+                              DISPATCH names it, in the env HASH) before the first DISPATCH (casparian run does)
   -h, --help                  show this help
   -v, --version               print the version
 
@@ -174,6 +177,7 @@ export interface WorkerFlags {
   capabilities?: string[];
   silenceWarning?: number;
   progressInterval?: number;
+  warmStart?: { envHash: string; pluginFile: string; pluginName: string };
   help: boolean;
   version: boolean;
 }
@@ -198,6 +202,9 @@ export function parseWorkerFlags(argv: string[]): WorkerFlags {
         capabilities: { type: "string" },
         "silence-warning": { type: "string" },
         "progress-interval": { type: "string" },
+        "warm-start-env": { type: "string" },
+        "warm-start-plugin": { type: "string" },
+        "warm-start-name": { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "v" },
       },
@@ -231,9 +238,17 @@ export function parseWorkerFlags(argv: string[]): WorkerFlags {
     capabilities: list(str("capabilities"), "--capabilities"),
     silenceWarning: seconds(str("silence-warning"), "--silence-warning", true),
     progressInterval: seconds(str("progress-interval"), "--progress-interval", false),
+    warmStart: warmStartHint(str("warm-start-env"), str("warm-start-plugin"), str("warm-start-name")),
     help: values.help === true,
     version: values.version === true,
   };
+}
+
+function warmStartHint(envHash: string | undefined, pluginFile: string | undefined, pluginName: string | undefined): WorkerFlags["warmStart"] {
+  if (envHash === undefined && pluginFile === undefined && pluginName === undefined) return undefined;
+  if (envHash === undefined || pluginFile === undefined || pluginName === undefined)
+    throw Errors.CLI_USAGE(["--warm-start-env, --warm-start-plugin and --warm-start-name go together"]);
+  return { envHash, pluginFile: resolve(pluginFile), pluginName };
 }
 
 function seconds(text: string | undefined, flag: string, zeroAllowed: boolean): number | undefined {
@@ -298,6 +313,7 @@ async function workerCommand(argv: string[], program: string): Promise<number> {
     capabilities: flags.capabilities ?? config.capabilities,
     silenceWarningMs: (flags.silenceWarning ?? config.silenceWarning ?? DEFAULTS.silenceWarningSeconds) * 1000,
     progressIntervalMs: flags.progressInterval === undefined ? undefined : flags.progressInterval * 1000,
+    warmStart: flags.warmStart,
     logger,
     loaded,
     configSource,

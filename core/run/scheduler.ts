@@ -226,6 +226,7 @@ export class Scheduler {
       configFile: this.#options.configFile,
       logLevel: this.#options.logLevel,
       heartbeatSeconds: this.#options.heartbeatSeconds,
+      warmStart: { envHash: this.#options.env.envHash, pluginFile: this.#options.plugin.path, pluginName: this.#options.plugin.name },
       log: this.#options.workerLog,
       echo: this.#options.echoWorkerLogs,
       onProgress: (jobId, rows, bytes) => {

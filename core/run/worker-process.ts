@@ -24,6 +24,8 @@ export interface WorkerProcessOptions {
   echo?: boolean;
   /** Rows and bytes a running job has streamed so far (the worker's `job progress` lines, every second). */
   onProgress?(jobId: bigint, rows: number, bytes: number): void;
+  /** The plugin every job of the run runs: the worker starts its warm guest before the first DISPATCH. */
+  warmStart?: { envHash: string; pluginFile: string; pluginName: string };
 }
 
 export interface WorkerExit {
@@ -76,6 +78,8 @@ export class WorkerProcess {
       "1",
     ];
     if (options.configFile !== undefined) args.push("--config", options.configFile);
+    const ahead = options.warmStart;
+    if (ahead !== undefined) args.push("--warm-start-env", ahead.envHash, "--warm-start-plugin", ahead.pluginFile, "--warm-start-name", ahead.pluginName);
     // The IPC channel carries no messages: it ends when this process does, which is how
     // the worker learns that the run is gone (parent-watch.ts).
     this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe", "ipc"] });
