@@ -355,6 +355,54 @@ print(len(cases))
     assert.equal(out.stdout.trim(), "8");
   });
 
+  test("a schema message made ahead or by an earlier chunk is byte for byte the one a chunk makes itself, and only ever reused for the same columns, types and metadata", () => {
+    const script = `
+import datetime, decimal, sys
+sys.path.insert(0, sys.argv[1])
+from casparian_guest import pure_ipc
+from casparian_guest.pure_ipc import TopicTyping, columns_of, encode_chunks, lay_out_schema
+chunks = [
+    {"a": [1, None], "b": ["x", "y"]},
+    {"a": ["1", None], "b": ["x", "y"]},
+    {"b": ["x", "y"], "a": [1, None]},
+    {"a": [1, 2], "c": ["x", "y"]},
+    {"a": [1.5, None], "b": [b"x", None]},
+    {"a": [None, None], "b": [True, False]},
+    {"t": [datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc), None], "d": [datetime.date(2024, 1, 1), None]},
+    {"m": [decimal.Decimal("1.25"), decimal.Decimal("-3.5")], "l": [[1, 2], None], "s": [{"k": 1}, {"k": None, "j": "x"}]},
+]
+def encode(data, topic):
+    return [p for p, _ in encode_chunks(columns_of(data), TopicTyping(topic), {"casparian.topic": topic}, 64 << 20)]
+fresh = {}
+for i, data in enumerate(chunks):
+    for topic in ("t1", "t2"):
+        pure_ipc._SCHEMAS.clear()
+        fresh[i, topic] = encode(data, topic)
+seen = set()
+for (i, topic), streams in fresh.items():
+    assert encode(chunks[i], topic) == streams, (i, topic)  # everything cached by now
+    seen.add(streams[0])
+assert len(seen) == len(fresh), "no two of these chunks share a stream"
+# Made ahead for declared columns (a warm guest): the same bytes as a job's chunk of those columns.
+pure_ipc._SCHEMAS.clear()
+typing = TopicTyping("decl")
+typing.declare({"q": "int64", "when": "date32", "name": "string"})
+lay_out_schema(list(typing.declared.items()), {"casparian.topic": "decl"})
+assert len(pure_ipc._SCHEMAS) == 1
+data = {"q": [1, None], "when": [datetime.date(2024, 1, 2), None], "name": ["a", None]}
+ahead = [p for p, _ in encode_chunks(columns_of(data), typing, {"casparian.topic": "decl"}, 64 << 20)]
+assert len(pure_ipc._SCHEMAS) == 1, "the chunk found its schema made"
+pure_ipc._SCHEMAS.clear()
+typing = TopicTyping("decl")
+typing.declare({"q": "int64", "when": "date32", "name": "string"})
+assert ahead == [p for p, _ in encode_chunks(columns_of(data), typing, {"casparian.topic": "decl"}, 64 << 20)]
+print(len(fresh))
+`;
+    const out = spawnSync(bare, ["-c", script, shimPath()], { encoding: "utf8" });
+    assert.equal(out.status, 0, out.stderr);
+    assert.equal(out.stdout.trim(), "16");
+  });
+
   test("a large dict of lists is split into frames below the limit, rows in order", () => {
     const script = `
 import sys

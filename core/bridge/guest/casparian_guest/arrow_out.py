@@ -16,7 +16,7 @@ column in a later chunk keeps the topic's type), and the bad-value policy.
 import logging
 
 from .channel import SPLIT_BYTES, TOPIC_KEY
-from .pure_ipc import TopicTyping, TypeNameError, _Encoder, _module_of, columns_of, encode_chunks, parse_type
+from .pure_ipc import TopicTyping, TypeNameError, _Encoder, _module_of, columns_of, encode_chunks, lay_out_schema, parse_type
 
 log = logging.getLogger("casparian.guest")
 
@@ -67,6 +67,28 @@ def declare_topic(topic, schema=None, on_bad_value=None):
     a schema_def-like {"columns": [{"name", "type"}]} or {"columns": {name: type}}, or a
     pyarrow Schema; on_bad_value "fail" (the default) or "null"."""
     topic_typing(topic).declare(_columns_of_schema(topic, schema), on_bad_value)
+
+
+def lay_out_declared(manifest):
+    """For each topic whose columns MANIFEST["topics"] declares: its chunks' schema message, made
+    ahead (in a warm guest's parent, from the plugin's literal MANIFEST) for a chunk of exactly the
+    declared columns in their order, which its children's jobs then find made. Best effort."""
+    topics = manifest.get("topics") if isinstance(manifest, dict) else None
+    if not isinstance(topics, dict):
+        return []
+    done = []
+    for topic, spec in topics.items():
+        if not isinstance(spec, dict):
+            continue
+        try:
+            typing = TopicTyping(str(topic))
+            typing.declare(_columns_of_schema(str(topic), spec.get("columns", spec.get("schema"))))
+            if typing.declared:
+                lay_out_schema(list(typing.declared.items()), {TOPIC_KEY: str(topic)})
+                done.append(str(topic))
+        except Exception:  # noqa: BLE001 - the job declares the same and reports what is wrong
+            pass
+    return done
 
 
 def declare_from_manifest(manifest):

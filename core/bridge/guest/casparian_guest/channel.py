@@ -16,6 +16,8 @@ MAX_ERROR_BYTES = 1024 * 1024
 # Larger published tables are split into several frames of about this size.
 SPLIT_BYTES = 64 * 1024 * 1024
 SEND_BUFFER_BYTES = 4 * 1024 * 1024
+# A chunk up to this size goes out with its length prefix in one write.
+ONE_WRITE_BYTES = 256 * 1024
 
 
 
@@ -57,8 +59,11 @@ class Channel:
         n = memoryview(payload).nbytes
         if n == 0 or n >= 0xFFFFFFFB:
             raise ValueError("an IPC chunk of %d bytes cannot be framed" % n)
-        self._sock.sendall(struct.pack(">I", n))
-        self._sock.sendall(payload)
+        if n <= ONE_WRITE_BYTES:
+            self._sock.sendall(struct.pack(">I", n) + payload)  # one syscall: copying a small chunk costs less
+        else:
+            self._sock.sendall(struct.pack(">I", n))
+            self._sock.sendall(payload)
         self.frames += 1
         self.bytes += n
 

@@ -8,8 +8,9 @@ expressions), opening a file as ``utf-8-sig`` imports that codec, each regular e
 compiled on first use, and ``csv.Sniffer`` compiles its patterns on its first sniff: about 15 ms
 of a 20 ms stdlib job on 2 cores.
 
-Everything here reads the plugin's source (``ast``) and calls the standard library with the
-plugin's literals; no plugin code runs. Each step is best effort: one that fails costs nothing
+Everything here reads the plugin's source (``ast``) and calls the standard library (or, for
+the Arrow schemas of the topics its MANIFEST declares, the shim) with the plugin's literals;
+no plugin code runs. Each step is best effort: one that fails costs nothing
 but its own warm-up, and the job then pays that first use itself, as it would have.
 """
 
@@ -33,7 +34,7 @@ def warm(tree, imported):
     """Pay the first-use costs the plugin's source lets us foresee; returns what was warmed."""
     warmed = []
     nodes = list(ast.walk(tree))
-    for step in (_lazy_imports, _codecs, _regexes, _strptime, _sniffer):
+    for step in (_lazy_imports, _codecs, _regexes, _strptime, _sniffer, _declared_schemas):
         try:
             warmed.extend(step(nodes, imported))
         except Exception:  # noqa: BLE001 - a warm-up that fails only costs the job its first use
@@ -158,6 +159,22 @@ def _sniffer(nodes, imported):
 
     csv.Sniffer().sniff("a;b;c\n1;2;3\n")
     return ["csv.Sniffer"]
+
+
+def _declared_schemas(nodes, imported):
+    """The shim's own: the Arrow schema message of each topic whose columns the plugin's literal
+    MANIFEST declares (arrow_out.lay_out_declared), which its chunks then find made."""
+    module = nodes[0] if nodes and isinstance(nodes[0], ast.Module) else None
+    manifest = None
+    for node in module.body if module is not None else ():
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "MANIFEST" for t in node.targets):
+            try:
+                manifest = ast.literal_eval(node.value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                manifest = None  # not a literal: the job declares it when it runs
+    from .arrow_out import lay_out_declared
+
+    return ["schema of topic %s" % topic for topic in lay_out_declared(manifest)] if isinstance(manifest, dict) else []
 
 
 def _text(node):

@@ -909,6 +909,10 @@ def _encapsulate(metadata):
 
 
 _EOS = struct.pack("<Ii", 0xFFFFFFFF, 0)
+# Encapsulated schema messages by (columns' names and types, metadata): every chunk of a topic
+# after its first has the same, and a warm guest's children inherit those made ahead.
+_SCHEMAS = {}
+MAX_SCHEMAS = 256
 
 
 def encode_stream(columns, types, schema_metadata, coercer, row_base=0):
@@ -917,8 +921,14 @@ def encode_stream(columns, types, schema_metadata, coercer, row_base=0):
     (type, the values' Python types or None); returns (stream, body bytes)."""
     encoder = _Encoder(coercer, row_base)
     fields = [encoder.column(name, values, t, vtypes) for (name, values), (t, vtypes) in zip(columns, types)]
-    kv = _FbVector(_FbTable(("off", _FbString(k)), ("off", _FbString(v))) for k, v in schema_metadata.items())
-    schema = _FbTable(("i16", 0), ("off", _FbVector(fields)), ("off", kv))
+    # The schema message is a function of the columns' names and types and the metadata alone.
+    key = (tuple((name, NULL if t == NULL_OF_UNKNOWN else t) for (name, _), (t, _) in zip(columns, types)), tuple(schema_metadata.items()))
+    schema_head = _SCHEMAS.get(key)
+    if schema_head is None:
+        kv = _FbVector(_FbTable(("off", _FbString(k)), ("off", _FbString(v))) for k, v in schema_metadata.items())
+        schema_head = _encapsulate(_message(1, _FbTable(("i16", 0), ("off", _FbVector(fields)), ("off", kv)), 0))
+        if len(_SCHEMAS) < MAX_SCHEMAS:
+            _SCHEMAS[key] = schema_head
 
     parts = []
     buffers = []
@@ -933,8 +943,14 @@ def encode_stream(columns, types, schema_metadata, coercer, row_base=0):
         offset += size + pad
     rows = len(columns[0][1]) if columns else 0
     batch = _FbTable(("i64", rows), ("off", _FbStructs(encoder.nodes)), ("off", _FbStructs(buffers)))
-    head = _encapsulate(_message(1, schema, 0)) + _encapsulate(_message(3, batch, offset))
+    head = schema_head + _encapsulate(_message(3, batch, offset))
     return b"".join([head] + parts + [_EOS]), offset
+
+
+def lay_out_schema(columns, schema_metadata):
+    """Make the schema message of chunks with these columns ([(name, type)]) and metadata ahead:
+    a warm guest does, for the topics its plugin declares (arrow_out.lay_out_declared)."""
+    encode_stream([(name, []) for name, _ in columns], [(t, set()) for _, t in columns], schema_metadata, Coercer("fail"))
 
 
 

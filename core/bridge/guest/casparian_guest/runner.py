@@ -28,6 +28,20 @@ def log_to_stderr():
 
 
 log_to_stderr()
+# The stderr the shim started with: its own lines go there even when a plugin replaces sys.stderr.
+_stderr = sys.stderr
+
+
+def note(message):
+    """One INFO line of the shim's own about the job ("INFO casparian.guest: ..."), written straight
+    to stderr in the log's format. Through logging, the first record of a warm guest's child touches
+    ~130 of its parent's pages (copy-on-write faults: ~0.6 ms of a 4 ms job), and these lines need
+    none of it. The plugin's logging configuration governs the plugin's records, not these."""
+    try:
+        _stderr.write("INFO %s: %s\n" % (log.name, message))
+        _stderr.flush()
+    except (OSError, ValueError):
+        pass  # stderr closed by the plugin: the line is only informative
 
 
 class PluginReportedError(Exception):
@@ -80,7 +94,7 @@ def check_status(result):
         status = str(result.get("status", "")).lower()
         if status in ("error", "failed", "failure"):
             raise PluginReportedError(str(result.get("error") or result.get("message") or result))
-        log.info("plugin reported %s", json.dumps(result, default=str)[:2000])
+        note("plugin reported %s" % json.dumps(result, default=str)[:2000])
         return True
     return False
 
@@ -110,7 +124,7 @@ def publish_result(result, ctx):
 def run_plugin(namespace, ctx, file_path, file_version_id, job_id):
     manifest = namespace.get("MANIFEST")
     if isinstance(manifest, dict):
-        log.info("plugin manifest: name=%s version=%s", manifest.get("name"), manifest.get("version"))
+        note("plugin manifest: name=%s version=%s" % (manifest.get("name"), manifest.get("version")))
         declare_from_manifest(manifest)
     # The run's --plugin-config (a JSON object); {} when none was given.
     config_text = os.environ.get("BRIDGE_PLUGIN_CONFIG")
