@@ -30,8 +30,8 @@
  * after 2 s) and the directory removed on every path.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { chmod, chown, mkdtemp, readdir, realpath, rm, writeFile } from "node:fs/promises";
-import { createServer, type Server, type Socket } from "node:net";
+import { chown, readdir, realpath, rm, writeFile } from "node:fs/promises";
+import type { Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -43,8 +43,9 @@ import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
 import { FrameLease, FramePool } from "./frame-pool.js";
 import { FrameTopics, type DecodedFrame } from "./topic.js";
 import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
+import { JOB_DIR_PREFIX, JobDir, type JobSocketName, type JobTicket, jobBegins } from "./job-dir.js";
 import { openJobScope, type JobScope } from "./job-scope.js";
-import { effectiveLimits, isLimitKey, limitExceeded, limitsEnv } from "./limits.js";
+import { effectiveLimits, GUEST_LIMITS_ENV, isLimitKey, limitExceeded, limitsEnv } from "./limits.js";
 import { sandboxed, type GuestCommand } from "./sandbox.js";
 import { unreachableFor, type SlotUser } from "./slot-user.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
@@ -73,23 +74,21 @@ const SOURCE_FILE = "plugin-source.py";
 export async function runGuest(options: GuestRunOptions): Promise<GuestResult> {
   const { job } = options;
   if (job.signal.aborted) throw abortError(job.signal);
-  sweptStale ??= sweepStaleSocketDirs();
-  await sweptStale;
-  const dir = await mkdtemp(join(tmpdir(), `${SOCKET_DIR_PREFIX}${process.pid}-`));
-  const run = new GuestRun(options, dir);
+  // From here until its processes are gone, no directory is opened ahead for another job (job-dir.ts).
+  const ticket = jobBegins();
+  const run = new GuestRun(options, ticket);
   try {
-    await chmod(dir, 0o700);
+    sweptStale ??= sweepStaleSocketDirs();
+    await sweptStale;
     return await run.execute();
   } finally {
     try {
       await run.cleanup();
     } finally {
-      await rm(dir, { recursive: true, force: true });
+      ticket.end();
     }
   }
 }
-
-const SOCKET_DIR_PREFIX = "casparian-bridge-";
 let warnedUnreachable = false;
 /** Per slot user + env build + job directories' parent: why the user cannot reach them (null: it can); see #envUnreachable. */
 const envReachability = new Map<string, { problem: string | null; until: number }>();
@@ -101,7 +100,7 @@ let sweptStale: Promise<void> | undefined;
 export async function sweepStaleSocketDirs(): Promise<void> {
   const names = await readdir(tmpdir()).catch(() => [] as string[]);
   for (const name of names) {
-    const match = /^casparian-bridge-(\d+)-[A-Za-z0-9]{6}$/.exec(name);
+    const match = new RegExp(`^${JOB_DIR_PREFIX}(\\d+)-[A-Za-z0-9]{6}$`).exec(name);
     if (!match || Number(match[1]) === process.pid) continue;
     try {
       process.kill(Number(match[1]), 0);
@@ -173,13 +172,14 @@ class Watchdog {
 
 class GuestRun {
   readonly #options: GuestRunOptions;
-  readonly #dir: string;
+  readonly #ticket: JobTicket;
+  /** The job's directory and its sockets; undefined until the job has one. */
+  #dir: JobDir | undefined;
   readonly #log: Logger;
   readonly #context: { jobId: bigint; plugin: string };
   readonly #stderrTail: string[] = [];
   readonly #stdoutLines: string[] = [];
   readonly #guestMetrics: Record<string, number> = {};
-  readonly #servers: Server[] = [];
   #stderrLogged = 0;
   #stderrDropped = 0;
   #metricsDropped = 0;
@@ -210,9 +210,9 @@ class GuestRun {
   /** Rejecters of the waits currently in progress; see #race. */
   readonly #waiting = new Set<(err: CasparianError) => void>();
 
-  constructor(options: GuestRunOptions, dir: string) {
+  constructor(options: GuestRunOptions, ticket: JobTicket) {
     this.#options = options;
-    this.#dir = dir;
+    this.#ticket = ticket;
     this.#log = options.job.logger.child({ component: "guest" });
     this.#context = { jobId: options.job.jobId, plugin: options.job.command.pluginName };
     this.#limits = effectiveLimits(options.limits);
@@ -271,17 +271,18 @@ class GuestRun {
     const sourceBytes = Buffer.byteLength(source, "utf8");
     if (sourceBytes > MAX_PLUGIN_SOURCE_BYTES) throw Errors.PLUGIN_SOURCE_TOO_LARGE([sourceBytes, MAX_PLUGIN_SOURCE_BYTES], { context: this.#context });
     this.#user = await this.#slotUser();
-    if (this.#user) await chown(this.#dir, this.#user.uid, this.#user.gid);
-    const socketPath = join(this.#dir, "bridge.sock");
-    const { connection } = await this.#listen(socketPath);
     if (this.#failure) throw this.#failure; // aborted already: no guest to start
     const pool = this.#options.sandbox ? undefined : this.#options.warm;
-    // A warm child brings its job's scope (its parent forked it ahead, and it was moved in meanwhile).
-    if (!(pool && (await this.#race(this.#fork(socketPath, source))))) {
+    // A warm child brings its job's scope and directory (its parent forked it ahead, and it was moved in meanwhile).
+    if (!(pool && (await this.#race(this.#fork(source))))) {
+      this.#dir = await this.#openDir(["bridge.sock"]);
+      if (this.#failure) throw this.#failure;
       this.#scope = await openJobScope({ useCgroup: this.#options.cgroup, onFallback: reportNoCgroup(this.#log) });
       if (this.#failure) throw this.#failure;
-      await this.#spawn(socketPath, source);
+      this.#ticket.starting();
+      await this.#spawn(source);
     }
+    const connection = this.#dir!.connection("bridge.sock");
 
     const connectDog = this.#timeout("connect", timeouts.connectMs);
     connectDog.arm();
@@ -459,32 +460,14 @@ class GuestRun {
     }
   }
 
-  /** Listen on the socket; resolves once listening, with the (later) guest connection inside. */
-  async #listen(socketPath: string): Promise<{ connection: Promise<Socket> }> {
-    const server = createServer();
-    this.#servers.push(server);
-    let accepted = false;
-    const connection = new Promise<Socket>((resolve) => {
-      server.on("connection", (socket) => {
-        if (accepted) {
-          socket.destroy(); // one guest, one connection: anything else is not ours
-          return;
-        }
-        accepted = true;
-        resolve(socket);
-      });
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(socketPath, () => {
-        server.off("error", reject);
-        resolve();
-      });
-    });
-    server.on("error", (err) => this.#log.warn({ err }, "bridge server error"));
-    await chmod(socketPath, 0o600);
-    if (this.#user) await chown(socketPath, this.#user.uid, this.#user.gid);
-    return { connection };
+  /** A directory of this job's own with `sockets` listening; closed with the job, also when the job ended meanwhile. */
+  async #openDir(sockets: readonly JobSocketName[]): Promise<JobDir> {
+    const dir = await JobDir.open({ user: this.#user, sockets, onServerError: (err) => this.#log.warn({ err }, "bridge server error") });
+    if (this.#closing) {
+      await dir.close();
+      throw this.#failure ?? Errors.JOB_ABORTED(["the worker"]);
+    }
+    return dir;
   }
 
   /**
@@ -529,14 +512,14 @@ class GuestRun {
   }
 
   /** The variables of this job's guest: §3 (with the source as a file) plus the plugin's name, its scope and limits. */
-  #jobEnv(socketPath: string): Record<string, string> {
+  #jobEnv(dir: JobDir): Record<string, string> {
     const { job } = this.#options;
     return {
       ...this.#scope?.env,
       ...limitsEnv(this.#limits),
       // A slot user cannot use the worker's home or temp: both are its job directory, which goes with the job.
-      ...(this.#user ? { HOME: this.#dir, TMPDIR: this.#dir } : {}),
-      BRIDGE_SOCKET: socketPath,
+      ...(this.#user ? { HOME: dir.path, TMPDIR: dir.path } : {}),
+      BRIDGE_SOCKET: dir.socketPath("bridge.sock"),
       BRIDGE_FILE_PATH: job.command.filePath,
       BRIDGE_JOB_ID: job.jobId.toString(),
       BRIDGE_FILE_VERSION_ID: BigInt(job.command.fileVersionId).toString(),
@@ -550,9 +533,8 @@ class GuestRun {
    * Fork the job from a warm parent. False when the pool declines (the plugin opted out,
    * the parent could not start, ...): the job then runs in a fresh interpreter.
    */
-  async #fork(socketPath: string, source: string): Promise<boolean> {
+  async #fork(source: string): Promise<boolean> {
     const pool = this.#options.warm!;
-    const outputs = await Promise.all(["stdout.sock", "stderr.sock"].map((name) => this.#listen(join(this.#dir, name))));
     const spec = warmKey({
       interpreterPath: this.#options.interpreterPath,
       envIdentity: this.#options.envIdentity,
@@ -563,7 +545,16 @@ class GuestRun {
       user: this.#user,
     });
     const launching = pool
-      .launch(spec, this.#dir, this.#jobEnv(socketPath), () => this.#closing || this.#failure !== undefined)
+      .launch(
+        spec,
+        {
+          limits: limitsEnv(this.#limits)[GUEST_LIMITS_ENV]!,
+          env: (dir) => this.#jobEnv(dir),
+          ticket: this.#ticket,
+          onServerError: (err) => this.#log.warn({ err }, "bridge server error"),
+        },
+        () => this.#closing || this.#failure !== undefined,
+      )
       .catch((err: unknown): WarmLaunch => ({ kind: "cold", reason: `warm pool failed: ${(err as Error).message}` }));
     // Abort or a timeout may end this run while the parent is still starting: a child
     // forked after that belongs to nobody, so it goes at once.
@@ -571,6 +562,7 @@ class GuestRun {
       if (launch.kind === "forked" && this.#closing && this.#pid !== launch.child.pid) {
         killGroup(launch.child.pid, "SIGKILL");
         void launch.child.scope.close().catch(() => undefined);
+        void launch.child.dir.close().catch(() => undefined);
       }
     });
     const launch = await launching;
@@ -580,14 +572,15 @@ class GuestRun {
     }
     const child = launch.child;
     this.#warmChild = child;
+    this.#dir = child.dir;
     this.#scope = child.scope;
     this.#pid = child.pid;
     this.#exit = child.exit.then((exit) => (this.#exited = exit));
     await this.#adopt(child.pid, child.adopted);
-    const [stdout, stderr] = outputs.map(({ connection }) =>
+    const [stdout, stderr] = (["stdout.sock", "stderr.sock"] as const).map((name) =>
       // A child that dies before connecting its output has none to read.
       Promise.race([
-        connection.then((socket) => {
+        child.dir.connection(name).then((socket) => {
           this.#outputSockets.push(socket);
           return socket;
         }),
@@ -595,7 +588,7 @@ class GuestRun {
       ]),
     );
     this.#outputDone = Promise.all([stderr!.then((socket) => this.#readStderr(socket)), stdout!.then((socket) => this.#readStdout(socket))]);
-    this.#log.debug({ guest_pid: child.pid, warm: child.warm }, "guest forked from a warm parent");
+    this.#log.debug({ guest_pid: child.pid, warm: child.warm, ahead: child.ahead }, "guest forked from a warm parent");
     return true;
   }
 
@@ -617,18 +610,19 @@ class GuestRun {
     });
   }
 
-  async #spawn(socketPath: string, source: string): Promise<void> {
+  async #spawn(source: string): Promise<void> {
     const { interpreterPath } = this.#options;
-    const sourcePath = join(this.#dir, SOURCE_FILE);
+    const dir = this.#dir!;
+    const sourcePath = join(dir.path, SOURCE_FILE);
     await writeFile(sourcePath, source, { mode: 0o600 });
     if (this.#user) await chown(sourcePath, this.#user.uid, this.#user.gid);
     if (this.#failure) throw this.#failure;
-    const env = { ...guestEnv(this.#options.allowEnv), ...this.#jobEnv(socketPath), BRIDGE_PLUGIN_FILE: sourcePath };
+    const env = { ...guestEnv(this.#options.allowEnv), ...this.#jobEnv(dir), BRIDGE_PLUGIN_FILE: sourcePath };
     let command: GuestCommand = { file: interpreterPath, args: [shimPath()] };
     if (this.#options.sandbox) {
       const prefix = dirname(dirname(await realpath(interpreterPath)));
       const readOnly = [dirname(dirname(interpreterPath)), prefix, shimPath(), this.#options.job.command.filePath];
-      command = await sandboxed(this.#options.sandbox, command, { jobDir: this.#dir, readOnly });
+      command = await sandboxed(this.#options.sandbox, command, { jobDir: dir.path, readOnly });
     }
 
     let child: ChildProcess;
@@ -636,7 +630,7 @@ class GuestRun {
       child = spawn(command.file, command.args, {
         env, // the whole environment: nothing of the worker's is inherited
         ...(this.#user ? { uid: this.#user.uid, gid: this.#user.gid } : {}),
-        cwd: this.#dir,
+        cwd: dir.path,
         detached: true, // own process group: ABORT kills the plugin's children too
         stdio: ["ignore", "pipe", "pipe"],
       });
@@ -763,7 +757,7 @@ class GuestRun {
     if (this.#onAbort) this.#options.job.signal.removeEventListener("abort", this.#onAbort);
     this.#socket?.destroy();
     await this.#killGroup();
-    await Promise.all(this.#servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    await this.#dir?.close();
   }
 
   /** TERM the job's processes, KILL them 2 s later if the guest is still there. */

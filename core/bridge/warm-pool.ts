@@ -22,7 +22,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import type { Logger } from "../kernel/logger.js";
-import { openJobScope, type JobScope } from "./job-scope.js";
+import { type AheadEntry, forgetAhead, JobDir, type JobTicket, noJobRunning, openedAhead, whenNoJobRunning } from "./job-dir.js";
+import { JOB_CGROUP_ENV, openJobScope, type JobScope } from "./job-scope.js";
+import { GUEST_LIMITS_ENV } from "./limits.js";
 
 export interface WarmPoolOptions {
   logger: Logger;
@@ -66,7 +68,54 @@ export interface WarmChild {
   scope: JobScope;
   /** Settles once the child is in `scope`; rejects when the kernel refused the move. */
   adopted: Promise<void>;
+  /** The job's directory (its sockets listening): opened ahead for the spare, or for this job. */
+  dir: JobDir;
+  /** What was done before the job came: the child confined itself, connected to `dir`. */
+  ahead: { confined: boolean; connected: boolean };
 }
+
+/** A spare child and what is ready for its job: its cgroup's name, the directory it is connected to, the limits it confined itself to. */
+export interface AheadState {
+  pid: number;
+  cgroup: string | undefined;
+  dir: string | undefined;
+  confinedFor: string | undefined;
+}
+
+/** What a job brings to its fork besides its key. */
+export interface WarmJob {
+  /** CASPARIAN_GUEST_LIMITS of the job: a spare confined ahead for other limits is not used. */
+  limits: string;
+  /** The job's BRIDGE_* variables, given its directory. */
+  env: (dir: JobDir) => Record<string, string>;
+  ticket: JobTicket;
+  onServerError?: (err: Error) => void;
+}
+
+/**
+ * The next job's child, forked ahead by the parent and waiting for its job there; meanwhile
+ * it is moved into the next job's scope, confines itself for it, and (while no job runs, see
+ * job-dir.ts) connects its stdout and stderr to the next job's directory.
+ */
+interface Spare {
+  pid: number;
+  /** The scope it is being moved into (null: that failed; its job then moves it). */
+  scope: Promise<JobScope | null>;
+  /** The limits (CASPARIAN_GUEST_LIMITS) it was told to confine itself to, once told. */
+  confinedFor?: string;
+  /** Its job directory, being opened or open (null: opening failed or was given up). */
+  dir?: Promise<JobDir | null>;
+  /** Told to connect to `dir`: from then on it serves that directory or none. */
+  connected: boolean;
+  /** Another job started a guest while `dir` was open: neither may be claimed now. */
+  discarded: boolean;
+  /** For ahead(): the cgroup it was moved into, the directory it was connected to. */
+  cgroup?: string;
+  dirPath?: string;
+  entry: AheadEntry;
+}
+
+const JOB_SOCKETS = ["bridge.sock", "stdout.sock", "stderr.sock"] as const;
 
 export type WarmLaunch = { kind: "forked"; child: WarmChild } | { kind: "cold"; reason: string };
 
@@ -115,11 +164,15 @@ class WarmParent {
    * The next job's child, forked ahead by the parent and waiting for its job there, and the
    * scope it is being moved into meanwhile (null: that failed; the job then makes its own).
    */
-  #spare: { pid: number; scope: Promise<JobScope | null> } | undefined;
+  #spare: Spare | undefined;
   /** True while the parent is forking a spare that it has not announced yet. */
   #spareComing = false;
   readonly #spareWaiters = new Set<() => void>();
   readonly #useCgroup: boolean | undefined;
+  readonly #user: { uid: number; gid: number } | undefined;
+  /** The limits of the latest job: what the next spare confines itself to ahead. */
+  #limits: string | undefined;
+  readonly #unwatchIdle: () => void;
 
   constructor(
     key: string,
@@ -130,6 +183,8 @@ class WarmParent {
     this.key = key;
     this.#log = log;
     this.#useCgroup = spec.cgroup;
+    this.#user = spec.user;
+    this.#unwatchIdle = whenNoJobRunning(() => this.#openAhead());
     let resolveExited!: () => void;
     this.exited = new Promise((resolve) => (resolveExited = resolve));
     this.ready = this.#start(spec, resolveExited);
@@ -222,7 +277,7 @@ class WarmParent {
     timer.unref();
 
     createInterface({ input: child.stdout!, crlfDelay: Infinity }).on("line", (line) => {
-      let event: { event?: string; id?: number; pid?: number; code?: number | null; signal?: string | null } & Partial<ReadyEvent>;
+      let event: { event?: string; id?: number; pid?: number; code?: number | null; signal?: string | null; spare?: boolean } & Partial<ReadyEvent>;
       try {
         event = JSON.parse(line) as typeof event;
       } catch {
@@ -240,14 +295,23 @@ class WarmParent {
       } else if (event.event === "spare" && event.pid !== undefined) {
         // A newer spare replaces one the parent discarded (it learned imports since it forked that one).
         void this.#dropSpare();
-        this.#spare = { pid: event.pid, scope: this.#reserve(event.pid) };
+        const spare: Spare = {
+          pid: event.pid,
+          scope: Promise.resolve(null),
+          connected: false,
+          discarded: false,
+          entry: { discard: () => this.#discardAhead(spare) },
+        };
+        this.#spare = spare;
+        spare.scope = this.#reserve(spare);
         this.#spareArrived();
+        this.#openAhead();
       } else if (event.event === "spare-exited" || event.event === "spare-failed") {
         if (this.#spare && this.#spare.pid === event.pid) void this.#dropSpare();
         this.#spareArrived();
       } else if (event.event === "started" && event.id !== undefined) {
-        // The parent forks the next job's spare right after handing this one over.
-        this.#spareComing = true;
+        // The parent forks the next job's spare right after handing this one over (unless it still has one).
+        this.#spareComing = event.spare !== false;
         // A spare this job did not take from us (the parent replaced the one it did): its reservation is the job's to undo.
         const taken = this.#spare?.pid === event.pid ? this.#spare : undefined;
         if (taken) this.#spare = undefined;
@@ -266,6 +330,7 @@ class WarmParent {
     const gone = (why: string) => {
       if (!this.#alive) return;
       this.#alive = false;
+      this.#unwatchIdle();
       clearTimeout(timer);
       if (this.#idleTimer) clearTimeout(this.#idleTimer);
       const tail = this.#stderrTail
@@ -292,19 +357,89 @@ class WarmParent {
 
   /**
    * Move the spare the parent just forked into a scope of its own, the next job's, while the
-   * current job runs: the move costs an RCU grace period (job-scope.ts), which no job then waits for.
+   * current job runs: the move costs an RCU grace period (job-scope.ts), which no job then waits
+   * for. Once it is in, the spare confines itself for that job (limits, capabilities, ...).
    */
-  async #reserve(pid: number): Promise<JobScope | null> {
+  async #reserve(spare: Spare): Promise<JobScope | null> {
     let scope: JobScope | undefined;
     try {
       scope = await openJobScope(this.#scopeOptions());
-      await scope.adopt(pid);
-      return scope;
+      await scope.adopt(spare.pid);
     } catch (err) {
-      this.#log.debug({ err, pid }, "could not move the spare child into its job's scope ahead; its job does it");
+      this.#log.debug({ err, pid: spare.pid }, "could not move the spare child into its job's scope ahead; its job does it");
       await scope?.close().catch(() => undefined);
       return null;
     }
+    const cgroup = scope.env[JOB_CGROUP_ENV];
+    spare.cgroup = cgroup;
+    if (this.#spare === spare && this.#limits !== undefined) {
+      spare.confinedFor = this.#limits;
+      this.#tell({ op: "prepare", pid: spare.pid, env: { [GUEST_LIMITS_ENV]: this.#limits, ...(cgroup ? { [JOB_CGROUP_ENV]: cgroup } : {}) } });
+    }
+    return scope;
+  }
+
+  /**
+   * Open the next job's directory and have the spare connect its stdout and stderr to it, when
+   * no job runs (job-dir.ts: no plugin is alive to reach it before its own job's guest does).
+   */
+  #openAhead(): void {
+    const spare = this.#spare;
+    if (!spare || spare.dir || !this.#alive || !noJobRunning()) return;
+    openedAhead(spare.entry);
+    const opening: Promise<JobDir | null> = JobDir.open({
+      user: this.#user,
+      sockets: JOB_SOCKETS,
+      quiet: true,
+      onServerError: (err) => this.#log.warn({ err }, "bridge server error"),
+    }).then(
+      (dir) => {
+        if (spare.dir !== opening || spare.discarded || this.#spare !== spare || !this.#alive) {
+          void dir.close().catch(() => undefined);
+          return null;
+        }
+        spare.connected = true;
+        spare.dirPath = dir.path;
+        this.#tell({ op: "open", pid: spare.pid, dir: dir.path });
+        return dir;
+      },
+      (err: unknown) => {
+        this.#log.debug({ err }, "could not open the next job's directory ahead; its job opens one");
+        forgetAhead(spare.entry);
+        return null;
+      },
+    );
+    spare.dir = opening;
+  }
+
+  /**
+   * Another job is about to start a guest while this spare's directory is open (job-dir.ts): the
+   * directory goes, and a spare connected to it disconnects (it can be opened again once no job
+   * runs). A spare a job is taking meanwhile is marked, and that job does not use the directory.
+   */
+  #discardAhead(spare: Spare): void {
+    const dir = spare.dir;
+    spare.dir = undefined;
+    if (this.#spare !== spare) spare.discarded = true;
+    else if (spare.connected) {
+      spare.connected = false;
+      spare.dirPath = undefined;
+      this.#tell({ op: "close", pid: spare.pid });
+    }
+    void dir?.then((open) => open?.close()).catch(() => undefined);
+  }
+
+  /** A spare this job does not take: the parent forks another, its scope and directory go. */
+  async #giveUp(spare: Spare, scope: JobScope | null, dir: JobDir | null): Promise<void> {
+    forgetAhead(spare.entry);
+    spare.discarded = true;
+    this.#tell({ op: "discard", pid: spare.pid });
+    await Promise.all([scope?.close(), dir?.close()]);
+  }
+
+  /** One request line to the parent (it may be gone: its exit is handled elsewhere). */
+  #tell(request: Record<string, unknown>): void {
+    if (this.#alive) this.#child?.stdin?.write(`${JSON.stringify(request)}\n`);
   }
 
   #scopeOptions(): { useCgroup: boolean | undefined; onFallback: (reason: string) => void } {
@@ -319,7 +454,13 @@ class WarmParent {
     const spare = this.#spare;
     this.#spare = undefined;
     if (!spare) return Promise.resolve();
-    return spare.scope.then((scope) => scope?.close()).catch(() => undefined);
+    forgetAhead(spare.entry);
+    spare.discarded = true;
+    const dir = spare.dir;
+    spare.dir = undefined;
+    return Promise.all([spare.scope.then((scope) => scope?.close()), dir?.then((open) => open?.close())])
+      .then(() => undefined)
+      .catch(() => undefined);
   }
 
   #spareArrived(): void {
@@ -344,11 +485,25 @@ class WarmParent {
     });
   }
 
+  /** The spare child and what is ready for its job (see WarmPool.ahead). */
+  aheadOf(): AheadState | undefined {
+    const spare = this.#spare;
+    if (!spare) return undefined;
+    return { pid: spare.pid, cgroup: spare.cgroup, dir: spare.connected ? spare.dirPath : undefined, confinedFor: spare.confinedFor };
+  }
+
+  /** The limits the next spare confines itself to ahead: those of the latest job. */
+  expect(limits: string): void {
+    this.#limits = limits;
+  }
+
   /**
-   * Start one job: hand it to the spare child (already in the job's scope, which it brings), or
-   * have the parent fork one. Resolves once its pid (= its process group) is known.
+   * Start one job: hand it to the spare child (already in the job's scope, which it brings, and
+   * connected to the job's directory when that was opened ahead), or have the parent fork one.
+   * A spare confined ahead for other limits is not used. Resolves once the pid (= its process
+   * group) is known.
    */
-  async fork(jobDir: string, jobEnv: Record<string, string>): Promise<{ pid: number; exit: Promise<ExitInfo>; scope: JobScope; adopted: Promise<void> }> {
+  async fork(job: WarmJob): Promise<Omit<WarmChild, "warm" | "parentRssKb">> {
     if (!this.#alive || !this.#child?.stdin) throw new Error("warm guest is gone");
     const id = this.#nextId++;
     this.running += 1;
@@ -362,21 +517,51 @@ class WarmParent {
       this.#hold(-1);
     });
     let scope: JobScope | null = null;
+    let dir: JobDir | null = null;
+    let handed: Spare | undefined;
     let moved: number | undefined;
     try {
       await this.#spareAnnounced(SPARE_WAIT_MS);
       const spare = this.#spare;
       this.#spare = undefined;
       scope = spare ? await spare.scope : null;
-      if (scope) moved = spare!.pid;
+      const opened = spare?.dir ? await spare.dir : null;
+      if (spare && spare.confinedFor !== undefined && spare.confinedFor !== job.limits) {
+        // Confined ahead for other limits: it goes, and the job gets a child forked now.
+        this.#log.debug({ pid: spare.pid, confined_for: spare.confinedFor, limits: job.limits }, "the spare child was confined for other limits");
+        await this.#giveUp(spare, scope, opened);
+        scope = null;
+      } else if (spare) {
+        handed = spare;
+        if (scope) moved = spare.pid;
+        dir = opened;
+      }
       scope ??= await openJobScope(this.#scopeOptions());
+      // The directory opened ahead is this job's only if no other job's guest started meanwhile
+      // (job-dir.ts); a spare connected to one given up goes with it.
+      if (handed?.discarded) {
+        await dir?.close();
+        dir = null;
+        if (handed.connected) {
+          await this.#giveUp(handed, moved === undefined ? null : scope, null);
+          if (moved !== undefined) scope = await openJobScope(this.#scopeOptions());
+          handed = undefined;
+          moved = undefined;
+        }
+      }
+      dir ??= await JobDir.open({ user: this.#user, sockets: JOB_SOCKETS, onServerError: job.onServerError });
       if (!this.#alive || !this.#child?.stdin) throw new Error("warm guest is gone");
     } catch (err) {
       exitResolve({ code: null, signal: "not started" });
-      await scope?.close().catch(() => undefined);
+      if (handed) forgetAhead(handed.entry);
+      await Promise.all([scope?.close().catch(() => undefined), dir?.close().catch(() => undefined)]);
       throw err;
     }
     const jobScope = scope;
+    const jobDir = dir;
+    jobDir.claim();
+    // Nothing opened ahead for another job survives this job's guest (job-dir.ts).
+    job.ticket.starting(handed?.entry);
     let reserved: Promise<JobScope | null> | undefined;
     const pid = await new Promise<number>((resolve, reject) => {
       let started = false;
@@ -388,24 +573,31 @@ class WarmParent {
         },
         failed: (err) => {
           // A child that started belongs to its job, which closes the scope; one that never did has nobody else.
-          if (!started) void jobScope.close().catch(() => undefined);
+          if (!started) void Promise.all([jobScope.close(), jobDir.close()]).catch(() => undefined);
           reject(err);
         },
         exit: exitResolve,
       });
-      // "pid": the spare that is in the job's scope already; the parent uses another child only if that one died.
-      this.#child!.stdin!.write(`${JSON.stringify({ op: "run", id, pid: moved ?? null, dir: jobDir, env: { ...jobEnv, ...jobScope.env } })}\n`);
+      // "pid": the spare this job takes; the parent forks another child if that one is not its spare any more.
+      this.#tell({ op: "run", id, pid: handed?.pid ?? null, dir: jobDir.path, env: { ...job.env(jobDir), ...jobScope.env } });
     });
     // A move into another scope may be under way (a spare reserved for a later job): it lands
     // first, then this one, and that scope goes empty.
-    const adopted = reserved
-      ? reserved.then(async (other) => {
-          await jobScope.adopt(pid);
-          await other?.close();
-        })
-      : jobScope.adopt(pid);
+    const adopted =
+      moved === pid
+        ? jobScope.adopt(pid)
+        : reserved
+          ? reserved.then(async (other) => {
+              await jobScope.adopt(pid);
+              await other?.close();
+            })
+          : jobScope.adopt(pid);
     adopted.catch(() => undefined);
-    return { pid, exit, scope: jobScope, adopted };
+    const ahead = {
+      confined: handed?.confinedFor !== undefined && pid === handed.pid,
+      connected: handed?.connected === true && pid === handed.pid && jobDir === dir,
+    };
+    return { pid, exit, scope: jobScope, adopted, dir: jobDir, ahead };
   }
 
   armIdle(idleMs: number): void {
@@ -465,6 +657,11 @@ export class WarmPool {
     return hash.update(spec.source, "utf8").digest("hex");
   }
 
+  /** What is held ready now for jobs that have not come yet, one entry per spare child (for tests and debugging). */
+  ahead(): AheadState[] {
+    return [...this.#parents.values()].flatMap((parent) => parent.aheadOf() ?? []);
+  }
+
   /** Parents alive now (started or starting) and their total resident memory, read now. */
   stats(): { parents: number; rssBytes: number } {
     let rssKb = 0;
@@ -477,7 +674,7 @@ export class WarmPool {
    * stderr.sock, listening), `jobEnv` its BRIDGE_* variables. `cancelled` is asked before
    * forking, so a job that ended while its parent was starting gets no child.
    */
-  async launch(spec: WarmKey, jobDir: string, jobEnv: Record<string, string>, cancelled: () => boolean = () => false): Promise<WarmLaunch> {
+  async launch(spec: WarmKey, job: WarmJob, cancelled: () => boolean = () => false): Promise<WarmLaunch> {
     if (this.#closed) return { kind: "cold", reason: "the warm pool is closed" };
     const key = WarmPool.keyOf(spec);
     const refused = this.#cold.get(key);
@@ -486,6 +683,7 @@ export class WarmPool {
     const parent = this.#parentFor(key, spec);
     if (parent === undefined) return { kind: "cold", reason: `all ${this.#options.maxParents} warm guests are busy (bridge.warm.maxParents)` };
     const warm = parent.isReady;
+    parent.expect(job.limits);
     let ready: ReadyEvent;
     try {
       ready = await parent.ready;
@@ -515,12 +713,12 @@ export class WarmPool {
     }
     if (cancelled()) return { kind: "cold", reason: "the job ended before its warm guest was ready" };
     try {
-      const { pid, exit, scope, adopted } = await parent.fork(jobDir, { ...jobEnv, BRIDGE_PLUGIN_FILE: parent.sourcePath });
       const owner = parent;
-      void exit.then(() => {
+      const forked = await parent.fork({ ...job, env: (dir) => ({ ...job.env(dir), BRIDGE_PLUGIN_FILE: owner.sourcePath }) });
+      void forked.exit.then(() => {
         if (owner.alive) owner.armIdle(this.#options.idleMs);
       });
-      return { kind: "forked", child: { pid, exit, warm, parentRssKb: parent.rssKb, scope, adopted } };
+      return { kind: "forked", child: { ...forked, warm, parentRssKb: parent.rssKb } };
     } catch (err) {
       return { kind: "cold", reason: (err as Error).message };
     }

@@ -19,6 +19,10 @@ Applied in order, in the job's own process (fresh guest or warm fork child), bef
     memory either.
 A step the kernel refuses is reported on stderr and the job goes on; a guest left outside its
 cgroup refuses to run the plugin.
+
+A warm guest's spare child takes these steps ahead, while it waits for its job (confine_ahead,
+told the cgroup and limits its job will have); its job's confine() then checks that they are
+the job's own, and refuses to run the plugin when they are not.
 """
 
 import errno
@@ -49,6 +53,8 @@ LIMITS = {
 applied = {}
 # libc, loaded by prepare() in a warm guest so that each job's child does not pay for ctypes.
 _libc = None
+# (cgroup, limits) this process confined itself for, once it has.
+_confined = None
 
 
 def prepare():
@@ -148,12 +154,30 @@ def _drop_capabilities(libc):
 
 
 def confine():
+    """Confine this process for its job (CASPARIAN_JOB_CGROUP, CASPARIAN_GUEST_LIMITS), unless
+    it did so ahead for exactly these."""
     if not sys.platform.startswith("linux"):
         return
-    cgroup = os.environ.get(CGROUP_ENV)
+    wanted = (os.environ.get(CGROUP_ENV) or "", os.environ.get(LIMITS_ENV) or "")
+    if _confined is not None:
+        if _confined != wanted:
+            raise RuntimeError("this guest was confined for cgroup %r and limits %r, its job asks for %r and %r; not running the plugin" % (_confined + wanted))
+        return
+    _confine(*wanted)
+
+
+def confine_ahead(env):
+    """In a warm guest's spare child, before its job: the steps confine() takes, for the cgroup and
+    limits (`env`, the same variables) its job will have. The worker has moved it into that cgroup."""
+    if sys.platform.startswith("linux"):
+        _confine(env.get(CGROUP_ENV) or "", env.get(LIMITS_ENV) or "")
+
+
+def _confine(cgroup, limits):
+    global _confined
     if cgroup:
         wait_for_cgroup(cgroup)
-    limits = os.environ.get(LIMITS_ENV)
+    _confined = (cgroup, limits)
     if limits:
         apply_limits(limits)
     import ctypes

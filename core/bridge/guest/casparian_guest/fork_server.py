@@ -12,6 +12,9 @@ process's own log. Stdin closing (the worker is gone) ends the parent and its ch
 
     <- {"event": "ready", "fork": true, "pid": ..., "rss_kb": ..., "imported": [...], "warmed": [...], ...}
     <- {"event": "spare", "pid": ...}
+    -> {"op": "prepare", "pid": ..., "env": {"CASPARIAN_JOB_CGROUP": ..., "CASPARIAN_GUEST_LIMITS": ...}}
+    -> {"op": "open", "pid": ..., "dir": ...}
+    -> {"op": "close", "pid": ...}   (another job started first: the directory is gone)
     -> {"op": "run", "id": 1, "pid": <the spare's pid, or null>, "dir": ..., "env": {...}}
     <- {"event": "started", "id": 1, "pid": ...}
     <- {"event": "spare", "pid": ...}
@@ -22,7 +25,13 @@ its own before its pid is announced (the worker kills a job by that group, or by
 cgroup), holds nothing of any job, and waits on a pipe for its job. The worker moves the
 spare into the next job's cgroup while the current job runs (a move costs an RCU grace
 period, 5-20 ms); on "run" the spare gets its job over the pipe, and the parent forks the
-next spare. A spare that dies unused is reported ("spare-exited"); the next job then gets a
+next spare. While it waits, the worker has it confine itself for its job ("prepare": once it
+is in the job's cgroup; confine.py) and, while no job runs, connect its stdout and stderr to the
+next job's directory ("open"; "close" when another job started first and the directory went);
+on "run" it then only takes the job's own variables. "discard"
+retires a spare the worker will not use (the parent forks another), and a "run" naming a
+spare that is not the current one gets a child forked for it. A spare that dies unused is
+reported ("spare-exited"); the next job then gets a
 child forked on demand, which the worker moves into its cgroup on "started" (the child
 waits for that before plugin code runs, confine.py). The child connects its stdout and
 stderr to ``stdout.sock`` / ``stderr.sock`` in the job's directory, takes the job's
@@ -262,6 +271,11 @@ class Server:
         op = request.get("op")
         if op == "run":
             self.run(request)
+        elif op in ("prepare", "open", "close"):
+            self.forward(request)
+        elif op == "discard":
+            if self.spare is not None and self.spare[0] == request.get("pid"):
+                self.renew_spare()
         elif op == "stop":
             self.stop()
         else:
@@ -271,11 +285,16 @@ class Server:
         """Hand the job to the spare child (forked ahead, waiting for it), then fork the next spare
         while this job runs. The host has moved the spare it heard of into the job's cgroup
         already ("pid" in the request); any other child it moves in on "started"."""
-        # On demand: not announced as a spare, or the worker would move it into another scope.
-        spare = self.spare if self.spare is not None else self.make_spare(announce=False)
-        self.spare = None
+        # The spare the worker named, or one forked now, not announced (the worker would move it
+        # into another scope). Another spare the parent has stays the next job's.
+        if self.spare is not None and self.spare[0] == request.get("pid"):
+            spare, self.spare = self.spare, None
+        else:
+            kept, self.spare = self.spare, None
+            spare = self.make_spare(announce=False)
+            self.spare = kept
         pid, job_w = spare
-        data = json.dumps(request).encode("utf-8")
+        data = (json.dumps(request) + "\n").encode("utf-8")
         try:
             while data:
                 data = data[os.write(job_w, data):]
@@ -285,12 +304,26 @@ class Server:
             os.close(job_w)
         _, pidfd = self.children.get(pid, (None, None))
         self.children[pid] = (request.get("id"), pidfd)
-        emit({"event": "started", "id": request.get("id"), "pid": pid})
+        # "spare": whether a spare for the next job follows (none when the parent still has one).
+        emit({"event": "started", "id": request.get("id"), "pid": pid, "spare": self.spare is None})
+        if self.spare is not None:
+            return
         try:
             self.make_spare()
         except OSError as exc:  # no process to spare now (EAGAIN): the next job forks its own
             print("casparian warm guest: could not fork a spare child: %s" % exc, file=sys.stderr)
             emit({"event": "spare-failed", "pid": None})
+
+    def forward(self, request):
+        """A preparation step for the spare the worker names (if it is still the spare)."""
+        if self.spare is None or self.spare[0] != request.get("pid"):
+            return
+        data = (json.dumps(request) + "\n").encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(self.spare[1], data):]
+        except OSError:
+            pass  # the spare died: its exit is reported
 
     def make_spare(self, announce=True):
         """Fork the next job's child now: it leads a session of its own and waits on a pipe for its
@@ -407,6 +440,15 @@ class Server:
         shutil.rmtree(self.home, ignore_errors=True)
         os._exit(0)
 
+    def disconnect_output(self, own_stderr):
+        """Undo connect_output in a spare whose directory went: stdout to /dev/null, stderr the server's again."""
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        os.dup2(own_stderr, 2)
+        os.close(own_stderr)
+        os.chdir(self.home)
+
     def become_job(self, job_r, led, report_w):
         """In the child: leave the server behind, wait for the job, then run it exactly as a fresh guest does."""
         # A session of its own, as a fresh guest has: the plugin's children are told apart
@@ -432,29 +474,60 @@ class Server:
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.close(devnull)
-        request = b""
-        while True:
-            chunk = os.read(job_r, 65536)
-            if not chunk:
-                break
-            request += chunk
+        # Requests arrive one a line: what can be done before the job ("prepare", "open"), then "run".
+        opened = None
+        own_stderr = None  # the server's stderr, while the output is connected to a directory opened ahead
+        pending = b""
+        request = None
+        while request is None:
+            while b"\n" not in pending:
+                chunk = os.read(job_r, 65536)
+                if not chunk:
+                    os._exit(0)  # the server went away (or stopped, or retired us) before this spare got a job
+                pending += chunk
+            line, pending = pending.split(b"\n", 1)
+            message = json.loads(line)
+            op = message.get("op")
+            if op == "prepare":
+                confine.confine_ahead(message.get("env", {}))
+            elif op == "open" and opened is None:
+                own_stderr = os.dup(2)
+                try:
+                    connect_output(message["dir"])
+                    opened = message["dir"]
+                except OSError:  # the directory went meanwhile ("close" follows); its job connects on "run"
+                    self.disconnect_output(own_stderr)
+                    own_stderr = None
+            elif op == "close" and opened is not None:
+                self.disconnect_output(own_stderr)
+                own_stderr = None
+                opened = None
+            elif op == "run":
+                request = message
         os.close(job_r)
-        if not request:
-            os._exit(0)  # the server went away (or stopped) before this spare got a job
-        request = json.loads(request)
+        if own_stderr is not None:
+            os.close(own_stderr)
         job_dir = request["dir"]
-        for fd, name in ((1, "stdout.sock"), (2, "stderr.sock")):
-            stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            stream.connect(os.path.join(job_dir, name))
-            os.dup2(stream.fileno(), fd)
-            stream.close()
-        os.chdir(job_dir)
+        if opened is None:
+            connect_output(job_dir)
+        elif opened != job_dir:
+            raise RuntimeError("this child was connected to %s ahead, its job is in %s; not running it" % (opened, job_dir))
         os.environ.update({str(k): str(v) for k, v in request.get("env", {}).items()})
         reseed()
         known = learned_imports.snapshot()
         code = runner.main(source=self.source, code=self.code)
         learned_imports.report(report_w, known)
         runner.exit_now(code)
+
+
+def connect_output(job_dir):
+    """stdout and stderr become the job's (its directory's sockets), and the directory its cwd."""
+    for fd, name in ((1, "stdout.sock"), (2, "stderr.sock")):
+        stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stream.connect(os.path.join(job_dir, name))
+        os.dup2(stream.fileno(), fd)
+        stream.close()
+    os.chdir(job_dir)
 
 
 def reseed():
