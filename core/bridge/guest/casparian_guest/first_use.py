@@ -34,7 +34,7 @@ def warm(tree, imported):
     """Pay the first-use costs the plugin's source lets us foresee; returns what was warmed."""
     warmed = []
     nodes = list(ast.walk(tree))
-    for step in (_lazy_imports, _codecs, _regexes, _strptime, _sniffer, _declared_schemas):
+    for step in (_lazy_imports, _codecs, _regexes, _strptime, _sniffer, _declared_schemas, _flatbuffer_layouts):
         try:
             warmed.extend(step(nodes, imported))
         except Exception:  # noqa: BLE001 - a warm-up that fails only costs the job its first use
@@ -175,6 +175,14 @@ def _declared_schemas(nodes, imported):
     from .arrow_out import lay_out_declared
 
     return ["schema of topic %s" % topic for topic in lay_out_declared(manifest)] if isinstance(manifest, dict) else []
+
+
+def _flatbuffer_layouts(nodes, imported):
+    """The shim's own: the layout of every kind of table its Arrow messages hold (pure_ipc)."""
+    from .pure_ipc import learn_layouts
+
+    learn_layouts()
+    return ["Arrow message layouts"]
 
 
 def _text(node):

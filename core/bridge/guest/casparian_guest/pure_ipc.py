@@ -953,11 +953,11 @@ def lay_out_schema(columns, schema_metadata):
     encode_stream([(name, []) for name, _ in columns], [(t, set()) for _, t in columns], schema_metadata, Coercer("fail"))
 
 
-
-def _learn_layouts():
-    """Lay out one schema with a field of every type and one record batch, when the shim is
-    imported: the table layouts they leave in _LAYOUTS are those of every later message, so a
-    warm guest's children inherit them instead of working each out again."""
+def learn_layouts():
+    """Lay out one schema with a field of every type and one record batch: the table layouts they
+    leave in _LAYOUTS are those of every later message. A warm guest does it once (first_use.py),
+    and its children inherit them instead of working each out again; a fresh guest finds each
+    on its first use."""
     types = [NULL, BOOL, INT64, FLOAT64, STRING, BINARY, DATE32, TIME64_US, ("time32", "ms"), TIMESTAMP_US, TIMESTAMP_US_UTC, ("decimal", 12, 2)]
     types += [("large_string",), ("large_binary",), ("list", INT64), ("struct", (("a", INT64),))]
     kv = _FbVector([_FbTable(("off", _FbString("k")), ("off", _FbString("v")))])
@@ -965,8 +965,6 @@ def _learn_layouts():
     _message(1, schema, 0)
     _message(3, _FbTable(("i64", 1), ("off", _FbStructs([(1, 0)])), ("off", _FbStructs([(0, 0)]))), 8)
 
-
-_learn_layouts()
 
 # ---------------------------------------------------------------------------
 # Columns already in Arrow layout (pandas/numpy without pyarrow)
