@@ -5,12 +5,13 @@
  * what runs (inputs, plugin inspection, sink plan) on real files.
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { copyFile, mkdir, mkdtemp, readdir, rm, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { packageRoot } from "../core/kernel/paths.js";
-import { expandInputs, outputName } from "../core/run/inputs.js";
+import { contentSha256, expandInputs, outputName } from "../core/run/inputs.js";
 import { parseSinkFlag, planSinks } from "../core/run/outputs.js";
 import { inspectPlugin } from "../core/run/plugin.js";
 import { isAlive, listFiles as listAllFiles, readParquet, RunningCli, runCli, testPython } from "./helpers/run-cli.js";
@@ -100,6 +101,20 @@ describe("inputs, plugin inspection and sink plan", () => {
     assert.notEqual(touched[0]!.fileVersionId, inputs[0]!.fileVersionId, "a rewritten file is a new version");
 
     await assert.rejects(expandInputs(["nope/*.csv"], dir), { code: "CSP_CLI_USAGE", message: /"nope\/\*\.csv" matches no file/ });
+  });
+
+  test("an input's content hash is of its whole content, also when it grew or shrank since it was listed", async () => {
+    const dir = await mkdtemp(join(base, "hash-"));
+    const file = join(dir, "x.csv");
+    const sha = (text: string | Buffer) => createHash("sha256").update(text).digest("hex");
+    await writeFile(file, "a,b\n1,2\n");
+    assert.equal(await contentSha256(file, 8), sha("a,b\n1,2\n"));
+    const grown = Buffer.alloc(3 * 1024 * 1024, 7);
+    await writeFile(file, grown);
+    assert.equal(await contentSha256(file, 8), sha(grown), "listed at 8 bytes, 3 MiB now");
+    assert.equal(await contentSha256(file), sha(grown));
+    await writeFile(file, "a");
+    assert.equal(await contentSha256(file, 8), sha("a"));
   });
 
   test("the plugin is inspected without running it: MANIFEST, PEP 723 metadata, Python's own syntax error", async () => {

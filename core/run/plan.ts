@@ -43,7 +43,7 @@ export async function planInputs(
     const mtimeNs = input.mtimeNs.toString();
     const reusable = !options.all && record !== undefined && record.lastOutcome === "succeeded" && record.recipe === recipe && record.size === input.size;
     if (reusable && record.mtimeNs === mtimeNs) return null;
-    const sha = await contentSha256(input.path);
+    const sha = await contentSha256(input.path, input.size);
     if (reusable && record.contentSha256 === sha) {
       state.touch(input.path, input.size, mtimeNs);
       return null;

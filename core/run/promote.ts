@@ -107,7 +107,7 @@ export async function promote(state: RunState, request: PromoteRequest): Promise
   const targets = new Set(fresh.flatMap((o) => (o.file === null ? [] : [o.file])));
   const removals = previous.filter((o) => !kept.includes(o) && o.file !== null && !targets.has(o.file)).map((o) => o.file!);
 
-  state.promote({
+  await state.promote({
     input: input.path,
     moves,
     removals,

@@ -23,6 +23,7 @@
  * One run at a time per output: a lock row holds the pid of the run using it.
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, statSync } from "node:fs";
+import { open } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { Errors } from "../kernel/errors.js";
@@ -161,7 +162,7 @@ export class RunState {
     const pending = this.#db.prepare("SELECT input, plan FROM promotions").all() as Array<{ input: string; plan: string }>;
     for (const row of pending) {
       const promotion = decodePromotion(row.plan);
-      this.#apply(promotion);
+      for (const dir of this.#apply(promotion)) fsyncDirectorySync(dir);
       this.#finish(promotion);
       this.recovered++;
     }
@@ -207,17 +208,31 @@ export class RunState {
     this.#db.prepare("UPDATE inputs SET size = ?, mtime_ns = ? WHERE path = ?").run(size, mtimeNs, path);
   }
 
-  /** Steps 1 to 3 of a promotion (see the module comment). */
-  promote(promotion: Promotion): void {
+  /**
+   * Steps 1 to 3 of a promotion (see the module comment). Throws at once when a target leads
+   * out of the root (nothing recorded, nothing moved); resolves once the record is written.
+   * The moves are made durable (their directories fsynced) off the main thread, so the run
+   * goes on dispatching meanwhile; promotions still run one at a time, in call order.
+   */
+  promote(promotion: Promotion): Promise<void> {
     // Refused before the intent is recorded: a target directory leading out of the output root
     // fails this input with SINK_PATH_ESCAPE, and nothing is created outside the root.
     for (const move of promotion.moves) makeDirectoryInsideRootSync(this.outputRoot, dirname(join(this.outputRoot, move.to)), { uri: move.to });
+    const done = this.#lastPromotion.then(() => this.#promoteNow(promotion));
+    this.#lastPromotion = done.catch(() => undefined);
+    return done;
+  }
+
+  #lastPromotion: Promise<void> = Promise.resolve();
+
+  async #promoteNow(promotion: Promotion): Promise<void> {
     this.#db
       .prepare("INSERT INTO promotions (input, plan) VALUES (?, ?) ON CONFLICT (input) DO UPDATE SET plan = excluded.plan")
       .run(promotion.input, encodePromotion(promotion));
     this.#promotions++;
     if (KILL_AT === `promote-logged:${this.#promotions}`) process.kill(process.pid, "SIGKILL");
-    this.#apply(promotion);
+    const dirs = this.#apply(promotion);
+    await Promise.all([...dirs].map(fsyncDirectory));
     if (KILL_AT === `promote-moved:${this.#promotions}`) process.kill(process.pid, "SIGKILL");
     this.#finish(promotion);
   }
@@ -277,7 +292,8 @@ export class RunState {
     }
   }
 
-  #apply(promotion: Promotion): void {
+  /** Step 2: the moves and removals; returns the directories to fsync (those that still exist). */
+  #apply(promotion: Promotion): Set<string> {
     const dirs = new Set<string>();
     for (const move of promotion.moves) {
       const target = join(this.outputRoot, move.to);
@@ -299,7 +315,8 @@ export class RunState {
       rmSync(path, { force: true });
       dirs.add(dirname(path));
     }
-    for (const dir of dirs) if (exists(dir)) fsyncDirectorySync(dir);
+    for (const dir of dirs) if (!exists(dir)) dirs.delete(dir);
+    return dirs;
   }
 
   #finish(promotion: Promotion): void {
@@ -430,6 +447,15 @@ function fsyncDirectorySync(dir: string): void {
     fsyncSync(fd);
   } finally {
     closeSync(fd);
+  }
+}
+
+async function fsyncDirectory(dir: string): Promise<void> {
+  const handle = await open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 
