@@ -34,6 +34,8 @@ export interface WarmPoolOptions {
   idleMs?: number;
   /** A parent whose resident memory exceeds this is not kept (its plugin runs cold). Default 2 GiB. */
   maxParentBytes?: number;
+  /** MiB of learned hot pages each spare child pre-faults (guest/casparian_guest/hot_pages.py); 0: none. Default 64. */
+  prefaultMb?: number;
 }
 
 /** What a warm parent needs to start: the same facts a fresh guest is spawned with. */
@@ -119,7 +121,7 @@ const JOB_SOCKETS = ["bridge.sock", "stdout.sock", "stderr.sock"] as const;
 
 export type WarmLaunch = { kind: "forked"; child: WarmChild } | { kind: "cold"; reason: string };
 
-const DEFAULTS = { maxParents: 4, idleMs: 300_000, maxParentBytes: 2 * 1024 ** 3 } as const;
+const DEFAULTS = { maxParents: 4, idleMs: 300_000, maxParentBytes: 2 * 1024 ** 3, prefaultMb: 64 } as const;
 /** How long a parent may take to import the plugin's modules. */
 const READY_TIMEOUT_MS = 120_000;
 const STDERR_TAIL_LINES = 20;
@@ -179,6 +181,7 @@ class WarmParent {
     spec: WarmKey,
     log: Logger,
     private readonly onGone: (parent: WarmParent) => void,
+    private readonly prefaultMb = 0,
   ) {
     this.key = key;
     this.#log = log;
@@ -253,7 +256,7 @@ class WarmParent {
       await chown(dir, user.uid, user.gid);
       await chown(sourcePath, user.uid, user.gid);
     }
-    const child = spawn(spec.interpreterPath, [spec.guestPath, "--serve", sourcePath, spec.pluginName], {
+    const child = spawn(spec.interpreterPath, [spec.guestPath, "--serve", sourcePath, spec.pluginName, String(Math.floor(this.prefaultMb * 1024))], {
       // A slot user's home and temp are its own directory (each job then gets its job directory).
       env: user ? { ...spec.env, HOME: dir, TMPDIR: dir } : spec.env,
       ...(user ? { uid: user.uid, gid: user.gid } : {}),
@@ -645,6 +648,7 @@ export class WarmPool {
       maxParents: options.maxParents ?? DEFAULTS.maxParents,
       idleMs: options.idleMs ?? DEFAULTS.idleMs,
       maxParentBytes: options.maxParentBytes ?? DEFAULTS.maxParentBytes,
+      prefaultMb: options.prefaultMb ?? DEFAULTS.prefaultMb,
     };
   }
 
@@ -748,9 +752,15 @@ export class WarmPool {
     if (alive?.alive) return alive;
     this.#makeRoom();
     if (this.#parents.size >= this.#options.maxParents) return undefined;
-    const parent = new WarmParent(key, spec, this.#log, (gone) => {
-      if (this.#parents.get(gone.key) === gone) this.#parents.delete(gone.key);
-    });
+    const parent = new WarmParent(
+      key,
+      spec,
+      this.#log,
+      (gone) => {
+        if (this.#parents.get(gone.key) === gone) this.#parents.delete(gone.key);
+      },
+      this.#options.prefaultMb,
+    );
     this.#parents.set(key, parent);
     return parent;
   }

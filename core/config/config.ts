@@ -92,6 +92,8 @@ const bridgeSchema = strictObject({
       idleTimeout: v.optional(seconds("positive")),
       /** Bytes of resident memory above which a warm parent is not kept (its plugin then runs cold). Default 2 GiB. */
       maxParentMemory: v.optional(positiveInteger()),
+      /** MiB of learned hot pages each spare child of a warm parent pre-faults while it waits for its job; 0: off. Default 64. */
+      prefaultMb: v.optional(nonNegativeInteger()),
     }),
   ),
   /** Resource limits of each guest; a job that runs into one fails with CSP_GUEST_LIMIT. Each in its unit; false: not limited. */

@@ -72,6 +72,7 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     maxParents: warmConfig.maxParents,
     idleMs: warmConfig.idleTimeout === undefined ? undefined : warmConfig.idleTimeout * 1000,
     maxParentBytes: warmConfig.maxParentMemory,
+    prefaultMb: warmConfig.prefaultMb,
   });
   metrics?.observeWarmGuests(() => warm.stats());
   // Before the job modules load (Arrow, the sinks, ZeroMQ: a third of a second): the plugin's imports load meanwhile.

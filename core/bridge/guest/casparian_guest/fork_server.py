@@ -58,7 +58,7 @@ import time
 import traceback
 import warnings
 
-from . import arrow_out, confine, first_use, learned_imports, runner
+from . import arrow_out, confine, first_use, hot_pages, learned_imports, runner
 from .sdk import install_sdk
 
 # Exit statuses of a child that could not become a job (the host reports them as such).
@@ -201,7 +201,7 @@ def emit(event):
 
 
 class Server:
-    def __init__(self, source, plugin_name, home):
+    def __init__(self, source, plugin_name, home, prefault_kb=0):
         self.source = source
         self.home = home
         self.plugin_name = plugin_name
@@ -213,6 +213,7 @@ class Server:
         self.pidfds = hasattr(os, "pidfd_open")
         self.learner = learned_imports.Learner()
         self.reports = {}  # pid -> read end of the pipe its child reports its new imports on
+        self.hot = hot_pages.HotPages(prefault_kb)
 
     def prepare(self):
         started = time.monotonic()
@@ -332,12 +333,14 @@ class Server:
         led_r, led_w = os.pipe()
         job_r, job_w = os.pipe()
         report_r, report_w = os.pipe()
+        hot = self.hot.open_report()
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(led_r)
                 os.close(job_w)
                 os.close(report_r)
+                self.hot.in_child(hot)
                 self.become_job(job_r, led_w, report_w)
             except BaseException:  # noqa: BLE001 - the child must never return into the server loop
                 try:
@@ -349,6 +352,7 @@ class Server:
         os.close(job_r)
         os.close(report_w)
         self.reports[pid] = report_r
+        self.hot.in_parent(pid, hot)
         # The child's session (= process group) must exist before the host hears the pid: the
         # host kills the job by it. One byte once the child called setsid(), or EOF if it died.
         try:
@@ -400,6 +404,7 @@ class Server:
             report = self.reports.pop(pid, None)
             if report is not None:
                 os.close(report)
+            self.hot.forget(pid)
             emit({"event": "spare-exited", "pid": pid})
             return
         code, signame = None, None
@@ -410,8 +415,10 @@ class Server:
                 code = os.WEXITSTATUS(status)
         emit({"event": "exited", "id": request_id, "pid": pid, "code": code, "signal": signame})
         report = self.reports.pop(pid, None)
-        if report is not None and self.learner.learn(learned_imports.read_report(report)):
+        imported = report is not None and self.learner.learn(learned_imports.read_report(report))
+        if imported:
             gc.freeze()  # the learned modules' objects are shared with the children too
+        if self.hot.collect(pid) or imported:
             self.renew_spare()
 
     def renew_spare(self):
@@ -465,7 +472,7 @@ class Server:
             os.close(fd)
         self.reports = {}
         # Whatever else the server had open (a pipe an import left behind, ...) is not the job's.
-        keep = sorted({0, 1, 2, job_r, report_w})
+        keep = sorted({0, 1, 2, job_r, report_w} | self.hot.child_fds())
         for low, high in zip(keep, keep[1:] + [os.sysconf("SC_OPEN_MAX")]):
             if high > low + 1:
                 os.closerange(low + 1, high)
@@ -481,6 +488,7 @@ class Server:
         request = None
         while request is None:
             while b"\n" not in pending:
+                self.hot.prefault(job_r)  # while no request is there; goes on after each
                 chunk = os.read(job_r, 65536)
                 if not chunk:
                     os._exit(0)  # the server went away (or stopped, or retired us) before this spare got a job
@@ -517,6 +525,7 @@ class Server:
         known = learned_imports.snapshot()
         code = runner.main(source=self.source, code=self.code)
         learned_imports.report(report_w, known)
+        self.hot.report()
         runner.exit_now(code)
 
 
@@ -542,12 +551,13 @@ def reseed():
 
 
 def serve(argv):
-    """Entry point: ``--serve <source file> <plugin name>``."""
+    """Entry point: ``--serve <source file> <plugin name> [<KiB of hot pages a spare pre-faults>]``."""
     warnings.filterwarnings("ignore", message=r".*multi-threaded.*fork.*", category=DeprecationWarning)
     source_path, plugin_name = argv[0], argv[1] if len(argv) > 1 else "plugin"
     with open(source_path, "rb") as handle:
         source = handle.read().decode("utf-8")
-    server = Server(source, plugin_name, os.path.dirname(os.path.abspath(source_path)))
+    prefault_kb = int(argv[2]) if len(argv) > 2 and argv[2].isdigit() else 0
+    server = Server(source, plugin_name, os.path.dirname(os.path.abspath(source_path)), prefault_kb)
     if not server.prepare():
         return 0
     server.serve()

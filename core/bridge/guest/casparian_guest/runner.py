@@ -10,6 +10,7 @@ import sys
 import time
 import traceback
 
+from . import hot_pages
 from .arrow_out import declare_from_manifest, is_publishable, typing_metrics
 from .confine import confine, exceeded_limit
 from .channel import DEFAULT_TOPIC, Channel
@@ -234,6 +235,7 @@ def main(source=None, code=None):
             "guest_ms": int((time.monotonic() - started) * 1000),
         }
         metrics.update(typing_metrics())
+        metrics.update(hot_pages.job_metrics())
         write_metrics(metrics_fd, metrics)
     return exit_code
 

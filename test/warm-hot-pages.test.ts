@@ -1,0 +1,134 @@
+/**
+ * Learned hot pages (guest/casparian_guest/hot_pages.py) with real Python: the first jobs of a
+ * warm guest report the pages they made their own, and the spare children forked after that
+ * pre-fault them while they wait for their job (receipts: guest.prefault_kb); with
+ * bridge.warm.prefaultMb 0 none does. A hostile report (ranges outside the parent's memory,
+ * misaligned or reversed ones, garbage, a flood) is refused with a log line, nothing of it is
+ * learned, and the warm guest goes on serving jobs.
+ */
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { runGuest } from "../core/bridge/host.js";
+import { WarmPool } from "../core/bridge/warm-pool.js";
+import { EnvManager } from "../core/env/manager.js";
+import { silentLogger } from "../core/kernel/logger.js";
+import { capturingLogger } from "./helpers/arrow.js";
+import { bareEnvironment, fixturePath, testJob } from "./helpers/pyenv.js";
+
+const TIMEOUTS = { connectMs: 30_000, idleMs: 60_000, jobMs: 120_000 };
+
+let home: string;
+let python: string;
+let source: string;
+let work: string;
+
+before(async () => {
+  home = await mkdtemp(join(tmpdir(), "casparian-warm-hot-pages-"));
+  python = await bareEnvironment(new EnvManager({ home: join(home, "casparian"), logger: silentLogger() }));
+  source = await readFile(fixturePath("warm-hot-pages", "plugin.py"), "utf8");
+  work = join(home, "work");
+  await mkdir(work);
+});
+
+after(async () => {
+  if (home) await rm(home, { recursive: true, force: true });
+});
+
+interface Ran {
+  warm: boolean;
+  ppid: number;
+  wrote: number;
+  metrics: Record<string, number>;
+}
+
+let inputs = 0;
+async function job(pool: WarmPool, action: string): Promise<Ran> {
+  const filePath = join(work, `${inputs++}-${action}.txt`);
+  await writeFile(filePath, action);
+  const { job } = testJob(source, { filePath, pluginName: "hot_pages" });
+  let row: Record<string, unknown> = {};
+  const result = await runGuest({
+    interpreterPath: python,
+    job,
+    timeouts: TIMEOUTS,
+    warm: pool,
+    onBatch: async (batch) => {
+      row = batch.table.get(0)!.toJSON() as Record<string, unknown>;
+    },
+  });
+  return { warm: result.warm === true, ppid: Number(row.ppid), wrote: Number(row.wrote), metrics: result.guestMetrics };
+}
+
+/** Resolves once the pool's log has a line matching `pattern` (the warm guest's stderr reaches it). */
+async function logged(records: Array<Record<string, unknown>>, pattern: RegExp): Promise<string> {
+  for (;;) {
+    const line = records.map((r) => String(r.msg)).find((m) => pattern.test(m));
+    if (line !== undefined) return line;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+describe("learned hot pages", () => {
+  test("the job after the first one pre-faults the pages the first one made its own; with prefaultMb 0 none does", async (t) => {
+    const { logger, records } = capturingLogger();
+    const pool = new WarmPool({ logger });
+    const off = new WarmPool({ logger: silentLogger(), prefaultMb: 0 });
+    t.after(async () => {
+      await pool.close();
+      await off.close();
+    });
+
+    const first = await job(pool, "look");
+    assert.equal(first.metrics.prefault_kb, 0, "nothing is learned before the first job");
+    await logged(records, /learned \d+ KiB of hot pages from a job/);
+    const second = await job(pool, "look");
+    assert.equal(second.ppid, first.ppid, "the same warm guest");
+    assert.equal(second.warm, true);
+    assert.ok(second.metrics.prefault_kb! > 0, `the second job's child pre-faulted ${second.metrics.prefault_kb} KiB`);
+    assert.ok(second.metrics.prefault_kb! <= 64 * 1024, "at most bridge.warm.prefaultMb (default 64)");
+    assert.equal(typeof second.metrics.minor_faults, "number");
+
+    const offFirst = await job(off, "look");
+    const offSecond = await job(off, "look");
+    assert.equal(offSecond.ppid, offFirst.ppid, "the same warm guest");
+    assert.equal(offFirst.metrics.prefault_kb, 0);
+    assert.equal(offSecond.metrics.prefault_kb, 0, "prefaultMb 0: no spare pre-faults");
+    assert.equal(typeof offSecond.metrics.minor_faults, "number");
+  });
+
+  test("a hot-page report with ranges outside the parent's memory, or garbage, is refused with a log line and nothing is learned", async (t) => {
+    const { logger, records } = capturingLogger();
+    const pool = new WarmPool({ logger });
+    t.after(() => pool.close());
+
+    const outside = await job(pool, "outside");
+    assert.ok(outside.wrote > 0);
+    await logged(records, /refused \d+ page\(s\) of a job's hot-page report/);
+    const garbage = await job(pool, "garbage");
+    assert.ok(garbage.wrote > 0);
+    await logged(records, /hot-page report is not in the expected form/);
+    // Both reports are in (the warm guest logs in order): neither taught it a page.
+    const learned = records.map((r) => String(r.msg)).filter((m) => /learned \d+ KiB of hot pages/.test(m));
+    assert.deepEqual(learned, [], "no hot pages learned from the hostile jobs");
+    const next = await job(pool, "look");
+    assert.equal(next.ppid, outside.ppid, "the same warm guest serves the next job");
+    assert.equal(next.warm, true);
+    assert.equal(next.metrics.prefault_kb, 0, "nothing of the hostile reports was learned");
+  });
+
+  test("a flood of hot-page report bytes is refused with a log line; the warm guest goes on", async (t) => {
+    const { logger, records } = capturingLogger();
+    const pool = new WarmPool({ logger });
+    t.after(() => pool.close());
+
+    const flood = await job(pool, "flood");
+    assert.ok(flood.wrote > 131_080, `the flood wrote ${flood.wrote} bytes, more than any report may hold`);
+    await logged(records, /reported more than 131080 bytes of hot pages; refused/);
+    const next = await job(pool, "look");
+    assert.equal(next.ppid, flood.ppid, "the same warm guest serves the next job");
+    assert.equal(next.metrics.prefault_kb, 0, "nothing of the flood was learned");
+  });
+});
