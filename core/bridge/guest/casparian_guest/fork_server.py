@@ -418,7 +418,10 @@ class Server:
         imported = report is not None and self.learner.learn(learned_imports.read_report(report))
         if imported:
             gc.freeze()  # the learned modules' objects are shared with the children too
-        if self.hot.collect(pid) or imported:
+        # New hot pages go to the spare waiting now (it stays moved, confined and connected);
+        # new modules need a spare forked after their import.
+        grew = self.hot.collect(pid)
+        if imported or (grew and not self.hot.send(self.spare)):
             self.renew_spare()
 
     def renew_spare(self):
@@ -498,6 +501,8 @@ class Server:
             op = message.get("op")
             if op == "prepare":
                 confine.confine_ahead(message.get("env", {}))
+            elif op == "hot":
+                self.hot.adopt(message)
             elif op == "open" and opened is None:
                 own_stderr = os.dup(2)
                 try:

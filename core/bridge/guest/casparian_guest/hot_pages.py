@@ -7,9 +7,10 @@ a 45 ms job. They are mostly the same pages job after job. So the first jobs of 
 (learning, LEARN_JOBS of them) report, once their output is delivered, the pages of their
 writable private mappings that are present and exclusive (pagemap bits 63 and 56: copied or
 new), as coalesced address ranges on a pipe of their own; the parent keeps those inside its
-own writable private mappings, up to bridge.warm.prefaultMb; and each spare, right after its
-fork and while it waits for its job, writes them in ahead (madvise MADV_POPULATE_WRITE), so
-the job finds them copied already.
+own writable private mappings, up to bridge.warm.prefaultMb, and sends them to the spare
+waiting then (a "hot" request on its job pipe: it stays moved, confined and connected); each
+spare, while it waits for its job, writes them in ahead (madvise MADV_POPULATE_WRITE), so the
+job finds them copied already.
 
 Nothing of one job reaches another: a spare copies its parent's pages, which hold nothing of
 any job; a report only names addresses. The report comes from a process that ran plugin code,
@@ -21,6 +22,8 @@ faults it still took (guest.minor_faults).
 """
 
 import array
+import base64
+import json
 import mmap
 import os
 import select
@@ -36,6 +39,8 @@ MAX_RANGES = 8192
 MAX_REPORT_BYTES = len(MAGIC) + 16 * MAX_RANGES
 # The report's pipe holds a whole report, so the child never waits for the parent to read it.
 PIPE_BYTES = 1 << 18
+# A spare's job pipe when the learned set is sent to it: room for the set (base64) and its requests.
+JOB_PIPE_BYTES = 1 << 19
 # Pagemap entries read at once (8 bytes each): 256 KiB of pagemap, 128 MiB of addresses.
 SCAN_PAGES = 1 << 15
 # A spare checks every this many ranges whether its job has come (it then stops pre-faulting).
@@ -266,7 +271,39 @@ class HotPages:
             os.close(pipe[1])
             self.reports[pid] = pipe[0]
 
+    def send(self, spare):
+        """Give the spare waiting now (pid, write end of its job pipe) the learned set, as a request
+        line it reads before its job ("hot"); False when it cannot take it whole without blocking."""
+        if spare is None:
+            return True
+        line = (json.dumps({"op": "hot", "ranges": base64.b64encode(encode(self.ranges)).decode("ascii")}) + "\n").encode("ascii")
+        fd = spare[1]
+        try:
+            import fcntl
+
+            if fcntl.fcntl(fd, F_SETPIPE_SZ, JOB_PIPE_BYTES) < len(line) + 64 * 1024:
+                return False
+            os.set_blocking(fd, False)
+            try:
+                written = os.write(fd, line)
+            finally:
+                os.set_blocking(fd, True)
+        except (OSError, ImportError):
+            return False
+        if written < len(line):
+            # Cannot happen with the room made above; never leave a line cut short in a job pipe.
+            os.write(fd, line[written:])
+        return True
+
     # --- in the spare child ---
+
+    def adopt(self, message):
+        """The parent's learned set, sent to this spare after its fork ("hot" request)."""
+        ranges = decode(base64.b64decode(message.get("ranges", "")))
+        if ranges is not None:
+            self.ranges = ranges
+            self._next = 0
+
 
     def prefault(self, job_fd):
         """Write in the learned pages while no request is on `job_fd`: returns as soon as one is
@@ -331,7 +368,7 @@ class HotPages:
             os.close(fd)
 
     def collect(self, pid):
-        """Learn from a finished job's report; True when the learned set grew (the spare is then renewed)."""
+        """Learn from a finished job's report; True when the learned set grew (then sent to the spare)."""
         fd = self.reports.pop(pid, None)
         if fd is None:
             return False
