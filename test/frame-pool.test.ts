@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { tableFromArrays, tableToIPC } from "apache-arrow";
+import { tableFromArrays, tableFromIPC, tableToIPC } from "apache-arrow";
 import { DATA_HEADROOM } from "../core/bridge/frames.js";
 import { bufferSizeFor, FrameLease, FramePool, POOL_MAX_BUFFERS } from "../core/bridge/frame-pool.js";
 import { FrameTopics } from "../core/bridge/topic.js";
@@ -101,5 +101,45 @@ describe("FrameLease", () => {
       () => batch.retain(),
       (err: unknown) => Errors.BATCH_RELEASED.is(err),
     );
+  });
+});
+
+describe("FrameTopics kept for the process (the host's, job after job)", () => {
+  /** A frame as the guest sends it: an IPC stream naming its topic, in a pool buffer with headroom. */
+  function frameOf(topic: string, columns: Record<string, Int32Array | Float64Array>): Uint8Array {
+    const table = tableFromArrays(columns);
+    table.schema.metadata.set("casparian.topic", topic);
+    const ipc = tableToIPC(table, "stream");
+    const bytes = new FramePool().take(ipc.byteLength);
+    bytes.set(ipc);
+    return bytes;
+  }
+
+  test("each frame's batch has its own frame's columns, whatever schema the topic had before; the topic key never reaches a sink", () => {
+    const topics = new FrameTopics();
+    const shapes: Array<Record<string, Int32Array | Float64Array>> = [
+      { n: Int32Array.from([1, 2]) },
+      { n: Float64Array.from([1.5]) },
+      { n: Int32Array.from([3]), m: Int32Array.from([4]) },
+      { n: Int32Array.from([5, 6, 7]) },
+    ];
+    // Three jobs in a row, then more topics than it remembers, then the first topics again.
+    const names = [
+      ...["a", "b", "a"].flatMap((t) => shapes.map((s) => [t, s] as const)),
+      ...Array.from({ length: 80 }, (_, i) => [`t${i}`, shapes[i % 4]!] as const),
+    ];
+    for (const [topic, columns] of [...names, ...names.slice(0, 8)]) {
+      const batch = topics.decode(frameOf(topic, columns)).toBatch(0);
+      assert.equal(batch.topic, topic);
+      const sent = tableFromIPC(batch.ipc);
+      for (const table of [batch.table, sent]) {
+        assert.equal(table.schema.metadata.has("casparian.topic"), false, `${topic}: the topic key reached a sink`);
+        assert.deepEqual(
+          table.schema.fields.map((f) => `${f.name}:${f.type}`),
+          Object.entries(columns).map(([name, values]) => `${name}:${values instanceof Float64Array ? "Float64" : "Int32"}`),
+        );
+        assert.deepEqual([...table.getChild("n")!], [...columns.n!]);
+      }
+    }
   });
 });

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { closeSync, constants as fsConstants, openSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
@@ -536,6 +537,50 @@ print(json.dumps({
     assert.deepEqual(facts.lineage, [Number(job.jobId), Number(job.command.fileVersionId)]);
     assert.ok(!facts.id_encodings.includes("RLE_DICTIONARY"), `unique ids are written plain, as the sink decided: ${facts.id_encodings.join(",")}`);
     assert.ok(facts.job_encodings.includes("DELTA_BINARY_PACKED"), `lineage is delta-encoded: ${facts.job_encodings.join(",")}`);
+  });
+
+  test("native writer threads serve file after file, and more files open at once than threads kept idle all complete (a descriptor or a path)", async () => {
+    const native = loadNativeEngine();
+    assert.ok("addon" in native, "the native engine is built");
+    const root = await mkdtemp(join(tmpdir(), "casparian-native-threads-"));
+    roots.push(root);
+    const settings = { compression: "snappy" as const, rowGroupSize: 100, metadata: [], plainColumns: [] };
+    const open = async (name: string, byDescriptor: boolean, rows: number) => {
+      const path = join(root, `${name}.parquet`);
+      await writeFile(path, "");
+      const batch = batchOf("t", sampleTable(rows));
+      const fd = byDescriptor ? openSync(path, fsConstants.O_WRONLY) : null;
+      try {
+        const file = new NativeParquetFile(
+          native.addon,
+          fd ?? path,
+          batch.table.schema,
+          settings,
+          { jobId: 1n, fileVersionId: 2n },
+          2,
+          fd === null ? undefined : batch.ipc,
+        );
+        return { path, rows, batch, file };
+      } finally {
+        if (fd !== null) closeSync(fd);
+      }
+    };
+    // Ten at once (more than the four threads kept idle), written in turns, then ten one after another.
+    const together = await Promise.all(Array.from({ length: 10 }, (_, i) => open(`together-${i}`, i % 2 === 0, 10 + i)));
+    for (const { file, batch } of together) await file.write(batch.ipc);
+    for (const { file, batch } of together.reverse()) await file.write(batch.ipc);
+    const reports = await Promise.all(together.map(({ file }) => file.finish()));
+    assert.deepEqual(
+      reports.map((r) => r.rows),
+      together.map(({ rows }) => rows * 2),
+    );
+    for (let i = 0; i < 10; i++) {
+      const { file, batch, path, rows } = await open(`sequential-${i}`, i % 2 === 1, 5 + i);
+      await file.write(batch.ipc);
+      assert.equal((await file.finish()).rows, rows);
+      assert.equal((await readParquet(py, "pyarrow", path)).num_rows, rows);
+    }
+    for (const { path, rows } of together) assert.equal((await readParquet(py, "pyarrow", path)).num_rows, rows * 2);
   });
 
   test("the native engine turns a malformed IPC stream into an error, never a crash, and the job fails with the catalogue's error", async () => {

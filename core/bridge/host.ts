@@ -42,6 +42,9 @@ import type { Logger } from "../kernel/logger.js";
 import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder, type Frame } from "./frames.js";
 import { FrameLease, FramePool } from "./frame-pool.js";
 import { FrameTopics, type DecodedFrame } from "./topic.js";
+
+/** One for the process: a plugin publishes the same schemas job after job, and each costs an encode to strip (topic.ts). */
+const FRAME_TOPICS = new FrameTopics();
 import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
 import { JOB_DIR_PREFIX, JobDir, type JobSocketName, type JobTicket, jobBegins } from "./job-dir.js";
 import { openJobScope, type JobScope } from "./job-scope.js";
@@ -302,7 +305,7 @@ class GuestRun {
     const frames = this.#options.recycleFrames === true ? new FramePool() : undefined;
     const decoder = new FrameDecoder(this.#options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, frames && ((length) => frames.take(length)));
     const idle = this.#timeout("idle", timeouts.idleMs);
-    const topics = new FrameTopics();
+    const topics = FRAME_TOPICS;
     const indexByTopic = new Map<string, number>();
     const rowsByTopic = new Map<string, number>();
     let rows = 0;

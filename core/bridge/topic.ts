@@ -54,10 +54,15 @@ export interface DecodedFrame {
   toBatch(index: number, lease?: FrameLease): Batch;
 }
 
+/** Topics whose last schema a FrameTopics remembers (a plugin naming a topic per file must not grow memory). */
+const REMEMBERED_TOPICS = 64;
+
 /**
  * Decodes data frames (without the per-topic index, which the host assigns).
- * One per guest run: it remembers the last schema per topic, since a plugin usually
- * publishes one schema many times.
+ * It remembers the last schema per topic, since a plugin usually publishes one schema
+ * many times, in a job and job after job (the host keeps one for the process): a frame
+ * whose schema message is byte for byte the remembered one reuses its stripped schema
+ * and replacement instead of encoding them again (about 0.4 ms per job and topic).
  */
 export class FrameTopics {
   readonly #stripped = new Map<string, { original: Uint8Array; replacement: Uint8Array; schema: Schema }>();
@@ -86,7 +91,11 @@ export class FrameTopics {
       const kept = new Map([...schema.metadata].filter(([key]) => key !== TOPIC_METADATA_KEY));
       const stripped = new Schema(schema.fields, kept, schema.dictionaries, schema.metadataVersion);
       cached = { original: original?.slice() ?? new Uint8Array(0), replacement: encodeSchemaMessage(stripped), schema: stripped };
-      if (original !== null) this.#stripped.set(topic, cached);
+      if (original !== null) {
+        this.#stripped.delete(topic);
+        if (this.#stripped.size >= REMEMBERED_TOPICS) this.#stripped.delete(this.#stripped.keys().next().value!);
+        this.#stripped.set(topic, cached);
+      }
     }
     if (schema.dictionaries.size > 0 || oldLength === null) return frame(topic, bytes, cached.schema, batches);
     return frame(topic, spliceSchema(bytes, oldLength, cached.replacement), cached.schema, batches);

@@ -357,10 +357,10 @@ export class Worker {
   // Outbound messages: one serialized send path
   // -------------------------------------------------------------------------
 
-  /** Queue an answer; it leaves after IDENTIFY on the current connection, in order. */
-  #send<O extends Opcode>(opcode: O, build: () => { jobId: bigint; payload: PayloadByOpcode[O] }): Promise<void> {
+  /** Queue an answer; it leaves after IDENTIFY on the current connection, in order. `encoded`: its frames, when already made. */
+  #send<O extends Opcode>(opcode: O, build: () => { jobId: bigint; payload: PayloadByOpcode[O] }, encoded?: { jobId: bigint; frames: Frames }): Promise<void> {
     const sent = new Promise<void>((resolve) => {
-      this.#outbox.push({ opcode, build: build as Outbound["build"], frames: null, jobId: 0n, done: resolve });
+      this.#outbox.push({ opcode, build: build as Outbound["build"], frames: encoded?.frames ?? null, jobId: encoded?.jobId ?? 0n, done: resolve });
     });
     this.#lastAnswer = sent;
     this.#kick();
@@ -477,16 +477,17 @@ export class Worker {
     this.#kick();
   }
 
-  /** CONCLUDE, falling back to a FAILED receipt when the pipeline's receipt cannot be encoded. */
+  /** CONCLUDE, falling back to a FAILED receipt when the pipeline's receipt cannot be encoded (encoded once, here). */
   #conclude(jobId: bigint, receipt: JobReceipt): Promise<void> {
     let safe = receipt;
+    let frames: Frames | undefined;
     try {
-      encodeMessage(Opcode.CONCLUDE, jobId, receipt);
+      frames = encodeMessage(Opcode.CONCLUDE, jobId, receipt);
     } catch (err) {
       this.#log.error({ err, job_id: jobId }, "receipt could not be encoded; concluding FAILED instead");
       safe = failedReceipt(`receipt could not be encoded: ${errorMessage(err)}`);
     }
-    return this.#send(Opcode.CONCLUDE, () => ({ jobId, payload: safe }));
+    return this.#send(Opcode.CONCLUDE, () => ({ jobId, payload: safe }), frames === undefined ? undefined : { jobId, frames });
   }
 
   // -------------------------------------------------------------------------

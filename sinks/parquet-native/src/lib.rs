@@ -16,7 +16,7 @@ use std::fs::File;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 
 use arrow_array::{make_array, Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
@@ -107,10 +107,7 @@ impl ParquetFileWriter {
       let file = duplicate(fd)?;
       let mut state = FileState::create(file, data_schema, &options)?;
       let (commands, queue) = sync_channel::<Command>(QUEUE_DEPTH);
-      thread::Builder::new()
-        .name("casparian-parquet".into())
-        .spawn(move || state.serve(queue))
-        .map_err(|e| format!("cannot start the Parquet writer thread: {e}"))?;
+      on_writer_thread(Box::new(move || state.serve(queue)))?;
       Ok(commands)
     }));
     match started {
@@ -311,8 +308,7 @@ impl FileState {
     let arrow_writer = ArrowWriter::try_new_with_options(file, schema.clone(), options_).map_err(describe)?;
     let (writer, factory) = arrow_writer.into_serialized_writer().map_err(describe)?;
     let leaves = writer.schema_descr().num_columns();
-    let cores = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let wanted = if options.threads == 0 { cores } else { options.threads as usize };
+    let wanted = if options.threads == 0 { cores() } else { options.threads as usize };
     Ok(Self {
       writer: Some(writer),
       factory,
@@ -457,9 +453,16 @@ impl FileState {
   fn flush_group(&mut self) -> std::result::Result<(), String> {
     let Some(mut group) = self.group.take() else { return Ok(()) };
     let mut chunks: Vec<(usize, ArrowColumnChunk)> = Vec::new();
-    let closed = in_parallel(&mut group.shares, |share| {
+    let close_share = |share: &mut Vec<(usize, ArrowColumnWriter)>| {
       std::mem::take(share).into_iter().map(|(index, writer)| writer.close().map(|chunk| (index, chunk))).collect::<parquet::errors::Result<Vec<_>>>()
-    })?;
+    };
+    // A small row group closes on this thread alone, as it was encoded (see encode): a thread
+    // started per file to close a few pages would cost more than the pages.
+    let closed = if group.rows < PARALLEL_MIN_ROWS || group.shares.len() == 1 {
+      group.shares.iter_mut().map(|share| close_share(share).map_err(describe)).collect::<std::result::Result<Vec<_>, String>>()?
+    } else {
+      in_parallel(&mut group.shares, close_share)?
+    };
     for part in closed {
       chunks.extend(part);
     }
@@ -483,6 +486,56 @@ impl FileState {
     writer.inner().sync_all().map_err(|e| describe(format!("fsync: {e}")))?;
     Ok(FileReport { bytes: bytes as f64, rows: self.rows as f64, row_groups: self.row_groups, threads: self.threads as u32 })
   }
+}
+
+/// A file's whole life on its writer thread.
+type FileTask = Box<dyn FnOnce() + Send>;
+
+/// Writer threads whose file is done, kept for the next files: a file is often a few rows,
+/// and starting a thread per file (a clone, a new stack, its affinity and cgroup quota
+/// read again) cost more than writing them.
+const IDLE_WRITERS: usize = 4;
+static IDLE: Mutex<Vec<SyncSender<FileTask>>> = Mutex::new(Vec::new());
+
+/// Runs `task` on an idle writer thread, or on a new one when none is idle.
+fn on_writer_thread(task: FileTask) -> std::result::Result<(), String> {
+  let mut task = task;
+  loop {
+    let idle = IDLE.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+    let Some(thread) = idle else { break };
+    match thread.send(task) {
+      Ok(()) => return Ok(()),
+      // That thread is gone (it cannot be, short of an abort): try the next.
+      Err(returned) => task = returned.0,
+    }
+  }
+  let (me, tasks) = sync_channel::<FileTask>(1);
+  me.send(task).map_err(|_| "cannot queue the Parquet writer's first file".to_string())?;
+  thread::Builder::new()
+    .name("casparian-parquet".into())
+    .spawn(move || writer_thread(me, tasks))
+    .map_err(|e| format!("cannot start the Parquet writer thread: {e}"))?;
+  Ok(())
+}
+
+/// Serves files one after another; after each, offers itself for the next, or ends when enough threads are idle.
+fn writer_thread(me: SyncSender<FileTask>, tasks: Receiver<FileTask>) {
+  while let Ok(task) = tasks.recv() {
+    // FileState::serve guards its own work; this keeps the thread alive if anything else panics.
+    let _ = catch_unwind(AssertUnwindSafe(task));
+    let mut idle = IDLE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if idle.len() >= IDLE_WRITERS {
+      return;
+    }
+    idle.push(me.clone());
+  }
+}
+
+/// The cores this process may use, asked once: the standard library reads the affinity mask
+/// and the cgroup's CPU quota (a few system calls and files) on every call.
+fn cores() -> usize {
+  static CORES: OnceLock<usize> = OnceLock::new();
+  *CORES.get_or_init(|| thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// Runs `work` on every share at once, the first on this thread, the others on scoped threads.
