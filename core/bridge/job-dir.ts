@@ -31,6 +31,7 @@ export class JobDir {
   readonly path: string;
   readonly #servers = new Map<JobSocketName, { server: Server; connection: Promise<Socket> }>();
   readonly #accepted: Socket[] = [];
+  readonly #acceptedBy = new Map<JobSocketName, Socket>();
   #quiet: boolean;
   #closed: Promise<void> | undefined;
 
@@ -64,6 +65,11 @@ export class JobDir {
     return entry.connection;
   }
 
+  /** The socket connected to `name` already, if one is. */
+  accepted(name: JobSocketName): Socket | undefined {
+    return this.#acceptedBy.get(name);
+  }
+
   /** The job that claims it keeps the worker alive while it waits on these sockets. */
   claim(): void {
     this.#quiet = false;
@@ -93,6 +99,7 @@ export class JobDir {
         }
         accepted = true;
         this.#accepted.push(socket);
+        this.#acceptedBy.set(name, socket);
         if (this.#quiet) socket.unref();
         resolve(socket);
       });

@@ -309,6 +309,14 @@ class WarmParent {
         spare.scope = this.#reserve(spare);
         this.#spareArrived();
         this.#openAhead();
+      } else if (event.event === "stale-spare") {
+        // Forked before the parent learned imports a job made: retired, unless a job has it already.
+        const spare = this.#spare;
+        if (spare && spare.pid === event.pid) {
+          this.#spare = undefined;
+          this.#spareComing = true;
+          this.#retire(spare);
+        }
       } else if (event.event === "spare-exited" || event.event === "spare-failed") {
         if (this.#spare && this.#spare.pid === event.pid) void this.#dropSpare();
         this.#spareArrived();
@@ -432,6 +440,16 @@ class WarmParent {
     void dir?.then((open) => open?.close()).catch(() => undefined);
   }
 
+  /** A spare no job will take: the parent forks another; its scope (which kills it) and directory go. */
+  #retire(spare: Spare): void {
+    forgetAhead(spare.entry);
+    spare.discarded = true;
+    this.#tell({ op: "discard", pid: spare.pid });
+    const dir = spare.dir;
+    spare.dir = undefined;
+    void Promise.all([spare.scope.then((scope) => scope?.close()), dir?.then((open) => open?.close())]).catch(() => undefined);
+  }
+
   /** A spare this job does not take: the parent forks another, its scope and directory go. */
   async #giveUp(spare: Spare, scope: JobScope | null, dir: JobDir | null): Promise<void> {
     forgetAhead(spare.entry);
@@ -523,6 +541,8 @@ class WarmParent {
     let dir: JobDir | null = null;
     let handed: Spare | undefined;
     let moved: number | undefined;
+    /** The directory opened ahead for the spare, when this job has it. */
+    let aheadDir: JobDir | null = null;
     try {
       await this.#spareAnnounced(SPARE_WAIT_MS);
       const spare = this.#spare;
@@ -538,6 +558,7 @@ class WarmParent {
         handed = spare;
         if (scope) moved = spare.pid;
         dir = opened;
+        aheadDir = opened;
       }
       scope ??= await openJobScope(this.#scopeOptions());
       // The directory opened ahead is this job's only if no other job's guest started meanwhile
@@ -545,6 +566,7 @@ class WarmParent {
       if (handed?.discarded) {
         await dir?.close();
         dir = null;
+        aheadDir = null;
         if (handed.connected) {
           await this.#giveUp(handed, moved === undefined ? null : scope, null);
           if (moved !== undefined) scope = await openJobScope(this.#scopeOptions());
@@ -566,6 +588,10 @@ class WarmParent {
     // Nothing opened ahead for another job survives this job's guest (job-dir.ts).
     job.ticket.starting(handed?.entry);
     let reserved: Promise<JobScope | null> | undefined;
+    const run = { op: "run", id, pid: handed?.pid ?? null, dir: jobDir.path, env: { ...job.env(jobDir), ...jobScope.env } };
+    // A spare connected to this directory ahead takes its job from the worker itself, on its
+    // stdout socket (the parent only hears of it): one process hop less before the plugin starts.
+    const direct = handed?.connected && jobDir === aheadDir ? jobDir.accepted("stdout.sock") : undefined;
     const pid = await new Promise<number>((resolve, reject) => {
       let started = false;
       this.#waiting.set(id, {
@@ -581,8 +607,15 @@ class WarmParent {
         },
         exit: exitResolve,
       });
+      if (direct && handed) {
+        started = true;
+        direct.write(`${JSON.stringify(run)}\n`);
+        this.#tell({ op: "ran", id, pid: handed.pid });
+        resolve(handed.pid);
+        return;
+      }
       // "pid": the spare this job takes; the parent forks another child if that one is not its spare any more.
-      this.#tell({ op: "run", id, pid: handed?.pid ?? null, dir: jobDir.path, env: { ...job.env(jobDir), ...jobScope.env } });
+      this.#tell(run);
     });
     // A move into another scope may be under way (a spare reserved for a later job): it lands
     // first, then this one, and that scope goes empty.
@@ -598,7 +631,7 @@ class WarmParent {
     adopted.catch(() => undefined);
     const ahead = {
       confined: handed?.confinedFor !== undefined && pid === handed.pid,
-      connected: handed?.connected === true && pid === handed.pid && jobDir === dir,
+      connected: handed?.connected === true && pid === handed.pid && jobDir === aheadDir,
     };
     return { pid, exit, scope: jobScope, adopted, dir: jobDir, ahead };
   }

@@ -48,6 +48,7 @@ import gc
 import importlib
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -214,6 +215,8 @@ class Server:
         self.learner = learned_imports.Learner()
         self.reports = {}  # pid -> read end of the pipe its child reports its new imports on
         self.hot = hot_pages.HotPages(prefault_kb)
+        self.job_pipes = {}  # pid -> job pipe of a child the worker handed its job directly, until it exits
+        self.unused_exits = {}  # pid -> (code, signal) of the latest spares that exited without a job
 
     def prepare(self):
         started = time.monotonic()
@@ -274,6 +277,8 @@ class Server:
             self.run(request)
         elif op in ("prepare", "open", "close"):
             self.forward(request)
+        elif op == "ran":
+            self.ran(request)
         elif op == "discard":
             if self.spare is not None and self.spare[0] == request.get("pid"):
                 self.renew_spare()
@@ -314,6 +319,33 @@ class Server:
         except OSError as exc:  # no process to spare now (EAGAIN): the next job forks its own
             print("casparian warm guest: could not fork a spare child: %s" % exc, file=sys.stderr)
             emit({"event": "spare-failed", "pid": None})
+
+    def ran(self, request):
+        """The worker handed the spare its job itself (over the stdout socket of the job's
+        directory, opened ahead): the spare is the job's child from now on."""
+        pid, request_id = request.get("pid"), request.get("id")
+        if self.spare is not None and self.spare[0] == pid:
+            self.job_pipes[pid] = self.spare[1]  # closed when it exits: EOF before it read its job would end it
+            self.spare = None
+            _, pidfd = self.children.get(pid, (None, None))
+            self.children[pid] = (request_id, pidfd)
+            emit({"event": "started", "id": request_id, "pid": pid, "spare": True})
+            try:
+                self.make_spare()
+            except OSError as exc:
+                print("casparian warm guest: could not fork a spare child: %s" % exc, file=sys.stderr)
+                emit({"event": "spare-failed", "pid": None})
+            return
+        # It died before this came (or is not ours): its exit is the job's.
+        code, signame = self.unused_exits.pop(pid, (None, "the spare child was gone"))
+        emit({"event": "started", "id": request_id, "pid": pid, "spare": self.spare is None})
+        emit({"event": "exited", "id": request_id, "pid": pid, "code": code, "signal": signame})
+        if self.spare is None:
+            try:
+                self.make_spare()
+            except OSError as exc:
+                print("casparian warm guest: could not fork a spare child: %s" % exc, file=sys.stderr)
+                emit({"event": "spare-failed", "pid": None})
 
     def forward(self, request):
         """A preparation step for the spare the worker names (if it is still the spare)."""
@@ -393,10 +425,20 @@ class Server:
         if pidfd is not None:
             self.selector.unregister(pidfd)
             os.close(pidfd)
+        job_w = self.job_pipes.pop(pid, None)
+        if job_w is not None:
+            os.close(job_w)
+        code, signame = None, None
+        if status is not None:
+            if os.WIFSIGNALED(status):
+                signame = signal.Signals(os.WTERMSIG(status)).name
+            else:
+                code = os.WEXITSTATUS(status)
         unused = self.spare is not None and self.spare[0] == pid
         if unused or pid in self.discarded:
-            # A spare that ended without a job: replaced (renew_spare), or killed from outside,
-            # when the next job forks its own.
+            # A spare that ended without a job: retired ("discard"), or killed from outside,
+            # when the next job forks its own. Its status is kept a while: the worker may have
+            # handed it a job itself meanwhile ("ran").
             if unused:
                 os.close(self.spare[1])
                 self.spare = None
@@ -405,24 +447,22 @@ class Server:
             if report is not None:
                 os.close(report)
             self.hot.forget(pid)
+            self.unused_exits[pid] = (code, signame)
+            while len(self.unused_exits) > 16:
+                self.unused_exits.pop(next(iter(self.unused_exits)))
             emit({"event": "spare-exited", "pid": pid})
             return
-        code, signame = None, None
-        if status is not None:
-            if os.WIFSIGNALED(status):
-                signame = signal.Signals(os.WTERMSIG(status)).name
-            else:
-                code = os.WEXITSTATUS(status)
         emit({"event": "exited", "id": request_id, "pid": pid, "code": code, "signal": signame})
         report = self.reports.pop(pid, None)
         imported = report is not None and self.learner.learn(learned_imports.read_report(report))
         if imported:
             gc.freeze()  # the learned modules' objects are shared with the children too
         # New hot pages go to the spare waiting now (it stays moved, confined and connected);
-        # new modules need a spare forked after their import.
+        # new modules need a spare forked after their import: the worker retires this one
+        # ("discard") unless it has handed it a job already.
         grew = self.hot.collect(pid)
-        if imported or (grew and not self.hot.send(self.spare)):
-            self.renew_spare()
+        if (imported or (grew and not self.hot.send(self.spare))) and self.spare is not None:
+            emit({"event": "stale-spare", "pid": self.spare[0]})
 
     def renew_spare(self):
         """The spare was forked before the parent learned new imports: the next job gets one that has them.
@@ -484,20 +524,35 @@ class Server:
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.close(devnull)
-        # Requests arrive one a line: what can be done before the job ("prepare", "open"), then "run".
+        # Requests arrive one a line from the parent: what can be done before the job ("prepare",
+        # "open", "close"), then "run". Once connected to a directory opened ahead, the worker may
+        # send the "run" itself, on the stdout socket (fd 1), sparing the parent's hop.
         opened = None
         own_stderr = None  # the server's stderr, while the output is connected to a directory opened ahead
-        pending = b""
+        inbox = {job_r: b""}
         request = None
         while request is None:
-            while b"\n" not in pending:
-                self.hot.prefault(job_r)  # while no request is there; goes on after each
-                chunk = os.read(job_r, 65536)
-                if not chunk:
-                    os._exit(0)  # the server went away (or stopped, or retired us) before this spare got a job
-                pending += chunk
-            line, pending = pending.split(b"\n", 1)
-            message = json.loads(line)
+            message = None
+            for fd in (job_r, 1):
+                if b"\n" in inbox.get(fd, b""):
+                    line, inbox[fd] = inbox[fd].split(b"\n", 1)
+                    message = json.loads(line)
+                    break
+            if message is None:
+                if not inbox:
+                    os._exit(0)  # neither the server nor the worker will send a job
+                self.hot.prefault(list(inbox))  # while no request is there; goes on after each
+                for fd in select.select(list(inbox), [], [])[0]:
+                    chunk = os.read(fd, 65536)
+                    if chunk:
+                        inbox[fd] += chunk
+                    elif fd == 1:
+                        del inbox[1]  # the worker gave the directory up: "close" follows
+                    elif 1 not in inbox or not select.select([1], [], [], 0)[0]:
+                        os._exit(0)  # the server went away (or stopped, or retired us) before this spare got a job
+                    else:
+                        del inbox[job_r]  # what the worker sent comes first
+                continue
             op = message.get("op")
             if op == "prepare":
                 confine.confine_ahead(message.get("env", {}))
@@ -508,10 +563,12 @@ class Server:
                 try:
                     connect_output(message["dir"])
                     opened = message["dir"]
+                    inbox[1] = b""
                 except OSError:  # the directory went meanwhile ("close" follows); its job connects on "run"
                     self.disconnect_output(own_stderr)
                     own_stderr = None
             elif op == "close" and opened is not None:
+                inbox.pop(1, None)
                 self.disconnect_output(own_stderr)
                 own_stderr = None
                 opened = None

@@ -305,8 +305,8 @@ class HotPages:
             self._next = 0
 
 
-    def prefault(self, job_fd):
-        """Write in the learned pages while no request is on `job_fd`: returns as soon as one is
+    def prefault(self, job_fds):
+        """Write in the learned pages while no request is on any of `job_fds`: returns as soon as one is
         (called again after it, it goes on where it stopped), or when all are in."""
         global _prefault_kb, _prefault_cpu_ms, _at_job
         started = _usage()
@@ -317,7 +317,7 @@ class HotPages:
             madvise = self.libc.madvise
             while self._next < len(self.ranges):
                 index = self._next
-                if index % CHECK_EVERY == 0 and index and select.select([job_fd], [], [], 0)[0]:
+                if index % CHECK_EVERY == 0 and index and select.select(job_fds, [], [], 0)[0]:
                     break
                 start, end = self.ranges[index]
                 self._next += 1
