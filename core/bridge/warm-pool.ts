@@ -175,6 +175,8 @@ class WarmParent {
   /** The limits of the latest job: what the next spare confines itself to ahead. */
   #limits: string | undefined;
   readonly #unwatchIdle: () => void;
+  /** Settles once the scopes and directories of spares given up so far are gone: a new spare's are made after that. */
+  #released: Promise<unknown> = Promise.resolve();
 
   constructor(
     key: string,
@@ -374,6 +376,7 @@ class WarmParent {
   async #reserve(spare: Spare): Promise<JobScope | null> {
     let scope: JobScope | undefined;
     try {
+      await this.#released;
       scope = await openJobScope(this.#scopeOptions());
       await scope.adopt(spare.pid);
     } catch (err) {
@@ -447,7 +450,16 @@ class WarmParent {
     this.#tell({ op: "discard", pid: spare.pid });
     const dir = spare.dir;
     spare.dir = undefined;
-    void Promise.all([spare.scope.then((scope) => scope?.close()), dir?.then((open) => open?.close())]).catch(() => undefined);
+    this.#release(Promise.all([spare.scope.then((scope) => scope?.close()), dir?.then((open) => open?.close())]));
+  }
+
+  #release(closing: Promise<unknown>): Promise<void> {
+    const done = closing.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.#released = Promise.all([this.#released, done]);
+    return done;
   }
 
   /** A spare this job does not take: the parent forks another, its scope and directory go. */
@@ -479,9 +491,7 @@ class WarmParent {
     spare.discarded = true;
     const dir = spare.dir;
     spare.dir = undefined;
-    return Promise.all([spare.scope.then((scope) => scope?.close()), dir?.then((open) => open?.close())])
-      .then(() => undefined)
-      .catch(() => undefined);
+    return this.#release(Promise.all([spare.scope.then((scope) => scope?.close()), dir?.then((open) => open?.close())]));
   }
 
   #spareArrived(): void {
@@ -588,7 +598,12 @@ class WarmParent {
     // Nothing opened ahead for another job survives this job's guest (job-dir.ts).
     job.ticket.starting(handed?.entry);
     let reserved: Promise<JobScope | null> | undefined;
-    const run = { op: "run", id, pid: handed?.pid ?? null, dir: jobDir.path, env: { ...job.env(jobDir), ...jobScope.env } };
+    // The next spare is forked once this child runs its plugin (or is gone): not while it starts.
+    const run = { op: "run", id, pid: handed?.pid ?? null, dir: jobDir.path, env: { ...job.env(jobDir), ...jobScope.env }, spare: "later" };
+    void Promise.race([jobDir.connection("bridge.sock"), exit]).then(
+      () => this.#tell({ op: "spare" }),
+      () => undefined,
+    );
     // A spare connected to this directory ahead takes its job from the worker itself, on its
     // stdout socket (the parent only hears of it): one process hop less before the plugin starts.
     const direct = handed?.connected && jobDir === aheadDir ? jobDir.accepted("stdout.sock") : undefined;
@@ -610,7 +625,7 @@ class WarmParent {
       if (direct && handed) {
         started = true;
         direct.write(`${JSON.stringify(run)}\n`);
-        this.#tell({ op: "ran", id, pid: handed.pid });
+        this.#tell({ op: "ran", id, pid: handed.pid, spare: "later" });
         resolve(handed.pid);
         return;
       }

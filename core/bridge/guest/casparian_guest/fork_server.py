@@ -15,6 +15,8 @@ process's own log. Stdin closing (the worker is gone) ends the parent and its ch
     -> {"op": "prepare", "pid": ..., "env": {"CASPARIAN_JOB_CGROUP": ..., "CASPARIAN_GUEST_LIMITS": ...}}
     -> {"op": "open", "pid": ..., "dir": ...}
     -> {"op": "close", "pid": ...}   (another job started first: the directory is gone)
+    -> {"op": "ran", "id": 1, "pid": ..., "spare": "later"}   (the worker handed the spare its job itself)
+    -> {"op": "spare"}   (fork the next job's spare now)
     -> {"op": "run", "id": 1, "pid": <the spare's pid, or null>, "dir": ..., "env": {...}}
     <- {"event": "started", "id": 1, "pid": ...}
     <- {"event": "spare", "pid": ...}
@@ -279,6 +281,8 @@ class Server:
             self.forward(request)
         elif op == "ran":
             self.ran(request)
+        elif op == "spare":
+            self.fork_spare()
         elif op == "discard":
             if self.spare is not None and self.spare[0] == request.get("pid"):
                 self.renew_spare()
@@ -312,6 +316,13 @@ class Server:
         self.children[pid] = (request.get("id"), pidfd)
         # "spare": whether a spare for the next job follows (none when the parent still has one).
         emit({"event": "started", "id": request.get("id"), "pid": pid, "spare": self.spare is None})
+        if request.get("spare") != "later":
+            self.fork_spare()
+
+    def fork_spare(self):
+        """The next job's spare, unless there is one. "later" in a job's request: the worker asks
+        ("spare") once the job's child is running its plugin, so the fork (a copy of this process's
+        page tables) does not compete with the child's start."""
         if self.spare is not None:
             return
         try:
@@ -330,22 +341,14 @@ class Server:
             _, pidfd = self.children.get(pid, (None, None))
             self.children[pid] = (request_id, pidfd)
             emit({"event": "started", "id": request_id, "pid": pid, "spare": True})
-            try:
-                self.make_spare()
-            except OSError as exc:
-                print("casparian warm guest: could not fork a spare child: %s" % exc, file=sys.stderr)
-                emit({"event": "spare-failed", "pid": None})
+            if request.get("spare") != "later":
+                self.fork_spare()
             return
         # It died before this came (or is not ours): its exit is the job's.
         code, signame = self.unused_exits.pop(pid, (None, "the spare child was gone"))
         emit({"event": "started", "id": request_id, "pid": pid, "spare": self.spare is None})
         emit({"event": "exited", "id": request_id, "pid": pid, "code": code, "signal": signame})
-        if self.spare is None:
-            try:
-                self.make_spare()
-            except OSError as exc:
-                print("casparian warm guest: could not fork a spare child: %s" % exc, file=sys.stderr)
-                emit({"event": "spare-failed", "pid": None})
+        self.fork_spare()
 
     def forward(self, request):
         """A preparation step for the spare the worker names (if it is still the spare)."""
