@@ -3,6 +3,8 @@ import { describe, test } from "node:test";
 import { CasparianError, Errors } from "../core/kernel/errors.js";
 import { Opcode, type Message } from "../core/protocol/messages.js";
 import { decodeHeader, decodeMessage, encodeHeader, encodeMessage, parseJson, stringifyJson } from "../core/protocol/codec.js";
+import { parse as losslessParse } from "lossless-json";
+import { seededRandom } from "./helpers/random.js";
 import { loadVectors, rawHeader, rawJsonFrames, vectorFrames, vectorNamed } from "./helpers/sentinel.js";
 
 const U64_MAX = 18446744073709551615n;
@@ -256,6 +258,52 @@ describe("lossless JSON", () => {
       d: -18446744073709551615n,
       e: 1.25,
     });
+  });
+
+  test("a document with integers beyond 2^53 reads as lossless-json reads it, whatever its strings hold (random documents, seeded)", () => {
+    const random = seededRandom(14);
+    const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+    const digits = (n: number) => Array.from({ length: n }, (_, i) => (i === 0 ? 1 + Math.floor(random() * 9) : Math.floor(random() * 10))).join("");
+    // Strings that look like numbers, hold quotes, backslashes, escapes, the mark's own text, a NUL escape.
+    const strings = [
+      '"12345678901234567890"',
+      '"a\\"b"',
+      '"\\\\"',
+      '"x\\n-9007199254740993 y"',
+      '"caf\\u00e9"',
+      '"casparian-u64:5"',
+      '"nul\\u0000x"',
+      '"}{][,:"',
+      '""',
+    ];
+    const scalar = (): string =>
+      pick([
+        () => digits(17 + Math.floor(random() * 4)),
+        () => `-${digits(17)}`,
+        () => String(Math.floor(random() * 1e6)),
+        () => "9007199254740991",
+        () => "9007199254740992",
+        () => `${digits(18)}.5`,
+        () => `${digits(2)}e${Math.floor(random() * 30)}`,
+        () => "-0",
+        () => pick(["true", "false", "null"]),
+        () => pick(strings),
+      ])();
+    const value = (depth: number): string => {
+      if (depth > 3 || random() < 0.4) return scalar();
+      if (random() < 0.5) return `[${Array.from({ length: Math.floor(random() * 4) }, () => value(depth + 1)).join(", ")}]`;
+      // Keys repeat now and then: the last one wins in both.
+      return `{ ${Array.from({ length: Math.floor(random() * 4) }, () => `${pick(['"a"', '"b"', '"12345678901234567890"', '"k\\"q"'])} : ${value(depth + 1)}`).join(",")} }`;
+    };
+    const lossless = (text: string) =>
+      losslessParse(text, null, {
+        parseNumber: (t: string) => (/^-?\d+$/.test(t) ? (Number.isSafeInteger(Number(t)) ? Number(t) : BigInt(t)) : Number.parseFloat(t)),
+        onDuplicateKey: ({ newValue }: { newValue: unknown }) => newValue,
+      });
+    for (let i = 0; i < 2_000; i++) {
+      const text = `{"id": ${digits(19)}, "doc": ${value(0)}}`;
+      assert.deepEqual(parseJson(text), lossless(text), text);
+    }
   });
 
   test("stringifyJson writes bigint as an integer literal, compactly", () => {
