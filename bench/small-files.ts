@@ -238,12 +238,34 @@ async function runTimeline(plugin: string, inputs: string, output: string, confi
   );
   await rm(output, { recursive: true, force: true });
   const phases: string[] = [];
+  // The workers' own moments, on the run's clock (pino's epoch ms minus the run's ms since its start).
+  let origin: number | undefined;
+  const workerEvents = new Map<string, string[]>();
+  const WORKER_MOMENTS: Record<string, string> = {
+    "starting worker": "started",
+    "warm guest started ahead of the first job": "warm guest started ahead",
+    "warm guest started ahead is ready": "ready",
+    "job concluded": "first job concluded",
+  };
   for (const line of child.stderr.split("\n")) {
+    const echoed = /^\[(run-[^\]]+)\] (\{.*\})$/.exec(line);
+    if (echoed !== null) {
+      const record = JSON.parse(echoed[2]!) as { msg?: string; time?: number };
+      const moment = WORKER_MOMENTS[record.msg ?? ""];
+      const events = workerEvents.get(echoed[1]!) ?? [];
+      workerEvents.set(echoed[1]!, events);
+      if (moment !== undefined && record.time !== undefined && !events.some((e) => e.startsWith(`${moment} `)))
+        events.push(`${moment} ${origin === undefined ? "?" : record.time - origin}`);
+      continue;
+    }
     if (!line.startsWith("{") || !line.includes('"run timeline"')) continue;
-    const record = JSON.parse(line) as { phase?: string; ms?: number };
+    const record = JSON.parse(line) as { phase?: string; ms?: number; time?: number };
+    if (record.time !== undefined && record.ms !== undefined) origin ??= record.time - record.ms;
     if (record.phase !== undefined && record.ms !== undefined) phases.push(`${record.phase} ${record.ms}`);
   }
-  return phases.length > 0 ? phases.join(", ") : "none logged (an older build?)";
+  if (phases.length === 0) return "none logged (an older build?)";
+  const workers = [...workerEvents].map(([id, events]) => `${id.slice(id.lastIndexOf("-") + 1)}: ${events.join(", ")}`);
+  return `${phases.join(", ")}${workers.length > 0 ? `; workers ${workers.join("; ")}` : ""}`;
 }
 
 /**
