@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { packageRoot } from "../core/kernel/paths.js";
 import { contentSha256, expandInputs, outputName } from "../core/run/inputs.js";
+import { defaultWorkers } from "../core/run/command.js";
 import { parseSinkFlag, planSinks } from "../core/run/outputs.js";
 import { inspectPlugin } from "../core/run/plugin.js";
 import { isAlive, listFiles as listAllFiles, readParquet, RunningCli, runCli, testPython } from "./helpers/run-cli.js";
@@ -101,6 +102,17 @@ describe("inputs, plugin inspection and sink plan", () => {
     assert.notEqual(touched[0]!.fileVersionId, inputs[0]!.fileVersionId, "a rewritten file is a new version");
 
     await assert.rejects(expandInputs(["nope/*.csv"], dir), { code: "CSP_CLI_USAGE", message: /"nope\/\*\.csv" matches no file/ });
+  });
+
+  test("default worker count: one per 10 inputs to run, at least one, at most one per core", () => {
+    assert.deepEqual(
+      [0, 1, 10, 11, 20, 100].map((n) => defaultWorkers(n, 2)),
+      [1, 1, 1, 2, 2, 2],
+    );
+    assert.deepEqual(
+      [10, 35, 100, 1000].map((n) => defaultWorkers(n, 8)),
+      [1, 4, 8, 8],
+    );
   });
 
   test("an input's content hash is of its whole content, also when it grew or shrank since it was listed", async () => {
