@@ -67,8 +67,9 @@ interface Outcome {
   stages: Record<string, number[]>;
   warmJobs: number;
   parentRssKb: number;
-  /** Per job: the warm child's pre-faulted KiB (guest.prefault_kb) and its minor page faults from its job's arrival (guest.minor_faults). */
+  /** Per job: the warm child's pre-faulted KiB and the spare CPU that took (guest.prefault_kb, guest.prefault_cpu_ms), its minor page faults from its job's arrival (guest.minor_faults). */
   prefaultKb: number[];
+  prefaultCpuMs: number[];
   minorFaults: number[];
   missing: Set<string>;
 }
@@ -120,6 +121,7 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
   let warmJobs = 0;
   let parentRssKb = 0;
   const prefaultKb: number[] = [];
+  const prefaultCpuMs: number[] = [];
   const minorFaults: number[] = [];
   for (const input of ok) {
     const m = input.metrics;
@@ -134,6 +136,7 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
     parentRssKb = Math.max(parentRssKb, m.guest_parent_rss_kb ?? 0);
     if (m["guest.prefault_kb"] !== undefined) prefaultKb.push(m["guest.prefault_kb"]);
     if (m["guest.minor_faults"] !== undefined) minorFaults.push(m["guest.minor_faults"]);
+    if (m["guest.prefault_cpu_ms"] !== undefined) prefaultCpuMs.push(m["guest.prefault_cpu_ms"]);
   }
   stages.gap = gapsBetweenJobs(ok);
   await rm(data, { recursive: true, force: true });
@@ -148,6 +151,7 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
     warmJobs,
     parentRssKb,
     prefaultKb,
+    prefaultCpuMs,
     minorFaults,
     missing,
   };
@@ -187,7 +191,7 @@ function pandasWarmCold(warm: Outcome, cold: Outcome): string {
   return (
     `pandas warm ${warm.jobsPerSecond.toFixed(1)} / cold ${cold.jobsPerSecond.toFixed(2)} jobs/s = ${ratio.toFixed(1)}x (target >= 20); ` +
     `warm plugin ${median(warm.stages.plugin!).toFixed(0)} ms, ${faults}, ` +
-    `pre-faulted ${prefaulted}/${warm.files} jobs (median ${median(warm.prefaultKb).toFixed(0)} KiB)`
+    `pre-faulted ${prefaulted}/${warm.files} jobs (median ${median(warm.prefaultKb).toFixed(0)} KiB, ${median(warm.prefaultCpuMs).toFixed(0)} ms of the spare's CPU while it waited)`
   );
 }
 
