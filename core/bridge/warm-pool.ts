@@ -177,6 +177,8 @@ class WarmParent {
   readonly #unwatchIdle: () => void;
   /** Settles once the scopes and directories of spares given up so far are gone: a new spare's are made after that. */
   #released: Promise<unknown> = Promise.resolve();
+  /** Whether this parent's next job is the one to open a directory for (the pool says: the latest job's parent). */
+  mayOpenAhead: () => boolean = () => true;
 
   constructor(
     key: string,
@@ -399,7 +401,7 @@ class WarmParent {
    */
   #openAhead(): void {
     const spare = this.#spare;
-    if (!spare || spare.dir || !this.#alive || !noJobRunning()) return;
+    if (!spare || spare.dir || !this.#alive || !noJobRunning() || !this.mayOpenAhead()) return;
     openedAhead(spare.entry);
     const opening: Promise<JobDir | null> = JobDir.open({
       user: this.#user,
@@ -689,6 +691,8 @@ export class WarmPool {
   /** Consecutive failed starts per key: a parent that keeps dying falls back to cold. */
   readonly #failures = new Map<string, number>();
   #closed = false;
+  /** The key of the latest job given to a parent. */
+  #latestKey: string | undefined;
 
   constructor(options: WarmPoolOptions) {
     this.#log = options.logger.child({ component: "warm-guests" });
@@ -734,6 +738,7 @@ export class WarmPool {
 
     const parent = this.#parentFor(key, spec);
     if (parent === undefined) return { kind: "cold", reason: `all ${this.#options.maxParents} warm guests are busy (bridge.warm.maxParents)` };
+    this.#latestKey = key;
     const warm = parent.isReady;
     parent.expect(job.limits);
     let ready: ReadyEvent;
@@ -809,6 +814,9 @@ export class WarmPool {
       },
       this.#options.prefaultMb,
     );
+    // Only the latest job's parent opens a directory ahead: a worker's next job is most likely its
+    // plugin's again, and every other directory would be given up by that job.
+    parent.mayOpenAhead = () => this.#latestKey === undefined || this.#latestKey === parent.key;
     this.#parents.set(key, parent);
     return parent;
   }
