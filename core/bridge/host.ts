@@ -53,6 +53,7 @@ import { sandboxed, type GuestCommand } from "./sandbox.js";
 import { unreachableFor, type SlotUser } from "./slot-user.js";
 import type { GuestResult, GuestRunOptions } from "./types.js";
 import type { ExitInfo, WarmChild, WarmLaunch } from "./warm-pool.js";
+import { ensureShimBytecode, shimBytecodeMounts } from "./shim-bytecode.js";
 import { envPathsForSlotUser, guestEnv, shimPath, warmKey } from "./warm-key.js";
 
 export { TOPIC_METADATA_KEY, DEFAULT_TOPIC } from "./topic.js";
@@ -621,10 +622,11 @@ class GuestRun {
     if (this.#user) await chown(sourcePath, this.#user.uid, this.#user.gid);
     if (this.#failure) throw this.#failure;
     const env = { ...guestEnv(this.#options.allowEnv), ...this.#jobEnv(dir), BRIDGE_PLUGIN_FILE: sourcePath };
+    await ensureShimBytecode(interpreterPath);
     let command: GuestCommand = { file: interpreterPath, args: [shimPath()] };
     if (this.#options.sandbox) {
       const prefix = dirname(dirname(await realpath(interpreterPath)));
-      const readOnly = [dirname(dirname(interpreterPath)), prefix, shimPath(), this.#options.job.command.filePath];
+      const readOnly = [dirname(dirname(interpreterPath)), prefix, shimPath(), this.#options.job.command.filePath, ...shimBytecodeMounts()];
       command = await sandboxed(this.#options.sandbox, command, { jobDir: dir.path, readOnly });
     }
 

@@ -7,17 +7,14 @@
  * warm parent while they load.
  */
 import { dirname, join } from "node:path";
-import { packageRoot } from "../kernel/paths.js";
+import { SHIM_PYCACHE_ENV, shimBytecodeDir, shimPath } from "./shim-bytecode.js";
 import type { Access } from "./slot-user.js";
 import type { WarmKey } from "./warm-pool.js";
 
 /** Variables every guest gets from the worker's environment (when set). */
 export const BASE_ALLOWED_ENV = ["PATH", "LANG", "TZ", "TMPDIR", "HOME"] as const;
 
-/** Absolute path of the guest shim shipped in the package: a directory that `python <dir>` runs through its __main__.py. */
-export function shimPath(): string {
-  return join(packageRoot(), "core", "bridge", "guest");
-}
+export { shimPath };
 
 /** The environment every guest (and every warm parent) starts with: the allowlist, nothing of the worker's own. */
 export function guestEnv(allowEnv: readonly string[] | undefined): Record<string, string> {
@@ -26,6 +23,8 @@ export function guestEnv(allowEnv: readonly string[] | undefined): Record<string
     const value = process.env[name];
     if (value !== undefined) env[name] = value;
   }
+  const bytecode = shimBytecodeDir();
+  if (bytecode !== undefined) env[SHIM_PYCACHE_ENV] = bytecode;
   return { ...env, PYTHONUNBUFFERED: "1", PYTHONDONTWRITEBYTECODE: "1", PYTHONUTF8: "1" };
 }
 

@@ -25,6 +25,7 @@ import type { Logger } from "../kernel/logger.js";
 import { type AheadEntry, forgetAhead, JobDir, type JobTicket, noJobRunning, openedAhead, whenNoJobRunning } from "./job-dir.js";
 import { JOB_CGROUP_ENV, openJobScope, type JobScope } from "./job-scope.js";
 import { GUEST_LIMITS_ENV } from "./limits.js";
+import { ensureShimBytecode } from "./shim-bytecode.js";
 
 export interface WarmPoolOptions {
   logger: Logger;
@@ -260,6 +261,7 @@ class WarmParent {
       await chown(dir, user.uid, user.gid);
       await chown(sourcePath, user.uid, user.gid);
     }
+    await ensureShimBytecode(spec.interpreterPath);
     const child = spawn(spec.interpreterPath, [spec.guestPath, "--serve", sourcePath, spec.pluginName, String(Math.floor(this.prefaultMb * 1024))], {
       // A slot user's home and temp are its own directory (each job then gets its job directory).
       env: user ? { ...spec.env, HOME: dir, TMPDIR: dir } : spec.env,

@@ -4,12 +4,14 @@
  * to the Worker. Everything else depends on interfaces.
  */
 import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { loadConfig, type LoadedConfig } from "../config/loader.js";
 import { EnvManager } from "../env/manager.js";
 import { SystemPythonEnvs } from "../env/system.js";
 import { claimSlotUser } from "../bridge/slot-user.js";
+import { configureShimBytecode } from "../bridge/shim-bytecode.js";
 import { WarmPool } from "../bridge/warm-pool.js";
 import type { Logger } from "../kernel/logger.js";
 import type { WorkerMetrics } from "./metrics.js";
@@ -44,6 +46,8 @@ export interface WorkerSettings {
 /** Build everything, start the worker (it connects and identifies), serve metrics if asked. */
 export async function startWorkerProcess(settings: WorkerSettings): Promise<Worker> {
   const { logger, outputRoot, workerId } = settings;
+  // Guests load the shim's bytecode from here; the worker compiles it (shim-bytecode.ts).
+  configureShimBytecode(join(settings.home, "shim-bytecode"), logger);
   // Metrics exist only to be served: without a port, prom-client is never loaded (about 7 MB of RSS).
   const metricsModule = settings.metricsPort === undefined ? undefined : await import("./metrics.js");
   const metrics: WorkerMetrics | undefined = metricsModule === undefined ? undefined : new metricsModule.WorkerMetrics({ processMetrics: true });

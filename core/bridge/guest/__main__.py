@@ -58,7 +58,50 @@ def close_inherited_fds():
                 pass  # the listing's own descriptor, already closed
 
 
+def load_shim_bytecode():
+    """The worker compiled the shim (checked-hash pycs, verified against the source on every load)
+    into CASPARIAN_SHIM_PYCACHE, a directory the guest cannot write (core/bridge/shim-bytecode.ts).
+    Looked up there for the shim's own modules only: PYTHONPYCACHEPREFIX would also send the
+    standard library and the venv's packages away from their own __pycache__."""
+    prefix = os.environ.pop("CASPARIAN_SHIM_PYCACHE", None)
+    if not prefix:
+        return
+    from importlib.machinery import SOURCE_SUFFIXES, FileFinder, SourceFileLoader
+    from importlib.util import cache_from_source
+
+    shim = os.path.dirname(os.path.abspath(__file__))
+
+    def prefixed(call, *args):
+        saved, sys.pycache_prefix = sys.pycache_prefix, prefix
+        try:
+            return call(*args)
+        finally:
+            sys.pycache_prefix = saved
+
+    class ShimLoader(SourceFileLoader):
+        def get_code(self, fullname):
+            return prefixed(super().get_code, fullname)
+
+    class ShimFinder(FileFinder):
+        def find_spec(self, fullname, target=None):
+            spec = super().find_spec(fullname, target)
+            if spec is not None and isinstance(spec.loader, ShimLoader):
+                spec.cached = prefixed(cache_from_source, spec.origin)
+            return spec
+
+    def shim_hook(path):
+        if os.path.abspath(path or ".") != shim and not path.startswith(shim + os.sep):
+            raise ImportError("not the shim")
+        return ShimFinder(path, (ShimLoader, SOURCE_SUFFIXES))
+
+    sys.path_hooks.insert(0, shim_hook)
+    for entry in list(sys.path_importer_cache):
+        if entry and (entry == shim or entry.startswith(shim + os.sep)):
+            del sys.path_importer_cache[entry]
+
+
 close_inherited_fds()
+load_shim_bytecode()
 
 from casparian_guest.runner import exit_now, main  # noqa: E402 - after the descriptors are closed
 
