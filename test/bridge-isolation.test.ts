@@ -212,6 +212,59 @@ class Handler:
     }
   });
 
+  test("warm guests: a job cannot ptrace or read its warm parent, nor the spare forked for the next job (same uid, so only not being dumpable stops it)", async () => {
+    const warm = new WarmPool({ logger });
+    try {
+      // Attaching to the parent would let one job's plugin write code into every later job forked from it.
+      const source = `import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+PTRACE_SEIZE = 0x4206
+
+def attach(pid):
+    if libc.ptrace(PTRACE_SEIZE, pid, None, None) == 0:
+        return "attached"
+    return "refused " + os.strerror(ctypes.get_errno())
+
+def environ(pid):
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as handle:
+            return "read %d bytes" % len(handle.read())
+    except OSError as exc:
+        return "refused " + exc.strerror
+
+def siblings():
+    parent = os.getppid()
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open("/proc/%s/stat" % name) as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == parent:
+                        found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+class Handler:
+    def execute(self, path):
+        rows = [{"who": "parent", "attach": attach(os.getppid()), "environ": environ(os.getppid())}]
+        rows += [{"who": "sibling", "attach": attach(pid), "environ": environ(pid)} for pid in siblings()]
+        return rows
+`;
+      await run(source, { slotUser: { ...slotB, required: true }, warm });
+      const { result, rows } = await run(source, { slotUser: { ...slotB, required: true }, warm });
+      assert.equal(result.warm, true, "the job was forked from the warm parent");
+      assert.ok(rows.length >= 1, "the parent was tried");
+      for (const row of rows) {
+        assert.match(String(row.attach), /^refused /, `ptrace of the ${row.who}: ${row.attach}`);
+        assert.match(String(row.environ), /^refused /, `environ of the ${row.who}: ${row.environ}`);
+      }
+    } finally {
+      await warm.close();
+    }
+  });
+
   test("an input the slot user cannot read: CSP_SLOT_USER_UNREACHABLE when isolation was asked for; root's default runs the job as the worker", async () => {
     const hidden = await mkdtemp(join(root, "private-"));
     const input = join(hidden, "input.txt");

@@ -58,8 +58,14 @@ _confined = None
 
 
 def prepare():
-    """Load what confine() needs (ctypes, resource, libc) ahead, in a warm guest: its children
-    inherit them instead of importing them again (a few ms each job)."""
+    """In a warm guest's parent: load what confine() needs (ctypes, resource, libc) ahead, so its
+    children inherit them instead of importing them again (a few ms each job), and make the
+    parent not dumpable before its first fork.
+
+    Every job forked from the parent runs as the parent's uid. A dumpable parent could be
+    ptraced or have its /proc/<pid>/mem and environ read by any of them (same uid, no
+    capability needed), and a plugin attached to it would write code into every later job.
+    The flag is inherited by the fork, so the spare waiting for the next job is covered too."""
     global _libc
     if not sys.platform.startswith("linux"):
         return
@@ -70,6 +76,10 @@ def prepare():
         _libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         _libc = None  # confine() says why when it runs
+        _warn("no libc: the warm parent stays dumpable")
+        return
+    if _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        _warn("PR_SET_DUMPABLE failed in the warm parent (errno %d)" % ctypes.get_errno())
 
 
 def _warn(message):
