@@ -283,7 +283,7 @@ class GuestRun {
       if (this.#failure) throw this.#failure;
       this.#scope = await openJobScope({ useCgroup: this.#options.cgroup, onFallback: reportNoCgroup(this.#log) });
       if (this.#failure) throw this.#failure;
-      this.#ticket.starting();
+      await this.#ticket.starting();
       await this.#spawn(source);
     }
     const connection = this.#dir!.connection("bridge.sock");

@@ -127,13 +127,16 @@ export class JobDir {
  * does not claim itself. Process-wide: jobs of every pool, warm or fresh, count.
  */
 export interface AheadEntry {
-  /** Called when another job is about to start a guest: the entry must never be claimed now. */
-  discard(): void;
+  /** Called when another job is about to start a guest: the entry must never be claimed now. Resolves once its directory is gone. */
+  discard(): Promise<void>;
 }
 
 export interface JobTicket {
-  /** Right before the job's guest starts (or is handed its job): discard what it does not claim. */
-  starting(claimed?: AheadEntry): void;
+  /**
+   * Right before the job's guest starts (or is handed its job): discard what it does not claim.
+   * Resolves once those directories are removed: the guest must not find one still listening.
+   */
+  starting(claimed?: AheadEntry): Promise<void>;
   /** The job has ended and its processes are gone. */
   end(): void;
 }
@@ -146,12 +149,11 @@ export function jobBegins(): JobTicket {
   liveJobs++;
   let ended = false;
   return {
-    starting(claimed) {
+    async starting(claimed) {
       if (claimed) waitingAhead.delete(claimed);
-      for (const entry of [...waitingAhead]) {
-        waitingAhead.delete(entry);
-        entry.discard();
-      }
+      const discarded = [...waitingAhead];
+      waitingAhead.clear();
+      await Promise.all(discarded.map((entry) => entry.discard().catch(() => undefined)));
     },
     end() {
       if (ended) return;

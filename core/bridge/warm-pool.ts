@@ -435,7 +435,7 @@ class WarmParent {
    * directory goes, and a spare connected to it disconnects (it can be opened again once no job
    * runs). A spare a job is taking meanwhile is marked, and that job does not use the directory.
    */
-  #discardAhead(spare: Spare): void {
+  #discardAhead(spare: Spare): Promise<void> {
     const dir = spare.dir;
     spare.dir = undefined;
     if (this.#spare !== spare) spare.discarded = true;
@@ -444,7 +444,7 @@ class WarmParent {
       spare.dirPath = undefined;
       this.#tell({ op: "close", pid: spare.pid });
     }
-    void dir?.then((open) => open?.close()).catch(() => undefined);
+    return (dir ?? Promise.resolve(null)).then((open) => open?.close()).catch(() => undefined);
   }
 
   /** A spare no job will take: the parent forks another; its scope (which kills it) and directory go. */
@@ -600,7 +600,7 @@ class WarmParent {
     const jobDir = dir;
     jobDir.claim();
     // Nothing opened ahead for another job survives this job's guest (job-dir.ts).
-    job.ticket.starting(handed?.entry);
+    await job.ticket.starting(handed?.entry);
     let reserved: Promise<JobScope | null> | undefined;
     // The next spare is forked once this child runs its plugin (or is gone): not while it starts.
     const run = { op: "run", id, pid: handed?.pid ?? null, dir: jobDir.path, env: { ...job.env(jobDir), ...jobScope.env }, spare: "later" };
