@@ -7,35 +7,19 @@
  * learned, and the warm guest goes on serving jobs.
  */
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { runGuest } from "../core/bridge/host.js";
 import { WarmPool } from "../core/bridge/warm-pool.js";
-import { EnvManager } from "../core/env/manager.js";
 import { silentLogger } from "../core/kernel/logger.js";
 import { capturingLogger } from "./helpers/arrow.js";
-import { bareEnvironment, fixturePath, testJob } from "./helpers/pyenv.js";
+import { warmFixture } from "./helpers/guests.js";
+import { testJob } from "./helpers/pyenv.js";
 
 const TIMEOUTS = { connectMs: 30_000, idleMs: 60_000, jobMs: 120_000 };
 
-let home: string;
-let python: string;
-let source: string;
-let work: string;
-
-before(async () => {
-  home = await mkdtemp(join(tmpdir(), "casparian-warm-hot-pages-"));
-  python = await bareEnvironment(new EnvManager({ home: join(home, "casparian"), logger: silentLogger() }));
-  source = await readFile(fixturePath("warm-hot-pages", "plugin.py"), "utf8");
-  work = join(home, "work");
-  await mkdir(work);
-});
-
-after(async () => {
-  if (home) await rm(home, { recursive: true, force: true });
-});
+const fixture = warmFixture("warm-hot-pages");
 
 interface Ran {
   warm: boolean;
@@ -46,12 +30,12 @@ interface Ran {
 
 let inputs = 0;
 async function job(pool: WarmPool, action: string): Promise<Ran> {
-  const filePath = join(work, `${inputs++}-${action}.txt`);
+  const filePath = join(fixture.work, `${inputs++}-${action}.txt`);
   await writeFile(filePath, action);
-  const { job } = testJob(source, { filePath, pluginName: "hot_pages" });
+  const { job } = testJob(fixture.source, { filePath, pluginName: "hot_pages" });
   let row: Record<string, unknown> = {};
   const result = await runGuest({
-    interpreterPath: python,
+    interpreterPath: fixture.python,
     job,
     timeouts: TIMEOUTS,
     warm: pool,

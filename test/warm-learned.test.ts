@@ -7,46 +7,29 @@
  * ignored with a log line, and nothing of it is imported.
  */
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import { runGuest } from "../core/bridge/host.js";
 import { WarmPool } from "../core/bridge/warm-pool.js";
-import { EnvManager } from "../core/env/manager.js";
-import { silentLogger } from "../core/kernel/logger.js";
 import { capturingLogger } from "./helpers/arrow.js";
-import { bareEnvironment, fixturePath, testJob } from "./helpers/pyenv.js";
+import { warmFixture } from "./helpers/guests.js";
+import { fixturePath, testJob } from "./helpers/pyenv.js";
 
 const TIMEOUTS = { connectMs: 30_000, idleMs: 60_000, jobMs: 120_000 };
 
-let home: string;
-let python: string;
-let source: string;
-let work: string;
-
-before(async () => {
-  home = await mkdtemp(join(tmpdir(), "casparian-warm-learned-"));
-  python = await bareEnvironment(new EnvManager({ home: join(home, "casparian"), logger: silentLogger() }));
-  source = await readFile(fixturePath("warm-learned", "plugin.py"), "utf8");
-  work = join(home, "work");
-  await mkdir(work);
-});
-
-after(async () => {
-  if (home) await rm(home, { recursive: true, force: true });
-});
+const fixture = warmFixture("warm-learned");
 
 type Seen = Record<string, boolean | number>;
 
 let inputs = 0;
 async function job(pool: WarmPool, action: string): Promise<{ warm: boolean; seen: Seen }> {
-  const filePath = join(work, `${inputs++}-${action}.txt`);
+  const filePath = join(fixture.work, `${inputs++}-${action}.txt`);
   await writeFile(filePath, action);
-  const { job } = testJob(source, { filePath, pluginName: "learns" });
+  const { job } = testJob(fixture.source, { filePath, pluginName: "learns" });
   let seen: Seen | undefined;
   const result = await runGuest({
-    interpreterPath: python,
+    interpreterPath: fixture.python,
     job,
     timeouts: TIMEOUTS,
     warm: pool,
@@ -61,7 +44,7 @@ async function job(pool: WarmPool, action: string): Promise<{ warm: boolean; see
 
 describe("learned imports", () => {
   test("a module one job imports inside its function is loaded in the warm guest for the next job; a hostile report is ignored with a log line", async (t) => {
-    const marker = join(home, "marker.txt");
+    const marker = join(fixture.home, "marker.txt");
     const saved = { PYTHONPATH: process.env.PYTHONPATH, LEARNED_MARKER: process.env.LEARNED_MARKER };
     process.env.PYTHONPATH = fixturePath("warm-learned");
     process.env.LEARNED_MARKER = marker;
