@@ -455,16 +455,20 @@ class Server:
                 self.unused_exits.pop(next(iter(self.unused_exits)))
             emit({"event": "spare-exited", "pid": pid})
             return
-        emit({"event": "exited", "id": request_id, "pid": pid, "code": code, "signal": signame})
         report = self.reports.pop(pid, None)
-        imported = report is not None and self.learner.learn(learned_imports.read_report(report))
-        if imported:
+        names = learned_imports.read_report(report) if report is not None else b""
+        # New modules need a spare forked after their import: the worker retires this one
+        # ("discard") unless it has handed it a job already. Said before the job's exit, which
+        # ends the job: the worker may hand the next job to the spare itself right after it.
+        stale = self.spare is not None and self.learner.may_learn(names)
+        if stale:
+            emit({"event": "stale-spare", "pid": self.spare[0]})
+        emit({"event": "exited", "id": request_id, "pid": pid, "code": code, "signal": signame})
+        if self.learner.learn(names):
             gc.freeze()  # the learned modules' objects are shared with the children too
-        # New hot pages go to the spare waiting now (it stays moved, confined and connected);
-        # new modules need a spare forked after their import: the worker retires this one
-        # ("discard") unless it has handed it a job already.
+        # New hot pages go to the spare waiting now (it stays moved, confined and connected).
         grew = self.hot.collect(pid)
-        if (imported or (grew and not self.hot.send(self.spare))) and self.spare is not None:
+        if not stale and grew and self.spare is not None and not self.hot.send(self.spare):
             emit({"event": "stale-spare", "pid": self.spare[0]})
 
     def renew_spare(self):

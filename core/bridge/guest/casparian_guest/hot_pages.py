@@ -29,6 +29,8 @@ import os
 import select
 import sys
 
+from .learned_imports import read_bounded
+
 PAGE = mmap.PAGESIZE
 MADV_POPULATE_WRITE = 23  # Linux 5.14
 PR_SET_DUMPABLE = 4
@@ -157,25 +159,6 @@ def merge(old, new):
         else:
             out.append((start, end))
     return out
-
-
-def _read_bounded(fd):
-    """What the child wrote, or None beyond MAX_REPORT_BYTES. Never blocks; closes `fd`."""
-    data = b""
-    try:
-        os.set_blocking(fd, False)
-        while len(data) <= MAX_REPORT_BYTES:
-            chunk = os.read(fd, MAX_REPORT_BYTES + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except (BlockingIOError, InterruptedError):
-        pass  # a descendant of the child holds the pipe open: what is there is the report
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
-    return None if len(data) > MAX_REPORT_BYTES else data
 
 
 def _usage():
@@ -372,7 +355,7 @@ class HotPages:
         fd = self.reports.pop(pid, None)
         if fd is None:
             return False
-        data = _read_bounded(fd)
+        data = read_bounded(fd, MAX_REPORT_BYTES)
         self.learned_from += 1
         if data is None:
             self.log("a job reported more than %d bytes of hot pages; refused, nothing learned" % MAX_REPORT_BYTES)

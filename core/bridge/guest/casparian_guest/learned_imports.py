@@ -95,14 +95,14 @@ def report(fd, start):
             pass
 
 
-def read_report(fd):
-    """In the parent, once the child exited: what it wrote, or None when it wrote more than
-    MAX_REPORT_BYTES (a report no honest child writes). Never blocks; closes `fd`."""
+def read_bounded(fd, limit):
+    """In the parent, once a child exited: what it wrote on the pipe `fd`, or None when it wrote
+    more than `limit` bytes (a report no honest child writes). Never blocks; closes `fd`."""
     data = b""
     try:
         os.set_blocking(fd, False)
-        while len(data) <= MAX_REPORT_BYTES:
-            chunk = os.read(fd, MAX_REPORT_BYTES + 1 - len(data))
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
             if not chunk:
                 break
             data += chunk
@@ -112,7 +112,12 @@ def read_report(fd):
         return b""
     finally:
         os.close(fd)
-    return None if len(data) > MAX_REPORT_BYTES else data
+    return None if len(data) > limit else data
+
+
+def read_report(fd):
+    """The names a child reported (read_bounded with this module's bound)."""
+    return read_bounded(fd, MAX_REPORT_BYTES)
 
 
 def allowed_roots():
@@ -258,6 +263,18 @@ class Learner:
         self.learned = []
         self.refused = set()  # names never tried again
         self.log = log or (lambda message: print("casparian warm guest: %s" % message, file=sys.stderr, flush=True))
+
+    def may_learn(self, data):
+        """Whether learn(data) may import something: a name not loaded, not refused before, and
+        not refused by the checks that cost nothing (learn makes them all)."""
+        if not data:
+            return False
+        for line in data.decode("utf-8", "replace").split("\n")[:MAX_NAMES]:
+            if line and line not in sys.modules and line not in self.refused and len(line) <= MAX_NAME_LENGTH and NAME.match(line):
+                parts = line.split(".")
+                if parts[0] not in ACTS_ON_IMPORT and "__main__" not in parts:
+                    return True
+        return False
 
     def learn(self, data):
         """Import what a child's report names that may be imported; returns the names imported."""
