@@ -14,6 +14,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { pathToFileURL } from "node:url";
 import { runGuest } from "../core/bridge/host.js";
 import { jobCgroupRoot } from "../core/bridge/job-scope.js";
+import { jobTeardownsSettled } from "../core/bridge/job-teardown.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
 import { WarmPool } from "../core/bridge/warm-pool.js";
 import type { Batch } from "../core/kernel/job.js";
@@ -103,6 +104,15 @@ class Handler:
         return [{"daemon": daemon.pid, "daemon_sid": os.getsid(daemon.pid), "guest_sid": os.getsid(0)}]
 `;
 
+// A child left sleeping in the job's session, and where the job ran: its directory, its cgroup.
+const LEAVES_A_SLEEPER = `
+import os, subprocess
+class Handler:
+    def execute(self, path):
+        sleeper = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return [{"sleeper": sleeper.pid, "cwd": os.getcwd(), "cgroup": os.environ.get("CASPARIAN_JOB_CGROUP", "")}]
+`;
+
 const CLOSES_STDOUT = `
 import os
 class Handler:
@@ -132,6 +142,21 @@ for (const mode of MODES) {
       const { daemon, daemon_sid, guest_sid } = rows[0] as { daemon: number; daemon_sid: number; guest_sid: number };
       assert.notEqual(daemon_sid, guest_sid, "the daemon left the guest's session");
       assert.equal(isRunning(daemon), false, `daemon ${daemon} was killed with its job`);
+    });
+
+    test("the answer comes after the death of the job's processes; its directory and cgroup are gone once its teardown settles", async () => {
+      const { rows } = await runRows(LEAVES_A_SLEEPER, mode.options());
+      const { sleeper, cwd, cgroup } = rows[0] as { sleeper: number; cwd: string; cgroup: string };
+      // Looked at once, the moment the answer is there, not polled: the sleeper is dead by then.
+      assert.equal(isRunning(sleeper), false, `the sleeper ${sleeper} was dead when the job was answered`);
+      // Its cgroup and directory go after the answer (job-teardown.ts), and are gone once that settles.
+      await jobTeardownsSettled();
+      assert.equal(existsSync(cwd), false, `the job's directory ${cwd} is gone`);
+      const root = await jobCgroupRoot();
+      if ("dir" in root) {
+        assert.ok(cgroup.startsWith(`casparian-${process.pid}-`), `the job ran in a cgroup of its own: ${cgroup}`);
+        assert.equal(existsSync(join(root.dir, cgroup)), false, `its cgroup ${cgroup} is gone`);
+      }
     });
 
     test("a plugin that closes its stdout completes with its rows", async () => {
@@ -182,6 +207,8 @@ describe("job cgroups", () => {
       for (const options of [{ warm: own }, { warm: own }, {}]) {
         const { rows } = await runRows(SETSID_DAEMON, options);
         assert.equal(isRunning(rows[0]!.daemon as number), false);
+        // Removed after the job's answer (job-teardown.ts).
+        await jobTeardownsSettled();
         const left = await ours();
         const made = left.filter((name) => !before.includes(name));
         assert.ok(made.length <= 1, `at most the next job's is there: ${made.join(", ")}`);
@@ -193,6 +220,45 @@ describe("job cgroups", () => {
       await own.close();
     }
     assert.deepEqual(await ours(), before, "the spare's cgroup went with its warm guest");
+  });
+
+  test("a hierarchy mounted without favordynmods is said once per process, at info, with the fix", async (t) => {
+    const root = await jobCgroupRoot();
+    if ("unavailable" in root) {
+      t.diagnostic(`no job cgroups on this system: ${root.unavailable}`);
+      assert.ok(root.unavailable.length > 0);
+      return;
+    }
+    // The superblock options of the cgroup2 mount in use, after the " - " separator of its mountinfo line.
+    const line = readFileSync("/proc/self/mountinfo", "utf8")
+      .split("\n")
+      .find((l) => l.split(" - ")[1]?.startsWith("cgroup2 ") && l.split(" ")[4] === root.mountPoint);
+    assert.ok(line, `the mount at ${root.mountPoint} is in mountinfo`);
+    const favored = line.split(" - ")[1]!.split(" ")[2]!.split(",").includes("favordynmods");
+    assert.equal(root.favorDynmods, favored);
+    // A fresh process: once per process means its first scope says it, and no later one.
+    const scope = pathToFileURL(join(packageRoot(), "dist", "core", "bridge", "job-scope.js")).href;
+    const script = [
+      `import { pino } from "pino";`,
+      `import { openJobScope } from ${JSON.stringify(scope)};`,
+      `const log = pino({ level: "info" });`,
+      `for (let i = 0; i < 3; i++) await (await openJobScope({ log })).close();`,
+    ].join("\n");
+    const run = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 30_000, cwd: packageRoot() });
+    assert.equal(run.status, 0, run.stderr);
+    const said = run.stdout
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { level: number; msg: string; hint?: string; mount?: string })
+      .filter((l) => l.msg.includes("favordynmods"));
+    if (favored) assert.deepEqual(said, [], "nothing to say when the hierarchy has it");
+    else {
+      assert.equal(said.length, 1, JSON.stringify(said));
+      assert.equal(said[0]!.level, 30, "at info");
+      assert.equal(said[0]!.mount, root.mountPoint);
+      assert.match(said[0]!.hint ?? "", /mount -o remount,favordynmods/);
+      assert.match(said[0]!.hint ?? "", /CONFIG_CGROUP_FAVOR_DYNMODS/);
+    }
   });
 
   test("the job cgroups of a worker that was killed go, with their processes, when the next worker starts", async (t) => {

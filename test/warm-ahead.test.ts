@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { runGuest } from "../core/bridge/host.js";
 import { jobCgroupRoot } from "../core/bridge/job-scope.js";
+import { jobTeardownsSettled } from "../core/bridge/job-teardown.js";
 import type { GuestLimits } from "../core/bridge/limits.js";
 import type { GuestRunOptions } from "../core/bridge/types.js";
 import { type AheadState, WarmPool } from "../core/bridge/warm-pool.js";
@@ -138,6 +139,8 @@ describe("warm guests: the next job prepared ahead", () => {
       // The first job runs for a second: long enough for its spare to be moved and confined.
       const first = await report(pool, { waitSeconds: 1 });
       assert.deepEqual(first.others, [], "no other job's directory is there while a job runs");
+      // A job's cgroup and directory go after its answer (job-teardown.ts).
+      await jobTeardownsSettled();
       assert.equal(existsSync(first.cwd), false, "a job's directory goes with its job");
       const ready = await aheadWhen(pool, (state) => state.dir !== undefined);
       const second = await report(pool, { waitSeconds: 0.3 });
@@ -148,6 +151,7 @@ describe("warm guests: the next job prepared ahead", () => {
       if (first.cgroup) {
         assert.notEqual(second.cgroup, first.cgroup, "each job has a cgroup of its own");
         assert.equal(second.cgroup, ready.cgroup);
+        await jobTeardownsSettled();
         const gone = await cgroupPath(first.cgroup);
         assert.equal(gone !== undefined && existsSync(gone), false, "a job's cgroup goes with its job");
       }
@@ -203,6 +207,7 @@ describe("warm guests: the next job prepared ahead", () => {
       const again = await report(pool);
       assert.notEqual(again.cwd, ready.dir);
       assert.notEqual(again.cwd, ready2.dir);
+      await jobTeardownsSettled();
       assert.equal(existsSync(again.cwd), false);
     } finally {
       await pool.close();

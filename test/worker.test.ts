@@ -5,9 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test, type TestContext } from "node:test";
+import { jobCgroupRoot } from "../core/bridge/job-scope.js";
 import { Errors } from "../core/kernel/errors.js";
 import { Opcode, type DispatchCommand } from "../core/protocol/messages.js";
 import { packageRoot } from "../core/kernel/paths.js";
@@ -344,6 +346,30 @@ describe("worker running jobs", () => {
     // And the new Sentinel can use the worker.
     await sentinel.send(after[0]!.identity, Opcode.DISPATCH, 31n, command(envHash, QUICK));
     assert.equal((await sentinel.expect(Opcode.CONCLUDE, { jobId: 31n, timeoutMs: 60_000 })).message.payload.status, "SUCCESS");
+  });
+
+  test("SIGTERM right after a job's answer: the worker waits for the job's teardown and leaves neither its directory nor its cgroup", async (t) => {
+    // The worker's job directories go below a temp directory of this test's own, so it can see all of them.
+    const jobsTmp = await mkdtemp(join(tmpdir(), "casparian-stop-test-"));
+    t.after(() => rm(jobsTmp, { recursive: true, force: true }));
+    const { sentinel, peer, worker } = await setup(t, [], { env: { TMPDIR: jobsTmp } });
+    const envHash = await provision(sentinel, peer);
+    // The first job starts the warm parent, the second runs in its spare: both ways of ending a job.
+    for (const jobId of [40n, 41n]) {
+      await sentinel.send(peer, Opcode.DISPATCH, jobId, command(envHash, QUICK));
+      const conclude = await sentinel.expect(Opcode.CONCLUDE, { jobId, timeoutMs: 60_000 });
+      assert.equal(conclude.message.payload.status, "SUCCESS", conclude.message.payload.error_message ?? "");
+    }
+    worker.child.kill("SIGTERM");
+    assert.deepEqual(await worker.exit(), { code: 0, signal: null });
+    const pid = worker.child.pid!;
+    const dirs = (await readdir(jobsTmp)).filter((name) => name.startsWith(`casparian-bridge-${pid}-`));
+    assert.deepEqual(dirs, [], "no job (or warm parent) directory is left");
+    const root = await jobCgroupRoot();
+    if ("dir" in root) {
+      const cgroups = (await readdir(root.dir)).filter((name) => name.startsWith(`casparian-${pid}-`));
+      assert.deepEqual(cgroups, [], "no job cgroup is left");
+    }
   });
 
   test("SIGTERM while a job runs: the job gets --grace, is then aborted, its answer is sent, exit 0", async (t) => {

@@ -48,6 +48,7 @@ const FRAME_TOPICS = new FrameTopics();
 import { checkIpcStream, IpcCheckError } from "./ipc-check.js";
 import { JOB_DIR_PREFIX, JobDir, type JobSocketName, type JobTicket, jobBegins } from "./job-dir.js";
 import { openJobScope, type JobScope } from "./job-scope.js";
+import { tearDownInBackground } from "./job-teardown.js";
 import { effectiveLimits, GUEST_LIMITS_ENV, isLimitKey, limitExceeded, limitsEnv } from "./limits.js";
 import { sandboxed, type GuestCommand } from "./sandbox.js";
 import { unreachableFor, type SlotUser } from "./slot-user.js";
@@ -281,7 +282,7 @@ class GuestRun {
     if (!(pool && (await this.#race(this.#fork(source))))) {
       this.#dir = await this.#openDir(["bridge.sock"]);
       if (this.#failure) throw this.#failure;
-      this.#scope = await openJobScope({ useCgroup: this.#options.cgroup, onFallback: reportNoCgroup(this.#log) });
+      this.#scope = await openJobScope({ useCgroup: this.#options.cgroup, onFallback: reportNoCgroup(this.#log), log: this.#log });
       if (this.#failure) throw this.#failure;
       await this.#ticket.starting();
       await this.#spawn(source);
@@ -755,6 +756,11 @@ class GuestRun {
     }
   }
 
+  /**
+   * End the job: its processes are killed and gone when this resolves, and nothing can connect
+   * to its sockets any more. Its cgroup and directory are removed after that, in the background
+   * (job-teardown.ts), off the path to the job's answer.
+   */
   async cleanup(): Promise<void> {
     this.#closing = true;
     this.#reportDropped();
@@ -762,7 +768,16 @@ class GuestRun {
     if (this.#onAbort) this.#options.job.signal.removeEventListener("abort", this.#onAbort);
     this.#socket?.destroy();
     await this.#killGroup();
-    await this.#dir?.close();
+    const scope = this.#scope;
+    const dir = this.#dir;
+    dir?.stopListening();
+    await tearDownInBackground(
+      [
+        ...(scope?.removes === undefined ? [] : [{ what: scope.removes, remove: () => scope.remove() }]),
+        ...(dir === undefined ? [] : [{ what: `directory ${dir.path}`, remove: () => dir.close(), private: true }]),
+      ],
+      this.#log,
+    );
   }
 
   /** TERM the job's processes, KILL them 2 s later if the guest is still there. */
@@ -770,7 +785,7 @@ class GuestRun {
     const pid = this.#pid;
     const scope = this.#scope;
     if (pid === undefined || !this.#exit) {
-      await scope?.close();
+      await scope?.killAll();
       return;
     }
     if (!this.#exited) {
@@ -781,7 +796,7 @@ class GuestRun {
     }
     // The leader may be gone while its children linger: they go too.
     killGroup(pid, "SIGKILL");
-    await scope?.close();
+    await scope?.killAll();
     await Promise.race([this.#exit, new Promise<void>((resolve) => setTimeout(resolve, KILL_GRACE_MS).unref())]);
     this.#child?.stdout?.destroy();
     this.#child?.stderr?.destroy();

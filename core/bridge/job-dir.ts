@@ -12,6 +12,7 @@ import { chmod, chown, mkdtemp, rm } from "node:fs/promises";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { privateLeftoversGone } from "./job-teardown.js";
 
 /** Directory names: `<prefix><worker pid>-<6 characters>`, so a sweep finds those of dead workers (host.ts). */
 export const JOB_DIR_PREFIX = "casparian-bridge-";
@@ -33,6 +34,8 @@ export class JobDir {
   readonly #accepted: Socket[] = [];
   readonly #acceptedBy = new Map<JobSocketName, Socket>();
   #quiet: boolean;
+  /** Settles once every server has closed (their connections ended); set by stopListening(). */
+  #stopped: Promise<void> | undefined;
   #closed: Promise<void> | undefined;
 
   private constructor(path: string, quiet: boolean) {
@@ -77,10 +80,21 @@ export class JobDir {
     for (const socket of this.#accepted) socket.ref();
   }
 
+  /**
+   * Stop listening, at once: from its return nothing can connect to the sockets any more (their
+   * files stay until close() removes the directory, which a job's teardown does after its answer).
+   */
+  stopListening(): void {
+    if (this.#stopped) return;
+    const closing = [...this.#servers.values()].map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve())));
+    this.#stopped = Promise.all(closing).then(() => undefined);
+  }
+
   /** Stop listening, drop what connected, remove the directory and everything in it. */
   close(): Promise<void> {
+    this.stopListening();
     this.#closed ??= (async () => {
-      await Promise.all([...this.#servers.values()].map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))));
+      await this.#stopped;
       for (const socket of this.#accepted) socket.destroy();
       await rm(this.path, { recursive: true, force: true });
     })();
@@ -93,7 +107,7 @@ export class JobDir {
     let accepted = false;
     const connection = new Promise<Socket>((resolve) => {
       server.on("connection", (socket) => {
-        if (accepted || this.#closed) {
+        if (accepted || this.#stopped) {
           socket.destroy(); // one guest, one connection: anything else is not ours
           return;
         }
@@ -134,7 +148,8 @@ export interface AheadEntry {
 export interface JobTicket {
   /**
    * Right before the job's guest starts (or is handed its job): discard what it does not claim.
-   * Resolves once those directories are removed: the guest must not find one still listening.
+   * Resolves once those directories are removed, and those of jobs that ended before: the guest
+   * must not find one still listening, nor what an earlier job left in its own.
    */
   starting(claimed?: AheadEntry): Promise<void>;
   /** The job has ended and its processes are gone. */
@@ -153,7 +168,8 @@ export function jobBegins(): JobTicket {
       if (claimed) waitingAhead.delete(claimed);
       const discarded = [...waitingAhead];
       waitingAhead.clear();
-      await Promise.all(discarded.map((entry) => entry.discard().catch(() => undefined)));
+      // Earlier jobs' directories go after their answers (job-teardown.ts): gone before this guest runs.
+      await Promise.all([...discarded.map((entry) => entry.discard().catch(() => undefined)), privateLeftoversGone()]);
     },
     end() {
       if (ended) return;

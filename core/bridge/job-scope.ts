@@ -19,6 +19,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdir, readdir, readFile, rmdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { Logger } from "../kernel/logger.js";
 import { isProcessAlive } from "../kernel/process.js";
 
 /** Set in the guest when it has a cgroup: the guest waits until it is in the cgroup of this name. */
@@ -31,6 +32,8 @@ const KILL_WAIT_MS = 2000;
 const POLL_MS = 10;
 /** Without a cgroup, processes can fork while we kill: scan again until a scan finds nothing. */
 const MAX_KILL_ROUNDS = 20;
+/** An emptied cgroup can stay busy a moment (EBUSY) while the kernel finishes its members' exits. */
+const RMDIR_ATTEMPTS = 50;
 
 export interface JobScope {
   /** "cgroup": a cgroup of the job's own; "session": the guest's session, process group and marker. */
@@ -53,9 +56,21 @@ export interface JobScope {
   killAll(): Promise<void>;
   /** killAll, then remove the cgroup. */
   close(): Promise<void>;
+  /**
+   * Remove the scope itself (the cgroup's directory) once killAll has resolved; a job's teardown
+   * does it after the job's answer (job-teardown.ts). Rejects when the kernel refuses or the
+   * cgroup stays busy.
+   */
+  remove(): Promise<void>;
+  /** What remove() removes, for logs ("cgroup <path>"); undefined when nothing (a session). */
+  readonly removes: string | undefined;
 }
 
-export type CgroupRoot = { dir: string } | { unavailable: string };
+/**
+ * Where job cgroups go: `dir`, on the cgroup2 hierarchy mounted at `mountPoint`, with or without
+ * `favordynmods` (see openJobScope). Or why there are none.
+ */
+export type CgroupRoot = { dir: string; mountPoint: string; favorDynmods: boolean } | { unavailable: string };
 let cgroupRoot: Promise<CgroupRoot> | undefined;
 let nextCgroup = 1;
 
@@ -67,15 +82,20 @@ export function jobCgroupRoot(): Promise<CgroupRoot> {
 
 /**
  * The job scope of one run: a cgroup when `useCgroup` and the system allow it, else the
- * session. `onFallback` hears, once per process, why there is no cgroup.
+ * session. `onFallback` hears, once per process, why there is no cgroup; `log` hears, once per
+ * process, that the hierarchy is mounted without `favordynmods` (what that costs, and the fix).
  */
-export async function openJobScope(options: { useCgroup?: boolean; onFallback?: (reason: string) => void } = {}): Promise<JobScope> {
+export async function openJobScope(options: { useCgroup?: boolean | undefined; onFallback?: (reason: string) => void; log?: Logger } = {}): Promise<JobScope> {
   if (options.useCgroup === false) return new SessionScope();
   const root = await jobCgroupRoot();
   if ("unavailable" in root) {
     if (!fallbackReported) options.onFallback?.(root.unavailable);
     fallbackReported = true;
     return new SessionScope();
+  }
+  if (!root.favorDynmods && options.log && !slowMovesReported) {
+    slowMovesReported = true;
+    options.log.info({ mount: root.mountPoint, hint: FAVOR_DYNMODS_HINT }, WITHOUT_FAVOR_DYNMODS);
   }
   const dir = join(root.dir, `${CGROUP_PREFIX}${process.pid}-${nextCgroup++}`);
   try {
@@ -90,12 +110,22 @@ export async function openJobScope(options: { useCgroup?: boolean; onFallback?: 
   }
 }
 let fallbackReported = false;
+let slowMovesReported = false;
+
+const WITHOUT_FAVOR_DYNMODS =
+  "the cgroup2 hierarchy is mounted without favordynmods: each move of a job's process into its cgroup waits for an RCU " +
+  "grace period (5-20 ms on a busy machine) holding the kernel's cgroup lock, and making or removing another job's cgroup " +
+  "waits behind it; warm guests move each job's child in ahead and remove cgroups after the answer, so a job rarely waits, " +
+  "but a fresh guest's move is on its job's path";
+const FAVOR_DYNMODS_HINT =
+  "remount the hierarchy with it (mount -o remount,favordynmods <mount point>, Linux 6.0 or later), or make it the default: " +
+  "a kernel built with CONFIG_CGROUP_FAVOR_DYNMODS=y, or booted with cgroup_favordynmods=true (Linux 6.7 or later)";
 
 /** Where this process may create job cgroups: its own cgroup v2 directory, if writable. */
 async function findCgroupRoot(): Promise<CgroupRoot> {
   if (process.platform !== "linux") return { unavailable: "cgroups are Linux only" };
   let own: string | undefined;
-  let mount: { root: string; point: string } | undefined;
+  let mount: { root: string; point: string; options: string[] } | undefined;
   try {
     own = (await readFile("/proc/self/cgroup", "utf8"))
       .split("\n")
@@ -105,7 +135,9 @@ async function findCgroupRoot(): Promise<CgroupRoot> {
       const [left, right] = line.split(" - ");
       if (!right?.startsWith("cgroup2 ") || !left) continue;
       const fields = left.split(" ");
-      mount = { root: unescapeMountPath(fields[3] ?? "/"), point: unescapeMountPath(fields[4] ?? "") };
+      // After the separator: the filesystem type, the source, the superblock's options (favordynmods is one).
+      const options = (right.split(" ")[2] ?? "").split(",");
+      mount = { root: unescapeMountPath(fields[3] ?? "/"), point: unescapeMountPath(fields[4] ?? ""), options };
       break;
     }
   } catch (err) {
@@ -126,7 +158,7 @@ async function findCgroupRoot(): Promise<CgroupRoot> {
     return { unavailable: `cannot create cgroups under ${dir} (${(err as NodeJS.ErrnoException).code ?? String(err)})` };
   }
   await sweepStaleCgroups(dir);
-  return { dir };
+  return { dir, mountPoint: mount.point, favorDynmods: mount.options.includes("favordynmods") };
 }
 
 /** mountinfo escapes space, tab, newline and backslash as octal. */
@@ -147,6 +179,7 @@ async function sweepStaleCgroups(dir: string): Promise<void> {
 class CgroupScope implements JobScope {
   readonly kind = "cgroup";
   readonly env: Record<string, string>;
+  readonly removes: string;
   readonly #dir: string;
   readonly #adopted = new Map<number, Promise<void>>();
   #closed = false;
@@ -155,6 +188,7 @@ class CgroupScope implements JobScope {
 
   constructor(dir: string) {
     this.#dir = dir;
+    this.removes = `cgroup ${dir}`;
     this.env = { [JOB_CGROUP_ENV]: dir.slice(dir.lastIndexOf("/") + 1) };
   }
 
@@ -207,18 +241,29 @@ class CgroupScope implements JobScope {
   async close(): Promise<void> {
     if (this.#closed) return;
     await this.killAll();
+    await this.#rmdir();
+  }
+
+  async remove(): Promise<void> {
+    if (this.#closed) return;
+    if (!(await this.#rmdir())) throw new Error(`${this.#dir} is still busy after ${RMDIR_ATTEMPTS} attempts (a process of the job may be left)`);
+  }
+
+  /** False when the cgroup stayed busy: a member that would not die (killAll waits a bounded time). */
+  async #rmdir(): Promise<boolean> {
     this.#closed = true;
-    for (let attempt = 0; attempt < 50; attempt++) {
+    for (let attempt = 0; attempt < RMDIR_ATTEMPTS; attempt++) {
       try {
         await rmdir(this.#dir);
-        return;
+        return true;
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        if (code === "ENOENT") return;
+        if (code === "ENOENT") return true;
         if (code !== "EBUSY") throw err;
         await delay(POLL_MS);
       }
     }
+    return false;
   }
 
   async #populated(): Promise<boolean> {
@@ -238,6 +283,7 @@ class CgroupScope implements JobScope {
 class SessionScope implements JobScope {
   readonly kind = "session";
   readonly env: Record<string, string>;
+  readonly removes = undefined;
   readonly #marker: string;
   #leader: number | undefined;
   /** Set when a kill found nothing left: nothing of the job can start anything any more. */
@@ -279,6 +325,10 @@ class SessionScope implements JobScope {
 
   close(): Promise<void> {
     return this.killAll();
+  }
+
+  remove(): Promise<void> {
+    return Promise.resolve(); // a session is nothing to remove
   }
 
   /**

@@ -24,6 +24,7 @@ import { createInterface } from "node:readline";
 import type { Logger } from "../kernel/logger.js";
 import { type AheadEntry, forgetAhead, JobDir, type JobTicket, noJobRunning, openedAhead, whenNoJobRunning } from "./job-dir.js";
 import { JOB_CGROUP_ENV, openJobScope, type JobScope } from "./job-scope.js";
+import { jobTeardownsSettled } from "./job-teardown.js";
 import { GUEST_LIMITS_ENV } from "./limits.js";
 import { ensureShimBytecode } from "./shim-bytecode.js";
 
@@ -479,9 +480,10 @@ class WarmParent {
     if (this.#alive) this.#child?.stdin?.write(`${JSON.stringify(request)}\n`);
   }
 
-  #scopeOptions(): { useCgroup: boolean | undefined; onFallback: (reason: string) => void } {
+  #scopeOptions(): Parameters<typeof openJobScope>[0] {
     return {
       useCgroup: this.#useCgroup,
+      log: this.#log,
       onFallback: (reason) => this.#log.info({ reason }, "no cgroup for jobs: a job's processes are its guest's session, process group and marked environment"),
     };
   }
@@ -838,12 +840,13 @@ export class WarmPool {
     }
   }
 
-  /** Stop every parent and wait for them to go. */
+  /** Stop every parent and wait for them to go, and for the teardowns of jobs that ended (job-teardown.ts). */
   async close(): Promise<void> {
     this.#closed = true;
     const parents = [...this.#parents.values()];
     this.#parents.clear();
     for (const parent of parents) parent.stop("pool closed");
     await Promise.all(parents.map((p) => p.exited));
+    await jobTeardownsSettled();
   }
 }

@@ -206,6 +206,11 @@ export const Errors = {
     "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) or remove bridge.sandbox",
   ),
   JOB_ABORTED: createError<[string]>("CSP_JOB_ABORTED", "aborted by %s"),
+  JOB_TEARDOWN_FAILED: createError<[string, string]>(
+    "CSP_JOB_TEARDOWN_FAILED",
+    "removing the %s of a finished job failed (its processes were gone; its answer was not affected): %s",
+    "the next worker start on this host removes what dead workers left (casparian-<pid>-* cgroups, casparian-bridge-* directories); if it keeps failing, check the worker may still write there",
+  ),
   PLUGIN_SOURCE_TOO_LARGE: createError<[number, number]>(
     "CSP_PLUGIN_SOURCE_TOO_LARGE",
     "the plugin source is %s bytes, above the limit of %s",

@@ -122,6 +122,7 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     maxMessageBytes: settings.loaded.config.limits?.maxMessageBytes,
     maxQueuedJobs: settings.loaded.config.limits?.maxQueuedJobs,
     onStopped: async () => {
+      // The warm pool's close waits for the teardowns of ended jobs too (job-teardown.ts): a stopped worker leaves nothing behind.
       await warm.close();
       await slotUser?.release();
       await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
