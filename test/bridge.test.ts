@@ -11,6 +11,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { Table } from "apache-arrow";
 import { Errors } from "../core/kernel/errors.js";
 import { runGuest, shimPath, sweepStaleSocketDirs } from "../core/bridge/host.js";
+import { jobTeardownsSettled } from "../core/bridge/job-teardown.js";
 import type { GuestRunOptions, GuestResult } from "../core/bridge/types.js";
 import type { Batch } from "../core/kernel/job.js";
 import { bareEnvironment, fixturePath, pluginSource, testEnvironment, testJob, type TestEnvironment } from "./helpers/pyenv.js";
@@ -459,6 +460,8 @@ describe("volume and isolation", () => {
     const before = new Set(await ours());
     await run("handler_pandas.py");
     await rejectsWith(run("exit3.py"), Errors.GUEST_FAILED.code);
+    // Removed after the job's answer (job-teardown.ts), failed or not.
+    await jobTeardownsSettled();
     const left = (await ours()).filter((n) => !before.has(n));
     assert.deepEqual(left, []);
   });
