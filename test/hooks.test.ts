@@ -294,3 +294,16 @@ test("plugins get tap-only hooks: the TapOnlyHooks type has no call/promise", as
   await pipeline.shutdown();
   assert.deepEqual(seen, ["shutdown"]);
 });
+
+test("a successful job logs nothing at info from the pipeline (the worker's 'job concluded' is its one line); 'job started' is debug", async () => {
+  const { logger: captured, records } = capturingLogger();
+  const events: SinkEvent[] = [];
+  const pipeline = scriptedPipeline({ outputRoot: await tempRoot(), sinks: recording(events), logger: captured });
+  const outcome = await runJob(pipeline, makeJob({ sinks: [sinkSpec("a", "mem://a")], logger: captured }), [batchOf("a", sampleTable(2))]);
+  assert.equal(outcome.status, "SUCCESS");
+  assert.deepEqual(
+    records.filter((r) => (r.level as number) >= 30).map((r) => r.msg),
+    [],
+  );
+  assert.equal(records.find((r) => r.msg === "job started")?.level, 20);
+});

@@ -21,6 +21,7 @@ import { type AheadState, WarmPool } from "../core/bridge/warm-pool.js";
 import { EnvManager } from "../core/env/manager.js";
 import { silentLogger } from "../core/kernel/logger.js";
 import { isProcessAlive } from "../core/kernel/process.js";
+import { capturingLogger } from "./helpers/arrow.js";
 import { bareEnvironment, testJob } from "./helpers/pyenv.js";
 
 const TIMEOUTS = { connectMs: 30_000, idleMs: 60_000, jobMs: 120_000 };
@@ -212,6 +213,61 @@ describe("warm guests: the next job prepared ahead", () => {
     } finally {
       await pool.close();
     }
+  });
+
+  test("a spare reserved while a job runs gets its limits with its directory (one message) and runs its job confined ahead; the manifest is noted once, by the parent", async () => {
+    const source = `
+import os, time
+from casparian_guest import confine
+
+MANIFEST = {"name": "ahead-probe", "version": "2.5"}
+
+def parse(path):
+    with open(path) as handle:
+        time.sleep(float(handle.read() or 0))
+    return {"pid": [os.getpid()], "confined_ahead": [confine.confined_ahead]}
+`;
+    const poolLog = capturingLogger();
+    const jobLog = capturingLogger();
+    const run = async (pool: WarmPool | undefined, waitSeconds: number) => {
+      const filePath = join(root, "work", `${inputs++}.txt`);
+      await writeFile(filePath, String(waitSeconds));
+      const { job } = testJob(source, { filePath, pluginName: "ahead_probe", logger: jobLog.logger });
+      const rows: Array<{ pid: number; confined_ahead: boolean }> = [];
+      await runGuest({
+        interpreterPath: python,
+        job,
+        timeouts: TIMEOUTS,
+        limits: { openFiles: 250 },
+        ...(pool ? { warm: pool } : {}),
+        onBatch: async (batch) => {
+          const row = batch.table.get(0)!.toJSON() as { pid: bigint; confined_ahead: boolean };
+          rows.push({ pid: Number(row.pid), confined_ahead: row.confined_ahead });
+        },
+      });
+      assert.equal(rows.length, 1);
+      return rows[0]!;
+    };
+    const pool = new WarmPool({ logger: poolLog.logger });
+    try {
+      // The first job runs long enough for its spare to be moved into its scope meanwhile: its
+      // limits wait for the directory opened once the job ends, and go in the same message.
+      const first = await run(pool, 0.5);
+      const ahead = await aheadWhen(pool, (state) => state.confinedFor?.includes('"openFiles":250') === true && state.dir !== undefined);
+      assert.notEqual(ahead.pid, first.pid);
+      const second = await run(pool, 0);
+      assert.equal(second.pid, ahead.pid, "the job ran in the spare prepared ahead");
+      assert.equal(second.confined_ahead, true, "the spare confined itself before its job came");
+    } finally {
+      await pool.close();
+    }
+    const ready = poolLog.records.filter((r) => r.msg === "warm guest ready");
+    assert.equal(ready.length, 1);
+    assert.deepEqual(ready[0]!.plugin_manifest, { name: "ahead-probe", version: "2.5" });
+    const noted = (records: Array<Record<string, unknown>>) => records.filter((r) => String(r.msg).includes("plugin manifest: name=ahead-probe"));
+    assert.deepEqual(noted(jobLog.records), [], "no warm job notes the manifest");
+    await run(undefined, 0);
+    assert.equal(noted(jobLog.records).length, 1, "a fresh guest notes it");
   });
 
   test("what waits for a job that never comes is gone once the pool stops: spare, directory, cgroup", async () => {

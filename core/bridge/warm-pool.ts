@@ -113,6 +113,11 @@ interface Spare {
   connected: boolean;
   /** Another job started a guest while `dir` was open: neither may be claimed now. */
   discarded: boolean;
+  /**
+   * What it is to confine itself to ("prepare"), not told yet: held while a job runs, to go
+   * with the "open" that job's end brings (one message to the parent, and one to the spare).
+   */
+  prepare?: { limits: string; env: Record<string, string> };
   /** For ahead(): the cgroup it was moved into, the directory it was connected to. */
   cgroup?: string;
   dirPath?: string;
@@ -140,6 +145,8 @@ interface ReadyEvent {
   imported?: string[];
   failed?: string[];
   ms?: number;
+  /** The plugin's literal MANIFEST name and version, noted once here instead of by each job. */
+  manifest?: { name?: string; version?: string };
 }
 
 class WarmParent {
@@ -298,6 +305,20 @@ class WarmParent {
         clearTimeout(timer);
         this.rssKb = event.rss_kb ?? 0;
         this.isReady = true;
+        if (event.fork === true) {
+          this.#log.info(
+            {
+              warm_guest: event.pid,
+              rss_kb: event.rss_kb,
+              threads: event.threads,
+              imported: event.imported,
+              failed: event.failed,
+              ms: event.ms,
+              plugin_manifest: event.manifest,
+            },
+            "warm guest ready",
+          );
+        }
         // A parent that forks announces its first spare next.
         this.#spareComing = event.fork === true;
         this.#hold(-1);
@@ -392,10 +413,26 @@ class WarmParent {
     const cgroup = scope.env[JOB_CGROUP_ENV];
     spare.cgroup = cgroup;
     if (this.#spare === spare && this.#limits !== undefined) {
-      spare.confinedFor = this.#limits;
-      this.#tell({ op: "prepare", pid: spare.pid, env: { [GUEST_LIMITS_ENV]: this.#limits, ...(cgroup ? { [JOB_CGROUP_ENV]: cgroup } : {}) } });
+      spare.prepare = { limits: this.#limits, env: { [GUEST_LIMITS_ENV]: this.#limits, ...(cgroup ? { [JOB_CGROUP_ENV]: cgroup } : {}) } };
+      // While a job runs, the directory opened ahead follows once it ends (#openAhead): both go in one message then.
+      if (spare.dir !== undefined || noJobRunning() || !this.mayOpenAhead()) this.#prepareNow(spare);
     }
     return scope;
+  }
+
+  /** The steps the spare takes ahead for its job, told now (alone) unless told already. */
+  #prepareNow(spare: Spare): void {
+    const prepare = this.#takePrepare(spare);
+    if (prepare) this.#tell({ op: "prepare", pid: spare.pid, env: prepare });
+  }
+
+  /** The spare's "prepare", not told yet, taken to be told now: from then on it counts as confined for those limits. */
+  #takePrepare(spare: Spare): Record<string, string> | undefined {
+    const prepare = spare.prepare;
+    spare.prepare = undefined;
+    if (!prepare || this.#spare !== spare || spare.discarded || !this.#alive) return undefined;
+    spare.confinedFor = prepare.limits;
+    return prepare.env;
   }
 
   /**
@@ -404,7 +441,11 @@ class WarmParent {
    */
   #openAhead(): void {
     const spare = this.#spare;
-    if (!spare || spare.dir || !this.#alive || !noJobRunning() || !this.mayOpenAhead()) return;
+    if (!spare || spare.dir || !this.#alive || !noJobRunning()) return;
+    if (!this.mayOpenAhead()) {
+      this.#prepareNow(spare);
+      return;
+    }
     openedAhead(spare.entry);
     const opening: Promise<JobDir | null> = JobDir.open({
       user: this.#user,
@@ -415,16 +456,20 @@ class WarmParent {
       (dir) => {
         if (spare.dir !== opening || spare.discarded || this.#spare !== spare || !this.#alive) {
           void dir.close().catch(() => undefined);
+          this.#prepareNow(spare);
           return null;
         }
         spare.connected = true;
         spare.dirPath = dir.path;
-        this.#tell({ op: "open", pid: spare.pid, dir: dir.path });
+        // "env": the "prepare" held for this message (fork_server.py confines the spare first, then connects it).
+        const prepare = this.#takePrepare(spare);
+        this.#tell({ op: "open", pid: spare.pid, dir: dir.path, ...(prepare ? { env: prepare } : {}) });
         return dir;
       },
       (err: unknown) => {
         this.#log.debug({ err }, "could not open the next job's directory ahead; its job opens one");
         forgetAhead(spare.entry);
+        this.#prepareNow(spare);
         return null;
       },
     );
@@ -631,6 +676,8 @@ class WarmParent {
       if (direct && handed) {
         started = true;
         direct.write(`${JSON.stringify(run)}\n`);
+        // The parent forks the next spare on "spare" (below), and answers "ran" only when this one was gone ("started", "exited").
+        this.#spareComing = true;
         this.#tell({ op: "ran", id, pid: handed.pid, spare: "later" });
         resolve(handed.pid);
         return;
@@ -760,12 +807,6 @@ export class WarmPool {
       this.#refuse(key, ready.reason ?? "the warm guest refused to fork");
       parent.stop("refused");
       return { kind: "cold", reason: this.#cold.get(key)! };
-    }
-    if (!warm) {
-      this.#log.info(
-        { warm_guest: ready.pid, rss_kb: ready.rss_kb, threads: ready.threads, imported: ready.imported, failed: ready.failed, ms: ready.ms },
-        "warm guest ready",
-      );
     }
     if (parent.rssKb * 1024 > this.#options.maxParentBytes) {
       this.#refuse(key, `the warm guest holds ${Math.round(parent.rssKb / 1024)} MiB, above bridge.warm.maxParentMemory`);

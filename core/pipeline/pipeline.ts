@@ -140,7 +140,8 @@ export class Pipeline {
       lease = await this.#options.envs.acquire(job.command.envHash);
       if (lease === null) throw Errors.ENV_NOT_PROVISIONED([job.command.envHash.slice(0, 12)], { context: { jobId, plugin: job.command.pluginName } });
       if (signal.aborted) throw signal.reason;
-      logger.info({ file: job.command.filePath, sinks: job.command.sinks.length }, "job started");
+      // Debug: at info a job is one line, its "job concluded" (each line is a write, and wakes whoever reads the log).
+      logger.debug({ file: job.command.filePath, sinks: job.command.sinks.length }, "job started");
 
       await this.#hooks.jobStart.promise(job);
       const guest = await this.#runGuest({

@@ -559,6 +559,7 @@ export class Worker {
     this.#o.metrics?.jobDuration.observe(seconds);
     logger.info(
       {
+        file: command.file_path,
         status: receipt.status,
         seconds: Math.round(seconds * 1000) / 1000,
         error: receipt.error_message ?? undefined,

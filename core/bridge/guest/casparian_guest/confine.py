@@ -55,6 +55,8 @@ applied = {}
 _libc = None
 # (cgroup, limits) this process confined itself for, once it has.
 _confined = None
+# True in a spare child that confined itself before its job came (confine_ahead): tests and debugging tell the paths apart.
+confined_ahead = False
 
 
 def prepare():
@@ -179,8 +181,10 @@ def confine():
 def confine_ahead(env):
     """In a warm guest's spare child, before its job: the steps confine() takes, for the cgroup and
     limits (`env`, the same variables) its job will have. The worker has moved it into that cgroup."""
+    global confined_ahead
     if sys.platform.startswith("linux"):
         _confine(env.get(CGROUP_ENV) or "", env.get(LIMITS_ENV) or "")
+        confined_ahead = True
 
 
 def _confine(cgroup, limits):

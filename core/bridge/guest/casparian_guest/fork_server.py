@@ -13,9 +13,10 @@ process's own log. Stdin closing (the worker is gone) ends the parent and its ch
     <- {"event": "ready", "fork": true, "pid": ..., "rss_kb": ..., "imported": [...], "warmed": [...], ...}
     <- {"event": "spare", "pid": ...}
     -> {"op": "prepare", "pid": ..., "env": {"CASPARIAN_JOB_CGROUP": ..., "CASPARIAN_GUEST_LIMITS": ...}}
-    -> {"op": "open", "pid": ..., "dir": ...}
+    -> {"op": "open", "pid": ..., "dir": ..., "env": {...}}   ("env": a "prepare" sent with it, when held until now)
     -> {"op": "close", "pid": ...}   (another job started first: the directory is gone)
-    -> {"op": "ran", "id": 1, "pid": ..., "spare": "later"}   (the worker handed the spare its job itself)
+    -> {"op": "ran", "id": 1, "pid": ..., "spare": "later"}   (the worker handed the spare its job itself; no "started"
+                                                              follows unless that spare was gone, then with "exited")
     -> {"op": "spare"}   (fork the next job's spare now)
     -> {"op": "run", "id": 1, "pid": <the spare's pid, or null>, "dir": ..., "env": {...}}
     <- {"event": "started", "id": 1, "pid": ...}
@@ -240,11 +241,15 @@ class Server:
             emit({"event": "ready", "fork": False, "pid": os.getpid(),
                   "reason": "importing the plugin's modules started Python threads (%s); forking would copy them half-alive" % ", ".join(python_threads[:5])})
             return False
+        # The plugin's literal MANIFEST, announced once here: its jobs do not note it each (runner.run_plugin).
+        manifest = read_manifest(tree) if tree is not None else {}
+        announced = {key: str(manifest[key])[:200] for key in ("name", "version") if manifest.get(key) is not None}
         gc.collect()
         gc.freeze()  # children then share these pages instead of touching them on every collection
         emit({
             "event": "ready", "fork": True, "pid": os.getpid(), "rss_kb": resident_kb(), "threads": os_threads(),
             "imported": imported, "failed": failed, "warmed": warmed, "ms": int((time.monotonic() - started) * 1000),
+            "manifest": announced,
         })
         return True
 
@@ -340,7 +345,7 @@ class Server:
             self.spare = None
             _, pidfd = self.children.get(pid, (None, None))
             self.children[pid] = (request_id, pidfd)
-            emit({"event": "started", "id": request_id, "pid": pid, "spare": True})
+            # No "started": the worker knows the pid, and that a spare follows (one event less per job).
             if request.get("spare") != "later":
                 self.fork_spare()
             return
@@ -566,6 +571,8 @@ class Server:
             elif op == "hot":
                 self.hot.adopt(message)
             elif op == "open" and opened is None:
+                if "env" in message:  # the "prepare" the worker held for this message
+                    confine.confine_ahead(message["env"])
                 own_stderr = os.dup(2)
                 try:
                     connect_output(message["dir"])

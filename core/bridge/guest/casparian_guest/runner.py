@@ -122,10 +122,12 @@ def publish_result(result, ctx):
             ctx.publish_to(DEFAULT_TOPIC, item)
 
 
-def run_plugin(namespace, ctx, file_path, file_version_id, job_id):
+def run_plugin(namespace, ctx, file_path, file_version_id, job_id, announce=True):
+    """`announce`: note the plugin's manifest (a warm guest's parent announced it once, for all its jobs)."""
     manifest = namespace.get("MANIFEST")
     if isinstance(manifest, dict):
-        note("plugin manifest: name=%s version=%s" % (manifest.get("name"), manifest.get("version")))
+        if announce:
+            note("plugin manifest: name=%s version=%s" % (manifest.get("name"), manifest.get("version")))
         declare_from_manifest(manifest)
     # The run's --plugin-config (a JSON object); {} when none was given.
     config_text = os.environ.get("BRIDGE_PLUGIN_CONFIG")
@@ -200,14 +202,15 @@ def main(source=None, code=None):
     ctx = BridgeContext(channel, job_id, file_version_id, file_path)
     real_stdout = sys.stdout
     exit_code = 0
+    source_file = source is None
     try:
-        if source is None:
+        if source_file:
             source = read_source(env["BRIDGE_PLUGIN_FILE"])
         install_sdk()
         sys.stdout = sys.stderr  # plugin prints must not corrupt the metrics line
         try:
             namespace = load_plugin(source, plugin_name, code)
-            run_plugin(namespace, ctx, file_path, file_version_id, job_id)
+            run_plugin(namespace, ctx, file_path, file_version_id, job_id, announce=source_file)
         except SystemExit as exc:
             if exc.code not in (None, 0):
                 raise RuntimeError("plugin called sys.exit(%r)" % (exc.code,)) from None
