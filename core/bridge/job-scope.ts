@@ -176,11 +176,15 @@ async function sweepStaleCgroups(dir: string): Promise<void> {
   }
 }
 
+/** Writes to cgroup.procs under way, of every scope: see CgroupScope.remove. */
+const movesInFlight = new Set<Promise<void>>();
+
 class CgroupScope implements JobScope {
   readonly kind = "cgroup";
   readonly env: Record<string, string>;
   readonly removes: string;
   readonly #dir: string;
+  readonly #eventsPath: string;
   readonly #adopted = new Map<number, Promise<void>>();
   #closed = false;
   /** Set once killAll found the cgroup empty: nothing of the job is left to start anything. */
@@ -188,6 +192,7 @@ class CgroupScope implements JobScope {
 
   constructor(dir: string) {
     this.#dir = dir;
+    this.#eventsPath = join(dir, "cgroup.events");
     this.removes = `cgroup ${dir}`;
     this.env = { [JOB_CGROUP_ENV]: dir.slice(dir.lastIndexOf("/") + 1) };
   }
@@ -196,7 +201,9 @@ class CgroupScope implements JobScope {
     let moved = this.#adopted.get(pid);
     if (!moved) {
       this.#empty = false;
-      moved = writeFile(join(this.#dir, "cgroup.procs"), String(pid));
+      const move = writeFile(join(this.#dir, "cgroup.procs"), String(pid));
+      movesInFlight.add(move);
+      moved = move.finally(() => movesInFlight.delete(move));
       this.#adopted.set(pid, moved);
     }
     return moved;
@@ -213,7 +220,7 @@ class CgroupScope implements JobScope {
     // A move still in flight lands first: an empty look before it would not mean "nothing left".
     await Promise.allSettled(this.#adopted.values());
     // After a clean exit there is nothing left: one read instead of a kill and a read.
-    if (!(await this.#populated())) {
+    if (!this.#populated()) {
       this.#empty = true;
       return;
     }
@@ -224,7 +231,7 @@ class CgroupScope implements JobScope {
       () => false,
     );
     while (Date.now() < deadline) {
-      if (!(await this.#populated())) {
+      if (!this.#populated()) {
         this.#empty = true;
         return;
       }
@@ -246,6 +253,10 @@ class CgroupScope implements JobScope {
 
   async remove(): Promise<void> {
     if (this.#closed) return;
+    // After the moves under way (another job's spare, moved in ahead): an rmdir issued meanwhile
+    // waits in one of libuv's four threads for the lock the move holds through its RCU grace
+    // period, and the next job's file operations (its sink's commit) queue behind it.
+    while (movesInFlight.size > 0) await Promise.allSettled([...movesInFlight]);
     if (!(await this.#rmdir())) throw new Error(`${this.#dir} is still busy after ${RMDIR_ATTEMPTS} attempts (a process of the job may be left)`);
   }
 
@@ -266,9 +277,14 @@ class CgroupScope implements JobScope {
     return false;
   }
 
-  async #populated(): Promise<boolean> {
+  /**
+   * Read synchronously: the kernel answers from a flag, taking none of the cgroup locks a move
+   * or an rmdir may hold, in microseconds; an async read is four thread-pool round trips on
+   * the path to the job's answer (it is looked at when the guest exits).
+   */
+  #populated(): boolean {
     try {
-      return /^populated 1$/m.test(await readFile(join(this.#dir, "cgroup.events"), "utf8"));
+      return /^populated 1$/m.test(readFileSync(this.#eventsPath, "utf8"));
     } catch {
       return false; // the cgroup is gone
     }
