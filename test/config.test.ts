@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { promisify } from "node:util";
 import { loadConfig, validateConfig } from "../core/config/loader.js";
 import { Errors } from "../core/kernel/errors.js";
 import { packageRoot } from "../core/kernel/paths.js";
@@ -106,6 +108,31 @@ describe("config errors", () => {
   test("a syntax error is CONFIG_LOAD_FAILED naming the file", async () => {
     const err = await rejectsWith(loadConfig({ cwd: fixture("config-broken"), command: "worker" }), Errors.CONFIG_LOAD_FAILED.code);
     assert.ok(err.message.includes(join(fixture("config-broken"), "casparian.config.ts")), err.message);
+  });
+
+  test("a JSON config is read without cosmiconfig's error formatter; a JSON syntax error still gets its line and column", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "casparian-config-"));
+    try {
+      await writeFile(join(dir, "good.json"), '{"workerId": "from-json"}');
+      await writeFile(join(dir, "bad.json"), '{\n  "workerId": "x",\n  "grace": 1,,\n}\n');
+      // In a process of its own: whether parse-json (and @babel/code-frame) was loaded is per process.
+      const script = `
+        const { createRequire } = await import("node:module");
+        const { loadConfig } = await import(${JSON.stringify(new URL("../core/config/loader.js", import.meta.url).href)});
+        const loaded = await loadConfig({ explicitPath: "good.json", cwd: ${JSON.stringify(dir)}, command: "worker" });
+        const cache = createRequire(import.meta.url).cache;
+        const formatter = Object.keys(cache).filter((path) => path.includes("parse-json") || path.includes("code-frame"));
+        console.log(JSON.stringify({ workerId: loaded.config.workerId, formatter }));`;
+      // (cwd: a directory without package.json, which cosmiconfig's own meta-config search would read with parse-json.)
+      const { stdout } = await promisify(execFile)(process.execPath, ["--input-type=module", "-e", script], { cwd: dir });
+      assert.deepEqual(JSON.parse(stdout), { workerId: "from-json", formatter: [] });
+      const err = await rejectsWith(loadConfig({ explicitPath: "bad.json", cwd: dir, command: "worker" }), Errors.CONFIG_LOAD_FAILED.code);
+      assert.ok(err.message.includes(join(dir, "bad.json")), err.message);
+      assert.match(err.message, /JSON Error/);
+      assert.match(err.message, /> 3 \|/, "the code frame points at the line");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   test("a missing --config file is CONFIG_LOAD_FAILED: file not found", async () => {

@@ -7,7 +7,7 @@
  * naming the file, the key path (`bridge.idleTimeout`), the value and what was expected.
  */
 import { dirname, resolve } from "node:path";
-import { cosmiconfig, type Loader } from "cosmiconfig";
+import { cosmiconfig, defaultLoaders, type Loader } from "cosmiconfig";
 import { type CasparianConfig, type ConfigEnv, configSchema } from "./config.js";
 import { CasparianError, Errors } from "../kernel/errors.js";
 import { check, problemText } from "../kernel/schema.js";
@@ -45,12 +45,26 @@ const jsLoader: Loader = async (filepath) => {
   return mod;
 };
 
+/**
+ * JSON (a .json config, package.json) through JSON.parse: cosmiconfig's own loader loads
+ * parse-json and @babel/code-frame first, for the message of a syntax error, on every start
+ * of the run and of each worker. A file that does not parse goes to it for that message.
+ * (cosmiconfig's search for its own meta config still reads a package.json in the cwd with it.)
+ */
+const jsonLoader: Loader = (filepath, content) => {
+  try {
+    return JSON.parse(content) as unknown;
+  } catch {
+    return defaultLoaders[".json"](filepath, content);
+  }
+};
+
 function explorer() {
   return cosmiconfig(MODULE_NAME, {
     searchPlaces: SEARCH_PLACES,
     searchStrategy: "project",
     cache: false,
-    loaders: { ".ts": jsLoader, ".mts": jsLoader, ".cts": jsLoader, ".js": jsLoader, ".mjs": jsLoader, ".cjs": jsLoader },
+    loaders: { ".json": jsonLoader, ".ts": jsLoader, ".mts": jsLoader, ".cts": jsLoader, ".js": jsLoader, ".mjs": jsLoader, ".cjs": jsLoader },
   });
 }
 

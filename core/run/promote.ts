@@ -51,8 +51,8 @@ export async function promote(state: RunState, request: PromoteRequest): Promise
   const outputRoot = state.outputRoot;
   const fileVersionId = input.fileVersionId.toString();
   // Sinks may report real paths (a symlinked /tmp on macOS): compare against both spellings.
-  const workerRoots = workerRoot === null ? [] : [workerRoot, await realpath(workerRoot).catch(() => workerRoot)];
-  const outputRoots = [outputRoot, await realpath(outputRoot).catch(() => outputRoot)];
+  const workerRoots = workerRoot === null ? [] : [workerRoot, await realRoot(state, workerRoot)];
+  const outputRoots = [outputRoot, await realRoot(state, outputRoot)];
   const previous = state.outputsOf(input.path);
 
   const moves: Move[] = [];
@@ -122,6 +122,21 @@ export async function promote(state: RunState, request: PromoteRequest): Promise
     outputs: [...kept, ...fresh],
   });
   return published;
+}
+
+/**
+ * The real path of a run's root (its output root, a worker's private root), resolved once per
+ * run: every job's promotion asked again (two realpath walks per job). Only used to recognise
+ * the paths sinks report; where files go is checked again at the move (state.ts).
+ */
+const realRoots = new WeakMap<RunState, Map<string, Promise<string>>>();
+
+function realRoot(state: RunState, root: string): Promise<string> {
+  let roots = realRoots.get(state);
+  if (roots === undefined) realRoots.set(state, (roots = new Map()));
+  let real = roots.get(root);
+  if (real === undefined) roots.set(root, (real = realpath(root).catch(() => root)));
+  return real;
 }
 
 function insideRoot(path: string, roots: readonly string[]): string | null {

@@ -108,12 +108,20 @@ export class RunState {
   readonly outputRoot: string;
   readonly path: string;
   readonly #db: Database.Database;
+  /** Prepared once per SQL text: preparing costs more than running these one-row statements. */
+  readonly #statements = new Map<string, Database.Statement>();
   #promotions = 0;
 
   private constructor(outputRoot: string, db: Database.Database, path: string) {
     this.outputRoot = outputRoot;
     this.#db = db;
     this.path = path;
+  }
+
+  #sql(text: string): Database.Statement {
+    let statement = this.#statements.get(text);
+    if (statement === undefined) this.#statements.set(text, (statement = this.#db.prepare(text)));
+    return statement;
   }
 
   /** Opens (creating) the state of `outputRoot`, takes the lock, finishes interrupted promotions. */
@@ -146,20 +154,20 @@ export class RunState {
   #lock(): void {
     this.#db
       .transaction(() => {
-        const held = this.#db.prepare("SELECT pid FROM lock WHERE id = 1").get() as { pid: number } | undefined;
+        const held = this.#sql("SELECT pid FROM lock WHERE id = 1").get() as { pid: number } | undefined;
         if (held !== undefined && held.pid !== process.pid && isProcessAlive(held.pid)) {
           throw Errors.CLI_USAGE([`another casparian run (pid ${held.pid}) is writing to ${this.outputRoot}`], {
             hint: "wait for it to finish, or use another --output",
           });
         }
-        this.#db.prepare("INSERT INTO lock (id, pid) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET pid = excluded.pid").run(process.pid);
+        this.#sql("INSERT INTO lock (id, pid) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET pid = excluded.pid").run(process.pid);
       })
       .immediate();
   }
 
   /** Redo every promotion a killed run left half done. */
   #recover(): void {
-    const pending = this.#db.prepare("SELECT input, plan FROM promotions").all() as Array<{ input: string; plan: string }>;
+    const pending = this.#sql("SELECT input, plan FROM promotions").all() as Array<{ input: string; plan: string }>;
     for (const row of pending) {
       const promotion = decodePromotion(row.plan);
       for (const dir of this.#apply(promotion)) fsyncDirectorySync(dir);
@@ -172,7 +180,7 @@ export class RunState {
   recovered = 0;
 
   lookup(path: string): InputRecord | undefined {
-    const row = this.#db.prepare("SELECT * FROM inputs WHERE path = ?").get(path) as InputRow | undefined;
+    const row = this.#sql("SELECT * FROM inputs WHERE path = ?").get(path) as InputRow | undefined;
     return row === undefined ? undefined : toRecord(row);
   }
 
@@ -186,26 +194,26 @@ export class RunState {
   }
 
   nameFor(path: string, derived: string): string {
-    const existing = this.#db.prepare("SELECT name FROM inputs WHERE path = ?").get(path) as { name: string } | undefined;
+    const existing = this.#sql("SELECT name FROM inputs WHERE path = ?").get(path) as { name: string } | undefined;
     if (existing !== undefined) return existing.name;
-    const owner = this.#db.prepare("SELECT path FROM inputs WHERE name = ?").get(derived) as { path: string } | undefined;
+    const owner = this.#sql("SELECT path FROM inputs WHERE name = ?").get(derived) as { path: string } | undefined;
     if (owner !== undefined) {
       throw Errors.CLI_USAGE([`input ${path} would be written under the name ${JSON.stringify(derived)}, which belongs to ${owner.path} in this output`], {
         hint: "use another --output for one of them",
       });
     }
-    this.#db.prepare("INSERT INTO inputs (path, name) VALUES (?, ?)").run(path, derived);
+    this.#sql("INSERT INTO inputs (path, name) VALUES (?, ?)").run(path, derived);
     return derived;
   }
 
   outputsOf(path: string): OutputRecord[] {
-    const rows = this.#db.prepare("SELECT * FROM outputs WHERE input = ? ORDER BY rowid").all(path) as OutputRow[];
+    const rows = this.#sql("SELECT * FROM outputs WHERE input = ? ORDER BY rowid").all(path) as OutputRow[];
     return rows.map(toOutput);
   }
 
   /** Records the content hash of an unchanged input whose mtime moved (touched, not edited). */
   touch(path: string, size: number, mtimeNs: string): void {
-    this.#db.prepare("UPDATE inputs SET size = ?, mtime_ns = ? WHERE path = ?").run(size, mtimeNs, path);
+    this.#sql("UPDATE inputs SET size = ?, mtime_ns = ? WHERE path = ?").run(size, mtimeNs, path);
   }
 
   /**
@@ -226,9 +234,10 @@ export class RunState {
   #lastPromotion: Promise<void> = Promise.resolve();
 
   async #promoteNow(promotion: Promotion): Promise<void> {
-    this.#db
-      .prepare("INSERT INTO promotions (input, plan) VALUES (?, ?) ON CONFLICT (input) DO UPDATE SET plan = excluded.plan")
-      .run(promotion.input, encodePromotion(promotion));
+    this.#sql("INSERT INTO promotions (input, plan) VALUES (?, ?) ON CONFLICT (input) DO UPDATE SET plan = excluded.plan").run(
+      promotion.input,
+      encodePromotion(promotion),
+    );
     this.#promotions++;
     if (KILL_AT === `promote-logged:${this.#promotions}`) process.kill(process.pid, "SIGKILL");
     const dirs = this.#apply(promotion);
@@ -238,19 +247,22 @@ export class RunState {
   }
 
   recordFailure(path: string, jobId: bigint | null, error: string): void {
-    this.#db
-      .prepare("UPDATE inputs SET last_outcome = 'failed', last_error = ?, last_job_id = ?, last_at = ? WHERE path = ?")
-      .run(error, jobId?.toString() ?? null, new Date().toISOString(), path);
+    this.#sql("UPDATE inputs SET last_outcome = 'failed', last_error = ?, last_job_id = ?, last_at = ? WHERE path = ?").run(
+      error,
+      jobId?.toString() ?? null,
+      new Date().toISOString(),
+      path,
+    );
   }
 
   /** A file the run rewrote after promoting it (one schema per topic directory): its size changed. */
   recordRewrittenFile(file: string, bytes: number): void {
-    this.#db.prepare("UPDATE outputs SET bytes = ? WHERE file = ?").run(bytes, file);
+    this.#sql("UPDATE outputs SET bytes = ? WHERE file = ?").run(bytes, file);
   }
 
   /** Per topic, what the output holds: every input's current outputs. */
   totals(): TopicTotals[] {
-    const rows = this.#db.prepare("SELECT input, topic, file, uri, rows, bytes FROM outputs ORDER BY topic").all() as Array<{
+    const rows = this.#sql("SELECT input, topic, file, uri, rows, bytes FROM outputs ORDER BY topic").all() as Array<{
       input: string;
       topic: string;
       file: string | null;
@@ -280,13 +292,13 @@ export class RunState {
 
   /** Inputs with outputs here that were made by another recipe than `recipe` (an earlier plugin). */
   countOtherRecipes(recipes: ReadonlySet<string>): number {
-    const rows = this.#db.prepare("SELECT recipe FROM inputs WHERE recipe IS NOT NULL").all() as Array<{ recipe: string }>;
+    const rows = this.#sql("SELECT recipe FROM inputs WHERE recipe IS NOT NULL").all() as Array<{ recipe: string }>;
     return rows.filter((r) => !recipes.has(r.recipe)).length;
   }
 
   close(): void {
     try {
-      this.#db.prepare("DELETE FROM lock WHERE id = 1 AND pid = ?").run(process.pid);
+      this.#sql("DELETE FROM lock WHERE id = 1 AND pid = ?").run(process.pid);
     } finally {
       this.#db.close();
     }
@@ -323,18 +335,14 @@ export class RunState {
     const { input, record, outputs } = promotion;
     this.#db.transaction(() => {
       const at = new Date().toISOString();
-      this.#db
-        .prepare(
-          `UPDATE inputs SET size = ?, mtime_ns = ?, content_sha256 = ?, file_version_id = ?, recipe = ?, job_id = ?,
+      this.#sql(
+        `UPDATE inputs SET size = ?, mtime_ns = ?, content_sha256 = ?, file_version_id = ?, recipe = ?, job_id = ?,
              last_outcome = 'succeeded', last_error = NULL, last_job_id = ?, last_at = ? WHERE path = ?`,
-        )
-        .run(record.size, record.mtimeNs, record.contentSha256, record.fileVersionId, record.recipe, record.jobId, record.jobId, at, input);
-      this.#db.prepare("DELETE FROM outputs WHERE input = ?").run(input);
-      const insert = this.#db.prepare(
-        "INSERT INTO outputs (input, topic, sink, mode, uri, file, file_version_id, rows, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-      );
+      ).run(record.size, record.mtimeNs, record.contentSha256, record.fileVersionId, record.recipe, record.jobId, record.jobId, at, input);
+      this.#sql("DELETE FROM outputs WHERE input = ?").run(input);
+      const insert = this.#sql("INSERT INTO outputs (input, topic, sink, mode, uri, file, file_version_id, rows, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
       for (const o of outputs) insert.run(input, o.topic, o.sink, o.mode, o.uri, o.file, o.fileVersionId, o.rows, o.bytes);
-      this.#db.prepare("DELETE FROM promotions WHERE input = ?").run(input);
+      this.#sql("DELETE FROM promotions WHERE input = ?").run(input);
     })();
   }
 }

@@ -97,19 +97,21 @@ export async function unifyTopicDirectory(dir: string, topic: string, cache: Sch
   const schemas = await Promise.all(files.map((file) => cache.get(file)));
   let unified = schemas[0]!;
   for (let i = 1; i < files.length; i++) {
+    const earlier = unified;
     try {
-      unified = unifySchemas(
-        topic,
-        unified,
-        schemas[i]!,
-        `file ${relative(dir, files[i]!)} against ${files
-          .slice(0, i)
-          .map((f) => relative(dir, f))
-          .join(", ")}`,
-      );
-    } catch (err) {
-      if (err instanceof CasparianError) err.context.file = files[i];
-      throw err;
+      unified = unifySchemas(topic, earlier, schemas[i]!, "");
+    } catch {
+      // Only a conflict names the files: built for every file, that list is quadratic in their number.
+      const where = `file ${relative(dir, files[i]!)} against ${files
+        .slice(0, i)
+        .map((f) => relative(dir, f))
+        .join(", ")}`;
+      try {
+        unifySchemas(topic, earlier, schemas[i]!, where);
+      } catch (err) {
+        if (err instanceof CasparianError) err.context.file = files[i];
+        throw err;
+      }
     }
   }
   const rewritten: string[] = [];

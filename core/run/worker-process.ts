@@ -34,6 +34,10 @@ export interface WorkerExit {
 }
 
 const TAIL_LINES = 30;
+/** How a worker's `job progress` log line is recognised without parsing every line. */
+const PROGRESS_MARKER = `"msg":"${PROGRESS_MESSAGE}"`;
+/** A line longer than this is passed on in pieces rather than held whole (a worker printing without newlines). */
+const MAX_PENDING_LINE = 1024 * 1024;
 
 /**
  * V8 flags of a worker process. A young generation of 2 MiB semi-spaces instead of 16: the
@@ -49,7 +53,7 @@ export class WorkerProcess {
   readonly outputRoot: string;
   readonly exited: Promise<WorkerExit>;
   readonly #child: ChildProcess;
-  readonly #tail: string[] = [];
+  readonly #lines = new RecentLines(TAIL_LINES);
   #exit: WorkerExit | null = null;
 
   constructor(options: WorkerProcessOptions) {
@@ -85,19 +89,35 @@ export class WorkerProcess {
     this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe", "ipc"] });
     this.#child.channel?.unref();
     for (const stream of [this.#child.stdout!, this.#child.stderr!]) {
-      createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
-        this.#tail.push(line);
-        if (this.#tail.length > TAIL_LINES) this.#tail.shift();
-        options.log?.write(`${line}\n`);
-        if (options.onProgress !== undefined && line.includes(`"msg":"${PROGRESS_MESSAGE}"`)) readProgress(line, options.onProgress);
-        if (options.echo === true) process.stderr.write(`[${this.id}] ${line}\n`);
+      if (options.echo === true) {
+        // --log-level debug: every line echoed with the worker's name, as it comes.
+        createInterface({ input: stream, crlfDelay: Infinity }).on("line", (line) => {
+          this.#lines.push(`${line}\n`);
+          options.log?.write(`${line}\n`);
+          if (options.onProgress !== undefined && line.includes(PROGRESS_MARKER)) readProgress(line, options.onProgress);
+          process.stderr.write(`[${this.id}] ${line}\n`);
+        });
+        continue;
+      }
+      // Otherwise whole lines in blocks: one write per read instead of one per line (a worker logs
+      // about ten lines per job), and a line is only looked at when it carries a progress record.
+      const lines = new LineBlocks();
+      // Decoded as a stream: a character split between two reads stays whole.
+      stream.setEncoding("utf8");
+      stream.on("data", (chunk: string) => {
+        const block = lines.push(chunk);
+        if (block !== null) this.#take(block, options);
+      });
+      stream.on("end", () => {
+        const rest = lines.end();
+        if (rest !== null) this.#take(rest, options);
       });
     }
     this.exited = new Promise((resolve) => {
       // "close" waits for the output pipes too, so the tail is complete when it fires.
       this.#child.once("close", (code, signal) => resolve((this.#exit = { code, signal })));
       this.#child.once("error", (err) => {
-        this.#tail.push(`failed to start: ${err.message}`);
+        this.#lines.push(`failed to start: ${err.message}\n`);
         resolve((this.#exit = { code: null, signal: null }));
       });
     });
@@ -111,15 +131,28 @@ export class WorkerProcess {
     return this.#exit === null;
   }
 
-  /** The worker's last output lines, most useful first: errors and warnings. */
+  /** Complete lines of output, each ending in a newline: to the log, to the tail, progress read. */
+  #take(block: string, options: WorkerProcessOptions): void {
+    this.#lines.push(block);
+    options.log?.write(block);
+    if (options.onProgress === undefined) return;
+    for (let at = block.indexOf(PROGRESS_MARKER); at >= 0; at = block.indexOf(PROGRESS_MARKER, at + 1)) {
+      const start = block.lastIndexOf("\n", at) + 1;
+      const end = block.indexOf("\n", at);
+      readProgress(block.slice(start, end < 0 ? undefined : end), options.onProgress);
+    }
+  }
+
+  /** The worker's last output lines (at most TAIL_LINES), oldest first. */
   tail(): string[] {
-    return [...this.#tail];
+    return this.#lines.last(TAIL_LINES);
   }
 
   /** The last error a JSON log line of the worker carries (or a plain line mentioning one); null when none. */
   lastError(): string | null {
-    for (let i = this.#tail.length - 1; i >= 0; i--) {
-      const line = this.#tail[i]!;
+    const tail = this.tail();
+    for (let i = tail.length - 1; i >= 0; i--) {
+      const line = tail[i]!;
       try {
         const record = JSON.parse(line) as { level?: number; msg?: string; err?: { message?: string } };
         if ((record.level ?? 0) >= 50) return record.err?.message ?? record.msg ?? line;
@@ -161,4 +194,62 @@ export function describeExit(exit: WorkerExit): string {
   if (exit.signal !== null) return `killed by ${exit.signal}`;
   if (exit.code !== null) return `exited with code ${exit.code}`;
   return "could not be started";
+}
+
+/** Splits a stream's chunks into blocks of whole lines; what follows the last newline waits for the next chunk. */
+export class LineBlocks {
+  #pending = "";
+
+  /** The complete lines so far (each ending in a newline), or null when none is complete yet. */
+  push(chunk: string): string | null {
+    const text = this.#pending + chunk;
+    const last = text.lastIndexOf("\n");
+    if (last < 0) {
+      if (text.length <= MAX_PENDING_LINE) {
+        this.#pending = text;
+        return null;
+      }
+      this.#pending = "";
+      return `${text}\n`;
+    }
+    this.#pending = text.slice(last + 1);
+    return last === text.length - 1 ? text : text.slice(0, last + 1);
+  }
+
+  /** The stream ended: its last line, when it had no newline. */
+  end(): string | null {
+    const rest = this.#pending;
+    this.#pending = "";
+    return rest === "" ? null : `${rest}\n`;
+  }
+}
+
+/** The last lines of blocks of whole lines, kept as the blocks (split only when asked for). */
+export class RecentLines {
+  readonly #keep: number;
+  readonly #blocks: Array<{ text: string; lines: number }> = [];
+  #lines = 0;
+
+  constructor(keep: number) {
+    this.#keep = keep;
+  }
+
+  /** `block`: whole lines, each ending in a newline. */
+  push(block: string): void {
+    let lines = 0;
+    for (let at = block.indexOf("\n"); at >= 0; at = block.indexOf("\n", at + 1)) lines++;
+    this.#blocks.push({ text: block, lines });
+    this.#lines += lines;
+    while (this.#blocks.length > 1 && this.#lines - this.#blocks[0]!.lines >= this.#keep) this.#lines -= this.#blocks.shift()!.lines;
+  }
+
+  /** The last `count` lines, oldest first, without their newlines. */
+  last(count: number): string[] {
+    const lines = this.#blocks
+      .map((b) => b.text)
+      .join("")
+      .split("\n");
+    lines.pop(); // after the last newline
+    return lines.slice(-count);
+  }
 }
