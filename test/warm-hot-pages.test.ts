@@ -7,6 +7,7 @@
  * learned, and the warm guest goes on serving jobs.
  */
 import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
@@ -23,6 +24,8 @@ const fixture = warmFixture("warm-hot-pages");
 
 interface Ran {
   warm: boolean;
+  /** How many CPUs the job's child may run on. */
+  cpus: number;
   ppid: number;
   wrote: number;
   metrics: Record<string, number>;
@@ -43,7 +46,7 @@ async function job(pool: WarmPool, action: string): Promise<Ran> {
       row = batch.table.get(0)!.toJSON() as Record<string, unknown>;
     },
   });
-  return { warm: result.warm === true, ppid: Number(row.ppid), wrote: Number(row.wrote), metrics: result.guestMetrics };
+  return { warm: result.warm === true, cpus: Number(row.cpus), ppid: Number(row.ppid), wrote: Number(row.wrote), metrics: result.guestMetrics };
 }
 
 /** Resolves once the pool's log has a line matching `pattern` (the warm guest's stderr reaches it). */
@@ -81,6 +84,41 @@ describe("learned hot pages", () => {
     assert.equal(offFirst.metrics.prefault_kb, 0);
     assert.equal(offSecond.metrics.prefault_kb, 0, "prefaultMb 0: no spare pre-faults");
     assert.equal(typeof offSecond.metrics.minor_faults, "number");
+  });
+
+  test("a spare whose CPU other processes want pauses its pre-fault (receipt: guest.prefault_pauses); its job still runs", async (t) => {
+    const { logger, records } = capturingLogger();
+    const pool = new WarmPool({ logger });
+    const hogs: Array<ReturnType<typeof spawn>> = [];
+    t.after(async () => {
+      for (const hog of hogs) hog.kill("SIGKILL");
+      await pool.close();
+    });
+
+    const first = await job(pool, "touch");
+    assert.equal(first.metrics.prefault_pauses, 0, "nothing to pre-fault before the first job");
+    await logged(records, /learned \d+ KiB of hot pages from a job/);
+    // The warm parent, and so every spare it forks from now on, shares one CPU with two processes
+    // that never sleep: a spare pre-faulting there waits on the run queue longer than it runs,
+    // once it is preempted (the scheduler may let one run a while first: several jobs are tried).
+    const pin = `import os; cpu = min(os.sched_getaffinity(${first.ppid})); os.sched_setaffinity(${first.ppid}, {cpu}); print(cpu)`;
+    const cpu = spawnSync(fixture.python, ["-c", pin], { encoding: "utf8" });
+    assert.equal(cpu.status, 0, cpu.stderr);
+    const spin = `import os, time\nos.sched_setaffinity(0, {${Number(cpu.stdout)}})\nend = time.monotonic() + 60\nwhile time.monotonic() < end: pass`;
+    for (let i = 0; i < 2; i++) hogs.push(spawn(fixture.python, ["-c", spin], { stdio: "ignore" }));
+    await job(pool, "touch"); // its spare was forked before the pinning; the next job's is not
+    const pauses: number[] = [];
+    for (let i = 0; i < 5 && !pauses.some((n) => n >= 1); i++) {
+      const busy = await job(pool, "touch");
+      assert.equal(busy.ppid, first.ppid, "the same warm guest");
+      assert.equal(busy.warm, true);
+      assert.equal(busy.cpus, 1, "the spare was forked after its parent was pinned to one CPU");
+      pauses.push(busy.metrics.prefault_pauses!);
+    }
+    assert.ok(
+      pauses.some((n) => n >= 1),
+      `the spares paused their pre-fault ${pauses.join(", ")} time(s) on a busy CPU`,
+    );
   });
 
   test("a hot-page report with ranges outside the parent's memory, or garbage, is refused with a log line and nothing is learned", async (t) => {

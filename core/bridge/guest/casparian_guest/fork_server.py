@@ -553,8 +553,9 @@ class Server:
             if message is None:
                 if not inbox:
                     os._exit(0)  # neither the server nor the worker will send a job
-                self.hot.prefault(list(inbox))  # while no request is there; goes on after each
-                for fd in select.select(list(inbox), [], [])[0]:
+                # While no request is there and the CPU is idle; goes on after each, or after a pause.
+                pause = self.hot.prefault(list(inbox))
+                for fd in select.select(list(inbox), [], [], pause)[0]:
                     chunk = os.read(fd, 65536)
                     if chunk:
                         inbox[fd] += chunk

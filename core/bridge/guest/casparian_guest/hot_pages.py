@@ -10,7 +10,9 @@ new), as coalesced address ranges on a pipe of their own; the parent keeps those
 own writable private mappings, up to bridge.warm.prefaultMb, and sends them to the spare
 waiting then (a "hot" request on its job pipe: it stays moved, confined and connected); each
 spare, while it waits for its job, writes them in ahead (madvise MADV_POPULATE_WRITE), so the
-job finds them copied already.
+job finds them copied already. That moves the copying off the job's path, not off the CPU, so a
+spare takes only a free CPU: one that waited on its run queue (another process wanted that CPU)
+pauses, and what it has not copied when its job comes, the job's child copies itself.
 
 Nothing of one job reaches another: a spare copies its parent's pages, which hold nothing of
 any job; a report only names addresses. The report comes from a process that ran plugin code,
@@ -28,6 +30,7 @@ import mmap
 import os
 import select
 import sys
+import time
 
 from .learned_imports import read_bounded
 
@@ -45,15 +48,25 @@ PIPE_BYTES = 1 << 18
 JOB_PIPE_BYTES = 1 << 19
 # Pagemap entries read at once (8 bytes each): 256 KiB of pagemap, 128 MiB of addresses.
 SCAN_PAGES = 1 << 15
-# A spare checks every this many ranges whether its job has come (it then stops pre-faulting).
-CHECK_EVERY = 32
+# A spare checks after every this many bytes (about 0.3 ms of work) whether its job has come (it
+# then stops pre-faulting) and whether its CPU is busy; a larger range is written in parts.
+CHECK_BYTES = 256 * 1024
+# The pre-fault uses idle CPU only: a spare that waited on a run queue for more than BUSY_SHARE
+# of the time it ran (over at least BUSY_WINDOW_NS of running) takes CPU another process wanted,
+# and pauses, PAUSE_S at first, twice as long each time after, up to MAX_PAUSE_S.
+BUSY_SHARE = 0.2
+BUSY_WINDOW_NS = 1_000_000
+PAUSE_S = 0.004
+MAX_PAUSE_S = 0.064
 # Byte 7 of a pagemap entry holds bits 56-63: 0x80 present, 0x01 mapped exclusively.
 _HOT = bytes(1 if b & 0x81 == 0x81 else 0 for b in range(256))
 F_SETPIPE_SZ = 1031
 
-# In a job's child: what its spare pre-faulted, the CPU that took, and its usage when its job came.
+# In a job's child: what its spare pre-faulted, the CPU that took, how often it paused for a busy
+# CPU, and its usage when its job came.
 _prefault_kb = 0
 _prefault_cpu_ms = 0
+_prefault_pauses = 0
 _at_job = None
 
 
@@ -161,6 +174,21 @@ def merge(old, new):
     return out
 
 
+def _schedstat():
+    """(ns this thread ran, ns it waited on a run queue), or None where the kernel does not say.
+    The run time is the clock's (schedstat's own lags while the thread runs: it is brought up to
+    date at ticks); the wait is complete whenever the thread reads it (it is running)."""
+    try:
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        try:
+            waited = os.read(fd, 128).split()[1]
+        finally:
+            os.close(fd)
+        return time.thread_time_ns(), int(waited)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _usage():
     import resource
 
@@ -177,7 +205,7 @@ def job_metrics():
     except (ImportError, OSError):
         return {}
     start_faults, start_cpu = _at_job or (0, 0.0)
-    return {"prefault_kb": _prefault_kb, "prefault_cpu_ms": _prefault_cpu_ms, "minor_faults": faults - start_faults, "cpu_ms": int((cpu - start_cpu) * 1000)}
+    return {"prefault_kb": _prefault_kb, "prefault_cpu_ms": _prefault_cpu_ms, "prefault_pauses": _prefault_pauses, "minor_faults": faults - start_faults, "cpu_ms": int((cpu - start_cpu) * 1000)}
 
 
 class HotPages:
@@ -192,6 +220,8 @@ class HotPages:
         self.reports = {}  # pid -> read end of its child's report pipe
         self.report_fd = None  # in a learning child: the write end
         self._next = 0  # in a spare: the next range to pre-fault
+        self._offset = 0  # in a spare: how far into that range it is
+        self._pause = 0.0  # in a spare: how long it waits before it pre-faults again (0: it does not wait)
         self.libc = None
         if self.limit_pages > 0 and sys.platform.startswith("linux"):
             self.libc = self._populate_or_none()
@@ -286,28 +316,53 @@ class HotPages:
         if ranges is not None:
             self.ranges = ranges
             self._next = 0
+            self._offset = 0
 
 
     def prefault(self, job_fds):
-        """Write in the learned pages while no request is on any of `job_fds`: returns as soon as one is
-        (called again after it, it goes on where it stopped), or when all are in."""
-        global _prefault_kb, _prefault_cpu_ms, _at_job
+        """Write in the learned pages while no request is on any of `job_fds` and the CPU is idle:
+        returns as soon as a request is there, or the CPU is busy, or all are in; called again,
+        it goes on where it stopped. Returns how long to wait for a request before calling again
+        (None: no need to)."""
+        global _prefault_kb, _prefault_cpu_ms, _prefault_pauses, _at_job
         started = _usage()
+        pause = None
         if self.libc is not None and self._next < len(self.ranges):
+            window = _schedstat()
             # Not checked against the mappings again here (reading them costs about 6 ms per
             # spare): a range the parent unmapped since fails (ENOMEM) and is skipped, and
             # whatever the parent mapped there since is its own memory, never a job's.
             madvise = self.libc.madvise
+            done = 0
             while self._next < len(self.ranges):
-                index = self._next
-                if index % CHECK_EVERY == 0 and index and select.select(job_fds, [], [], 0)[0]:
-                    break
-                start, end = self.ranges[index]
-                self._next += 1
-                if madvise(start, end - start, MADV_POPULATE_WRITE) == 0:
-                    _prefault_kb += (end - start) // 1024
+                if done >= CHECK_BYTES:
+                    done = 0
+                    if select.select(job_fds, [], [], 0)[0]:
+                        break
+                    now = _schedstat() if window is not None else None
+                    if now is not None and now[0] - window[0] >= BUSY_WINDOW_NS:
+                        if now[1] - window[1] > BUSY_SHARE * (now[0] - window[0]):
+                            # Another process wanted this CPU. If it stays busy, the job's child copies
+                            # what is left itself (its own faults cost about what they cost here).
+                            self._pause = min(MAX_PAUSE_S, self._pause * 2) if self._pause else PAUSE_S
+                            _prefault_pauses += 1
+                            pause = self._pause
+                            break
+                        window = now
+                start, end = self.ranges[self._next]
+                low = start + self._offset
+                high = min(end, low + CHECK_BYTES)
+                if high == end:
+                    self._next += 1
+                    self._offset = 0
+                else:
+                    self._offset = high - start
+                if madvise(low, high - low, MADV_POPULATE_WRITE) == 0:
+                    _prefault_kb += (high - low) // 1024
+                done += high - low
         _at_job = _usage()  # the last call is just before the job's own request
         _prefault_cpu_ms += int((_at_job[1] - started[1]) * 1000)
+        return pause
 
     def report(self):
         """In a learning child, once its output is delivered: its hot pages, to the parent. Best effort."""
