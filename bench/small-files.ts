@@ -70,6 +70,8 @@ interface Outcome {
   /** Per job: the warm child's pre-faulted KiB and the spare CPU that took (guest.prefault_kb, guest.prefault_cpu_ms), its minor page faults from its job's arrival (guest.minor_faults). */
   prefaultKb: number[];
   prefaultCpuMs: number[];
+  /** Per job: how often its spare paused the pre-fault for a busy CPU (guest.prefault_pauses). */
+  prefaultPauses: number[];
   minorFaults: number[];
   missing: Set<string>;
 }
@@ -122,6 +124,7 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
   let parentRssKb = 0;
   const prefaultKb: number[] = [];
   const prefaultCpuMs: number[] = [];
+  const prefaultPauses: number[] = [];
   const minorFaults: number[] = [];
   for (const input of ok) {
     const m = input.metrics;
@@ -137,6 +140,7 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
     if (m["guest.prefault_kb"] !== undefined) prefaultKb.push(m["guest.prefault_kb"]);
     if (m["guest.minor_faults"] !== undefined) minorFaults.push(m["guest.minor_faults"]);
     if (m["guest.prefault_cpu_ms"] !== undefined) prefaultCpuMs.push(m["guest.prefault_cpu_ms"]);
+    if (m["guest.prefault_pauses"] !== undefined) prefaultPauses.push(m["guest.prefault_pauses"]);
   }
   stages.gap = gapsBetweenJobs(ok);
   await rm(data, { recursive: true, force: true });
@@ -152,6 +156,7 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
     parentRssKb,
     prefaultKb,
     prefaultCpuMs,
+    prefaultPauses,
     minorFaults,
     missing,
   };
@@ -191,7 +196,7 @@ function pandasWarmCold(warm: Outcome, cold: Outcome): string {
   return (
     `pandas warm ${warm.jobsPerSecond.toFixed(1)} / cold ${cold.jobsPerSecond.toFixed(2)} jobs/s = ${ratio.toFixed(1)}x (target >= 20); ` +
     `warm plugin ${median(warm.stages.plugin!).toFixed(0)} ms, ${faults}, ` +
-    `pre-faulted ${prefaulted}/${warm.files} jobs (median ${median(warm.prefaultKb).toFixed(0)} KiB, ${median(warm.prefaultCpuMs).toFixed(0)} ms of the spare's CPU while it waited)`
+    `pre-faulted ${prefaulted}/${warm.files} jobs (median ${median(warm.prefaultKb).toFixed(0)} KiB, ${median(warm.prefaultCpuMs).toFixed(0)} ms of the spare's CPU while it waited, ${median(warm.prefaultPauses).toFixed(0)} pauses for a busy CPU)`
   );
 }
 
