@@ -167,6 +167,13 @@ export interface SinkPlugin<O = SinkOptions> {
    * when V8 collects).
    */
   readonly usesRetain?: boolean;
+  /**
+   * True when this plugin's sinks of one job may prepare at the same time: each stages its
+   * own output (its own file, no connection, lock or transaction shared with another of
+   * them). Their prepares then overlap (the Parquet sink's footers and fsyncs), while the
+   * sinks of plugins that do not say so prepare one after another, in configured order.
+   */
+  readonly concurrentPrepare?: boolean;
   /** Remove staging left by a worker that crashed mid-job. Runs once at worker start, after interrupted commits are resolved. */
   recover?(context: RecoverContext<O>): Promise<void> | void;
   /**

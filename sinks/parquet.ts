@@ -82,6 +82,7 @@ export function parquetSink(): SinkPlugin<ParquetOptions> {
     // Coalesced batches are retained until serialized (ParquetTopicSink#flush); the native
     // engine copies each batch before write resolves.
     usesRetain: true,
+    concurrentPrepare: true,
     options: parquetOptions,
     uriOptions: ["compression", "rowGroupSize"],
     create(target, context) {

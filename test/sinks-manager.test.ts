@@ -281,6 +281,70 @@ describe("SinkManager", () => {
     });
   });
 
+  test("sinks of a concurrentPrepare plugin prepare at the same time, the others alone and in order; a failure waits for every prepare", async () => {
+    const events: string[] = [];
+    let running = 0;
+    const plugin = (name: string, scheme: string, concurrentPrepare: boolean): SinkPlugin =>
+      defineSink({
+        name,
+        schemes: [scheme],
+        concurrentPrepare,
+        create: (target) => ({
+          write() {},
+          async prepare() {
+            events.push(`start ${target.topic} (running ${running})`);
+            running++;
+            // Yield a few turns: a prepare started meanwhile shows up in the counts above.
+            for (let i = 0; i < 3; i++) await new Promise((resolve) => setImmediate(resolve));
+            running--;
+            if (target.uri.includes("fail")) throw new Error(`prepare of ${target.topic} failed on purpose`);
+            events.push(`prepared ${target.topic}`);
+          },
+          commit: () => [{ topic: target.topic, uri: target.uri }],
+          abort() {
+            events.push(`abort ${target.topic} (running ${running})`);
+          },
+        }),
+      });
+    const { pipeline } = await setup([
+      { plugin: plugin("overlapping", "ov", true), options: {} },
+      { plugin: plugin("alone", "se", false), options: {} },
+    ]);
+    const sinks = [sinkSpec("s1", "se://s1"), sinkSpec("o1", "ov://o1"), sinkSpec("s2", "se://s2"), sinkSpec("o2", "ov://o2")];
+    const tables = ["s1", "o1", "s2", "o2"].map((topic) => batchOf(topic, sampleTable(1)));
+    const ok = await runJob(pipeline, makeJob({ sinks }), tables);
+    assert.equal(ok.status, "SUCCESS", String(ok.error));
+    assert.deepEqual(events, [
+      "start o1 (running 0)",
+      "start o2 (running 1)",
+      "prepared o1",
+      "prepared o2",
+      "start s1 (running 0)",
+      "prepared s1",
+      "start s2 (running 0)",
+      "prepared s2",
+    ]);
+
+    events.length = 0;
+    const failing = [sinkSpec("o1", "ov://o1?fail"), sinkSpec("s1", "se://s1"), sinkSpec("o2", "ov://o2")];
+    const failed = await runJob(
+      pipeline,
+      makeJob({ sinks: failing }),
+      ["o1", "s1", "o2"].map((topic) => batchOf(topic, sampleTable(1))),
+    );
+    assert.equal(failed.status, "FAILED");
+    assert.match(String(failed.error), /prepare of o1 failed on purpose/);
+    // o2's prepare finished before any abort; s1, after the failed o1 in order, never prepared.
+    assert.deepEqual(events, [
+      "start o1 (running 0)",
+      "start o2 (running 1)",
+      "prepared o2",
+      "abort o1 (running 0)",
+      "abort s1 (running 0)",
+      "abort o2 (running 0)",
+    ]);
+  });
+
   test("two plugins claiming one scheme are refused, naming both", async () => {
     const events: SinkEvent[] = [];
     assert.throws(

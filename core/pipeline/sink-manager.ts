@@ -255,11 +255,22 @@ export class SinkManager implements WorkerPlugin {
   async #prepare(job: JobContext): Promise<void> {
     const state = this.#jobs.get(job);
     if (state === undefined) return;
-    for (const active of state.sinks) {
+    const prepare = (active: ActiveSink) => {
       if (active.batches === 0) active.logger.warn("topic %s produced no batch for sink %s", active.target.topic, active.target.uri);
-      await this.#call(active, job, "prepare", async () => {
+      return this.#call(active, job, "prepare", async () => {
         active.handle = (await active.sink!.prepare()) ?? null;
       });
+    };
+    // Sinks that stage independently (concurrentPrepare) overlap; every other one prepares alone,
+    // in order. The first failure in configured order fails the job, once all have settled, so
+    // no prepare is still running when the job's sinks are aborted.
+    const concurrent = state.sinks.filter((active) => active.loaded.plugin.concurrentPrepare === true);
+    const overlapping = new Map(concurrent.map((active) => [active, prepare(active)] as const));
+    const failures = new Map<ActiveSink, unknown>();
+    for (const [active, prepared] of overlapping) await prepared.catch((err: unknown) => failures.set(active, err));
+    for (const active of state.sinks) {
+      if (failures.has(active)) throw failures.get(active);
+      if (!overlapping.has(active)) await prepare(active);
     }
   }
 
