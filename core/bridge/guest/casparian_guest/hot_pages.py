@@ -32,7 +32,7 @@ import select
 import sys
 import time
 
-from .learned_imports import read_bounded
+from .learned_imports import read_bounded, send_report
 
 PAGE = mmap.PAGESIZE
 MADV_POPULATE_WRITE = 23  # Linux 5.14
@@ -369,21 +369,17 @@ class HotPages:
         fd, self.report_fd = self.report_fd, None
         if fd is None:
             return
+        data = b""
         try:
             pagemap = self._open_pagemap()
             try:
                 ranges = exclusive_ranges(pagemap, _own_mappings())
             finally:
                 os.close(pagemap)
-            os.set_blocking(fd, False)
-            os.write(fd, encode(ranges))
+            data = encode(ranges)
         except Exception:  # noqa: BLE001 - a lost report only costs later jobs their faults
             pass
-        finally:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        send_report(fd, data)
 
     def _open_pagemap(self):
         try:

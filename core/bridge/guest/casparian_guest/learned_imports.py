@@ -76,6 +76,7 @@ def report(fd, start):
     """In the child, after the plugin ran: the names it added to sys.modules, one a line, on
     `fd` (the parent's end reads them once the child exited). Best effort: never blocks; a job
     that removed modules (or replaced sys.modules) reports nothing."""
+    data = b""
     try:
         names, size = [], 0
         for name in added_since(start) or ():
@@ -83,10 +84,20 @@ def report(fd, start):
             if len(names) >= MAX_NAMES or size > MAX_REPORT_BYTES:
                 break
             names.append(name)
-        if names:
-            os.set_blocking(fd, False)
-            os.write(fd, "\n".join(names).encode("utf-8", "replace"))  # well below a pipe's 64 KiB
+        data = "\n".join(names).encode("utf-8", "replace")  # well below a pipe's 64 KiB
     except Exception:  # noqa: BLE001 - the job is done; a lost report only costs a later job an import
+        pass
+    send_report(fd, data)
+
+
+def send_report(fd, data):
+    """In a child: write `data` (when there is any) on its report pipe `fd` without blocking, then
+    close it. Best effort: a parent that reads nothing only learns less."""
+    try:
+        if data:
+            os.set_blocking(fd, False)
+            os.write(fd, data)
+    except OSError:
         pass
     finally:
         try:
