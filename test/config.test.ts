@@ -126,10 +126,28 @@ describe("config errors", () => {
       // (cwd: a directory without package.json, which cosmiconfig's own meta-config search would read with parse-json.)
       const { stdout } = await promisify(execFile)(process.execPath, ["--input-type=module", "-e", script], { cwd: dir });
       assert.deepEqual(JSON.parse(stdout), { workerId: "from-json", formatter: [] });
-      const err = await rejectsWith(loadConfig({ explicitPath: "bad.json", cwd: dir, command: "worker" }), Errors.CONFIG_LOAD_FAILED.code);
-      assert.ok(err.message.includes(join(dir, "bad.json")), err.message);
-      assert.match(err.message, /JSON Error/);
-      assert.match(err.message, /> 3 \|/, "the code frame points at the line");
+      // The syntax error in a process whose colour support is forced on (CI=... does the same):
+      // the code frame then comes coloured from parse-json, and the message must not carry that.
+      const badScript = `
+        const { loadConfig } = await import(${JSON.stringify(new URL("../core/config/loader.js", import.meta.url).href)});
+        try {
+          await loadConfig({ explicitPath: "bad.json", cwd: ${JSON.stringify(dir)}, command: "worker" });
+          console.log(JSON.stringify({ loaded: true }));
+        } catch (err) {
+          console.log(JSON.stringify({ code: err.code, message: err.message }));
+        }`;
+      const { NO_COLOR: _noColor, NODE_DISABLE_COLORS: _disabled, ...env } = process.env;
+      const bad = await promisify(execFile)(process.execPath, ["--input-type=module", "-e", badScript], {
+        cwd: dir,
+        env: { ...env, FORCE_COLOR: "1" },
+      });
+      const err = JSON.parse(bad.stdout) as { code?: string; message?: string };
+      assert.equal(err.code, Errors.CONFIG_LOAD_FAILED.code, bad.stdout);
+      const message = err.message ?? "";
+      assert.ok(message.includes(join(dir, "bad.json")), message);
+      assert.match(message, /JSON Error/);
+      assert.match(message, /> 3 \|/, "the code frame points at the line");
+      assert.ok(!message.includes("\u001b"), `no terminal colour codes in the message: ${JSON.stringify(message)}`);
     } finally {
       await rm(dir, { recursive: true, force: true });
     }

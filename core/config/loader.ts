@@ -7,6 +7,7 @@
  * naming the file, the key path (`bridge.idleTimeout`), the value and what was expected.
  */
 import { dirname, resolve } from "node:path";
+import { stripVTControlCharacters } from "node:util";
 import { cosmiconfig, defaultLoaders, type Loader } from "cosmiconfig";
 import { type CasparianConfig, type ConfigEnv, configSchema } from "./config.js";
 import { CasparianError, Errors } from "../kernel/errors.js";
@@ -80,7 +81,10 @@ export async function loadConfig(opts: { explicitPath?: string; cwd: string; com
   } catch (err) {
     const file = explicit ?? (err as { filepath?: string }).filepath ?? opts.cwd;
     if (err instanceof CasparianError) throw err;
-    const reason = (err as NodeJS.ErrnoException).code === "ENOENT" ? "file not found" : err instanceof Error ? err.message : String(err);
+    // A parser's message may carry terminal colours (parse-json's code frame is coloured
+    // whenever CI or FORCE_COLOR is set); the message goes to logs and answers, not a terminal.
+    const message = stripVTControlCharacters(err instanceof Error ? err.message : String(err));
+    const reason = (err as NodeJS.ErrnoException).code === "ENOENT" ? "file not found" : message;
     throw Errors.CONFIG_LOAD_FAILED([file, reason], { cause: err, context: { file } });
   }
   if (result === null) return { config: {}, filepath: null, dir: opts.cwd };
