@@ -13,7 +13,7 @@
  * staging: only the commit journal that names them removes them.
  */
 import { createHash } from "node:crypto";
-import { closeSync, constants as fsConstants, fsync, openSync, renameSync, statSync } from "node:fs";
+import { closeSync, constants as fsConstants, fsync, linkSync, openSync, renameSync, rmSync, statSync } from "node:fs";
 import { copyFile, link, open, readdir, rename, rm, stat, unlink } from "node:fs/promises";
 import { hostname } from "node:os";
 import { basename, dirname, extname, join } from "node:path";
@@ -110,7 +110,8 @@ export async function resolvePublished(handle: PublishHandle, decision: "rollbac
     }
     await rm(handle.staging, { force: true });
   }
-  await rm(handle.backup, { force: true });
+  // On the job's answer path ("finish" after every commit of a journaled job): an unlink, not a pool round trip.
+  rmSync(handle.backup, { force: true });
 }
 
 /** Fails with SINK_TARGET_EXISTS when mode is "error" and the target is there. */
@@ -164,9 +165,10 @@ export async function publishStaged(
 
 /** A second name for the file a publish is about to replace (a copy where hard links fail), made durable first. */
 async function keepBackup(finalPath: string, backupPath: string): Promise<void> {
-  await rm(backupPath, { force: true });
+  // Two metadata calls on the main thread (publishStaged says why); only a copy goes to the pool.
+  rmSync(backupPath, { force: true });
   try {
-    await link(finalPath, backupPath);
+    linkSync(finalPath, backupPath);
   } catch (err) {
     const code = errnoCode(err);
     if (code === "ENOENT") return;
