@@ -189,6 +189,11 @@ async function keepBackup(finalPath: string, backupPath: string): Promise<void> 
   await fsyncDirectory(dirname(finalPath));
 }
 
+/** fsync(2) of an open descriptor in libuv's thread pool: the one step of a durable write that waits on the disk. */
+export function fsyncDescriptor(fd: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
 /**
  * Makes a directory's entries durable. Opening and closing a directory are quick system
  * calls and run here; only the fsync, which waits on the disk, goes to the thread pool.
@@ -196,7 +201,7 @@ async function keepBackup(finalPath: string, backupPath: string): Promise<void> 
 export async function fsyncDirectory(dir: string): Promise<void> {
   const fd = openSync(dir, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY);
   try {
-    await new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
+    await fsyncDescriptor(fd);
   } finally {
     closeSync(fd);
   }

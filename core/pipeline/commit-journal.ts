@@ -13,12 +13,12 @@
  *
  * A job with a single sink needs no journal: its sink's own commit is atomic.
  */
-import { closeSync, constants as fsConstants, fsync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, constants as fsConstants, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Logger } from "../kernel/logger.js";
 import type { SinkHandle } from "../../sinks/api.js";
-import { HOST_TAG, errnoCode, fsyncDirectory, writerIsGone } from "../../sinks/files.js";
+import { HOST_TAG, errnoCode, fsyncDescriptor, fsyncDirectory, writerIsGone } from "../../sinks/files.js";
 
 export type JournalState = "committing" | "committed";
 
@@ -150,7 +150,7 @@ async function writeDurably(path: string, entry: JournalEntry): Promise<void> {
   const fd = openSync(temporary, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC, 0o600);
   try {
     writeFileSync(fd, `${JSON.stringify(entry)}\n`);
-    await new Promise<void>((resolve, reject) => fsync(fd, (err) => (err ? reject(err) : resolve())));
+    await fsyncDescriptor(fd);
   } finally {
     closeSync(fd);
   }
