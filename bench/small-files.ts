@@ -11,6 +11,7 @@
  *                                  [--only stdlib-warm]   (just the stdlib plugin, warm, 1 and 2 workers)
  *                                  [--only ratio]         (just the ratio and the run's timeline)
  *                                  [--only pandas]        (just the pandas plugin, warm vs cold, 1 and 2 workers)
+ *                                  [--only alone]         (just the plugin alone, both plugins, fresh vs forked)
  *
  * Cold pandas jobs take seconds each, so the cold pandas runs use fewer files
  * (--cold-pandas-files); jobs/s is a rate, comparable across file counts.
@@ -23,6 +24,11 @@
  *   gap          from a job's answer at the Sentinel to the next DISPATCH to that worker
  *                (report fields dispatched_at_ms, round_trip_ms and worker)
  * plus the promotion of the files into --output by `casparian run` (after CONCLUDE, not per job above).
+ *
+ * Beside them, the plugin alone (bench/plugin_alone.py): the guest's own runner and encoder over
+ * the same files with nothing but Python, a fresh interpreter per file against a child forked per
+ * file from one that loaded the plugin, 1 and 2 at a time. Its forked/fresh ratio is what a process
+ * per job allows at best on this machine, with no Sentinel, socket, cgroup, sink or commit.
  *
  * Last, the ratio that must hold on any machine: `casparian run` over --ratio-files tiny
  * files with the pandas plugin ÷ `python -c "import pandas, pyarrow"` in the same venv (with
@@ -200,8 +206,8 @@ function pandasWarmCold(warm: Outcome, cold: Outcome): string {
   );
 }
 
-/** The venv of this bench's own home that has pandas (the pandas plugin's). */
-async function pandasPython(home: string): Promise<string> {
+/** The venv of this bench's own home that has pandas (the pandas plugin's), or the one without (the stdlib plugin's). */
+async function venvPython(home: string, withPandas: boolean): Promise<string> {
   const venvs = join(home, "venvs");
   for (const name of await readdir(venvs)) {
     if (!/^[0-9a-f]{64}$/.test(name)) continue;
@@ -210,9 +216,88 @@ async function pandasPython(home: string): Promise<string> {
       () => true,
       () => false,
     );
-    if (probe) return python;
+    if (probe === withPandas) return python;
   }
-  throw new Error(`no venv with pandas under ${venvs}`);
+  throw new Error(`no venv ${withPandas ? "with" : "without"} pandas under ${venvs}`);
+}
+
+const pandasPython = (home: string): Promise<string> => venvPython(home, true);
+
+interface AloneOutcome {
+  name: string;
+  parallel: number;
+  freshJobsPerSecond: number;
+  forkedJobsPerSecond: number;
+}
+
+/**
+ * The plugin alone over the same kind of files (bench/plugin_alone.py), in the plugin's own
+ * venv: a fresh interpreter per file, `parallel` at a time, then one parent forking a child per
+ * file, `parallel` at a time. The bytecode of the shim's modules (which the guest gets from the
+ * worker's cache) goes to a prefix of the bench's, written by one untimed fresh run first.
+ */
+async function pluginAlone(
+  root: string,
+  home: string,
+  pluginCase: PluginCase,
+  parallel: number,
+  freshFiles: number,
+  forkedFiles: number,
+): Promise<AloneOutcome> {
+  const python = await venvPython(home, pluginCase.name === "pandas");
+  const script = join(packageRoot(), "bench", "plugin_alone.py");
+  const guest = join(packageRoot(), "core", "bridge", "guest");
+  const env = { PATH: process.env.PATH ?? "", PYTHONPYCACHEPREFIX: join(root, "alone-pycache") };
+  const fresh = await inputsDir(root, `alone-fresh-${pluginCase.name}-${parallel}`, pluginCase.samples, freshFiles);
+  const freshPaths = (await readdir(fresh)).sort().map((n) => join(fresh, n));
+  await execFileAsync(python, [script, guest, pluginCase.plugin, "fresh", freshPaths[0]!], { env });
+  const started = performance.now();
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < freshPaths.length) {
+      const path = freshPaths[next++]!;
+      await execFileAsync(python, [script, guest, pluginCase.plugin, "fresh", path], { env });
+    }
+  };
+  await Promise.all(Array.from({ length: parallel }, lane));
+  const freshSeconds = (performance.now() - started) / 1000;
+  const forked = await inputsDir(root, `alone-forked-${pluginCase.name}-${parallel}`, pluginCase.samples, forkedFiles);
+  const forkedPaths = (await readdir(forked)).sort().map((n) => join(forked, n));
+  const { stdout } = await execFileAsync(python, [script, guest, pluginCase.plugin, "forked", String(parallel), ...forkedPaths], { env });
+  const result = JSON.parse(stdout.trim().split("\n").at(-1)!) as { seconds: number; files: number };
+  await rm(fresh, { recursive: true, force: true });
+  await rm(forked, { recursive: true, force: true });
+  return { name: pluginCase.name, parallel, freshJobsPerSecond: freshFiles / freshSeconds, forkedJobsPerSecond: result.files / result.seconds };
+}
+
+/** One whole `plugin_alone.py forked 2` process over the files (its start and imports included), in ms. */
+async function timeAloneForked(root: string, python: string, pluginCase: PluginCase, paths: string[]): Promise<number> {
+  const env = { PATH: process.env.PATH ?? "", PYTHONPYCACHEPREFIX: join(root, "alone-pycache") };
+  const started = performance.now();
+  await execFileAsync(
+    python,
+    [join(packageRoot(), "bench", "plugin_alone.py"), join(packageRoot(), "core", "bridge", "guest"), pluginCase.plugin, "forked", "2", ...paths],
+    { env },
+  );
+  return performance.now() - started;
+}
+
+/** The plugin alone beside casparian run: jobs/s fresh and forked, the ratio a process per job allows at best, and ours. */
+function aloneRows(alone: AloneOutcome[], outcomes: Outcome[]): string[] {
+  const lines = [
+    `  the plugin alone (bench/plugin_alone.py: the guest's runner and encoder, nothing but Python, output dropped)`,
+    `  ${"plugin".padEnd(8)} ${"at once".padStart(7)} ${"fresh jobs/s".padStart(13)} ${"forked jobs/s".padStart(14)} ${"forked/fresh".padStart(13)} ${"casparian warm/cold".padStart(20)}`,
+  ];
+  for (const a of alone) {
+    const warm = outcomes.find((o) => o.label === `${a.name} warm` && o.workers === a.parallel);
+    const cold = outcomes.find((o) => o.label === `${a.name} cold` && o.workers === a.parallel);
+    const ours = warm !== undefined && cold !== undefined ? `${(warm.jobsPerSecond / cold.jobsPerSecond).toFixed(1)}x` : "-";
+    const warmShare = warm !== undefined ? ` (warm at ${((warm.jobsPerSecond / a.forkedJobsPerSecond) * 100).toFixed(0)}% of forked alone)` : "";
+    lines.push(
+      `  ${a.name.padEnd(8)} ${String(a.parallel).padStart(7)} ${a.freshJobsPerSecond.toFixed(2).padStart(13)} ${a.forkedJobsPerSecond.toFixed(1).padStart(14)} ${`${(a.forkedJobsPerSecond / a.freshJobsPerSecond).toFixed(1)}x`.padStart(13)} ${ours.padStart(20)}${warmShare}`,
+    );
+  }
+  return lines;
 }
 
 /** One `python -c "import pandas, pyarrow"`, with the guest's settings: the env's bytecode, none written. */
@@ -285,17 +370,24 @@ async function ratio(root: string, home: string, pandas: PluginCase, ratioFiles:
   const tiny = await inputsDir(root, "data-ratio", pandas.samples, ratioFiles);
   const python = await pandasPython(home);
   const coverage = await bytecodeCoverage(python);
+  const tinyPaths = (await readdir(tiny)).sort().map((n) => join(tiny, n));
   const runs: number[] = [];
   const imports: number[] = [];
+  const alone: number[] = [];
   for (let round = 0; round < ratioRounds; round++) {
     const out = join(root, `out-ratio-${round}`);
     runs.push((await runCli([pandas.plugin, tiny, "--config", join(root, "warm.config.json"), "--output", out], root, home)).ms);
     await rm(out, { recursive: true, force: true });
     imports.push(await timeImports(python));
+    alone.push(await timeAloneForked(root, python, pandas, tinyPaths));
   }
   const ratios = runs.map((ms, i) => ms / imports[i]!);
+  const aloneRatios = alone.map((ms, i) => ms / imports[i]!);
   console.log(
     `  ratio: casparian run over ${ratioFiles} tiny files with the pandas plugin ${(median(runs) / 1000).toFixed(2)} s ÷ python -c "import pandas, pyarrow" ${(median(imports) / 1000).toFixed(2)} s = ${median(ratios).toFixed(1)} (median of ${ratioRounds} turns, ${Math.min(...ratios).toFixed(1)}–${Math.max(...ratios).toFixed(1)}; target <= 5)`,
+  );
+  console.log(
+    `  the same ratio for the plugin alone, forked 2 at a time from one parent (bench/plugin_alone.py, the whole process, imports included): ${(median(alone) / 1000).toFixed(2)} s ÷ ${(median(imports) / 1000).toFixed(2)} s = ${median(aloneRatios).toFixed(1)} (${Math.min(...aloneRatios).toFixed(1)}–${Math.max(...aloneRatios).toFixed(1)}): the least a process per job allows here`,
   );
   console.log(`  compiled bytecode in that venv: ${coverage}`);
   // Where one such run's time goes: its own timeline (--log-level debug), ms since its start.
@@ -319,11 +411,12 @@ async function main(): Promise<void> {
       only: { type: "string" },
     },
   });
-  if (values.only !== undefined && values.only !== "stdlib-warm" && values.only !== "ratio" && values.only !== "pandas")
-    throw new Error(`--only takes stdlib-warm, ratio or pandas, not ${values.only}`);
+  if (values.only !== undefined && !["stdlib-warm", "ratio", "pandas", "alone"].includes(values.only))
+    throw new Error(`--only takes stdlib-warm, ratio, pandas or alone, not ${values.only}`);
   const onlyStdlibWarm = values.only === "stdlib-warm";
   const onlyRatio = values.only === "ratio";
   const onlyPandas = values.only === "pandas";
+  const onlyAlone = values.only === "alone";
   const files = Number(values.files);
   const coldFiles = Number(values["cold-files"]);
   const coldPandasFiles = Number(values["cold-pandas-files"]);
@@ -355,6 +448,17 @@ async function main(): Promise<void> {
       await ratio(root, home, pandas, ratioFiles, ratioRounds);
       return;
     }
+    // The plugin alone: fresh runs as many files as the cold runs below, forked as many as the warm ones.
+    const alone = async (cases: PluginCase[]): Promise<AloneOutcome[]> => {
+      const results: AloneOutcome[] = [];
+      for (const c of cases)
+        for (const parallel of [1, 2]) results.push(await pluginAlone(root, home, c, parallel, c === pandas ? coldPandasFiles : coldFiles, files));
+      return results;
+    };
+    if (onlyAlone) {
+      for (const line of aloneRows(await alone([stdlib, pandas]), [])) console.log(line);
+      return;
+    }
     const outcomes: Outcome[] = [];
     for (const workers of [1, 2]) {
       if (onlyStdlibWarm) {
@@ -381,6 +485,7 @@ async function main(): Promise<void> {
     for (const o of outcomes) console.log(row(o));
 
     const find = (label: string, workers: number) => outcomes.find((o) => o.label === label && o.workers === workers)!;
+    for (const line of aloneRows(await alone(onlyStdlibWarm ? [stdlib] : onlyPandas ? [pandas] : [stdlib, pandas]), outcomes)) console.log(line);
     if (onlyPandas) {
       for (const workers of [1, 2])
         console.log(`  ${workers} worker${workers > 1 ? "s" : ""}: ${pandasWarmCold(find("pandas warm", workers), find("pandas cold", workers))}`);
