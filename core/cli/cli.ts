@@ -102,6 +102,8 @@ Options:
   --warm-start-env HASH, --warm-start-plugin FILE, --warm-start-name NAME
                               start the warm guest of the plugin the first jobs will run (FILE, named NAME as
                               DISPATCH names it, in the env HASH) before the first DISPATCH (casparian run does)
+  --warm-prefault-default MB  bridge.warm.prefaultMb when the config sets none (casparian run passes 0 when its
+                              workers take every core: a spare's pre-fault then only takes CPU from the jobs)
   -h, --help                  show this help
   -v, --version               print the version
 
@@ -178,6 +180,7 @@ export interface WorkerFlags {
   silenceWarning?: number;
   progressInterval?: number;
   warmStart?: { envHash: string; pluginFile: string; pluginName: string };
+  warmPrefaultDefaultMb?: number;
   help: boolean;
   version: boolean;
 }
@@ -205,6 +208,7 @@ export function parseWorkerFlags(argv: string[]): WorkerFlags {
         "warm-start-env": { type: "string" },
         "warm-start-plugin": { type: "string" },
         "warm-start-name": { type: "string" },
+        "warm-prefault-default": { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "v" },
       },
@@ -239,6 +243,7 @@ export function parseWorkerFlags(argv: string[]): WorkerFlags {
     silenceWarning: seconds(str("silence-warning"), "--silence-warning", true),
     progressInterval: seconds(str("progress-interval"), "--progress-interval", false),
     warmStart: warmStartHint(str("warm-start-env"), str("warm-start-plugin"), str("warm-start-name")),
+    warmPrefaultDefaultMb: megabytes(str("warm-prefault-default"), "--warm-prefault-default"),
     help: values.help === true,
     version: values.version === true,
   };
@@ -249,6 +254,13 @@ function warmStartHint(envHash: string | undefined, pluginFile: string | undefin
   if (envHash === undefined || pluginFile === undefined || pluginName === undefined)
     throw Errors.CLI_USAGE(["--warm-start-env, --warm-start-plugin and --warm-start-name go together"]);
   return { envHash, pluginFile: resolve(pluginFile), pluginName };
+}
+
+function megabytes(text: string | undefined, flag: string): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 0) throw Errors.CLI_USAGE([`${flag} expects a whole number of MiB >= 0, got "${text}"`]);
+  return n;
 }
 
 function seconds(text: string | undefined, flag: string, zeroAllowed: boolean): number | undefined {
@@ -314,6 +326,7 @@ async function workerCommand(argv: string[], program: string): Promise<number> {
     silenceWarningMs: (flags.silenceWarning ?? config.silenceWarning ?? DEFAULTS.silenceWarningSeconds) * 1000,
     progressIntervalMs: flags.progressInterval === undefined ? undefined : flags.progressInterval * 1000,
     warmStart: flags.warmStart,
+    warmPrefaultDefaultMb: flags.warmPrefaultDefaultMb,
     logger,
     loaded,
     configSource,

@@ -16,6 +16,7 @@
  */
 import { rmSync } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { performance } from "node:perf_hooks";
 import type { WriteStream } from "node:fs";
 import { join } from "node:path";
@@ -148,6 +149,8 @@ export class Scheduler {
   readonly #finished = new Promise<void>((resolve) => (this.#done = resolve));
   #timer: NodeJS.Timeout | null = null;
   #abortTimer: NodeJS.Timeout | null = null;
+  /** bridge.warm.prefaultMb for the workers when the config sets none (see run()). */
+  #warmPrefaultDefaultMb: number | undefined;
 
   constructor(options: SchedulerOptions) {
     this.#options = { heartbeatSeconds: 1, livenessTimeoutMs: 20_000, startTimeoutMs: 60_000, abortWaitMs: 3_000, ...options };
@@ -182,6 +185,14 @@ export class Scheduler {
       this.#sentinel.listen((peer, message) => this.#onMessage(peer, message));
       await mkdir(this.#options.stagingRoot, { recursive: true });
       const count = Math.max(1, Math.min(this.#options.workers, this.#jobs.length));
+      // A spare pre-faults its job's pages on a free core (README "Warm guests"). With a worker on
+      // every core none is free for long, and the pre-fault takes more CPU from the jobs than it
+      // saves them: off then, unless the config sets bridge.warm.prefaultMb.
+      const cores = availableParallelism();
+      if (count >= cores) {
+        this.#warmPrefaultDefaultMb = 0;
+        this.#logger.debug({ workers: count, cores }, "a worker on every core: spares do not pre-fault unless bridge.warm.prefaultMb says");
+      }
       for (let i = 0; i < count; i++) this.#spawn();
       this.#timeline("workers spawned");
       this.#timer = setInterval(() => this.#checkLiveness(), 500);
@@ -227,6 +238,7 @@ export class Scheduler {
       logLevel: this.#options.logLevel,
       heartbeatSeconds: this.#options.heartbeatSeconds,
       warmStart: { envHash: this.#options.env.envHash, pluginFile: this.#options.plugin.path, pluginName: this.#options.plugin.name },
+      warmPrefaultDefaultMb: this.#warmPrefaultDefaultMb,
       log: this.#options.workerLog,
       echo: this.#options.echoWorkerLogs,
       onProgress: (jobId, rows, bytes) => {

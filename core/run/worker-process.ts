@@ -26,6 +26,8 @@ export interface WorkerProcessOptions {
   onProgress?(jobId: bigint, rows: number, bytes: number): void;
   /** The plugin every job of the run runs: the worker starts its warm guest before the first DISPATCH. */
   warmStart?: { envHash: string; pluginFile: string; pluginName: string };
+  /** bridge.warm.prefaultMb for a config that sets none (--warm-prefault-default). */
+  warmPrefaultDefaultMb?: number;
 }
 
 export interface WorkerExit {
@@ -84,6 +86,7 @@ export class WorkerProcess {
     if (options.configFile !== undefined) args.push("--config", options.configFile);
     const ahead = options.warmStart;
     if (ahead !== undefined) args.push("--warm-start-env", ahead.envHash, "--warm-start-plugin", ahead.pluginFile, "--warm-start-name", ahead.pluginName);
+    if (options.warmPrefaultDefaultMb !== undefined) args.push("--warm-prefault-default", String(options.warmPrefaultDefaultMb));
     // The IPC channel carries no messages: it ends when this process does, which is how
     // the worker learns that the run is gone (parent-watch.ts).
     this.#child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe", "ipc"] });

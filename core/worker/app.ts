@@ -41,6 +41,8 @@ export interface WorkerSettings {
   configSource: { explicitPath?: string; cwd: string };
   /** The plugin the first jobs will run (casparian run): its warm guest starts now (warm-start.ts). */
   warmStart?: WarmStartHint;
+  /** bridge.warm.prefaultMb when the config sets none (casparian run: 0 when its workers take every core). */
+  warmPrefaultDefaultMb?: number;
 }
 
 /** Build everything, start the worker (it connects and identifies), serve metrics if asked. */
@@ -76,7 +78,7 @@ export async function startWorkerProcess(settings: WorkerSettings): Promise<Work
     maxParents: warmConfig.maxParents,
     idleMs: warmConfig.idleTimeout === undefined ? undefined : warmConfig.idleTimeout * 1000,
     maxParentBytes: warmConfig.maxParentMemory,
-    prefaultMb: warmConfig.prefaultMb,
+    prefaultMb: warmConfig.prefaultMb ?? settings.warmPrefaultDefaultMb,
   });
   metrics?.observeWarmGuests(() => warm.stats());
   // Before the job modules load (Arrow, the sinks, ZeroMQ: a third of a second): the plugin's imports load meanwhile.
