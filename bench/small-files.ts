@@ -292,7 +292,9 @@ function aloneRows(alone: AloneOutcome[], outcomes: Outcome[]): string[] {
     const warm = outcomes.find((o) => o.label === `${a.name} warm` && o.workers === a.parallel);
     const cold = outcomes.find((o) => o.label === `${a.name} cold` && o.workers === a.parallel);
     const ours = warm !== undefined && cold !== undefined ? `${(warm.jobsPerSecond / cold.jobsPerSecond).toFixed(1)}x` : "-";
-    const warmShare = warm !== undefined ? ` (warm at ${((warm.jobsPerSecond / a.forkedJobsPerSecond) * 100).toFixed(0)}% of forked alone)` : "";
+    // Our warm jobs cannot beat the forked floor, so warm/cold is at most forked alone ÷ our cold.
+    const bound = cold !== undefined ? `, at most ${(a.forkedJobsPerSecond / cold.jobsPerSecond).toFixed(1)}x if the worker cost nothing` : "";
+    const warmShare = warm !== undefined ? ` (warm at ${((warm.jobsPerSecond / a.forkedJobsPerSecond) * 100).toFixed(0)}% of forked alone${bound})` : "";
     lines.push(
       `  ${a.name.padEnd(8)} ${String(a.parallel).padStart(7)} ${a.freshJobsPerSecond.toFixed(2).padStart(13)} ${a.forkedJobsPerSecond.toFixed(1).padStart(14)} ${`${(a.forkedJobsPerSecond / a.freshJobsPerSecond).toFixed(1)}x`.padStart(13)} ${ours.padStart(20)}${warmShare}`,
     );
