@@ -69,6 +69,8 @@ interface Outcome {
   files: number;
   workers: number;
   wallSeconds: number;
+  /** CPU per job of the command and its descendants: (this run's − a run of 1 file's) ÷ (files − 1). */
+  cpuMsPerJob: number;
   jobsPerSecond: number;
   stages: Record<string, number[]>;
   warmJobs: number;
@@ -82,14 +84,32 @@ interface Outcome {
   missing: Set<string>;
 }
 
-async function runCli(args: string[], cwd: string, home: string): Promise<{ ms: number; stdout: string }> {
+/**
+ * Runs a command under a Python that waits for it and then reads its own children's rusage:
+ * the CPU of the command and of every descendant that was waited for (the run waits for its
+ * workers, they for their warm guests, those for their children), whatever else the machine runs.
+ */
+const WITH_CPU = [
+  "import json, resource, subprocess, sys",
+  "code = subprocess.call(sys.argv[2:])",
+  "usage = resource.getrusage(resource.RUSAGE_CHILDREN)",
+  "open(sys.argv[1], 'w').write(json.dumps({'cpu_ms': (usage.ru_utime + usage.ru_stime) * 1000}))",
+  "sys.exit(code)",
+].join("\n");
+let cpuFiles = 0;
+
+async function runCli(args: string[], cwd: string, home: string): Promise<{ ms: number; stdout: string; cpuMs: number }> {
+  const cpuFile = join(cwd, `cpu-${cpuFiles++}.json`);
   const started = performance.now();
-  const { stdout } = await execFileAsync(process.execPath, [join(packageRoot(), "bin", "casparian.js"), "run", ...args], {
+  const { stdout } = await execFileAsync("python3", ["-c", WITH_CPU, cpuFile, process.execPath, join(packageRoot(), "bin", "casparian.js"), "run", ...args], {
     cwd,
     env: { ...process.env, CASPARIAN_HOME: home },
     maxBuffer: 64 * 1024 * 1024,
   });
-  return { ms: performance.now() - started, stdout };
+  const ms = performance.now() - started;
+  const { cpu_ms } = JSON.parse(await readFile(cpuFile, "utf8")) as { cpu_ms: number };
+  await rm(cpuFile, { force: true });
+  return { ms, stdout, cpuMs: cpu_ms };
 }
 
 function median(values: number[]): number {
@@ -115,6 +135,11 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
   const data = await inputsDir(root, `data-${tag}`, pluginCase.samples, files);
   const config = join(root, warm ? "warm.config.json" : "cold.config.json");
   const reportPath = join(root, `report-${tag}.json`);
+  // A run of one file first: its CPU is the command's fixed part (starts, imports), not counted per job.
+  const one = await inputsDir(root, `data-${tag}-one`, pluginCase.samples, 1);
+  const fixed = await runCli([pluginCase.plugin, one, "--workers", String(workers), "--config", config, "--output", join(root, `out-${tag}-one`)], root, home);
+  await rm(one, { recursive: true, force: true });
+  await rm(join(root, `out-${tag}-one`), { recursive: true, force: true });
   const run = await runCli(
     [pluginCase.plugin, data, "--workers", String(workers), "--config", config, "--output", join(root, `out-${tag}`), "--report", reportPath],
     root,
@@ -156,6 +181,7 @@ async function scenario(root: string, home: string, pluginCase: PluginCase, warm
     files,
     workers,
     wallSeconds: run.ms / 1000,
+    cpuMsPerJob: (run.cpuMs - fixed.cpuMs) / Math.max(1, files - 1),
     jobsPerSecond: files / report.seconds,
     stages,
     warmJobs,
@@ -188,7 +214,7 @@ function gapsBetweenJobs(inputs: ReportInput[]): number[] {
 
 function row(o: Outcome): string {
   const cells = ["dispatch", "guest start", "plugin", "sink commit", "job total", "gap"].map((s) => median(o.stages[s]!).toFixed(0).padStart(7));
-  return `  ${o.label.padEnd(12)} ${String(o.workers).padStart(7)} ${String(o.files).padStart(6)} ${o.jobsPerSecond.toFixed(1).padStart(8)} ${o.wallSeconds.toFixed(1).padStart(7)} ${`${o.warmJobs}/${o.files}`.padStart(9)}  ${cells.join(" ")}`;
+  return `  ${o.label.padEnd(12)} ${String(o.workers).padStart(7)} ${String(o.files).padStart(6)} ${o.jobsPerSecond.toFixed(1).padStart(8)} ${o.wallSeconds.toFixed(1).padStart(7)} ${o.cpuMsPerJob.toFixed(0).padStart(7)} ${`${o.warmJobs}/${o.files}`.padStart(9)}  ${cells.join(" ")}`;
 }
 
 /**
@@ -228,6 +254,8 @@ interface AloneOutcome {
   parallel: number;
   freshJobsPerSecond: number;
   forkedJobsPerSecond: number;
+  /** CPU per forked job: its child's, and the parent's while it forked and reaped (os.times() in plugin_alone.py). */
+  forkedCpuMsPerJob: number;
 }
 
 /**
@@ -264,10 +292,16 @@ async function pluginAlone(
   const forked = await inputsDir(root, `alone-forked-${pluginCase.name}-${parallel}`, pluginCase.samples, forkedFiles);
   const forkedPaths = (await readdir(forked)).sort().map((n) => join(forked, n));
   const { stdout } = await execFileAsync(python, [script, guest, pluginCase.plugin, "forked", String(parallel), ...forkedPaths], { env });
-  const result = JSON.parse(stdout.trim().split("\n").at(-1)!) as { seconds: number; files: number };
+  const result = JSON.parse(stdout.trim().split("\n").at(-1)!) as { seconds: number; files: number; cpu_ms: number };
   await rm(fresh, { recursive: true, force: true });
   await rm(forked, { recursive: true, force: true });
-  return { name: pluginCase.name, parallel, freshJobsPerSecond: freshFiles / freshSeconds, forkedJobsPerSecond: result.files / result.seconds };
+  return {
+    name: pluginCase.name,
+    parallel,
+    freshJobsPerSecond: freshFiles / freshSeconds,
+    forkedJobsPerSecond: result.files / result.seconds,
+    forkedCpuMsPerJob: result.cpu_ms / result.files,
+  };
 }
 
 /** One whole `plugin_alone.py forked 2` process over the files (its start and imports included), in ms. */
@@ -285,8 +319,9 @@ async function timeAloneForked(root: string, python: string, pluginCase: PluginC
 /** The plugin alone beside casparian run: jobs/s fresh and forked, the ratio a process per job allows at best, and ours. */
 function aloneRows(alone: AloneOutcome[], outcomes: Outcome[]): string[] {
   const lines = [
-    `  the plugin alone (bench/plugin_alone.py: the guest's runner and encoder, nothing but Python, output dropped)`,
-    `  ${"plugin".padEnd(8)} ${"at once".padStart(7)} ${"fresh jobs/s".padStart(13)} ${"forked jobs/s".padStart(14)} ${"forked/fresh".padStart(13)} ${"casparian warm/cold".padStart(20)}`,
+    `  the plugin alone (bench/plugin_alone.py: the guest's runner and encoder, nothing but Python, output dropped);`,
+    `  cpu ms = CPU per forked job, its child's and its parent's share`,
+    `  ${"plugin".padEnd(8)} ${"at once".padStart(7)} ${"fresh jobs/s".padStart(13)} ${"forked jobs/s".padStart(14)} ${"cpu ms".padStart(7)} ${"forked/fresh".padStart(13)} ${"casparian warm/cold".padStart(20)}`,
   ];
   for (const a of alone) {
     const warm = outcomes.find((o) => o.label === `${a.name} warm` && o.workers === a.parallel);
@@ -294,9 +329,10 @@ function aloneRows(alone: AloneOutcome[], outcomes: Outcome[]): string[] {
     const ours = warm !== undefined && cold !== undefined ? `${(warm.jobsPerSecond / cold.jobsPerSecond).toFixed(1)}x` : "-";
     // Our warm jobs cannot beat the forked floor, so warm/cold is at most forked alone ÷ our cold.
     const bound = cold !== undefined ? `, at most ${(a.forkedJobsPerSecond / cold.jobsPerSecond).toFixed(1)}x if the worker cost nothing` : "";
-    const warmShare = warm !== undefined ? ` (warm at ${((warm.jobsPerSecond / a.forkedJobsPerSecond) * 100).toFixed(0)}% of forked alone${bound})` : "";
+    const cpu = warm !== undefined ? `, ${warm.cpuMsPerJob.toFixed(0)} ms of CPU per warm job` : "";
+    const warmShare = warm !== undefined ? ` (warm at ${((warm.jobsPerSecond / a.forkedJobsPerSecond) * 100).toFixed(0)}% of forked alone${cpu}${bound})` : "";
     lines.push(
-      `  ${a.name.padEnd(8)} ${String(a.parallel).padStart(7)} ${a.freshJobsPerSecond.toFixed(2).padStart(13)} ${a.forkedJobsPerSecond.toFixed(1).padStart(14)} ${`${(a.forkedJobsPerSecond / a.freshJobsPerSecond).toFixed(1)}x`.padStart(13)} ${ours.padStart(20)}${warmShare}`,
+      `  ${a.name.padEnd(8)} ${String(a.parallel).padStart(7)} ${a.freshJobsPerSecond.toFixed(2).padStart(13)} ${a.forkedJobsPerSecond.toFixed(1).padStart(14)} ${a.forkedCpuMsPerJob.toFixed(1).padStart(7)} ${`${(a.forkedJobsPerSecond / a.freshJobsPerSecond).toFixed(1)}x`.padStart(13)} ${ours.padStart(20)}${warmShare}`,
     );
   }
   return lines;
@@ -479,10 +515,11 @@ async function main(): Promise<void> {
     }
 
     console.log(`small files: casparian run, warm guests (default) vs cold (bridge.warm.enabled: false)`);
-    console.log(`  jobs/s from first to last job; wall = the whole command; per-job medians in ms`);
+    console.log(`  jobs/s from first to last job; wall = the whole command; cpu ms = CPU per job of the command and all its`);
+    console.log(`  processes, beyond what a run of 1 file takes (rusage); the other columns are per-job medians in ms`);
     console.log(`  gap = from a job's answer at the Sentinel to the next DISPATCH to the same worker`);
     console.log(
-      `  ${"plugin".padEnd(12)} ${"workers".padStart(7)} ${"files".padStart(6)} ${"jobs/s".padStart(8)} ${"wall s".padStart(7)} ${"warm".padStart(9)}  ${["dispatch", "start", "plugin", "commit", "total", "gap"].map((s) => s.padStart(7)).join(" ")}`,
+      `  ${"plugin".padEnd(12)} ${"workers".padStart(7)} ${"files".padStart(6)} ${"jobs/s".padStart(8)} ${"wall s".padStart(7)} ${"cpu ms".padStart(7)} ${"warm".padStart(9)}  ${["dispatch", "start", "plugin", "commit", "total", "gap"].map((s) => s.padStart(7)).join(" ")}`,
     );
     for (const o of outcomes) console.log(row(o));
 
