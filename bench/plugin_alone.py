@@ -23,6 +23,7 @@ import os
 import select
 import sys
 import time
+import traceback
 
 
 def load(guest_dir, plugin_path):
@@ -73,6 +74,8 @@ def spare(namespace):
             if path:
                 run_one(namespace, path)
                 ok = True
+        except BaseException:  # noqa: BLE001 - said here, then the job counts as failed
+            traceback.print_exc()
         finally:
             os.write(done_w, b"0" if ok else b"1")
             sys.stdout.flush()
