@@ -41,6 +41,7 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { parseArgs, promisify } from "node:util";
+import { shimPath } from "../core/bridge/shim-bytecode.js";
 import { packageRoot } from "../core/kernel/paths.js";
 
 const execFileAsync = promisify(execFile);
@@ -273,25 +274,22 @@ async function pluginAlone(
   forkedFiles: number,
 ): Promise<AloneOutcome> {
   const python = await venvPython(home, pluginCase.name === "pandas");
-  const script = join(packageRoot(), "bench", "plugin_alone.py");
-  const guest = join(packageRoot(), "core", "bridge", "guest");
-  const env = { PATH: process.env.PATH ?? "", PYTHONPYCACHEPREFIX: join(root, "alone-pycache") };
   const fresh = await inputsDir(root, `alone-fresh-${pluginCase.name}-${parallel}`, pluginCase.samples, freshFiles);
   const freshPaths = (await readdir(fresh)).sort().map((n) => join(fresh, n));
-  await execFileAsync(python, [script, guest, pluginCase.plugin, "fresh", freshPaths[0]!], { env });
+  await runAlone(root, python, pluginCase, ["fresh", freshPaths[0]!]);
   const started = performance.now();
   let next = 0;
   const lane = async (): Promise<void> => {
     while (next < freshPaths.length) {
       const path = freshPaths[next++]!;
-      await execFileAsync(python, [script, guest, pluginCase.plugin, "fresh", path], { env });
+      await runAlone(root, python, pluginCase, ["fresh", path]);
     }
   };
   await Promise.all(Array.from({ length: parallel }, lane));
   const freshSeconds = (performance.now() - started) / 1000;
   const forked = await inputsDir(root, `alone-forked-${pluginCase.name}-${parallel}`, pluginCase.samples, forkedFiles);
   const forkedPaths = (await readdir(forked)).sort().map((n) => join(forked, n));
-  const { stdout } = await execFileAsync(python, [script, guest, pluginCase.plugin, "forked", String(parallel), ...forkedPaths], { env });
+  const stdout = await runAlone(root, python, pluginCase, ["forked", String(parallel), ...forkedPaths]);
   const result = JSON.parse(stdout.trim().split("\n").at(-1)!) as { seconds: number; files: number; cpu_ms: number };
   await rm(fresh, { recursive: true, force: true });
   await rm(forked, { recursive: true, force: true });
@@ -304,15 +302,18 @@ async function pluginAlone(
   };
 }
 
+/** One `plugin_alone.py <mode args>` process of the plugin in `python`'s venv; its stdout. */
+async function runAlone(root: string, python: string, pluginCase: PluginCase, modeArgs: string[]): Promise<string> {
+  const env = { PATH: process.env.PATH ?? "", PYTHONPYCACHEPREFIX: join(root, "alone-pycache") };
+  const script = join(packageRoot(), "bench", "plugin_alone.py");
+  const { stdout } = await execFileAsync(python, [script, shimPath(), pluginCase.plugin, ...modeArgs], { env });
+  return stdout;
+}
+
 /** One whole `plugin_alone.py forked 2` process over the files (its start and imports included), in ms. */
 async function timeAloneForked(root: string, python: string, pluginCase: PluginCase, paths: string[]): Promise<number> {
-  const env = { PATH: process.env.PATH ?? "", PYTHONPYCACHEPREFIX: join(root, "alone-pycache") };
   const started = performance.now();
-  await execFileAsync(
-    python,
-    [join(packageRoot(), "bench", "plugin_alone.py"), join(packageRoot(), "core", "bridge", "guest"), pluginCase.plugin, "forked", "2", ...paths],
-    { env },
-  );
+  await runAlone(root, python, pluginCase, ["forked", "2", ...paths]);
   return performance.now() - started;
 }
 
